@@ -1,0 +1,497 @@
+//! The control plane's operations on agents — upload, configure, deploy, roll back, delete —
+//! kept apart from HTTP so that the API stays a thin mapping.
+//!
+//! Every operation that changes what is live holds that agent's lock (never across a compile
+//! of an upload), writes the store first and swaps the registry last: if any step fails,
+//! nothing changed that a caller could see.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedMutexGuard, Semaphore};
+use wasmtime::component::Component;
+
+use crate::bindings::AgentPre;
+use crate::check::{self, Diagnostic};
+use crate::clock;
+use crate::engine::Runtime;
+use crate::error::Error;
+use crate::host::{CallInfo, CallLimits, CallState};
+use crate::invoke;
+use crate::registry::{Deployment, Registry};
+use crate::store::components::{ComponentFiles, digest_of};
+use crate::store::{
+    AgentConfig, AgentRecord, AgentSummary, DeploymentRecord, RollbackPlan, Store, VersionDeletion,
+    VersionRecord,
+};
+
+/// How long the deploy-time trial instantiation may take.
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether `name` is a valid agent name: `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn valid_agent_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase() | bytes[0].is_ascii_digit()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// The result of an upload.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// The version the bytes are stored as.
+    pub version: VersionRecord,
+    /// `false` when the same bytes were uploaded before (the existing version is returned).
+    pub created: bool,
+}
+
+/// See the module docs.
+pub struct Agents {
+    runtime: Arc<Runtime>,
+    store: Arc<dyn Store>,
+    files: ComponentFiles,
+    registry: Registry,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Compiles are CPU-heavy and take seconds; bound how many run at once.
+    compile_slots: Semaphore,
+}
+
+impl Agents {
+    /// Wires the pieces together. Nothing is loaded until [`Agents::load_live`].
+    pub(crate) fn new(runtime: Arc<Runtime>, store: Arc<dyn Store>, files: ComponentFiles) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            runtime,
+            store,
+            files,
+            registry: Registry::default(),
+            locks: Mutex::default(),
+            compile_slots: Semaphore::new(cores.max(1)),
+        }
+    }
+
+    pub(crate) fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Rebuilds the registry from the store at start: every agent is served again at its
+    /// live deployment, from the precompiled cache when it holds the artifact. An agent
+    /// whose component cannot be loaded is logged and skipped, so one broken file does not
+    /// keep every other agent down.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn load_live(&self) -> Result<usize, Error> {
+        let store = Arc::clone(&self.store);
+        let live = blocking(move || store.live_deployments()).await??;
+        let mut loaded = 0;
+        for record in live {
+            match self.prepare(&record.digest).await {
+                Ok(pre) => {
+                    self.registry.set(activate(&record, pre));
+                    loaded += 1;
+                }
+                Err(e) => tracing::error!(
+                    agent = %record.agent,
+                    deployment = record.deployment,
+                    "could not load the live deployment; the agent is not served: {e:#}"
+                ),
+            }
+        }
+        self.registry.set_ready();
+        Ok(loaded)
+    }
+
+    /// Stores a new version after compiling and checking it. The same bytes uploaded again
+    /// return the existing version.
+    ///
+    /// # Errors
+    /// [`Error::InvalidComponent`] with diagnostics when the component cannot run here.
+    pub async fn upload(&self, agent: &str, bytes: Bytes) -> Result<Uploaded, Error> {
+        let digest = {
+            let bytes = bytes.clone();
+            blocking(move || digest_of(&bytes)).await?
+        };
+        let store = Arc::clone(&self.store);
+        let (a, d) = (agent.to_owned(), digest.clone());
+        if let Some(version) = blocking(move || store.version_by_digest(&a, &d)).await?? {
+            return Ok(Uploaded {
+                version,
+                created: false,
+            });
+        }
+
+        let permit = self
+            .compile_slots
+            .acquire()
+            .await
+            .map_err(|e| Error::Internal(e.into()))?;
+        let runtime = Arc::clone(&self.runtime);
+        let checked = {
+            let bytes = bytes.clone();
+            blocking(move || check::compile_and_check(&runtime, &bytes)).await?
+        };
+        drop(permit);
+        let (component, pre) = match checked {
+            Ok(ok) => ok,
+            Err(Ok(diagnostics)) => return Err(invalid(diagnostics)),
+            Err(Err(e)) => return Err(Error::Internal(e)),
+        };
+        self.trial_instantiate(&pre)
+            .await
+            .map_err(|d| invalid(vec![d]))?;
+
+        // Bytes first, then the version row: a crash in between leaves an unreferenced file,
+        // never a version without its component.
+        let size = bytes.len() as u64;
+        let files = self.files.clone();
+        let runtime = Arc::clone(&self.runtime);
+        let d = digest.clone();
+        blocking(move || -> anyhow::Result<()> {
+            files.write(&d, &bytes)?;
+            if let Err(e) = runtime.cache_artifact(&d, &component) {
+                tracing::warn!(digest = %d, "could not cache the compiled component: {e:#}");
+            }
+            Ok(())
+        })
+        .await?
+        .map_err(Error::Internal)?;
+
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        let (version, created) =
+            blocking(move || store.add_version(&a, &digest, size, clock::now_ms())).await??;
+        if created {
+            tracing::info!(agent, version = version.version, digest = %version.digest, "uploaded a new version");
+        }
+        Ok(Uploaded { version, created })
+    }
+
+    /// The draft configuration.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent.
+    pub async fn draft(&self, agent: &str) -> Result<AgentConfig, Error> {
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        blocking(move || store.draft(&a))
+            .await??
+            .ok_or_else(|| no_agent(agent))
+    }
+
+    /// Replaces the draft configuration (creating the agent if needed). It takes effect at
+    /// the next deploy.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] when a value is out of bounds.
+    pub async fn put_draft(&self, agent: &str, draft: AgentConfig) -> Result<AgentConfig, Error> {
+        draft.validate().map_err(Error::BadRequest)?;
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        let saved = draft.clone();
+        blocking(move || store.put_draft(&a, &saved, clock::now_ms())).await??;
+        Ok(draft)
+    }
+
+    /// Deploys `version` (default: the newest) with the current draft and makes it live.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the agent or version does not exist.
+    pub async fn deploy(
+        &self,
+        agent: &str,
+        version: Option<u32>,
+    ) -> Result<DeploymentRecord, Error> {
+        let _guard = self.lock(agent).await;
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        let (target, draft) = blocking(move || {
+            let target = match version {
+                Some(n) => store.version(&a, n)?,
+                None => store.latest_version(&a)?,
+            };
+            Ok::<_, crate::store::StoreError>((target, store.draft(&a)?))
+        })
+        .await??;
+        let Some(target) = target else {
+            return Err(match (version, draft.is_some()) {
+                (_, false) => no_agent(agent),
+                (Some(n), true) => Error::NotFound(format!("agent `{agent}` has no version {n}")),
+                (None, true) => Error::NotFound(format!(
+                    "agent `{agent}` has no versions yet; upload one first"
+                )),
+            });
+        };
+        let draft = draft.unwrap_or_default();
+        let pre = self.prepare(&target.digest).await?;
+
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        let record =
+            blocking(move || store.deploy(&a, target.version, &draft, clock::now_ms())).await??;
+        self.registry.set(activate(&record, pre));
+        tracing::info!(
+            agent,
+            deployment = record.deployment,
+            version = record.version,
+            "deployed"
+        );
+        Ok(record)
+    }
+
+    /// Makes the previous deployment live again, with its version and frozen configuration.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent, [`Error::Conflict`] when there is nothing
+    /// to roll back to.
+    pub async fn rollback(&self, agent: &str) -> Result<DeploymentRecord, Error> {
+        let _guard = self.lock(agent).await;
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        let (from, to) = match blocking(move || store.plan_rollback(&a)).await?? {
+            RollbackPlan::NoAgent => return Err(no_agent(agent)),
+            RollbackPlan::NothingToRollBackTo => {
+                return Err(Error::Conflict(format!(
+                    "agent `{agent}` has no earlier deployment to roll back to"
+                )));
+            }
+            RollbackPlan::To { from, to } => (from, to),
+        };
+        let pre = self.prepare(&to.digest).await?;
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        let number = to.deployment;
+        blocking(move || store.rollback(&a, from, number, clock::now_ms())).await??;
+        self.registry.set(activate(&to, pre));
+        tracing::info!(
+            agent,
+            from,
+            to = to.deployment,
+            version = to.version,
+            "rolled back"
+        );
+        Ok(to)
+    }
+
+    /// Every agent.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn list(&self) -> Result<Vec<AgentSummary>, Error> {
+        let store = Arc::clone(&self.store);
+        Ok(blocking(move || store.list_agents()).await??)
+    }
+
+    /// One agent with its history.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent.
+    pub async fn get(&self, agent: &str) -> Result<AgentRecord, Error> {
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        blocking(move || store.agent(&a))
+            .await??
+            .ok_or_else(|| no_agent(agent))
+    }
+
+    /// One version, with its imports and exports as WIT text.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent or version.
+    pub async fn version(&self, agent: &str, n: u32) -> Result<(VersionRecord, String), Error> {
+        let store = Arc::clone(&self.store);
+        let files = self.files.clone();
+        let a = agent.to_owned();
+        let found = blocking(move || -> Result<_, Error> {
+            let Some(v) = store.version(&a, n)? else {
+                return Ok(None);
+            };
+            let bytes = files.read(&v.digest).map_err(Error::Internal)?;
+            let wit = check::wit_text(&bytes).map_err(Error::Internal)?;
+            Ok(Some((v, wit)))
+        })
+        .await??;
+        found.ok_or_else(|| Error::NotFound(format!("agent `{agent}` has no version {n}")))
+    }
+
+    /// Deletes a version that is not live.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], or [`Error::Conflict`] while the version is live.
+    pub async fn delete_version(&self, agent: &str, n: u32) -> Result<(), Error> {
+        let _guard = self.lock(agent).await;
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        match blocking(move || store.delete_version(&a, n)).await?? {
+            VersionDeletion::NotFound => Err(Error::NotFound(format!(
+                "agent `{agent}` has no version {n}"
+            ))),
+            VersionDeletion::Live => Err(Error::Conflict(format!(
+                "version {n} of `{agent}` is live; deploy another version first"
+            ))),
+            VersionDeletion::Deleted { orphaned } => {
+                if let Some(digest) = orphaned {
+                    self.forget_component(&digest);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes an agent, its versions and deployments; its endpoint answers 404 from now on.
+    /// Calls already running finish.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent.
+    pub async fn delete(&self, agent: &str) -> Result<(), Error> {
+        let _guard = self.lock(agent).await;
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        let Some(orphans) = blocking(move || store.delete_agent(&a)).await?? else {
+            return Err(no_agent(agent));
+        };
+        self.registry.remove(agent);
+        for digest in orphans {
+            self.forget_component(&digest);
+        }
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(agent);
+        tracing::info!(agent, "deleted");
+        Ok(())
+    }
+
+    fn forget_component(&self, digest: &str) {
+        self.files.remove(digest);
+        self.runtime.evict(digest);
+    }
+
+    /// The stored component for `digest`, compiled or loaded from the cache, pre-linked.
+    async fn prepare(&self, digest: &str) -> Result<AgentPre<CallState>, Error> {
+        let runtime = Arc::clone(&self.runtime);
+        let path = self.files.path(digest);
+        let digest = digest.to_owned();
+        blocking(move || -> Result<AgentPre<CallState>, Error> {
+            let component: Component = runtime.load(&digest, &path).map_err(Error::Internal)?;
+            check::check(&runtime, &component).map_err(|diagnostics| {
+                Error::Internal(anyhow::anyhow!(
+                    "a stored component no longer passes the check: {diagnostics:?}"
+                ))
+            })
+        })
+        .await?
+    }
+
+    /// Instantiates once, without calling anything, to prove the component fits the host's
+    /// limits before it is accepted.
+    async fn trial_instantiate(&self, pre: &AgentPre<CallState>) -> Result<(), Diagnostic> {
+        let state = CallState::new(
+            CallInfo {
+                agent: Arc::from("(upload check)"),
+                version: 0,
+                run_id: Arc::from("(upload check)"),
+            },
+            Arc::new(BTreeMap::new()),
+            CallLimits::default(),
+            self.runtime.stats().live_instance(),
+        );
+        let mut store = invoke::new_store(&self.runtime, state);
+        let limit = |message: String| Diagnostic {
+            code: "limit_exceeded",
+            item: String::new(),
+            message,
+        };
+        match tokio::time::timeout(TRIAL_TIMEOUT, pre.instantiate_async(&mut store)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                let text = format!("{e:#}");
+                if text.contains("exceeds memory limits") || text.contains("exceeds table limits") {
+                    Err(limit(format!(
+                        "the component does not fit the host's limits: {text}"
+                    )))
+                } else {
+                    Err(Diagnostic {
+                        code: "instantiation_failed",
+                        item: String::new(),
+                        message: format!("the component failed to instantiate: {text}"),
+                    })
+                }
+            }
+            Err(_) => Err(limit(format!(
+                "instantiation did not finish within {}s",
+                TRIAL_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn lock(&self, agent: &str) -> OwnedMutexGuard<()> {
+        let lock = Arc::clone(
+            self.locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(agent.to_owned())
+                .or_default(),
+        );
+        lock.lock_owned().await
+    }
+}
+
+fn activate(record: &DeploymentRecord, pre: AgentPre<CallState>) -> Arc<Deployment> {
+    Arc::new(Deployment {
+        agent: Arc::from(record.agent.as_str()),
+        deployment: record.deployment,
+        version: record.version,
+        pre,
+        sync_timeout: Duration::from_secs(record.config.sync_timeout_s),
+        config: Arc::new(record.config.config.clone()),
+    })
+}
+
+fn no_agent(agent: &str) -> Error {
+    Error::NotFound(format!("no agent named `{agent}`"))
+}
+
+fn invalid(diagnostics: Vec<Diagnostic>) -> Error {
+    let message = match diagnostics.as_slice() {
+        [one] => one.message.clone(),
+        many => format!(
+            "the component has {} problems; see `diagnostics`",
+            many.len()
+        ),
+    };
+    Error::InvalidComponent {
+        message,
+        diagnostics,
+    }
+}
+
+/// Runs blocking work (SQLite, file I/O, compiles) off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("a blocking task failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_agent_name;
+
+    #[test]
+    fn agent_names() {
+        for ok in ["a", "echo", "my-agent-2", "0day", &"a".repeat(63)] {
+            assert!(valid_agent_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "Echo", "a_b", "a.b", "a/b", "ä", &"a".repeat(64)] {
+            assert!(!valid_agent_name(bad), "{bad}");
+        }
+    }
+}

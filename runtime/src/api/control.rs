@@ -1,0 +1,264 @@
+//! The control plane: agents, versions, configuration, deploy and rollback.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::Admin;
+use super::paths::{AgentName, AgentVersion};
+use super::{AppState, body};
+use crate::clock::rfc3339;
+use crate::error::Error;
+use crate::store::{AgentConfig, DeploymentRecord, VersionRecord};
+
+type Answer = Result<Response, Error>;
+
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.agents.registry().is_ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading deployments"})),
+        )
+            .into_response()
+    }
+}
+
+pub(crate) async fn stats(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
+    let deployments = state.agents.registry().len() as u64;
+    Json(json!(state.agents.runtime().stats().snapshot(deployments)))
+}
+
+pub(crate) async fn list_agents(_: Admin, State(state): State<Arc<AppState>>) -> Answer {
+    let agents: Vec<Value> = state
+        .agents
+        .list()
+        .await?
+        .into_iter()
+        .map(|a| {
+            json!({
+                "agent": a.name,
+                "created_at": rfc3339(a.created_at),
+                "live": a.live.map(|(deployment, version)| json!({"deployment": deployment, "version": version})),
+                "versions": a.versions,
+                "endpoints": {"sync": state.sync_url(&a.name)},
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "agents": agents })).into_response())
+}
+
+pub(crate) async fn get_agent(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+) -> Answer {
+    let record = state.agents.get(&agent).await?;
+    let live_number = record.live.as_ref().map(|d| d.deployment);
+    let live_version = record.live.as_ref().map(|d| d.version);
+    let draft_pending = record
+        .live
+        .as_ref()
+        .is_some_and(|live| live.config != record.draft);
+    let versions: Vec<Value> = record
+        .versions
+        .iter()
+        .map(|v| version_json(v, live_version == Some(v.version)))
+        .collect();
+    let deployments: Vec<Value> = record
+        .deployments
+        .iter()
+        .map(|d| deployment_json(d, live_number == Some(d.deployment)))
+        .collect();
+    Ok(Json(json!({
+        "agent": record.name,
+        "created_at": rfc3339(record.created_at),
+        "endpoints": {"sync": state.sync_url(&record.name)},
+        "live": record.live.as_ref().map(|d| deployment_json(d, true)),
+        "draft": record.draft,
+        "draft_pending": draft_pending,
+        "versions": versions,
+        "deployments": deployments,
+    }))
+    .into_response())
+}
+
+pub(crate) async fn delete_agent(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+) -> Answer {
+    state.agents.delete(&agent).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(crate) async fn upload(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+    headers: HeaderMap,
+    request_body: Body,
+) -> Answer {
+    let bytes = body::read(&headers, request_body, state.limits.upload).await?;
+    let uploaded = state.agents.upload(&agent, bytes).await?;
+    let status = if uploaded.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let v = &uploaded.version;
+    Ok((
+        status,
+        Json(json!({
+            "agent": v.agent,
+            "version": v.version,
+            "digest": v.digest,
+            "size": v.size,
+            "created_at": rfc3339(v.created_at),
+        })),
+    )
+        .into_response())
+}
+
+pub(crate) async fn list_versions(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+) -> Answer {
+    let record = state.agents.get(&agent).await?;
+    let live_version = record.live.as_ref().map(|d| d.version);
+    let versions: Vec<Value> = record
+        .versions
+        .iter()
+        .map(|v| version_json(v, live_version == Some(v.version)))
+        .collect();
+    Ok(Json(json!({"agent": agent, "versions": versions})).into_response())
+}
+
+pub(crate) async fn get_version(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentVersion(agent, n): AgentVersion,
+) -> Answer {
+    let (version, wit) = state.agents.version(&agent, n).await?;
+    let live = state
+        .agents
+        .registry()
+        .get(&agent)
+        .is_some_and(|d| d.version == n);
+    let mut view = version_json(&version, live);
+    view["agent"] = json!(agent);
+    view["wit"] = json!(wit);
+    Ok(Json(view).into_response())
+}
+
+pub(crate) async fn delete_version(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentVersion(agent, n): AgentVersion,
+) -> Answer {
+    state.agents.delete_version(&agent, n).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(crate) async fn get_config(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+) -> Answer {
+    Ok(Json(state.agents.draft(&agent).await?).into_response())
+}
+
+/// Small: a configuration is a few keys, not a data store.
+const CONFIG_BODY_LIMIT: usize = 1 << 20;
+
+pub(crate) async fn put_config(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+    headers: HeaderMap,
+    request_body: Body,
+) -> Answer {
+    let bytes = body::read(&headers, request_body, CONFIG_BODY_LIMIT).await?;
+    let draft: AgentConfig = body::json(&bytes)?;
+    Ok(Json(state.agents.put_draft(&agent, draft).await?).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    version: Option<u32>,
+}
+
+pub(crate) async fn deploy(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+    headers: HeaderMap,
+    request_body: Body,
+) -> Answer {
+    let bytes = body::read(&headers, request_body, CONFIG_BODY_LIMIT).await?;
+    // An empty body deploys the newest version.
+    let request: DeployRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        DeployRequest::default()
+    } else {
+        body::json(&bytes)?
+    };
+    let record = state.agents.deploy(&agent, request.version).await?;
+    Ok(Json(deploy_answer(&state, &record)).into_response())
+}
+
+pub(crate) async fn rollback(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+) -> Answer {
+    let record = state.agents.rollback(&agent).await?;
+    Ok(Json(deploy_answer(&state, &record)).into_response())
+}
+
+fn deploy_answer(state: &AppState, d: &DeploymentRecord) -> Value {
+    json!({
+        "agent": d.agent,
+        "deployment": d.deployment,
+        "version": d.version,
+        "digest": d.digest,
+        "deployed_at": rfc3339(d.deployed_at),
+        "config": d.config,
+        "endpoints": {"sync": state.sync_url(&d.agent)},
+    })
+}
+
+fn version_json(v: &VersionRecord, live: bool) -> Value {
+    json!({
+        "version": v.version,
+        "digest": v.digest,
+        "size": v.size,
+        "created_at": rfc3339(v.created_at),
+        "last_deployed_at": v.last_deployed_at.map(rfc3339),
+        "live": live,
+    })
+}
+
+fn deployment_json(d: &DeploymentRecord, live: bool) -> Value {
+    json!({
+        "deployment": d.deployment,
+        "version": d.version,
+        "digest": d.digest,
+        "config": d.config,
+        "deployed_at": rfc3339(d.deployed_at),
+        "rolled_back_at": d.rolled_back_at.map(rfc3339),
+        "live": live,
+    })
+}

@@ -1,0 +1,72 @@
+//! The data plane: the sync endpoint. Its path is the hot path of the product: auth from
+//! memory, one registry load, one fresh instance — no database, no global lock.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use super::auth::Admin;
+use super::paths::AgentName;
+use super::{AppState, body};
+use crate::bindings::Mode;
+use crate::error::Error;
+use crate::invoke::{self, Call};
+use crate::runs;
+
+const JSON: &str = "application/json";
+
+pub(crate) async fn run(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+    headers: HeaderMap,
+    request_body: Body,
+) -> Response {
+    // A call that arrives while the host is still loading deployments at start waits for
+    // the load instead of being told the agent does not exist.
+    state.agents.registry().wait_ready().await;
+    let Some(deployment) = state.agents.registry().get(&agent) else {
+        return Error::NotFound(format!("no agent named `{agent}` is deployed")).into_response();
+    };
+    let run_id: Arc<str> = Arc::from(runs::new_run_id());
+    let outcome = async {
+        let input = body::read(&headers, request_body, state.limits.input).await?;
+        let content_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(JSON)
+            .to_owned();
+        let call = Call {
+            run_id: Arc::clone(&run_id),
+            input: input.into(),
+            content_type,
+            mode: Mode::Sync,
+            attempt: 1,
+        };
+        state.agents.runtime().stats().called();
+        invoke::invoke(state.agents.runtime(), &deployment, call).await
+    }
+    .await;
+
+    let mut response = match outcome {
+        Ok(output) => {
+            // A guest could answer a content type that is not a valid header value; the
+            // bytes still go out, labelled as opaque.
+            let content_type = HeaderValue::from_str(&output.content_type)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+            ([(CONTENT_TYPE, content_type)], output.bytes).into_response()
+        }
+        Err(e) => e.into_response(),
+    };
+    let headers = response.headers_mut();
+    if let Ok(id) = HeaderValue::from_str(&run_id) {
+        headers.insert("gust-run-id", id);
+    }
+    headers.insert("gust-agent-version", HeaderValue::from(deployment.version));
+    headers.insert("gust-deployment", HeaderValue::from(deployment.deployment));
+    response
+}

@@ -1,0 +1,89 @@
+//! HTTP: the routes, and the state they share.
+//!
+//! - `control`: agents, versions, configuration, deploy and rollback (admin token);
+//! - `data`: the sync endpoint, `POST /v1/agents/{agent}/run`;
+//! - `error`: the one mapping from [`crate::Error`] to a response.
+
+mod auth;
+mod body;
+mod control;
+mod data;
+mod error;
+mod paths;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::agents::Agents;
+use crate::error::Error;
+
+/// Request body limits.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Largest component upload, in bytes.
+    pub upload: usize,
+    /// Largest input of a call, in bytes.
+    pub input: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            upload: 100 << 20,
+            input: 10 << 20,
+        }
+    }
+}
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The control plane and the registry.
+    pub agents: Agents,
+    /// The admin token; compared in constant time, never logged.
+    pub admin_token: String,
+    /// Base of the endpoint URLs in answers, without a trailing slash.
+    pub public_url: String,
+    /// Request body limits.
+    pub limits: BodyLimits,
+}
+
+impl AppState {
+    pub(crate) fn sync_url(&self, agent: &str) -> String {
+        format!("{}/v1/agents/{agent}/run", self.public_url)
+    }
+}
+
+/// All routes. Unknown paths and methods answer in the same JSON error shape as the rest.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(control::healthz))
+        .route("/readyz", get(control::readyz))
+        .route("/v1/stats", get(control::stats))
+        .route("/v1/agents", get(control::list_agents))
+        .route(
+            "/v1/agents/{agent}",
+            get(control::get_agent).delete(control::delete_agent),
+        )
+        .route(
+            "/v1/agents/{agent}/versions",
+            post(control::upload).get(control::list_versions),
+        )
+        .route(
+            "/v1/agents/{agent}/versions/{version}",
+            get(control::get_version).delete(control::delete_version),
+        )
+        .route(
+            "/v1/agents/{agent}/config",
+            get(control::get_config).put(control::put_config),
+        )
+        .route("/v1/agents/{agent}/deploy", post(control::deploy))
+        .route("/v1/agents/{agent}/rollback", post(control::rollback))
+        .route("/v1/agents/{agent}/run", post(data::run))
+        .fallback(|| async { Error::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            Error::MethodNotAllowed("this route does not take that method".into())
+        })
+        .with_state(state)
+}

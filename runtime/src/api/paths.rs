@@ -1,0 +1,68 @@
+//! Path parameters, validated, with errors in the API's shape (axum's own rejections are
+//! plain text).
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::request::Parts;
+
+use super::AppState;
+use crate::agents::valid_agent_name;
+use crate::error::Error;
+
+/// A valid `{agent}` path segment.
+pub(crate) struct AgentName(pub(crate) String);
+
+/// `{agent}` and `{version}`.
+pub(crate) struct AgentVersion(pub(crate) String, pub(crate) u32);
+
+async fn param(parts: &mut Parts, state: &Arc<AppState>, name: &str) -> Result<String, Error> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|e| Error::BadRequest(format!("bad path: {e}")))?;
+    params
+        .iter()
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_owned())
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("route has no `{name}` parameter")))
+}
+
+async fn agent(parts: &mut Parts, state: &Arc<AppState>) -> Result<String, Error> {
+    let name = param(parts, state, "agent").await?;
+    if valid_agent_name(&name) {
+        Ok(name)
+    } else {
+        Err(Error::BadRequest(
+            "agent names are 1 to 63 characters of a-z, 0-9 and `-`, starting with a letter or digit".into(),
+        ))
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for AgentName {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(agent(parts, state).await?))
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for AgentVersion {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let agent = agent(parts, state).await?;
+        let raw = param(parts, state, "version").await?;
+        let version = raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::BadRequest(format!("`{raw}` is not a version number")))?;
+        Ok(Self(agent, version))
+    }
+}

@@ -1,0 +1,335 @@
+//! The client commands. Output is for people; errors are one line on stderr and a non-zero
+//! exit code.
+
+use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::client::Client;
+
+pub(crate) async fn deploy(
+    client: &Client,
+    agent: &str,
+    file: Option<&Path>,
+    version: Option<u32>,
+) -> anyhow::Result<()> {
+    let version = match file {
+        Some(file) => Some(upload(client, agent, file).await?),
+        None => version,
+    };
+    let body = match version {
+        Some(n) => json!({ "version": n }),
+        None => json!({}),
+    };
+    let answer = client
+        .json(
+            client
+                .request(Method::POST, &format!("/v1/agents/{agent}/deploy"))
+                .json(&body),
+        )
+        .await?;
+    println!(
+        "deployed {agent} version {} (deployment {})\nendpoint: {}",
+        answer["version"],
+        answer["deployment"],
+        text(&answer["endpoints"]["sync"])
+    );
+    Ok(())
+}
+
+/// Uploads with a progress line (compiling a large guest takes seconds), returning the
+/// version number.
+pub(crate) async fn upload(client: &Client, agent: &str, file: &Path) -> anyhow::Result<u32> {
+    let bytes =
+        Bytes::from(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
+    let total = bytes.len() as u64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let chunks: Vec<Bytes> = (0..bytes.len())
+        .step_by(64 * 1024)
+        .map(|start| bytes.slice(start..(start + 64 * 1024).min(bytes.len())))
+        .collect();
+    let counter = Arc::clone(&sent);
+    let stream = futures::stream::iter(chunks.into_iter().map(move |chunk| {
+        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok::<_, std::io::Error>(chunk)
+    }));
+    let request = client
+        .request(Method::POST, &format!("/v1/agents/{agent}/versions"))
+        .header(reqwest::header::CONTENT_LENGTH, total)
+        .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+        .body(reqwest::Body::wrap_stream(stream));
+
+    let progress = Progress::start(total, Arc::clone(&sent));
+    let outcome = client.send(request).await;
+    progress.finish();
+    let response = outcome?;
+    let created = response.status() == reqwest::StatusCode::CREATED;
+    let answer: Value = response
+        .json()
+        .await
+        .context("reading the server's answer")?;
+    let version = answer["version"]
+        .as_u64()
+        .and_then(|v| u32::try_from(v).ok())
+        .context("the server's answer has no version number")?;
+    if created {
+        eprintln!(
+            "uploaded {} as {agent} version {version} ({}, {})",
+            file.display(),
+            text(&answer["digest"]),
+            human_size(total)
+        );
+    } else {
+        eprintln!("{} is already {agent} version {version}", file.display());
+    }
+    Ok(version)
+}
+
+/// A status line on stderr while an upload is sent and then compiled by the server.
+struct Progress {
+    task: Option<tokio::task::JoinHandle<()>>,
+    terminal: bool,
+}
+
+impl Progress {
+    fn start(total: u64, sent: Arc<AtomicU64>) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        if !terminal {
+            eprintln!(
+                "uploading {} and waiting for the server to compile it…",
+                human_size(total)
+            );
+            return Self {
+                task: None,
+                terminal,
+            };
+        }
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut compiling_since = None;
+            loop {
+                let done = sent.load(Ordering::Relaxed).min(total);
+                let line = if done < total {
+                    format!(
+                        "uploading {}% ({} of {})",
+                        done * 100 / total.max(1),
+                        human_size(done),
+                        human_size(total)
+                    )
+                } else {
+                    let since = *compiling_since.get_or_insert_with(Instant::now);
+                    format!(
+                        "uploaded {} in {:.1}s; compiling and checking… {:.1}s",
+                        human_size(total),
+                        since.duration_since(started).as_secs_f64(),
+                        since.elapsed().as_secs_f64()
+                    )
+                };
+                eprint!("\r\x1b[2K{line}");
+                let _ = std::io::stderr().flush();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self {
+            task: Some(task),
+            terminal,
+        }
+    }
+
+    fn finish(self) {
+        if let Some(task) = self.task {
+            task.abort();
+        }
+        if self.terminal {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+pub(crate) async fn rollback(client: &Client, agent: &str) -> anyhow::Result<()> {
+    let answer = client
+        .json(client.request(Method::POST, &format!("/v1/agents/{agent}/rollback")))
+        .await?;
+    println!(
+        "rolled back {agent} to deployment {} (version {})\nendpoint: {}",
+        answer["deployment"],
+        answer["version"],
+        text(&answer["endpoints"]["sync"])
+    );
+    Ok(())
+}
+
+pub(crate) async fn agents(client: &Client) -> anyhow::Result<()> {
+    let answer = client
+        .json(client.request(Method::GET, "/v1/agents"))
+        .await?;
+    let agents = answer["agents"].as_array().cloned().unwrap_or_default();
+    if agents.is_empty() {
+        println!("no agents yet: `gust deploy <agent> <file.wasm>` creates one");
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:>8} {:>8}  ENDPOINT",
+        "AGENT", "VERSION", "VERSIONS"
+    );
+    for a in agents {
+        let live = a["live"]["version"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |v| v.to_string());
+        println!(
+            "{:<32} {:>8} {:>8}  {}",
+            text(&a["agent"]),
+            live,
+            a["versions"],
+            text(&a["endpoints"]["sync"])
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn agent(client: &Client, agent: &str) -> anyhow::Result<()> {
+    let a = client
+        .json(client.request(Method::GET, &format!("/v1/agents/{agent}")))
+        .await?;
+    println!("agent:    {}", text(&a["agent"]));
+    println!("endpoint: {}", text(&a["endpoints"]["sync"]));
+    match a["live"].as_object() {
+        Some(live) => println!(
+            "live:     deployment {} = version {} since {}",
+            live["deployment"],
+            live["version"],
+            text(&live["deployed_at"])
+        ),
+        None => println!("live:     nothing deployed"),
+    }
+    let pending = if a["draft_pending"] == json!(true) {
+        "  (differs from live: deploy to apply)"
+    } else {
+        ""
+    };
+    println!("draft:    {}{pending}", a["draft"]);
+    println!("versions:");
+    for v in a["versions"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>4}  {}  {:>9}  uploaded {}  deployed {}{}",
+            v["version"],
+            text(&v["digest"]),
+            human_size(v["size"].as_u64().unwrap_or(0)),
+            text(&v["created_at"]),
+            v["last_deployed_at"].as_str().unwrap_or("never"),
+            if v["live"] == json!(true) {
+                "  (live)"
+            } else {
+                ""
+            }
+        );
+    }
+    println!("deployments:");
+    for d in a["deployments"].as_array().into_iter().flatten() {
+        let state = if d["live"] == json!(true) {
+            "live".to_owned()
+        } else if let Some(at) = d["rolled_back_at"].as_str() {
+            format!("rolled back {at}")
+        } else {
+            "superseded".to_owned()
+        };
+        println!(
+            "  {:>4}  version {:<4} {}  {state}",
+            d["deployment"],
+            d["version"],
+            text(&d["deployed_at"])
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn config(
+    client: &Client,
+    agent: &str,
+    set: &[String],
+    unset: &[String],
+    sync_timeout: Option<u64>,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/agents/{agent}/config");
+    let changing = !set.is_empty() || !unset.is_empty() || sync_timeout.is_some();
+    let current = client.send(client.request(Method::GET, &path)).await;
+    let mut draft: Value = match current {
+        Ok(response) => response.json().await.context("reading the draft")?,
+        // A new agent can be configured before its first upload.
+        Err(e) if changing && e.to_string().starts_with("not_found:") => json!({}),
+        Err(e) => return Err(e),
+    };
+    if changing {
+        if !draft["config"].is_object() {
+            draft["config"] = json!({});
+        }
+        for pair in set {
+            let Some((key, value)) = pair.split_once('=') else {
+                bail!("--set takes KEY=VALUE, got `{pair}`");
+            };
+            draft["config"][key] = json!(value);
+        }
+        for key in unset {
+            if let Some(map) = draft["config"].as_object_mut() {
+                map.remove(key);
+            }
+        }
+        if let Some(s) = sync_timeout {
+            draft["sync_timeout_s"] = json!(s);
+        }
+        draft = client
+            .json(client.request(Method::PUT, &path).json(&draft))
+            .await?;
+        eprintln!("draft saved; `gust deploy {agent}` makes it live");
+    }
+    println!("{}", serde_json::to_string_pretty(&draft)?);
+    Ok(())
+}
+
+pub(crate) async fn run(client: &Client, agent: &str, input: &str) -> anyhow::Result<()> {
+    let body = if input == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
+        buf
+    } else if let Some(file) = input.strip_prefix('@') {
+        std::fs::read(file).with_context(|| format!("reading {file}"))?
+    } else {
+        input.as_bytes().to_vec()
+    };
+    let response = client
+        .send(
+            client
+                .request(Method::POST, &format!("/v1/agents/{agent}/run"))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+        )
+        .await?;
+    let output = response.bytes().await.context("reading the output")?;
+    let mut stdout = std::io::stdout();
+    stdout.write_all(&output)?;
+    if !output.ends_with(b"\n") && stdout.is_terminal() {
+        stdout.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
+fn human_size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MB", n as f64 / f64::from(1 << 20)),
+        n if n >= 1 << 10 => format!("{:.1} KB", n as f64 / f64::from(1 << 10)),
+        n => format!("{n} B"),
+    }
+}

@@ -1,0 +1,202 @@
+//! The Wasm side of the host, built once and shared: the `Engine` and its settings, the
+//! `Linker` with everything a guest may import, the epoch ticker thread, and the on-disk
+//! cache of precompiled components.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, OptLevel};
+
+use crate::bindings::gust::agent::{host, invocation};
+use crate::fsutil;
+use crate::host::CallState;
+use crate::stats::Stats;
+
+/// How often the epoch advances. A guest spinning on CPU yields to the async runtime at
+/// least this often, which is what lets timeouts and disconnects cut it off.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The engine, the linker and the artifact cache: everything needed to turn component bytes
+/// into something callable.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    cache: ArtifactCache,
+    stats: Arc<Stats>,
+}
+
+impl Runtime {
+    /// Builds the engine, links the agent world and starts the epoch ticker.
+    ///
+    /// # Errors
+    /// When the engine cannot be configured on this machine or the cache folder cannot be
+    /// created.
+    pub fn new(cache_root: &Path, stats: Arc<Stats>) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(OptLevel::Speed);
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("configuring the Wasm engine")?;
+        start_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http")?;
+        host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)
+            .context("linking gust:agent/host")?;
+        invocation::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)
+            .context("linking gust:agent/invocation")?;
+
+        let cache = ArtifactCache::open(cache_root, &engine)?;
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            stats,
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<CallState> {
+        &self.linker
+    }
+
+    pub(crate) fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Compiles client bytes. Blocking and slow (seconds for a large guest): call it off the
+    /// async runtime. Bytes are only ever compiled here, never deserialized.
+    pub(crate) fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let component = Component::from_binary(&self.engine, bytes)?;
+        self.stats.compiled();
+        Ok(component)
+    }
+
+    /// Writes the precompiled form of `component` to the cache, so the next load of this
+    /// digest skips compilation.
+    pub(crate) fn cache_artifact(&self, digest: &str, component: &Component) -> anyhow::Result<()> {
+        self.cache.store(digest, component)
+    }
+
+    /// The compiled component for `digest`: from the cache when it holds a usable artifact,
+    /// else compiled from the stored component file (and cached). Blocking.
+    pub(crate) fn load(&self, digest: &str, component_file: &Path) -> anyhow::Result<Component> {
+        if let Some(component) = self.cache.load(&self.engine, digest) {
+            self.stats.cache_loaded();
+            return Ok(component);
+        }
+        let bytes = std::fs::read(component_file)
+            .with_context(|| format!("reading {}", component_file.display()))?;
+        let component = self
+            .compile(&bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("compiling {digest}"))?;
+        if let Err(e) = self.cache.store(digest, &component) {
+            tracing::warn!(%digest, "could not cache the compiled component: {e:#}");
+        }
+        Ok(component)
+    }
+
+    /// Forgets the cached artifact of a component that is no longer stored.
+    pub(crate) fn evict(&self, digest: &str) {
+        self.cache.remove(digest);
+    }
+}
+
+/// Starts the one thread that advances the epoch. It holds only a weak reference, so it
+/// ends by itself when the engine is dropped (as in tests that build many runtimes).
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("gust-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// Precompiled components on disk, in a folder named by the engine's compatibility hash, so
+/// an upgraded host never tries to load artifacts built by another one.
+///
+/// Only the host writes here (after compiling bytes itself), which is what makes loading
+/// these files with `deserialize_file` sound.
+#[derive(Debug)]
+struct ArtifactCache {
+    dir: PathBuf,
+}
+
+impl ArtifactCache {
+    fn open(root: &Path, engine: &Engine) -> anyhow::Result<Self> {
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let dir = root.join(format!("{:016x}", hasher.finish()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the cache folder {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}.cwasm", fsutil::digest_hex(digest)))
+    }
+
+    fn load(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        let path = self.path(digest);
+        if !path.exists() {
+            return None;
+        }
+        match deserialize_own_artifact(engine, &path) {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(%digest, "ignoring an unusable cached artifact: {e:#}");
+                None
+            }
+        }
+    }
+
+    fn store(&self, digest: &str, component: &Component) -> anyhow::Result<()> {
+        let bytes = component.serialize().map_err(anyhow::Error::from)?;
+        fsutil::write_atomic(&self.path(digest), &bytes)
+    }
+
+    fn remove(&self, digest: &str) {
+        let _ = std::fs::remove_file(self.path(digest));
+    }
+}
+
+/// Loads a precompiled artifact from the host's own cache folder.
+#[expect(
+    unsafe_code,
+    reason = "deserializing precompiled code is unsafe by contract"
+)]
+fn deserialize_own_artifact(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
+    // SAFETY: `deserialize_file` trusts its input to be code this engine configuration
+    // produced. Files in the cache folder are written only by `ArtifactCache::store`, from a
+    // component this process compiled, atomically (no partial file is ever visible), in a
+    // folder keyed by the engine's compatibility hash; wasmtime additionally checks the
+    // header and engine settings and refuses a mismatch. Client bytes never reach this path.
+    unsafe { Component::deserialize_file(engine, path) }.map_err(anyhow::Error::from)
+}

@@ -1,0 +1,82 @@
+//! The errors callers of the library and of the HTTP API match on. Each variant is one
+//! `kind` of the API's error shape; `api::error` maps them to responses, in one place.
+
+use crate::check::Diagnostic;
+
+/// A failed operation, as a client should see it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// 400: the request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no valid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 404: no such agent, version, or nothing deployed.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the route exists, the method does not.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: the state does not allow it (a live version, nothing to roll back to).
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body is larger than the limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 422: the upload is not a component this host can run.
+    #[error("{message}")]
+    InvalidComponent {
+        /// A one-line summary.
+        message: String,
+        /// Every problem found.
+        diagnostics: Vec<Diagnostic>,
+    },
+    /// 422: the guest refused its input (`invalid-input`).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// 502: the guest returned `failed`; its message is passed on.
+    #[error("{0}")]
+    Failed(String),
+    /// 502: the guest trapped. The detail goes to the host log only.
+    #[error("the agent trapped")]
+    Trap,
+    /// 504: the call ran past its deadline.
+    #[error("{0}")]
+    Timeout(String),
+    /// 500: something broke inside the host. The detail goes to the host log only.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl Error {
+    /// The `kind` string of the API's error shape.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::InvalidComponent { .. } => "invalid_component",
+            Self::InvalidInput(_) => "invalid_input",
+            Self::Failed(_) => "failed",
+            Self::Trap => "trap",
+            Self::Timeout(_) => "timeout",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::NotFound(m) => Self::NotFound(m),
+            StoreError::Conflict(m) => Self::Conflict(m),
+            StoreError::Internal(e) => Self::Internal(e),
+        }
+    }
+}

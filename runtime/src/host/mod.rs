@@ -1,0 +1,121 @@
+//! The host side of what a guest imports: the per-call store data ([`CallState`]) and one
+//! file per interface.
+//!
+//! WASI is linked in full so that every language's toolchain links, but nothing is granted:
+//! no preopened directories, no environment, no arguments, sockets and name lookup off,
+//! stdin closed. Stdout and stderr are captured (bounded) and become log lines.
+
+mod agent;
+mod outbound;
+mod stdio;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::stats::LiveInstance;
+
+pub(crate) use stdio::Captured;
+
+/// Who is running: the fields every log line of the call is tagged with.
+#[derive(Debug, Clone)]
+pub(crate) struct CallInfo {
+    pub(crate) agent: Arc<str>,
+    pub(crate) version: u32,
+    pub(crate) run_id: Arc<str>,
+}
+
+/// Per-call limits, applied through the store's resource limiter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallLimits {
+    /// Largest linear memory an instance may grow to, in bytes.
+    pub(crate) memory_bytes: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+        }
+    }
+}
+
+/// The data of one call's `Store`. Built fresh for every call and dropped with it.
+pub(crate) struct CallState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: outbound::DenyAll,
+    pub(crate) limits: StoreLimits,
+    info: CallInfo,
+    config: Arc<BTreeMap<String, String>>,
+    stdout: Captured,
+    stderr: Captured,
+    _live: LiveInstance,
+}
+
+impl CallState {
+    pub(crate) fn new(
+        info: CallInfo,
+        config: Arc<BTreeMap<String, String>>,
+        limits: CallLimits,
+        live: LiveInstance,
+    ) -> Self {
+        let stdout = Captured::new();
+        let stderr = Captured::new();
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            outbound: outbound::DenyAll { info: info.clone() },
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .build(),
+            info,
+            config,
+            stdout,
+            stderr,
+            _live: live,
+        }
+    }
+
+    /// Sends what the guest wrote to stdout and stderr to the host log, tagged with the run.
+    pub(crate) fn flush_output(&self) {
+        for line in self.stdout.take_lines() {
+            tracing::info!(agent = %self.info.agent, version = self.info.version, run_id = %self.info.run_id, stream = "stdout", "{line}");
+        }
+        for line in self.stderr.take_lines() {
+            tracing::warn!(agent = %self.info.agent, version = self.info.version, run_id = %self.info.run_id, stream = "stderr", "{line}");
+        }
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}

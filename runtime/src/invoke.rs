@@ -1,0 +1,118 @@
+//! One call of `run`: a fresh `Store`, limits, the deadline, and the mapping of what the
+//! guest did to an outcome.
+//!
+//! Nothing of one call survives into another: the `Store` (and with it the instance, its
+//! memory and every host resource) is dropped when the call ends, however it ends. If the
+//! caller goes away, the future holding the `Store` is dropped, which ends the call too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::Store;
+
+use crate::bindings::{Mode, Request, RunError};
+use crate::clock;
+use crate::engine::Runtime;
+use crate::error::Error;
+use crate::host::{CallInfo, CallLimits, CallState};
+use crate::registry::Deployment;
+
+/// What the caller sent.
+#[derive(Debug)]
+pub(crate) struct Call {
+    pub(crate) run_id: Arc<str>,
+    pub(crate) input: Vec<u8>,
+    pub(crate) content_type: String,
+    pub(crate) mode: Mode,
+    pub(crate) attempt: u32,
+}
+
+/// What the guest answered.
+#[derive(Debug)]
+pub(crate) struct Output {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) content_type: String,
+}
+
+/// Runs `call` on `deployment`, within the deployment's sync timeout.
+///
+/// # Errors
+/// `InvalidInput` and `Failed` carry the guest's message; `Trap` and `Timeout` say what
+/// the host did.
+pub(crate) async fn invoke(
+    runtime: &Runtime,
+    deployment: &Deployment,
+    call: Call,
+) -> Result<Output, Error> {
+    let timeout = deployment.sync_timeout;
+    let deadline_ms =
+        clock::now_ms().saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
+    let info = CallInfo {
+        agent: Arc::clone(&deployment.agent),
+        version: deployment.version,
+        run_id: Arc::clone(&call.run_id),
+    };
+    let state = CallState::new(
+        info,
+        Arc::clone(&deployment.config),
+        CallLimits::default(),
+        runtime.stats().live_instance(),
+    );
+    let mut store = new_store(runtime, state);
+    let request = Request {
+        input: call.input,
+        content_type: call.content_type,
+        agent: deployment.agent.to_string(),
+        version: deployment.version,
+        run_id: call.run_id.to_string(),
+        mode: call.mode,
+        attempt: call.attempt,
+        deadline_ms: u64::try_from(deadline_ms).ok(),
+    };
+
+    let outcome = tokio::time::timeout(timeout, async {
+        let agent = deployment.pre.instantiate_async(&mut store).await?;
+        agent.call_run(&mut store, &request).await
+    })
+    .await;
+    store.data().flush_output();
+
+    let log_trap = |e: &wasmtime::Error| {
+        tracing::warn!(agent = %deployment.agent, version = deployment.version, run_id = %call.run_id, "the agent trapped: {e:#}");
+    };
+    match outcome {
+        Ok(Ok(Ok(response))) => Ok(Output {
+            bytes: response.output,
+            content_type: response.content_type,
+        }),
+        Ok(Ok(Err(RunError::InvalidInput(message)))) => Err(Error::InvalidInput(message)),
+        Ok(Ok(Err(RunError::Failed(message)))) => Err(Error::Failed(message)),
+        Ok(Err(trap)) => {
+            log_trap(&trap);
+            Err(Error::Trap)
+        }
+        Err(_elapsed) => Err(Error::Timeout(format!(
+            "the agent did not answer within {}",
+            human(timeout)
+        ))),
+    }
+}
+
+/// A store for one call or one trial instantiation: limits on, and an epoch deadline that
+/// makes a guest running pure CPU yield every tick, so timeouts and disconnects reach it.
+pub(crate) fn new_store(runtime: &Runtime, state: CallState) -> Store<CallState> {
+    let mut store = Store::new(runtime.engine(), state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_async_yield_and_update(1);
+    store
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 1.0 && d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

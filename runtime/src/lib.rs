@@ -1,0 +1,38 @@
+//! gust: a host runtime for agent flows compiled to WebAssembly components.
+//!
+//! A component is uploaded, checked against the agent world (`wit/`), deployed behind a
+//! fixed route and called there; redeploys swap versions atomically. The modules, from the
+//! edge inwards:
+//!
+//! - `server`: `gust serve` — data folder, listener, graceful shutdown;
+//! - `api`: HTTP routes — control plane (agents, versions, deploy) and data plane (run);
+//! - `agents`: the control plane's operations, independent of HTTP;
+//! - `registry`: agent name → live deployment, read lock-free on every call;
+//! - `invoke`: one call — a fresh `Store`, limits, deadline, result mapping;
+//! - `host`: what a guest imports (log, config, progress, WASI, outbound HTTP);
+//! - `check`: an upload against the agent world, with diagnostics;
+//! - `engine`: the wasmtime `Engine`, `Linker`, epoch ticker and precompiled cache;
+//! - `bindings`: the one `bindgen!` of the agent world;
+//! - `store`: persistence behind one trait (SQLite embedded; PostgreSQL for many hosts);
+//! - `runs`: run ids (and, with queued runs, the job queue);
+//! - `stats`, [`clock`], [`error`]: counters, timestamps, the error kinds;
+//! - `cli`: the client commands that speak the HTTP API.
+
+pub mod agents;
+pub mod api;
+pub(crate) mod bindings;
+pub mod check;
+pub mod cli;
+pub(crate) mod clock;
+pub mod engine;
+pub mod error;
+pub(crate) mod fsutil;
+pub(crate) mod host;
+pub(crate) mod invoke;
+pub(crate) mod registry;
+pub(crate) mod runs;
+pub mod server;
+pub mod stats;
+pub mod store;
+
+pub use error::Error;

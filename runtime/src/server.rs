@@ -1,0 +1,189 @@
+//! `gust serve`: opening the data folder, the listener, connection handling and graceful
+//! shutdown.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+use crate::agents::Agents;
+use crate::api::{self, AppState, BodyLimits};
+use crate::engine::Runtime;
+use crate::stats::Stats;
+use crate::store::Sqlite;
+use crate::store::components::ComponentFiles;
+
+/// Settings of `gust serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Where the database, components, cache and generated admin token live.
+    pub data_dir: PathBuf,
+    /// Base of endpoint URLs in answers; `http://<listen address>` when unset.
+    pub public_url: Option<String>,
+    /// The admin token; generated and stored in the data folder when unset.
+    pub admin_token: Option<String>,
+    /// How long calls in flight may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Request body limits.
+    pub limits: BodyLimits,
+}
+
+/// Time a client has to send its request headers (slowloris protection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the server until `shutdown` resolves, then stops accepting, lets calls in flight
+/// finish within the grace period, and returns.
+///
+/// # Errors
+/// When the data folder, the database or the listener cannot be set up.
+pub async fn serve(
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let data_dir = &options.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+    let admin_token = admin_token(options.admin_token.clone(), data_dir)?;
+    let store = Sqlite::open(&data_dir.join("gust.db"))?;
+    let stats = Arc::new(Stats::default());
+    let runtime = Arc::new(Runtime::new(&data_dir.join("cache"), stats)?);
+    let files = ComponentFiles::open(data_dir.join("components"))?;
+    let agents = Agents::new(runtime, Arc::new(store), files);
+
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("listening on {}", options.listen))?;
+    let local = listener.local_addr()?;
+    let public_url = options
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let state = Arc::new(AppState {
+        agents,
+        admin_token,
+        public_url,
+        limits: options.limits,
+    });
+
+    // Deployments load while the listener already answers /healthz; calls wait for the load.
+    let loader = Arc::clone(&state);
+    tokio::spawn(async move {
+        match loader.agents.load_live().await {
+            Ok(n) => tracing::info!("{n} deployment(s) loaded; ready"),
+            Err(e) => tracing::error!("loading deployments failed: {e:#}"),
+        }
+    });
+
+    // The one line a script or test waits for; stdout so it is not mixed with logs.
+    println!("gust listening on http://{local}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(address = %local, data_dir = %data_dir.display(), "listening");
+
+    accept_loop(
+        listener,
+        api::router(state),
+        shutdown,
+        options.shutdown_grace,
+    )
+    .await;
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let connection = http.serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!("connection ended with an error: {e}");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; waiting for calls in flight");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => tracing::warn!(
+            "calls still running after the {}s grace period; stopping anyway", grace.as_secs()
+        ),
+    }
+}
+
+/// The admin token: the one given, else the one stored in the data folder, else a new one
+/// that is stored (mode 0600) and printed this once.
+fn admin_token(given: Option<String>, data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(token) = given {
+        let token = token.trim().to_owned();
+        anyhow::ensure!(!token.is_empty(), "the admin token is empty");
+        return Ok(token);
+    }
+    let path = data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(_) => anyhow::bail!(
+            "{} is empty; delete it to generate a new token",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = format!("gust_admin_{}", hex::encode(rand::random::<[u8; 32]>()));
+    write_secret(&path, &token)?;
+    println!(
+        "Generated an admin token, stored in {} (it is shown only this once):\n  {token}",
+        path.display()
+    );
+    Ok(token)
+}
+
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(secret.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}

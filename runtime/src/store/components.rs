@@ -1,0 +1,51 @@
+//! Component bytes as files in `<data>/components/`, named by their sha256 digest. Writing
+//! the same bytes twice is harmless, and two agents uploading the same component share one
+//! file.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::fsutil;
+
+/// `sha256:<hex>` of `bytes`.
+pub(crate) fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The component folder.
+#[derive(Debug, Clone)]
+pub(crate) struct ComponentFiles {
+    dir: PathBuf,
+}
+
+impl ComponentFiles {
+    pub(crate) fn open(dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    pub(crate) fn path(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}.wasm", fsutil::digest_hex(digest)))
+    }
+
+    /// Stores `bytes` durably under `digest` (a no-op when the file is already there).
+    pub(crate) fn write(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.path(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        fsutil::write_atomic(&path, bytes)
+    }
+
+    pub(crate) fn read(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
+        let path = self.path(digest);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    pub(crate) fn remove(&self, digest: &str) {
+        let _ = std::fs::remove_file(self.path(digest));
+    }
+}

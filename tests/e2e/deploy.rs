@@ -1,0 +1,240 @@
+//! Deploy, call, draft configuration, rollback, deletes, and the errors around them.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::support::{Host, error_kind};
+
+#[tokio::test]
+async fn draft_changes_wait_for_deploy_and_rollback_restores_version_and_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    assert_eq!(host.upload_file("echo", gust_test_guests::ECHO).await, 1);
+    host.set_config("echo", json!({"config": {"marker": "one"}}))
+        .await;
+    let first = host.deploy("echo", None).await;
+    assert_eq!(first["agent"], "echo");
+    assert_eq!(first["deployment"], 1);
+    assert_eq!(first["version"], 1);
+    assert!(first["deployed_at"].as_str().unwrap().ends_with('Z'));
+    let endpoint = format!("{}/v1/agents/echo/run", host.url);
+    assert_eq!(first["endpoints"]["sync"], endpoint.as_str());
+
+    let response = host
+        .request(Method::POST, "/v1/agents/echo/run")
+        .json(&json!({"hello": "world"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert!(
+        response.headers()["gust-run-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("run_")
+    );
+    assert_eq!(response.headers()["gust-agent-version"], "1");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"input": {"hello": "world"}, "version": 1, "marker": "one"})
+    );
+
+    // A draft change is not seen by calls until the deploy.
+    host.set_config("echo", json!({"config": {"marker": "two"}}))
+        .await;
+    assert_eq!(host.call("echo", json!(null)).await.2["marker"], "one");
+    let (_, agent) = host
+        .send(host.request(Method::GET, "/v1/agents/echo"))
+        .await;
+    assert_eq!(agent["draft_pending"], true, "{agent}");
+    assert_eq!(agent["live"]["config"]["config"]["marker"], "one");
+    assert_eq!(agent["draft"]["config"]["marker"], "two");
+    assert_eq!(host.deploy("echo", None).await["deployment"], 2);
+    assert_eq!(host.call("echo", json!(null)).await.2["marker"], "two");
+
+    // A second version with its own configuration.
+    assert_eq!(host.upload_file("echo", gust_test_guests::PROBE_B).await, 2);
+    host.set_config("echo", json!({"config": {"marker": "three"}}))
+        .await;
+    let third = host.deploy("echo", Some(2)).await;
+    assert_eq!(
+        (third["deployment"].as_u64(), third["version"].as_u64()),
+        (Some(3), Some(2))
+    );
+    let (status, version, body) = host.call("echo", json!({"key": "marker"})).await;
+    assert_eq!((status, version), (StatusCode::OK, Some(2)));
+    assert_eq!(
+        (body["marker"].as_str(), body["config"].as_str()),
+        (Some("b"), Some("three"))
+    );
+
+    // Rollback walks back: deployment 2 (version 1, "two"), then 1 (version 1, "one").
+    let (status, back) = host
+        .send(host.request(Method::POST, "/v1/agents/echo/rollback"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{back}");
+    assert_eq!(
+        (back["deployment"].as_u64(), back["version"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        back["endpoints"]["sync"],
+        endpoint.as_str(),
+        "the endpoint never changes"
+    );
+    let (_, version, body) = host.call("echo", json!(null)).await;
+    assert_eq!((version, body["marker"].as_str()), (Some(1), Some("two")));
+    host.send(host.request(Method::POST, "/v1/agents/echo/rollback"))
+        .await;
+    let (_, version, body) = host.call("echo", json!(null)).await;
+    assert_eq!((version, body["marker"].as_str()), (Some(1), Some("one")));
+    let (status, body) = host
+        .send(host.request(Method::POST, "/v1/agents/echo/rollback"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    error_kind(&body, "conflict");
+
+    // The history shows every deployment; the live version cannot be deleted.
+    let (_, agent) = host
+        .send(host.request(Method::GET, "/v1/agents/echo"))
+        .await;
+    let deployments = agent["deployments"].as_array().unwrap();
+    assert_eq!(deployments.len(), 3);
+    assert!(
+        deployments[1]["rolled_back_at"].is_string()
+            && deployments[2]["rolled_back_at"].is_string()
+    );
+    assert_eq!(agent["live"]["deployment"], 1);
+    let versions = agent["versions"].as_array().unwrap();
+    assert!(
+        versions
+            .iter()
+            .all(|v| v["digest"].as_str().unwrap().starts_with("sha256:"))
+    );
+    assert!(versions.iter().all(|v| v["last_deployed_at"].is_string()));
+    let (status, _) = host
+        .send(host.request(Method::DELETE, "/v1/agents/echo/versions/1"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = host
+        .send(host.request(Method::DELETE, "/v1/agents/echo/versions/2"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = host
+        .send(host.request(Method::GET, "/v1/agents/echo/versions/2"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Deleting the agent takes its endpoint down.
+    let (status, _) = host
+        .send(host.request(Method::DELETE, "/v1/agents/echo"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, body) = host.call("echo", json!(null)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    error_kind(&body, "not_found");
+    let (_, list) = host.send(host.request(Method::GET, "/v1/agents")).await;
+    assert_eq!(list["agents"], json!([]));
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let get = |path: &str| host.http.get(format!("{}{path}", host.url));
+
+    // Probes need no token.
+    assert_eq!(
+        get("/healthz").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get("/readyz").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // No token, a wrong token, a malformed header: 401 everywhere, data plane included.
+    for request in [
+        get("/v1/agents"),
+        host.http.post(format!("{}/v1/agents/echo/run", host.url)),
+        get("/v1/stats").bearer_auth("wrong-token"),
+        host.http
+            .post(format!("{}/v1/agents/echo/run", host.url))
+            .bearer_auth("wrong-token"),
+        get("/v1/agents").header("authorization", "Basic abc"),
+    ] {
+        let (status, body) = host.send(request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        let message = error_kind(&body, "unauthorized");
+        assert!(!message.contains("wrong-token") && !message.contains(crate::support::TOKEN));
+    }
+
+    for bad in ["Echo", "a_b", "-lead", &"a".repeat(64)] {
+        let (status, _, body) = host.call(bad, json!(null)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        error_kind(&body, "bad_request");
+    }
+
+    let (status, _, body) = host.call("nobody", json!(null)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    error_kind(&body, "not_found");
+    let (status, body) = host
+        .send(host.request(Method::POST, "/v1/agents/nobody/deploy"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = host
+        .send(host.request(Method::GET, "/v1/nothing-here"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    error_kind(&body, "not_found");
+    let (status, body) = host.send(host.request(Method::PATCH, "/v1/agents")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    error_kind(&body, "method_not_allowed");
+    let (status, body) = host
+        .send(host.request(Method::GET, "/v1/agents/echo/versions/x"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    error_kind(&body, "bad_request");
+
+    // Configuration is checked before it is stored.
+    for (config, needle) in [
+        (json!({"sync_timeout_s": 0}), "sync_timeout_s"),
+        (json!({"config": {"k": 5}}), "invalid type"),
+        (json!({"mode": "sideways"}), "unknown field"),
+    ] {
+        let (status, body) = host
+            .send(
+                host.request(Method::PUT, "/v1/agents/cfg/config")
+                    .json(&config),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{config}: {body}");
+        assert!(error_kind(&body, "bad_request").contains(needle), "{body}");
+    }
+    let (status, body) = host
+        .send(
+            host.request(Method::PUT, "/v1/agents/cfg/config")
+                .body("{not json"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // A configured agent without versions cannot be deployed yet.
+    host.set_config("cfg", json!({"config": {"a": "b"}})).await;
+    let (status, body) = host
+        .send(host.request(Method::POST, "/v1/agents/cfg/deploy"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        error_kind(&body, "not_found").contains("no versions"),
+        "{body}"
+    );
+    let (status, body) = host
+        .send(
+            host.request(Method::POST, "/v1/agents/cfg/deploy")
+                .json(&json!({"version": "one"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}

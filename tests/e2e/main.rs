@@ -1,0 +1,10 @@
+//! End-to-end tests: start the real `gust` binary on a free port with a temporary data
+//! folder, and speak HTTP to it. Guests are built from source by `gust-test-guests`.
+
+mod calls;
+mod cli;
+mod deploy;
+mod redeploy;
+mod restart;
+mod support;
+mod uploads;

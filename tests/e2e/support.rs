@@ -1,0 +1,238 @@
+//! Starting hosts and talking to them.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub(crate) const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A running `gust serve`; killed when dropped.
+pub(crate) struct Host {
+    child: Child,
+    pub(crate) url: String,
+    pub(crate) data_dir: PathBuf,
+    log: PathBuf,
+    pub(crate) http: reqwest::Client,
+}
+
+impl Host {
+    /// Starts a host on a fresh data folder inside `dir`.
+    pub(crate) async fn start(dir: &Path) -> Self {
+        Self::start_on(dir.join("data"), &[]).await
+    }
+
+    /// Starts a host on `data_dir` (which may hold an earlier host's data) and waits until
+    /// it is ready.
+    pub(crate) async fn start_on(data_dir: PathBuf, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let log = data_dir.with_extension(format!("log.{}", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gust"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log", "info"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(extra)
+            .env("GUST_ADMIN_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("starting gust");
+        let stdout = child.stdout.take().unwrap();
+        // The host prints its address once it listens; read it on a thread, with a deadline.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix("gust listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => panic!(
+                "gust did not start; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
+        };
+        let host = Self {
+            child,
+            url,
+            data_dir,
+            log,
+            http: reqwest::Client::new(),
+        };
+        host.wait_ready().await;
+        host
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host never became ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the host logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up, like a crash or a power cut of the process.
+    pub(crate) fn kill9(mut self) -> PathBuf {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.data_dir.clone()
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the host did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+    }
+
+    /// Sends and returns the status with the body parsed as JSON (`Null` when empty).
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("request failed");
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes))
+            })
+        };
+        (status, body)
+    }
+
+    pub(crate) async fn upload(&self, agent: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
+        self.send(
+            self.request(Method::POST, &format!("/v1/agents/{agent}/versions"))
+                .body(bytes),
+        )
+        .await
+    }
+
+    pub(crate) async fn upload_file(&self, agent: &str, path: &str) -> u32 {
+        let (status, body) = self.upload(agent, std::fs::read(path).unwrap()).await;
+        assert!(status.is_success(), "upload failed: {status} {body}");
+        body["version"].as_u64().unwrap() as u32
+    }
+
+    pub(crate) async fn set_config(&self, agent: &str, config: Value) {
+        let (status, body) = self
+            .send(
+                self.request(Method::PUT, &format!("/v1/agents/{agent}/config"))
+                    .json(&config),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    pub(crate) async fn deploy(&self, agent: &str, version: Option<u32>) -> Value {
+        let body = match version {
+            Some(v) => serde_json::json!({ "version": v }),
+            None => serde_json::json!({}),
+        };
+        let (status, answer) = self
+            .send(
+                self.request(Method::POST, &format!("/v1/agents/{agent}/deploy"))
+                    .json(&body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer
+    }
+
+    /// A sync call: status, the `gust-agent-version` header, and the JSON body.
+    pub(crate) async fn call(&self, agent: &str, input: Value) -> (StatusCode, Option<u32>, Value) {
+        let response = self
+            .request(Method::POST, &format!("/v1/agents/{agent}/run"))
+            .json(&input)
+            .send()
+            .await
+            .expect("call failed");
+        let status = response.status();
+        let version = response
+            .headers()
+            .get("gust-agent-version")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, version, body)
+    }
+
+    pub(crate) async fn stats(&self) -> Value {
+        let (status, body) = self.send(self.request(Method::GET, "/v1/stats")).await;
+        assert_eq!(status, StatusCode::OK);
+        body
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts the API's error shape and kind, and returns the message.
+pub(crate) fn error_kind(body: &Value, kind: &str) -> String {
+    assert_eq!(body["error"]["kind"], kind, "unexpected error: {body}");
+    body["error"]["message"]
+        .as_str()
+        .expect("every error has a message")
+        .to_owned()
+}
+
+/// Polls `condition` until it holds or `within` passes.
+pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,169 @@
+//! Uploads: a valid component is stored once; everything else gets a diagnostic with a
+//! stable code, and leaves no version behind.
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::support::{Host, error_kind};
+
+fn codes(body: &Value) -> Vec<(String, String)> {
+    error_kind(body, "invalid_component");
+    body["error"]["diagnostics"]
+        .as_array()
+        .expect("diagnostics")
+        .iter()
+        .map(|d| {
+            assert!(d["message"].as_str().is_some_and(|m| !m.is_empty()), "{d}");
+            (
+                d["code"].as_str().unwrap().to_owned(),
+                d["item"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).unwrap()
+}
+
+#[tokio::test]
+async fn bad_uploads_get_diagnostics_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+
+    // Pseudo-random bytes from a fixed seed, so a failure reproduces.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let random: Vec<u8> = (0..4096)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    let real = std::fs::read(gust_test_guests::PROBE_A).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        ("empty body", Vec::new(), "not_a_component", ""),
+        ("random bytes", random, "not_a_component", ""),
+        (
+            "core module",
+            wat("(module (func (export \"run\")))"),
+            "core_module",
+            "",
+        ),
+        (
+            "truncated component",
+            real[..real.len() / 2].to_vec(),
+            "not_a_component",
+            "",
+        ),
+        (
+            "component without run",
+            wat("(component)"),
+            "missing_export",
+            "run",
+        ),
+        (
+            "run with another type",
+            wat(r#"(component
+                (core module $m (func (export "f") (result i32) i32.const 0))
+                (core instance $i (instantiate $m))
+                (func $run (result u32) (canon lift (core func $i "f")))
+                (export "run" (func $run)))"#),
+            "export_type_mismatch",
+            "run",
+        ),
+        (
+            "unknown interface",
+            wat(
+                r#"(component (import "example:nope/thing@1.0.0" (instance (export "hello" (func)))))"#,
+            ),
+            "unknown_import",
+            "example:nope/thing@1.0.0",
+        ),
+    ];
+    for (what, bytes, code, item) in cases {
+        let (status, body) = host.upload("bad-uploads", bytes).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {body}");
+        let found = codes(&body);
+        assert!(
+            found.iter().any(|(c, i)| c == code && i == item),
+            "{what}: expected [{code}] {item}, got {found:?}"
+        );
+    }
+    // No failed upload created the agent, let alone a version.
+    let (status, body) = host
+        .send(host.request(Method::GET, "/v1/agents/bad-uploads"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        std::fs::read_dir(host.data_dir.join("components"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn same_bytes_are_one_version_and_failures_do_not_add_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let bytes = std::fs::read(gust_test_guests::PROBE_A).unwrap();
+
+    let (status, first) = host.upload("probe", bytes.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["agent"], "probe");
+    assert_eq!(first["version"], 1);
+    assert_eq!(first["size"], bytes.len());
+    assert!(first["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(first["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let (status, again) = host.upload("probe", bytes).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["version"], 1);
+    assert_eq!(again["digest"], first["digest"]);
+
+    let (status, _) = host.upload("probe", b"not wasm".to_vec()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, agent) = host
+        .send(host.request(Method::GET, "/v1/agents/probe"))
+        .await;
+    assert_eq!(agent["versions"].as_array().unwrap().len(), 1, "{agent}");
+
+    // The read-only view shows what the component imports and exports, as WIT.
+    let (status, view) = host
+        .send(host.request(Method::GET, "/v1/agents/probe/versions/1"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let wit = view["wit"].as_str().unwrap();
+    assert!(wit.contains("export run: func("), "{wit}");
+    assert!(wit.contains("import gust:agent/host@0.1.0"), "{wit}");
+    let (status, body) = host
+        .send(host.request(Method::GET, "/v1/agents/probe/versions/7"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    error_kind(&body, "not_found");
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_before_they_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(
+        dir.path().join("data"),
+        &["--max-upload-mib", "1", "--max-input-mib", "1"],
+    )
+    .await;
+    let (status, body) = host.upload("big", vec![0u8; (1 << 20) + 1]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    error_kind(&body, "payload_too_large");
+
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.deploy("probe", None).await;
+    let (status, body) = host
+        .send(
+            host.request(Method::POST, "/v1/agents/probe/run")
+                .body(vec![b' '; (1 << 20) + 1]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+}

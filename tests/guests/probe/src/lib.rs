@@ -1,0 +1,70 @@
+//! A test guest that does what its input asks, so end-to-end tests can drive every path of
+//! the host: `{"op": "echo" | "fail" | "invalid" | "panic" | "spin" | "sleep" | "print" |
+//! "alloc"}`. Its answers carry a marker compiled in (`a`, or `b` with the `marker-b`
+//! feature), so a test can tell two builds apart.
+
+use std::time::Duration;
+
+use gust_sdk::{Context, Error};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const MARKER: &str = if cfg!(feature = "marker-b") { "b" } else { "a" };
+
+#[derive(Deserialize)]
+struct Input {
+    #[serde(default)]
+    op: Option<String>,
+    #[serde(default)]
+    ms: u64,
+    #[serde(default)]
+    mb: usize,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+#[gust_sdk::agent]
+fn run(input: Value, ctx: &Context) -> Result<Value, Error> {
+    let parsed: Input = serde_json::from_value(input.clone())
+        .map_err(|e| Error::invalid_input(format!("probe input: {e}")))?;
+    match parsed.op.as_deref().unwrap_or("echo") {
+        "echo" => Ok(json!({
+            "marker": MARKER,
+            "version": ctx.version(),
+            "agent": ctx.agent(),
+            "run_id": ctx.run_id(),
+            "attempt": ctx.attempt(),
+            "has_deadline": ctx.deadline().is_some(),
+            "config": parsed.key.as_deref().and_then(|k| ctx.config(k)),
+            "input": input,
+        })),
+        "fail" => Err(Error::failed("probe failed on purpose")),
+        "invalid" => Err(Error::invalid_input("probe refused its input")),
+        "panic" => panic!("probe panicked on purpose"),
+        "spin" => {
+            // Pure CPU, no host calls: only epoch interruption can stop this.
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "sleep" => {
+            // Blocks inside a host call (the monotonic clock's poll).
+            std::thread::sleep(Duration::from_millis(parsed.ms));
+            Ok(json!({"marker": MARKER, "slept_ms": parsed.ms}))
+        }
+        "print" => {
+            println!("probe stdout line for {}", ctx.run_id());
+            eprintln!("probe stderr line for {}", ctx.run_id());
+            ctx.info(format!("probe log line for {}", ctx.run_id()));
+            Ok(json!({"marker": MARKER}))
+        }
+        "alloc" => {
+            let block = vec![1u8; parsed.mb << 20];
+            Ok(
+                json!({"allocated_mb": block.len() >> 20, "sum": block.iter().map(|b| u64::from(*b)).sum::<u64>()}),
+            )
+        }
+        other => Err(Error::invalid_input(format!("unknown op `{other}`"))),
+    }
+}
