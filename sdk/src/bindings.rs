@@ -1,7 +1,10 @@
 //! The one `generate!` call for the agent world. Authors never see these names: the
 //! `#[agent]` attribute and [`crate::Context`] wrap them.
 #![expect(missing_docs, reason = "generated code documents itself from the WIT")]
-#![expect(clippy::too_many_arguments, reason = "generated code mirrors the canonical ABI")]
+#![expect(
+    clippy::too_many_arguments,
+    reason = "generated code mirrors the canonical ABI"
+)]
 
 wit_bindgen::generate!({
     world: "gust:agent/agent@0.1.0",

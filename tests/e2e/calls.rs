@@ -177,11 +177,7 @@ async fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
         h.stats().await["live_instances"] == 1
     })
     .await;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &host.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    host.signal("TERM");
 
     let response = call.await.unwrap().expect("the call in flight is answered");
     assert_eq!(response.status(), StatusCode::OK);
@@ -191,4 +187,36 @@ async fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
         .await
         .unwrap();
     assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = probe_host(dir.path()).await;
+    host.set_config("probe", json!({"sync_timeout_s": 60}))
+        .await;
+    host.deploy("probe", None).await;
+    let request = host
+        .request(reqwest::Method::POST, "/v1/agents/probe/run")
+        .json(&json!({"op": "sleep", "ms": 60_000}));
+    let call = tokio::spawn(async move { request.send().await });
+    let h = &host;
+    eventually(Duration::from_secs(5), "the call to start", || async move {
+        h.stats().await["live_instances"] == 1
+    })
+    .await;
+    host.signal("INT");
+    // The first signal waits for the minute-long call; the second one does not.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    host.signal("INT");
+    let started = Instant::now();
+    let code = tokio::task::spawn_blocking(move || host.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(130));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        call.await.unwrap().is_err(),
+        "the cut-off call gets no answer"
+    );
 }

@@ -6,5 +6,6 @@ mod cli;
 mod deploy;
 mod redeploy;
 mod restart;
+mod server;
 mod support;
 mod uploads;

@@ -3,6 +3,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -16,6 +17,8 @@ pub(crate) struct Host {
     pub(crate) url: String,
     pub(crate) data_dir: PathBuf,
     log: PathBuf,
+    /// Everything the host printed on stdout (the address line, a generated token).
+    pub(crate) stdout: Arc<Mutex<Vec<String>>>,
     pub(crate) http: reqwest::Client,
 }
 
@@ -28,6 +31,12 @@ impl Host {
     /// Starts a host on `data_dir` (which may hold an earlier host's data) and waits until
     /// it is ready.
     pub(crate) async fn start_on(data_dir: PathBuf, extra: &[&str]) -> Self {
+        Self::spawn(data_dir, extra, Some(TOKEN)).await
+    }
+
+    /// Starts a host with the admin token given in the environment, or none (so the host
+    /// uses the one in its data folder or makes one).
+    pub(crate) async fn spawn(data_dir: PathBuf, extra: &[&str], token: Option<&str>) -> Self {
         std::fs::create_dir_all(&data_dir).unwrap();
         let log = data_dir.with_extension(format!("log.{}", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
@@ -35,25 +44,31 @@ impl Host {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gust"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gust"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--log", "info"])
             .arg("--data-dir")
             .arg(&data_dir)
             .args(extra)
-            .env("GUST_ADMIN_TOKEN", TOKEN)
+            .env_remove("GUST_ADMIN_TOKEN")
             .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("starting gust");
+            .stderr(log_file);
+        if let Some(token) = token {
+            command.env("GUST_ADMIN_TOKEN", token);
+        }
+        let mut child = command.spawn().expect("starting gust");
         let stdout = child.stdout.take().unwrap();
         // The host prints its address once it listens; read it on a thread, with a deadline.
         let (tx, rx) = std::sync::mpsc::channel();
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&stdout_lines);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(url) = line.strip_prefix("gust listening on ") {
                     let _ = tx.send(url.to_owned());
                 }
+                lines.lock().unwrap().push(line);
             }
         });
         let url = match rx.recv_timeout(Duration::from_secs(60)) {
@@ -68,6 +83,7 @@ impl Host {
             url,
             data_dir,
             log,
+            stdout: stdout_lines,
             http: reqwest::Client::new(),
         };
         host.wait_ready().await;
@@ -129,9 +145,21 @@ impl Host {
             .bearer_auth(TOKEN)
     }
 
+    /// Sends a signal with `kill(1)`.
+    pub(crate) fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// Sends and returns the status with the body parsed as JSON (`Null` when empty).
     pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let response = request.send().await.expect("request failed");
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request failed: {e:?}\n{}", self.log()));
         let status = response.status();
         let bytes = response.bytes().await.unwrap();
         let body = if bytes.is_empty() {

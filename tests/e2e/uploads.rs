@@ -26,6 +26,37 @@ fn wat(text: &str) -> Vec<u8> {
     wat::parse_str(text).unwrap()
 }
 
+/// A hand-written component whose `run` has exactly the agent world's type (it traps if
+/// called), with `memory_pages` of initial memory and any extra imports: the shape needed
+/// to reach the checks that come after the export check.
+fn run_component(memory_pages: u32, imports: &str) -> Vec<u8> {
+    wat(&format!(
+        r#"(component
+            {imports}
+            (type $mode' (enum "sync" "async"))
+            (export $mode "mode" (type $mode'))
+            (type $request' (record
+                (field "input" (list u8)) (field "content-type" string) (field "agent" string)
+                (field "version" u32) (field "run-id" string) (field "mode" $mode)
+                (field "attempt" u32) (field "deadline-ms" (option u64))))
+            (export $request "request" (type $request'))
+            (type $response' (record (field "output" (list u8)) (field "content-type" string)))
+            (export $response "response" (type $response'))
+            (type $run-error' (variant (case "invalid-input" string) (case "failed" string)))
+            (export $run-error "run-error" (type $run-error'))
+            (core module $m
+                (memory (export "memory") {memory_pages})
+                (func (export "realloc") (param i32 i32 i32 i32) (result i32) unreachable)
+                (func (export "run")
+                    (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i64) (result i32)
+                    unreachable))
+            (core instance $i (instantiate $m))
+            (func $run (param "request" $request) (result (result $response (error $run-error)))
+                (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
+            (export "run" (func $run)))"#
+    ))
+}
+
 #[tokio::test]
 async fn bad_uploads_get_diagnostics_and_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,26 +113,46 @@ async fn bad_uploads_get_diagnostics_and_leave_nothing_behind() {
             "example:nope/thing@1.0.0",
         ),
     ];
+    let cases = cases.into_iter().chain([
+        (
+            "memory larger than the host allows",
+            // 5000 pages of 64 KiB: 312 MiB initial memory, over the 256 MiB limit.
+            run_component(5000, ""),
+            "limit_exceeded",
+            "",
+        ),
+        (
+            "an interface a provided package does not have",
+            run_component(
+                1,
+                r#"(import "wasi:io/nope@0.2.0" (instance (export "x" (func))))"#,
+            ),
+            "unknown_import",
+            "wasi:io/nope@0.2.0",
+        ),
+    ]);
     for (what, bytes, code, item) in cases {
         let (status, body) = host.upload("bad-uploads", bytes).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {body}");
         let found = codes(&body);
         assert!(
             found.iter().any(|(c, i)| c == code && i == item),
-            "{what}: expected [{code}] {item}, got {found:?}"
+            "{what}: expected [{code}] {item}, got {found:?}: {body}"
         );
     }
+    // The hand-written `run` really has the world's type: with a small memory it is accepted.
+    let (status, body) = host.upload("wat-agent", run_component(1, "")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
     // No failed upload created the agent, let alone a version.
     let (status, body) = host
         .send(host.request(Method::GET, "/v1/agents/bad-uploads"))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert!(
-        std::fs::read_dir(host.data_dir.join("components"))
-            .unwrap()
-            .next()
-            .is_none()
-    );
+    let stored = std::fs::read_dir(host.data_dir.join("components"))
+        .unwrap()
+        .count();
+    assert_eq!(stored, 1, "only the accepted component is stored");
 }
 
 #[tokio::test]

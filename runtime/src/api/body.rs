@@ -1,11 +1,20 @@
 //! Reading request bodies with a limit that is checked before the body is read (from
 //! `Content-Length`) and again while reading (for chunked bodies).
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_LENGTH;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
+
+/// After refusing a body, how much of it is read and thrown away (and for how long) before
+/// the connection closes. Closing a socket with unread data makes the kernel reset it, and
+/// most clients then report "connection reset" while still sending instead of the 413; a
+/// short, bounded drain lets them read the answer. Nothing drained is kept.
+const DRAIN_BYTES: u64 = 16 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 use crate::error::Error;
 
@@ -25,15 +34,38 @@ pub(crate) async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Resul
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(Error::BadRequest(format!(
-            "could not read the request body: {e}"
-        ))),
+    let mut body = body;
+    let mut collected = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| Error::BadRequest(format!("could not read the request body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if collected.len() + data.len() > limit {
+                drain(body).await;
+                return Err(too_large());
+            }
+            collected.extend_from_slice(data);
+        }
     }
+    Ok(Bytes::from(collected))
+}
+
+/// Reads and discards what is left of a refused body, within [`DRAIN_BYTES`] and
+/// [`DRAIN_TIME`].
+async fn drain(mut body: Body) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut drained = 0u64;
+        while drained < DRAIN_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len() as u64),
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 /// Parses a JSON body into `T`, with serde's message (which names the field) on failure.

@@ -1,0 +1,100 @@
+//! `gust serve` itself: the admin token's life cycle, probes, and what answers look like.
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use reqwest::{Method, StatusCode};
+
+use crate::support::Host;
+
+#[tokio::test]
+async fn a_generated_admin_token_is_stored_privately_and_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let host = Host::spawn(data_dir.clone(), &[], None).await;
+    let token_file = data_dir.join("admin-token");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(
+        token.starts_with("gust_admin_") && token.len() > 40,
+        "{token}"
+    );
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let printed = host.stdout.lock().unwrap().join("\n");
+    assert!(
+        printed.contains(&token),
+        "the new token is shown: {printed}"
+    );
+    assert!(
+        !host.log().contains(&token),
+        "the token never reaches the log"
+    );
+
+    let authed = |h: &Host, token: &str| {
+        h.http
+            .get(format!("{}/v1/agents", h.url))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(
+        authed(&host, &token).await.unwrap().status(),
+        StatusCode::OK
+    );
+    drop(host);
+
+    // Next start: the stored token still works and is not printed again.
+    let host = Host::spawn(data_dir.clone(), &[], None).await;
+    assert_eq!(
+        authed(&host, &token).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let printed = host.stdout.lock().unwrap().join("\n");
+    assert!(!printed.contains(&token), "{printed}");
+    drop(host);
+
+    // A token given on start wins over the stored one.
+    let host = Host::spawn(data_dir, &[], Some("given-token-abcdefghijklmnop")).await;
+    assert_eq!(
+        authed(&host, &token).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, _) = host.send(host.request(Method::GET, "/v1/agents")).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the test token is not this host's"
+    );
+    let given = host
+        .http
+        .get(format!("{}/v1/agents", host.url))
+        .bearer_auth("given-token-abcdefghijklmnop")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn endpoint_urls_use_the_public_url_never_the_host_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(
+        dir.path().join("data"),
+        &["--public-url", "https://agents.example.com/"],
+    )
+    .await;
+    host.upload_file("echo", gust_test_guests::ECHO).await;
+    let answer = host.deploy("echo", None).await;
+    assert_eq!(
+        answer["endpoints"]["sync"],
+        "https://agents.example.com/v1/agents/echo/run"
+    );
+    let (_, list) = host
+        .send(
+            host.request(Method::GET, "/v1/agents")
+                .header("host", "evil.example"),
+        )
+        .await;
+    assert_eq!(
+        list["agents"][0]["endpoints"]["sync"],
+        "https://agents.example.com/v1/agents/echo/run"
+    );
+}
