@@ -54,10 +54,13 @@ pub struct Agents {
     runtime: Arc<Runtime>,
     store: Arc<dyn Store>,
     files: ComponentFiles,
-    registry: Registry,
+    registry: Arc<Registry>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Compiles are CPU-heavy and take seconds; bound how many run at once.
     compile_slots: Semaphore,
+    /// Held while component files are written with their version row, or removed with
+    /// theirs; see [`Agents::delete_and_forget`].
+    files_lock: Arc<Mutex<()>>,
 }
 
 impl Agents {
@@ -68,9 +71,11 @@ impl Agents {
             runtime,
             store,
             files,
-            registry: Registry::default(),
+            registry: Arc::default(),
+
             locks: Mutex::default(),
             compile_slots: Semaphore::new(cores.max(1)),
+            files_lock: Arc::default(),
         }
     }
 
@@ -90,6 +95,14 @@ impl Agents {
     /// # Errors
     /// When the store cannot be read.
     pub async fn load_live(&self) -> Result<usize, Error> {
+        let outcome = self.load_live_inner().await;
+        // Ready even on failure: nothing waits forever, and the server stops on the error.
+        self.registry.set_ready();
+        outcome
+    }
+
+    async fn load_live_inner(&self) -> Result<usize, Error> {
+        self.sweep_unreferenced().await?;
         let store = Arc::clone(&self.store);
         let live = blocking(move || store.live_deployments()).await??;
         let mut loaded = 0;
@@ -106,8 +119,30 @@ impl Agents {
                 ),
             }
         }
-        self.registry.set_ready();
+        // Changes to what is live wait for readiness (`wait_ready`), so none can be
+        // overwritten by this load's older snapshot.
         Ok(loaded)
+    }
+
+    /// Removes component files and cached artifacts that no version refers to: what an
+    /// upload left when it failed (or the process died) between writing its bytes and
+    /// recording its version.
+    async fn sweep_unreferenced(&self) -> Result<(), Error> {
+        let (files, files_lock) = (self.files.clone(), Arc::clone(&self.files_lock));
+        let (runtime, store) = (Arc::clone(&self.runtime), Arc::clone(&self.store));
+        blocking(move || {
+            let _files = files_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let referenced = store.referenced_digests()?;
+            for digest in files.digests() {
+                if !referenced.contains(&digest) {
+                    tracing::info!(%digest, "removing a component no version refers to");
+                    files.remove(&digest);
+                }
+            }
+            runtime.retain_cached(&referenced);
+            Ok(())
+        })
+        .await?
     }
 
     /// Stores a new version after compiling and checking it. The same bytes uploaded again
@@ -150,25 +185,21 @@ impl Agents {
             .map_err(|d| invalid(vec![d]))?;
 
         // Bytes first, then the version row: a crash in between leaves an unreferenced file,
-        // never a version without its component.
+        // never a version without its component. The files lock keeps a concurrent delete
+        // from removing these bytes (as another version's orphan) before the row exists.
         let size = bytes.len() as u64;
-        let files = self.files.clone();
-        let runtime = Arc::clone(&self.runtime);
-        let d = digest.clone();
-        blocking(move || -> anyhow::Result<()> {
-            files.write(&d, &bytes)?;
-            if let Err(e) = runtime.cache_artifact(&d, &component) {
-                tracing::warn!(digest = %d, "could not cache the compiled component: {e:#}");
-            }
-            Ok(())
-        })
-        .await?
-        .map_err(Error::Internal)?;
-
-        let store = Arc::clone(&self.store);
+        let (files, files_lock) = (self.files.clone(), Arc::clone(&self.files_lock));
+        let (runtime, store) = (Arc::clone(&self.runtime), Arc::clone(&self.store));
         let a = agent.to_owned();
-        let (version, created) =
-            blocking(move || store.add_version(&a, &digest, size, clock::now_ms())).await??;
+        let (version, created) = blocking(move || -> Result<_, Error> {
+            let _files = files_lock.lock().unwrap_or_else(|e| e.into_inner());
+            files.write(&digest, &bytes).map_err(Error::Internal)?;
+            if let Err(e) = runtime.cache_artifact(&digest, &component) {
+                tracing::warn!(%digest, "could not cache the compiled component: {e:#}");
+            }
+            Ok(store.add_version(&a, &digest, size, clock::now_ms())?)
+        })
+        .await??;
         if created {
             tracing::info!(agent, version = version.version, digest = %version.digest, "uploaded a new version");
         }
@@ -210,7 +241,8 @@ impl Agents {
         agent: &str,
         version: Option<u32>,
     ) -> Result<DeploymentRecord, Error> {
-        let _guard = self.lock(agent).await;
+        self.registry.wait_ready().await;
+        let guard = self.lock(agent).await;
         let store = Arc::clone(&self.store);
         let a = agent.to_owned();
         let (target, draft) = blocking(move || {
@@ -233,11 +265,17 @@ impl Agents {
         let draft = draft.unwrap_or_default();
         let pre = self.prepare(&target.digest).await?;
 
-        let store = Arc::clone(&self.store);
+        // The commit and the swap run together off the async runtime, so a client that
+        // disconnects now cannot leave the store and the registry disagreeing.
+        let (store, registry) = (Arc::clone(&self.store), Arc::clone(&self.registry));
         let a = agent.to_owned();
-        let record =
-            blocking(move || store.deploy(&a, target.version, &draft, clock::now_ms())).await??;
-        self.registry.set(activate(&record, pre));
+        let record = blocking(move || -> Result<_, Error> {
+            let _guard = guard;
+            let record = store.deploy(&a, target.version, &draft, clock::now_ms())?;
+            registry.set(activate(&record, pre));
+            Ok(record)
+        })
+        .await??;
         tracing::info!(
             agent,
             deployment = record.deployment,
@@ -253,7 +291,8 @@ impl Agents {
     /// [`Error::NotFound`] for an unknown agent, [`Error::Conflict`] when there is nothing
     /// to roll back to.
     pub async fn rollback(&self, agent: &str) -> Result<DeploymentRecord, Error> {
-        let _guard = self.lock(agent).await;
+        self.registry.wait_ready().await;
+        let guard = self.lock(agent).await;
         let store = Arc::clone(&self.store);
         let a = agent.to_owned();
         let (from, to) = match blocking(move || store.plan_rollback(&a)).await?? {
@@ -266,11 +305,17 @@ impl Agents {
             RollbackPlan::To { from, to } => (from, to),
         };
         let pre = self.prepare(&to.digest).await?;
-        let store = Arc::clone(&self.store);
+        // As in `deploy`: commit and swap together, whatever the client does.
+        let (store, registry) = (Arc::clone(&self.store), Arc::clone(&self.registry));
         let a = agent.to_owned();
-        let number = to.deployment;
-        blocking(move || store.rollback(&a, from, number, clock::now_ms())).await??;
-        self.registry.set(activate(&to, pre));
+        let target = to.clone();
+        blocking(move || -> Result<_, Error> {
+            let _guard = guard;
+            store.rollback(&a, from, target.deployment, clock::now_ms())?;
+            registry.set(activate(&target, pre));
+            Ok(())
+        })
+        .await??;
         tracing::info!(
             agent,
             from,
@@ -327,22 +372,20 @@ impl Agents {
     /// # Errors
     /// [`Error::NotFound`], or [`Error::Conflict`] while the version is live.
     pub async fn delete_version(&self, agent: &str, n: u32) -> Result<(), Error> {
-        let _guard = self.lock(agent).await;
-        let store = Arc::clone(&self.store);
+        self.registry.wait_ready().await;
+        let guard = self.lock(agent).await;
         let a = agent.to_owned();
-        match blocking(move || store.delete_version(&a, n)).await?? {
+        match self
+            .delete_and_forget(guard, move |store| store.delete_version(&a, n))
+            .await?
+        {
             VersionDeletion::NotFound => Err(Error::NotFound(format!(
                 "agent `{agent}` has no version {n}"
             ))),
             VersionDeletion::Live => Err(Error::Conflict(format!(
                 "version {n} of `{agent}` is live; deploy another version first"
             ))),
-            VersionDeletion::Deleted { orphaned } => {
-                if let Some(digest) = orphaned {
-                    self.forget_component(&digest);
-                }
-                Ok(())
-            }
+            VersionDeletion::Deleted { .. } => Ok(()),
         }
     }
 
@@ -352,27 +395,48 @@ impl Agents {
     /// # Errors
     /// [`Error::NotFound`] for an unknown agent.
     pub async fn delete(&self, agent: &str) -> Result<(), Error> {
-        let _guard = self.lock(agent).await;
-        let store = Arc::clone(&self.store);
+        self.registry.wait_ready().await;
+        let guard = self.lock(agent).await;
         let a = agent.to_owned();
-        let Some(orphans) = blocking(move || store.delete_agent(&a)).await?? else {
+        let registry = Arc::clone(&self.registry);
+        let deleted = self
+            .delete_and_forget(guard, move |store| {
+                let deleted = store.delete_agent(&a)?;
+                if deleted.is_some() {
+                    registry.remove(&a);
+                }
+                Ok(deleted)
+            })
+            .await?;
+        if deleted.is_none() {
             return Err(no_agent(agent));
-        };
-        self.registry.remove(agent);
-        for digest in orphans {
-            self.forget_component(&digest);
         }
-        self.locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(agent);
         tracing::info!(agent, "deleted");
         Ok(())
     }
 
-    fn forget_component(&self, digest: &str) {
-        self.files.remove(digest);
-        self.runtime.evict(digest);
+    /// Runs a store deletion and removes the component files (and cached artifacts) it
+    /// left unreferenced, under the files lock so that an upload of the same bytes cannot
+    /// slip in between; off the async runtime and holding the agent's lock to the end, so a
+    /// client that disconnects cannot interrupt it halfway.
+    async fn delete_and_forget<T: Orphans + Send + 'static>(
+        &self,
+        guard: OwnedMutexGuard<()>,
+        delete: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (files, files_lock) = (self.files.clone(), Arc::clone(&self.files_lock));
+        let (runtime, store) = (Arc::clone(&self.runtime), Arc::clone(&self.store));
+        blocking(move || {
+            let _guard = guard;
+            let _files = files_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let outcome = delete(store.as_ref())?;
+            for digest in outcome.orphans() {
+                files.remove(digest);
+                runtime.evict(digest);
+            }
+            Ok(outcome)
+        })
+        .await?
     }
 
     /// The stored component for `digest`, compiled or loaded from the cache, pre-linked.
@@ -412,20 +476,17 @@ impl Agents {
         };
         match tokio::time::timeout(TRIAL_TIMEOUT, pre.instantiate_async(&mut store)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => {
-                let text = format!("{e:#}");
-                if text.contains("exceeds memory limits") || text.contains("exceeds table limits") {
-                    Err(limit(format!(
-                        "the component does not fit the host's limits: {text}"
-                    )))
-                } else {
-                    Err(Diagnostic {
-                        code: "instantiation_failed",
-                        item: String::new(),
-                        message: format!("the component failed to instantiate: {text}"),
-                    })
-                }
-            }
+            Ok(Err(e)) => match store.data().limiter.refused() {
+                Some(why) => Err(limit(format!(
+                    "the component does not fit the host's limits: {why}"
+                ))),
+                None => Err(Diagnostic {
+                    code: "instantiation_failed",
+                    item: String::new(),
+                    message: format!("the component failed to instantiate: {e:#}"),
+                }),
+            },
+
             Err(_) => Err(limit(format!(
                 "instantiation did not finish within {}s",
                 TRIAL_TIMEOUT.as_secs()
@@ -433,6 +494,9 @@ impl Agents {
         }
     }
 
+    /// The agent's control-plane lock. Entries are never removed (not even when the agent
+    /// is deleted): a waiter may still hold the old one, and a second mutex for the same
+    /// name would let two changes run at once.
     async fn lock(&self, agent: &str) -> OwnedMutexGuard<()> {
         let lock = Arc::clone(
             self.locks
@@ -442,6 +506,28 @@ impl Agents {
                 .or_default(),
         );
         lock.lock_owned().await
+    }
+}
+
+/// What a deletion left without any version referring to it.
+trait Orphans {
+    fn orphans(&self) -> &[String];
+}
+
+impl Orphans for VersionDeletion {
+    fn orphans(&self) -> &[String] {
+        match self {
+            VersionDeletion::Deleted {
+                orphaned: Some(digest),
+            } => std::slice::from_ref(digest),
+            _ => &[],
+        }
+    }
+}
+
+impl Orphans for Option<Vec<String>> {
+    fn orphans(&self) -> &[String] {
+        self.as_deref().unwrap_or_default()
     }
 }
 

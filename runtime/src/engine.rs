@@ -118,6 +118,15 @@ impl Runtime {
     pub(crate) fn evict(&self, digest: &str) {
         self.cache.remove(digest);
     }
+
+    /// Forgets every cached artifact whose digest is not in `keep`.
+    pub(crate) fn retain_cached(&self, keep: &std::collections::HashSet<String>) {
+        for digest in crate::store::components::digests_in(&self.cache.dir, ".cwasm") {
+            if !keep.contains(&digest) {
+                self.cache.remove(&digest);
+            }
+        }
+    }
 }
 
 /// Starts the one thread that advances the epoch. It holds only a weak reference, so it
@@ -155,6 +164,7 @@ impl ArtifactCache {
         let dir = root.join(format!("{:016x}", hasher.finish()));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the cache folder {}", dir.display()))?;
+        fsutil::remove_stale_temp_files(&dir);
         Ok(Self { dir })
     }
 

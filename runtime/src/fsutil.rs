@@ -30,3 +30,16 @@ pub(crate) fn sync_dir(dir: &Path) -> anyhow::Result<()> {
 pub(crate) fn digest_hex(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
+
+/// Removes temporary files that a crash left behind in `dir` (the `write_atomic` files that
+/// were never renamed). Called when a folder is opened, before anything writes to it.
+pub(crate) fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}

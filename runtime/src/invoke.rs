@@ -102,7 +102,8 @@ pub(crate) async fn invoke(
 /// makes a guest running pure CPU yield every tick, so timeouts and disconnects reach it.
 pub(crate) fn new_store(runtime: &Runtime, state: CallState) -> Store<CallState> {
     let mut store = Store::new(runtime.engine(), state);
-    store.limiter(|s| &mut s.limits);
+    store.limiter(|s| &mut s.limiter);
+
     store.set_epoch_deadline(1);
     store.epoch_deadline_async_yield_and_update(1);
     store

@@ -78,11 +78,17 @@ pub async fn serve(
     });
 
     // Deployments load while the listener already answers /healthz; calls wait for the load.
+    // If the load itself fails (the store cannot be read), the host cannot serve: it stops.
+    let (load_failed, mut on_load_failure) = tokio::sync::oneshot::channel();
     let loader = Arc::clone(&state);
     tokio::spawn(async move {
         match loader.agents.load_live().await {
             Ok(n) => tracing::info!("{n} deployment(s) loaded; ready"),
-            Err(e) => tracing::error!("loading deployments failed: {e:#}"),
+            Err(e) => {
+                let e = anyhow::Error::new(e).context("loading the live deployments");
+                tracing::error!("{e:#}; shutting down");
+                let _ = load_failed.send(e);
+            }
         }
     });
 
@@ -91,14 +97,15 @@ pub async fn serve(
     let _ = std::io::stdout().flush();
     tracing::info!(address = %local, data_dir = %data_dir.display(), "listening");
 
-    accept_loop(
-        listener,
-        api::router(state),
-        shutdown,
-        options.shutdown_grace,
-    )
-    .await;
-    Ok(())
+    let mut failure = None;
+    let stop = async {
+        tokio::select! {
+            () = shutdown => {}
+            Ok(e) = &mut on_load_failure => failure = Some(e),
+        }
+    };
+    accept_loop(listener, api::router(state), stop, options.shutdown_grace).await;
+    failure.map_or(Ok(()), Err)
 }
 
 async fn accept_loop(

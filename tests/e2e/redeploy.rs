@@ -23,6 +23,29 @@ async fn redeploys_under_load_fail_no_call() {
     host.deploy("flip", Some(1)).await;
     let expected_marker = |version: u32| if version == 1 { "a" } else { "b" };
 
+    // A call in flight finishes on the deployment it started on, even after a swap.
+    let slow = host
+        .request(Method::POST, "/v1/agents/flip/run")
+        .json(&json!({"op": "sleep", "ms": 1000}));
+    let slow = tokio::spawn(async move { slow.send().await });
+    let h = Arc::clone(&host);
+    crate::support::eventually(Duration::from_secs(5), "the slow call to start", || {
+        let h = Arc::clone(&h);
+        async move { h.stats().await["live_instances"] == 1 }
+    })
+    .await;
+    host.deploy("flip", Some(2)).await;
+    let (status, version, body) = host.call("flip", json!({"op": "echo"})).await;
+    assert_eq!(
+        (status, version, body["marker"].as_str()),
+        (StatusCode::OK, Some(2), Some("b"))
+    );
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.headers()["gust-agent-version"], "1");
+    let slow: serde_json::Value = slow.json().await.unwrap();
+    assert_eq!(slow, json!({"marker": "a", "slept_ms": 1000}));
+    host.deploy("flip", Some(1)).await;
+
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
@@ -100,7 +123,7 @@ async fn redeploys_under_load_fail_no_call() {
         .await;
     assert_eq!(
         agent["deployments"].as_array().unwrap().len(),
-        REDEPLOYS + 1
+        REDEPLOYS + 3
     );
     eprintln!("{total} calls, {REDEPLOYS} redeploys, per version {per_version:?}");
 }

@@ -37,9 +37,37 @@ async fn kill_nine_then_restart_serves_the_same_deployment_from_the_cache() {
     let data_dir = host.kill9();
 
     std::fs::remove_dir_all(data_dir.join("cache")).unwrap();
+    // What a crash between writing an upload's bytes and recording its version leaves.
+    let components = data_dir.join("components");
+    let orphan = components.join(format!("{}.wasm", "ab".repeat(32)));
+    std::fs::write(&orphan, b"orphan").unwrap();
+    std::fs::write(components.join(".tmpXYZ123"), b"half").unwrap();
     let host = Host::start_on(data_dir, &[]).await;
     let (status, version, body) = host.call("echo", json!({"n": 1})).await;
     assert_eq!((status, version), (StatusCode::OK, Some(1)));
     assert_eq!(body["marker"], "persisted");
     assert_eq!(host.stats().await["compiles_total"], 1);
+    // The start-up sweep removed the leftovers and kept both versions' components.
+    let mut left: Vec<String> = std::fs::read_dir(&components)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter()
+            .all(|f| f.ends_with(".wasm") && !f.starts_with("abab")),
+        "{left:?}"
+    );
+    let (status, _) = host
+        .send(
+            host.request(Method::POST, "/v1/agents/echo/deploy")
+                .json(&json!({"version": 2})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the other version's component is intact"
+    );
 }

@@ -153,6 +153,16 @@ async fn bad_uploads_get_diagnostics_and_leave_nothing_behind() {
         .unwrap()
         .count();
     assert_eq!(stored, 1, "only the accepted component is stored");
+    let cache = std::fs::read_dir(host.data_dir.join("cache"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let cached = std::fs::read_dir(cache.path()).unwrap().count();
+    assert_eq!(
+        cached, 1,
+        "only the accepted component has a cached artifact"
+    );
 }
 
 #[tokio::test]

@@ -38,7 +38,10 @@ pub(crate) async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Resul
         return Err(too_large());
     }
     let mut body = body;
-    let mut collected = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    // Reserve for what the client declared, but never much up front: memory follows the
+    // bytes that actually arrive.
+    let mut collected = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(1 << 20));
+
     while let Some(frame) = body.frame().await {
         let frame = frame
             .map_err(|e| Error::BadRequest(format!("could not read the request body: {e}")))?;

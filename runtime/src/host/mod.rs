@@ -6,6 +6,7 @@
 //! stdin closed. Stdout and stderr are captured (bounded) and become log lines.
 
 mod agent;
+mod limits;
 mod outbound;
 mod stdio;
 
@@ -13,12 +14,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::stats::LiveInstance;
 
+pub(crate) use limits::Limiter;
 pub(crate) use stdio::Captured;
 
 /// Who is running: the fields every log line of the call is tagged with.
@@ -50,7 +51,7 @@ pub(crate) struct CallState {
     http: WasiHttpCtx,
     table: ResourceTable,
     outbound: outbound::DenyAll,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limiter: Limiter,
     info: CallInfo,
     config: Arc<BTreeMap<String, String>>,
     stdout: Captured,
@@ -79,9 +80,8 @@ impl CallState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: outbound::DenyAll { info: info.clone() },
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .build(),
+            limiter: Limiter::new(limits.memory_bytes),
+
             info,
             config,
             stdout,

@@ -23,6 +23,7 @@ pub(crate) struct ComponentFiles {
 impl ComponentFiles {
     pub(crate) fn open(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fsutil::remove_stale_temp_files(&dir);
         Ok(Self { dir })
     }
 
@@ -45,7 +46,28 @@ impl ComponentFiles {
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
     }
 
+    /// The digests of every stored component.
+    pub(crate) fn digests(&self) -> Vec<String> {
+        digests_in(&self.dir, ".wasm")
+    }
+
     pub(crate) fn remove(&self, digest: &str) {
         let _ = std::fs::remove_file(self.path(digest));
     }
+}
+
+/// `sha256:<hex>` for every file `<hex><extension>` in `dir`.
+pub(crate) fn digests_in(dir: &std::path::Path, extension: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let hex = name.strip_suffix(extension)?;
+            (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| format!("sha256:{hex}"))
+        })
+        .collect()
 }

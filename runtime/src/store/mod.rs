@@ -90,7 +90,8 @@ impl AgentConfig {
 pub struct VersionRecord {
     /// The agent's name.
     pub agent: String,
-    /// Numbered from 1 per agent; never reused, even after a delete.
+    /// Numbered from 1 per agent; never reused while the agent exists, even after a version
+    /// is deleted.
     pub version: u32,
     /// `sha256:<hex>` of the component bytes.
     pub digest: String,
@@ -294,6 +295,12 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// When the database fails.
     fn delete_version(&self, agent: &str, version: u32) -> Result<VersionDeletion, StoreError>;
+
+    /// Every digest some version of some agent refers to.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn referenced_digests(&self) -> Result<std::collections::HashSet<String>, StoreError>;
 
     /// Deletes an agent with its versions and deployments. Returns `None` when there was no
     /// such agent, else the digests no other agent uses any more.

@@ -510,6 +510,14 @@ impl Store for Sqlite {
         })
     }
 
+    fn referenced_digests(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.with(|conn| {
+            conn.prepare("SELECT DISTINCT digest FROM versions")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .map_err(internal)
+        })
+    }
+
     fn delete_agent(&self, agent: &str) -> Result<Option<Vec<String>>, StoreError> {
         self.tx(|tx| {
             let digests: Vec<String> = tx
