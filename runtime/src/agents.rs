@@ -21,14 +21,18 @@ use crate::error::Error;
 use crate::host::{CallInfo, CallLimits, CallState};
 use crate::invoke;
 use crate::registry::{Deployment, Registry};
+use crate::runs::signing;
 use crate::store::components::{ComponentFiles, digest_of};
 use crate::store::{
-    AgentConfig, AgentRecord, AgentSummary, DeploymentRecord, RollbackPlan, Store, VersionDeletion,
-    VersionRecord,
+    AgentConfig, AgentRecord, AgentSummary, DeploymentRecord, REDACTED, RollbackPlan, Store,
+    StoreError, VersionDeletion, VersionRecord,
 };
 
 /// How long the deploy-time trial instantiation may take.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a rotated-out push secret keeps signing.
+const SECRET_OVERLAP_MS: i64 = 24 * 3600 * 1000;
 
 /// Whether `name` is a valid agent name: `[a-z0-9][a-z0-9-]{0,62}`.
 pub fn valid_agent_name(name: &str) -> bool {
@@ -221,15 +225,100 @@ impl Agents {
     /// Replaces the draft configuration (creating the agent if needed). It takes effect at
     /// the next deploy.
     ///
+    /// The push access token is write-only: a draft that carries [`REDACTED`] in its place
+    /// keeps the token the draft has. Turning push on for the first time creates the agent's
+    /// signing secret, returned here (and never again).
+    ///
     /// # Errors
     /// [`Error::BadRequest`] when a value is out of bounds.
-    pub async fn put_draft(&self, agent: &str, draft: AgentConfig) -> Result<AgentConfig, Error> {
-        draft.validate().map_err(Error::BadRequest)?;
+    pub async fn put_draft(
+        &self,
+        agent: &str,
+        mut draft: AgentConfig,
+    ) -> Result<(AgentConfig, Option<String>), Error> {
+        let _guard = self.lock(agent).await;
         let store = Arc::clone(&self.store);
         let a = agent.to_owned();
-        let saved = draft.clone();
-        blocking(move || store.put_draft(&a, &saved, clock::now_ms())).await??;
-        Ok(draft)
+        let (current, secrets) =
+            blocking(move || Ok::<_, StoreError>((store.draft(&a)?, store.push_secrets(&a)?)))
+                .await??;
+        if let Some(push) = &mut draft.push
+            && push.access_token == REDACTED
+        {
+            match current.and_then(|c| c.push) {
+                Some(kept) => push.access_token = kept.access_token,
+                None => {
+                    return Err(Error::BadRequest(
+                        "`push.access_token` is write-only: send the token itself".into(),
+                    ));
+                }
+            }
+        }
+        draft.validate().map_err(Error::BadRequest)?;
+        let new_secret = (draft.push.is_some() && secrets.is_none()).then(signing::new_secret);
+        let store = Arc::clone(&self.store);
+        let (a, saved, secret) = (agent.to_owned(), draft.clone(), new_secret.clone());
+        blocking(move || {
+            store.put_draft(&a, &saved, clock::now_ms())?;
+            if let Some(secret) = secret {
+                store.set_push_secret(&a, &secret, 0)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await??;
+        Ok((draft, new_secret))
+    }
+
+    /// Gives the agent a new push signing secret at once (returned here, never again); for
+    /// 24 h pushes carry signatures by both the new and the old secret.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent.
+    pub async fn rotate_push_secret(&self, agent: &str) -> Result<String, Error> {
+        let _guard = self.lock(agent).await;
+        let secret = signing::new_secret();
+        let store = Arc::clone(&self.store);
+        let (a, s) = (agent.to_owned(), secret.clone());
+        let overlap_until = clock::now_ms() + SECRET_OVERLAP_MS;
+        blocking(move || store.set_push_secret(&a, &s, overlap_until)).await??;
+        tracing::info!(agent, "rotated the push signing secret");
+        Ok(secret)
+    }
+
+    /// The live deployment of `agent`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when nothing is deployed.
+    pub(crate) fn live(&self, agent: &str) -> Result<Arc<Deployment>, Error> {
+        self.registry
+            .get(agent)
+            .ok_or_else(|| Error::NotFound(format!("no agent named `{agent}` is deployed")))
+    }
+
+    /// Deployment `number` of `agent`, live or not: queued runs execute on the deployment
+    /// that was live when they were accepted.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when it no longer exists (the agent was deleted).
+    pub(crate) async fn deployment(
+        &self,
+        agent: &str,
+        number: u32,
+    ) -> Result<Arc<Deployment>, Error> {
+        if let Some(found) = self.registry.find(agent, number) {
+            return Ok(found);
+        }
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        let record = blocking(move || store.deployment(&a, number))
+            .await??
+            .ok_or_else(|| {
+                Error::NotFound(format!("agent `{agent}` has no deployment {number}"))
+            })?;
+        let pre = self.prepare(&record.digest).await?;
+        let deployment = activate(&record, pre);
+        self.registry.remember(Arc::clone(&deployment));
+        Ok(deployment)
     }
 
     /// Deploys `version` (default: the newest) with the current draft and makes it live.
@@ -250,7 +339,7 @@ impl Agents {
                 Some(n) => store.version(&a, n)?,
                 None => store.latest_version(&a)?,
             };
-            Ok::<_, crate::store::StoreError>((target, store.draft(&a)?))
+            Ok::<_, StoreError>((target, store.draft(&a)?))
         })
         .await??;
         let Some(target) = target else {
@@ -422,7 +511,7 @@ impl Agents {
     async fn delete_and_forget<T: Orphans + Send + 'static>(
         &self,
         guard: OwnedMutexGuard<()>,
-        delete: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+        delete: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Error> {
         let (files, files_lock) = (self.files.clone(), Arc::clone(&self.files_lock));
         let (runtime, store) = (Arc::clone(&self.runtime), Arc::clone(&self.store));
@@ -467,7 +556,9 @@ impl Agents {
             Arc::new(BTreeMap::new()),
             CallLimits::default(),
             self.runtime.stats().live_instance(),
+            None,
         );
+
         let mut store = invoke::new_store(&self.runtime, state);
         let limit = |message: String| Diagnostic {
             code: "limit_exceeded",
@@ -532,13 +623,17 @@ impl Orphans for Option<Vec<String>> {
 }
 
 fn activate(record: &DeploymentRecord, pre: AgentPre<CallState>) -> Arc<Deployment> {
+    let config = &record.config;
     Arc::new(Deployment {
         agent: Arc::from(record.agent.as_str()),
         deployment: record.deployment,
         version: record.version,
         pre,
-        sync_timeout: Duration::from_secs(record.config.sync_timeout_s),
-        config: Arc::new(record.config.config.clone()),
+        sync_timeout: Duration::from_secs(config.sync_timeout_s),
+        async_timeout: config.async_timeout_s.map(Duration::from_secs),
+        max_queue_wait: Duration::from_secs(config.max_queue_wait_s),
+        push: config.push_target().cloned(),
+        config: Arc::new(config.config.clone()),
     })
 }
 

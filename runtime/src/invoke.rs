@@ -16,15 +16,19 @@ use crate::engine::Runtime;
 use crate::error::Error;
 use crate::host::{CallInfo, CallLimits, CallState};
 use crate::registry::Deployment;
+use crate::runs::recorder::RunRecorder;
 
-/// What the caller sent.
-#[derive(Debug)]
+/// What the caller sent, and how to run it.
 pub(crate) struct Call {
     pub(crate) run_id: Arc<str>,
     pub(crate) input: Vec<u8>,
     pub(crate) content_type: String,
     pub(crate) mode: Mode,
     pub(crate) attempt: u32,
+    /// Wall-time limit; `None` for none.
+    pub(crate) timeout: Option<Duration>,
+    /// Where a queued run's logs and progress go; `None` for a sync call (host log).
+    pub(crate) recorder: Option<Arc<RunRecorder>>,
 }
 
 /// What the guest answered.
@@ -34,7 +38,7 @@ pub(crate) struct Output {
     pub(crate) content_type: String,
 }
 
-/// Runs `call` on `deployment`, within the deployment's sync timeout.
+/// Runs `call` on `deployment`, within `call.timeout`.
 ///
 /// # Errors
 /// `InvalidInput` and `Failed` carry the guest's message; `Trap` and `Timeout` say what
@@ -44,9 +48,9 @@ pub(crate) async fn invoke(
     deployment: &Deployment,
     call: Call,
 ) -> Result<Output, Error> {
-    let timeout = deployment.sync_timeout;
-    let deadline_ms =
-        clock::now_ms().saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
+    let timeout = call.timeout;
+    let deadline_ms = timeout
+        .map(|t| clock::now_ms().saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX)));
     let info = CallInfo {
         agent: Arc::clone(&deployment.agent),
         version: deployment.version,
@@ -57,6 +61,7 @@ pub(crate) async fn invoke(
         Arc::clone(&deployment.config),
         CallLimits::default(),
         runtime.stats().live_instance(),
+        call.recorder,
     );
     let mut store = new_store(runtime, state);
     let request = Request {
@@ -67,14 +72,17 @@ pub(crate) async fn invoke(
         run_id: call.run_id.to_string(),
         mode: call.mode,
         attempt: call.attempt,
-        deadline_ms: u64::try_from(deadline_ms).ok(),
+        deadline_ms: deadline_ms.and_then(|ms| u64::try_from(ms).ok()),
     };
 
-    let outcome = tokio::time::timeout(timeout, async {
+    let run = async {
         let agent = deployment.pre.instantiate_async(&mut store).await?;
         agent.call_run(&mut store, &request).await
-    })
-    .await;
+    };
+    let outcome = match timeout {
+        Some(timeout) => tokio::time::timeout(timeout, run).await,
+        None => Ok(run.await),
+    };
     store.data().flush_output();
 
     let log_trap = |e: &wasmtime::Error| {
@@ -93,7 +101,7 @@ pub(crate) async fn invoke(
         }
         Err(_elapsed) => Err(Error::Timeout(format!(
             "the agent did not answer within {}",
-            human(timeout)
+            human(timeout.unwrap_or_default())
         ))),
     }
 }

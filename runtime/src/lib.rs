@@ -30,7 +30,7 @@ pub(crate) mod fsutil;
 pub(crate) mod host;
 pub(crate) mod invoke;
 pub(crate) mod registry;
-pub(crate) mod runs;
+pub mod runs;
 pub mod server;
 pub mod stats;
 pub mod store;

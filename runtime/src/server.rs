@@ -17,9 +17,10 @@ use tokio::net::TcpListener;
 use crate::agents::Agents;
 use crate::api::{self, AppState, BodyLimits};
 use crate::engine::Runtime;
+use crate::runs::{RunSettings, Runs};
 use crate::stats::Stats;
-use crate::store::Sqlite;
 use crate::store::components::ComponentFiles;
+use crate::store::{Sqlite, Store};
 
 /// Settings of `gust serve`.
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// Request body limits.
     pub limits: BodyLimits,
+    /// The run queue.
+    pub runs: RunSettings,
 }
 
 /// Time a client has to send its request headers (slowloris protection).
@@ -53,12 +56,16 @@ pub async fn serve(
     let data_dir = &options.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+    let _lock = lock_data_dir(data_dir)?;
     let admin_token = admin_token(options.admin_token.clone(), data_dir)?;
-    let store = Sqlite::open(&data_dir.join("gust.db"))?;
+    let store: Arc<dyn Store> = Arc::new(Sqlite::open(&data_dir.join("gust.db"))?);
     let stats = Arc::new(Stats::default());
     let runtime = Arc::new(Runtime::new(&data_dir.join("cache"), stats)?);
     let files = ComponentFiles::open(data_dir.join("components"))?;
-    let agents = Agents::new(runtime, Arc::new(store), files);
+    let agents = Arc::new(Agents::new(runtime, Arc::clone(&store), files));
+    let runs = Runs::start(store, Arc::clone(&agents), options.runs.clone())
+        .await
+        .context("starting the run queue")?;
 
     let listener = TcpListener::bind(options.listen)
         .await
@@ -72,6 +79,7 @@ pub async fn serve(
         .to_owned();
     let state = Arc::new(AppState {
         agents,
+        runs,
         admin_token,
         public_url,
         limits: options.limits,
@@ -152,6 +160,29 @@ async fn accept_loop(
         () = tokio::time::sleep(grace) => tracing::warn!(
             "calls still running after the {}s grace period; stopping anyway", grace.as_secs()
         ),
+    }
+}
+
+/// Takes the data folder for this process alone. Two hosts on one folder would both
+/// execute its queued runs; and at start, the run queue treats every run that was running
+/// as abandoned, which only holds when no other process can be running it.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another gust process is using the data folder {}",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
     }
 }
 

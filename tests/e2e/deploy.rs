@@ -202,7 +202,17 @@ async fn bad_requests_get_clear_errors() {
     for (config, needle) in [
         (json!({"sync_timeout_s": 0}), "sync_timeout_s"),
         (json!({"config": {"k": 5}}), "invalid type"),
-        (json!({"mode": "sideways"}), "unknown field"),
+        (json!({"colour": "red"}), "unknown field"),
+        (json!({"mode": "sideways"}), "unknown variant"),
+        (json!({"mode": "async"}), "needs `push`"),
+        (
+            json!({"push": {"url": "file:///etc/passwd", "access_token": "t"}}),
+            "http or https",
+        ),
+        (
+            json!({"push": {"url": "https://app.example/hook", "access_token": "***"}}),
+            "write-only",
+        ),
     ] {
         let (status, body) = host
             .send(

@@ -4,8 +4,12 @@
 mod calls;
 mod cli;
 mod deploy;
+mod push;
+mod receiver;
 mod redeploy;
 mod restart;
+mod runs;
+
 mod server;
 mod support;
 mod uploads;

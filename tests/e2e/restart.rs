@@ -71,3 +71,81 @@ async fn kill_nine_then_restart_serves_the_same_deployment_from_the_cache() {
         "the other version's component is intact"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_nine_while_submitting_loses_no_accepted_run() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.deploy("probe", None).await;
+
+    // A run in the middle of an attempt when the host dies is executed again after restart.
+    let interrupted = crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 1500})).await;
+    let (h, i) = (&host, &interrupted);
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the run to start",
+        || async move { crate::runs::poll(h, "probe", i, 0).await["status"] == "running" },
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..8 {
+        let (http, url, stop) = (host.http.clone(), host.url.clone(), Arc::clone(&stop));
+        clients.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let sent = http
+                    .post(format!("{url}/v1/agents/probe/runs"))
+                    .bearer_auth(crate::support::TOKEN)
+                    .json(&json!({"op": "echo", "client": client, "n": n}))
+                    .send()
+                    .await;
+                // Once the host is gone, requests fail: that is the point.
+                let Ok(response) = sent else { break };
+                if response.status() != StatusCode::ACCEPTED {
+                    continue;
+                }
+                let Ok(body) = response.json::<serde_json::Value>().await else {
+                    break;
+                };
+                accepted.push(body["run_id"].as_str().unwrap().to_owned());
+            }
+            accepted
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let data_dir = host.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let mut accepted = Vec::new();
+    for client in clients {
+        accepted.extend(client.await.unwrap());
+    }
+    assert!(
+        accepted.len() > 50,
+        "only {} runs were accepted before the kill",
+        accepted.len()
+    );
+
+    let host = Host::start_on(data_dir, &[]).await;
+    for id in &accepted {
+        let run = crate::runs::finished(&host, "probe", id).await;
+        assert_eq!(
+            run["status"], "succeeded",
+            "an accepted run was lost or failed: {run}"
+        );
+    }
+    let run = crate::runs::finished(&host, "probe", &interrupted).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["attempts"], 2, "executed again after the crash: {run}");
+    eprintln!(
+        "{} runs accepted before kill -9, all ended after restart",
+        accepted.len()
+    );
+}

@@ -37,7 +37,11 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 pub(crate) async fn stats(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
     let deployments = state.agents.registry().len() as u64;
-    Json(json!(state.agents.runtime().stats().snapshot(deployments)))
+    let mut stats = json!(state.agents.runtime().stats().snapshot(deployments));
+    if let (Some(stats), Value::Object(runs)) = (stats.as_object_mut(), json!(state.runs.stats())) {
+        stats.extend(runs);
+    }
+    Json(stats)
 }
 
 pub(crate) async fn list_agents(_: Admin, State(state): State<Arc<AppState>>) -> Answer {
@@ -84,9 +88,9 @@ pub(crate) async fn get_agent(
     Ok(Json(json!({
         "agent": record.name,
         "created_at": rfc3339(record.created_at),
-        "endpoints": {"sync": state.sync_url(&record.name)},
+        "endpoints": state.endpoints(&record.name, record.live.as_ref().map(|d| d.config.mode).unwrap_or_default()),
         "live": record.live.as_ref().map(|d| deployment_json(d, true)),
-        "draft": record.draft,
+        "draft": record.draft.redacted(),
         "draft_pending": draft_pending,
         "versions": versions,
         "deployments": deployments,
@@ -177,7 +181,7 @@ pub(crate) async fn get_config(
     State(state): State<Arc<AppState>>,
     AgentName(agent): AgentName,
 ) -> Answer {
-    Ok(Json(state.agents.draft(&agent).await?).into_response())
+    Ok(Json(state.agents.draft(&agent).await?.redacted()).into_response())
 }
 
 /// Small: a configuration is a few keys, not a data store.
@@ -192,7 +196,13 @@ pub(crate) async fn put_config(
 ) -> Answer {
     let bytes = body::read(&headers, request_body, CONFIG_BODY_LIMIT).await?;
     let draft: AgentConfig = body::json(&bytes)?;
-    Ok(Json(state.agents.put_draft(&agent, draft).await?).into_response())
+    let (saved, new_secret) = state.agents.put_draft(&agent, draft).await?;
+    let mut answer = saved.redacted();
+    if let Some(secret) = new_secret {
+        // Shown this once: the receiver needs it to verify signatures.
+        answer["push"]["secret"] = secret.into();
+    }
+    Ok(Json(answer).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,8 +245,8 @@ fn deploy_answer(state: &AppState, d: &DeploymentRecord) -> Value {
         "version": d.version,
         "digest": d.digest,
         "deployed_at": rfc3339(d.deployed_at),
-        "config": d.config,
-        "endpoints": {"sync": state.sync_url(&d.agent)},
+        "config": d.config.redacted(),
+        "endpoints": state.endpoints(&d.agent, d.config.mode),
     })
 }
 
@@ -256,7 +266,7 @@ fn deployment_json(d: &DeploymentRecord, live: bool) -> Value {
         "deployment": d.deployment,
         "version": d.version,
         "digest": d.digest,
-        "config": d.config,
+        "config": d.config.redacted(),
         "deployed_at": rfc3339(d.deployed_at),
         "rolled_back_at": d.rolled_back_at.map(rfc3339),
         "live": live,

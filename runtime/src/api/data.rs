@@ -46,7 +46,10 @@ pub(crate) async fn run(
             content_type,
             mode: Mode::Sync,
             attempt: 1,
+            timeout: Some(deployment.sync_timeout),
+            recorder: None,
         };
+
         state.agents.runtime().stats().called();
         invoke::invoke(state.agents.runtime(), &deployment, call).await
     }

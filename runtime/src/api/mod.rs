@@ -2,6 +2,7 @@
 //!
 //! - `control`: agents, versions, configuration, deploy and rollback (admin token);
 //! - `data`: the sync endpoint, `POST /v1/agents/{agent}/run`;
+//! - `runs`: queued runs — submit, poll, list, cancel, re-run, redeliver — and push tests;
 //! - `error`: the one mapping from [`crate::Error`] to a response.
 
 mod auth;
@@ -10,6 +11,7 @@ mod control;
 mod data;
 mod error;
 mod paths;
+mod runs;
 
 use std::sync::Arc;
 
@@ -18,6 +20,8 @@ use axum::routing::{get, post};
 
 use crate::agents::Agents;
 use crate::error::Error;
+use crate::runs::Runs;
+use crate::store::Mode;
 
 /// Request body limits.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +44,9 @@ impl Default for BodyLimits {
 /// What every handler can reach.
 pub struct AppState {
     /// The control plane and the registry.
-    pub agents: Agents,
+    pub agents: Arc<Agents>,
+    /// The run queue.
+    pub runs: Arc<Runs>,
     /// The admin token; compared in constant time, never logged.
     pub admin_token: String,
     /// Base of the endpoint URLs in answers, without a trailing slash.
@@ -52,6 +58,23 @@ pub struct AppState {
 impl AppState {
     pub(crate) fn sync_url(&self, agent: &str) -> String {
         format!("{}/v1/agents/{agent}/run", self.public_url)
+    }
+
+    pub(crate) fn runs_url(&self, agent: &str) -> String {
+        format!("{}/v1/agents/{agent}/runs", self.public_url)
+    }
+
+    /// The endpoints of a deployment: sync calls; submitting queued runs whose results are
+    /// pushed (async mode only); and where a queued run is polled.
+    pub(crate) fn endpoints(&self, agent: &str, mode: Mode) -> serde_json::Value {
+        let mut endpoints = serde_json::json!({
+            "sync": self.sync_url(agent),
+            "async_poll": format!("{}/{{run_id}}", self.runs_url(agent)),
+        });
+        if mode == Mode::Async {
+            endpoints["async_push"] = self.runs_url(agent).into();
+        }
+        endpoints
     }
 }
 
@@ -81,6 +104,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agents/{agent}/deploy", post(control::deploy))
         .route("/v1/agents/{agent}/rollback", post(control::rollback))
         .route("/v1/agents/{agent}/run", post(data::run))
+        .route(
+            "/v1/agents/{agent}/runs",
+            post(runs::submit).get(runs::list),
+        )
+        .route("/v1/agents/{agent}/runs/{run_id}", get(runs::get))
+        .route(
+            "/v1/agents/{agent}/runs/{run_id}/cancel",
+            post(runs::cancel),
+        )
+        .route("/v1/agents/{agent}/runs/{run_id}/rerun", post(runs::rerun))
+        .route(
+            "/v1/agents/{agent}/runs/{run_id}/redeliver",
+            post(runs::redeliver),
+        )
+        .route("/v1/agents/{agent}/push/test", post(runs::push_test))
+        .route(
+            "/v1/agents/{agent}/push/rotate-secret",
+            post(runs::rotate_secret),
+        )
         .fallback(|| async { Error::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             Error::MethodNotAllowed("this route does not take that method".into())

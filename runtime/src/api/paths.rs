@@ -66,3 +66,42 @@ impl FromRequestParts<Arc<AppState>> for AgentVersion {
         Ok(Self(agent, version))
     }
 }
+
+/// `{agent}` and `{run_id}`. A run id that is not even well-formed names no run: 404.
+pub(crate) struct AgentRun(pub(crate) String, pub(crate) String);
+
+impl FromRequestParts<Arc<AppState>> for AgentRun {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let agent = agent(parts, state).await?;
+        let id = param(parts, state, "run_id").await?;
+        let well_formed = id
+            .strip_prefix("run_")
+            .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !well_formed {
+            return Err(Error::NotFound(format!("no run `{id}`")));
+        }
+        Ok(Self(agent, id))
+    }
+}
+
+/// Query parameters, with errors in the API's shape.
+pub(crate) struct Params<T>(pub(crate) T);
+
+impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<Arc<AppState>> for Params<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e| Error::BadRequest(e.body_text()))
+    }
+}

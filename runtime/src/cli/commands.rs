@@ -12,6 +12,7 @@ use bytes::Bytes;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use super::ConfigChanges;
 use super::client::Client;
 
 pub(crate) async fn deploy(
@@ -253,47 +254,90 @@ pub(crate) async fn agent(client: &Client, agent: &str) -> anyhow::Result<()> {
 pub(crate) async fn config(
     client: &Client,
     agent: &str,
-    set: &[String],
-    unset: &[String],
-    sync_timeout: Option<u64>,
+    changes: &ConfigChanges,
 ) -> anyhow::Result<()> {
     let path = format!("/v1/agents/{agent}/config");
-    let changing = !set.is_empty() || !unset.is_empty() || sync_timeout.is_some();
     let current = client.send(client.request(Method::GET, &path)).await;
     let mut draft: Value = match current {
         Ok(response) => response.json().await.context("reading the draft")?,
         // A new agent can be configured before its first upload.
-        Err(e) if changing && e.to_string().starts_with("not_found:") => json!({}),
+        Err(e) if changes.any() && e.to_string().starts_with("not_found:") => json!({}),
         Err(e) => return Err(e),
     };
-    if changing {
-        if !draft["config"].is_object() {
-            draft["config"] = json!({});
-        }
-        for pair in set {
-            let Some((key, value)) = pair.split_once('=') else {
-                bail!("--set takes KEY=VALUE, got `{pair}`");
-            };
-            draft["config"][key] = json!(value);
-        }
-        for key in unset {
-            if let Some(map) = draft["config"].as_object_mut() {
-                map.remove(key);
-            }
-        }
-        if let Some(s) = sync_timeout {
-            draft["sync_timeout_s"] = json!(s);
-        }
+    if changes.any() {
+        apply(&mut draft, changes)?;
+        // The access token comes back as "***", which the server reads as "keep it".
         draft = client
             .json(client.request(Method::PUT, &path).json(&draft))
             .await?;
+        if let Some(secret) = draft["push"]["secret"].as_str() {
+            eprintln!(
+                "push signing secret (shown only this once; your receiver verifies signatures with it):\n  {secret}"
+            );
+        }
         eprintln!("draft saved; `gust deploy {agent}` makes it live");
     }
     println!("{}", serde_json::to_string_pretty(&draft)?);
     Ok(())
 }
 
-pub(crate) async fn run(client: &Client, agent: &str, input: &str) -> anyhow::Result<()> {
+fn apply(draft: &mut Value, changes: &ConfigChanges) -> anyhow::Result<()> {
+    if !draft["config"].is_object() {
+        draft["config"] = json!({});
+    }
+    for pair in &changes.set {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--set takes KEY=VALUE, got `{pair}`");
+        };
+        draft["config"][key] = json!(value);
+    }
+    for key in &changes.unset {
+        if let Some(map) = draft["config"].as_object_mut() {
+            map.remove(key);
+        }
+    }
+    if let Some(s) = changes.sync_timeout {
+        draft["sync_timeout_s"] = json!(s);
+    }
+    if let Some(s) = &changes.async_timeout {
+        draft["async_timeout_s"] = match s.as_str() {
+            "none" => Value::Null,
+            s => json!(
+                s.parse::<u64>()
+                    .context("--async-timeout takes seconds or `none`")?
+            ),
+        };
+    }
+    if let Some(s) = changes.max_queue_wait {
+        draft["max_queue_wait_s"] = json!(s);
+    }
+    if changes.no_push {
+        draft["push"] = Value::Null;
+        draft["mode"] = json!("sync");
+    }
+    if changes.push_url.is_some() || changes.push_token.is_some() {
+        if !draft["push"].is_object() {
+            draft["push"] = json!({});
+        }
+        if let Some(url) = &changes.push_url {
+            draft["push"]["url"] = json!(url);
+        }
+        if let Some(token) = &changes.push_token {
+            draft["push"]["access_token"] = json!(token);
+        }
+    }
+    if let Some(mode) = &changes.mode {
+        draft["mode"] = json!(mode);
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(
+    client: &Client,
+    agent: &str,
+    input: &str,
+    queued: bool,
+) -> anyhow::Result<()> {
     let body = if input == "-" {
         let mut buf = Vec::new();
         std::io::stdin()
@@ -305,20 +349,161 @@ pub(crate) async fn run(client: &Client, agent: &str, input: &str) -> anyhow::Re
     } else {
         input.as_bytes().to_vec()
     };
+    let path = if queued {
+        format!("/v1/agents/{agent}/runs")
+    } else {
+        format!("/v1/agents/{agent}/run")
+    };
     let response = client
         .send(
             client
-                .request(Method::POST, &format!("/v1/agents/{agent}/run"))
+                .request(Method::POST, &path)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body),
         )
         .await?;
+    if queued {
+        let answer: Value = response.json().await.context("reading the answer")?;
+        println!("{}", text(&answer["run_id"]));
+        eprintln!(
+            "queued; `gust runs get {agent} {} --wait` follows it",
+            text(&answer["run_id"])
+        );
+        return Ok(());
+    }
     let output = response.bytes().await.context("reading the output")?;
     let mut stdout = std::io::stdout();
     stdout.write_all(&output)?;
     if !output.ends_with(b"\n") && stdout.is_terminal() {
         stdout.write_all(b"\n")?;
     }
+    Ok(())
+}
+
+pub(crate) async fn runs_get(
+    client: &Client,
+    agent: &str,
+    id: &str,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/agents/{agent}/runs/{id}");
+    let terminal = std::io::stderr().is_terminal();
+    let run = loop {
+        let request = if wait {
+            client.request(Method::GET, &format!("{path}?wait=2"))
+        } else {
+            client.request(Method::GET, &path)
+        };
+        let run = client.json(request).await?;
+        let status = run["status"].as_str().unwrap_or("");
+        if !wait || !matches!(status, "queued" | "running") {
+            break run;
+        }
+        let progress = match run["progress"].as_object() {
+            Some(p) => format!(
+                " {:.0}% {}",
+                p["fraction"].as_f64().unwrap_or(0.0) * 100.0,
+                p["message"].as_str().unwrap_or("")
+            ),
+            None => String::new(),
+        };
+        if terminal {
+            eprint!("\r\x1b[2K{status}{progress}");
+        } else {
+            eprintln!("{status}{progress}");
+        }
+    };
+    if wait && terminal {
+        eprint!("\r\x1b[2K");
+    }
+    println!("{}", serde_json::to_string_pretty(&run)?);
+    match run["status"].as_str() {
+        Some("succeeded" | "queued" | "running") => Ok(()),
+        Some(status) => {
+            let error = &run["error"];
+            let detail = error["kind"]
+                .as_str()
+                .map(|k| format!(": {k}: {}", error["message"].as_str().unwrap_or("")))
+                .unwrap_or_default();
+            bail!("run {id} {status}{detail}")
+        }
+        None => bail!("the server's answer has no status"),
+    }
+}
+
+pub(crate) async fn runs_list(
+    client: &Client,
+    agent: &str,
+    status: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let mut query = vec![("limit", limit.to_string())];
+    if let Some(status) = status {
+        query.push(("status", status.to_owned()));
+    }
+    let answer = client
+        .json(
+            client
+                .request(Method::GET, &format!("/v1/agents/{agent}/runs"))
+                .query(&query),
+        )
+        .await?;
+    println!(
+        "{:<36} {:<10} {:>7} {:>8}  CREATED",
+        "RUN", "STATUS", "VERSION", "ATTEMPTS"
+    );
+    for run in answer["runs"].as_array().into_iter().flatten() {
+        println!(
+            "{:<36} {:<10} {:>7} {:>8}  {}",
+            text(&run["run_id"]),
+            text(&run["status"]),
+            run["version"],
+            run["attempts"],
+            text(&run["created_at"])
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn run_action(
+    client: &Client,
+    agent: &str,
+    id: &str,
+    action: &str,
+) -> anyhow::Result<()> {
+    let answer = client
+        .json(client.request(
+            Method::POST,
+            &format!("/v1/agents/{agent}/runs/{id}/{action}"),
+        ))
+        .await?;
+    match action {
+        "rerun" => println!("{}", text(&answer["run_id"])),
+        _ => println!("{} {}", text(&answer["run_id"]), text(&answer["status"])),
+    }
+    Ok(())
+}
+
+pub(crate) async fn push_test(client: &Client, agent: &str) -> anyhow::Result<()> {
+    let answer = client
+        .json(client.request(Method::POST, &format!("/v1/agents/{agent}/push/test")))
+        .await?;
+    println!("the push receiver answered {}", answer["status"]);
+    if answer["delivered"] != json!(true) {
+        bail!("the push receiver did not accept the test event");
+    }
+    Ok(())
+}
+
+pub(crate) async fn rotate_secret(client: &Client, agent: &str) -> anyhow::Result<()> {
+    let answer = client
+        .json(client.request(
+            Method::POST,
+            &format!("/v1/agents/{agent}/push/rotate-secret"),
+        ))
+        .await?;
+    println!("{}", text(&answer["push"]["secret"]));
+    eprintln!("new signing secret (shown only this once); the previous one also signs for 24 h");
     Ok(())
 }
 

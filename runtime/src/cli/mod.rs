@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::BodyLimits;
+use crate::runs::{PushSettings, RunSettings};
 use crate::server::{self, ServeOptions};
 
 /// gust — host agent flows compiled to WebAssembly components.
@@ -26,7 +27,7 @@ pub struct Cli {
 enum Command {
     /// Run the host.
     Serve(ServeArgs),
-    /// Upload a component (if a file is given) and deploy it; prints the endpoint.
+    /// Upload a component (if a file is given) and deploy it; prints the endpoints.
     Deploy {
         #[command(flatten)]
         conn: Connection,
@@ -73,25 +74,151 @@ enum Command {
         conn: Connection,
         /// The agent's name (created if needed).
         agent: String,
-        /// Set a value the agent reads with `config(KEY)`.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Remove a value.
-        #[arg(long = "unset", value_name = "KEY")]
-        unset: Vec<String>,
-        /// Wall-time limit of a sync call, in seconds.
-        #[arg(long, value_name = "S")]
-        sync_timeout: Option<u64>,
+        #[command(flatten)]
+        changes: ConfigChanges,
     },
-    /// Call an agent synchronously and print its output.
+    /// Call an agent and print its output; with `--async`, queue a run and print its id.
     Run {
         #[command(flatten)]
         conn: Connection,
+        /// Queue the run instead of waiting for it; prints the run id.
+        #[arg(long = "async")]
+        queued: bool,
         /// The agent's name.
         agent: String,
         /// The input: JSON text, `@file` to read a file, or `-` for standard input.
         input: String,
     },
+    /// Queued runs: show, list, cancel, re-run, redeliver.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Push delivery: send a test event, rotate the signing secret.
+    Push {
+        #[command(subcommand)]
+        command: PushCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Show a run; with `--wait`, a live status line until it ends, then the result.
+    Get {
+        #[command(flatten)]
+        conn: Connection,
+        /// The agent's name.
+        agent: String,
+        /// The run id.
+        id: String,
+        /// Wait for the run to end.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List an agent's runs, newest first.
+    List {
+        #[command(flatten)]
+        conn: Connection,
+        /// The agent's name.
+        agent: String,
+        /// Only runs in this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Cancel a queued or running run.
+    Cancel {
+        #[command(flatten)]
+        conn: Connection,
+        /// The agent's name.
+        agent: String,
+        /// The run id.
+        id: String,
+    },
+    /// Queue a new run with the same input, on the live deployment.
+    Rerun {
+        #[command(flatten)]
+        conn: Connection,
+        /// The agent's name.
+        agent: String,
+        /// The run id.
+        id: String,
+    },
+    /// Push an ended run's event again (same `webhook-id`).
+    Redeliver {
+        #[command(flatten)]
+        conn: Connection,
+        /// The agent's name.
+        agent: String,
+        /// The run id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PushCommand {
+    /// Send a `push.test` event to the live deployment's push URL.
+    Test {
+        #[command(flatten)]
+        conn: Connection,
+        /// The agent's name.
+        agent: String,
+    },
+    /// Make a new signing secret now (the old one also signs for 24 h); prints it once.
+    RotateSecret {
+        #[command(flatten)]
+        conn: Connection,
+        /// The agent's name.
+        agent: String,
+    },
+}
+
+/// Changes `gust config` makes to the draft; with none, it only shows the draft.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct ConfigChanges {
+    /// Set a value the agent reads with `config(KEY)`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub(crate) set: Vec<String>,
+    /// Remove a value.
+    #[arg(long = "unset", value_name = "KEY")]
+    pub(crate) unset: Vec<String>,
+    /// Wall-time limit of a sync call, in seconds.
+    #[arg(long, value_name = "S")]
+    pub(crate) sync_timeout: Option<u64>,
+    /// Wall-time limit of one attempt of a queued run, in seconds, or `none`.
+    #[arg(long, value_name = "S|none")]
+    pub(crate) async_timeout: Option<String>,
+    /// How long a run may wait in the queue before it expires, in seconds.
+    #[arg(long, value_name = "S")]
+    pub(crate) max_queue_wait: Option<u64>,
+    /// `async` pushes every queued run's result to the push URL; `sync` does not.
+    #[arg(long, value_parser = ["sync", "async"])]
+    pub(crate) mode: Option<String>,
+    /// Where results are pushed (async mode).
+    #[arg(long, value_name = "URL", conflicts_with = "no_push")]
+    pub(crate) push_url: Option<String>,
+    /// Sent as `Authorization: Bearer …` with every push.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "no_push")]
+    pub(crate) push_token: Option<String>,
+    /// Remove the push target (and switch to sync mode).
+    #[arg(long)]
+    pub(crate) no_push: bool,
+}
+
+impl ConfigChanges {
+    fn any(&self) -> bool {
+        !self.set.is_empty()
+            || !self.unset.is_empty()
+            || self.sync_timeout.is_some()
+            || self.async_timeout.is_some()
+            || self.max_queue_wait.is_some()
+            || self.mode.is_some()
+            || self.push_url.is_some()
+            || self.push_token.is_some()
+            || self.no_push
+    }
 }
 
 /// Where the server is and how to authenticate.
@@ -130,6 +257,31 @@ struct ServeArgs {
     /// Largest call input, in MiB.
     #[arg(long, default_value_t = 10, value_name = "MIB")]
     max_input_mib: usize,
+    /// Queued runs executing at once.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    workers: usize,
+    /// Attempts before a run that keeps losing its host fails as `lost`.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    max_attempts: u32,
+    /// Seconds a worker's claim on a run lasts without renewal.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    lease: u64,
+    /// Hours ended runs are kept before they are purged.
+    #[arg(long, default_value_t = 168, value_name = "H")]
+    retention_hours: u64,
+    /// Seconds a push receiver has to answer.
+    #[arg(long, default_value_t = 15, value_name = "S")]
+    push_timeout: u64,
+    /// Delays before push retries, in seconds, comma-separated; the last one repeats.
+    #[arg(
+        long,
+        default_value = "5,30,120,600,1800,3600,10800",
+        value_name = "S,S,…"
+    )]
+    push_retry_schedule: String,
+    /// Seconds after an event during which its push is retried.
+    #[arg(long, default_value_t = 86_400, value_name = "S")]
+    push_retry_window: u64,
     /// Log filter (`RUST_LOG` syntax), e.g. `info` or `gust_runtime=debug`.
     #[arg(long, env = "GUST_LOG", default_value = "info")]
     log: String,
@@ -169,11 +321,43 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Config {
             conn,
             agent,
-            set,
-            unset,
-            sync_timeout,
-        } => commands::config(&conn.client(), &agent, &set, &unset, sync_timeout).await,
-        Command::Run { conn, agent, input } => commands::run(&conn.client(), &agent, &input).await,
+            changes,
+        } => commands::config(&conn.client(), &agent, &changes).await,
+        Command::Run {
+            conn,
+            queued,
+            agent,
+            input,
+        } => commands::run(&conn.client(), &agent, &input, queued).await,
+        Command::Runs { command } => match command {
+            RunsCommand::Get {
+                conn,
+                agent,
+                id,
+                wait,
+            } => commands::runs_get(&conn.client(), &agent, &id, wait).await,
+            RunsCommand::List {
+                conn,
+                agent,
+                status,
+                limit,
+            } => commands::runs_list(&conn.client(), &agent, status.as_deref(), limit).await,
+            RunsCommand::Cancel { conn, agent, id } => {
+                commands::run_action(&conn.client(), &agent, &id, "cancel").await
+            }
+            RunsCommand::Rerun { conn, agent, id } => {
+                commands::run_action(&conn.client(), &agent, &id, "rerun").await
+            }
+            RunsCommand::Redeliver { conn, agent, id } => {
+                commands::run_action(&conn.client(), &agent, &id, "redeliver").await
+            }
+        },
+        Command::Push { command } => match command {
+            PushCommand::Test { conn, agent } => commands::push_test(&conn.client(), &agent).await,
+            PushCommand::RotateSecret { conn, agent } => {
+                commands::rotate_secret(&conn.client(), &agent).await
+            }
+        },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -206,8 +390,39 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             upload: args.max_upload_mib << 20,
             input: args.max_input_mib << 20,
         },
+        runs: RunSettings {
+            workers: args.workers,
+            lease: Duration::from_secs(args.lease.max(1)),
+            max_attempts: args.max_attempts.max(1),
+            retention: Duration::from_secs(args.retention_hours.saturating_mul(3600)),
+            push: PushSettings {
+                timeout: Duration::from_secs(args.push_timeout.max(1)),
+                schedule: parse_schedule(&args.push_retry_schedule)?,
+                window: Duration::from_secs(args.push_retry_window),
+                ..PushSettings::default()
+            },
+        },
     };
     server::serve(options, shutdown_signal()).await
+}
+
+/// `5,30,120` → 5 s, 30 s, 2 min (fractions allowed, so tests can use short delays).
+fn parse_schedule(text: &str) -> anyhow::Result<Vec<Duration>> {
+    let schedule = text
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--push-retry-schedule: `{s}` is not a number of seconds")
+                })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!schedule.is_empty(), "--push-retry-schedule is empty");
+    Ok(schedule)
 }
 
 /// Resolves at the first SIGINT or SIGTERM; a second one exits at once.
@@ -241,5 +456,13 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn retry_schedules_parse() {
+        let s = super::parse_schedule("5, 0.5,120").unwrap();
+        assert_eq!(s, [5.0, 0.5, 120.0].map(std::time::Duration::from_secs_f64));
+        assert!(super::parse_schedule("5,x").is_err());
+        assert!(super::parse_schedule("-1").is_err());
     }
 }

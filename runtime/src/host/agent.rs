@@ -11,6 +11,17 @@ const MAX_MESSAGE_BYTES: usize = 4096;
 impl host::Host for CallState {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let message = truncate(&message, MAX_MESSAGE_BYTES);
+        if let Some(recorder) = &self.recorder {
+            let level = match level {
+                Level::Trace => "trace",
+                Level::Debug => "debug",
+                Level::Info => "info",
+                Level::Warn => "warn",
+                Level::Error => "error",
+            };
+            recorder.log(level, message);
+            return Ok(());
+        }
         let CallInfo {
             agent,
             version,
@@ -30,9 +41,12 @@ impl host::Host for CallState {
         Ok(self.config.get(&key).cloned())
     }
 
-    async fn progress(&mut self, _fraction: f32, _message: String) -> wasmtime::Result<()> {
-        // Progress is recorded on queued runs only; a sync caller is already waiting for
-        // the answer and has nowhere to see it.
+    async fn progress(&mut self, fraction: f32, message: String) -> wasmtime::Result<()> {
+        // Recorded on queued runs only; a sync caller is already waiting for the answer and
+        // has nowhere to see it.
+        if let Some(recorder) = &self.recorder {
+            recorder.progress(fraction, truncate(&message, MAX_MESSAGE_BYTES));
+        }
         Ok(())
     }
 }

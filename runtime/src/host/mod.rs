@@ -17,6 +17,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::runs::recorder::RunRecorder;
 use crate::stats::LiveInstance;
 
 pub(crate) use limits::Limiter;
@@ -56,6 +57,8 @@ pub(crate) struct CallState {
     config: Arc<BTreeMap<String, String>>,
     stdout: Captured,
     stderr: Captured,
+    /// A queued run's log and progress keeper; `None` for sync calls, which log to the host.
+    recorder: Option<Arc<RunRecorder>>,
     _live: LiveInstance,
 }
 
@@ -65,6 +68,7 @@ impl CallState {
         config: Arc<BTreeMap<String, String>>,
         limits: CallLimits,
         live: LiveInstance,
+        recorder: Option<Arc<RunRecorder>>,
     ) -> Self {
         let stdout = Captured::new();
         let stderr = Captured::new();
@@ -86,17 +90,26 @@ impl CallState {
             config,
             stdout,
             stderr,
+            recorder,
             _live: live,
         }
     }
 
-    /// Sends what the guest wrote to stdout and stderr to the host log, tagged with the run.
+    /// Sends what the guest wrote to stdout and stderr to the run's log (queued runs) or the
+    /// host log (sync calls), tagged with the run.
     pub(crate) fn flush_output(&self) {
-        for line in self.stdout.take_lines() {
-            tracing::info!(agent = %self.info.agent, version = self.info.version, run_id = %self.info.run_id, stream = "stdout", "{line}");
-        }
-        for line in self.stderr.take_lines() {
-            tracing::warn!(agent = %self.info.agent, version = self.info.version, run_id = %self.info.run_id, stream = "stderr", "{line}");
+        let CallInfo {
+            agent,
+            version,
+            run_id,
+        } = &self.info;
+        for (stream, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            for line in captured.take_lines() {
+                match &self.recorder {
+                    Some(recorder) => recorder.log(stream, &line),
+                    None => tracing::info!(%agent, version, %run_id, stream, "{line}"),
+                }
+            }
         }
     }
 }

@@ -1,16 +1,467 @@
 //! Runs: one invocation of an agent, named by a run id.
 //!
-//! Sync calls are runs that live only for the request (never written to the database). Queued
-//! runs with poll and push delivery build on this module: the run id format is shared so
-//! that a caller sees one kind of id whichever way it called.
+//! Sync calls are runs that live only for their request (never written to the database).
+//! Queued runs are durable: a submission is answered once the run is committed, workers
+//! execute runs on the deployment that was live when each was accepted, results are polled
+//! or pushed.
+//!
+//! Execution is **at-least-once**: a run whose host dies mid-attempt is executed again when
+//! the host starts (its `attempt` number says so), until `max_attempts`, after which it
+//! fails as `lost`. Agents with side effects should make them idempotent (the run id is a
+//! natural key).
+//!
+//! - `writer`: group commit of every run-queue write;
+//! - `workers`: the bounded pool that executes runs;
+//! - `push`: delivery of ended runs' events to the user's application, with retries;
+//! - `signing`: Standard Webhooks signatures;
+//! - `recorder`: what a queued run's guest logs and reports, kept for pollers;
+//! - `view`: a run as the API shows it.
 
+mod push;
+pub(crate) mod recorder;
+pub(crate) mod signing;
+pub(crate) mod view;
+mod workers;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
+use crate::agents::Agents;
+use crate::clock;
+use crate::error::Error;
+use crate::registry::Deployment;
+use crate::store::{NewRun, RunRecord, RunStatus, RunWrite, Store, WriteOutcome};
+
+pub use push::PushSettings;
+use writer::Writer;
+
 /// A new run id: `run_` and a UUIDv7 in hex, so ids sort by creation time (which keeps the
-/// newest-first listing of queued runs an index scan) and are unguessable enough to be
-/// used as handles.
+/// newest-first listing an index scan) and are unguessable enough to be used as handles.
 pub(crate) fn new_run_id() -> String {
     format!("run_{}", Uuid::now_v7().simple())
+}
+
+/// Server settings of the run queue.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Runs executing at once.
+    pub workers: usize,
+    /// How long a worker's claim on a run lasts without renewal.
+    pub lease: Duration,
+    /// Attempts before a run that keeps losing its host fails as `lost`.
+    pub max_attempts: u32,
+    /// How long ended runs are kept.
+    pub retention: Duration,
+    /// Push delivery.
+    pub push: PushSettings,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        Self {
+            workers: 16,
+            lease: Duration::from_secs(30),
+            max_attempts: 3,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            push: PushSettings::default(),
+        }
+    }
+}
+
+/// The longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The result of a submission.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The run.
+    pub id: String,
+    /// `false` when an `Idempotency-Key` named an earlier run, which is returned instead.
+    pub created: bool,
+}
+
+/// What reacts to committed writes; see `writer`.
+pub(crate) struct Hooks {
+    dispatch: mpsc::UnboundedSender<String>,
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    push: Arc<Notify>,
+    accepted: AtomicU64,
+    ended: AtomicU64,
+}
+
+impl Hooks {
+    fn committed(&self, writes: &[RunWrite], outcomes: &[WriteOutcome]) {
+        let mut push = false;
+        for (write, outcome) in writes.iter().zip(outcomes) {
+            match (write, outcome) {
+                (RunWrite::Insert(run), WriteOutcome::Inserted) => {
+                    self.accepted.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.dispatch.send(run.id.clone());
+                }
+                (RunWrite::Finish { id, .. }, WriteOutcome::Finished { delivery })
+                | (RunWrite::Cancel { id, .. }, WriteOutcome::Cancelled { delivery, .. }) => {
+                    self.ended(id);
+                    push |= delivery;
+                }
+                (_, WriteOutcome::Expired { ids, delivery }) => {
+                    ids.iter().for_each(|id| self.ended(id));
+                    push |= delivery;
+                }
+                (_, WriteOutcome::Redelivering) => push = true,
+                _ => {}
+            }
+        }
+        if push {
+            self.push.notify_one();
+        }
+    }
+
+    fn ended(&self, id: &str) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+        let waiting = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Some(notify) = waiting {
+            notify.notify_waiters();
+        }
+    }
+
+    /// The notifier pollers of `id` wait on.
+    fn waiter(&self, id: &str) -> Arc<Notify> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(waiters.entry(id.to_owned()).or_default())
+    }
+
+    fn forget_waiter(&self, id: &str, notify: &Arc<Notify>) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // The map and this poller hold it: nobody else waits.
+        if Arc::strong_count(notify) <= 2 {
+            waiters.remove(id);
+        }
+    }
+}
+
+/// Counters of the run queue for `/v1/stats`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct RunStats {
+    /// Runs accepted since start.
+    pub runs_accepted_total: u64,
+    /// Runs that reached a final status since start.
+    pub runs_ended_total: u64,
+    /// Runs executing right now.
+    pub runs_running: u64,
+}
+
+/// The run queue; see the module docs.
+pub struct Runs {
+    store: Arc<dyn Store>,
+    agents: Arc<Agents>,
+    writer: Writer,
+    hooks: Arc<Hooks>,
+    settings: RunSettings,
+    workers: workers::Workers,
+    pusher: push::Pusher,
+}
+
+impl Runs {
+    /// Recovers runs left by the previous process and starts the writer, the workers, the
+    /// pusher and the sweeper.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        agents: Arc<Agents>,
+        settings: RunSettings,
+    ) -> Result<Arc<Self>, Error> {
+        let (dispatch, queue) = mpsc::unbounded_channel();
+        let hooks = Arc::new(Hooks {
+            dispatch: dispatch.clone(),
+            waiters: Mutex::default(),
+            push: Arc::new(Notify::new()),
+            accepted: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+        });
+        let writer = Writer::start(Arc::clone(&store), Arc::clone(&hooks));
+        let workers = workers::Workers::new(settings.workers);
+        let pusher = push::Pusher::new(
+            Arc::clone(&store),
+            writer.clone(),
+            Arc::clone(&hooks.push),
+            settings.push.clone(),
+        );
+        let runs = Arc::new(Self {
+            store: Arc::clone(&store),
+            agents,
+            writer,
+            hooks,
+            settings,
+            workers,
+            pusher,
+        });
+
+        let (max_attempts, now) = (runs.settings.max_attempts, clock::now_ms());
+        let recovered = tokio::task::spawn_blocking(move || store.recover_runs(now, max_attempts))
+            .await
+            .map_err(|e| Error::Internal(anyhow::anyhow!("recovery task failed: {e}")))??;
+        if recovered.requeued > 0 || recovered.lost > 0 {
+            tracing::warn!(
+                requeued = recovered.requeued,
+                lost = recovered.lost,
+                "runs that were running when the host stopped: executing them again (at-least-once)"
+            );
+        }
+        for id in recovered.queued {
+            let _ = dispatch.send(id);
+        }
+        if recovered.lost > 0 {
+            runs.hooks.push.notify_one();
+        }
+
+        tokio::spawn(workers::dispatch(Arc::clone(&runs), queue));
+        runs.pusher.spawn();
+        tokio::spawn(sweep(Arc::clone(&runs)));
+        Ok(runs)
+    }
+
+    /// Accepts a run on `deployment` (the live one) and answers once it is durable.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for a bad idempotency key, [`Error::Conflict`] when the key
+    /// names an earlier run with another request.
+    pub(crate) async fn submit(
+        &self,
+        deployment: &Deployment,
+        input: Vec<u8>,
+        content_type: String,
+        idempotency_key: Option<String>,
+    ) -> Result<Submitted, Error> {
+        let idempotency = match idempotency_key {
+            Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY => {
+                return Err(Error::BadRequest(format!(
+                    "`Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+                )));
+            }
+            Some(key) => {
+                let mut hash = Sha256::new();
+                hash.update(content_type.as_bytes());
+                hash.update([0]);
+                hash.update(&input);
+                Some((key, hex::encode(hash.finalize())))
+            }
+            None => None,
+        };
+        let now = clock::now_ms();
+        let wait = i64::try_from(deployment.max_queue_wait.as_millis()).unwrap_or(i64::MAX);
+        let run = NewRun {
+            id: new_run_id(),
+            agent: deployment.agent.to_string(),
+            deployment: deployment.deployment,
+            version: deployment.version,
+            input,
+            content_type,
+            created_at: now,
+            expires_at: now.saturating_add(wait),
+            idempotency,
+        };
+        let id = run.id.clone();
+        match self.writer.write(RunWrite::Insert(run)).await? {
+            WriteOutcome::Inserted => Ok(Submitted { id, created: true }),
+            WriteOutcome::Replayed { id } => Ok(Submitted { id, created: false }),
+            WriteOutcome::IdempotencyConflict => Err(Error::Conflict(
+                "this `Idempotency-Key` was used in the last 24 h with another request".into(),
+            )),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// One run; with `wait`, holds until it ends or `wait` passes.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown (or purged) run.
+    pub async fn get(
+        &self,
+        agent: &str,
+        id: &str,
+        wait: Option<Duration>,
+    ) -> Result<RunRecord, Error> {
+        let Some(wait) = wait.filter(|w| !w.is_zero()) else {
+            return self.read(agent, id).await;
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = self.hooks.waiter(id);
+        let outcome = loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            // Registered before the read: an end committed after it still wakes us.
+            notified.as_mut().enable();
+            let run = match self.read(agent, id).await {
+                Ok(run) => run,
+                Err(e) => break Err(e),
+            };
+            if run.status.is_final() {
+                break Ok(run);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break Ok(run);
+            }
+        };
+        self.hooks.forget_waiter(id, &notify);
+        outcome
+    }
+
+    async fn read(&self, agent: &str, id: &str) -> Result<RunRecord, Error> {
+        let store = Arc::clone(&self.store);
+        let (a, i) = (agent.to_owned(), id.to_owned());
+        blocking(move || store.run(&a, &i))
+            .await??
+            .ok_or_else(|| no_run(id))
+    }
+
+    /// Runs of an agent, newest first.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn list(
+        &self,
+        agent: &str,
+        status: Option<RunStatus>,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<Vec<RunRecord>, Error> {
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        Ok(blocking(move || store.list_runs(&a, status, limit, cursor.as_deref())).await??)
+    }
+
+    /// Cancels a queued or running run; a running one is interrupted (within one epoch
+    /// tick, even when it spins on pure CPU).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], or [`Error::Conflict`] when the run has already ended.
+    pub async fn cancel(&self, agent: &str, id: &str) -> Result<RunRecord, Error> {
+        let write = RunWrite::Cancel {
+            agent: agent.to_owned(),
+            id: id.to_owned(),
+            now: clock::now_ms(),
+        };
+        match self.writer.write(write).await? {
+            WriteOutcome::Cancelled { was_running, .. } => {
+                if was_running {
+                    self.workers.interrupt(id);
+                }
+                self.read(agent, id).await
+            }
+            WriteOutcome::AlreadyFinished(status) => Err(Error::Conflict(format!(
+                "run `{id}` has already ended ({})",
+                status.as_str()
+            ))),
+            WriteOutcome::NotFound => Err(no_run(id)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Submits a new run with the input of run `id`, on the live deployment.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run or when nothing is deployed.
+    pub async fn rerun(&self, agent: &str, id: &str) -> Result<Submitted, Error> {
+        let store = Arc::clone(&self.store);
+        let (a, i) = (agent.to_owned(), id.to_owned());
+        let (input, content_type) = blocking(move || store.run_input(&a, &i))
+            .await??
+            .ok_or_else(|| no_run(id))?;
+        let deployment = self.agents.live(agent)?;
+        self.submit(&deployment, input, content_type, None).await
+    }
+
+    /// Pushes an ended run's event again, with the same `webhook-id`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], or [`Error::Conflict`] when the run has not ended or its
+    /// deployment does not push.
+    pub async fn redeliver(&self, agent: &str, id: &str) -> Result<RunRecord, Error> {
+        let write = RunWrite::Redeliver {
+            agent: agent.to_owned(),
+            id: id.to_owned(),
+            now: clock::now_ms(),
+        };
+        match self.writer.write(write).await? {
+            WriteOutcome::Redelivering => self.read(agent, id).await,
+            WriteOutcome::NoDelivery => Err(Error::Conflict(format!(
+                "run `{id}` has no push event to deliver again: it has not ended, or its deployment does not push"
+            ))),
+            WriteOutcome::NotFound => Err(no_run(id)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends a `push.test` event to the live deployment's push target; answers with the
+    /// receiver's HTTP status.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the live deployment does not push, [`Error::Failed`] when the
+    /// receiver cannot be reached.
+    pub async fn push_test(&self, agent: &str) -> Result<u16, Error> {
+        let deployment = self.agents.live(agent)?;
+        let Some(push) = deployment.push.clone() else {
+            return Err(Error::Conflict(format!(
+                "the live deployment of `{agent}` does not push (set mode async and push, then deploy)"
+            )));
+        };
+        self.pusher.test(agent, &push).await
+    }
+
+    /// Counters for `/v1/stats`.
+    pub fn stats(&self) -> RunStats {
+        RunStats {
+            runs_accepted_total: self.hooks.accepted.load(Ordering::Relaxed),
+            runs_ended_total: self.hooks.ended.load(Ordering::Relaxed),
+            runs_running: self.workers.running() as u64,
+        }
+    }
+}
+
+/// Expires runs that waited too long and purges ended runs past retention.
+async fn sweep(runs: Arc<Runs>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_purge = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let now = clock::now_ms();
+        runs.writer.write_detached(RunWrite::ExpireDue { now });
+        if last_purge.elapsed() >= Duration::from_secs(60) {
+            last_purge = tokio::time::Instant::now();
+            let retention = i64::try_from(runs.settings.retention.as_millis()).unwrap_or(i64::MAX);
+            runs.writer.write_detached(RunWrite::Purge {
+                before: now.saturating_sub(retention),
+            });
+        }
+    }
+}
+
+fn no_run(id: &str) -> Error {
+    Error::NotFound(format!("no run `{id}`"))
+}
+
+fn unexpected(outcome: &WriteOutcome) -> Error {
+    Error::Internal(anyhow::anyhow!("unexpected run-queue outcome {outcome:?}"))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("a blocking task failed: {e}")))
 }
 
 #[cfg(test)]

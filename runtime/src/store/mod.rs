@@ -9,81 +9,16 @@
 //! files named by digest.
 
 pub(crate) mod components;
+mod config;
+mod runs;
 mod sqlite;
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
+pub use config::{AgentConfig, Mode, PushConfig, REDACTED};
+pub use runs::{
+    DeliveryRecord, DeliveryStatus, LogLine, NewRun, PushSecrets, Recovered, RunOutcome, RunRecord,
+    RunStatus, RunWrite, StartedRun, WriteOutcome,
+};
 pub use sqlite::Sqlite;
-
-/// The configuration of an agent: edited as a draft, frozen into each deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    /// Wall-time limit of a sync call, in seconds.
-    #[serde(default = "default_sync_timeout_s")]
-    pub sync_timeout_s: u64,
-    /// Values the guest reads with `config(key)`.
-    #[serde(default)]
-    pub config: BTreeMap<String, String>,
-}
-
-/// GALE's default wall-time limit for a sync call.
-pub const DEFAULT_SYNC_TIMEOUT_S: u64 = 180;
-/// The longest sync timeout a deployment may ask for.
-pub const MAX_SYNC_TIMEOUT_S: u64 = 3600;
-/// Bounds on the `config` map, so a draft stays a configuration and not a data store.
-const MAX_CONFIG_ENTRIES: usize = 256;
-const MAX_CONFIG_KEY_BYTES: usize = 256;
-const MAX_CONFIG_VALUE_BYTES: usize = 64 * 1024;
-
-fn default_sync_timeout_s() -> u64 {
-    DEFAULT_SYNC_TIMEOUT_S
-}
-
-impl Default for AgentConfig {
-    fn default() -> Self {
-        Self {
-            sync_timeout_s: DEFAULT_SYNC_TIMEOUT_S,
-            config: BTreeMap::new(),
-        }
-    }
-}
-
-impl AgentConfig {
-    /// Checks the bounds a user may set.
-    ///
-    /// # Errors
-    /// A message saying which field is out of bounds.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(1..=MAX_SYNC_TIMEOUT_S).contains(&self.sync_timeout_s) {
-            return Err(format!(
-                "`sync_timeout_s` must be between 1 and {MAX_SYNC_TIMEOUT_S}, not {}",
-                self.sync_timeout_s
-            ));
-        }
-        if self.config.len() > MAX_CONFIG_ENTRIES {
-            return Err(format!(
-                "`config` has {} entries; at most {MAX_CONFIG_ENTRIES} are allowed",
-                self.config.len()
-            ));
-        }
-        for (key, value) in &self.config {
-            if key.is_empty() || key.len() > MAX_CONFIG_KEY_BYTES {
-                return Err(format!(
-                    "`config` keys must be 1 to {MAX_CONFIG_KEY_BYTES} bytes long"
-                ));
-            }
-            if value.len() > MAX_CONFIG_VALUE_BYTES {
-                return Err(format!(
-                    "`config.{key}` is longer than {MAX_CONFIG_VALUE_BYTES} bytes"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// One uploaded version of an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +206,12 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<DeploymentRecord, StoreError>;
 
+    /// One deployment of an agent, live or not.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn deployment(&self, agent: &str, number: u32) -> Result<Option<DeploymentRecord>, StoreError>;
+
     /// Works out what a rollback would do, without changing anything.
     ///
     /// # Errors
@@ -295,6 +236,74 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// When the database fails.
     fn delete_version(&self, agent: &str, version: u32) -> Result<VersionDeletion, StoreError>;
+
+    /// Applies a batch of run-queue writes in one transaction (group commit), returning one
+    /// outcome per write, in order.
+    ///
+    /// # Errors
+    /// When the database fails; then none of the batch was applied.
+    fn apply_run_writes(&self, writes: &[RunWrite]) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// At start: runs that were running when the host stopped are queued again, or failed as
+    /// `lost` when they used up `max_attempts`; returns every run to execute.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn recover_runs(&self, now: i64, max_attempts: u32) -> Result<Recovered, StoreError>;
+
+    /// One run of `agent` with its delivery, or `None`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn run(&self, agent: &str, id: &str) -> Result<Option<RunRecord>, StoreError>;
+
+    /// The input a run was submitted with, and its content type.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn run_input(&self, agent: &str, id: &str) -> Result<Option<(Vec<u8>, String)>, StoreError>;
+
+    /// Runs of `agent`, newest first, optionally of one status, older than the run `before`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn list_runs(
+        &self,
+        agent: &str,
+        status: Option<RunStatus>,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Pending deliveries due by `now`, oldest first.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError>;
+
+    /// The earliest `next_attempt_at` of any pending delivery.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn next_delivery_at(&self) -> Result<Option<i64>, StoreError>;
+
+    /// The agent's push signing secrets, if it has any.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn push_secrets(&self, agent: &str) -> Result<Option<PushSecrets>, StoreError>;
+
+    /// Gives the agent a new current secret; the old one (if any) keeps signing until
+    /// `previous_until`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown agent.
+    fn set_push_secret(
+        &self,
+        agent: &str,
+        secret: &str,
+        previous_until: i64,
+    ) -> Result<(), StoreError>;
 
     /// Every digest some version of some agent refers to.
     ///

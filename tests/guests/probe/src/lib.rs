@@ -1,5 +1,5 @@
 //! A test guest that does what its input asks, so end-to-end tests can drive every path of
-//! the host: `{"op": "echo" | "fail" | "invalid" | "panic" | "spin" | "sleep" | "print" |
+//! the host: `{"op": "echo" | "fail" | "invalid" | "panic" | "spin" | "sleep" | "steps" | "print" |
 //! "alloc"}`. Its answers carry a marker compiled in (`a`, or `b` with the `marker-b`
 //! feature), so a test can tell two builds apart.
 
@@ -21,6 +21,8 @@ struct Input {
     mb: usize,
     #[serde(default)]
     key: Option<String>,
+    #[serde(default)]
+    n: u32,
 }
 
 #[gust_sdk::agent]
@@ -52,6 +54,17 @@ fn run(input: Value, ctx: &Context) -> Result<Value, Error> {
             // Blocks inside a host call (the monotonic clock's poll).
             std::thread::sleep(Duration::from_millis(parsed.ms));
             Ok(json!({"marker": MARKER, "slept_ms": parsed.ms}))
+        }
+        "steps" => {
+            // Reports progress between steps, as a multi-step flow would.
+            for step in 1..=parsed.n {
+                std::thread::sleep(Duration::from_millis(parsed.ms));
+                ctx.progress(
+                    step as f32 / parsed.n as f32,
+                    format!("step {step} of {}", parsed.n),
+                );
+            }
+            Ok(json!({"marker": MARKER, "steps": parsed.n}))
         }
         "print" => {
             println!("probe stdout line for {}", ctx.run_id());

@@ -11,9 +11,12 @@ use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::{
-    AgentConfig, AgentRecord, AgentSummary, DeploymentRecord, RollbackPlan, Store, StoreError,
-    VersionDeletion, VersionRecord,
+    AgentConfig, AgentRecord, AgentSummary, DeliveryRecord, DeploymentRecord, PushSecrets,
+    Recovered, RollbackPlan, RunRecord, RunStatus, RunWrite, Store, StoreError, VersionDeletion,
+    VersionRecord, WriteOutcome,
 };
+
+mod runs;
 
 /// Schema migrations, applied in order; the database's `user_version` is how many have run.
 /// Append only: a released migration never changes.
@@ -47,12 +50,17 @@ const MIGRATIONS: &[&str] = &[
         rolled_back_at INTEGER,
         PRIMARY KEY (agent, deployment)
     ) STRICT;",
+    // 2: queued runs, push deliveries and their signing secrets.
+    runs::MIGRATION,
 ];
 
 /// The SQLite [`Store`].
 #[derive(Debug)]
 pub struct Sqlite {
     conn: Mutex<Connection>,
+    /// A second connection for reads of runs (polls, listings, due deliveries): in WAL mode
+    /// they proceed while the run queue's writer commits on `conn`.
+    reader: Mutex<Connection>,
 }
 
 impl Sqlite {
@@ -71,9 +79,23 @@ impl Sqlite {
         )
         .context("configuring the database")?;
         migrate(&mut conn)?;
+        let reader = Connection::open(path)
+            .with_context(|| format!("opening the database {}", path.display()))?;
+        reader
+            .execute_batch("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+            .context("configuring the database")?;
         Ok(Self {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
         })
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn)
     }
 
     fn with<T>(
@@ -413,6 +435,18 @@ impl Store for Sqlite {
         })
     }
 
+    fn deployment(&self, agent: &str, number: u32) -> Result<Option<DeploymentRecord>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments d WHERE d.agent = ?1 AND d.deployment = ?2"),
+                params![agent, number],
+                deployment_row,
+            )
+            .optional()
+            .map_err(internal)
+        })
+    }
+
     fn plan_rollback(&self, agent: &str) -> Result<RollbackPlan, StoreError> {
         self.with(|conn| {
             let Some(live) = conn
@@ -507,6 +541,82 @@ impl Store for Sqlite {
             .map_err(internal)?;
             let orphaned = unreferenced(tx, vec![v.digest])?.pop();
             Ok(VersionDeletion::Deleted { orphaned })
+        })
+    }
+
+    fn apply_run_writes(&self, writes: &[RunWrite]) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.tx(|tx| writes.iter().map(|w| runs::apply(tx, w)).collect())
+    }
+
+    fn recover_runs(&self, now: i64, max_attempts: u32) -> Result<Recovered, StoreError> {
+        self.tx(|tx| runs::recover(tx, now, max_attempts))
+    }
+
+    fn run(&self, agent: &str, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.read(|conn| runs::get(conn, agent, id))
+    }
+
+    fn run_input(&self, agent: &str, id: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+        self.read(|conn| runs::input(conn, agent, id))
+    }
+
+    fn list_runs(
+        &self,
+        agent: &str,
+        status: Option<RunStatus>,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.read(|conn| runs::list(conn, agent, status, limit, before))
+    }
+
+    fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.read(|conn| runs::due(conn, now, limit))
+    }
+
+    fn next_delivery_at(&self) -> Result<Option<i64>, StoreError> {
+        self.read(runs::next_due)
+    }
+
+    fn push_secrets(&self, agent: &str) -> Result<Option<PushSecrets>, StoreError> {
+        self.read(|conn| {
+            let row: Option<(Option<String>, Option<String>, Option<i64>)> = conn
+                .query_row(
+                    "SELECT push_secret, push_secret_prev, push_secret_prev_until FROM agents WHERE name = ?1",
+                    [agent],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(internal)?;
+            Ok(row.and_then(|(current, prev, until)| {
+                Some(PushSecrets {
+                    current: current?,
+                    previous: prev.zip(until),
+                })
+            }))
+        })
+    }
+
+    fn set_push_secret(
+        &self,
+        agent: &str,
+        secret: &str,
+        previous_until: i64,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE agents SET push_secret_prev = push_secret,
+                        push_secret_prev_until = CASE WHEN push_secret IS NULL THEN NULL ELSE ?3 END,
+                        push_secret = ?2
+                     WHERE name = ?1",
+                    params![agent, secret, previous_until],
+                )
+                .map_err(internal)?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(format!("no agent named `{agent}`")));
+            }
+            Ok(())
         })
     }
 

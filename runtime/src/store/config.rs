@@ -1,0 +1,233 @@
+//! An agent's configuration: edited as a draft (`PUT /v1/agents/{agent}/config`), frozen
+//! into each deployment by the deploy that makes it live. A change of mode or push target
+//! therefore takes effect at the next deploy, and a rollback brings back the configuration
+//! that went with the version.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How runs of a deployment are delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Sync calls answer inline; queued runs are polled.
+    #[default]
+    Sync,
+    /// As sync, and every queued run's result is also pushed to the push URL.
+    Async,
+}
+
+/// Where the results of queued runs are pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// The receiver: an `http` or `https` URL of the user's application.
+    pub url: String,
+    /// Sent as `Authorization: Bearer …` with every push. Write-only: answers show
+    /// [`REDACTED`].
+    pub access_token: String,
+}
+
+/// What answers show instead of an access token; sending it back in a `PUT` keeps the
+/// token the draft already has.
+pub const REDACTED: &str = "***";
+
+/// See the module docs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `sync` or `async`; `async` requires `push`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Wall-time limit of a sync call, in seconds.
+    #[serde(default = "default_sync_timeout_s")]
+    pub sync_timeout_s: u64,
+    /// Wall-time limit of one attempt of a queued run, in seconds; `None` (JSON `null`) for
+    /// none.
+    #[serde(default = "default_async_timeout_s")]
+    pub async_timeout_s: Option<u64>,
+    /// How long a run may wait in the queue before it is `expired`, in seconds.
+    #[serde(default = "default_max_queue_wait_s")]
+    pub max_queue_wait_s: u64,
+    /// Push delivery of queued runs' results; `None` for none.
+    #[serde(default)]
+    pub push: Option<PushConfig>,
+    /// Values the guest reads with `config(key)`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// GALE's default wall-time limit for a call, sync or queued.
+const DEFAULT_SYNC_TIMEOUT_S: u64 = 180;
+const DEFAULT_ASYNC_TIMEOUT_S: u64 = 180;
+const DEFAULT_MAX_QUEUE_WAIT_S: u64 = 3600;
+/// Upper bounds a deployment may ask for.
+const MAX_SYNC_TIMEOUT_S: u64 = 3600;
+const MAX_ASYNC_TIMEOUT_S: u64 = 24 * 3600;
+const MAX_QUEUE_WAIT_S: u64 = 7 * 24 * 3600;
+/// Bounds on the `config` map, so a draft stays a configuration and not a data store.
+const MAX_CONFIG_ENTRIES: usize = 256;
+const MAX_CONFIG_KEY_BYTES: usize = 256;
+const MAX_CONFIG_VALUE_BYTES: usize = 64 * 1024;
+const MAX_PUSH_FIELD_BYTES: usize = 4096;
+
+fn default_sync_timeout_s() -> u64 {
+    DEFAULT_SYNC_TIMEOUT_S
+}
+
+fn default_async_timeout_s() -> Option<u64> {
+    Some(DEFAULT_ASYNC_TIMEOUT_S)
+}
+
+fn default_max_queue_wait_s() -> u64 {
+    DEFAULT_MAX_QUEUE_WAIT_S
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Sync,
+            sync_timeout_s: DEFAULT_SYNC_TIMEOUT_S,
+            async_timeout_s: default_async_timeout_s(),
+            max_queue_wait_s: DEFAULT_MAX_QUEUE_WAIT_S,
+            push: None,
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Checks the bounds a user may set.
+    ///
+    /// # Errors
+    /// A message saying which field is out of bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_SYNC_TIMEOUT_S).contains(&self.sync_timeout_s) {
+            return Err(format!(
+                "`sync_timeout_s` must be between 1 and {MAX_SYNC_TIMEOUT_S}, not {}",
+                self.sync_timeout_s
+            ));
+        }
+        if let Some(s) = self.async_timeout_s
+            && !(1..=MAX_ASYNC_TIMEOUT_S).contains(&s)
+        {
+            return Err(format!(
+                "`async_timeout_s` must be between 1 and {MAX_ASYNC_TIMEOUT_S}, or null for none, not {s}"
+            ));
+        }
+        if !(1..=MAX_QUEUE_WAIT_S).contains(&self.max_queue_wait_s) {
+            return Err(format!(
+                "`max_queue_wait_s` must be between 1 and {MAX_QUEUE_WAIT_S}, not {}",
+                self.max_queue_wait_s
+            ));
+        }
+        match &self.push {
+            None if self.mode == Mode::Async => {
+                return Err(
+                    "`\"mode\": \"async\"` needs `push`: {\"url\", \"access_token\"}".into(),
+                );
+            }
+            None => {}
+            Some(push) => validate_push(push)?,
+        }
+        if self.config.len() > MAX_CONFIG_ENTRIES {
+            return Err(format!(
+                "`config` has {} entries; at most {MAX_CONFIG_ENTRIES} are allowed",
+                self.config.len()
+            ));
+        }
+        for (key, value) in &self.config {
+            if key.is_empty() || key.len() > MAX_CONFIG_KEY_BYTES {
+                return Err(format!(
+                    "`config` keys must be 1 to {MAX_CONFIG_KEY_BYTES} bytes long"
+                ));
+            }
+            if value.len() > MAX_CONFIG_VALUE_BYTES {
+                return Err(format!(
+                    "`config.{key}` is longer than {MAX_CONFIG_VALUE_BYTES} bytes"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as answers show it: the access token replaced by [`REDACTED`].
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut shown = self.clone();
+        if let Some(push) = &mut shown.push {
+            push.access_token = REDACTED.to_owned();
+        }
+        serde_json::to_value(shown).unwrap_or_default()
+    }
+
+    /// The push target when runs of this configuration are pushed.
+    pub fn push_target(&self) -> Option<&PushConfig> {
+        match self.mode {
+            Mode::Async => self.push.as_ref(),
+            Mode::Sync => None,
+        }
+    }
+}
+
+fn validate_push(push: &PushConfig) -> Result<(), String> {
+    let url =
+        reqwest::Url::parse(&push.url).map_err(|e| format!("`push.url` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("`push.url` must be an http or https URL with a host".into());
+    }
+    if push.url.len() > MAX_PUSH_FIELD_BYTES {
+        return Err(format!(
+            "`push.url` is longer than {MAX_PUSH_FIELD_BYTES} bytes"
+        ));
+    }
+    if push.access_token.is_empty() || push.access_token.len() > MAX_PUSH_FIELD_BYTES {
+        return Err(format!(
+            "`push.access_token` must be 1 to {MAX_PUSH_FIELD_BYTES} bytes long"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> AgentConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_null_timeouts() {
+        let c = parse("{}");
+        assert_eq!(c, AgentConfig::default());
+        assert_eq!(c.async_timeout_s, Some(180));
+        assert_eq!(parse(r#"{"async_timeout_s": null}"#).async_timeout_s, None);
+        // A stored configuration reads back as it was written, `null` included.
+        let none = parse(r#"{"async_timeout_s": null}"#);
+        assert_eq!(parse(&serde_json::to_string(&none).unwrap()), none);
+    }
+
+    #[test]
+    fn async_mode_needs_a_valid_push_target() {
+        assert!(
+            parse(r#"{"mode": "async"}"#)
+                .validate()
+                .unwrap_err()
+                .contains("push")
+        );
+        let ok = parse(
+            r#"{"mode": "async", "push": {"url": "https://app.example/hook", "access_token": "t"}}"#,
+        );
+        ok.validate().unwrap();
+        assert_eq!(ok.push_target().unwrap().url, "https://app.example/hook");
+        assert_eq!(ok.redacted()["push"]["access_token"], REDACTED);
+        let ftp = parse(r#"{"push": {"url": "ftp://x/y", "access_token": "t"}}"#);
+        assert!(ftp.validate().is_err());
+        let sync_with_push = parse(r#"{"push": {"url": "http://x/y", "access_token": "t"}}"#);
+        assert!(
+            sync_with_push.push_target().is_none(),
+            "push only applies in async mode"
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! Push delivery: signed with Standard Webhooks (checked by an independent verifier),
+//! retried, never redirected, staged until deploy, restored by rollback, rotated secrets.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use standardwebhooks::Webhook;
+
+use crate::receiver::{Answer, Receiver};
+use crate::runs::{finished, submit};
+use crate::support::{Host, eventually};
+
+const PUSH_TOKEN: &str = "receiver-token-42";
+
+/// A host whose push retries come quickly, with the probe deployed in async mode pushing to
+/// `receiver`. Returns the signing secret shown when push was turned on.
+async fn async_host(dir: &std::path::Path, receiver: &Receiver) -> (Host, String) {
+    let host = Host::start_on(
+        dir.join("data"),
+        &["--push-retry-schedule", "0.2,0.3", "--push-timeout", "2"],
+    )
+    .await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    let (status, answer) = host
+        .send(
+            host.request(Method::PUT, "/v1/agents/probe/config")
+                .json(&json!({
+                    "mode": "async",
+                    "push": {"url": receiver.url, "access_token": PUSH_TOKEN},
+                })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["push"]["access_token"], "***",
+        "the token is write-only"
+    );
+    let secret = answer["push"]["secret"]
+        .as_str()
+        .expect("the secret is shown once")
+        .to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let deployed = host.deploy("probe", None).await;
+    let runs_url = format!("{}/v1/agents/probe/runs", host.url);
+    assert_eq!(
+        deployed["endpoints"],
+        json!({"sync": format!("{}/v1/agents/probe/run", host.url), "async_push": runs_url, "async_poll": format!("{runs_url}/{{run_id}}")})
+    );
+    (host, secret)
+}
+
+fn verify(secret: &str, received: &crate::receiver::Received) -> bool {
+    Webhook::new(secret)
+        .unwrap()
+        .verify(&received.body, &received.headers)
+        .is_ok()
+}
+
+async fn wait_for_pushes(receiver: &Receiver, n: usize) {
+    let r = receiver;
+    eventually(
+        Duration::from_secs(20),
+        &format!("{n} pushes"),
+        || async move { r.received().len() >= n },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pushes_are_signed_retried_and_verified_independently() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(vec![Answer::Status(503), Answer::Status(503)]).await;
+    let (host, secret) = async_host(dir.path(), &receiver).await;
+    let (_, config) = host
+        .send(host.request(Method::GET, "/v1/agents/probe/config"))
+        .await;
+    assert_eq!(config["push"]["access_token"], "***");
+    assert!(
+        config["push"].get("secret").is_none(),
+        "the secret is shown only once"
+    );
+
+    let id = submit(&host, "probe", json!({"op": "echo"})).await;
+    let run = finished(&host, "probe", &id).await;
+    assert_eq!(run["status"], "succeeded");
+    wait_for_pushes(&receiver, 3).await;
+    let (h, i) = (&host, &id);
+    eventually(Duration::from_secs(10), "the delivery to be recorded", || async move {
+        crate::runs::poll(h, "probe", i, 0).await["delivery"]["status"] == "delivered"
+    })
+    .await;
+    let run = crate::runs::poll(&host, "probe", &id, 0).await;
+    assert_eq!(run["delivery"]["attempts"], 3, "{run}");
+    assert_eq!(run["delivery"]["next_attempt_at"], Value::Null);
+
+    let pushes = receiver.received();
+    assert_eq!(pushes.len(), 3, "503, 503, then 200");
+    let event_id = pushes[0].header("webhook-id");
+    assert!(event_id.starts_with("msg_"));
+    for push in &pushes {
+        assert_eq!(
+            push.header("webhook-id"),
+            event_id,
+            "one id for every attempt"
+        );
+        assert_eq!(push.header("authorization"), format!("Bearer {PUSH_TOKEN}"));
+        assert_eq!(push.header("content-type"), "application/json");
+        assert!(
+            verify(&secret, push),
+            "the signature verifies with the Standard Webhooks library"
+        );
+        let event = push.json();
+        assert_eq!(event["type"], "run.succeeded");
+        assert_eq!(event["run"]["run_id"], id.as_str());
+        assert_eq!(event["run"]["output"]["json"]["marker"], "a");
+    }
+    // A tampered body, or another secret, does not verify.
+    let mut tampered = pushes[2].clone();
+    tampered.body = tampered
+        .body
+        .iter()
+        .copied()
+        .map(|b| if b == b'a' { b'b' } else { b })
+        .collect::<Vec<u8>>()
+        .into();
+    assert!(!verify(&secret, &tampered));
+    assert!(!verify(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        &pushes[2]
+    ));
+
+    // Failed runs are pushed too, with their error.
+    let id = submit(&host, "probe", json!({"op": "fail"})).await;
+    finished(&host, "probe", &id).await;
+    wait_for_pushes(&receiver, 4).await;
+    let event = receiver.received()[3].json();
+    assert_eq!(event["type"], "run.failed");
+    assert_eq!(event["run"]["error"]["kind"], "failed");
+
+    // Redelivery repeats the event with the same id.
+    let first_id = pushes[0].header("webhook-id");
+    let (status, _) = host
+        .send(host.request(
+            Method::POST,
+            &format!(
+                "/v1/agents/probe/runs/{}/redeliver",
+                pushes[0].json()["run"]["run_id"].as_str().unwrap()
+            ),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    wait_for_pushes(&receiver, 5).await;
+    assert_eq!(receiver.received()[4].header("webhook-id"), first_id);
+
+    // The test event reaches the receiver and reports its status.
+    let (status, answer) = host
+        .send(host.request(Method::POST, "/v1/agents/probe/push/test"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], 200);
+    let test = receiver.received().last().unwrap().clone();
+    assert_eq!(test.json()["type"], "push.test");
+    assert!(verify(&secret, &test));
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_permanent_refusals_stop_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = Receiver::start(vec![]).await;
+    let receiver = Receiver::start(vec![Answer::Redirect(elsewhere.url.clone())]).await;
+    let (host, _) = async_host(dir.path(), &receiver).await;
+    let id = submit(&host, "probe", json!({"op": "echo"})).await;
+    finished(&host, "probe", &id).await;
+    let (h, i) = (&host, &id);
+    eventually(Duration::from_secs(10), "the delivery to fail", || async move {
+        crate::runs::poll(h, "probe", i, 0).await["delivery"]["status"] == "failed"
+    })
+    .await;
+    let run = crate::runs::poll(&host, "probe", &id, 0).await;
+    assert!(
+        run["delivery"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("redirect"),
+        "{run}"
+    );
+    assert_eq!(run["delivery"]["attempts"], 1);
+    assert!(
+        elsewhere.received().is_empty(),
+        "the redirect target got nothing"
+    );
+
+    receiver.answer_next(vec![Answer::Status(404)]);
+    let id = submit(&host, "probe", json!({"op": "echo"})).await;
+    finished(&host, "probe", &id).await;
+    let (h, i) = (&host, &id);
+    eventually(Duration::from_secs(10), "the delivery to fail", || async move {
+        crate::runs::poll(h, "probe", i, 0).await["delivery"]["status"] == "failed"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.received().len(), 2, "a 404 is not retried");
+}
+
+#[tokio::test]
+async fn mode_changes_wait_for_deploy_and_rollback_restores_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(vec![]).await;
+    let host = Host::start(dir.path()).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    let sync = host.deploy("probe", None).await;
+    assert_eq!(
+        sync["endpoints"].as_object().unwrap().len(),
+        2,
+        "sync mode: sync and async_poll"
+    );
+    assert!(sync["endpoints"].get("async_push").is_none());
+
+    // Staged: the draft pushes, the live deployment does not.
+    host.set_config(
+        "probe",
+        json!({"mode": "async", "push": {"url": receiver.url, "access_token": PUSH_TOKEN}}),
+    )
+    .await;
+    let (_, agent) = host
+        .send(host.request(Method::GET, "/v1/agents/probe"))
+        .await;
+    assert_eq!(agent["draft_pending"], true);
+    assert_eq!(
+        (
+            agent["draft"]["mode"].as_str(),
+            agent["live"]["config"]["mode"].as_str()
+        ),
+        (Some("async"), Some("sync"))
+    );
+    let before = submit(&host, "probe", json!({"op": "echo"})).await;
+    let run = finished(&host, "probe", &before).await;
+    assert_eq!(run["delivery"], Value::Null);
+
+    host.deploy("probe", None).await;
+    let after = submit(&host, "probe", json!({"op": "echo"})).await;
+    finished(&host, "probe", &after).await;
+    wait_for_pushes(&receiver, 1).await;
+    assert_eq!(
+        receiver.received()[0].json()["run"]["run_id"],
+        after.as_str()
+    );
+
+    // Rollback brings back the sync deployment, without push.
+    let (status, back) = host
+        .send(host.request(Method::POST, "/v1/agents/probe/rollback"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(back["config"]["mode"], "sync");
+    let rolled = submit(&host, "probe", json!({"op": "echo"})).await;
+    let run = finished(&host, "probe", &rolled).await;
+    assert_eq!(run["delivery"], Value::Null);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 1, "no push after the rollback");
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .all(|r| r.json()["run"]["run_id"] != before.as_str()),
+        "the run accepted before the deploy was never pushed"
+    );
+}
+
+#[tokio::test]
+async fn rotated_secrets_sign_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(vec![]).await;
+    let (host, old) = async_host(dir.path(), &receiver).await;
+    let (status, rotated) = host
+        .send(host.request(Method::POST, "/v1/agents/probe/push/rotate-secret"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let new = rotated["push"]["secret"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("whsec_") && new != old);
+
+    let id = submit(&host, "probe", json!({"op": "echo"})).await;
+    finished(&host, "probe", &id).await;
+    wait_for_pushes(&receiver, 1).await;
+    let push = &receiver.received()[0];
+    assert_eq!(
+        push.header("webhook-signature").split(' ').count(),
+        2,
+        "two signatures during the overlap"
+    );
+    assert!(
+        verify(&old, push),
+        "receivers still on the old secret verify"
+    );
+    assert!(verify(&new, push), "receivers on the new secret verify");
+}

@@ -1,0 +1,89 @@
+//! A push receiver the tests start on loopback: it records every request and answers with
+//! scripted statuses (200 once the script runs out).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub(crate) struct Received {
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Received {
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("push bodies are JSON")
+    }
+
+    pub(crate) fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// What the receiver answers.
+#[derive(Debug, Clone)]
+pub(crate) enum Answer {
+    Status(u16),
+    Redirect(String),
+}
+
+#[derive(Clone)]
+pub(crate) struct Receiver {
+    pub(crate) url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
+}
+
+impl Receiver {
+    pub(crate) async fn start(script: Vec<Answer>) -> Self {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let (r, s) = (Arc::clone(&received), Arc::clone(&script));
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let (r, s) = (Arc::clone(&r), Arc::clone(&s));
+            async move {
+                r.lock().unwrap().push(Received { headers, body });
+                let answer = s.lock().unwrap().pop_front().unwrap_or(Answer::Status(200));
+                respond(answer)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url,
+            received,
+            script,
+        }
+    }
+
+    pub(crate) fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub(crate) fn answer_next(&self, answers: Vec<Answer>) {
+        self.script.lock().unwrap().extend(answers);
+    }
+}
+
+fn respond(answer: Answer) -> Response {
+    match answer {
+        Answer::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
+        Answer::Redirect(to) => {
+            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+            response
+                .headers_mut()
+                .insert("location", HeaderValue::from_str(&to).unwrap());
+            response
+        }
+    }
+}

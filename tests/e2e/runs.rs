@@ -1,0 +1,367 @@
+//! Queued runs: submit, poll with `?wait`, progress and logs, listing, cancel, expiry,
+//! idempotency, re-run, and runs staying on the deployment that accepted them.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::{Host, error_kind, eventually};
+
+pub(crate) async fn submit(host: &Host, agent: &str, input: Value) -> String {
+    let (status, body) = host
+        .send(
+            host.request(Method::POST, &format!("/v1/agents/{agent}/runs"))
+                .json(&input),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "queued");
+    let id = body["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        body["poll_url"],
+        format!("{}/v1/agents/{agent}/runs/{id}", host.url)
+    );
+    id
+}
+
+pub(crate) async fn poll(host: &Host, agent: &str, id: &str, wait_s: u64) -> Value {
+    let (status, body) = host
+        .send(host.request(
+            Method::GET,
+            &format!("/v1/agents/{agent}/runs/{id}?wait={wait_s}"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Polls with `?wait` until the run ends.
+pub(crate) async fn finished(host: &Host, agent: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = poll(host, agent, id, 10).await;
+        if !matches!(run["status"].as_str(), Some("queued" | "running")) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {id} never ended: {run}");
+    }
+}
+
+async fn probe_host(dir: &std::path::Path, extra: &[&str]) -> Host {
+    let host = Host::start_on(dir.join("data"), extra).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config("probe", json!({"async_timeout_s": 2, "config": {"k": "v"}}))
+        .await;
+    host.deploy("probe", None).await;
+    host
+}
+
+#[tokio::test]
+async fn poll_sees_progress_logs_output_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = probe_host(dir.path(), &[]).await;
+
+    let id = submit(&host, "probe", json!({"op": "echo", "key": "k"})).await;
+    let run = finished(&host, "probe", &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["run_id"], id.as_str());
+    assert_eq!(
+        (
+            run["agent"].as_str(),
+            run["version"].as_u64(),
+            run["deployment"].as_u64()
+        ),
+        (Some("probe"), Some(1), Some(1))
+    );
+    assert_eq!(run["attempts"], 1);
+    assert_eq!(run["output"]["content_type"], "application/json");
+    let output = &run["output"]["json"];
+    assert_eq!(
+        (output["marker"].as_str(), output["config"].as_str()),
+        (Some("a"), Some("v"))
+    );
+    assert_eq!(
+        output["run_id"],
+        id.as_str(),
+        "the guest saw the run id the caller got"
+    );
+    for field in ["created_at", "started_at", "finished_at"] {
+        assert!(
+            run[field].as_str().unwrap().ends_with('Z'),
+            "{field}: {run}"
+        );
+    }
+    assert_eq!(
+        (run["error"].clone(), run["delivery"].clone()),
+        (Value::Null, Value::Null)
+    );
+
+    // Progress is visible while the run goes on, and logs are kept on the run.
+    let id = submit(&host, "probe", json!({"op": "steps", "n": 4, "ms": 250})).await;
+    let (h, i) = (&host, &id);
+    eventually(
+        Duration::from_secs(10),
+        "progress while running",
+        || async move {
+            let run = poll(h, "probe", i, 0).await;
+            run["status"] == "running"
+                && run["progress"]["fraction"]
+                    .as_f64()
+                    .is_some_and(|f| f > 0.0 && f < 1.0)
+        },
+    )
+    .await;
+    let run = finished(&host, "probe", &id).await;
+    assert_eq!(
+        run["progress"],
+        json!({"fraction": 1.0, "message": "step 4 of 4"})
+    );
+
+    let id = submit(&host, "probe", json!({"op": "print"})).await;
+    let run = finished(&host, "probe", &id).await;
+    let logs: Vec<(String, String)> = run["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["level"].as_str().unwrap().to_owned(),
+                l["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (level, text) in [
+        ("stdout", "probe stdout line"),
+        ("stderr", "probe stderr line"),
+        ("info", "probe log line"),
+    ] {
+        assert!(
+            logs.iter()
+                .any(|(l, m)| l == level && m == &format!("{text} for {id}")),
+            "{level} {text}: {logs:?}"
+        );
+    }
+    assert!(
+        !host.log().contains(&format!("probe log line for {id}")),
+        "queued runs log to the run, not the host"
+    );
+
+    for (input, kind) in [
+        (json!({"op": "fail"}), "failed"),
+        (json!({"op": "invalid"}), "invalid_input"),
+        (json!({"op": "panic"}), "trap"),
+        (json!({"op": "spin"}), "timeout"),
+    ] {
+        let id = submit(&host, "probe", input.clone()).await;
+        let run = finished(&host, "probe", &id).await;
+        assert_eq!(run["status"], "failed", "{input}: {run}");
+        assert_eq!(run["error"]["kind"], kind, "{input}: {run}");
+        assert_eq!(run["output"], Value::Null);
+    }
+
+    // Unknown and malformed run ids, and a wait past the limit.
+    for id in ["run_0123456789abcdef0123456789abcdef", "nope"] {
+        let (status, body) = host
+            .send(host.request(Method::GET, &format!("/v1/agents/probe/runs/{id}")))
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        error_kind(&body, "not_found");
+    }
+    let (status, _) = host
+        .send(host.request(Method::GET, &format!("/v1/agents/probe/runs/{id}?wait=61")))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = host
+        .send(
+            host.request(Method::POST, "/v1/agents/nobody/runs")
+                .json(&json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Listing: newest first, paged by cursor, filtered by status.
+    let (_, page) = host
+        .send(host.request(Method::GET, "/v1/agents/probe/runs?limit=3"))
+        .await;
+    let first: Vec<&str> = page["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(first.len(), 3);
+    assert!(
+        first.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {first:?}"
+    );
+    let cursor = page["next_cursor"].as_str().unwrap();
+    assert_eq!(cursor, first[2]);
+    let (_, rest) = host
+        .send(host.request(
+            Method::GET,
+            &format!("/v1/agents/probe/runs?limit=200&cursor={cursor}"),
+        ))
+        .await;
+    assert_eq!(
+        rest["runs"].as_array().unwrap().len(),
+        4,
+        "7 runs in all: {rest}"
+    );
+    assert_eq!(rest["next_cursor"], Value::Null);
+    let (_, failed) = host
+        .send(host.request(Method::GET, "/v1/agents/probe/runs?status=failed"))
+        .await;
+    assert_eq!(failed["runs"].as_array().unwrap().len(), 4);
+    let (status, _) = host
+        .send(host.request(Method::GET, "/v1/agents/probe/runs?status=weird"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn cancel_stops_queued_and_spinning_runs_and_queued_runs_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = probe_host(dir.path(), &["--workers", "1"]).await;
+    host.set_config(
+        "probe",
+        json!({"async_timeout_s": null, "max_queue_wait_s": 3}),
+    )
+    .await;
+    host.deploy("probe", None).await;
+
+    let spinning = submit(&host, "probe", json!({"op": "spin"})).await;
+    let (h, s) = (&host, &spinning);
+    eventually(
+        Duration::from_secs(10),
+        "the spin to start",
+        || async move { poll(h, "probe", s, 0).await["status"] == "running" },
+    )
+    .await;
+    // The only worker is busy: these wait in the queue.
+    let queued = submit(&host, "probe", json!({"op": "echo"})).await;
+    let expiring = submit(&host, "probe", json!({"op": "echo"})).await;
+    let (status, run) = host
+        .send(host.request(
+            Method::POST,
+            &format!("/v1/agents/probe/runs/{queued}/cancel"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["status"], "cancelled");
+
+    // The second one waits past its deployment's max_queue_wait_s.
+    let run = finished(&host, "probe", &expiring).await;
+    assert_eq!(run["status"], "expired", "{run}");
+    assert_eq!(run["attempts"], 0);
+
+    let started = Instant::now();
+    let (status, run) = host
+        .send(host.request(
+            Method::POST,
+            &format!("/v1/agents/probe/runs/{spinning}/cancel"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(run["status"], "cancelled");
+    let h = &host;
+    eventually(
+        Duration::from_secs(1),
+        "the spinning guest to be dropped",
+        || async move { h.stats().await["live_instances"] == 0 },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "interrupted within 1 s: {:?}",
+        started.elapsed()
+    );
+
+    // The cancelled queued run never started, and the worker is free again.
+    let run = poll(&host, "probe", &queued, 0).await;
+    assert_eq!(
+        (
+            run["status"].as_str(),
+            run["attempts"].as_u64(),
+            &run["started_at"]
+        ),
+        (Some("cancelled"), Some(0), &Value::Null)
+    );
+    let (status, body) = host
+        .send(host.request(
+            Method::POST,
+            &format!("/v1/agents/probe/runs/{queued}/cancel"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    error_kind(&body, "conflict");
+    let next = submit(&host, "probe", json!({"op": "echo"})).await;
+    assert_eq!(finished(&host, "probe", &next).await["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn idempotency_keys_and_reruns() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = probe_host(dir.path(), &[]).await;
+    let with_key = |key: &str, body: Value| {
+        host.request(Method::POST, "/v1/agents/probe/runs")
+            .header("idempotency-key", key)
+            .json(&body)
+    };
+    let (status, first) = host.send(with_key("order-17", json!({"n": 1}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = first["run_id"].as_str().unwrap().to_owned();
+    let (status, again) = host.send(with_key("order-17", json!({"n": 1}))).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["run_id"], id.as_str());
+    let (status, body) = host.send(with_key("order-17", json!({"n": 2}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    error_kind(&body, "conflict");
+    let (status, _) = host.send(with_key(&"k".repeat(256), json!({}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, list) = host
+        .send(host.request(Method::GET, "/v1/agents/probe/runs"))
+        .await;
+    assert_eq!(
+        list["runs"].as_array().unwrap().len(),
+        1,
+        "one run for one key"
+    );
+
+    // A re-run takes the same input to the live deployment.
+    finished(&host, "probe", &id).await;
+    host.upload_file("probe", gust_test_guests::PROBE_B).await;
+    host.deploy("probe", None).await;
+    let (status, rerun) = host
+        .send(host.request(Method::POST, &format!("/v1/agents/probe/runs/{id}/rerun")))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{rerun}");
+    let rerun_id = rerun["run_id"].as_str().unwrap();
+    assert_ne!(rerun_id, id);
+    let run = finished(&host, "probe", rerun_id).await;
+    assert_eq!(
+        (
+            run["version"].as_u64(),
+            run["output"]["json"]["marker"].as_str()
+        ),
+        (Some(2), Some("b"))
+    );
+    assert_eq!(run["output"]["json"]["input"], json!({"n": 1}));
+}
+
+#[tokio::test]
+async fn queued_runs_finish_on_the_deployment_that_accepted_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = probe_host(dir.path(), &["--workers", "1"]).await;
+    let first = submit(&host, "probe", json!({"op": "sleep", "ms": 500})).await;
+    let waiting = submit(&host, "probe", json!({"op": "echo"})).await;
+    host.upload_file("probe", gust_test_guests::PROBE_B).await;
+    host.deploy("probe", None).await;
+    let after = submit(&host, "probe", json!({"op": "echo"})).await;
+    for (id, version, marker) in [(&first, 1, "a"), (&waiting, 1, "a"), (&after, 2, "b")] {
+        let run = finished(&host, "probe", id).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        assert_eq!(run["version"], version, "{run}");
+        assert_eq!(run["output"]["json"]["marker"], marker, "{run}");
+    }
+}
