@@ -112,3 +112,69 @@ async fn deploy_config_run_and_rollback_from_the_command_line() {
         );
     }
 }
+
+// Multi-threaded: the CLI runs block this thread while the receiver must keep answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_runs_and_push_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let receiver = crate::receiver::Receiver::start(vec![]).await;
+    let h = &host;
+
+    let configured = gust(
+        h,
+        &["config", "probe", "--mode", "async", "--push-url", &receiver.url, "--push-token", "tok"],
+    );
+    let out = ok(&configured);
+    assert!(out.contains("\"access_token\": \"***\"") && out.contains("\"mode\": \"async\""), "{out}");
+    let stderr = String::from_utf8_lossy(&configured.stderr);
+    assert!(stderr.contains("whsec_"), "the new signing secret is shown once: {stderr}");
+    let out = ok(&gust(h, &["deploy", "probe", gust_test_guests::PROBE_A]));
+    assert!(out.contains("async_push: ") && out.contains("async_poll: "), "{out}");
+    // Changing something else keeps the write-only token.
+    ok(&gust(h, &["config", "probe", "--set", "k=v"]));
+
+    let id = ok(&gust(h, &["run", "--async", "probe", r#"{"op":"steps","n":2,"ms":100}"#]));
+    let id = id.trim();
+    assert!(id.starts_with("run_"), "{id}");
+    let out = ok(&gust(h, &["runs", "get", "probe", id, "--wait"]));
+    let run: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["progress"]["fraction"], 1.0);
+    let out = ok(&gust(h, &["runs", "list", "probe"]));
+    assert!(out.contains(id) && out.contains("succeeded"), "{out}");
+    let r = &receiver;
+    crate::support::eventually(std::time::Duration::from_secs(10), "the push", || async move {
+        !r.received().is_empty()
+    })
+    .await;
+    assert_eq!(receiver.received()[0].header("authorization"), "Bearer tok", "the kept token is used");
+
+    let out = ok(&gust(h, &["runs", "redeliver", "probe", id]));
+    assert!(out.contains(id), "{out}");
+    let out = ok(&gust(h, &["push", "test", "probe"]));
+    assert!(out.contains("answered 200"), "{out}");
+    let out = ok(&gust(h, &["push", "rotate-secret", "probe"]));
+    assert!(out.trim().starts_with("whsec_"), "{out}");
+    let out = ok(&gust(h, &["runs", "rerun", "probe", id]));
+    assert!(out.trim().starts_with("run_") && out.trim() != id, "{out}");
+
+    // A run that fails: `runs get --wait` prints it and exits non-zero with the reason.
+    let failing = ok(&gust(h, &["run", "--async", "probe", r#"{"op":"fail"}"#]));
+    let waited = gust(h, &["runs", "get", "probe", failing.trim(), "--wait"]);
+    assert!(!waited.status.success());
+    assert!(
+        String::from_utf8_lossy(&waited.stderr).contains("failed: failed: probe failed on purpose"),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    let cancelled = gust(h, &["runs", "cancel", "probe", failing.trim()]);
+    assert!(!cancelled.status.success());
+    assert!(String::from_utf8_lossy(&cancelled.stderr).contains("conflict: "));
+
+    let out = ok(&gust(h, &["config", "probe", "--no-push"]));
+    assert!(out.contains("\"mode\": \"sync\"") && out.contains("\"push\": null"), "{out}");
+    for command in [&["runs", "get", "--help"][..], &["runs", "list", "--help"], &["push", "test", "--help"]] {
+        assert!(gust(h, command).status.success());
+    }
+}

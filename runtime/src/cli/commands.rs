@@ -42,6 +42,11 @@ pub(crate) async fn deploy(
         answer["deployment"],
         text(&answer["endpoints"]["sync"])
     );
+    for (name, url) in answer["endpoints"].as_object().into_iter().flatten() {
+        if name != "sync" {
+            println!("{name}: {}", text(url));
+        }
+    }
     Ok(())
 }
 

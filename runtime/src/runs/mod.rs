@@ -94,10 +94,14 @@ pub(crate) struct Hooks {
     push: Arc<Notify>,
     accepted: AtomicU64,
     ended: AtomicU64,
+    commits: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl Hooks {
     fn committed(&self, writes: &[RunWrite], outcomes: &[WriteOutcome]) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
         let mut push = false;
         for (write, outcome) in writes.iter().zip(outcomes) {
             match (write, outcome) {
@@ -159,6 +163,11 @@ pub struct RunStats {
     pub runs_ended_total: u64,
     /// Runs executing right now.
     pub runs_running: u64,
+    /// Transactions the run queue committed (each one fsync).
+    pub run_commits_total: u64,
+    /// Writes those transactions carried: over `run_commits_total`, the group-commit
+    /// batch size.
+    pub run_writes_total: u64,
 }
 
 /// The run queue; see the module docs.
@@ -190,6 +199,8 @@ impl Runs {
             push: Arc::new(Notify::new()),
             accepted: AtomicU64::new(0),
             ended: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         });
         let writer = Writer::start(Arc::clone(&store), Arc::clone(&hooks));
         let workers = workers::Workers::new(settings.workers);
@@ -427,6 +438,8 @@ impl Runs {
             runs_accepted_total: self.hooks.accepted.load(Ordering::Relaxed),
             runs_ended_total: self.hooks.ended.load(Ordering::Relaxed),
             runs_running: self.workers.running() as u64,
+            run_commits_total: self.hooks.commits.load(Ordering::Relaxed),
+            run_writes_total: self.hooks.writes.load(Ordering::Relaxed),
         }
     }
 }

@@ -572,3 +572,110 @@ pub(super) fn next_due(conn: &Connection) -> Result<Option<i64>, StoreError> {
     )
     .map_err(internal)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{
+        AgentConfig, NewRun, RunOutcome, RunStatus, RunWrite, Sqlite, Store, WriteOutcome,
+    };
+
+    fn store() -> (tempfile::TempDir, Sqlite) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("gust.db")).unwrap();
+        db.add_version("a", "sha256:1", 1, 0).unwrap();
+        db.deploy("a", 1, &AgentConfig::default(), 0).unwrap();
+        (dir, db)
+    }
+
+    fn new_run(id: &str, created_at: i64, key: Option<(&str, &str)>) -> RunWrite {
+        RunWrite::Insert(NewRun {
+            id: id.into(),
+            agent: "a".into(),
+            deployment: 1,
+            version: 1,
+            input: b"{}".to_vec(),
+            content_type: "application/json".into(),
+            created_at,
+            expires_at: created_at + 1000,
+            idempotency: key.map(|(k, h)| (k.into(), h.into())),
+        })
+    }
+
+    fn apply(db: &Sqlite, write: RunWrite) -> WriteOutcome {
+        db.apply_run_writes(&[write]).unwrap().pop().unwrap()
+    }
+
+    #[test]
+    fn a_run_goes_from_queued_to_succeeded_once() {
+        let (_dir, db) = store();
+        assert_eq!(apply(&db, new_run("r1", 10, None)), WriteOutcome::Inserted);
+        let start = || RunWrite::Start { id: "r1".into(), now: 20, lease_until: 99 };
+        assert!(matches!(apply(&db, start()), WriteOutcome::Started(s) if s.attempt == 1));
+        assert_eq!(apply(&db, start()), WriteOutcome::NotStarted(Some(RunStatus::Running)));
+        let finish = || RunWrite::Finish {
+            id: "r1".into(),
+            now: 30,
+            outcome: RunOutcome::Succeeded { content_type: "text/plain".into(), output: b"ok".to_vec() },
+            logs: vec![],
+        };
+        assert_eq!(apply(&db, finish()), WriteOutcome::Finished { delivery: false });
+        assert_eq!(apply(&db, finish()), WriteOutcome::NotRunning, "a run ends once");
+        let run = db.run("a", "r1").unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded);
+        assert_eq!(run.output, Some(("text/plain".into(), b"ok".to_vec())));
+        assert!(db.run("other-agent", "r1").unwrap().is_none(), "runs are scoped by agent");
+    }
+
+    #[test]
+    fn idempotency_keys_replay_conflict_and_expire_after_a_day() {
+        let (_dir, db) = store();
+        assert_eq!(apply(&db, new_run("r1", 10, Some(("k", "h1")))), WriteOutcome::Inserted);
+        assert_eq!(apply(&db, new_run("r2", 20, Some(("k", "h1")))), WriteOutcome::Replayed { id: "r1".into() });
+        assert_eq!(apply(&db, new_run("r3", 30, Some(("k", "h2")))), WriteOutcome::IdempotencyConflict);
+        let day = 24 * 3600 * 1000;
+        assert_eq!(apply(&db, new_run("r4", 11 + day, Some(("k", "h2")))), WriteOutcome::Inserted);
+    }
+
+    #[test]
+    fn recovery_requeues_or_fails_runs_that_were_running() {
+        let (_dir, db) = store();
+        for id in ["r1", "r2", "r3"] {
+            apply(&db, new_run(id, 10, None));
+        }
+        for _ in 0..3 {
+            // r1 is started three times (two crashes), r2 once; r3 stays queued.
+            apply(&db, RunWrite::Start { id: "r1".into(), now: 20, lease_until: 99 });
+            db.recover_runs(21, 99).unwrap();
+        }
+        apply(&db, RunWrite::Start { id: "r1".into(), now: 20, lease_until: 99 });
+        apply(&db, RunWrite::Start { id: "r2".into(), now: 20, lease_until: 99 });
+        let recovered = db.recover_runs(30, 3).unwrap();
+        assert_eq!((recovered.lost, recovered.requeued), (1, 1));
+        assert_eq!(recovered.queued, ["r2", "r3"]);
+        let lost = db.run("a", "r1").unwrap().unwrap();
+        assert_eq!((lost.status, lost.attempts), (RunStatus::Failed, 4));
+        assert_eq!(lost.error.unwrap().0, "lost");
+    }
+
+    #[test]
+    fn expiry_cancel_and_purge() {
+        let (_dir, db) = store();
+        apply(&db, new_run("r1", 10, None));
+        apply(&db, new_run("r2", 10, None));
+        assert_eq!(
+            apply(&db, RunWrite::Cancel { agent: "a".into(), id: "r2".into(), now: 20 }),
+            WriteOutcome::Cancelled { was_running: false, delivery: false }
+        );
+        assert_eq!(
+            apply(&db, RunWrite::Cancel { agent: "a".into(), id: "r2".into(), now: 21 }),
+            WriteOutcome::AlreadyFinished(RunStatus::Cancelled)
+        );
+        assert_eq!(
+            apply(&db, RunWrite::ExpireDue { now: 2000 }),
+            WriteOutcome::Expired { ids: vec!["r1".into()], delivery: false }
+        );
+        apply(&db, RunWrite::Purge { before: 1000 });
+        assert!(db.run("a", "r2").unwrap().is_none(), "ended before the cut-off: purged");
+        assert!(db.run("a", "r1").unwrap().is_some(), "ended after the cut-off: kept");
+    }
+}
