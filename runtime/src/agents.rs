@@ -14,6 +14,7 @@ use tokio::sync::{OwnedMutexGuard, Semaphore};
 use wasmtime::component::Component;
 
 use crate::bindings::AgentPre;
+use crate::blocking::blocking;
 use crate::check::{self, Diagnostic};
 use crate::clock;
 use crate::engine::Runtime;
@@ -653,13 +654,6 @@ fn invalid(diagnostics: Vec<Diagnostic>) -> Error {
         message,
         diagnostics,
     }
-}
-
-/// Runs blocking work (SQLite, file I/O, compiles) off the async runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(anyhow::anyhow!("a blocking task failed: {e}")))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 pub mod agents;
 pub mod api;
 pub(crate) mod bindings;
+pub(crate) mod blocking;
 pub mod check;
 pub mod cli;
 pub(crate) mod clock;

@@ -123,18 +123,44 @@ async fn queued_runs_and_push_from_the_command_line() {
 
     let configured = gust(
         h,
-        &["config", "probe", "--mode", "async", "--push-url", &receiver.url, "--push-token", "tok"],
+        &[
+            "config",
+            "probe",
+            "--mode",
+            "async",
+            "--push-url",
+            &receiver.url,
+            "--push-token",
+            "tok",
+        ],
     );
     let out = ok(&configured);
-    assert!(out.contains("\"access_token\": \"***\"") && out.contains("\"mode\": \"async\""), "{out}");
+    assert!(
+        out.contains("\"access_token\": \"***\"") && out.contains("\"mode\": \"async\""),
+        "{out}"
+    );
     let stderr = String::from_utf8_lossy(&configured.stderr);
-    assert!(stderr.contains("whsec_"), "the new signing secret is shown once: {stderr}");
+    assert!(
+        stderr.contains("whsec_"),
+        "the new signing secret is shown once: {stderr}"
+    );
     let out = ok(&gust(h, &["deploy", "probe", gust_test_guests::PROBE_A]));
-    assert!(out.contains("async_push: ") && out.contains("async_poll: "), "{out}");
+    assert!(
+        out.contains("async_push: ") && out.contains("async_poll: "),
+        "{out}"
+    );
     // Changing something else keeps the write-only token.
     ok(&gust(h, &["config", "probe", "--set", "k=v"]));
 
-    let id = ok(&gust(h, &["run", "--async", "probe", r#"{"op":"steps","n":2,"ms":100}"#]));
+    let id = ok(&gust(
+        h,
+        &[
+            "run",
+            "--async",
+            "probe",
+            r#"{"op":"steps","n":2,"ms":100}"#,
+        ],
+    ));
     let id = id.trim();
     assert!(id.starts_with("run_"), "{id}");
     let out = ok(&gust(h, &["runs", "get", "probe", id, "--wait"]));
@@ -144,11 +170,17 @@ async fn queued_runs_and_push_from_the_command_line() {
     let out = ok(&gust(h, &["runs", "list", "probe"]));
     assert!(out.contains(id) && out.contains("succeeded"), "{out}");
     let r = &receiver;
-    crate::support::eventually(std::time::Duration::from_secs(10), "the push", || async move {
-        !r.received().is_empty()
-    })
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the push",
+        || async move { !r.received().is_empty() },
+    )
     .await;
-    assert_eq!(receiver.received()[0].header("authorization"), "Bearer tok", "the kept token is used");
+    assert_eq!(
+        receiver.received()[0].header("authorization"),
+        "Bearer tok",
+        "the kept token is used"
+    );
 
     let out = ok(&gust(h, &["runs", "redeliver", "probe", id]));
     assert!(out.contains(id), "{out}");
@@ -173,8 +205,15 @@ async fn queued_runs_and_push_from_the_command_line() {
     assert!(String::from_utf8_lossy(&cancelled.stderr).contains("conflict: "));
 
     let out = ok(&gust(h, &["config", "probe", "--no-push"]));
-    assert!(out.contains("\"mode\": \"sync\"") && out.contains("\"push\": null"), "{out}");
-    for command in [&["runs", "get", "--help"][..], &["runs", "list", "--help"], &["push", "test", "--help"]] {
+    assert!(
+        out.contains("\"mode\": \"sync\"") && out.contains("\"push\": null"),
+        "{out}"
+    );
+    for command in [
+        &["runs", "get", "--help"][..],
+        &["runs", "list", "--help"],
+        &["push", "test", "--help"],
+    ] {
         assert!(gust(h, command).status.success());
     }
 }

@@ -57,6 +57,13 @@ fn verify(secret: &str, received: &crate::receiver::Received) -> bool {
         .is_ok()
 }
 
+async fn delivery_becomes(host: &Host, id: &str, status: &str) {
+    eventually(Duration::from_secs(10), &format!("the delivery to be {status}"), || async move {
+        crate::runs::poll(host, "probe", id, 0).await["delivery"]["status"] == status
+    })
+    .await;
+}
+
 async fn wait_for_pushes(receiver: &Receiver, n: usize) {
     let r = receiver;
     eventually(
@@ -85,11 +92,7 @@ async fn pushes_are_signed_retried_and_verified_independently() {
     let run = finished(&host, "probe", &id).await;
     assert_eq!(run["status"], "succeeded");
     wait_for_pushes(&receiver, 3).await;
-    let (h, i) = (&host, &id);
-    eventually(Duration::from_secs(10), "the delivery to be recorded", || async move {
-        crate::runs::poll(h, "probe", i, 0).await["delivery"]["status"] == "delivered"
-    })
-    .await;
+    delivery_becomes(&host, &id, "delivered").await;
     let run = crate::runs::poll(&host, "probe", &id, 0).await;
     assert_eq!(run["delivery"]["attempts"], 3, "{run}");
     assert_eq!(run["delivery"]["next_attempt_at"], Value::Null);
@@ -172,11 +175,7 @@ async fn redirects_are_not_followed_and_permanent_refusals_stop_retries() {
     let (host, _) = async_host(dir.path(), &receiver).await;
     let id = submit(&host, "probe", json!({"op": "echo"})).await;
     finished(&host, "probe", &id).await;
-    let (h, i) = (&host, &id);
-    eventually(Duration::from_secs(10), "the delivery to fail", || async move {
-        crate::runs::poll(h, "probe", i, 0).await["delivery"]["status"] == "failed"
-    })
-    .await;
+    delivery_becomes(&host, &id, "failed").await;
     let run = crate::runs::poll(&host, "probe", &id, 0).await;
     assert!(
         run["delivery"]["last_error"]
@@ -194,11 +193,7 @@ async fn redirects_are_not_followed_and_permanent_refusals_stop_retries() {
     receiver.answer_next(vec![Answer::Status(404)]);
     let id = submit(&host, "probe", json!({"op": "echo"})).await;
     finished(&host, "probe", &id).await;
-    let (h, i) = (&host, &id);
-    eventually(Duration::from_secs(10), "the delivery to fail", || async move {
-        crate::runs::poll(h, "probe", i, 0).await["delivery"]["status"] == "failed"
-    })
-    .await;
+    delivery_becomes(&host, &id, "failed").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(receiver.received().len(), 2, "a 404 is not retried");
 }

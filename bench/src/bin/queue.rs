@@ -45,7 +45,9 @@ fn options() -> anyhow::Result<Options> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--gust" => options.gust = value.into(),
             "--echo" => options.echo = value.into(),
@@ -78,7 +80,9 @@ async fn main() -> anyhow::Result<()> {
         let jobs = options.runs.min(5_000);
         let one = tokio::task::spawn_blocking(move || sqlite_round(jobs, 1)).await??;
         let many = tokio::task::spawn_blocking(move || sqlite_round(jobs * 4, 64)).await??;
-        println!("round {round}: SQLite {one:.0} jobs/s one commit per write, {many:.0} jobs/s 64 jobs per commit");
+        println!(
+            "round {round}: SQLite {one:.0} jobs/s one commit per write, {many:.0} jobs/s 64 jobs per commit"
+        );
         gust.push(g);
         per_commit.push(one);
         batched.push(many);
@@ -93,8 +97,14 @@ async fn main() -> anyhow::Result<()> {
     println!("  gust queue, end to end:         {runs_per_s:>9.0} runs/s");
     println!("  gust submit → 202:              p50 {p50:.2} ms, p99 {p99:.2} ms");
     println!("  gust group commit:              {batch:.1} writes per commit");
-    println!("  SQLite, commit per write:       {one:>9.0} jobs/s  (gust / this = {:.2})", runs_per_s / one);
-    println!("  SQLite, 64 jobs per commit:     {many:>9.0} jobs/s  (gust / this = {:.2})", runs_per_s / many);
+    println!(
+        "  SQLite, commit per write:       {one:>9.0} jobs/s  (gust / this = {:.2})",
+        runs_per_s / one
+    );
+    println!(
+        "  SQLite, 64 jobs per commit:     {many:>9.0} jobs/s  (gust / this = {:.2})",
+        runs_per_s / many
+    );
     Ok(())
 }
 
@@ -120,14 +130,22 @@ async fn gust_round(options: &Options) -> anyhow::Result<GustRound> {
         .body(bytes)
         .send()
         .await?;
-    anyhow::ensure!(upload.status().is_success(), "upload failed: {}", upload.status());
+    anyhow::ensure!(
+        upload.status().is_success(),
+        "upload failed: {}",
+        upload.status()
+    );
     let deploy = http
         .post(format!("{url}/v1/agents/echo/deploy"))
         .bearer_auth(TOKEN)
         .json(&json!({}))
         .send()
         .await?;
-    anyhow::ensure!(deploy.status().is_success(), "deploy failed: {}", deploy.status());
+    anyhow::ensure!(
+        deploy.status().is_success(),
+        "deploy failed: {}",
+        deploy.status()
+    );
 
     let before = stats(&http, &url).await?;
     let next = Arc::new(AtomicUsize::new(0));
@@ -146,7 +164,11 @@ async fn gust_round(options: &Options) -> anyhow::Result<GustRound> {
                     .body(INPUT)
                     .send()
                     .await?;
-                anyhow::ensure!(response.status().as_u16() == 202, "submit answered {}", response.status());
+                anyhow::ensure!(
+                    response.status().as_u16() == 202,
+                    "submit answered {}",
+                    response.status()
+                );
                 latencies.push(sent.elapsed());
             }
             Ok::<_, anyhow::Error>(latencies)
@@ -163,7 +185,10 @@ async fn gust_round(options: &Options) -> anyhow::Result<GustRound> {
         if now["runs_ended_total"].as_u64().unwrap_or(0) >= target {
             break now;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "runs did not finish");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "runs did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let elapsed = started.elapsed().as_secs_f64();

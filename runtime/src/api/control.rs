@@ -15,7 +15,7 @@ use super::paths::{AgentName, AgentVersion};
 use super::{AppState, body};
 use crate::clock::rfc3339;
 use crate::error::Error;
-use crate::store::{AgentConfig, DeploymentRecord, VersionRecord};
+use crate::store::{AgentConfig, AgentRecord, DeploymentRecord, VersionRecord};
 
 type Answer = Result<Response, Error>;
 
@@ -70,16 +70,11 @@ pub(crate) async fn get_agent(
 ) -> Answer {
     let record = state.agents.get(&agent).await?;
     let live_number = record.live.as_ref().map(|d| d.deployment);
-    let live_version = record.live.as_ref().map(|d| d.version);
     let draft_pending = record
         .live
         .as_ref()
         .is_some_and(|live| live.config != record.draft);
-    let versions: Vec<Value> = record
-        .versions
-        .iter()
-        .map(|v| version_json(v, live_version == Some(v.version)))
-        .collect();
+    let versions = versions_json(&record);
     let deployments: Vec<Value> = record
         .deployments
         .iter()
@@ -141,13 +136,7 @@ pub(crate) async fn list_versions(
     AgentName(agent): AgentName,
 ) -> Answer {
     let record = state.agents.get(&agent).await?;
-    let live_version = record.live.as_ref().map(|d| d.version);
-    let versions: Vec<Value> = record
-        .versions
-        .iter()
-        .map(|v| version_json(v, live_version == Some(v.version)))
-        .collect();
-    Ok(Json(json!({"agent": agent, "versions": versions})).into_response())
+    Ok(Json(json!({"agent": agent, "versions": versions_json(&record)})).into_response())
 }
 
 pub(crate) async fn get_version(
@@ -248,6 +237,16 @@ fn deploy_answer(state: &AppState, d: &DeploymentRecord) -> Value {
         "config": d.config.redacted(),
         "endpoints": state.endpoints(&d.agent, d.config.mode),
     })
+}
+
+/// Every version of an agent, the live one marked.
+fn versions_json(record: &AgentRecord) -> Vec<Value> {
+    let live_version = record.live.as_ref().map(|d| d.version);
+    record
+        .versions
+        .iter()
+        .map(|v| version_json(v, live_version == Some(v.version)))
+        .collect()
 }
 
 fn version_json(v: &VersionRecord, live: bool) -> Value {

@@ -34,6 +34,7 @@ use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
 use crate::agents::Agents;
+use crate::blocking::blocking;
 use crate::clock;
 use crate::error::Error;
 use crate::registry::Deployment;
@@ -101,7 +102,8 @@ pub(crate) struct Hooks {
 impl Hooks {
     fn committed(&self, writes: &[RunWrite], outcomes: &[WriteOutcome]) {
         self.commits.fetch_add(1, Ordering::Relaxed);
-        self.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
+        self.writes
+            .fetch_add(writes.len() as u64, Ordering::Relaxed);
         let mut push = false;
         for (write, outcome) in writes.iter().zip(outcomes) {
             match (write, outcome) {
@@ -221,9 +223,7 @@ impl Runs {
         });
 
         let (max_attempts, now) = (runs.settings.max_attempts, clock::now_ms());
-        let recovered = tokio::task::spawn_blocking(move || store.recover_runs(now, max_attempts))
-            .await
-            .map_err(|e| Error::Internal(anyhow::anyhow!("recovery task failed: {e}")))??;
+        let recovered = blocking(move || store.recover_runs(now, max_attempts)).await??;
         if recovered.requeued > 0 || recovered.lost > 0 {
             tracing::warn!(
                 requeued = recovered.requeued,
@@ -469,12 +469,6 @@ fn no_run(id: &str) -> Error {
 
 fn unexpected(outcome: &WriteOutcome) -> Error {
     Error::Internal(anyhow::anyhow!("unexpected run-queue outcome {outcome:?}"))
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(anyhow::anyhow!("a blocking task failed: {e}")))
 }
 
 #[cfg(test)]

@@ -261,15 +261,7 @@ fn cancel(
     id: &str,
     now: i64,
 ) -> Result<WriteOutcome, StoreError> {
-    let status: Option<String> = tx
-        .query_row(
-            "SELECT status FROM runs WHERE id = ?1 AND agent = ?2",
-            params![id, agent],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(internal)?;
-    let Some(status) = status.as_deref().and_then(RunStatus::parse) else {
+    let Some(status) = status_of(tx, agent, id)? else {
         return Ok(WriteOutcome::NotFound);
     };
     if status.is_final() {
@@ -285,6 +277,19 @@ fn cancel(
         was_running: status == RunStatus::Running,
         delivery,
     })
+}
+
+/// The status of run `id` of `agent`, if there is one.
+fn status_of(tx: &Transaction<'_>, agent: &str, id: &str) -> Result<Option<RunStatus>, StoreError> {
+    let status: Option<String> = tx
+        .query_row(
+            "SELECT status FROM runs WHERE id = ?1 AND agent = ?2",
+            params![id, agent],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(internal)?;
+    Ok(status.as_deref().and_then(RunStatus::parse))
 }
 
 fn expire(tx: &Transaction<'_>, id: &str, now: i64) -> Result<(), StoreError> {
@@ -315,15 +320,7 @@ fn redeliver(
     id: &str,
     now: i64,
 ) -> Result<WriteOutcome, StoreError> {
-    let status: Option<String> = tx
-        .query_row(
-            "SELECT status FROM runs WHERE id = ?1 AND agent = ?2",
-            params![id, agent],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(internal)?;
-    let Some(status) = status.as_deref().and_then(RunStatus::parse) else {
+    let Some(status) = status_of(tx, agent, id)? else {
         return Ok(WriteOutcome::NotFound);
     };
     if !status.is_final() {
@@ -609,31 +606,63 @@ mod tests {
     fn a_run_goes_from_queued_to_succeeded_once() {
         let (_dir, db) = store();
         assert_eq!(apply(&db, new_run("r1", 10, None)), WriteOutcome::Inserted);
-        let start = || RunWrite::Start { id: "r1".into(), now: 20, lease_until: 99 };
+        let start = || RunWrite::Start {
+            id: "r1".into(),
+            now: 20,
+            lease_until: 99,
+        };
         assert!(matches!(apply(&db, start()), WriteOutcome::Started(s) if s.attempt == 1));
-        assert_eq!(apply(&db, start()), WriteOutcome::NotStarted(Some(RunStatus::Running)));
+        assert_eq!(
+            apply(&db, start()),
+            WriteOutcome::NotStarted(Some(RunStatus::Running))
+        );
         let finish = || RunWrite::Finish {
             id: "r1".into(),
             now: 30,
-            outcome: RunOutcome::Succeeded { content_type: "text/plain".into(), output: b"ok".to_vec() },
+            outcome: RunOutcome::Succeeded {
+                content_type: "text/plain".into(),
+                output: b"ok".to_vec(),
+            },
             logs: vec![],
         };
-        assert_eq!(apply(&db, finish()), WriteOutcome::Finished { delivery: false });
-        assert_eq!(apply(&db, finish()), WriteOutcome::NotRunning, "a run ends once");
+        assert_eq!(
+            apply(&db, finish()),
+            WriteOutcome::Finished { delivery: false }
+        );
+        assert_eq!(
+            apply(&db, finish()),
+            WriteOutcome::NotRunning,
+            "a run ends once"
+        );
         let run = db.run("a", "r1").unwrap().unwrap();
         assert_eq!(run.status, RunStatus::Succeeded);
         assert_eq!(run.output, Some(("text/plain".into(), b"ok".to_vec())));
-        assert!(db.run("other-agent", "r1").unwrap().is_none(), "runs are scoped by agent");
+        assert!(
+            db.run("other-agent", "r1").unwrap().is_none(),
+            "runs are scoped by agent"
+        );
     }
 
     #[test]
     fn idempotency_keys_replay_conflict_and_expire_after_a_day() {
         let (_dir, db) = store();
-        assert_eq!(apply(&db, new_run("r1", 10, Some(("k", "h1")))), WriteOutcome::Inserted);
-        assert_eq!(apply(&db, new_run("r2", 20, Some(("k", "h1")))), WriteOutcome::Replayed { id: "r1".into() });
-        assert_eq!(apply(&db, new_run("r3", 30, Some(("k", "h2")))), WriteOutcome::IdempotencyConflict);
+        assert_eq!(
+            apply(&db, new_run("r1", 10, Some(("k", "h1")))),
+            WriteOutcome::Inserted
+        );
+        assert_eq!(
+            apply(&db, new_run("r2", 20, Some(("k", "h1")))),
+            WriteOutcome::Replayed { id: "r1".into() }
+        );
+        assert_eq!(
+            apply(&db, new_run("r3", 30, Some(("k", "h2")))),
+            WriteOutcome::IdempotencyConflict
+        );
         let day = 24 * 3600 * 1000;
-        assert_eq!(apply(&db, new_run("r4", 11 + day, Some(("k", "h2")))), WriteOutcome::Inserted);
+        assert_eq!(
+            apply(&db, new_run("r4", 11 + day, Some(("k", "h2")))),
+            WriteOutcome::Inserted
+        );
     }
 
     #[test]
@@ -644,11 +673,32 @@ mod tests {
         }
         for _ in 0..3 {
             // r1 is started three times (two crashes), r2 once; r3 stays queued.
-            apply(&db, RunWrite::Start { id: "r1".into(), now: 20, lease_until: 99 });
+            apply(
+                &db,
+                RunWrite::Start {
+                    id: "r1".into(),
+                    now: 20,
+                    lease_until: 99,
+                },
+            );
             db.recover_runs(21, 99).unwrap();
         }
-        apply(&db, RunWrite::Start { id: "r1".into(), now: 20, lease_until: 99 });
-        apply(&db, RunWrite::Start { id: "r2".into(), now: 20, lease_until: 99 });
+        apply(
+            &db,
+            RunWrite::Start {
+                id: "r1".into(),
+                now: 20,
+                lease_until: 99,
+            },
+        );
+        apply(
+            &db,
+            RunWrite::Start {
+                id: "r2".into(),
+                now: 20,
+                lease_until: 99,
+            },
+        );
         let recovered = db.recover_runs(30, 3).unwrap();
         assert_eq!((recovered.lost, recovered.requeued), (1, 1));
         assert_eq!(recovered.queued, ["r2", "r3"]);
@@ -663,19 +713,45 @@ mod tests {
         apply(&db, new_run("r1", 10, None));
         apply(&db, new_run("r2", 10, None));
         assert_eq!(
-            apply(&db, RunWrite::Cancel { agent: "a".into(), id: "r2".into(), now: 20 }),
-            WriteOutcome::Cancelled { was_running: false, delivery: false }
+            apply(
+                &db,
+                RunWrite::Cancel {
+                    agent: "a".into(),
+                    id: "r2".into(),
+                    now: 20
+                }
+            ),
+            WriteOutcome::Cancelled {
+                was_running: false,
+                delivery: false
+            }
         );
         assert_eq!(
-            apply(&db, RunWrite::Cancel { agent: "a".into(), id: "r2".into(), now: 21 }),
+            apply(
+                &db,
+                RunWrite::Cancel {
+                    agent: "a".into(),
+                    id: "r2".into(),
+                    now: 21
+                }
+            ),
             WriteOutcome::AlreadyFinished(RunStatus::Cancelled)
         );
         assert_eq!(
             apply(&db, RunWrite::ExpireDue { now: 2000 }),
-            WriteOutcome::Expired { ids: vec!["r1".into()], delivery: false }
+            WriteOutcome::Expired {
+                ids: vec!["r1".into()],
+                delivery: false
+            }
         );
         apply(&db, RunWrite::Purge { before: 1000 });
-        assert!(db.run("a", "r2").unwrap().is_none(), "ended before the cut-off: purged");
-        assert!(db.run("a", "r1").unwrap().is_some(), "ended after the cut-off: kept");
+        assert!(
+            db.run("a", "r2").unwrap().is_none(),
+            "ended before the cut-off: purged"
+        );
+        assert!(
+            db.run("a", "r1").unwrap().is_some(),
+            "ended after the cut-off: kept"
+        );
     }
 }
