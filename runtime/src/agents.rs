@@ -475,6 +475,9 @@ impl Agents {
             VersionDeletion::Live => Err(Error::Conflict(format!(
                 "version {n} of `{agent}` is live; deploy another version first"
             ))),
+            VersionDeletion::InUse => Err(Error::Conflict(format!(
+                "queued or running runs of `{agent}` will execute on version {n}; wait for them or cancel them first"
+            ))),
             VersionDeletion::Deleted { .. } => Ok(()),
         }
     }

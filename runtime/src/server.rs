@@ -112,15 +112,27 @@ pub async fn serve(
             Ok(e) = &mut on_load_failure => failure = Some(e),
         }
     };
-    accept_loop(listener, api::router(state), stop, options.shutdown_grace).await;
+    let runs = Arc::clone(&state.runs);
+    let drain_runs = |deadline| async move { runs.drain(deadline).await };
+    accept_loop(
+        listener,
+        api::router(state),
+        stop,
+        options.shutdown_grace,
+        drain_runs,
+    )
+    .await;
     failure.map_or(Ok(()), Err)
 }
 
-async fn accept_loop(
+/// Serves connections until `shutdown`; then, within `grace`, lets requests in flight finish
+/// while `drain` winds down queued-run workers.
+async fn accept_loop<D: Future<Output = ()>>(
     listener: TcpListener,
     app: axum::Router,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    drain: impl FnOnce(tokio::time::Instant) -> D,
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -154,13 +166,17 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    tracing::info!("shutting down: no new connections; waiting for calls in flight");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => tracing::warn!(
-            "calls still running after the {}s grace period; stopping anyway", grace.as_secs()
-        ),
-    }
+    tracing::info!("shutting down: no new connections; waiting for calls and runs in flight");
+    let deadline = tokio::time::Instant::now() + grace;
+    let connections = async {
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("all connections closed"),
+            () = tokio::time::sleep_until(deadline) => tracing::warn!(
+                "calls still running after the {}s grace period; stopping anyway", grace.as_secs()
+            ),
+        }
+    };
+    tokio::join!(connections, drain(deadline));
 }
 
 /// Takes the data folder for this process alone. Two hosts on one folder would both

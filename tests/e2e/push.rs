@@ -168,6 +168,24 @@ async fn pushes_are_signed_retried_and_verified_independently() {
 }
 
 #[tokio::test]
+async fn too_many_requests_is_retried_after_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(vec![Answer::TooMany(2)]).await;
+    let (host, _) = async_host(dir.path(), &receiver).await;
+    let id = submit(&host, "probe", json!({"op": "echo"})).await;
+    finished(&host, "probe", &id).await;
+    delivery_becomes(&host, &id, "delivered").await;
+    let pushes = receiver.received();
+    assert_eq!(pushes.len(), 2);
+    let at = |r: &crate::receiver::Received| r.header("webhook-timestamp").parse::<i64>().unwrap();
+    // The schedule says 0.2 s; the receiver asked for 2 s.
+    assert!(
+        at(&pushes[1]) - at(&pushes[0]) >= 2,
+        "waited for Retry-After"
+    );
+}
+
+#[tokio::test]
 async fn redirects_are_not_followed_and_permanent_refusals_stop_retries() {
     let dir = tempfile::tempdir().unwrap();
     let elsewhere = Receiver::start(vec![]).await;

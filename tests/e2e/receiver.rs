@@ -34,6 +34,8 @@ impl Received {
 pub(crate) enum Answer {
     Status(u16),
     Redirect(String),
+    /// 429 with `Retry-After` in seconds.
+    TooMany(u64),
 }
 
 #[derive(Clone)]
@@ -78,6 +80,13 @@ impl Receiver {
 fn respond(answer: Answer) -> Response {
     match answer {
         Answer::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
+        Answer::TooMany(seconds) => {
+            let mut response = StatusCode::TOO_MANY_REQUESTS.into_response();
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(seconds));
+            response
+        }
         Answer::Redirect(to) => {
             let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
             response

@@ -80,10 +80,15 @@ async fn kill_nine_while_submitting_loses_no_accepted_run() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(dir.path()).await;
     host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    // A short queue-wait limit: the interrupted run below is past it when it is queued
+    // again, which must not expire a run that already started.
+    host.set_config("probe", json!({"max_queue_wait_s": 1}))
+        .await;
     host.deploy("probe", None).await;
 
     // A run in the middle of an attempt when the host dies is executed again after restart.
-    let interrupted = crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 1500})).await;
+    let interrupted = crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 2500})).await;
+    let accepted_at = std::time::Instant::now();
     let (h, i) = (&host, &interrupted);
     crate::support::eventually(
         std::time::Duration::from_secs(10),
@@ -121,6 +126,17 @@ async fn kill_nine_while_submitting_loses_no_accepted_run() {
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let stats = host.stats().await;
+    let per_commit =
+        stats["run_writes_total"].as_f64().unwrap() / stats["run_commits_total"].as_f64().unwrap();
+    assert!(
+        per_commit > 1.5,
+        "concurrent submissions share commits: {per_commit:.2} writes per commit"
+    );
+    let since = accepted_at.elapsed();
+    if since < std::time::Duration::from_millis(1200) {
+        tokio::time::sleep(std::time::Duration::from_millis(1200) - since).await;
+    }
     let data_dir = host.kill9();
     stop.store(true, Ordering::Relaxed);
     let mut accepted = Vec::new();
@@ -148,4 +164,103 @@ async fn kill_nine_while_submitting_loses_no_accepted_run() {
         "{} runs accepted before kill -9, all ended after restart",
         accepted.len()
     );
+}
+
+/// Starts a host on `dir` with the probe deployed (and `config` as its draft).
+async fn probe_on(dir: std::path::PathBuf, extra: &[&str], config: serde_json::Value) -> Host {
+    let host = Host::start_on(dir, extra).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config("probe", config).await;
+    host.deploy("probe", None).await;
+    host
+}
+
+async fn started(host: &Host, id: &str) {
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the run to start",
+        || async move { crate::runs::poll(host, "probe", id, 0).await["status"] == "running" },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_run_that_keeps_losing_its_host_fails_as_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let host = probe_on(data.clone(), &["--max-attempts", "1"], json!({})).await;
+    let id = crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 10_000})).await;
+    started(&host, &id).await;
+    host.kill9();
+    let host = Host::start_on(data, &["--max-attempts", "1"]).await;
+    let run = crate::runs::poll(&host, "probe", &id, 0).await;
+    assert_eq!(
+        (run["status"].as_str(), run["error"]["kind"].as_str()),
+        (Some("failed"), Some("lost")),
+        "{run}"
+    );
+    assert_eq!(run["attempts"], 1);
+}
+
+#[tokio::test]
+async fn a_clean_stop_gives_running_runs_back_without_counting_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut host = probe_on(
+        data.clone(),
+        &["--shutdown-grace", "1"],
+        json!({"async_timeout_s": 30}),
+    )
+    .await;
+    let id = crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 3000})).await;
+    started(&host, &id).await;
+    host.signal("TERM");
+    let code =
+        tokio::task::spawn_blocking(move || host.wait_exit(std::time::Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0));
+    let host = Host::start_on(data, &[]).await;
+    let run = crate::runs::finished(&host, "probe", &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["attempts"], 1,
+        "the stopped attempt was not counted: {run}"
+    );
+}
+
+#[tokio::test]
+async fn pending_pushes_survive_kill_nine() {
+    use crate::receiver::{Answer, Receiver};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let receiver = Receiver::start(vec![Answer::Status(503); 3]).await;
+    let config = json!({"mode": "async", "push": {"url": receiver.url, "access_token": "t"}});
+    let fast_retries = ["--push-retry-schedule", "0.3"];
+    let host = probe_on(data.clone(), &fast_retries, config).await;
+    let id = crate::runs::submit(&host, "probe", json!({"op": "echo"})).await;
+    crate::runs::finished(&host, "probe", &id).await;
+    let r = &receiver;
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "a first push",
+        || async move { !r.received().is_empty() },
+    )
+    .await;
+    host.kill9();
+
+    let host = Host::start_on(data, &fast_retries).await;
+    let h = &host;
+    let i = &id;
+    crate::support::eventually(std::time::Duration::from_secs(20), "the delivery after restart", || async move {
+        crate::runs::poll(h, "probe", i, 0).await["delivery"]["status"] == "delivered"
+    })
+    .await;
+    let ids: std::collections::HashSet<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id"))
+        .collect();
+    assert_eq!(ids.len(), 1, "one event across the restart");
+    assert!(receiver.received().len() >= 4);
 }

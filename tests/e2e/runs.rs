@@ -319,14 +319,25 @@ async fn idempotency_keys_and_reruns() {
     error_kind(&body, "conflict");
     let (status, _) = host.send(with_key(&"k".repeat(256), json!({}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Concurrent submissions with one key: one run, the others answered with it.
+    let answers =
+        futures::future::join_all((0..8).map(|_| host.send(with_key("burst", json!({"b": 1})))))
+            .await;
+    let created = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(created, 1, "{answers:?}");
+    let ids: std::collections::HashSet<&str> = answers
+        .iter()
+        .map(|(_, b)| b["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
     let (_, list) = host
         .send(host.request(Method::GET, "/v1/agents/probe/runs"))
         .await;
-    assert_eq!(
-        list["runs"].as_array().unwrap().len(),
-        1,
-        "one run for one key"
-    );
+    assert_eq!(list["runs"].as_array().unwrap().len(), 2, "one run per key");
 
     // A re-run takes the same input to the live deployment.
     finished(&host, "probe", &id).await;
@@ -353,15 +364,57 @@ async fn idempotency_keys_and_reruns() {
 async fn queued_runs_finish_on_the_deployment_that_accepted_them() {
     let dir = tempfile::tempdir().unwrap();
     let host = probe_host(dir.path(), &["--workers", "1"]).await;
-    let first = submit(&host, "probe", json!({"op": "sleep", "ms": 500})).await;
+    host.set_config("probe", json!({"async_timeout_s": 30}))
+        .await;
+    host.deploy("probe", None).await;
+    // The only worker sleeps through the redeploy, so `waiting` is still queued when the
+    // new deployment goes live.
+    let first = submit(&host, "probe", json!({"op": "sleep", "ms": 3000})).await;
     let waiting = submit(&host, "probe", json!({"op": "echo"})).await;
     host.upload_file("probe", gust_test_guests::PROBE_B).await;
     host.deploy("probe", None).await;
+    let run = poll(&host, "probe", &waiting, 0).await;
+    assert_eq!(
+        run["status"], "queued",
+        "still waiting when the new deployment went live: {run}"
+    );
     let after = submit(&host, "probe", json!({"op": "echo"})).await;
-    for (id, version, marker) in [(&first, 1, "a"), (&waiting, 1, "a"), (&after, 2, "b")] {
+    for (id, version, marker) in [(&first, 2, "a"), (&waiting, 2, "a"), (&after, 3, "b")] {
         let run = finished(&host, "probe", id).await;
         assert_eq!(run["status"], "succeeded", "{run}");
-        assert_eq!(run["version"], version, "{run}");
+        assert_eq!(run["deployment"], version, "{run}");
         assert_eq!(run["output"]["json"]["marker"], marker, "{run}");
     }
+}
+
+#[tokio::test]
+async fn wait_returns_when_the_run_ends_or_when_the_time_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = probe_host(dir.path(), &[]).await;
+    host.set_config("probe", json!({"async_timeout_s": 30}))
+        .await;
+    host.deploy("probe", None).await;
+
+    let id = submit(&host, "probe", json!({"op": "sleep", "ms": 1500})).await;
+    let started = Instant::now();
+    let run = poll(&host, "probe", &id, 20).await;
+    let waited = started.elapsed();
+    assert_eq!(run["status"], "succeeded");
+    assert!(
+        waited >= Duration::from_millis(1000) && waited < Duration::from_secs(6),
+        "returned when the run ended: {waited:?}"
+    );
+
+    let id = submit(&host, "probe", json!({"op": "sleep", "ms": 5000})).await;
+    let started = Instant::now();
+    let run = poll(&host, "probe", &id, 1).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(run["status"].as_str(), Some("queued" | "running")),
+        "{run}"
+    );
+    assert!(
+        waited >= Duration::from_millis(950) && waited < Duration::from_secs(3),
+        "held for the wait: {waited:?}"
+    );
 }

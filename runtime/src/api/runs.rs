@@ -36,7 +36,8 @@ pub(crate) async fn submit(
     request_body: Body,
 ) -> Answer {
     state.agents.registry().wait_ready().await;
-    let deployment = state.agents.live(&agent)?;
+    // Fail fast, before reading a body for an agent that is not deployed.
+    state.agents.live(&agent)?;
     let idempotency_key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -51,6 +52,9 @@ pub(crate) async fn submit(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
+    // Read after the body: the run goes to what is live when it is accepted, not when its
+    // upload began.
+    let deployment = state.agents.live(&agent)?;
     let submitted = state
         .runs
         .submit(&deployment, input.into(), content_type, idempotency_key)

@@ -24,13 +24,13 @@ pub(crate) mod view;
 mod workers;
 mod writer;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::agents::Agents;
@@ -88,9 +88,14 @@ pub struct Submitted {
     pub created: bool,
 }
 
-/// What reacts to committed writes; see `writer`.
+/// What reacts to committed writes (see `writer`), and the in-memory state of dispatch.
 pub(crate) struct Hooks {
     dispatch: mpsc::UnboundedSender<String>,
+    /// Runs in the dispatch queue or executing: the reconciler re-dispatches only queued
+    /// runs that are not here.
+    known: Mutex<HashSet<String>>,
+    /// Runs executing now, with the way to interrupt each.
+    running: Mutex<HashMap<String, oneshot::Sender<()>>>,
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
     push: Arc<Notify>,
     accepted: AtomicU64,
@@ -100,37 +105,79 @@ pub(crate) struct Hooks {
 }
 
 impl Hooks {
-    fn committed(&self, writes: &[RunWrite], outcomes: &[WriteOutcome]) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.writes
-            .fetch_add(writes.len() as u64, Ordering::Relaxed);
-        let mut push = false;
-        for (write, outcome) in writes.iter().zip(outcomes) {
-            match (write, outcome) {
-                (RunWrite::Insert(run), WriteOutcome::Inserted) => {
-                    self.accepted.fetch_add(1, Ordering::Relaxed);
-                    let _ = self.dispatch.send(run.id.clone());
-                }
-                (RunWrite::Finish { id, .. }, WriteOutcome::Finished { delivery })
-                | (RunWrite::Cancel { id, .. }, WriteOutcome::Cancelled { delivery, .. }) => {
-                    self.ended(id);
-                    push |= delivery;
-                }
-                (_, WriteOutcome::Expired { ids, delivery }) => {
-                    ids.iter().for_each(|id| self.ended(id));
-                    push |= delivery;
-                }
-                (_, WriteOutcome::Redelivering) => push = true,
-                _ => {}
+    fn committed(&self, write: &RunWrite, outcome: &WriteOutcome) {
+        match (write, outcome) {
+            (RunWrite::Insert(run), WriteOutcome::Inserted) => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+                self.dispatch(run.id.clone());
             }
-        }
-        if push {
-            self.push.notify_one();
+            (RunWrite::Finish { id, .. }, WriteOutcome::Finished { delivery }) => {
+                self.ended(id, *delivery);
+            }
+            (
+                RunWrite::Cancel { id, .. },
+                WriteOutcome::Cancelled {
+                    was_running,
+                    delivery,
+                },
+            ) => {
+                // Interrupting here, after the commit, reaches the worker even if the client
+                // that asked has gone away.
+                if *was_running {
+                    self.interrupt(id);
+                }
+                self.ended(id, *delivery);
+            }
+            (_, WriteOutcome::Expired { ids, delivery }) => {
+                ids.iter().for_each(|id| self.ended(id, false));
+                if *delivery {
+                    self.push.notify_one();
+                }
+            }
+            (_, WriteOutcome::Reclaimed { ids }) => {
+                for id in ids {
+                    tracing::warn!(run_id = %id, "a run's lease ran out; queuing it again");
+                    self.dispatch(id.clone());
+                }
+            }
+            (_, WriteOutcome::Redelivering) => self.push.notify_one(),
+            _ => {}
         }
     }
 
-    fn ended(&self, id: &str) {
+    fn batch(&self, writes: usize) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+    }
+
+    fn dispatch(&self, id: String) {
+        if self.known().insert(id.clone()) {
+            let _ = self.dispatch.send(id);
+        }
+    }
+
+    fn known(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn running(&self) -> MutexGuard<'_, HashMap<String, oneshot::Sender<()>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops run `id` if it is executing here: its future is dropped, and with it the
+    /// guest's `Store`. A guest spinning on CPU yields at every epoch tick, so this takes
+    /// effect within one tick.
+    fn interrupt(&self, id: &str) {
+        if let Some(stop) = self.running().remove(id) {
+            let _ = stop.send(());
+        }
+    }
+
+    fn ended(&self, id: &str, delivery: bool) {
         self.ended.fetch_add(1, Ordering::Relaxed);
+        if delivery {
+            self.push.notify_one();
+        }
         let waiting = self
             .waiters
             .lock()
@@ -141,17 +188,35 @@ impl Hooks {
         }
     }
 
-    /// The notifier pollers of `id` wait on.
-    fn waiter(&self, id: &str) -> Arc<Notify> {
+    /// The notifier pollers of `id` wait on, registered until the guard drops.
+    fn waiter<'a>(&'a self, id: &'a str) -> Waiter<'a> {
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(waiters.entry(id.to_owned()).or_default())
+        let notify = Arc::clone(waiters.entry(id.to_owned()).or_default());
+        Waiter {
+            hooks: self,
+            id,
+            notify,
+        }
     }
+}
 
-    fn forget_waiter(&self, id: &str, notify: &Arc<Notify>) {
-        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+/// A poller's registration; dropping it (the poll ended, or its client went away) removes
+/// the entry when no other poller of the same run shares it.
+struct Waiter<'a> {
+    hooks: &'a Hooks,
+    id: &'a str,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.hooks.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = waiters
+            .get(self.id)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.notify));
         // The map and this poller hold it: nobody else waits.
-        if Arc::strong_count(notify) <= 2 {
-            waiters.remove(id);
+        if ours && Arc::strong_count(&self.notify) <= 2 {
+            waiters.remove(self.id);
         }
     }
 }
@@ -179,7 +244,10 @@ pub struct Runs {
     writer: Writer,
     hooks: Arc<Hooks>,
     settings: RunSettings,
-    workers: workers::Workers,
+    /// Free worker slots.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Set at shutdown: no new run starts.
+    stopping: AtomicBool,
     pusher: push::Pusher,
 }
 
@@ -196,7 +264,9 @@ impl Runs {
     ) -> Result<Arc<Self>, Error> {
         let (dispatch, queue) = mpsc::unbounded_channel();
         let hooks = Arc::new(Hooks {
-            dispatch: dispatch.clone(),
+            dispatch,
+            known: Mutex::default(),
+            running: Mutex::default(),
             waiters: Mutex::default(),
             push: Arc::new(Notify::new()),
             accepted: AtomicU64::new(0),
@@ -205,7 +275,6 @@ impl Runs {
             writes: AtomicU64::new(0),
         });
         let writer = Writer::start(Arc::clone(&store), Arc::clone(&hooks));
-        let workers = workers::Workers::new(settings.workers);
         let pusher = push::Pusher::new(
             Arc::clone(&store),
             writer.clone(),
@@ -217,8 +286,9 @@ impl Runs {
             agents,
             writer,
             hooks,
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.workers.max(1))),
             settings,
-            workers,
+            stopping: AtomicBool::new(false),
             pusher,
         });
 
@@ -232,7 +302,7 @@ impl Runs {
             );
         }
         for id in recovered.queued {
-            let _ = dispatch.send(id);
+            runs.hooks.dispatch(id);
         }
         if recovered.lost > 0 {
             runs.hooks.push.notify_one();
@@ -287,6 +357,10 @@ impl Runs {
         let id = run.id.clone();
         match self.writer.write(RunWrite::Insert(run)).await? {
             WriteOutcome::Inserted => Ok(Submitted { id, created: true }),
+            WriteOutcome::NotFound => Err(Error::NotFound(format!(
+                "no agent named `{}` is deployed",
+                deployment.agent
+            ))),
             WriteOutcome::Replayed { id } => Ok(Submitted { id, created: false }),
             WriteOutcome::IdempotencyConflict => Err(Error::Conflict(
                 "this `Idempotency-Key` was used in the last 24 h with another request".into(),
@@ -309,25 +383,17 @@ impl Runs {
             return self.read(agent, id).await;
         };
         let deadline = tokio::time::Instant::now() + wait;
-        let notify = self.hooks.waiter(id);
-        let outcome = loop {
-            let notified = notify.notified();
+        let waiter = self.hooks.waiter(id);
+        loop {
+            let notified = waiter.notify.notified();
             tokio::pin!(notified);
             // Registered before the read: an end committed after it still wakes us.
             notified.as_mut().enable();
-            let run = match self.read(agent, id).await {
-                Ok(run) => run,
-                Err(e) => break Err(e),
-            };
-            if run.status.is_final() {
-                break Ok(run);
+            let run = self.read(agent, id).await?;
+            if run.status.is_final() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(run);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break Ok(run);
-            }
-        };
-        self.hooks.forget_waiter(id, &notify);
-        outcome
+        }
     }
 
     async fn read(&self, agent: &str, id: &str) -> Result<RunRecord, Error> {
@@ -366,12 +432,7 @@ impl Runs {
             now: clock::now_ms(),
         };
         match self.writer.write(write).await? {
-            WriteOutcome::Cancelled { was_running, .. } => {
-                if was_running {
-                    self.workers.interrupt(id);
-                }
-                self.read(agent, id).await
-            }
+            WriteOutcome::Cancelled { .. } => self.read(agent, id).await,
             WriteOutcome::AlreadyFinished(status) => Err(Error::Conflict(format!(
                 "run `{id}` has already ended ({})",
                 status.as_str()
@@ -432,12 +493,29 @@ impl Runs {
         self.pusher.test(agent, &push).await
     }
 
+    /// At shutdown: starts no new run, lets running ones finish until `deadline`, and gives
+    /// those still running back to the queue without counting the attempt (a clean stop is
+    /// not a crash). Queued runs stay queued, durable, for the next start.
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        self.stopping.store(true, Ordering::Relaxed);
+        while !self.hooks.running().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let unfinished: Vec<String> = self.hooks.running().keys().cloned().collect();
+        for id in unfinished {
+            tracing::warn!(run_id = %id, "stopping with the run unfinished; it goes back to the queue");
+            if let Err(e) = self.writer.write(RunWrite::Release { id }).await {
+                tracing::error!("releasing a run at shutdown: {e:#}");
+            }
+        }
+    }
+
     /// Counters for `/v1/stats`.
     pub fn stats(&self) -> RunStats {
         RunStats {
             runs_accepted_total: self.hooks.accepted.load(Ordering::Relaxed),
             runs_ended_total: self.hooks.ended.load(Ordering::Relaxed),
-            runs_running: self.workers.running() as u64,
+            runs_running: self.hooks.running().len() as u64,
             run_commits_total: self.hooks.commits.load(Ordering::Relaxed),
             run_writes_total: self.hooks.writes.load(Ordering::Relaxed),
         }
@@ -449,10 +527,15 @@ async fn sweep(runs: Arc<Runs>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_purge = tokio::time::Instant::now();
+    let mut last_reconcile = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let now = clock::now_ms();
         runs.writer.write_detached(RunWrite::ExpireDue { now });
+        if last_reconcile.elapsed() >= Duration::from_secs(10) {
+            last_reconcile = tokio::time::Instant::now();
+            reconcile(&runs, now).await;
+        }
         if last_purge.elapsed() >= Duration::from_secs(60) {
             last_purge = tokio::time::Instant::now();
             let retention = i64::try_from(runs.settings.retention.as_millis()).unwrap_or(i64::MAX);
@@ -460,6 +543,26 @@ async fn sweep(runs: Arc<Runs>) {
                 before: now.saturating_sub(retention),
             });
         }
+    }
+}
+
+/// Repairs what a failed write could leave behind: running runs whose worker is gone (their
+/// lease ran out) go back to the queue, and queued runs that nothing will pick up (their
+/// start was lost) are dispatched again. A run dispatched twice starts once: the start is a
+/// conditional update.
+async fn reconcile(runs: &Runs, now: i64) {
+    if let Err(e) = runs.writer.write(RunWrite::Reclaim { now }).await {
+        tracing::error!("reclaiming runs with lapsed leases: {e:#}");
+    }
+    let store = Arc::clone(&runs.store);
+    match blocking(move || store.queued_runs()).await {
+        Ok(Ok(queued)) => {
+            for id in queued {
+                runs.hooks.dispatch(id);
+            }
+        }
+        Ok(Err(e)) => tracing::error!("listing queued runs: {e:#}"),
+        Err(e) => tracing::error!("listing queued runs: {e:#}"),
     }
 }
 

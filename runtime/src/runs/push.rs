@@ -168,7 +168,11 @@ impl Inner {
                 .ok()
                 .and_then(Result::ok)
                 .flatten();
-            let wait_ms = next.map_or(1000, |at| (at - clock::now_ms()).clamp(20, 1000));
+            // Due now but not picked up means in flight: its end wakes this loop.
+            let wait_ms = next.map_or(1000, |at| match at - clock::now_ms() {
+                ahead if ahead > 0 => ahead.min(1000),
+                _ => 1000,
+            });
             let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(1000));
             let _ = tokio::time::timeout(wait, self.wake.notified()).await;
         }
@@ -206,6 +210,7 @@ impl Inner {
         tracing::debug!(run_id = %delivery.run_id, attempts, status = status.as_str(), "push attempt");
         let write = RunWrite::Delivery {
             run_id: delivery.run_id.clone(),
+            round: delivery.created_at,
             status,
             attempts,
             last_error,
@@ -225,7 +230,13 @@ impl Inner {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?
             .ok_or("the run no longer exists")?;
-        serde_json::to_vec(&json!({"type": delivery.event_type, "run": run_json(&run)}))
+        // The run as polled, without its delivery state: that changes from one attempt to
+        // the next, and every attempt of an event carries the same body.
+        let mut run = run_json(&run);
+        if let Some(run) = run.as_object_mut() {
+            run.remove("delivery");
+        }
+        serde_json::to_vec(&json!({"type": delivery.event_type, "run": run}))
             .map_err(|e| e.to_string())
     }
 
@@ -287,8 +298,7 @@ impl Inner {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(retry_after);
         let why = format!("the receiver answered {status}");
         let retryable =
             status.is_server_error() || matches!(status.as_u16(), 408 | 409 | 425 | 429);
@@ -344,5 +354,39 @@ fn describe(e: reqwest::Error) -> String {
         "could not connect to the receiver".into()
     } else {
         format!("the request failed: {}", e.without_url())
+    }
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        let parsed = retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(
+            parsed > Duration::from_secs(100) && parsed <= Duration::from_secs(120),
+            "{parsed:?}"
+        );
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon"), None);
     }
 }

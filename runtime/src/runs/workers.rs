@@ -3,10 +3,10 @@
 //! (a conditional update: a run cancelled or expired meanwhile is skipped), executed on its
 //! deployment, and finished in the store.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::Runs;
 use super::recorder::RunRecorder;
@@ -15,85 +15,65 @@ use crate::clock;
 use crate::invoke::{self, Call};
 use crate::store::{LogLine, RunOutcome, RunWrite, StartedRun, WriteOutcome};
 
-pub(super) struct Workers {
-    slots: Arc<Semaphore>,
-    /// Runs executing now, with the way to interrupt each.
-    running: Mutex<HashMap<String, oneshot::Sender<()>>>,
-}
-
-impl Workers {
-    pub(super) fn new(size: usize) -> Self {
-        Self {
-            slots: Arc::new(Semaphore::new(size.max(1))),
-            running: Mutex::default(),
-        }
-    }
-
-    fn running_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<()>>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Stops run `id` if it is executing here: its future is dropped, and with it the
-    /// guest's `Store`. A guest spinning on CPU yields at every epoch tick, so this takes
-    /// effect within one tick.
-    pub(super) fn interrupt(&self, id: &str) {
-        if let Some(stop) = self.running_map().remove(id) {
-            let _ = stop.send(());
-        }
-    }
-
-    pub(super) fn running(&self) -> usize {
-        self.running_map().len()
-    }
-}
-
 /// Takes runs off the queue as worker slots free up.
 pub(super) async fn dispatch(runs: Arc<Runs>, mut queue: mpsc::UnboundedReceiver<String>) {
     while let Some(id) = queue.recv().await {
-        let Ok(slot) = Arc::clone(&runs.workers.slots).acquire_owned().await else {
+        let Ok(slot) = Arc::clone(&runs.slots).acquire_owned().await else {
             return;
         };
+        if runs.stopping.load(Ordering::Relaxed) {
+            // Shutting down: the run stays queued in the store for the next start.
+            return;
+        }
         let runs = Arc::clone(&runs);
         tokio::spawn(async move {
-            execute(&runs, id).await;
+            execute(&runs, &id).await;
+            runs.hooks.known().remove(&id);
             drop(slot);
         });
     }
 }
 
-async fn execute(runs: &Runs, id: String) {
+async fn execute(runs: &Runs, id: &str) {
     let lease = runs.settings.lease;
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    // Interruptible from before the start commits: a cancel that lands right after it
+    // finds this run already registered.
+    let (stop, stopped) = oneshot::channel();
+    runs.hooks.running().insert(id.to_owned(), stop);
     let now = clock::now_ms();
     let start = RunWrite::Start {
-        id: id.clone(),
+        id: id.to_owned(),
         now,
         lease_until: now.saturating_add(lease_ms),
     };
     let started = match runs.writer.write(start).await {
-        Ok(WriteOutcome::Started(started)) => started,
+        Ok(WriteOutcome::Started(started)) => Some(started),
         // Cancelled, expired or deleted while it waited: nothing to do.
-        Ok(_) => return,
+        Ok(_) => None,
         Err(e) => {
             tracing::error!(run_id = %id, "could not start the run: {e:#}");
-            return;
+            None
         }
     };
-    let (stop, stopped) = oneshot::channel();
-    runs.workers.running_map().insert(id.clone(), stop);
-    let ended = attempt(runs, &id, started, stopped, lease).await;
-    runs.workers.running_map().remove(&id);
+    let Some(started) = started else {
+        runs.hooks.running().remove(id);
+        return;
+    };
+    let ended = attempt(runs, id, started, stopped, lease).await;
+    runs.hooks.running().remove(id);
     let Some((outcome, logs)) = ended else {
         // Interrupted by a cancel, which already recorded the run's end.
         return;
     };
     let finish = RunWrite::Finish {
-        id: id.clone(),
+        id: id.to_owned(),
         now: clock::now_ms(),
         outcome,
         logs,
     };
     if let Err(e) = runs.writer.write(finish).await {
+        // The lease lapses and the reconciler queues the run again (at-least-once).
         tracing::error!(run_id = %id, "could not record the end of the run: {e:#}");
     }
 }

@@ -76,10 +76,16 @@ fn run(store: &dyn Store, hooks: &Hooks, rx: &mpsc::Receiver<(RunWrite, Reply)>)
         }
         match store.apply_run_writes(&writes) {
             Ok(outcomes) => {
-                hooks.committed(&writes, &outcomes);
+                for (write, outcome) in writes.iter().zip(&outcomes) {
+                    match outcome {
+                        Ok(outcome) => hooks.committed(write, outcome),
+                        Err(e) => tracing::error!("a run write failed: {e:#}"),
+                    }
+                }
+                hooks.batch(writes.len());
                 for (reply, outcome) in replies.drain(..).zip(outcomes) {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Ok(outcome));
+                        let _ = reply.send(outcome.map_err(Error::from));
                     }
                 }
             }

@@ -110,6 +110,8 @@ pub enum VersionDeletion {
     NotFound,
     /// The version is live: deploy another one first.
     Live,
+    /// Queued or running runs will execute on it.
+    InUse,
     /// Deleted. `orphaned` is its digest when no other version anywhere still uses it, so the
     /// caller can remove the file.
     Deleted {
@@ -238,11 +240,14 @@ pub trait Store: Send + Sync + 'static {
     fn delete_version(&self, agent: &str, version: u32) -> Result<VersionDeletion, StoreError>;
 
     /// Applies a batch of run-queue writes in one transaction (group commit), returning one
-    /// outcome per write, in order.
+    /// outcome per write, in order. A write that fails is undone alone; the others commit.
     ///
     /// # Errors
-    /// When the database fails; then none of the batch was applied.
-    fn apply_run_writes(&self, writes: &[RunWrite]) -> Result<Vec<WriteOutcome>, StoreError>;
+    /// When the commit fails; then none of the batch was applied.
+    fn apply_run_writes(
+        &self,
+        writes: &[RunWrite],
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError>;
 
     /// At start: runs that were running when the host stopped are queued again, or failed as
     /// `lost` when they used up `max_attempts`; returns every run to execute.
@@ -250,6 +255,12 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// When the database fails.
     fn recover_runs(&self, now: i64, max_attempts: u32) -> Result<Recovered, StoreError>;
+
+    /// Every queued run, oldest first.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn queued_runs(&self) -> Result<Vec<String>, StoreError>;
 
     /// One run of `agent` with its delivery, or `None`.
     ///

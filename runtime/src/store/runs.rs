@@ -260,10 +260,13 @@ pub enum RunWrite {
         /// Now, ms.
         now: i64,
     },
-    /// Record a delivery attempt.
+    /// Record a delivery attempt (ignored if the event was redelivered meanwhile).
     Delivery {
         /// The run.
         run_id: String,
+        /// The event's `created_at` when the attempt was picked up: a redelivery resets it,
+        /// and an older attempt's result must not overwrite the new round.
+        round: i64,
         /// The new status.
         status: DeliveryStatus,
         /// Attempts made so far.
@@ -286,6 +289,17 @@ pub enum RunWrite {
     Purge {
         /// Cut-off, ms.
         before: i64,
+    },
+    /// Give a running run back to the queue without counting the attempt (the host is
+    /// shutting down and stopped it).
+    Release {
+        /// The run.
+        id: String,
+    },
+    /// Queue again every running run whose lease ended before `now` (its worker is gone).
+    Reclaim {
+        /// Now, ms.
+        now: i64,
     },
 }
 
@@ -325,6 +339,11 @@ pub enum WriteOutcome {
     AlreadyFinished(RunStatus),
     /// No such run (of that agent).
     NotFound,
+    /// Runs queued again (by [`RunWrite::Reclaim`]).
+    Reclaimed {
+        /// Their ids.
+        ids: Vec<String>,
+    },
     /// Runs that expired, and whether any push delivery was created.
     Expired {
         /// Their ids.

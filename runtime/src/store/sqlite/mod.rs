@@ -534,6 +534,17 @@ impl Store for Sqlite {
             if live_version == Some(version) {
                 return Ok(VersionDeletion::Live);
             }
+            let in_use: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM runs WHERE agent = ?1 AND version = ?2
+                        AND status IN ('queued', 'running'))",
+                    params![agent, version],
+                    |r| r.get(0),
+                )
+                .map_err(internal)?;
+            if in_use {
+                return Ok(VersionDeletion::InUse);
+            }
             tx.execute(
                 "DELETE FROM versions WHERE agent = ?1 AND version = ?2",
                 params![agent, version],
@@ -544,8 +555,30 @@ impl Store for Sqlite {
         })
     }
 
-    fn apply_run_writes(&self, writes: &[RunWrite]) -> Result<Vec<WriteOutcome>, StoreError> {
-        self.tx(|tx| writes.iter().map(|w| runs::apply(tx, w)).collect())
+    fn apply_run_writes(
+        &self,
+        writes: &[RunWrite],
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+        self.with(|conn| {
+            let mut tx = conn.transaction().map_err(internal)?;
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for write in writes {
+                // Each write in its own savepoint: one that fails is undone alone, and the
+                // rest of the batch still commits.
+                let savepoint = tx.savepoint().map_err(internal)?;
+                let outcome = runs::apply(&savepoint, write);
+                if outcome.is_ok() {
+                    savepoint.commit().map_err(internal)?;
+                }
+                outcomes.push(outcome);
+            }
+            tx.commit().map_err(internal)?;
+            Ok(outcomes)
+        })
+    }
+
+    fn queued_runs(&self) -> Result<Vec<String>, StoreError> {
+        self.read(runs::queued)
     }
 
     fn recover_runs(&self, now: i64, max_attempts: u32) -> Result<Recovered, StoreError> {

@@ -1,6 +1,6 @@
 //! SQL of the run queue and push deliveries.
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{from_json, internal};
 use crate::store::{
@@ -60,7 +60,7 @@ pub(super) const MIGRATION: &str = "
     CREATE INDEX deliveries_due ON deliveries(status, next_attempt_at);
 ";
 
-pub(super) fn apply(tx: &Transaction<'_>, write: &RunWrite) -> Result<WriteOutcome, StoreError> {
+pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, StoreError> {
     match write {
         RunWrite::Insert(run) => insert(tx, run),
         RunWrite::Start {
@@ -98,17 +98,38 @@ pub(super) fn apply(tx: &Transaction<'_>, write: &RunWrite) -> Result<WriteOutco
         RunWrite::ExpireDue { now } => expire_due(tx, *now),
         RunWrite::Delivery {
             run_id,
+            round,
             status,
             attempts,
             last_error,
             next_attempt_at,
         } => {
             tx.execute(
-                "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4, next_attempt_at = ?5 WHERE run_id = ?1",
-                params![run_id, status.as_str(), attempts, last_error, next_attempt_at],
+                "UPDATE deliveries SET status = ?3, attempts = ?4, last_error = ?5, next_attempt_at = ?6
+                 WHERE run_id = ?1 AND created_at = ?2",
+                params![run_id, round, status.as_str(), attempts, last_error, next_attempt_at],
             )
             .map_err(internal)?;
             Ok(WriteOutcome::Done)
+        }
+        RunWrite::Release { id } => {
+            tx.execute(
+                "UPDATE runs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_until = NULL
+                 WHERE id = ?1 AND status = 'running'",
+                [id],
+            )
+            .map_err(internal)?;
+            Ok(WriteOutcome::Done)
+        }
+        RunWrite::Reclaim { now } => {
+            let ids = tx
+                .prepare(
+                    "UPDATE runs SET status = 'queued', lease_until = NULL
+                     WHERE status = 'running' AND lease_until < ?1 RETURNING id",
+                )
+                .and_then(|mut s| s.query_map([now], |r| r.get(0))?.collect())
+                .map_err(internal)?;
+            Ok(WriteOutcome::Reclaimed { ids })
         }
         RunWrite::Redeliver { agent, id, now } => redeliver(tx, agent, id, *now),
         RunWrite::Purge { before } => {
@@ -122,7 +143,18 @@ pub(super) fn apply(tx: &Transaction<'_>, write: &RunWrite) -> Result<WriteOutco
     }
 }
 
-fn insert(tx: &Transaction<'_>, run: &NewRun) -> Result<WriteOutcome, StoreError> {
+fn insert(tx: &Connection, run: &NewRun) -> Result<WriteOutcome, StoreError> {
+    // The agent may have been deleted since its live deployment was read.
+    let agent_exists: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM agents WHERE name = ?1)",
+            [&run.agent],
+            |r| r.get(0),
+        )
+        .map_err(internal)?;
+    if !agent_exists {
+        return Ok(WriteOutcome::NotFound);
+    }
     if let Some((key, hash)) = &run.idempotency {
         let earlier: Option<(String, String, i64)> = tx
             .query_row(
@@ -170,7 +202,7 @@ fn insert(tx: &Transaction<'_>, run: &NewRun) -> Result<WriteOutcome, StoreError
 }
 
 fn start(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     id: &str,
     now: i64,
     lease_until: i64,
@@ -191,7 +223,9 @@ fn start(
     if status != Some(RunStatus::Queued) {
         return Ok(WriteOutcome::NotStarted(status));
     }
-    if expires_at < now {
+    // The queue-wait limit is for runs that never started: one queued again after its host
+    // died has waited its turn already.
+    if attempts == 0 && expires_at < now {
         expire(tx, id, now)?;
         let delivery = create_delivery(tx, id, RunStatus::Expired, now)?;
         return Ok(WriteOutcome::Expired {
@@ -214,7 +248,7 @@ fn start(
 }
 
 fn finish(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     id: &str,
     now: i64,
     outcome: &RunOutcome,
@@ -255,12 +289,7 @@ fn finish(
     Ok(WriteOutcome::Finished { delivery })
 }
 
-fn cancel(
-    tx: &Transaction<'_>,
-    agent: &str,
-    id: &str,
-    now: i64,
-) -> Result<WriteOutcome, StoreError> {
+fn cancel(tx: &Connection, agent: &str, id: &str, now: i64) -> Result<WriteOutcome, StoreError> {
     let Some(status) = status_of(tx, agent, id)? else {
         return Ok(WriteOutcome::NotFound);
     };
@@ -280,7 +309,7 @@ fn cancel(
 }
 
 /// The status of run `id` of `agent`, if there is one.
-fn status_of(tx: &Transaction<'_>, agent: &str, id: &str) -> Result<Option<RunStatus>, StoreError> {
+fn status_of(tx: &Connection, agent: &str, id: &str) -> Result<Option<RunStatus>, StoreError> {
     let status: Option<String> = tx
         .query_row(
             "SELECT status FROM runs WHERE id = ?1 AND agent = ?2",
@@ -292,7 +321,7 @@ fn status_of(tx: &Transaction<'_>, agent: &str, id: &str) -> Result<Option<RunSt
     Ok(status.as_deref().and_then(RunStatus::parse))
 }
 
-fn expire(tx: &Transaction<'_>, id: &str, now: i64) -> Result<(), StoreError> {
+fn expire(tx: &Connection, id: &str, now: i64) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE runs SET status = 'expired', finished_at = ?2 WHERE id = ?1",
         params![id, now],
@@ -301,9 +330,9 @@ fn expire(tx: &Transaction<'_>, id: &str, now: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn expire_due(tx: &Transaction<'_>, now: i64) -> Result<WriteOutcome, StoreError> {
+fn expire_due(tx: &Connection, now: i64) -> Result<WriteOutcome, StoreError> {
     let ids: Vec<String> = tx
-        .prepare("SELECT id FROM runs WHERE status = 'queued' AND expires_at < ?1")
+        .prepare("SELECT id FROM runs WHERE status = 'queued' AND attempts = 0 AND expires_at < ?1")
         .and_then(|mut s| s.query_map([now], |r| r.get(0))?.collect())
         .map_err(internal)?;
     let mut delivery = false;
@@ -314,12 +343,7 @@ fn expire_due(tx: &Transaction<'_>, now: i64) -> Result<WriteOutcome, StoreError
     Ok(WriteOutcome::Expired { ids, delivery })
 }
 
-fn redeliver(
-    tx: &Transaction<'_>,
-    agent: &str,
-    id: &str,
-    now: i64,
-) -> Result<WriteOutcome, StoreError> {
+fn redeliver(tx: &Connection, agent: &str, id: &str, now: i64) -> Result<WriteOutcome, StoreError> {
     let Some(status) = status_of(tx, agent, id)? else {
         return Ok(WriteOutcome::NotFound);
     };
@@ -329,7 +353,7 @@ fn redeliver(
     let changed = tx
         .execute(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, last_error = NULL,
-                created_at = ?2
+                attempts = 0, created_at = ?2
              WHERE run_id = ?1",
             params![id, now],
         )
@@ -343,7 +367,7 @@ fn redeliver(
 
 /// Creates the push event of a run that just ended, when its deployment pushes.
 fn create_delivery(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     run_id: &str,
     status: RunStatus,
     now: i64,
@@ -385,7 +409,7 @@ fn create_delivery(
 }
 
 pub(super) fn recover(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     now: i64,
     max_attempts: u32,
 ) -> Result<Recovered, StoreError> {
@@ -406,10 +430,7 @@ pub(super) fn recover(
             [],
         )
         .map_err(internal)?;
-    let queued = tx
-        .prepare("SELECT id FROM runs WHERE status = 'queued' ORDER BY id")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .map_err(internal)?;
+    let queued = queued(tx)?;
     Ok(Recovered {
         queued,
         lost: lost.len(),
@@ -561,6 +582,12 @@ pub(super) fn due(
     .map_err(internal)
 }
 
+pub(super) fn queued(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    conn.prepare("SELECT id FROM runs WHERE status = 'queued' ORDER BY id")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(internal)
+}
+
 pub(super) fn next_due(conn: &Connection) -> Result<Option<i64>, StoreError> {
     conn.query_row(
         "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'",
@@ -599,7 +626,11 @@ mod tests {
     }
 
     fn apply(db: &Sqlite, write: RunWrite) -> WriteOutcome {
-        db.apply_run_writes(&[write]).unwrap().pop().unwrap()
+        db.apply_run_writes(&[write])
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
