@@ -119,11 +119,23 @@ pub(crate) fn compile_and_check(
 ) -> Result<(Component, AgentPre<CallState>), Result<Vec<Diagnostic>, anyhow::Error>> {
     classify(bytes).map_err(|d| Ok(vec![d]))?;
     let component = runtime.compile(bytes).map_err(|e| {
-        Ok(vec![Diagnostic::new(
-            "not_a_component",
-            "",
-            format!("the component is malformed: {e:#}"),
-        )])
+        let text = format!("{e:#}");
+        // The pooling allocator refuses, at compile time, a module whose declared minimum
+        // memory or table is larger than a slot.
+        let diagnostic = if text.contains("pooling allocator") {
+            Diagnostic::new(
+                "limit_exceeded",
+                "",
+                format!("the component does not fit the host's limits: {text}"),
+            )
+        } else {
+            Diagnostic::new(
+                "not_a_component",
+                "",
+                format!("the component is malformed: {text}"),
+            )
+        };
+        Ok(vec![diagnostic])
     })?;
     let pre = check(runtime, &component).map_err(Ok)?;
     Ok((component, pre))

@@ -41,7 +41,7 @@ fn options() -> anyhow::Result<Options> {
         runs: 20_000,
         rounds: 3,
         clients: 64,
-        workers: 16,
+        workers: 64,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {

@@ -257,8 +257,9 @@ struct ServeArgs {
     /// Largest call input, in MiB.
     #[arg(long, default_value_t = 10, value_name = "MIB")]
     max_input_mib: usize,
-    /// Queued runs executing at once.
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    /// Queued runs executing at once. Runs of agent flows mostly wait on models and tools,
+    /// so this is well above the core count.
+    #[arg(long, default_value_t = 64, value_name = "N")]
     workers: usize,
     /// Attempts before a run that keeps losing its host fails as `lost`.
     #[arg(long, default_value_t = 3, value_name = "N")]

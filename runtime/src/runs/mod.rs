@@ -67,7 +67,7 @@ pub struct RunSettings {
 impl Default for RunSettings {
     fn default() -> Self {
         Self {
-            workers: 16,
+            workers: 64,
             lease: Duration::from_secs(30),
             max_attempts: 3,
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -353,6 +353,7 @@ impl Runs {
             created_at: now,
             expires_at: now.saturating_add(wait),
             idempotency,
+            push: deployment.push.is_some(),
         };
         let id = run.id.clone();
         match self.writer.write(RunWrite::Insert(run)).await? {

@@ -66,16 +66,16 @@ async fn execute(runs: &Runs, id: &str) {
         // Interrupted by a cancel, which already recorded the run's end.
         return;
     };
-    let finish = RunWrite::Finish {
+    // Not waited for: the worker slot is free for the next run while the end commits (the
+    // writer keeps writes in order, so it lands after this run's start and progress, and
+    // pollers and pushes are woken after the commit). If it fails, the writer logs it, the
+    // lease lapses and the reconciler queues the run again (at-least-once).
+    runs.writer.write_detached(RunWrite::Finish {
         id: id.to_owned(),
         now: clock::now_ms(),
         outcome,
         logs,
-    };
-    if let Err(e) = runs.writer.write(finish).await {
-        // The lease lapses and the reconciler queues the run again (at-least-once).
-        tracing::error!(run_id = %id, "could not record the end of the run: {e:#}");
-    }
+    });
 }
 
 /// Executes one attempt; `None` when it was interrupted.

@@ -74,6 +74,9 @@ pub struct NewRun {
     pub expires_at: i64,
     /// `Idempotency-Key` and the hash of what was sent with it.
     pub idempotency: Option<(String, String)>,
+    /// Whether its deployment pushes ended runs (known at acceptance, so most runs need
+    /// not look up their deployment's configuration when they end).
+    pub push: bool,
 }
 
 /// A line a run logged.

@@ -79,6 +79,7 @@ impl Sqlite {
         )
         .context("configuring the database")?;
         migrate(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(64);
         let reader = Connection::open(path)
             .with_context(|| format!("opening the database {}", path.display()))?;
         reader

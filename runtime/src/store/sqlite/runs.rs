@@ -37,7 +37,8 @@ pub(super) const MIGRATION: &str = "
         progress_message TEXT,
         logs TEXT,
         idempotency_key TEXT,
-        request_hash TEXT
+        request_hash TEXT,
+        push INTEGER NOT NULL DEFAULT 0
     ) STRICT;
     CREATE INDEX runs_agent ON runs(agent, id);
     CREATE INDEX runs_queue ON runs(status, expires_at);
@@ -60,6 +61,21 @@ pub(super) const MIGRATION: &str = "
     CREATE INDEX deliveries_due ON deliveries(status, next_attempt_at);
 ";
 
+/// Runs a statement from the connection's statement cache: the queue's few statements are
+/// parsed once, not on every write.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+fn row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
 pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, StoreError> {
     match write {
         RunWrite::Insert(run) => insert(tx, run),
@@ -69,7 +85,8 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
             lease_until,
         } => start(tx, id, *now, *lease_until),
         RunWrite::Renew { id, lease_until } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE runs SET lease_until = ?2 WHERE id = ?1 AND status = 'running'",
                 params![id, lease_until],
             )
@@ -81,7 +98,7 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
             fraction,
             message,
         } => {
-            tx.execute(
+            exec(tx,
                 "UPDATE runs SET progress_fraction = ?2, progress_message = ?3 WHERE id = ?1 AND status = 'running'",
                 params![id, fraction, message],
             )
@@ -104,7 +121,7 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
             last_error,
             next_attempt_at,
         } => {
-            tx.execute(
+            exec(tx,
                 "UPDATE deliveries SET status = ?3, attempts = ?4, last_error = ?5, next_attempt_at = ?6
                  WHERE run_id = ?1 AND created_at = ?2",
                 params![run_id, round, status.as_str(), attempts, last_error, next_attempt_at],
@@ -113,7 +130,7 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
             Ok(WriteOutcome::Done)
         }
         RunWrite::Release { id } => {
-            tx.execute(
+            exec(tx,
                 "UPDATE runs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_until = NULL
                  WHERE id = ?1 AND status = 'running'",
                 [id],
@@ -123,7 +140,7 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
         }
         RunWrite::Reclaim { now } => {
             let ids = tx
-                .prepare(
+                .prepare_cached(
                     "UPDATE runs SET status = 'queued', lease_until = NULL
                      WHERE status = 'running' AND lease_until < ?1 RETURNING id",
                 )
@@ -133,7 +150,8 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
         }
         RunWrite::Redeliver { agent, id, now } => redeliver(tx, agent, id, *now),
         RunWrite::Purge { before } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM runs WHERE finished_at < ?1 AND status NOT IN ('queued', 'running')",
                 [before],
             )
@@ -145,19 +163,18 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
 
 fn insert(tx: &Connection, run: &NewRun) -> Result<WriteOutcome, StoreError> {
     // The agent may have been deleted since its live deployment was read.
-    let agent_exists: bool = tx
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM agents WHERE name = ?1)",
-            [&run.agent],
-            |r| r.get(0),
-        )
-        .map_err(internal)?;
+    let agent_exists: bool = row(
+        tx,
+        "SELECT EXISTS (SELECT 1 FROM agents WHERE name = ?1)",
+        [&run.agent],
+        |r| r.get(0),
+    )
+    .map_err(internal)?;
     if !agent_exists {
         return Ok(WriteOutcome::NotFound);
     }
     if let Some((key, hash)) = &run.idempotency {
-        let earlier: Option<(String, String, i64)> = tx
-            .query_row(
+        let earlier: Option<(String, String, i64)> = row(tx,
                 "SELECT id, request_hash, created_at FROM runs WHERE agent = ?1 AND idempotency_key = ?2",
                 params![run.agent, key],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -173,7 +190,8 @@ fn insert(tx: &Connection, run: &NewRun) -> Result<WriteOutcome, StoreError> {
                 });
             }
             // Older than the window: the key is free again.
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE runs SET idempotency_key = NULL WHERE id = ?1",
                 [&id],
             )
@@ -181,9 +199,9 @@ fn insert(tx: &Connection, run: &NewRun) -> Result<WriteOutcome, StoreError> {
         }
     }
     let (key, hash) = run.idempotency.clone().unzip();
-    tx.execute(
-        "INSERT INTO runs (id, agent, deployment, version, status, input, content_type, created_at, expires_at, idempotency_key, request_hash)
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10)",
+    exec(tx,
+        "INSERT INTO runs (id, agent, deployment, version, status, input, content_type, created_at, expires_at, idempotency_key, request_hash, push)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             run.id,
             run.agent,
@@ -194,7 +212,8 @@ fn insert(tx: &Connection, run: &NewRun) -> Result<WriteOutcome, StoreError> {
             run.created_at,
             run.expires_at,
             key,
-            hash
+            hash,
+            run.push
         ],
     )
     .map_err(internal)?;
@@ -208,8 +227,7 @@ fn start(
     lease_until: i64,
 ) -> Result<WriteOutcome, StoreError> {
     type Row = (String, i64, String, u32, u32, Vec<u8>, String);
-    let found: Option<Row> = tx
-        .query_row(
+    let found: Option<Row> = row(tx,
             "SELECT status, expires_at, agent, deployment, attempts, input, content_type FROM runs WHERE id = ?1",
             [id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
@@ -233,7 +251,7 @@ fn start(
             delivery,
         });
     }
-    tx.execute(
+    exec(tx,
         "UPDATE runs SET status = 'running', attempts = attempts + 1, started_at = ?2, lease_until = ?3 WHERE id = ?1",
         params![id, now, lease_until],
     )
@@ -274,18 +292,21 @@ fn finish(
             Some(message.as_str()),
         ),
     };
-    let changed = tx
-        .execute(
-            "UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, output_type = ?5, error_kind = ?6,
-                error_message = ?7, logs = ?8, lease_until = NULL
-             WHERE id = ?1 AND status = 'running'",
-            params![id, status.as_str(), now, output, output_type, error_kind, error_message, logs],
-        )
-        .map_err(internal)?;
-    if changed == 0 {
+    let push: Option<bool> = row(
+        tx,
+        "UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, output_type = ?5, error_kind = ?6,
+            error_message = ?7, logs = ?8, lease_until = NULL
+         WHERE id = ?1 AND status = 'running' RETURNING push",
+        params![id, status.as_str(), now, output, output_type, error_kind, error_message, logs],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(internal)?;
+    let Some(push) = push else {
         return Ok(WriteOutcome::NotRunning);
-    }
-    let delivery = create_delivery(tx, id, status, now)?;
+    };
+    // Most runs do not push: skip reading their deployment's configuration.
+    let delivery = push && create_delivery(tx, id, status, now)?;
     Ok(WriteOutcome::Finished { delivery })
 }
 
@@ -296,7 +317,8 @@ fn cancel(tx: &Connection, agent: &str, id: &str, now: i64) -> Result<WriteOutco
     if status.is_final() {
         return Ok(WriteOutcome::AlreadyFinished(status));
     }
-    tx.execute(
+    exec(
+        tx,
         "UPDATE runs SET status = 'cancelled', finished_at = ?2, lease_until = NULL WHERE id = ?1",
         params![id, now],
     )
@@ -310,19 +332,20 @@ fn cancel(tx: &Connection, agent: &str, id: &str, now: i64) -> Result<WriteOutco
 
 /// The status of run `id` of `agent`, if there is one.
 fn status_of(tx: &Connection, agent: &str, id: &str) -> Result<Option<RunStatus>, StoreError> {
-    let status: Option<String> = tx
-        .query_row(
-            "SELECT status FROM runs WHERE id = ?1 AND agent = ?2",
-            params![id, agent],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(internal)?;
+    let status: Option<String> = row(
+        tx,
+        "SELECT status FROM runs WHERE id = ?1 AND agent = ?2",
+        params![id, agent],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(internal)?;
     Ok(status.as_deref().and_then(RunStatus::parse))
 }
 
 fn expire(tx: &Connection, id: &str, now: i64) -> Result<(), StoreError> {
-    tx.execute(
+    exec(
+        tx,
         "UPDATE runs SET status = 'expired', finished_at = ?2 WHERE id = ?1",
         params![id, now],
     )
@@ -332,7 +355,9 @@ fn expire(tx: &Connection, id: &str, now: i64) -> Result<(), StoreError> {
 
 fn expire_due(tx: &Connection, now: i64) -> Result<WriteOutcome, StoreError> {
     let ids: Vec<String> = tx
-        .prepare("SELECT id FROM runs WHERE status = 'queued' AND attempts = 0 AND expires_at < ?1")
+        .prepare_cached(
+            "SELECT id FROM runs WHERE status = 'queued' AND attempts = 0 AND expires_at < ?1",
+        )
         .and_then(|mut s| s.query_map([now], |r| r.get(0))?.collect())
         .map_err(internal)?;
     let mut delivery = false;
@@ -350,14 +375,14 @@ fn redeliver(tx: &Connection, agent: &str, id: &str, now: i64) -> Result<WriteOu
     if !status.is_final() {
         return Ok(WriteOutcome::NoDelivery);
     }
-    let changed = tx
-        .execute(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, last_error = NULL,
+    let changed = exec(
+        tx,
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, last_error = NULL,
                 attempts = 0, created_at = ?2
              WHERE run_id = ?1",
-            params![id, now],
-        )
-        .map_err(internal)?;
+        params![id, now],
+    )
+    .map_err(internal)?;
     Ok(if changed == 0 {
         WriteOutcome::NoDelivery
     } else {
@@ -372,16 +397,16 @@ fn create_delivery(
     status: RunStatus,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let found: Option<(String, String)> = tx
-        .query_row(
-            "SELECT r.agent, d.config FROM runs r
+    let found: Option<(String, String)> = row(
+        tx,
+        "SELECT r.agent, d.config FROM runs r
              JOIN deployments d ON d.agent = r.agent AND d.deployment = r.deployment
              WHERE r.id = ?1",
-            [run_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(internal)?;
+        [run_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(internal)?;
     let Some((agent, config)) = found else {
         return Ok(false);
     };
@@ -390,7 +415,7 @@ fn create_delivery(
         return Ok(false);
     };
     let event_id = format!("msg_{}", uuid::Uuid::now_v7().simple());
-    tx.execute(
+    exec(tx,
         "INSERT INTO deliveries (run_id, agent, event_id, event_type, url, access_token, status, next_attempt_at, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)
          ON CONFLICT (run_id) DO NOTHING",
@@ -414,7 +439,7 @@ pub(super) fn recover(
     max_attempts: u32,
 ) -> Result<Recovered, StoreError> {
     let lost: Vec<String> = tx
-        .prepare(
+        .prepare_cached(
             "UPDATE runs SET status = 'failed', finished_at = ?1, error_kind = 'lost',
                 error_message = 'the host stopped during every attempt of this run', lease_until = NULL
              WHERE status = 'running' AND attempts >= ?2 RETURNING id",
@@ -424,12 +449,12 @@ pub(super) fn recover(
     for id in &lost {
         create_delivery(tx, id, RunStatus::Failed, now)?;
     }
-    let requeued = tx
-        .execute(
-            "UPDATE runs SET status = 'queued', lease_until = NULL WHERE status = 'running'",
-            [],
-        )
-        .map_err(internal)?;
+    let requeued = exec(
+        tx,
+        "UPDATE runs SET status = 'queued', lease_until = NULL WHERE status = 'running'",
+        [],
+    )
+    .map_err(internal)?;
     let queued = queued(tx)?;
     Ok(Recovered {
         queued,
@@ -498,7 +523,8 @@ pub(super) fn get(
     agent: &str,
     id: &str,
 ) -> Result<Option<RunRecord>, StoreError> {
-    conn.query_row(
+    row(
+        conn,
         &format!(
             "SELECT {RUN_COLUMNS} FROM runs r LEFT JOIN deliveries d ON d.run_id = r.id
              WHERE r.id = ?1 AND r.agent = ?2"
@@ -515,7 +541,8 @@ pub(super) fn input(
     agent: &str,
     id: &str,
 ) -> Result<Option<(Vec<u8>, String)>, StoreError> {
-    conn.query_row(
+    row(
+        conn,
         "SELECT input, content_type FROM runs WHERE id = ?1 AND agent = ?2",
         params![id, agent],
         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -536,7 +563,7 @@ pub(super) fn list(
          WHERE r.agent = ?1 AND (?2 IS NULL OR r.status = ?2) AND (?3 IS NULL OR r.id < ?3)
          ORDER BY r.id DESC LIMIT ?4"
     );
-    conn.prepare(&sql)
+    conn.prepare_cached(&sql)
         .and_then(|mut s| {
             s.query_map(
                 params![agent, status.map(RunStatus::as_str), before, limit as i64],
@@ -571,7 +598,7 @@ pub(super) fn due(
     now: i64,
     limit: usize,
 ) -> Result<Vec<DeliveryRecord>, StoreError> {
-    conn.prepare(&format!(
+    conn.prepare_cached(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries
          WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2"
     ))
@@ -583,13 +610,14 @@ pub(super) fn due(
 }
 
 pub(super) fn queued(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    conn.prepare("SELECT id FROM runs WHERE status = 'queued' ORDER BY id")
+    conn.prepare_cached("SELECT id FROM runs WHERE status = 'queued' ORDER BY id")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .map_err(internal)
 }
 
 pub(super) fn next_due(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    conn.query_row(
+    row(
+        conn,
         "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'",
         [],
         |r| r.get(0),
@@ -622,6 +650,7 @@ mod tests {
             created_at,
             expires_at: created_at + 1000,
             idempotency: key.map(|(k, h)| (k.into(), h.into())),
+            push: false,
         })
     }
 
