@@ -21,6 +21,7 @@ use crate::engine::Runtime;
 use crate::error::Error;
 use crate::host::{CallInfo, CallLimits, CallState};
 use crate::invoke;
+use crate::keys::{self, KeyRecord, KeyRing, RateLimit};
 use crate::registry::{Deployment, Registry};
 use crate::runs::signing;
 use crate::store::components::{ComponentFiles, digest_of};
@@ -66,11 +67,17 @@ pub struct Agents {
     /// Held while component files are written with their version row, or removed with
     /// theirs; see [`Agents::delete_and_forget`].
     files_lock: Arc<Mutex<()>>,
+    keys: KeyRing,
 }
 
 impl Agents {
     /// Wires the pieces together. Nothing is loaded until [`Agents::load_live`].
-    pub(crate) fn new(runtime: Arc<Runtime>, store: Arc<dyn Store>, files: ComponentFiles) -> Self {
+    pub(crate) fn new(
+        runtime: Arc<Runtime>,
+        store: Arc<dyn Store>,
+        files: ComponentFiles,
+        keys: KeyRing,
+    ) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
             runtime,
@@ -81,6 +88,7 @@ impl Agents {
             locks: Mutex::default(),
             compile_slots: Semaphore::new(cores.max(1)),
             files_lock: Arc::default(),
+            keys,
         }
     }
 
@@ -90,6 +98,79 @@ impl Agents {
 
     pub(crate) fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    pub(crate) fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// Makes an invoke key for `agent`; the key is in the answer and nowhere else.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent, [`Error::BadRequest`] for a bad name or limit.
+    pub async fn create_key(
+        &self,
+        agent: &str,
+        name: &str,
+        rate_limit: Option<RateLimit>,
+    ) -> Result<(String, KeyRecord), Error> {
+        if name.is_empty() || name.len() > 128 {
+            return Err(Error::BadRequest(
+                "`name` must be 1 to 128 characters".into(),
+            ));
+        }
+        if let Some(limit) = &rate_limit {
+            limit.validate().map_err(Error::BadRequest)?;
+        }
+        let (key, record) = keys::new_key(agent, name, rate_limit);
+        let store = Arc::clone(&self.store);
+        let saved = record.clone();
+        blocking(move || store.create_key(&saved)).await??;
+        self.keys.add(record.clone());
+        tracing::info!(agent, key_id = %record.id, "created an invoke key");
+        Ok((key, record))
+    }
+
+    /// The keys of `agent` (never the keys themselves).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent.
+    pub async fn list_keys(&self, agent: &str) -> Result<Vec<KeyRecord>, Error> {
+        self.get(agent).await?;
+        let store = Arc::clone(&self.store);
+        let a = agent.to_owned();
+        Ok(blocking(move || store.list_keys(&a)).await??)
+    }
+
+    /// Revokes a key at once.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the agent has no such key.
+    pub async fn revoke_key(&self, agent: &str, id: &str) -> Result<(), Error> {
+        let store = Arc::clone(&self.store);
+        let (a, i) = (agent.to_owned(), id.to_owned());
+        if !blocking(move || store.delete_key(&a, &i)).await?? {
+            return Err(Error::NotFound(format!(
+                "agent `{agent}` has no key `{id}`"
+            )));
+        }
+        self.keys.remove(id);
+        tracing::info!(agent, key_id = id, "revoked an invoke key");
+        Ok(())
+    }
+
+    /// Writes the keys' last-use times gathered in memory.
+    pub(crate) async fn flush_key_use(&self) {
+        let used = self.keys.take_last_used();
+        if used.is_empty() {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        match blocking(move || store.touch_keys(&used)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("recording key use: {e:#}"),
+            Err(e) => tracing::warn!("recording key use: {e:#}"),
+        }
     }
 
     /// Rebuilds the registry from the store at start: every agent is served again at its
@@ -504,6 +585,7 @@ impl Agents {
         if deleted.is_none() {
             return Err(no_agent(agent));
         }
+        self.keys.remove_agent(agent);
         tracing::info!(agent, "deleted");
         Ok(())
     }

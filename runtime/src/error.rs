@@ -13,6 +13,9 @@ pub enum Error {
     /// 401: no valid credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: valid credentials that do not reach this route (a key of another agent).
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such agent, version, or nothing deployed.
     #[error("{0}")]
     NotFound(String),
@@ -36,6 +39,14 @@ pub enum Error {
     /// 422: the guest refused its input (`invalid-input`).
     #[error("{0}")]
     InvalidInput(String),
+    /// 429: the host or the caller's key is at its limit; retry later.
+    #[error("{message}")]
+    Overloaded {
+        /// What is exhausted.
+        message: String,
+        /// When to retry, sent as `Retry-After`.
+        retry_after: Option<std::time::Duration>,
+    },
     /// 502: the guest returned `failed`; its message is passed on.
     #[error("{0}")]
     Failed(String),
@@ -56,6 +67,8 @@ impl Error {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::Overloaded { .. } => "overloaded",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Conflict(_) => "conflict",

@@ -8,6 +8,7 @@
 //! - `api`: HTTP routes — control plane (agents, versions, deploy) and data plane (run);
 //! - `agents`: the control plane's operations, independent of HTTP;
 //! - `registry`: agent name → live deployment, read lock-free on every call;
+//! - `keys`: per-agent invoke keys, checked from memory;
 //! - `invoke`: one call — a fresh `Store`, limits, deadline, result mapping;
 //! - `host`: what a guest imports (log, config, progress, WASI, outbound HTTP);
 //! - `check`: an upload against the agent world, with diagnostics;
@@ -30,6 +31,8 @@ pub mod error;
 pub(crate) mod fsutil;
 pub(crate) mod host;
 pub(crate) mod invoke;
+pub(crate) mod keys;
+pub(crate) mod net;
 pub(crate) mod registry;
 pub mod runs;
 pub mod server;

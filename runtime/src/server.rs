@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -17,6 +18,8 @@ use tokio::net::TcpListener;
 use crate::agents::Agents;
 use crate::api::{self, AppState, BodyLimits};
 use crate::engine::Runtime;
+use crate::fsutil;
+use crate::keys::KeyRing;
 use crate::runs::{RunSettings, Runs};
 use crate::stats::Stats;
 use crate::store::components::ComponentFiles;
@@ -57,12 +60,13 @@ pub async fn serve(
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
     let _lock = lock_data_dir(data_dir)?;
-    let admin_token = admin_token(options.admin_token.clone(), data_dir)?;
+    let (admin_token, admin_token_file) = admin_token(options.admin_token.clone(), data_dir)?;
     let store: Arc<dyn Store> = Arc::new(Sqlite::open(&data_dir.join("gust.db"))?);
     let stats = Arc::new(Stats::default());
     let runtime = Arc::new(Runtime::new(&data_dir.join("cache"), stats)?);
     let files = ComponentFiles::open(data_dir.join("components"))?;
-    let agents = Arc::new(Agents::new(runtime, Arc::clone(&store), files));
+    let keys = KeyRing::load(store.all_keys().context("loading invoke keys")?);
+    let agents = Arc::new(Agents::new(runtime, Arc::clone(&store), files, keys));
     let runs = Runs::start(store, Arc::clone(&agents), options.runs.clone())
         .await
         .context("starting the run queue")?;
@@ -80,7 +84,8 @@ pub async fn serve(
     let state = Arc::new(AppState {
         agents,
         runs,
-        admin_token,
+        admin_token: ArcSwap::from_pointee(admin_token),
+        admin_token_file,
         public_url,
         limits: options.limits,
     });
@@ -97,6 +102,16 @@ pub async fn serve(
                 tracing::error!("{e:#}; shutting down");
                 let _ = load_failed.send(e);
             }
+        }
+    });
+
+    // Keys' last-use times are kept in memory on the hot path and written here.
+    let flusher = Arc::clone(&state.agents);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            flusher.flush_key_use().await;
         }
     });
 
@@ -202,17 +217,21 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// The admin token: the one given, else the one stored in the data folder, else a new one
-/// that is stored (mode 0600) and printed this once.
-fn admin_token(given: Option<String>, data_dir: &Path) -> anyhow::Result<String> {
+/// The admin token: the one given (then it has no file: it is changed where it was given),
+/// else the one stored in the data folder, else a new one that is stored (mode 0600) and
+/// printed this once.
+fn admin_token(
+    given: Option<String>,
+    data_dir: &Path,
+) -> anyhow::Result<(String, Option<std::path::PathBuf>)> {
     if let Some(token) = given {
         let token = token.trim().to_owned();
         anyhow::ensure!(!token.is_empty(), "the admin token is empty");
-        return Ok(token);
+        return Ok((token, None));
     }
     let path = data_dir.join("admin-token");
     match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(token) if !token.trim().is_empty() => return Ok((token.trim().to_owned(), Some(path))),
         Ok(_) => anyhow::bail!(
             "{} is empty; delete it to generate a new token",
             path.display()
@@ -220,24 +239,17 @@ fn admin_token(given: Option<String>, data_dir: &Path) -> anyhow::Result<String>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    let token = format!("gust_admin_{}", hex::encode(rand::random::<[u8; 32]>()));
-    write_secret(&path, &token)?;
+    let token = new_admin_token();
+    // The temporary file `write_atomic` renames into place is created with mode 0600.
+    fsutil::write_atomic(&path, token.as_bytes())?;
     println!(
         "Generated an admin token, stored in {} (it is shown only this once):\n  {token}",
         path.display()
     );
-    Ok(token)
+    Ok((token, Some(path)))
 }
 
-fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(secret.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
+/// A new random admin token.
+pub(crate) fn new_admin_token() -> String {
+    format!("gust_admin_{}", hex::encode(rand::random::<[u8; 32]>()))
 }

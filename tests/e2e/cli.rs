@@ -117,7 +117,7 @@ async fn deploy_config_run_and_rollback_from_the_command_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_runs_and_push_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(dir.path()).await;
+    let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
     let receiver = crate::receiver::Receiver::start(vec![]).await;
     let h = &host;
 

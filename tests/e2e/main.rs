@@ -4,6 +4,7 @@
 mod calls;
 mod cli;
 mod deploy;
+mod guard;
 mod push;
 mod receiver;
 mod redeploy;

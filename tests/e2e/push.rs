@@ -18,7 +18,13 @@ const PUSH_TOKEN: &str = "receiver-token-42";
 async fn async_host(dir: &std::path::Path, receiver: &Receiver) -> (Host, String) {
     let host = Host::start_on(
         dir.join("data"),
-        &["--push-retry-schedule", "0.2,0.3", "--push-timeout", "2"],
+        &[
+            "--push-retry-schedule",
+            "0.2,0.3",
+            "--push-timeout",
+            "2",
+            "--allow-private-network",
+        ],
     )
     .await;
     host.upload_file("probe", gust_test_guests::PROBE_A).await;
@@ -220,7 +226,7 @@ async fn redirects_are_not_followed_and_permanent_refusals_stop_retries() {
 async fn mode_changes_wait_for_deploy_and_rollback_restores_push() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(vec![]).await;
-    let host = Host::start(dir.path()).await;
+    let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
     host.upload_file("probe", gust_test_guests::PROBE_A).await;
     let sync = host.deploy("probe", None).await;
     assert_eq!(

@@ -236,7 +236,7 @@ async fn pending_pushes_survive_kill_nine() {
     let data = dir.path().join("data");
     let receiver = Receiver::start(vec![Answer::Status(503); 3]).await;
     let config = json!({"mode": "async", "push": {"url": receiver.url, "access_token": "t"}});
-    let fast_retries = ["--push-retry-schedule", "0.3"];
+    let fast_retries = ["--push-retry-schedule", "0.3", "--allow-private-network"];
     let host = probe_on(data.clone(), &fast_retries, config).await;
     let id = crate::runs::submit(&host, "probe", json!({"op": "echo"})).await;
     crate::runs::finished(&host, "probe", &id).await;

@@ -1,16 +1,89 @@
-//! Bearer-token authentication. The admin token is compared in constant time and never
-//! logged or echoed.
+//! Who is calling: the admin (everywhere), or an agent's invoke key (that agent's data plane
+//! only). Credentials come in `Authorization: Bearer …` or `x-api-key: …`, never in the URL;
+//! they are compared in constant time and never logged or echoed.
 
-use axum::extract::FromRequestParts;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use std::sync::Arc;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::paths;
 use crate::error::Error;
+use crate::keys::Key;
 
-/// Proof that the request carried the admin token. Put it first among a handler's
-/// arguments so that an unauthenticated request learns nothing else.
+/// Query parameters that look like credentials: refused wherever they appear, because URLs
+/// end up in logs, histories and `Referer` headers.
+const CREDENTIAL_PARAMS: &[&str] = &[
+    "token",
+    "access_token",
+    "admin_token",
+    "api_key",
+    "apikey",
+    "key",
+    "x-api-key",
+];
+
+/// Refuses requests that carry a credential in the query string (400).
+pub(crate) async fn refuse_credentials_in_query(request: Request, next: Next) -> Response {
+    let carries_credential = request.uri().query().is_some_and(|query| {
+        query.split('&').any(|pair| {
+            let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
+            CREDENTIAL_PARAMS.contains(&name.as_str())
+        })
+    });
+    if carries_credential {
+        return Error::BadRequest(
+            "credentials go in the `Authorization` or `x-api-key` header, never in the URL".into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+enum Caller {
+    Admin,
+    Key(Arc<Key>),
+}
+
+fn caller(parts: &Parts, state: &AppState) -> Result<Caller, Error> {
+    let bearer = match parts.headers.get(AUTHORIZATION) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or_else(|| {
+                    Error::Unauthorized(
+                        "the `Authorization` header must be `Bearer <token>`".into(),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let api_key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let Some(presented) = bearer.or(api_key.map(str::trim)) else {
+        return Err(Error::Unauthorized(
+            "missing credentials: send `Authorization: Bearer <token>` or `x-api-key: <key>`"
+                .into(),
+        ));
+    };
+    if constant_time_eq(presented.as_bytes(), state.admin_token.load().as_bytes()) {
+        return Ok(Caller::Admin);
+    }
+    match state.agents.keys().find(presented) {
+        Some(key) => Ok(Caller::Key(key)),
+        None => Err(Error::Unauthorized("the token is not valid".into())),
+    }
+}
+
+/// The admin: required by the control plane. Put it first among a handler's arguments so
+/// that an unauthenticated request learns nothing else.
 pub(crate) struct Admin;
 
 impl FromRequestParts<Arc<AppState>> for Admin {
@@ -20,29 +93,47 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let Some(value) = parts.headers.get(AUTHORIZATION) else {
-            return Err(Error::Unauthorized(
-                "missing `Authorization: Bearer <token>` header".into(),
-            ));
-        };
-        let presented = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                Error::Unauthorized("the `Authorization` header must be `Bearer <token>`".into())
-            })?;
-        if constant_time_eq(presented.as_bytes(), state.admin_token.as_bytes()) {
-            Ok(Admin)
-        } else {
-            Err(Error::Unauthorized("the token is not valid".into()))
+        match caller(parts, state)? {
+            Caller::Admin => Ok(Admin),
+            Caller::Key(_) => Err(Error::Forbidden(
+                "an invoke key only calls its own agent; this route needs the admin token".into(),
+            )),
         }
     }
 }
 
+/// A caller of an agent's data plane (calls and runs): the admin, or a key of the agent in
+/// the path, within the key's rate limit. Carries the (validated) agent name.
+pub(crate) struct Invoker(pub(crate) String);
+
+impl FromRequestParts<Arc<AppState>> for Invoker {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let who = caller(parts, state)?;
+        let agent = paths::agent(parts, state).await?;
+        if let Caller::Key(key) = who {
+            if *key.agent != *agent {
+                return Err(Error::Forbidden(format!(
+                    "this key belongs to another agent than `{agent}`"
+                )));
+            }
+            if let Err(wait) = key.admit() {
+                return Err(Error::Overloaded {
+                    message: "this key's rate limit is exhausted".into(),
+                    retry_after: Some(wait.max(Duration::from_millis(1))),
+                });
+            }
+        }
+        Ok(Self(agent))
+    }
+}
+
 /// Compares without an early exit, so the time taken does not tell how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

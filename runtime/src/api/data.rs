@@ -9,8 +9,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
-use super::auth::Admin;
-use super::paths::AgentName;
+use super::auth::Invoker;
 use super::{AppState, body};
 use crate::bindings::Mode;
 use crate::error::Error;
@@ -20,9 +19,8 @@ use crate::runs;
 const JSON: &str = "application/json";
 
 pub(crate) async fn run(
-    _: Admin,
+    Invoker(agent): Invoker,
     State(state): State<Arc<AppState>>,
-    AgentName(agent): AgentName,
     headers: HeaderMap,
     request_body: Body,
 ) -> Response {

@@ -10,13 +10,17 @@ mod body;
 mod control;
 mod data;
 mod error;
+mod keys;
 mod paths;
 mod runs;
 
+pub(crate) use auth::constant_time_eq;
+
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::agents::Agents;
 use crate::error::Error;
@@ -47,8 +51,11 @@ pub struct AppState {
     pub agents: Arc<Agents>,
     /// The run queue.
     pub runs: Arc<Runs>,
-    /// The admin token; compared in constant time, never logged.
-    pub admin_token: String,
+    /// The admin token; compared in constant time, never logged. Swapped by a rotation.
+    pub admin_token: ArcSwap<String>,
+    /// Where a rotated admin token is stored; `None` when the token was given on the command
+    /// line or in the environment (then it is changed there, not rotated).
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// Base of the endpoint URLs in answers, without a trailing slash.
     pub public_url: String,
     /// Request body limits.
@@ -120,6 +127,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/agents/{agent}/push/test", post(runs::push_test))
         .route(
+            "/v1/agents/{agent}/keys",
+            post(keys::create).get(keys::list),
+        )
+        .route("/v1/agents/{agent}/keys/{key_id}", delete(keys::revoke))
+        .route("/v1/admin/rotate-token", post(keys::rotate_admin_token))
+        .route(
             "/v1/agents/{agent}/push/rotate-secret",
             post(runs::rotate_secret),
         )
@@ -127,5 +140,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(|| async {
             Error::MethodNotAllowed("this route does not take that method".into())
         })
+        .layer(axum::middleware::from_fn(auth::refuse_credentials_in_query))
         .with_state(state)
 }

@@ -16,7 +16,11 @@ pub(crate) struct AgentName(pub(crate) String);
 /// `{agent}` and `{version}`.
 pub(crate) struct AgentVersion(pub(crate) String, pub(crate) u32);
 
-async fn param(parts: &mut Parts, state: &Arc<AppState>, name: &str) -> Result<String, Error> {
+pub(crate) async fn param(
+    parts: &mut Parts,
+    state: &Arc<AppState>,
+    name: &str,
+) -> Result<String, Error> {
     let params = RawPathParams::from_request_parts(parts, state)
         .await
         .map_err(|e| Error::BadRequest(format!("bad path: {e}")))?;
@@ -27,7 +31,7 @@ async fn param(parts: &mut Parts, state: &Arc<AppState>, name: &str) -> Result<S
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("route has no `{name}` parameter")))
 }
 
-async fn agent(parts: &mut Parts, state: &Arc<AppState>) -> Result<String, Error> {
+pub(crate) async fn agent(parts: &mut Parts, state: &Arc<AppState>) -> Result<String, Error> {
     let name = param(parts, state, "agent").await?;
     if valid_agent_name(&name) {
         Ok(name)

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::Admin;
+use super::auth::{Admin, Invoker};
 use super::paths::{AgentName, AgentRun, Params};
 use super::{AppState, body};
 use crate::error::Error;
@@ -29,9 +29,8 @@ const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 200;
 
 pub(crate) async fn submit(
-    _: Admin,
+    Invoker(agent): Invoker,
     State(state): State<Arc<AppState>>,
-    AgentName(agent): AgentName,
     headers: HeaderMap,
     request_body: Body,
 ) -> Answer {
@@ -81,7 +80,7 @@ pub(crate) struct GetParams {
 }
 
 pub(crate) async fn get(
-    _: Admin,
+    _: Invoker,
     State(state): State<Arc<AppState>>,
     AgentRun(agent, id): AgentRun,
     Params(params): Params<GetParams>,
@@ -108,9 +107,8 @@ pub(crate) struct ListParams {
 }
 
 pub(crate) async fn list(
-    _: Admin,
+    Invoker(agent): Invoker,
     State(state): State<Arc<AppState>>,
-    AgentName(agent): AgentName,
     Params(params): Params<ListParams>,
 ) -> Answer {
     let status = match params.status.as_deref().filter(|s| !s.is_empty()) {
@@ -137,7 +135,7 @@ pub(crate) async fn list(
 }
 
 pub(crate) async fn cancel(
-    _: Admin,
+    _: Invoker,
     State(state): State<Arc<AppState>>,
     AgentRun(agent, id): AgentRun,
 ) -> Answer {
@@ -146,7 +144,7 @@ pub(crate) async fn cancel(
 }
 
 pub(crate) async fn rerun(
-    _: Admin,
+    _: Invoker,
     State(state): State<Arc<AppState>>,
     AgentRun(agent, id): AgentRun,
 ) -> Answer {

@@ -523,3 +523,62 @@ fn human_size(n: u64) -> String {
         n => format!("{n} B"),
     }
 }
+
+pub(crate) async fn keys_create(
+    client: &Client,
+    agent: &str,
+    name: &str,
+    rate: Option<(f64, u32)>,
+) -> anyhow::Result<()> {
+    let mut body = json!({ "name": name });
+    if let Some((per_second, burst)) = rate {
+        body["rate_limit"] = json!({"per_second": per_second, "burst": burst});
+    }
+    let answer = client
+        .json(
+            client
+                .request(Method::POST, &format!("/v1/agents/{agent}/keys"))
+                .json(&body),
+        )
+        .await?;
+    println!("{}", text(&answer["key"]));
+    eprintln!(
+        "key {} for `{agent}` (shown only this once; send it as `Authorization: Bearer …` or `x-api-key: …`)",
+        text(&answer["id"])
+    );
+    Ok(())
+}
+
+pub(crate) async fn keys_list(client: &Client, agent: &str) -> anyhow::Result<()> {
+    let answer = client
+        .json(client.request(Method::GET, &format!("/v1/agents/{agent}/keys")))
+        .await?;
+    println!("{:<22} {:<24} {:<26} LAST USED", "ID", "NAME", "CREATED");
+    for key in answer["keys"].as_array().into_iter().flatten() {
+        println!(
+            "{:<22} {:<24} {:<26} {}",
+            text(&key["id"]),
+            text(&key["name"]),
+            text(&key["created_at"]),
+            key["last_used_at"].as_str().unwrap_or("never")
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn keys_revoke(client: &Client, agent: &str, id: &str) -> anyhow::Result<()> {
+    client
+        .json(client.request(Method::DELETE, &format!("/v1/agents/{agent}/keys/{id}")))
+        .await?;
+    eprintln!("revoked {id}");
+    Ok(())
+}
+
+pub(crate) async fn rotate_admin_token(client: &Client) -> anyhow::Result<()> {
+    let answer = client
+        .json(client.request(Method::POST, "/v1/admin/rotate-token"))
+        .await?;
+    println!("{}", text(&answer["admin_token"]));
+    eprintln!("the admin token was replaced; the old one no longer works (shown only this once)");
+    Ok(())
+}

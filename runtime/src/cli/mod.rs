@@ -99,6 +99,60 @@ enum Command {
         #[command(subcommand)]
         command: PushCommand,
     },
+    /// Per-agent invoke keys: create, list, revoke.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Host administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make an invoke key for an agent; prints it (only this once).
+    Create {
+        #[command(flatten)]
+        conn: Connection,
+        /// The agent's name.
+        agent: String,
+        /// A name for the key (who or what uses it).
+        name: String,
+        /// Sustained requests per second allowed with this key.
+        #[arg(long, requires = "burst")]
+        rate: Option<f64>,
+        /// Requests allowed at once above the sustained rate.
+        #[arg(long, requires = "rate")]
+        burst: Option<u32>,
+    },
+    /// List an agent's keys (ids, names, created and last-used times).
+    List {
+        #[command(flatten)]
+        conn: Connection,
+        /// The agent's name.
+        agent: String,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        #[command(flatten)]
+        conn: Connection,
+        /// The agent's name.
+        agent: String,
+        /// The key id (`key_…`).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Replace the admin token now, without a restart; prints the new one (only this once).
+    RotateToken {
+        #[command(flatten)]
+        conn: Connection,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,6 +337,10 @@ struct ServeArgs {
     /// Seconds after an event during which its push is retried.
     #[arg(long, default_value_t = 86_400, value_name = "S")]
     push_retry_window: u64,
+    /// Allow push deliveries (and guest requests) to loopback and private addresses. For
+    /// development and tests: it turns off the host's SSRF protection.
+    #[arg(long)]
+    allow_private_network: bool,
     /// Log filter (`RUST_LOG` syntax), e.g. `info` or `gust_runtime=debug`.
     #[arg(long, env = "GUST_LOG", default_value = "info")]
     log: String,
@@ -353,6 +411,24 @@ pub async fn run(cli: Cli) -> ExitCode {
                 commands::run_action(&conn.client(), &agent, &id, "redeliver").await
             }
         },
+        Command::Keys { command } => match command {
+            KeysCommand::Create {
+                conn,
+                agent,
+                name,
+                rate,
+                burst,
+            } => commands::keys_create(&conn.client(), &agent, &name, rate.zip(burst)).await,
+            KeysCommand::List { conn, agent } => commands::keys_list(&conn.client(), &agent).await,
+            KeysCommand::Revoke { conn, agent, id } => {
+                commands::keys_revoke(&conn.client(), &agent, &id).await
+            }
+        },
+        Command::Admin { command } => match command {
+            AdminCommand::RotateToken { conn } => {
+                commands::rotate_admin_token(&conn.client()).await
+            }
+        },
         Command::Push { command } => match command {
             PushCommand::Test { conn, agent } => commands::push_test(&conn.client(), &agent).await,
             PushCommand::RotateSecret { conn, agent } => {
@@ -400,6 +476,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 timeout: Duration::from_secs(args.push_timeout.max(1)),
                 schedule: parse_schedule(&args.push_retry_schedule)?,
                 window: Duration::from_secs(args.push_retry_window),
+                allow_private_network: args.allow_private_network,
                 ..PushSettings::default()
             },
         },

@@ -20,6 +20,7 @@ use super::view::run_json;
 use super::writer::Writer;
 use crate::clock;
 use crate::error::Error;
+use crate::net;
 use crate::store::{DeliveryRecord, DeliveryStatus, PushConfig, RunWrite, Store};
 
 /// Server settings of push delivery.
@@ -33,6 +34,8 @@ pub struct PushSettings {
     pub window: Duration,
     /// Deliveries in flight at once.
     pub concurrency: usize,
+    /// Allow loopback and private destinations (development and tests); see `net`.
+    pub allow_private_network: bool,
 }
 
 impl Default for PushSettings {
@@ -51,6 +54,7 @@ impl Default for PushSettings {
             ],
             window: Duration::from_secs(24 * 3600),
             concurrency: 32,
+            allow_private_network: false,
         }
     }
 }
@@ -87,6 +91,9 @@ impl Pusher {
     ) -> Self {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(net::SafeResolver {
+                allow_private: settings.allow_private_network,
+            }))
             .timeout(settings.timeout)
             .user_agent(concat!("gust/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -122,11 +129,14 @@ impl Pusher {
         let response = inner
             .post(&push.url, &push.access_token, &event_id, &secrets, body)
             .await
-            .map_err(|e| {
-                Error::Failed(format!(
+            .map_err(|e| match e {
+                PostError::Refused(refused) => {
+                    Error::BadRequest(format!("the push URL is refused: {refused}"))
+                }
+                PostError::Http(e) => Error::Failed(format!(
                     "the push receiver could not be reached: {}",
                     describe(e)
-                ))
+                )),
             })?;
         Ok(response.status().as_u16())
     }
@@ -278,7 +288,9 @@ impl Inner {
             .await;
         let response = match sent {
             Ok(response) => response,
-            Err(e) => return Attempt::Retry(describe(e), None),
+            // Checked again on every attempt: a name may resolve elsewhere later.
+            Err(PostError::Refused(refused)) => return Attempt::GiveUp(refused.0),
+            Err(PostError::Http(e)) => return Attempt::Retry(describe(e), None),
         };
         let status = response.status();
         if status.is_success() {
@@ -316,7 +328,11 @@ impl Inner {
         event_id: &str,
         secrets: &[String],
         body: Vec<u8>,
-    ) -> Result<reqwest::Response, reqwest::Error> {
+    ) -> Result<reqwest::Response, PostError> {
+        let url = reqwest::Url::parse(url).map_err(|e| {
+            PostError::Refused(net::Refused(format!("the push URL is not a URL: {e}")))
+        })?;
+        net::check_url(&url, self.settings.allow_private_network).map_err(PostError::Refused)?;
         let timestamp = clock::now_ms() / 1000;
         let keys: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let signature = signing::signature(&keys, event_id, timestamp, &body);
@@ -330,6 +346,10 @@ impl Inner {
             .body(body)
             .send()
             .await
+            .map_err(|e| match net::refusal(&e) {
+                Some(refused) => PostError::Refused(refused),
+                None => PostError::Http(e),
+            })
     }
 
     fn retry_delay(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
@@ -344,6 +364,14 @@ impl Inner {
         let jittered = base.mul_f64(0.9 + rand::random::<f64>() * 0.2);
         jittered.max(retry_after.unwrap_or_default())
     }
+}
+
+/// Why a push request did not get an answer.
+enum PostError {
+    /// The destination is refused by the address policy.
+    Refused(net::Refused),
+    /// The request failed on the way.
+    Http(reqwest::Error),
 }
 
 /// A transport error in a few words (never the access token: it is only in a header).

@@ -20,6 +20,8 @@ pub use runs::{
 };
 pub use sqlite::Sqlite;
 
+use crate::keys::KeyRecord;
+
 /// One uploaded version of an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionRecord {
@@ -315,6 +317,36 @@ pub trait Store: Send + Sync + 'static {
         secret: &str,
         previous_until: i64,
     ) -> Result<(), StoreError>;
+
+    /// Stores a new invoke key (its hash, never the key).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown agent.
+    fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+
+    /// The keys of an agent.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn list_keys(&self, agent: &str) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Every key, for the in-memory key ring at start.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn all_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Deletes a key; `false` when the agent has no such key.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn delete_key(&self, agent: &str, id: &str) -> Result<bool, StoreError>;
+
+    /// Records last-use times.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError>;
 
     /// Every digest some version of some agent refers to.
     ///

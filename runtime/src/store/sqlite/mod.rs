@@ -10,6 +10,8 @@ use std::sync::Mutex;
 use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
+use crate::keys::KeyRecord;
+
 use super::{
     AgentConfig, AgentRecord, AgentSummary, DeliveryRecord, DeploymentRecord, PushSecrets,
     Recovered, RollbackPlan, RunRecord, RunStatus, RunWrite, Store, StoreError, VersionDeletion,
@@ -52,6 +54,17 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;",
     // 2: queued runs, push deliveries and their signing secrets.
     runs::MIGRATION,
+    // 3: per-agent invoke keys (their hashes).
+    "CREATE TABLE keys (
+        id TEXT PRIMARY KEY,
+        agent TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        last_used_at INTEGER,
+        rate_limit TEXT
+    ) STRICT;
+    CREATE INDEX keys_agent ON keys(agent);",
 ];
 
 /// The SQLite [`Store`].
@@ -170,6 +183,21 @@ fn version_row(row: &Row<'_>) -> rusqlite::Result<VersionRecord> {
 
 const DEPLOYMENT_COLUMNS: &str =
     "d.agent, d.deployment, d.version, d.digest, d.config, d.deployed_at, d.rolled_back_at";
+
+const KEY_COLUMNS: &str = "id, agent, name, hash, created_at, last_used_at, rate_limit";
+
+fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let rate: Option<String> = row.get(6)?;
+    Ok(KeyRecord {
+        id: row.get(0)?,
+        agent: row.get(1)?,
+        name: row.get(2)?,
+        hash: row.get(3)?,
+        created_at: row.get(4)?,
+        last_used_at: row.get(5)?,
+        rate_limit: rate.and_then(|r| serde_json::from_str(&r).ok()),
+    })
+}
 
 fn deployment_row(row: &Row<'_>) -> rusqlite::Result<DeploymentRecord> {
     Ok(DeploymentRecord {
@@ -649,6 +677,70 @@ impl Store for Sqlite {
                 .map_err(internal)?;
             if changed == 0 {
                 return Err(StoreError::NotFound(format!("no agent named `{agent}`")));
+            }
+            Ok(())
+        })
+    }
+
+    fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let rate = key
+            .rate_limit
+            .map(|r| serde_json::to_string(&r))
+            .transpose()
+            .map_err(|e| StoreError::Internal(e.into()))?;
+        self.tx(|tx| {
+            let exists: bool = tx
+                .query_row("SELECT EXISTS (SELECT 1 FROM agents WHERE name = ?1)", [&key.agent], |r| r.get(0))
+                .map_err(internal)?;
+            if !exists {
+                return Err(StoreError::NotFound(format!("no agent named `{}`", key.agent)));
+            }
+            tx.execute(
+                "INSERT INTO keys (id, agent, name, hash, created_at, rate_limit) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![key.id, key.agent, key.name, key.hash, key.created_at, rate],
+            )
+            .map_err(internal)?;
+            Ok(())
+        })
+    }
+
+    fn list_keys(&self, agent: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        self.with(|conn| {
+            conn.prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys WHERE agent = ?1 ORDER BY created_at, id"
+            ))
+            .and_then(|mut s| s.query_map([agent], key_row)?.collect())
+            .map_err(internal)
+        })
+    }
+
+    fn all_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.with(|conn| {
+            conn.prepare(&format!("SELECT {KEY_COLUMNS} FROM keys"))
+                .and_then(|mut s| s.query_map([], key_row)?.collect())
+                .map_err(internal)
+        })
+    }
+
+    fn delete_key(&self, agent: &str, id: &str) -> Result<bool, StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "DELETE FROM keys WHERE agent = ?1 AND id = ?2",
+                params![agent, id],
+            )
+            .map(|n| n > 0)
+            .map_err(internal)
+        })
+    }
+
+    fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            for (id, at) in used {
+                tx.execute(
+                    "UPDATE keys SET last_used_at = ?2 WHERE id = ?1",
+                    params![id, at],
+                )
+                .map_err(internal)?;
             }
             Ok(())
         })
