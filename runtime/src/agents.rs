@@ -19,6 +19,7 @@ use crate::check::{self, Diagnostic};
 use crate::clock;
 use crate::engine::Runtime;
 use crate::error::Error;
+use crate::gate::{self, Admitted, Gate};
 use crate::host::{CallInfo, CallLimits, CallState};
 use crate::invoke;
 use crate::keys::{self, KeyRecord, KeyRing, RateLimit};
@@ -26,8 +27,8 @@ use crate::registry::{Deployment, Registry};
 use crate::runs::signing;
 use crate::store::components::{ComponentFiles, digest_of};
 use crate::store::{
-    AgentConfig, AgentRecord, AgentSummary, DeploymentRecord, REDACTED, RollbackPlan, Store,
-    StoreError, VersionDeletion, VersionRecord,
+    AgentConfig, AgentRecord, AgentSummary, DeploymentRecord, Maxima, REDACTED, RollbackPlan,
+    Store, StoreError, VersionDeletion, VersionRecord,
 };
 
 /// How long the deploy-time trial instantiation may take.
@@ -68,6 +69,37 @@ pub struct Agents {
     /// theirs; see [`Agents::delete_and_forget`].
     files_lock: Arc<Mutex<()>>,
     keys: KeyRing,
+    limits: Limits,
+    /// Instances running at once, server-wide.
+    server_gate: Arc<Gate>,
+    /// Each agent's gate; see [`Agents::gate`].
+    gates: Mutex<HashMap<String, Arc<Gate>>>,
+}
+
+/// Server-wide limits of instances and of what deployments may ask for.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Instances running at once, server-wide.
+    pub max_instances: usize,
+    /// A deployment's `max_instances` when it sets none: below the core count, so one agent
+    /// cannot occupy every core.
+    pub agent_instances: usize,
+    /// How long a sync call waits for room before 429 `overloaded`.
+    pub sync_wait: Duration,
+    /// The largest limits a deployment may set.
+    pub maxima: Maxima,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            max_instances: 256,
+            agent_instances: cores.saturating_sub(1).max(1),
+            sync_wait: Duration::from_secs(2),
+            maxima: Maxima::default(),
+        }
+    }
 }
 
 impl Agents {
@@ -77,6 +109,7 @@ impl Agents {
         store: Arc<dyn Store>,
         files: ComponentFiles,
         keys: KeyRing,
+        limits: Limits,
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
@@ -84,12 +117,65 @@ impl Agents {
             store,
             files,
             registry: Arc::default(),
-
             locks: Mutex::default(),
             compile_slots: Semaphore::new(cores.max(1)),
             files_lock: Arc::default(),
             keys,
+            server_gate: Gate::new(limits.max_instances),
+            gates: Mutex::default(),
+            limits,
         }
+    }
+
+    /// The agent's admission gate, shared by all its deployments; with `config`, resized to
+    /// what that (newly live) configuration asks for.
+    fn gate(&self, agent: &str, config: Option<&AgentConfig>) -> Arc<Gate> {
+        let default = self.limits.agent_instances;
+        let gate = Arc::clone(
+            self.gates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(agent.to_owned())
+                .or_insert_with(|| Gate::new(default)),
+        );
+        if let Some(config) = config {
+            gate.set_limit(config.max_instances.map_or(default, |n| n as usize));
+        }
+        gate
+    }
+
+    /// Room for one sync call, waiting at most the server's admission wait.
+    ///
+    /// # Errors
+    /// [`Error::Overloaded`] when the agent or the host is full.
+    pub(crate) async fn admit_call(&self, deployment: &Deployment) -> Result<Admitted, Error> {
+        gate::admit(
+            &deployment.gate,
+            &self.server_gate,
+            Some(self.limits.sync_wait),
+        )
+        .await
+    }
+
+    /// Room for one queued run of `agent`, as long as it takes (the run waits in the queue).
+    pub(crate) async fn admit_run(&self, agent: &str) -> Result<Admitted, Error> {
+        let gate = self.gate(agent, None);
+        gate::admit(&gate, &self.server_gate, None).await
+    }
+
+    /// Instances running now, server-wide.
+    pub(crate) fn instances_in_use(&self) -> usize {
+        self.server_gate.in_use()
+    }
+
+    fn activate(
+        &self,
+        record: &DeploymentRecord,
+        pre: AgentPre<CallState>,
+        live: bool,
+    ) -> Arc<Deployment> {
+        let gate = self.gate(&record.agent, live.then_some(&record.config));
+        activate(record, pre, gate)
     }
 
     pub(crate) fn runtime(&self) -> &Arc<Runtime> {
@@ -195,7 +281,7 @@ impl Agents {
         for record in live {
             match self.prepare(&record.digest).await {
                 Ok(pre) => {
-                    self.registry.set(activate(&record, pre));
+                    self.registry.set(self.activate(&record, pre, true));
                     loaded += 1;
                 }
                 Err(e) => tracing::error!(
@@ -336,7 +422,9 @@ impl Agents {
                 }
             }
         }
-        draft.validate().map_err(Error::BadRequest)?;
+        draft
+            .validate(&self.limits.maxima)
+            .map_err(Error::BadRequest)?;
         let new_secret = (draft.push.is_some() && secrets.is_none()).then(signing::new_secret);
         let store = Arc::clone(&self.store);
         let (a, saved, secret) = (agent.to_owned(), draft.clone(), new_secret.clone());
@@ -398,7 +486,7 @@ impl Agents {
                 Error::NotFound(format!("agent `{agent}` has no deployment {number}"))
             })?;
         let pre = self.prepare(&record.digest).await?;
-        let deployment = activate(&record, pre);
+        let deployment = self.activate(&record, pre, false);
         self.registry.remember(Arc::clone(&deployment));
         Ok(deployment)
     }
@@ -439,11 +527,19 @@ impl Agents {
         // The commit and the swap run together off the async runtime, so a client that
         // disconnects now cannot leave the store and the registry disagreeing.
         let (store, registry) = (Arc::clone(&self.store), Arc::clone(&self.registry));
+        let default_instances = self.limits.agent_instances;
         let a = agent.to_owned();
+        let gate = self.gate(agent, None);
         let record = blocking(move || -> Result<_, Error> {
             let _guard = guard;
             let record = store.deploy(&a, target.version, &draft, clock::now_ms())?;
-            registry.set(activate(&record, pre));
+            gate.set_limit(
+                record
+                    .config
+                    .max_instances
+                    .map_or(default_instances, |n| n as usize),
+            );
+            registry.set(activate(&record, pre, gate));
             Ok(record)
         })
         .await??;
@@ -480,10 +576,18 @@ impl Agents {
         let (store, registry) = (Arc::clone(&self.store), Arc::clone(&self.registry));
         let a = agent.to_owned();
         let target = to.clone();
+        let gate = self.gate(agent, None);
+        let default_instances = self.limits.agent_instances;
         blocking(move || -> Result<_, Error> {
             let _guard = guard;
             store.rollback(&a, from, target.deployment, clock::now_ms())?;
-            registry.set(activate(&target, pre));
+            gate.set_limit(
+                target
+                    .config
+                    .max_instances
+                    .map_or(default_instances, |n| n as usize),
+            );
+            registry.set(activate(&target, pre, gate));
             Ok(())
         })
         .await??;
@@ -708,13 +812,20 @@ impl Orphans for Option<Vec<String>> {
     }
 }
 
-fn activate(record: &DeploymentRecord, pre: AgentPre<CallState>) -> Arc<Deployment> {
+fn activate(
+    record: &DeploymentRecord,
+    pre: AgentPre<CallState>,
+    gate: Arc<Gate>,
+) -> Arc<Deployment> {
     let config = &record.config;
     Arc::new(Deployment {
         agent: Arc::from(record.agent.as_str()),
         deployment: record.deployment,
         version: record.version,
         pre,
+        gate,
+        memory_bytes: (config.memory_mib as usize) << 20,
+        output_bytes: (config.output_mib as usize) << 20,
         sync_timeout: Duration::from_secs(config.sync_timeout_s),
         async_timeout: config.async_timeout_s.map(Duration::from_secs),
         max_queue_wait: Duration::from_secs(config.max_queue_wait_s),

@@ -35,14 +35,18 @@ impl Runtime {
     /// # Errors
     /// When the engine cannot be configured on this machine or the cache folder cannot be
     /// created.
-    pub fn new(cache_root: &Path, stats: Arc<Stats>) -> anyhow::Result<Self> {
+    pub fn new(
+        cache_root: &Path,
+        stats: Arc<Stats>,
+        max_memory_bytes: usize,
+    ) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
             .cranelift_opt_level(OptLevel::Speed);
         let pooled = config.clone();
-        let engine = match Engine::new(pooled.clone().allocation_strategy(pool())) {
+        let engine = match Engine::new(pooled.clone().allocation_strategy(pool(max_memory_bytes))) {
             Ok(engine) => engine,
             Err(e) => {
                 // The pool reserves its address space up front; where that is refused
@@ -142,14 +146,12 @@ impl Runtime {
 
 /// Instances in the pool at once (each call holds one for its duration).
 const POOL_INSTANCES: u32 = 1000;
-/// Largest linear memory, matching the per-call memory limit.
-const MAX_MEMORY_BYTES: usize = 256 << 20;
 
 /// The pooling instance allocator: slots for instances, memories, tables and stacks are
 /// reserved once and reused, so a call does not map and unmap memory (on virtual machines
 /// the TLB shootdowns of unmapping dominated the per-call cost). Slots keep a little memory
 /// resident so a reused slot needs no page faults for what small guests touch.
-fn pool() -> wasmtime::PoolingAllocationConfig {
+fn pool(max_memory_bytes: usize) -> wasmtime::PoolingAllocationConfig {
     let mut pool = wasmtime::PoolingAllocationConfig::new();
     pool.total_component_instances(POOL_INSTANCES)
         // Guests built by componentize-py use about 14 core instances, componentize-js 4.
@@ -158,7 +160,7 @@ fn pool() -> wasmtime::PoolingAllocationConfig {
         .total_memories(POOL_INSTANCES * 4)
         .total_tables(POOL_INSTANCES * 4)
         .total_stacks(POOL_INSTANCES)
-        .max_memory_size(MAX_MEMORY_BYTES)
+        .max_memory_size(max_memory_bytes)
         .linear_memory_keep_resident(64 << 10)
         .table_keep_resident(64 << 10)
         .async_stack_keep_resident(64 << 10);

@@ -50,6 +50,12 @@ pub enum Error {
     /// 502: the guest returned `failed`; its message is passed on.
     #[error("{0}")]
     Failed(String),
+    /// 502: the guest tried to grow its memory past its deployment's limit.
+    #[error("the agent ran out of memory: {0}")]
+    MemoryLimit(String),
+    /// 502: the guest answered more bytes than its deployment allows.
+    #[error("{0}")]
+    OutputTooLarge(String),
     /// 502: the guest trapped. The detail goes to the host log only.
     #[error("the agent trapped")]
     Trap,
@@ -77,6 +83,8 @@ impl Error {
             Self::InvalidInput(_) => "invalid_input",
             Self::Failed(_) => "failed",
             Self::Trap => "trap",
+            Self::MemoryLimit(_) => "memory_limit",
+            Self::OutputTooLarge(_) => "output_too_large",
             Self::Timeout(_) => "timeout",
             Self::Internal(_) => "internal",
         }

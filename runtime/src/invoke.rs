@@ -59,7 +59,9 @@ pub(crate) async fn invoke(
     let state = CallState::new(
         info,
         Arc::clone(&deployment.config),
-        CallLimits::default(),
+        CallLimits {
+            memory_bytes: deployment.memory_bytes,
+        },
         runtime.stats().live_instance(),
         call.recorder,
     );
@@ -89,12 +91,32 @@ pub(crate) async fn invoke(
         tracing::warn!(agent = %deployment.agent, version = deployment.version, run_id = %call.run_id, "the agent trapped: {e:#}");
     };
     match outcome {
+        Ok(Ok(Ok(response))) if response.output.len() > deployment.output_bytes => {
+            Err(Error::OutputTooLarge(format!(
+                "the agent answered {} bytes; this deployment allows at most {} MiB",
+                response.output.len(),
+                deployment.output_bytes >> 20
+            )))
+        }
         Ok(Ok(Ok(response))) => Ok(Output {
             bytes: response.output,
             content_type: response.content_type,
         }),
         Ok(Ok(Err(RunError::InvalidInput(message)))) => Err(Error::InvalidInput(message)),
         Ok(Ok(Err(RunError::Failed(message)))) => Err(Error::Failed(message)),
+        // A guest that cannot grow its memory usually aborts: name the limit, not the trap.
+        Ok(Err(_)) if store.data().limiter.refused().is_some() => Err(Error::MemoryLimit(
+            store
+                .data()
+                .limiter
+                .refused()
+                .unwrap_or_default()
+                .to_owned(),
+        )),
+        Ok(Err(trap)) if is_pool_exhausted(&trap) => Err(Error::Overloaded {
+            message: "the host has no free instance slot; retry shortly".into(),
+            retry_after: Some(Duration::from_secs(1)),
+        }),
         Ok(Err(trap)) => {
             log_trap(&trap);
             Err(Error::Trap)
@@ -115,6 +137,12 @@ pub(crate) fn new_store(runtime: &Runtime, state: CallState) -> Store<CallState>
     store.set_epoch_deadline(1);
     store.epoch_deadline_async_yield_and_update(1);
     store
+}
+
+/// Whether instantiation failed because every pooled slot is taken.
+fn is_pool_exhausted(error: &wasmtime::Error) -> bool {
+    let text = format!("{error:#}");
+    text.contains("maximum concurrent") || text.contains("pooling allocator")
 }
 
 fn human(d: Duration) -> String {

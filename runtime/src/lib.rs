@@ -10,6 +10,7 @@
 //! - `registry`: agent name → live deployment, read lock-free on every call;
 //! - `keys`: per-agent invoke keys, checked from memory;
 //! - `invoke`: one call — a fresh `Store`, limits, deadline, result mapping;
+//! - `gate`: admission — instances running at once, per agent and server-wide;
 //! - `host`: what a guest imports (log, config, progress, WASI, outbound HTTP);
 //! - `check`: an upload against the agent world, with diagnostics;
 //! - `engine`: the wasmtime `Engine`, `Linker`, epoch ticker and precompiled cache;
@@ -29,6 +30,7 @@ pub(crate) mod clock;
 pub mod engine;
 pub mod error;
 pub(crate) mod fsutil;
+pub(crate) mod gate;
 pub(crate) mod host;
 pub(crate) mod invoke;
 pub(crate) mod keys;

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::bindings::AgentPre;
+use crate::gate::Gate;
 use crate::host::CallState;
 use crate::store::PushConfig;
 
@@ -24,6 +25,12 @@ pub(crate) struct Deployment {
     pub(crate) deployment: u32,
     pub(crate) version: u32,
     pub(crate) pre: AgentPre<CallState>,
+    /// The agent's admission gate (shared with its other deployments).
+    pub(crate) gate: Arc<Gate>,
+    /// Largest linear memory of an instance.
+    pub(crate) memory_bytes: usize,
+    /// Largest output of a call.
+    pub(crate) output_bytes: usize,
     pub(crate) sync_timeout: Duration,
     /// Per attempt of a queued run; `None` for none.
     pub(crate) async_timeout: Option<Duration>,

@@ -15,7 +15,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use crate::agents::Agents;
+use crate::agents::{Agents, Limits};
 use crate::api::{self, AppState, BodyLimits};
 use crate::engine::Runtime;
 use crate::fsutil;
@@ -42,6 +42,8 @@ pub struct ServeOptions {
     pub limits: BodyLimits,
     /// The run queue.
     pub runs: RunSettings,
+    /// Instances running at once, and the largest limits deployments may set.
+    pub host_limits: Limits,
 }
 
 /// Time a client has to send its request headers (slowloris protection).
@@ -63,10 +65,17 @@ pub async fn serve(
     let (admin_token, admin_token_file) = admin_token(options.admin_token.clone(), data_dir)?;
     let store: Arc<dyn Store> = Arc::new(Sqlite::open(&data_dir.join("gust.db"))?);
     let stats = Arc::new(Stats::default());
-    let runtime = Arc::new(Runtime::new(&data_dir.join("cache"), stats)?);
+    let max_memory = (options.host_limits.maxima.memory_mib as usize) << 20;
+    let runtime = Arc::new(Runtime::new(&data_dir.join("cache"), stats, max_memory)?);
     let files = ComponentFiles::open(data_dir.join("components"))?;
     let keys = KeyRing::load(store.all_keys().context("loading invoke keys")?);
-    let agents = Arc::new(Agents::new(runtime, Arc::clone(&store), files, keys));
+    let agents = Arc::new(Agents::new(
+        runtime,
+        Arc::clone(&store),
+        files,
+        keys,
+        options.host_limits.clone(),
+    ));
     let runs = Runs::start(store, Arc::clone(&agents), options.runs.clone())
         .await
         .context("starting the run queue")?;

@@ -5,6 +5,7 @@ mod calls;
 mod cli;
 mod deploy;
 mod guard;
+mod limits;
 mod push;
 mod receiver;
 mod redeploy;

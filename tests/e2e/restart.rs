@@ -80,20 +80,22 @@ async fn kill_nine_while_submitting_loses_no_accepted_run() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(dir.path()).await;
     host.upload_file("probe", gust_test_guests::PROBE_A).await;
-    // A short queue-wait limit: the interrupted run below is past it when it is queued
-    // again, which must not expire a run that already started.
-    host.set_config("probe", json!({"max_queue_wait_s": 1}))
-        .await;
     host.deploy("probe", None).await;
+    // Another agent, with a short queue-wait limit: its interrupted run below is past it when
+    // it is queued again, which must not expire a run that already started.
+    host.upload_file("slow", gust_test_guests::PROBE_A).await;
+    host.set_config("slow", json!({"max_queue_wait_s": 1}))
+        .await;
+    host.deploy("slow", None).await;
 
     // A run in the middle of an attempt when the host dies is executed again after restart.
-    let interrupted = crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 2500})).await;
+    let interrupted = crate::runs::submit(&host, "slow", json!({"op": "sleep", "ms": 2500})).await;
     let accepted_at = std::time::Instant::now();
     let (h, i) = (&host, &interrupted);
     crate::support::eventually(
         std::time::Duration::from_secs(10),
         "the run to start",
-        || async move { crate::runs::poll(h, "probe", i, 0).await["status"] == "running" },
+        || async move { crate::runs::poll(h, "slow", i, 0).await["status"] == "running" },
     )
     .await;
 
@@ -157,7 +159,7 @@ async fn kill_nine_while_submitting_loses_no_accepted_run() {
             "an accepted run was lost or failed: {run}"
         );
     }
-    let run = crate::runs::finished(&host, "probe", &interrupted).await;
+    let run = crate::runs::finished(&host, "slow", &interrupted).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["attempts"], 2, "executed again after the crash: {run}");
     eprintln!(

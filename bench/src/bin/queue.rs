@@ -135,6 +135,19 @@ async fn gust_round(options: &Options) -> anyhow::Result<GustRound> {
         "upload failed: {}",
         upload.status()
     );
+    // Echo runs take microseconds: let them use every worker instead of the per-agent
+    // default (below the core count), which is for agents that burn CPU.
+    let config = http
+        .put(format!("{url}/v1/agents/echo/config"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"max_instances": options.workers}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        config.status().is_success(),
+        "config failed: {}",
+        config.status()
+    );
     let deploy = http
         .post(format!("{url}/v1/agents/echo/deploy"))
         .bearer_auth(TOKEN)

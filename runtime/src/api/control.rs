@@ -41,6 +41,8 @@ pub(crate) async fn stats(_: Admin, State(state): State<Arc<AppState>>) -> Json<
     if let (Some(stats), Value::Object(runs)) = (stats.as_object_mut(), json!(state.runs.stats())) {
         stats.extend(runs);
     }
+    // Admitted calls and runs; `live_instances` also counts upload checks.
+    stats["instances_admitted"] = json!(state.agents.instances_in_use());
     Json(stats)
 }
 

@@ -49,6 +49,7 @@ pub(crate) async fn run(
         };
 
         state.agents.runtime().stats().called();
+        let _admitted = state.agents.admit_call(&deployment).await?;
         invoke::invoke(state.agents.runtime(), &deployment, call).await
     }
     .await;

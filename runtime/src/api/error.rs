@@ -20,7 +20,9 @@ fn status(e: &Error) -> StatusCode {
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::InvalidComponent { .. } | Error::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        Error::Failed(_) | Error::Trap => StatusCode::BAD_GATEWAY,
+        Error::Failed(_) | Error::Trap | Error::MemoryLimit(_) | Error::OutputTooLarge(_) => {
+            StatusCode::BAD_GATEWAY
+        }
         Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

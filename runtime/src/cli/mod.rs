@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::agents::Limits;
 use crate::api::BodyLimits;
 use crate::runs::{PushSettings, RunSettings};
 use crate::server::{self, ServeOptions};
+use crate::store::Maxima;
 
 /// gust — host agent flows compiled to WebAssembly components.
 #[derive(Debug, Parser)]
@@ -337,6 +339,25 @@ struct ServeArgs {
     /// Seconds after an event during which its push is retried.
     #[arg(long, default_value_t = 86_400, value_name = "S")]
     push_retry_window: u64,
+    /// Instances running at once, server-wide; past it, sync calls get 429.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_instances: usize,
+    /// Instances of one agent running at once, unless its deployment sets `max_instances`
+    /// (default: one less than the core count, at least 1).
+    #[arg(long, value_name = "N")]
+    agent_instances: Option<usize>,
+    /// Milliseconds a sync call waits for room before it is answered 429.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    admission_wait_ms: u64,
+    /// The largest `memory_mib` a deployment may set.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    max_memory_mib: u32,
+    /// The largest `output_mib` a deployment may set.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    max_output_mib: u32,
+    /// Runs of one agent waiting in the queue at most; past it, submissions get 429.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    max_queued_per_agent: usize,
     /// Allow push deliveries (and guest requests) to loopback and private addresses. For
     /// development and tests: it turns off the host's SSRF protection.
     #[arg(long)]
@@ -467,8 +488,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             upload: args.max_upload_mib << 20,
             input: args.max_input_mib << 20,
         },
+        host_limits: {
+            let defaults = Limits::default();
+            Limits {
+                max_instances: args.max_instances.max(1),
+                agent_instances: args
+                    .agent_instances
+                    .unwrap_or(defaults.agent_instances)
+                    .max(1),
+                sync_wait: Duration::from_millis(args.admission_wait_ms),
+                maxima: Maxima {
+                    memory_mib: args.max_memory_mib.max(1),
+                    output_mib: args.max_output_mib.max(1),
+                    instances: u32::try_from(args.max_instances).unwrap_or(u32::MAX).max(1),
+                },
+            }
+        },
         runs: RunSettings {
             workers: args.workers,
+            max_queued_per_agent: args.max_queued_per_agent.max(1),
             lease: Duration::from_secs(args.lease.max(1)),
             max_attempts: args.max_attempts.max(1),
             retention: Duration::from_secs(args.retention_hours.saturating_mul(3600)),

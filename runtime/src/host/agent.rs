@@ -22,6 +22,9 @@ impl host::Host for CallState {
             recorder.log(level, message);
             return Ok(());
         }
+        if !self.may_log() {
+            return Ok(());
+        }
         let CallInfo {
             agent,
             version,

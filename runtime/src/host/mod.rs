@@ -23,6 +23,13 @@ use crate::stats::LiveInstance;
 pub(crate) use limits::Limiter;
 pub(crate) use stdio::Captured;
 
+/// Host resources (streams, HTTP requests and the like) one call may hold at once; the
+/// default of a million would let a guest make the host allocate without bound.
+const MAX_RESOURCES: usize = 10_000;
+
+/// Lines one sync call may send to the host log; the rest are counted, not written.
+pub(crate) const MAX_HOST_LOG_LINES: usize = 1000;
+
 /// Who is running: the fields every log line of the call is tagged with.
 #[derive(Debug, Clone)]
 pub(crate) struct CallInfo {
@@ -59,6 +66,8 @@ pub(crate) struct CallState {
     stderr: Captured,
     /// A queued run's log and progress keeper; `None` for sync calls, which log to the host.
     recorder: Option<Arc<RunRecorder>>,
+    /// Lines this call sent to the host log (sync calls), bounded by [`MAX_HOST_LOG_LINES`].
+    logged: usize,
     _live: LiveInstance,
 }
 
@@ -79,10 +88,13 @@ impl CallState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Self {
             wasi,
             http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            table,
+            logged: 0,
             outbound: outbound::DenyAll { info: info.clone() },
             limiter: Limiter::new(limits.memory_bytes),
 
@@ -111,6 +123,21 @@ impl CallState {
                 }
             }
         }
+    }
+
+    /// Whether a sync call may still write to the host log (false past the bound, with one
+    /// line saying so).
+    pub(crate) fn may_log(&mut self) -> bool {
+        self.logged += 1;
+        if self.logged == MAX_HOST_LOG_LINES + 1 {
+            let CallInfo {
+                agent,
+                version,
+                run_id,
+            } = &self.info;
+            tracing::warn!(%agent, version, %run_id, "more log lines of this call are dropped");
+        }
+        self.logged <= MAX_HOST_LOG_LINES
     }
 }
 

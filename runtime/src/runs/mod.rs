@@ -54,6 +54,8 @@ pub(crate) fn new_run_id() -> String {
 pub struct RunSettings {
     /// Runs executing at once.
     pub workers: usize,
+    /// Runs of one agent waiting in the queue at most; past it, submissions get 429.
+    pub max_queued_per_agent: usize,
     /// How long a worker's claim on a run lasts without renewal.
     pub lease: Duration,
     /// Attempts before a run that keeps losing its host fails as `lost`.
@@ -68,6 +70,7 @@ impl Default for RunSettings {
     fn default() -> Self {
         Self {
             workers: 64,
+            max_queued_per_agent: 100_000,
             lease: Duration::from_secs(30),
             max_attempts: 3,
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -90,10 +93,13 @@ pub struct Submitted {
 
 /// What reacts to committed writes (see `writer`), and the in-memory state of dispatch.
 pub(crate) struct Hooks {
+    /// Wakes the dispatcher for an agent whose queue has runs and no drainer.
     dispatch: mpsc::UnboundedSender<String>,
     /// Runs in the dispatch queue or executing: the reconciler re-dispatches only queued
     /// runs that are not here.
     known: Mutex<HashSet<String>>,
+    /// Each agent's runs waiting for room, oldest first.
+    queues: Mutex<HashMap<String, Arc<workers::AgentQueue>>>,
     /// Runs executing now, with the way to interrupt each.
     running: Mutex<HashMap<String, oneshot::Sender<()>>>,
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
@@ -109,7 +115,7 @@ impl Hooks {
         match (write, outcome) {
             (RunWrite::Insert(run), WriteOutcome::Inserted) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
-                self.dispatch(run.id.clone());
+                self.dispatch(run.id.clone(), &run.agent);
             }
             (RunWrite::Finish { id, .. }, WriteOutcome::Finished { delivery }) => {
                 self.ended(id, *delivery);
@@ -135,9 +141,9 @@ impl Hooks {
                 }
             }
             (_, WriteOutcome::Reclaimed { ids }) => {
-                for id in ids {
+                for (id, agent) in ids {
                     tracing::warn!(run_id = %id, "a run's lease ran out; queuing it again");
-                    self.dispatch(id.clone());
+                    self.dispatch(id.clone(), agent);
                 }
             }
             (_, WriteOutcome::Redelivering) => self.push.notify_one(),
@@ -150,10 +156,38 @@ impl Hooks {
         self.writes.fetch_add(writes as u64, Ordering::Relaxed);
     }
 
-    fn dispatch(&self, id: String) {
-        if self.known().insert(id.clone()) {
-            let _ = self.dispatch.send(id);
+    /// Queues run `id` of `agent` for execution, unless it already is.
+    fn dispatch(&self, id: String, agent: &str) {
+        if !self.known().insert(id.clone()) {
+            return;
         }
+        let queue = Arc::clone(
+            self.queues
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(agent.to_owned())
+                .or_default(),
+        );
+        if queue.push(id) {
+            let _ = self.dispatch.send(agent.to_owned());
+        }
+    }
+
+    /// Runs of `agent` waiting for room.
+    fn queued(&self, agent: &str) -> usize {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(agent)
+            .map_or(0, |q| q.len())
+    }
+
+    fn queue(&self, agent: &str) -> Option<Arc<workers::AgentQueue>> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(agent)
+            .cloned()
     }
 
     fn known(&self) -> MutexGuard<'_, HashSet<String>> {
@@ -266,6 +300,7 @@ impl Runs {
         let hooks = Arc::new(Hooks {
             dispatch,
             known: Mutex::default(),
+            queues: Mutex::default(),
             running: Mutex::default(),
             waiters: Mutex::default(),
             push: Arc::new(Notify::new()),
@@ -301,8 +336,8 @@ impl Runs {
                 "runs that were running when the host stopped: executing them again (at-least-once)"
             );
         }
-        for id in recovered.queued {
-            runs.hooks.dispatch(id);
+        for (id, agent) in recovered.queued {
+            runs.hooks.dispatch(id, &agent);
         }
         if recovered.lost > 0 {
             runs.hooks.push.notify_one();
@@ -341,6 +376,15 @@ impl Runs {
             }
             None => None,
         };
+        if self.hooks.queued(&deployment.agent) >= self.settings.max_queued_per_agent {
+            return Err(Error::Overloaded {
+                message: format!(
+                    "agent `{}` already has {} runs waiting; retry later",
+                    deployment.agent, self.settings.max_queued_per_agent
+                ),
+                retry_after: Some(Duration::from_secs(1)),
+            });
+        }
         let now = clock::now_ms();
         let wait = i64::try_from(deployment.max_queue_wait.as_millis()).unwrap_or(i64::MAX);
         let run = NewRun {
@@ -558,8 +602,8 @@ async fn reconcile(runs: &Runs, now: i64) {
     let store = Arc::clone(&runs.store);
     match blocking(move || store.queued_runs()).await {
         Ok(Ok(queued)) => {
-            for id in queued {
-                runs.hooks.dispatch(id);
+            for (id, agent) in queued {
+                runs.hooks.dispatch(id, &agent);
             }
         }
         Ok(Err(e)) => tracing::error!("listing queued runs: {e:#}"),

@@ -3,8 +3,9 @@
 //! (a conditional update: a run cancelled or expired meanwhile is skipped), executed on its
 //! deployment, and finished in the store.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -12,29 +13,90 @@ use super::Runs;
 use super::recorder::RunRecorder;
 use crate::bindings::Mode;
 use crate::clock;
+use crate::gate::Admitted;
 use crate::invoke::{self, Call};
 use crate::store::{LogLine, RunOutcome, RunWrite, StartedRun, WriteOutcome};
 
-/// Takes runs off the queue as worker slots free up.
-pub(super) async fn dispatch(runs: Arc<Runs>, mut queue: mpsc::UnboundedReceiver<String>) {
-    while let Some(id) = queue.recv().await {
+/// One agent's runs waiting for room. A drainer task per agent with waiting runs takes
+/// them in order as the agent's gate (and a worker slot) admits them, so an agent at its
+/// limit never holds up the runs of others.
+#[derive(Default)]
+pub(super) struct AgentQueue {
+    ids: Mutex<VecDeque<String>>,
+    /// A drainer is running for this queue.
+    draining: AtomicBool,
+}
+
+impl AgentQueue {
+    /// Adds a run; `true` when the queue needs a drainer started.
+    pub(super) fn push(&self, id: String) -> bool {
+        self.lock().push_back(id);
+        !self.draining.swap(true, Ordering::AcqRel)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next run, or `None` when the queue is empty (and then the drainer stops).
+    fn pop(&self) -> Option<String> {
+        loop {
+            if let Some(id) = self.lock().pop_front() {
+                return Some(id);
+            }
+            self.draining.store(false, Ordering::Release);
+            // A push between the pop and the store above found `draining` still set and
+            // started no drainer: take the queue back if it has runs again.
+            if self.lock().is_empty() || self.draining.swap(true, Ordering::AcqRel) {
+                return None;
+            }
+        }
+    }
+}
+
+/// Starts a drainer for each agent whose queue needs one.
+pub(super) async fn dispatch(runs: Arc<Runs>, mut wake: mpsc::UnboundedReceiver<String>) {
+    while let Some(agent) = wake.recv().await {
+        if let Some(queue) = runs.hooks.queue(&agent) {
+            tokio::spawn(drain(Arc::clone(&runs), agent, queue));
+        }
+    }
+}
+
+async fn drain(runs: Arc<Runs>, agent: String, queue: Arc<AgentQueue>) {
+    loop {
+        // Room first (waiting here holds no worker slot), then a worker slot, then the run.
+        let admitted = match runs.agents.admit_run(&agent).await {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                tracing::error!(agent, "admission failed: {e:#}");
+                return;
+            }
+        };
         let Ok(slot) = Arc::clone(&runs.slots).acquire_owned().await else {
             return;
         };
         if runs.stopping.load(Ordering::Relaxed) {
-            // Shutting down: the run stays queued in the store for the next start.
+            // Shutting down: the runs stay queued in the store for the next start.
             return;
         }
+        let Some(id) = queue.pop() else {
+            return;
+        };
         let runs = Arc::clone(&runs);
         tokio::spawn(async move {
-            execute(&runs, &id).await;
+            execute(&runs, &id, admitted).await;
             runs.hooks.known().remove(&id);
             drop(slot);
         });
     }
 }
 
-async fn execute(runs: &Runs, id: &str) {
+async fn execute(runs: &Runs, id: &str, admitted: Admitted) {
     let lease = runs.settings.lease;
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     // Interruptible from before the start commits: a cancel that lands right after it
@@ -61,6 +123,8 @@ async fn execute(runs: &Runs, id: &str) {
         return;
     };
     let ended = attempt(runs, id, started, stopped, lease).await;
+    // The instance is gone: make room before the end is recorded.
+    drop(admitted);
     runs.hooks.running().remove(id);
     let Some((outcome, logs)) = ended else {
         // Interrupted by a cancel, which already recorded the run's end.

@@ -53,6 +53,16 @@ pub struct AgentConfig {
     /// Push delivery of queued runs' results; `None` for none.
     #[serde(default)]
     pub push: Option<PushConfig>,
+    /// Largest linear memory an instance may grow to, in MiB (within the server's maximum).
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    /// Largest output a call may answer, in MiB (within the server's maximum).
+    #[serde(default = "default_output_mib")]
+    pub output_mib: u32,
+    /// Instances of this agent running at once; `None` for the server's per-agent default
+    /// (below the core count). Raise it for agents that mostly wait on models and tools.
+    #[serde(default)]
+    pub max_instances: Option<u32>,
     /// Values the guest reads with `config(key)`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -84,6 +94,39 @@ fn default_max_queue_wait_s() -> u64 {
     DEFAULT_MAX_QUEUE_WAIT_S
 }
 
+/// The default memory limit of an instance.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+const DEFAULT_OUTPUT_MIB: u32 = 16;
+
+fn default_memory_mib() -> u32 {
+    DEFAULT_MEMORY_MIB
+}
+
+fn default_output_mib() -> u32 {
+    DEFAULT_OUTPUT_MIB
+}
+
+/// The server-wide maxima a deployment's limits must stay within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maxima {
+    /// Largest `memory_mib`.
+    pub memory_mib: u32,
+    /// Largest `output_mib`.
+    pub output_mib: u32,
+    /// Largest `max_instances`.
+    pub instances: u32,
+}
+
+impl Default for Maxima {
+    fn default() -> Self {
+        Self {
+            memory_mib: 1024,
+            output_mib: 64,
+            instances: 256,
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
@@ -92,17 +135,34 @@ impl Default for AgentConfig {
             async_timeout_s: default_async_timeout_s(),
             max_queue_wait_s: DEFAULT_MAX_QUEUE_WAIT_S,
             push: None,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            output_mib: DEFAULT_OUTPUT_MIB,
+            max_instances: None,
             config: BTreeMap::new(),
         }
     }
 }
 
 impl AgentConfig {
-    /// Checks the bounds a user may set.
+    /// Checks the bounds a user may set, within the server's maxima.
     ///
     /// # Errors
     /// A message saying which field is out of bounds.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self, maxima: &Maxima) -> Result<(), String> {
+        let within = |name: &str, value: u32, max: u32| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{name}` must be between 1 and {max} on this host, not {value}"
+                ))
+            }
+        };
+        within("memory_mib", self.memory_mib, maxima.memory_mib)?;
+        within("output_mib", self.output_mib, maxima.output_mib)?;
+        if let Some(n) = self.max_instances {
+            within("max_instances", n, maxima.instances)?;
+        }
         if !(1..=MAX_SYNC_TIMEOUT_S).contains(&self.sync_timeout_s) {
             return Err(format!(
                 "`sync_timeout_s` must be between 1 and {MAX_SYNC_TIMEOUT_S}, not {}",
@@ -209,21 +269,44 @@ mod tests {
     }
 
     #[test]
+    fn limits_stay_within_the_server_maxima() {
+        let maxima = Maxima {
+            memory_mib: 512,
+            output_mib: 32,
+            instances: 8,
+        };
+        assert!(
+            parse(r#"{"memory_mib": 512, "output_mib": 32, "max_instances": 8}"#)
+                .validate(&maxima)
+                .is_ok()
+        );
+        for (json, field) in [
+            (r#"{"memory_mib": 513}"#, "memory_mib"),
+            (r#"{"memory_mib": 0}"#, "memory_mib"),
+            (r#"{"output_mib": 33}"#, "output_mib"),
+            (r#"{"max_instances": 9}"#, "max_instances"),
+        ] {
+            let err = parse(json).validate(&maxima).unwrap_err();
+            assert!(err.contains(field), "{json}: {err}");
+        }
+    }
+
+    #[test]
     fn async_mode_needs_a_valid_push_target() {
         assert!(
             parse(r#"{"mode": "async"}"#)
-                .validate()
+                .validate(&Maxima::default())
                 .unwrap_err()
                 .contains("push")
         );
         let ok = parse(
             r#"{"mode": "async", "push": {"url": "https://app.example/hook", "access_token": "t"}}"#,
         );
-        ok.validate().unwrap();
+        ok.validate(&Maxima::default()).unwrap();
         assert_eq!(ok.push_target().unwrap().url, "https://app.example/hook");
         assert_eq!(ok.redacted()["push"]["access_token"], REDACTED);
         let ftp = parse(r#"{"push": {"url": "ftp://x/y", "access_token": "t"}}"#);
-        assert!(ftp.validate().is_err());
+        assert!(ftp.validate(&Maxima::default()).is_err());
         let sync_with_push = parse(r#"{"push": {"url": "http://x/y", "access_token": "t"}}"#);
         assert!(
             sync_with_push.push_target().is_none(),

@@ -13,7 +13,7 @@ mod config;
 mod runs;
 mod sqlite;
 
-pub use config::{AgentConfig, Mode, PushConfig, REDACTED};
+pub use config::{AgentConfig, DEFAULT_MEMORY_MIB, Maxima, Mode, PushConfig, REDACTED};
 pub use runs::{
     DeliveryRecord, DeliveryStatus, LogLine, NewRun, PushSecrets, Recovered, RunOutcome, RunRecord,
     RunStatus, RunWrite, StartedRun, WriteOutcome,
@@ -258,11 +258,11 @@ pub trait Store: Send + Sync + 'static {
     /// When the database fails.
     fn recover_runs(&self, now: i64, max_attempts: u32) -> Result<Recovered, StoreError>;
 
-    /// Every queued run, oldest first.
+    /// Every queued run, oldest first, with its agent.
     ///
     /// # Errors
     /// When the database fails.
-    fn queued_runs(&self) -> Result<Vec<String>, StoreError>;
+    fn queued_runs(&self) -> Result<Vec<(String, String)>, StoreError>;
 
     /// One run of `agent` with its delivery, or `None`.
     ///

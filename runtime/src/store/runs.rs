@@ -344,8 +344,8 @@ pub enum WriteOutcome {
     NotFound,
     /// Runs queued again (by [`RunWrite::Reclaim`]).
     Reclaimed {
-        /// Their ids.
-        ids: Vec<String>,
+        /// Their ids and agents.
+        ids: Vec<(String, String)>,
     },
     /// Runs that expired, and whether any push delivery was created.
     Expired {
@@ -379,8 +379,9 @@ pub struct StartedRun {
 /// What start-up recovery did.
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
-    /// Runs to execute, oldest first (queued ones and those that were running).
-    pub queued: Vec<String>,
+    /// Runs to execute, oldest first (queued ones and those that were running), with their
+    /// agents.
+    pub queued: Vec<(String, String)>,
     /// Runs that were running and had used up their attempts: failed as `lost`.
     pub lost: usize,
     /// Of `queued`, how many were running when the host stopped.

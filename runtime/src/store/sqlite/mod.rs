@@ -606,7 +606,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn queued_runs(&self) -> Result<Vec<String>, StoreError> {
+    fn queued_runs(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.read(runs::queued)
     }
 

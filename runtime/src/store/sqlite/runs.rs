@@ -142,9 +142,12 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
             let ids = tx
                 .prepare_cached(
                     "UPDATE runs SET status = 'queued', lease_until = NULL
-                     WHERE status = 'running' AND lease_until < ?1 RETURNING id",
+                     WHERE status = 'running' AND lease_until < ?1 RETURNING id, agent",
                 )
-                .and_then(|mut s| s.query_map([now], |r| r.get(0))?.collect())
+                .and_then(|mut s| {
+                    s.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect()
+                })
                 .map_err(internal)?;
             Ok(WriteOutcome::Reclaimed { ids })
         }
@@ -609,9 +612,9 @@ pub(super) fn due(
     .map_err(internal)
 }
 
-pub(super) fn queued(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    conn.prepare_cached("SELECT id FROM runs WHERE status = 'queued' ORDER BY id")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+pub(super) fn queued(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    conn.prepare_cached("SELECT id, agent FROM runs WHERE status = 'queued' ORDER BY id")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(internal)
 }
 
@@ -761,7 +764,13 @@ mod tests {
         );
         let recovered = db.recover_runs(30, 3).unwrap();
         assert_eq!((recovered.lost, recovered.requeued), (1, 1));
-        assert_eq!(recovered.queued, ["r2", "r3"]);
+        assert_eq!(
+            recovered.queued,
+            [
+                ("r2".to_owned(), "a".to_owned()),
+                ("r3".to_owned(), "a".to_owned())
+            ]
+        );
         let lost = db.run("a", "r1").unwrap().unwrap();
         assert_eq!((lost.status, lost.attempts), (RunStatus::Failed, 4));
         assert_eq!(lost.error.unwrap().0, "lost");

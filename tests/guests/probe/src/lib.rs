@@ -1,6 +1,6 @@
 //! A test guest that does what its input asks, so end-to-end tests can drive every path of
 //! the host: `{"op": "echo" | "fail" | "invalid" | "panic" | "spin" | "sleep" | "steps" | "print" |
-//! "alloc"}`. Its answers carry a marker compiled in (`a`, or `b` with the `marker-b`
+//! "alloc" | "recurse" | "big"}`. Its answers carry a marker compiled in (`a`, or `b` with the `marker-b`
 //! feature), so a test can tell two builds apart.
 
 use std::time::Duration;
@@ -72,6 +72,8 @@ fn run(input: Value, ctx: &Context) -> Result<Value, Error> {
             ctx.info(format!("probe log line for {}", ctx.run_id()));
             Ok(json!({"marker": MARKER}))
         }
+        "recurse" => Ok(json!({"depth": recurse(parsed.n)})),
+        "big" => Ok(json!({"blob": "x".repeat(parsed.mb << 20)})),
         "alloc" => {
             let block = vec![1u8; parsed.mb << 20];
             Ok(
@@ -80,4 +82,12 @@ fn run(input: Value, ctx: &Context) -> Result<Value, Error> {
         }
         other => Err(Error::invalid_input(format!("unknown op `{other}`"))),
     }
+}
+
+/// Recursion the optimiser cannot turn into a loop, for the stack-overflow tests.
+fn recurse(n: u32) -> u32 {
+    if n == 0 {
+        return 0;
+    }
+    std::hint::black_box(recurse(std::hint::black_box(n - 1))) + 1
 }
