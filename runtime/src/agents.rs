@@ -569,7 +569,7 @@ impl Agents {
                     "agent `{agent}` has no earlier deployment to roll back to"
                 )));
             }
-            RollbackPlan::To { from, to } => (from, to),
+            RollbackPlan::To { from, to } => (from, *to),
         };
         let pre = self.prepare(&to.digest).await?;
         // As in `deploy`: commit and swap together, whatever the client does.

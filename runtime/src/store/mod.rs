@@ -101,7 +101,7 @@ pub enum RollbackPlan {
         /// The deployment that is live now.
         from: u32,
         /// The deployment to make live.
-        to: DeploymentRecord,
+        to: Box<DeploymentRecord>,
     },
 }
 

@@ -506,7 +506,10 @@ impl Store for Sqlite {
                 .optional()
                 .map_err(internal)?;
             Ok(match target {
-                Some(to) => RollbackPlan::To { from: live, to },
+                Some(to) => RollbackPlan::To {
+                    from: live,
+                    to: Box::new(to),
+                },
                 None => RollbackPlan::NothingToRollBackTo,
             })
         })
