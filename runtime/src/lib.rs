@@ -40,5 +40,6 @@ pub mod runs;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub(crate) mod tls;
 
 pub use error::Error;

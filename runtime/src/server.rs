@@ -24,6 +24,7 @@ use crate::runs::{RunSettings, Runs};
 use crate::stats::Stats;
 use crate::store::components::ComponentFiles;
 use crate::store::{Sqlite, Store};
+use crate::tls;
 
 /// Settings of `gust serve`.
 #[derive(Debug, Clone)]
@@ -44,10 +45,36 @@ pub struct ServeOptions {
     pub runs: RunSettings,
     /// Instances running at once, and the largest limits deployments may set.
     pub host_limits: Limits,
+    /// Connection handling.
+    pub http: HttpSettings,
 }
 
-/// Time a client has to send its request headers (slowloris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connection handling of `gust serve`.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Time to send request headers, and the longest idle keep-alive.
+    pub header_timeout: Duration,
+    /// Headers a request may carry.
+    pub max_headers: usize,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// PEM certificate chain, to terminate TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_connections: 4096,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
 
 /// Runs the server until `shutdown` resolves, then stops accepting, lets calls in flight
 /// finish within the grace period, and returns.
@@ -80,14 +107,29 @@ pub async fn serve(
         .await
         .context("starting the run queue")?;
 
+    let listening = Listening {
+        header_timeout: options.http.header_timeout,
+        max_headers: options.http.max_headers,
+        max_connections: options.http.max_connections,
+        tls: match (&options.http.tls_cert, &options.http.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        },
+    };
     let listener = TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("listening on {}", options.listen))?;
     let local = listener.local_addr()?;
+    let scheme = if listening.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let public_url = options
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{local}"))
+        .unwrap_or_else(|| format!("{scheme}://{local}"))
         .trim_end_matches('/')
         .to_owned();
     let state = Arc::new(AppState {
@@ -125,7 +167,7 @@ pub async fn serve(
     });
 
     // The one line a script or test waits for; stdout so it is not mixed with logs.
-    println!("gust listening on http://{local}");
+    println!("gust listening on {scheme}://{local}");
     let _ = std::io::stdout().flush();
     tracing::info!(address = %local, data_dir = %data_dir.display(), "listening");
 
@@ -141,6 +183,7 @@ pub async fn serve(
     accept_loop(
         listener,
         api::router(state),
+        listening,
         stop,
         options.shutdown_grace,
         drain_runs,
@@ -149,11 +192,26 @@ pub async fn serve(
     failure.map_or(Ok(()), Err)
 }
 
+/// How connections are accepted and served.
+pub(crate) struct Listening {
+    /// Time a client has to send its request headers, and the longest a keep-alive
+    /// connection may stay idle (hyper starts the header timer as soon as it waits for the
+    /// next request): the slowloris bound.
+    pub(crate) header_timeout: Duration,
+    /// Headers a request may carry (431 past it).
+    pub(crate) max_headers: usize,
+    /// Connections open at once; past it, new connections wait in the listen backlog.
+    pub(crate) max_connections: usize,
+    /// TLS, when the host terminates it.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
 /// Serves connections until `shutdown`; then, within `grace`, lets requests in flight finish
 /// while `drain` winds down queued-run workers.
 async fn accept_loop<D: Future<Output = ()>>(
     listener: TcpListener,
     app: axum::Router,
+    listening: Listening,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     drain: impl FnOnce(tokio::time::Instant) -> D,
@@ -161,33 +219,50 @@ async fn accept_loop<D: Future<Output = ()>>(
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(listening.header_timeout)
+        .max_headers(listening.max_headers)
         .keep_alive(true);
+    let http = Arc::new(http);
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        listening.max_connections.max(1),
+    ));
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let connection = http.serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!("connection ended with an error: {e}");
-                    }
-                });
-            }
+        let accepted = tokio::select! {
             () = &mut shutdown => break,
-        }
+            accepted = accept(&listener, &slots) => accepted,
+        };
+        let Some((stream, slot)) = accepted else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let (http, tls, watcher) = (Arc::clone(&http), listening.tls.clone(), graceful.watcher());
+        let handshake_timeout = listening.header_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            let served = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(tls) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(handshake_timeout, tls.accept(stream)).await
+                    else {
+                        tracing::debug!("a TLS handshake failed or timed out");
+                        return;
+                    };
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!("connection ended with an error: {e}");
+            }
+        });
     }
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for calls and runs in flight");
@@ -201,6 +276,23 @@ async fn accept_loop<D: Future<Output = ()>>(
         }
     };
     tokio::join!(connections, drain(deadline));
+}
+
+/// The next connection, once a connection slot is free.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> Option<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    let slot = Arc::clone(slots).acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((stream, _peer)) => Some((stream, slot)),
+        Err(e) => {
+            // Out of file descriptors and the like: back off instead of spinning.
+            tracing::warn!("accept failed: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
 }
 
 /// Takes the data folder for this process alone. Two hosts on one folder would both

@@ -5,6 +5,7 @@ mod calls;
 mod cli;
 mod deploy;
 mod guard;
+mod http;
 mod limits;
 mod push;
 mod receiver;

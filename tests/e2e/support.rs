@@ -37,6 +37,17 @@ impl Host {
     /// Starts a host with the admin token given in the environment, or none (so the host
     /// uses the one in its data folder or makes one).
     pub(crate) async fn spawn(data_dir: PathBuf, extra: &[&str], token: Option<&str>) -> Self {
+        Self::spawn_with(data_dir, extra, token, reqwest::Client::new()).await
+    }
+
+    /// As [`Host::spawn`], talking to the host with `http` (for TLS, a client that trusts
+    /// the host's certificate).
+    pub(crate) async fn spawn_with(
+        data_dir: PathBuf,
+        extra: &[&str],
+        token: Option<&str>,
+        http: reqwest::Client,
+    ) -> Self {
         std::fs::create_dir_all(&data_dir).unwrap();
         let log = data_dir.with_extension(format!("log.{}", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
@@ -84,7 +95,7 @@ impl Host {
             data_dir,
             log,
             stdout: stdout_lines,
-            http: reqwest::Client::new(),
+            http,
         };
         host.wait_ready().await;
         host

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::agents::Limits;
 use crate::api::BodyLimits;
 use crate::runs::{PushSettings, RunSettings};
-use crate::server::{self, ServeOptions};
+use crate::server::{self, HttpSettings, ServeOptions};
 use crate::store::Maxima;
 
 /// gust — host agent flows compiled to WebAssembly components.
@@ -358,6 +358,19 @@ struct ServeArgs {
     /// Runs of one agent waiting in the queue at most; past it, submissions get 429.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     max_queued_per_agent: usize,
+    /// Seconds a client has to send its request headers; also the longest a keep-alive
+    /// connection may stay idle.
+    #[arg(long, default_value_t = 10, value_name = "S")]
+    header_timeout: u64,
+    /// Connections open at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    max_connections: usize,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Allow push deliveries (and guest requests) to loopback and private addresses. For
     /// development and tests: it turns off the host's SSRF protection.
     #[arg(long)]
@@ -487,6 +500,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: BodyLimits {
             upload: args.max_upload_mib << 20,
             input: args.max_input_mib << 20,
+        },
+        http: HttpSettings {
+            header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+            max_connections: args.max_connections.max(1),
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
+            ..HttpSettings::default()
         },
         host_limits: {
             let defaults = Limits::default();
