@@ -64,7 +64,7 @@ pub struct Agents {
     registry: Arc<Registry>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Compiles are CPU-heavy and take seconds; bound how many run at once.
-    compile_slots: Semaphore,
+    compile_slots: Arc<Semaphore>,
     /// Held while component files are written with their version row, or removed with
     /// theirs; see [`Agents::delete_and_forget`].
     files_lock: Arc<Mutex<()>>,
@@ -86,6 +86,8 @@ pub struct Limits {
     pub agent_instances: usize,
     /// How long a sync call waits for room before 429 `overloaded`.
     pub sync_wait: Duration,
+    /// How long compiling an upload may take before it is refused.
+    pub compile_budget: Duration,
     /// The largest limits a deployment may set.
     pub maxima: Maxima,
 }
@@ -97,6 +99,7 @@ impl Default for Limits {
             max_instances: 256,
             agent_instances: cores.saturating_sub(1).max(1),
             sync_wait: Duration::from_secs(2),
+            compile_budget: Duration::from_secs(300),
             maxima: Maxima::default(),
         }
     }
@@ -118,7 +121,7 @@ impl Agents {
             files,
             registry: Arc::default(),
             locks: Mutex::default(),
-            compile_slots: Semaphore::new(cores.max(1)),
+            compile_slots: Arc::new(Semaphore::new(cores.max(1))),
             files_lock: Arc::default(),
             keys,
             server_gate: Gate::new(limits.max_instances),
@@ -336,17 +339,35 @@ impl Agents {
             });
         }
 
-        let permit = self
-            .compile_slots
-            .acquire()
+        let permit = Arc::clone(&self.compile_slots)
+            .acquire_owned()
             .await
             .map_err(|e| Error::Internal(e.into()))?;
         let runtime = Arc::clone(&self.runtime);
-        let checked = {
+        let compile = {
             let bytes = bytes.clone();
-            blocking(move || check::compile_and_check(&runtime, &bytes)).await?
+            // The slot goes with the compile: one that outlives the budget keeps its slot
+            // until it ends, so abandoned compiles cannot pile up beyond the bound.
+            tokio::task::spawn_blocking(move || {
+                let _slot = permit;
+                check::compile_and_check(&runtime, &bytes)
+            })
         };
-        drop(permit);
+        let budget = self.limits.compile_budget;
+        let checked = match tokio::time::timeout(budget, compile).await {
+            Ok(joined) => joined
+                .map_err(|e| Error::Internal(anyhow::anyhow!("the compile task failed: {e}")))?,
+            Err(_) => {
+                return Err(invalid(vec![Diagnostic {
+                    code: "limit_exceeded",
+                    item: String::new(),
+                    message: format!(
+                        "compiling the component took longer than {}s",
+                        budget.as_secs()
+                    ),
+                }]));
+            }
+        };
         let (component, pre) = match checked {
             Ok(ok) => ok,
             Err(Ok(diagnostics)) => return Err(invalid(diagnostics)),

@@ -7,6 +7,7 @@ mod deploy;
 mod guard;
 mod http;
 mod limits;
+mod mutants;
 mod push;
 mod receiver;
 mod redeploy;

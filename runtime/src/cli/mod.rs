@@ -307,6 +307,9 @@ struct ServeArgs {
     /// Seconds that calls in flight get to finish after SIGINT or SIGTERM.
     #[arg(long, default_value_t = 30, value_name = "S")]
     shutdown_grace: u64,
+    /// Seconds compiling one upload may take before it is refused (`limit_exceeded`).
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    compile_timeout: u64,
     /// Largest component upload, in MiB.
     #[arg(long, default_value_t = 100, value_name = "MIB")]
     max_upload_mib: usize,
@@ -517,6 +520,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .unwrap_or(defaults.agent_instances)
                     .max(1),
                 sync_wait: Duration::from_millis(args.admission_wait_ms),
+                compile_budget: Duration::from_secs(args.compile_timeout.max(1)),
                 maxima: Maxima {
                     memory_mib: args.max_memory_mib.max(1),
                     output_mib: args.max_output_mib.max(1),
