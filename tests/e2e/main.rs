@@ -6,6 +6,7 @@ mod cli;
 mod deploy;
 mod guard;
 mod http;
+mod isolation;
 mod limits;
 mod mutants;
 mod push;

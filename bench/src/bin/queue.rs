@@ -11,17 +11,14 @@
 //!     --echo target/wasm32-wasip2/release/echo.wasm [--runs 20000] [--rounds 3]
 //! ```
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
-
-const TOKEN: &str = "bench-admin-token-0123456789";
+use gust_bench::{Host, TOKEN, median};
+use serde_json::json;
 /// The input of every job: 17 bytes, as in the issue's reference figures.
 const INPUT: &[u8] = br#"{"job":"1234567"}"#;
 
@@ -117,50 +114,19 @@ struct GustRound {
 
 async fn gust_round(options: &Options) -> anyhow::Result<GustRound> {
     let data = tempfile::tempdir()?;
-    let host = Host::start(&options.gust, data.path(), options.workers)?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.clients)
-        .build()?;
-    let url = host.url.clone();
-    let bytes = std::fs::read(&options.echo)
-        .with_context(|| format!("reading {}", options.echo.display()))?;
-    let upload = http
-        .post(format!("{url}/v1/agents/echo/versions"))
-        .bearer_auth(TOKEN)
-        .body(bytes)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        upload.status().is_success(),
-        "upload failed: {}",
-        upload.status()
-    );
+    let workers = options.workers.to_string();
+    let host = Host::start(&options.gust, data.path(), &["--workers", &workers])?;
     // Echo runs take microseconds: let them use every worker instead of the per-agent
     // default (below the core count), which is for agents that burn CPU.
-    let config = http
-        .put(format!("{url}/v1/agents/echo/config"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"max_instances": options.workers}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        config.status().is_success(),
-        "config failed: {}",
-        config.status()
-    );
-    let deploy = http
-        .post(format!("{url}/v1/agents/echo/deploy"))
-        .bearer_auth(TOKEN)
-        .json(&json!({}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        deploy.status().is_success(),
-        "deploy failed: {}",
-        deploy.status()
-    );
+    host.deploy(
+        "echo",
+        &options.echo,
+        json!({"max_instances": options.workers}),
+    )
+    .await?;
+    let (http, url) = (host.http.clone(), host.url.clone());
 
-    let before = stats(&http, &url).await?;
+    let before = host.stats().await?;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut clients = Vec::new();
@@ -194,7 +160,7 @@ async fn gust_round(options: &Options) -> anyhow::Result<GustRound> {
     // End to end: until every accepted run has reached a final state.
     let target = before["runs_ended_total"].as_u64().unwrap_or(0) + options.runs as u64;
     let after = loop {
-        let now = stats(&http, &url).await?;
+        let now = host.stats().await?;
         if now["runs_ended_total"].as_u64().unwrap_or(0) >= target {
             break now;
         }
@@ -218,16 +184,6 @@ async fn gust_round(options: &Options) -> anyhow::Result<GustRound> {
     };
     drop(host);
     Ok(round)
-}
-
-async fn stats(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
-    Ok(http
-        .get(format!("{url}/v1/stats"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await?
-        .json()
-        .await?)
 }
 
 /// The same job lifecycle written straight to SQLite with the queue's durability: insert a
@@ -257,46 +213,4 @@ fn sqlite_round(jobs: usize, per_commit: usize) -> anyhow::Result<f64> {
         tx.commit()?;
     }
     Ok(jobs as f64 / started.elapsed().as_secs_f64())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// A `gust serve` for one round, killed when dropped.
-struct Host {
-    child: Child,
-    url: String,
-}
-
-impl Host {
-    fn start(gust: &Path, data: &Path, workers: usize) -> anyhow::Result<Self> {
-        let mut child = Command::new(gust)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn"])
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--workers", &workers.to_string()])
-            .env("GUST_ADMIN_TOKEN", TOKEN)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", gust.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines.next().context("gust exited before listening")??;
-            if let Some(url) = line.strip_prefix("gust listening on ") {
-                break url.to_owned();
-            }
-        };
-        Ok(Self { child, url })
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -73,6 +73,15 @@ fn run(input: Value, ctx: &Context) -> Result<Value, Error> {
             Ok(json!({"marker": MARKER}))
         }
         "recurse" => Ok(json!({"depth": recurse(parsed.n)})),
+        "sandbox" => Ok(json!({
+            // What a guest can reach of the host: nothing, if the sandbox holds.
+            "read_root": std::fs::read_dir("/").map(|d| d.count()).map_err(|e| e.to_string()),
+            "read_etc_passwd": std::fs::read_to_string("/etc/passwd").map(|s| s.len()).map_err(|e| e.to_string()),
+            "env": std::env::vars().count(),
+            "args": std::env::args().count(),
+            "tcp": std::net::TcpStream::connect("127.0.0.1:80").map(|_| ()).map_err(|e| e.to_string()),
+            "dns": std::net::ToSocketAddrs::to_socket_addrs("localhost:80").map(|a| a.count()).map_err(|e| e.to_string()),
+        })),
         "big" => Ok(json!({"blob": "x".repeat(parsed.mb << 20)})),
         "alloc" => {
             let block = vec![1u8; parsed.mb << 20];

@@ -1,0 +1,135 @@
+//! Helpers the benchmark programs share: starting a host, deploying, percentiles, process
+//! readings.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+/// The admin token benchmark hosts run with.
+pub const TOKEN: &str = "bench-admin-token-0123456789";
+
+/// A `gust serve` on a fresh data folder, killed when dropped.
+pub struct Host {
+    child: Child,
+    /// Its base URL.
+    pub url: String,
+    /// A client for it.
+    pub http: reqwest::Client,
+}
+
+impl Host {
+    /// Starts `gust serve` with `args` on `data`.
+    ///
+    /// # Errors
+    /// When it does not start.
+    pub fn start(gust: &Path, data: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(gust)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn"])
+            .arg("--data-dir")
+            .arg(data)
+            .args(args)
+            .env("GUST_ADMIN_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", gust.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().context("gust exited before listening")??;
+            if let Some(url) = line.strip_prefix("gust listening on ") {
+                break url.to_owned();
+            }
+        };
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?;
+        Ok(Self { child, url, http })
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Uploads `component` as `agent`, sets `config` and deploys it.
+    ///
+    /// # Errors
+    /// When any step is refused.
+    pub async fn deploy(&self, agent: &str, component: &Path, config: Value) -> anyhow::Result<()> {
+        let bytes =
+            std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
+        let steps = [
+            self.http
+                .post(format!("{}/v1/agents/{agent}/versions", self.url))
+                .body(bytes),
+            self.http
+                .put(format!("{}/v1/agents/{agent}/config", self.url))
+                .json(&config),
+            self.http
+                .post(format!("{}/v1/agents/{agent}/deploy", self.url))
+                .json(&json!({})),
+        ];
+        for step in steps {
+            let response = step.bearer_auth(TOKEN).send().await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{}: {}",
+                response.status(),
+                response.text().await?
+            );
+        }
+        Ok(())
+    }
+
+    /// `/v1/stats`.
+    ///
+    /// # Errors
+    /// When the host does not answer.
+    pub async fn stats(&self) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/v1/stats", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `q` quantile of sorted `values`.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q) as usize]
+}
+
+/// The median of `values`.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Resident memory (KiB), threads and open file descriptors of process `pid`.
+pub fn process_usage(pid: u32) -> (u64, u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+    (field("VmRSS:"), field("Threads:"), fds)
+}
