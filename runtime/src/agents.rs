@@ -160,10 +160,14 @@ impl Agents {
         .await
     }
 
-    /// Room for one queued run of `agent`, as long as it takes (the run waits in the queue).
-    pub(crate) async fn admit_run(&self, agent: &str) -> Result<Admitted, Error> {
-        let gate = self.gate(agent, None);
-        gate::admit(&gate, &self.server_gate, None).await
+    /// The admission gate of `agent` (queued runs enter it, then the server's).
+    pub(crate) fn agent_gate(&self, agent: &str) -> Arc<Gate> {
+        self.gate(agent, None)
+    }
+
+    /// The server-wide admission gate.
+    pub(crate) fn server_gate(&self) -> &Arc<Gate> {
+        &self.server_gate
     }
 
     /// Instances running now, server-wide.
@@ -211,6 +215,8 @@ impl Agents {
         if let Some(limit) = &rate_limit {
             limit.validate().map_err(Error::BadRequest)?;
         }
+        // Under the agent's lock, like its deletion: the ring and the store change together.
+        let _guard = self.lock(agent).await;
         let (key, record) = keys::new_key(agent, name, rate_limit);
         let store = Arc::clone(&self.store);
         let saved = record.clone();
@@ -236,6 +242,7 @@ impl Agents {
     /// # Errors
     /// [`Error::NotFound`] when the agent has no such key.
     pub async fn revoke_key(&self, agent: &str, id: &str) -> Result<(), Error> {
+        let _guard = self.lock(agent).await;
         let store = Arc::clone(&self.store);
         let (a, i) = (agent.to_owned(), id.to_owned());
         if !blocking(move || store.delete_key(&a, &i)).await?? {
@@ -339,10 +346,22 @@ impl Agents {
             });
         }
 
-        let permit = Arc::clone(&self.compile_slots)
-            .acquire_owned()
-            .await
-            .map_err(|e| Error::Internal(e.into()))?;
+        let budget = self.limits.compile_budget;
+        let started = tokio::time::Instant::now();
+        // Waiting for a compile slot counts against the budget too: abandoned compiles keep
+        // their slots until they end, and an upload must not wait for them without end.
+        let permit =
+            match tokio::time::timeout(budget, Arc::clone(&self.compile_slots).acquire_owned())
+                .await
+            {
+                Ok(permit) => permit.map_err(|e| Error::Internal(e.into()))?,
+                Err(_) => {
+                    return Err(Error::Overloaded {
+                        message: "every compile slot is busy; retry later".into(),
+                        retry_after: Some(Duration::from_secs(10)),
+                    });
+                }
+            };
         let runtime = Arc::clone(&self.runtime);
         let compile = {
             let bytes = bytes.clone();
@@ -353,8 +372,9 @@ impl Agents {
                 check::compile_and_check(&runtime, &bytes)
             })
         };
-        let budget = self.limits.compile_budget;
-        let checked = match tokio::time::timeout(budget, compile).await {
+        let checked = match tokio::time::timeout(budget.saturating_sub(started.elapsed()), compile)
+            .await
+        {
             Ok(joined) => joined
                 .map_err(|e| Error::Internal(anyhow::anyhow!("the compile task failed: {e}")))?,
             Err(_) => {

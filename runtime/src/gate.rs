@@ -69,6 +69,15 @@ pub(crate) struct Admitted {
     _server: OwnedSemaphorePermit,
 }
 
+impl Admitted {
+    pub(crate) fn new(agent: OwnedSemaphorePermit, server: OwnedSemaphorePermit) -> Self {
+        Self {
+            _agent: agent,
+            _server: server,
+        }
+    }
+}
+
 /// Enters the agent's gate, then the server's, each within `wait`.
 ///
 /// # Errors

@@ -85,7 +85,7 @@ pub(crate) async fn invoke(
         Some(timeout) => tokio::time::timeout(timeout, run).await,
         None => Ok(run.await),
     };
-    store.data().flush_output();
+    store.data_mut().flush_output();
 
     let log_trap = |e: &wasmtime::Error| {
         tracing::warn!(agent = %deployment.agent, version = deployment.version, run_id = %call.run_id, "the agent trapped: {e:#}");
@@ -100,10 +100,12 @@ pub(crate) async fn invoke(
         }
         Ok(Ok(Ok(response))) => Ok(Output {
             bytes: response.output,
-            content_type: response.content_type,
+            content_type: bounded_content_type(response.content_type),
         }),
-        Ok(Ok(Err(RunError::InvalidInput(message)))) => Err(Error::InvalidInput(message)),
-        Ok(Ok(Err(RunError::Failed(message)))) => Err(Error::Failed(message)),
+        Ok(Ok(Err(RunError::InvalidInput(message)))) => {
+            Err(Error::InvalidInput(bounded_message(message)))
+        }
+        Ok(Ok(Err(RunError::Failed(message)))) => Err(Error::Failed(bounded_message(message))),
         // A guest that cannot grow its memory usually aborts: name the limit, not the trap.
         Ok(Err(_)) if store.data().limiter.refused().is_some() => Err(Error::MemoryLimit(
             store
@@ -137,6 +139,28 @@ pub(crate) fn new_store(runtime: &Runtime, state: CallState) -> Store<CallState>
     store.set_epoch_deadline(1);
     store.epoch_deadline_async_yield_and_update(1);
     store
+}
+
+/// Longest guest error message passed on (to the caller, and into the store for runs).
+const MAX_MESSAGE_BYTES: usize = 4096;
+/// Longest content type a guest may answer with.
+const MAX_CONTENT_TYPE_BYTES: usize = 256;
+
+fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let cut = crate::host::truncate(&message, MAX_MESSAGE_BYTES).len();
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
+
+fn bounded_content_type(content_type: String) -> String {
+    if content_type.len() > MAX_CONTENT_TYPE_BYTES {
+        "application/octet-stream".to_owned()
+    } else {
+        content_type
+    }
 }
 
 /// Whether instantiation failed because every pooled slot is taken.

@@ -31,8 +31,13 @@ impl RateLimit {
     /// # Errors
     /// A message when the numbers are out of range.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.per_second.is_finite() && self.per_second > 0.0) || self.burst == 0 {
-            return Err("`rate_limit` needs `per_second` > 0 and `burst` ≥ 1".into());
+        if !(0.001..=1_000_000.0).contains(&self.per_second)
+            || !(1..=1_000_000).contains(&self.burst)
+        {
+            return Err(
+                "`rate_limit` needs `per_second` from 0.001 to 1000000 and `burst` from 1 to 1000000"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -112,9 +117,8 @@ impl Key {
             b.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - b.tokens) / b.limit.per_second,
-            ))
+            let wait = (1.0 - b.tokens) / b.limit.per_second;
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
         }
     }
 }
@@ -237,6 +241,30 @@ mod tests {
         assert!(wait <= Duration::from_millis(100), "{wait:?}");
         std::thread::sleep(Duration::from_millis(120));
         key.admit().unwrap();
+    }
+
+    #[test]
+    fn rate_limits_out_of_range_are_refused() {
+        for (per_second, burst) in [
+            (0.0, 1),
+            (1e-20, 1),
+            (f64::NAN, 1),
+            (f64::INFINITY, 1),
+            (1.0, 0),
+        ] {
+            assert!(
+                RateLimit { per_second, burst }.validate().is_err(),
+                "{per_second} {burst}"
+            );
+        }
+        assert!(
+            RateLimit {
+                per_second: 0.001,
+                burst: 1
+            }
+            .validate()
+            .is_ok()
+        );
     }
 
     #[test]

@@ -30,6 +30,11 @@ fn refused_v4(ip: Ipv4Addr) -> Option<&'static str> {
         (10, _) | (172, 16..=31) | (192, 168) => "private",
         (100, 64..=127) => "shared address space",
         (169, 254) => "link-local",
+        (192, 0) if ip.octets()[2] == 0 => "IETF protocol assignment",
+        (192, 0) if ip.octets()[2] == 2 => "documentation",
+        (198, 51) if ip.octets()[2] == 100 => "documentation",
+        (203, 0) if ip.octets()[2] == 113 => "documentation",
+        (198, 18..=19) => "benchmarking",
         _ if ip.is_multicast() => "multicast",
         _ if ip.is_broadcast() => "broadcast",
         (240..=255, _) => "reserved",
@@ -43,9 +48,15 @@ fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
         _ if ip.is_unspecified() => "unspecified",
         _ if ip.is_loopback() => "loopback",
         [0, 0, 0, 0, 0, 0xffff, _, _] => "IPv4-mapped",
+        [0, 0, 0, 0, 0xffff, 0, _, _] => "IPv4-translated",
         [0, 0, 0, 0, 0, 0, _, _] => "IPv4-compatible",
         [0x64, 0xff9b, ..] => "NAT64",
+        // 6to4 and Teredo carry an IPv4 address, which may be a private one.
+        [0x2002, ..] => "6to4",
+        [0x2001, 0, ..] => "Teredo",
+        [0x2001, 0xdb8, ..] => "documentation",
         [s, ..] if s & 0xffc0 == 0xfe80 => "link-local",
+        [s, ..] if s & 0xffc0 == 0xfec0 => "site-local",
         [s, ..] if s & 0xfe00 == 0xfc00 => "unique-local",
         [s, ..] if s & 0xff00 == 0xff00 => "multicast",
         _ => return None,
@@ -122,6 +133,26 @@ impl Resolve for SafeResolver {
     }
 }
 
+/// The HTTP client for requests made on a user's behalf: no proxy from the environment (a
+/// proxy would resolve names where this host cannot check them), no redirects, every name
+/// resolved by [`SafeResolver`].
+///
+/// # Errors
+/// When the client cannot be built; there is no fallback to a client without these rules.
+pub(crate) fn client(
+    allow_private: bool,
+    timeout: std::time::Duration,
+) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(std::sync::Arc::new(SafeResolver { allow_private }))
+        .timeout(timeout)
+        .user_agent(concat!("gust/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| anyhow::anyhow!("building the outbound HTTP client: {e}"))
+}
+
 /// The policy refusal behind a request error, if that is what it was.
 pub(crate) fn refusal(error: &reqwest::Error) -> Option<Refused> {
     let mut source = error.source();
@@ -161,6 +192,17 @@ mod tests {
             ("::ffff:8.8.8.8", "IPv4-mapped"),
             ("::127.0.0.1", "IPv4-compatible"),
             ("64:ff9b::7f00:1", "NAT64"),
+            ("64:ff9b:1::a00:1", "NAT64"),
+            ("::ffff:0:a00:1", "IPv4-translated"),
+            ("2002:a00:1::1", "6to4"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+            ("2001:db8::1", "documentation"),
+            ("fec0::1", "site-local"),
+            ("192.0.0.8", "IETF protocol assignment"),
+            ("192.0.2.1", "documentation"),
+            ("198.51.100.1", "documentation"),
+            ("203.0.113.9", "documentation"),
+            ("198.18.0.1", "benchmarking"),
             ("fe80::1", "link-local"),
             ("febf::1", "link-local"),
             ("fc00::1", "unique-local"),

@@ -137,6 +137,7 @@ pub async fn serve(
         runs,
         admin_token: ArcSwap::from_pointee(admin_token),
         admin_token_file,
+        admin_rotation: tokio::sync::Mutex::new(()),
         public_url,
         limits: options.limits,
     });

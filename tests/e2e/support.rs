@@ -57,7 +57,12 @@ impl Host {
             .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_gust"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--log", "info"])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(if extra.contains(&"--log") {
+                &[][..]
+            } else {
+                &["--log", "info"][..]
+            })
             .arg("--data-dir")
             .arg(&data_dir)
             .args(extra)

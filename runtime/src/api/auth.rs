@@ -28,12 +28,19 @@ const CREDENTIAL_PARAMS: &[&str] = &[
     "x-api-key",
 ];
 
-/// Refuses requests that carry a credential in the query string (400).
-pub(crate) async fn refuse_credentials_in_query(request: Request, next: Next) -> Response {
+/// Refuses requests that carry a credential in the query string (400): a parameter named
+/// like one (after percent-decoding), or a value that looks like a gust key or token.
+pub(crate) async fn refuse_credentials_in_query(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let carries_credential = request.uri().query().is_some_and(|query| {
-        query.split('&').any(|pair| {
-            let name = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
-            CREDENTIAL_PARAMS.contains(&name.as_str())
+        let admin = state.admin_token.load();
+        url::form_urlencoded::parse(query.as_bytes()).any(|(name, value)| {
+            CREDENTIAL_PARAMS.contains(&name.to_ascii_lowercase().as_str())
+                || value.starts_with("gust_")
+                || constant_time_eq(value.as_bytes(), admin.as_bytes())
         })
     });
     if carries_credential {

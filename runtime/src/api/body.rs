@@ -15,6 +15,10 @@ use http_body_util::BodyExt;
 /// short, bounded drain lets them read the answer. Nothing drained is kept.
 const DRAIN_BYTES: u64 = 16 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
+/// A body that stops arriving for this long is abandoned, and one that takes longer than
+/// [`BODY_TOTAL`] in all: a slow client cannot hold a connection slot for ever.
+const BODY_STALL: Duration = Duration::from_secs(30);
+const BODY_TOTAL: Duration = Duration::from_secs(600);
 
 use crate::error::Error;
 
@@ -41,8 +45,17 @@ pub(crate) async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Resul
     // Reserve for what the client declared, but never much up front: memory follows the
     // bytes that actually arrive.
     let mut collected = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(1 << 20));
-
-    while let Some(frame) = body.frame().await {
+    let deadline = tokio::time::Instant::now() + BODY_TOTAL;
+    loop {
+        let next = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + BODY_STALL),
+            body.frame(),
+        )
+        .await
+        .map_err(|_| Error::BadRequest("the request body stopped arriving".into()))?;
+        let Some(frame) = next else {
+            break;
+        };
         let frame = frame
             .map_err(|e| Error::BadRequest(format!("could not read the request body: {e}")))?;
         if let Some(data) = frame.data_ref() {

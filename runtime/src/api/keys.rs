@@ -95,6 +95,7 @@ pub(crate) async fn rotate_admin_token(_: Admin, State(state): State<Arc<AppStat
                 .into(),
         ));
     };
+    let _rotating = state.admin_rotation.lock().await;
     let token = crate::server::new_admin_token();
     let stored = token.clone();
     crate::blocking::blocking(move || crate::fsutil::write_atomic(&file, stored.as_bytes()))

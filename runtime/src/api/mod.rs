@@ -53,6 +53,9 @@ pub struct AppState {
     pub runs: Arc<Runs>,
     /// The admin token; compared in constant time, never logged. Swapped by a rotation.
     pub admin_token: ArcSwap<String>,
+    /// Held while the admin token is rotated, so that two rotations cannot leave one token
+    /// in memory and another on disk.
+    pub admin_rotation: tokio::sync::Mutex<()>,
     /// Where a rotated admin token is stored; `None` when the token was given on the command
     /// line or in the environment (then it is changed there, not rotated).
     pub admin_token_file: Option<std::path::PathBuf>,
@@ -140,6 +143,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(|| async {
             Error::MethodNotAllowed("this route does not take that method".into())
         })
-        .layer(axum::middleware::from_fn(auth::refuse_credentials_in_query))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::refuse_credentials_in_query,
+        ))
         .with_state(state)
 }

@@ -20,6 +20,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::runs::recorder::RunRecorder;
 use crate::stats::LiveInstance;
 
+pub(crate) use agent::truncate;
 pub(crate) use limits::Limiter;
 pub(crate) use stdio::Captured;
 

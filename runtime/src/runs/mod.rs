@@ -115,7 +115,8 @@ impl Hooks {
         match (write, outcome) {
             (RunWrite::Insert(run), WriteOutcome::Inserted) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
-                self.dispatch(run.id.clone(), &run.agent);
+                // Its place in the agent's queue was reserved by `submit`.
+                self.enqueue(run.id.clone(), &run.agent, false);
             }
             (RunWrite::Finish { id, .. }, WriteOutcome::Finished { delivery }) => {
                 self.ended(id, *delivery);
@@ -131,11 +132,16 @@ impl Hooks {
                 // that asked has gone away.
                 if *was_running {
                     self.interrupt(id);
+                } else if let RunWrite::Cancel { agent, .. } = write {
+                    self.unqueue(id, agent);
                 }
                 self.ended(id, *delivery);
             }
             (_, WriteOutcome::Expired { ids, delivery }) => {
-                ids.iter().for_each(|id| self.ended(id, false));
+                for (id, agent) in ids {
+                    self.unqueue(id, agent);
+                    self.ended(id, false);
+                }
                 if *delivery {
                     self.push.notify_one();
                 }
@@ -156,38 +162,42 @@ impl Hooks {
         self.writes.fetch_add(writes as u64, Ordering::Relaxed);
     }
 
-    /// Queues run `id` of `agent` for execution, unless it already is.
+    /// Queues run `id` of `agent` for execution, unless it already is (recovery and the
+    /// reconciler: the run's place is not reserved yet).
     fn dispatch(&self, id: String, agent: &str) {
+        self.enqueue(id, agent, true);
+    }
+
+    fn enqueue(&self, id: String, agent: &str, reserve: bool) {
+        let queue = self.queue(agent);
         if !self.known().insert(id.clone()) {
+            if !reserve {
+                queue.release();
+            }
             return;
         }
-        let queue = Arc::clone(
+        if queue.push(id, reserve) {
+            let _ = self.dispatch.send(agent.to_owned());
+        }
+    }
+
+    /// Takes a run that will not start (cancelled or expired while waiting) out of its
+    /// agent's queue, so it neither counts against the queue bound nor waits for room.
+    fn unqueue(&self, id: &str, agent: &str) {
+        if self.queue(agent).remove(id) {
+            self.known().remove(id);
+        }
+    }
+
+    /// The agent's queue, made on first use.
+    fn queue(&self, agent: &str) -> Arc<workers::AgentQueue> {
+        Arc::clone(
             self.queues
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .entry(agent.to_owned())
                 .or_default(),
-        );
-        if queue.push(id) {
-            let _ = self.dispatch.send(agent.to_owned());
-        }
-    }
-
-    /// Runs of `agent` waiting for room.
-    fn queued(&self, agent: &str) -> usize {
-        self.queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(agent)
-            .map_or(0, |q| q.len())
-    }
-
-    fn queue(&self, agent: &str) -> Option<Arc<workers::AgentQueue>> {
-        self.queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(agent)
-            .cloned()
+        )
     }
 
     fn known(&self) -> MutexGuard<'_, HashSet<String>> {
@@ -315,7 +325,8 @@ impl Runs {
             writer.clone(),
             Arc::clone(&hooks.push),
             settings.push.clone(),
-        );
+        )
+        .map_err(Error::Internal)?;
         let runs = Arc::new(Self {
             store: Arc::clone(&store),
             agents,
@@ -376,7 +387,10 @@ impl Runs {
             }
             None => None,
         };
-        if self.hooks.queued(&deployment.agent) >= self.settings.max_queued_per_agent {
+        // A place in the agent's queue, reserved before the insert so that concurrent
+        // submissions cannot all pass the bound; given back unless a run takes it.
+        let queue = self.hooks.queue(&deployment.agent);
+        if !queue.reserve(self.settings.max_queued_per_agent) {
             return Err(Error::Overloaded {
                 message: format!(
                     "agent `{}` already has {} runs waiting; retry later",
@@ -400,7 +414,11 @@ impl Runs {
             push: deployment.push.is_some(),
         };
         let id = run.id.clone();
-        match self.writer.write(RunWrite::Insert(run)).await? {
+        let outcome = self.writer.write(RunWrite::Insert(run)).await;
+        if !matches!(outcome, Ok(WriteOutcome::Inserted)) {
+            queue.release();
+        }
+        match outcome? {
             WriteOutcome::Inserted => Ok(Submitted { id, created: true }),
             WriteOutcome::NotFound => Err(Error::NotFound(format!(
                 "no agent named `{}` is deployed",

@@ -88,17 +88,9 @@ impl Pusher {
         writer: Writer,
         wake: Arc<Notify>,
         settings: PushSettings,
-    ) -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(net::SafeResolver {
-                allow_private: settings.allow_private_network,
-            }))
-            .timeout(settings.timeout)
-            .user_agent(concat!("gust/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        Self {
+    ) -> anyhow::Result<Self> {
+        let http = net::client(settings.allow_private_network, settings.timeout)?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 store,
                 writer,
@@ -108,7 +100,7 @@ impl Pusher {
                 http,
                 in_flight: Mutex::default(),
             }),
-        }
+        })
     }
 
     pub(super) fn spawn(&self) {

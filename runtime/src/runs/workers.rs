@@ -4,7 +4,7 @@
 //! deployment, and finished in the store.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -23,19 +23,50 @@ use crate::store::{LogLine, RunOutcome, RunWrite, StartedRun, WriteOutcome};
 #[derive(Default)]
 pub(super) struct AgentQueue {
     ids: Mutex<VecDeque<String>>,
+    /// Runs waiting plus places reserved by submissions not yet committed: what the
+    /// per-agent bound is checked against.
+    places: AtomicUsize,
     /// A drainer is running for this queue.
     draining: AtomicBool,
 }
 
 impl AgentQueue {
-    /// Adds a run; `true` when the queue needs a drainer started.
-    pub(super) fn push(&self, id: String) -> bool {
+    /// Reserves a place if fewer than `bound` are taken.
+    pub(super) fn reserve(&self, bound: usize) -> bool {
+        self.places
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < bound).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a reserved place back.
+    pub(super) fn release(&self) {
+        let _ = self
+            .places
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Adds a run (taking a place unless one was reserved for it); `true` when the queue
+    /// needs a drainer started.
+    pub(super) fn push(&self, id: String, take_place: bool) -> bool {
+        if take_place {
+            self.places.fetch_add(1, Ordering::AcqRel);
+        }
         self.lock().push_back(id);
         !self.draining.swap(true, Ordering::AcqRel)
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.lock().len()
+    /// Takes a run out (it will not start); `true` if it was waiting here.
+    pub(super) fn remove(&self, id: &str) -> bool {
+        let mut ids = self.lock();
+        let Some(at) = ids.iter().position(|queued| queued == id) else {
+            return false;
+        };
+        ids.remove(at);
+        drop(ids);
+        self.release();
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
@@ -46,6 +77,7 @@ impl AgentQueue {
     fn pop(&self) -> Option<String> {
         loop {
             if let Some(id) = self.lock().pop_front() {
+                self.release();
                 return Some(id);
             }
             self.draining.store(false, Ordering::Release);
@@ -61,23 +93,32 @@ impl AgentQueue {
 /// Starts a drainer for each agent whose queue needs one.
 pub(super) async fn dispatch(runs: Arc<Runs>, mut wake: mpsc::UnboundedReceiver<String>) {
     while let Some(agent) = wake.recv().await {
-        if let Some(queue) = runs.hooks.queue(&agent) {
-            tokio::spawn(drain(Arc::clone(&runs), agent, queue));
-        }
+        let queue = runs.hooks.queue(&agent);
+        tokio::spawn(drain(Arc::clone(&runs), agent, queue));
     }
 }
 
 async fn drain(runs: Arc<Runs>, agent: String, queue: Arc<AgentQueue>) {
     loop {
-        // Room first (waiting here holds no worker slot), then a worker slot, then the run.
-        let admitted = match runs.agents.admit_run(&agent).await {
-            Ok(admitted) => admitted,
-            Err(e) => {
-                tracing::error!(agent, "admission failed: {e:#}");
-                return;
-            }
+        // The agent's room first, then a worker slot without waiting: a drainer never sits
+        // on room it cannot use (that room is what this agent's sync calls need). With no
+        // free slot, it gives the room back, waits for a slot to free up, and tries again.
+        let Some(agent_room) = runs.agents.agent_gate(&agent).enter(None).await else {
+            return;
         };
-        let Ok(slot) = Arc::clone(&runs.slots).acquire_owned().await else {
+        let slot = match Arc::clone(&runs.slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                drop(agent_room);
+                match Arc::clone(&runs.slots).acquire_owned().await {
+                    Ok(freed) => drop(freed),
+                    Err(_) => return,
+                }
+                continue;
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => return,
+        };
+        let Some(server_room) = runs.agents.server_gate().enter(None).await else {
             return;
         };
         if runs.stopping.load(Ordering::Relaxed) {
@@ -87,6 +128,7 @@ async fn drain(runs: Arc<Runs>, agent: String, queue: Arc<AgentQueue>) {
         let Some(id) = queue.pop() else {
             return;
         };
+        let admitted = Admitted::new(agent_room, server_room);
         let runs = Arc::clone(&runs);
         tokio::spawn(async move {
             execute(&runs, &id, admitted).await;

@@ -349,8 +349,8 @@ pub enum WriteOutcome {
     },
     /// Runs that expired, and whether any push delivery was created.
     Expired {
-        /// Their ids.
-        ids: Vec<String>,
+        /// Their ids and agents.
+        ids: Vec<(String, String)>,
         /// Whether deliveries were created.
         delivery: bool,
     },

@@ -250,7 +250,7 @@ fn start(
         expire(tx, id, now)?;
         let delivery = create_delivery(tx, id, RunStatus::Expired, now)?;
         return Ok(WriteOutcome::Expired {
-            ids: vec![id.to_owned()],
+            ids: vec![(id.to_owned(), agent)],
             delivery,
         });
     }
@@ -357,14 +357,14 @@ fn expire(tx: &Connection, id: &str, now: i64) -> Result<(), StoreError> {
 }
 
 fn expire_due(tx: &Connection, now: i64) -> Result<WriteOutcome, StoreError> {
-    let ids: Vec<String> = tx
+    let ids: Vec<(String, String)> = tx
         .prepare_cached(
-            "SELECT id FROM runs WHERE status = 'queued' AND attempts = 0 AND expires_at < ?1",
+            "SELECT id, agent FROM runs WHERE status = 'queued' AND attempts = 0 AND expires_at < ?1",
         )
-        .and_then(|mut s| s.query_map([now], |r| r.get(0))?.collect())
+        .and_then(|mut s| s.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(internal)?;
     let mut delivery = false;
-    for id in &ids {
+    for (id, _) in &ids {
         expire(tx, id, now)?;
         delivery |= create_delivery(tx, id, RunStatus::Expired, now)?;
     }
@@ -809,7 +809,7 @@ mod tests {
         assert_eq!(
             apply(&db, RunWrite::ExpireDue { now: 2000 }),
             WriteOutcome::Expired {
-                ids: vec!["r1".into()],
+                ids: vec![("r1".into(), "a".into())],
                 delivery: false
             }
         );
