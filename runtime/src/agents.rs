@@ -20,7 +20,7 @@ use crate::clock;
 use crate::engine::Runtime;
 use crate::error::Error;
 use crate::gate::{self, Admitted, Gate};
-use crate::host::{CallInfo, CallLimits, CallState};
+use crate::host::{CallInfo, CallLimits, CallState, OutboundPolicy};
 use crate::invoke;
 use crate::keys::{self, KeyRecord, KeyRing, RateLimit};
 use crate::registry::{Deployment, Registry};
@@ -180,9 +180,17 @@ impl Agents {
         record: &DeploymentRecord,
         pre: AgentPre<CallState>,
         live: bool,
-    ) -> Arc<Deployment> {
+    ) -> Result<Arc<Deployment>, Error> {
         let gate = self.gate(&record.agent, live.then_some(&record.config));
-        activate(record, pre, gate)
+        Ok(activate(record, pre, gate, self.outbound(&record.config)?))
+    }
+
+    fn outbound(&self, config: &AgentConfig) -> Result<OutboundPolicy, Error> {
+        self.runtime.outbound_policy(config).map_err(|e| {
+            Error::Internal(anyhow::anyhow!(
+                "a stored configuration does not parse: {e}"
+            ))
+        })
     }
 
     pub(crate) fn runtime(&self) -> &Arc<Runtime> {
@@ -291,7 +299,15 @@ impl Agents {
         for record in live {
             match self.prepare(&record.digest).await {
                 Ok(pre) => {
-                    self.registry.set(self.activate(&record, pre, true));
+                    match self.activate(&record, pre, true) {
+                        Ok(deployment) => {
+                            self.registry.set(deployment);
+                        }
+                        Err(e) => {
+                            tracing::error!(agent = %record.agent, "could not load the live deployment: {e:#}");
+                            continue;
+                        }
+                    }
                     loaded += 1;
                 }
                 Err(e) => tracing::error!(
@@ -527,7 +543,7 @@ impl Agents {
                 Error::NotFound(format!("agent `{agent}` has no deployment {number}"))
             })?;
         let pre = self.prepare(&record.digest).await?;
-        let deployment = self.activate(&record, pre, false);
+        let deployment = self.activate(&record, pre, false)?;
         self.registry.remember(Arc::clone(&deployment));
         Ok(deployment)
     }
@@ -571,6 +587,7 @@ impl Agents {
         let default_instances = self.limits.agent_instances;
         let a = agent.to_owned();
         let gate = self.gate(agent, None);
+        let outbound = self.outbound(&draft)?;
         let record = blocking(move || -> Result<_, Error> {
             let _guard = guard;
             let record = store.deploy(&a, target.version, &draft, clock::now_ms())?;
@@ -580,7 +597,7 @@ impl Agents {
                     .max_instances
                     .map_or(default_instances, |n| n as usize),
             );
-            registry.set(activate(&record, pre, gate));
+            registry.set(activate(&record, pre, gate, outbound));
             Ok(record)
         })
         .await??;
@@ -619,6 +636,7 @@ impl Agents {
         let target = to.clone();
         let gate = self.gate(agent, None);
         let default_instances = self.limits.agent_instances;
+        let outbound = self.outbound(&target.config)?;
         blocking(move || -> Result<_, Error> {
             let _guard = guard;
             store.rollback(&a, from, target.deployment, clock::now_ms())?;
@@ -628,7 +646,7 @@ impl Agents {
                     .max_instances
                     .map_or(default_instances, |n| n as usize),
             );
-            registry.set(activate(&target, pre, gate));
+            registry.set(activate(&target, pre, gate, outbound));
             Ok(())
         })
         .await??;
@@ -788,6 +806,12 @@ impl Agents {
             CallLimits::default(),
             self.runtime.stats().live_instance(),
             None,
+            self.outbound(&AgentConfig::default())
+                .map_err(|e| Diagnostic {
+                    code: "instantiation_failed",
+                    item: String::new(),
+                    message: e.to_string(),
+                })?,
         );
 
         let mut store = invoke::new_store(&self.runtime, state);
@@ -857,6 +881,7 @@ fn activate(
     record: &DeploymentRecord,
     pre: AgentPre<CallState>,
     gate: Arc<Gate>,
+    outbound: OutboundPolicy,
 ) -> Arc<Deployment> {
     let config = &record.config;
     Arc::new(Deployment {
@@ -865,6 +890,7 @@ fn activate(
         version: record.version,
         pre,
         gate,
+        outbound,
         memory_bytes: (config.memory_mib as usize) << 20,
         output_bytes: (config.output_mib as usize) << 20,
         sync_timeout: Duration::from_secs(config.sync_timeout_s),

@@ -257,7 +257,13 @@ mod tests {
     #[test]
     fn linker_judges_interfaces_within_provided_packages() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = Runtime::new(dir.path(), Default::default(), 256 << 20).unwrap();
+        let runtime = Runtime::new(
+            dir.path(),
+            Default::default(),
+            256 << 20,
+            Default::default(),
+        )
+        .unwrap();
         let links = |func: &str| {
             let wat = format!(
                 r#"(component (import "gust:agent/host@0.1.0" (instance (export "{func}" (func (param "key" string) (result (option string)))))))"#

@@ -13,7 +13,7 @@ use wasmtime::{Config, Engine, OptLevel};
 
 use crate::bindings::gust::agent::{host, invocation};
 use crate::fsutil;
-use crate::host::CallState;
+use crate::host::{CallState, OutboundPolicy};
 use crate::stats::Stats;
 
 /// How often the epoch advances. A guest spinning on CPU yields to the async runtime at
@@ -27,6 +27,28 @@ pub struct Runtime {
     linker: Linker<CallState>,
     cache: ArtifactCache,
     stats: Arc<Stats>,
+    outbound: OutboundSettings,
+    /// The client every guest request goes through (see `net`): shared, so connections to
+    /// the same model or tool API are reused across calls.
+    outbound_client: reqwest::Client,
+}
+
+/// Host-wide settings of guests' outgoing HTTP.
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    /// Allow loopback and private destinations (development and tests).
+    pub allow_private_network: bool,
+    /// Largest answer a guest may read, in bytes.
+    pub max_response_bytes: usize,
+}
+
+impl Default for OutboundSettings {
+    fn default() -> Self {
+        Self {
+            allow_private_network: false,
+            max_response_bytes: 16 << 20,
+        }
+    }
 }
 
 impl Runtime {
@@ -39,6 +61,7 @@ impl Runtime {
         cache_root: &Path,
         stats: Arc<Stats>,
         max_memory_bytes: usize,
+        outbound: OutboundSettings,
     ) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config
@@ -76,11 +99,15 @@ impl Runtime {
             .context("linking gust:agent/invocation")?;
 
         let cache = ArtifactCache::open(cache_root, &engine)?;
+        let outbound_client =
+            crate::net::client(outbound.allow_private_network, Duration::from_secs(600))?;
         Ok(Self {
             engine,
             linker,
             cache,
             stats,
+            outbound,
+            outbound_client,
         })
     }
 
@@ -94,6 +121,29 @@ impl Runtime {
 
     pub(crate) fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// What guests of a deployment with this configuration may reach over HTTP.
+    ///
+    /// # Errors
+    /// When an `allowed_hosts` entry does not parse (the draft was checked, so only a
+    /// configuration stored by another version of gust could do that).
+    pub(crate) fn outbound_policy(
+        &self,
+        config: &crate::store::AgentConfig,
+    ) -> Result<OutboundPolicy, String> {
+        let allowed = config
+            .allowed_hosts
+            .iter()
+            .map(|p| crate::store::HostPattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(OutboundPolicy {
+            allowed: allowed.into(),
+            timeout: Duration::from_secs(config.outbound_timeout_s),
+            max_response_bytes: self.outbound.max_response_bytes,
+            allow_private_network: self.outbound.allow_private_network,
+            client: self.outbound_client.clone(),
+        })
     }
 
     /// Compiles client bytes. Blocking and slow (seconds for a large guest): call it off the

@@ -64,6 +64,7 @@ pub(crate) async fn invoke(
         },
         runtime.stats().live_instance(),
         call.recorder,
+        deployment.outbound.clone(),
     );
     let mut store = new_store(runtime, state);
     let request = Request {

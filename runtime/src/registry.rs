@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::bindings::AgentPre;
 use crate::gate::Gate;
-use crate::host::CallState;
+use crate::host::{CallState, OutboundPolicy};
 use crate::store::PushConfig;
 
 /// A deployment ready to serve: a pre-linked component and its frozen settings.
@@ -27,6 +27,8 @@ pub(crate) struct Deployment {
     pub(crate) pre: AgentPre<CallState>,
     /// The agent's admission gate (shared with its other deployments).
     pub(crate) gate: Arc<Gate>,
+    /// Where its guests may send HTTP requests.
+    pub(crate) outbound: OutboundPolicy,
     /// Largest linear memory of an instance.
     pub(crate) memory_bytes: usize,
     /// Largest output of a call.

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::agents::{Agents, Limits};
 use crate::api::{self, AppState, BodyLimits};
-use crate::engine::Runtime;
+use crate::engine::{OutboundSettings, Runtime};
 use crate::fsutil;
 use crate::keys::KeyRing;
 use crate::runs::{RunSettings, Runs};
@@ -47,6 +47,8 @@ pub struct ServeOptions {
     pub host_limits: Limits,
     /// Connection handling.
     pub http: HttpSettings,
+    /// Guests' outgoing HTTP.
+    pub outbound: OutboundSettings,
 }
 
 /// Connection handling of `gust serve`.
@@ -93,7 +95,12 @@ pub async fn serve(
     let store: Arc<dyn Store> = Arc::new(Sqlite::open(&data_dir.join("gust.db"))?);
     let stats = Arc::new(Stats::default());
     let max_memory = (options.host_limits.maxima.memory_mib as usize) << 20;
-    let runtime = Arc::new(Runtime::new(&data_dir.join("cache"), stats, max_memory)?);
+    let runtime = Arc::new(Runtime::new(
+        &data_dir.join("cache"),
+        stats,
+        max_memory,
+        options.outbound.clone(),
+    )?);
     let files = ComponentFiles::open(data_dir.join("components"))?;
     let keys = KeyRing::load(store.all_keys().context("loading invoke keys")?);
     let agents = Arc::new(Agents::new(

@@ -42,6 +42,7 @@
 
 mod context;
 mod error;
+pub mod http;
 
 pub use context::{Context, Level, Mode};
 pub use error::{Error, ResultExt};

@@ -9,6 +9,7 @@ mod http;
 mod isolation;
 mod limits;
 mod mutants;
+mod outbound;
 mod push;
 mod receiver;
 mod redeploy;

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::agents::Limits;
 use crate::api::BodyLimits;
+use crate::engine::OutboundSettings;
 use crate::runs::{PushSettings, RunSettings};
 use crate::server::{self, HttpSettings, ServeOptions};
 use crate::store::Maxima;
@@ -374,6 +375,9 @@ struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// Largest answer a guest may read from one outgoing HTTP request, in MiB.
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    max_outbound_response_mib: usize,
     /// Allow push deliveries (and guest requests) to loopback and private addresses. For
     /// development and tests: it turns off the host's SSRF protection.
     #[arg(long)]
@@ -503,6 +507,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: BodyLimits {
             upload: args.max_upload_mib << 20,
             input: args.max_input_mib << 20,
+        },
+        outbound: OutboundSettings {
+            allow_private_network: args.allow_private_network,
+            max_response_bytes: args.max_outbound_response_mib << 20,
         },
         http: HttpSettings {
             header_timeout: Duration::from_secs(args.header_timeout.max(1)),

@@ -22,6 +22,7 @@ use crate::stats::LiveInstance;
 
 pub(crate) use agent::truncate;
 pub(crate) use limits::Limiter;
+pub(crate) use outbound::OutboundPolicy;
 pub(crate) use stdio::Captured;
 
 /// Host resources (streams, HTTP requests and the like) one call may hold at once; the
@@ -59,7 +60,7 @@ pub(crate) struct CallState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    outbound: outbound::DenyAll,
+    outbound: outbound::Outbound,
     pub(crate) limiter: Limiter,
     info: CallInfo,
     config: Arc<BTreeMap<String, String>>,
@@ -79,6 +80,7 @@ impl CallState {
         limits: CallLimits,
         live: LiveInstance,
         recorder: Option<Arc<RunRecorder>>,
+        outbound: OutboundPolicy,
     ) -> Self {
         let stdout = Captured::new();
         let stderr = Captured::new();
@@ -96,7 +98,11 @@ impl CallState {
             http: WasiHttpCtx::new(),
             table,
             logged: 0,
-            outbound: outbound::DenyAll { info: info.clone() },
+            outbound: outbound::Outbound {
+                policy: outbound,
+                info: info.clone(),
+                recorder: recorder.clone(),
+            },
             limiter: Limiter::new(limits.memory_bytes),
 
             info,

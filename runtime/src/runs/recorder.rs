@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 
 use super::writer::Writer;
 use crate::clock;
-use crate::store::{LogLine, RunWrite};
+use crate::store::{LogLine, OutboundRequest, RunWrite};
 
 /// Lines and bytes kept per run; what is past them is counted, not kept.
 const MAX_LINES: usize = 200;
+/// Outgoing requests recorded per run.
+const MAX_OUTBOUND: usize = 100;
 const MAX_BYTES: usize = 64 * 1024;
 /// Progress is written at most this often; the latest report always lands.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
@@ -21,6 +23,7 @@ struct State {
     dropped: usize,
     last_progress_write: Option<Instant>,
     unwritten_progress: Option<(f64, String)>,
+    outbound: Vec<OutboundRequest>,
 }
 
 /// The recorder of one attempt of one run.
@@ -77,9 +80,17 @@ impl RunRecorder {
         }
     }
 
+    /// Records an outgoing HTTP request (the first [`MAX_OUTBOUND`]).
+    pub(crate) fn outbound(&self, request: OutboundRequest) {
+        let mut state = self.state();
+        if state.outbound.len() < MAX_OUTBOUND {
+            state.outbound.push(request);
+        }
+    }
+
     /// Ends the attempt: writes a throttled last progress report (before the finish, which
-    /// goes through the same writer) and hands over the log lines.
-    pub(super) fn finish(&self) -> Vec<LogLine> {
+    /// goes through the same writer) and hands over the log lines and outgoing requests.
+    pub(super) fn finish(&self) -> (Vec<LogLine>, Vec<OutboundRequest>) {
         let mut state = self.state();
         if let Some((fraction, message)) = state.unwritten_progress.take() {
             self.writer.write_detached(RunWrite::Progress {
@@ -96,6 +107,6 @@ impl RunRecorder {
                 message: format!("[{} more log lines dropped]", state.dropped),
             });
         }
-        lines
+        (lines, std::mem::take(&mut state.outbound))
     }
 }

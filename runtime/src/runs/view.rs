@@ -24,6 +24,14 @@ pub(crate) fn run_json(run: &RunRecord) -> Value {
         "error": run.error.as_ref().map(|(kind, message)| json!({"kind": kind, "message": message})),
         "progress": run.progress.as_ref().map(|(fraction, message)| json!({"fraction": fraction, "message": message})),
         "logs": run.logs.iter().map(|l| json!({"ts": rfc3339(l.ts), "level": l.level, "message": l.message})).collect::<Vec<_>>(),
+        "outbound": run.outbound.iter().map(|o| json!({
+            "ts": rfc3339(o.ts),
+            "method": o.method,
+            "host": o.host,
+            "status": o.status,
+            "duration_ms": o.duration_ms,
+            "error": o.error,
+        })).collect::<Vec<_>>(),
         "delivery": run.delivery.as_ref().map(|d| json!({
             "status": d.status.as_str(),
             "attempts": d.attempts,

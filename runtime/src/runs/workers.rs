@@ -15,7 +15,7 @@ use crate::bindings::Mode;
 use crate::clock;
 use crate::gate::Admitted;
 use crate::invoke::{self, Call};
-use crate::store::{LogLine, RunOutcome, RunWrite, StartedRun, WriteOutcome};
+use crate::store::{LogLine, OutboundRequest, RunOutcome, RunWrite, StartedRun, WriteOutcome};
 
 /// One agent's runs waiting for room. A drainer task per agent with waiting runs takes
 /// them in order as the agent's gate (and a worker slot) admits them, so an agent at its
@@ -168,7 +168,7 @@ async fn execute(runs: &Runs, id: &str, admitted: Admitted) {
     // The instance is gone: make room before the end is recorded.
     drop(admitted);
     runs.hooks.running().remove(id);
-    let Some((outcome, logs)) = ended else {
+    let Some((outcome, (logs, outbound))) = ended else {
         // Interrupted by a cancel, which already recorded the run's end.
         return;
     };
@@ -181,6 +181,7 @@ async fn execute(runs: &Runs, id: &str, admitted: Admitted) {
         now: clock::now_ms(),
         outcome,
         logs,
+        outbound,
     });
 }
 
@@ -191,7 +192,7 @@ async fn attempt(
     started: StartedRun,
     mut stopped: oneshot::Receiver<()>,
     lease: std::time::Duration,
-) -> Option<(RunOutcome, Vec<LogLine>)> {
+) -> Option<(RunOutcome, (Vec<LogLine>, Vec<OutboundRequest>))> {
     let deployment = match runs
         .agents
         .deployment(&started.agent, started.deployment)
@@ -203,7 +204,7 @@ async fn attempt(
                 kind: e.kind().to_owned(),
                 message: format!("the run's deployment could not be loaded: {e}"),
             };
-            return Some((outcome, Vec::new()));
+            return Some((outcome, (Vec::new(), Vec::new())));
         }
     };
     let recorder = Arc::new(RunRecorder::new(id.to_owned(), runs.writer.clone()));

@@ -63,6 +63,13 @@ pub struct AgentConfig {
     /// (below the core count). Raise it for agents that mostly wait on models and tools.
     #[serde(default)]
     pub max_instances: Option<u32>,
+    /// Where the guest may send HTTP requests: `scheme://host[:port]` patterns, the host
+    /// possibly `*.domain`. Empty (the default): nowhere.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Time one outgoing request may take, in seconds.
+    #[serde(default = "default_outbound_timeout_s")]
+    pub outbound_timeout_s: u64,
     /// Values the guest reads with `config(key)`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -97,6 +104,14 @@ fn default_max_queue_wait_s() -> u64 {
 /// The default memory limit of an instance.
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
 const DEFAULT_OUTPUT_MIB: u32 = 16;
+
+const DEFAULT_OUTBOUND_TIMEOUT_S: u64 = 30;
+const MAX_OUTBOUND_TIMEOUT_S: u64 = 600;
+const MAX_ALLOWED_HOSTS: usize = 64;
+
+fn default_outbound_timeout_s() -> u64 {
+    DEFAULT_OUTBOUND_TIMEOUT_S
+}
 
 fn default_memory_mib() -> u32 {
     DEFAULT_MEMORY_MIB
@@ -138,6 +153,8 @@ impl Default for AgentConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             output_mib: DEFAULT_OUTPUT_MIB,
             max_instances: None,
+            allowed_hosts: Vec::new(),
+            outbound_timeout_s: DEFAULT_OUTBOUND_TIMEOUT_S,
             config: BTreeMap::new(),
         }
     }
@@ -162,6 +179,20 @@ impl AgentConfig {
         within("output_mib", self.output_mib, maxima.output_mib)?;
         if let Some(n) = self.max_instances {
             within("max_instances", n, maxima.instances)?;
+        }
+        if self.allowed_hosts.len() > MAX_ALLOWED_HOSTS {
+            return Err(format!(
+                "`allowed_hosts` has more than {MAX_ALLOWED_HOSTS} entries"
+            ));
+        }
+        for pattern in &self.allowed_hosts {
+            HostPattern::parse(pattern)?;
+        }
+        if !(1..=MAX_OUTBOUND_TIMEOUT_S).contains(&self.outbound_timeout_s) {
+            return Err(format!(
+                "`outbound_timeout_s` must be between 1 and {MAX_OUTBOUND_TIMEOUT_S}, not {}",
+                self.outbound_timeout_s
+            ));
         }
         if !(1..=MAX_SYNC_TIMEOUT_S).contains(&self.sync_timeout_s) {
             return Err(format!(
@@ -312,5 +343,114 @@ mod tests {
             sync_with_push.push_target().is_none(),
             "push only applies in async mode"
         );
+    }
+}
+
+/// One entry of `allowed_hosts`: `http` or `https`, a host (or `*.domain` for any name
+/// under it), and a port (the scheme's default when left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    scheme: String,
+    host: String,
+    wildcard: bool,
+    port: u16,
+}
+
+impl HostPattern {
+    /// Parses `scheme://host[:port]`.
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the pattern.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("`allowed_hosts` entry `{pattern}`: {why}");
+        let (scheme, rest) = pattern
+            .split_once("://")
+            .ok_or_else(|| bad("write it as scheme://host[:port]"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(bad("the scheme must be http or https")),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(bad(
+                "only a scheme, a host and a port; no path or credentials",
+            ));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || rest.starts_with('[') => {
+                match port.parse::<u16>() {
+                    Ok(port) => (host, port),
+                    Err(_) if rest.starts_with('[') && !host.ends_with(']') => (rest, default_port),
+                    Err(_) => return Err(bad("the port is not a number")),
+                }
+            }
+            _ => (rest, default_port),
+        };
+        let (wildcard, host) = match host.strip_prefix("*.") {
+            Some(domain) => (true, domain),
+            None => (false, host),
+        };
+        if host.is_empty() || host.contains('*') {
+            return Err(bad(
+                "the host is missing, or has a `*` other than a leading `*.`",
+            ));
+        }
+        Ok(Self {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            wildcard,
+            port,
+        })
+    }
+
+    /// Whether a request to `scheme://host:port` matches.
+    pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
+        if !self.scheme.eq_ignore_ascii_case(scheme) || self.port != port {
+            return false;
+        }
+        let host = host.to_ascii_lowercase();
+        if self.wildcard {
+            host.strip_suffix(&self.host)
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+        } else {
+            host == self.host
+        }
+    }
+}
+
+#[cfg(test)]
+mod pattern_tests {
+    use super::HostPattern;
+
+    #[test]
+    fn patterns_match_scheme_host_and_port() {
+        let exact = HostPattern::parse("https://api.openai.com").unwrap();
+        assert!(exact.matches("https", "API.openai.com", 443));
+        assert!(!exact.matches("http", "api.openai.com", 443));
+        assert!(!exact.matches("https", "api.openai.com", 8443));
+        assert!(!exact.matches("https", "evil-api.openai.com", 443));
+        let wild = HostPattern::parse("https://*.example.com").unwrap();
+        assert!(wild.matches("https", "a.example.com", 443));
+        assert!(wild.matches("https", "a.b.example.com", 443));
+        assert!(!wild.matches("https", "example.com", 443));
+        assert!(!wild.matches("https", "badexample.com", 443));
+        let local = HostPattern::parse("http://127.0.0.1:8080/").unwrap();
+        assert!(local.matches("http", "127.0.0.1", 8080));
+        assert!(!local.matches("http", "127.0.0.1", 80));
+        let v6 = HostPattern::parse("http://[::1]:9000").unwrap();
+        assert!(v6.matches("http", "[::1]", 9000));
+        for bad in [
+            "api.openai.com",
+            "ftp://x",
+            "https://x/path",
+            "https://u@x",
+            "https://*",
+            "https://a.*.com",
+            "http://x:port",
+        ] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
     }
 }

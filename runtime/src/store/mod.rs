@@ -13,10 +13,12 @@ mod config;
 mod runs;
 mod sqlite;
 
-pub use config::{AgentConfig, DEFAULT_MEMORY_MIB, Maxima, Mode, PushConfig, REDACTED};
+pub use config::{
+    AgentConfig, DEFAULT_MEMORY_MIB, HostPattern, Maxima, Mode, PushConfig, REDACTED,
+};
 pub use runs::{
-    DeliveryRecord, DeliveryStatus, LogLine, NewRun, PushSecrets, Recovered, RunOutcome, RunRecord,
-    RunStatus, RunWrite, StartedRun, WriteOutcome,
+    DeliveryRecord, DeliveryStatus, LogLine, NewRun, OutboundRequest, PushSecrets, Recovered,
+    RunOutcome, RunRecord, RunStatus, RunWrite, StartedRun, WriteOutcome,
 };
 pub use sqlite::Sqlite;
 

@@ -90,6 +90,23 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// An outgoing HTTP request a run made (never its headers or bodies).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboundRequest {
+    /// When it was sent, ms since the epoch.
+    pub ts: i64,
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// `scheme://host[:port]`.
+    pub host: String,
+    /// The answer's status, if there was one.
+    pub status: Option<u16>,
+    /// How long it took, ms.
+    pub duration_ms: u64,
+    /// Why it failed or was denied, if it did.
+    pub error: Option<String>,
+}
+
 /// How a run's execution ended.
 #[derive(Debug, Clone)]
 pub enum RunOutcome {
@@ -138,6 +155,8 @@ pub struct RunRecord {
     pub progress: Option<(f64, String)>,
     /// Log lines (bounded).
     pub logs: Vec<LogLine>,
+    /// Outgoing HTTP requests (bounded).
+    pub outbound: Vec<OutboundRequest>,
     /// Push delivery, when the run's deployment pushes.
     pub delivery: Option<DeliveryRecord>,
 }
@@ -248,6 +267,8 @@ pub enum RunWrite {
         outcome: RunOutcome,
         /// Its log lines.
         logs: Vec<LogLine>,
+        /// Its outgoing HTTP requests.
+        outbound: Vec<OutboundRequest>,
     },
     /// Cancel a queued or running run.
     Cancel {

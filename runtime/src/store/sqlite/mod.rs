@@ -65,6 +65,8 @@ const MIGRATIONS: &[&str] = &[
         rate_limit TEXT
     ) STRICT;
     CREATE INDEX keys_agent ON keys(agent);",
+    // 4: the outgoing HTTP requests a run made.
+    "ALTER TABLE runs ADD COLUMN outbound TEXT;",
 ];
 
 /// The SQLite [`Store`].

@@ -4,8 +4,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{from_json, internal};
 use crate::store::{
-    AgentConfig, DeliveryRecord, DeliveryStatus, LogLine, NewRun, Recovered, RunOutcome, RunRecord,
-    RunStatus, RunWrite, StartedRun, StoreError, WriteOutcome,
+    AgentConfig, DeliveryRecord, DeliveryStatus, LogLine, NewRun, OutboundRequest, Recovered,
+    RunOutcome, RunRecord, RunStatus, RunWrite, StartedRun, StoreError, WriteOutcome,
 };
 
 /// How long an `Idempotency-Key` names its run.
@@ -110,7 +110,8 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
             now,
             outcome,
             logs,
-        } => finish(tx, id, *now, outcome, logs),
+            outbound,
+        } => finish(tx, id, *now, outcome, logs, outbound),
         RunWrite::Cancel { agent, id, now } => cancel(tx, agent, id, *now),
         RunWrite::ExpireDue { now } => expire_due(tx, *now),
         RunWrite::Delivery {
@@ -274,8 +275,13 @@ fn finish(
     now: i64,
     outcome: &RunOutcome,
     logs: &[LogLine],
+    outbound: &[OutboundRequest],
 ) -> Result<WriteOutcome, StoreError> {
     let logs = serde_json::to_string(logs).map_err(|e| StoreError::Internal(e.into()))?;
+    let outbound = (!outbound.is_empty())
+        .then(|| serde_json::to_string(outbound))
+        .transpose()
+        .map_err(|e| StoreError::Internal(e.into()))?;
     let (status, output, output_type, error_kind, error_message) = match outcome {
         RunOutcome::Succeeded {
             content_type,
@@ -298,9 +304,9 @@ fn finish(
     let push: Option<bool> = row(
         tx,
         "UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, output_type = ?5, error_kind = ?6,
-            error_message = ?7, logs = ?8, lease_until = NULL
+            error_message = ?7, logs = ?8, outbound = ?9, lease_until = NULL
          WHERE id = ?1 AND status = 'running' RETURNING push",
-        params![id, status.as_str(), now, output, output_type, error_kind, error_message, logs],
+        params![id, status.as_str(), now, output, output_type, error_kind, error_message, logs, outbound],
         |r| r.get(0),
     )
     .optional()
@@ -469,7 +475,7 @@ pub(super) fn recover(
 const RUN_COLUMNS: &str =
     "r.id, r.agent, r.deployment, r.version, r.status, r.created_at, r.started_at,
     r.finished_at, r.attempts, r.output_type, r.output, r.error_kind, r.error_message,
-    r.progress_fraction, r.progress_message, r.logs,
+    r.progress_fraction, r.progress_message, r.logs, r.outbound,
     d.event_id, d.event_type, d.url, d.access_token, d.status, d.attempts, d.last_error,
     d.next_attempt_at, d.created_at";
 
@@ -484,20 +490,21 @@ fn run_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     let progress_fraction: Option<f64> = row.get(13)?;
     let progress_message: Option<String> = row.get(14)?;
     let logs: Option<String> = row.get(15)?;
-    let event_id: Option<String> = row.get(16)?;
+    let outbound: Option<String> = row.get(16)?;
+    let event_id: Option<String> = row.get(17)?;
     let delivery = match event_id {
         Some(event_id) => Some(DeliveryRecord {
             run_id: id.clone(),
             agent: agent.clone(),
             event_id,
-            event_type: row.get(17)?,
-            url: row.get(18)?,
-            access_token: row.get(19)?,
-            status: DeliveryStatus::from_db(&row.get::<_, String>(20)?),
-            attempts: row.get(21)?,
-            last_error: row.get(22)?,
-            next_attempt_at: row.get(23)?,
-            created_at: row.get(24)?,
+            event_type: row.get(18)?,
+            url: row.get(19)?,
+            access_token: row.get(20)?,
+            status: DeliveryStatus::from_db(&row.get::<_, String>(21)?),
+            attempts: row.get(22)?,
+            last_error: row.get(23)?,
+            next_attempt_at: row.get(24)?,
+            created_at: row.get(25)?,
         }),
         None => None,
     };
@@ -516,6 +523,9 @@ fn run_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         progress: progress_fraction.zip(progress_message),
         logs: logs
             .and_then(|l| serde_json::from_str(&l).ok())
+            .unwrap_or_default(),
+        outbound: outbound
+            .and_then(|o| serde_json::from_str(&o).ok())
             .unwrap_or_default(),
         delivery,
     })
@@ -687,6 +697,7 @@ mod tests {
                 output: b"ok".to_vec(),
             },
             logs: vec![],
+            outbound: vec![],
         };
         assert_eq!(
             apply(&db, finish()),

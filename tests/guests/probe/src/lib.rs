@@ -1,6 +1,6 @@
 //! A test guest that does what its input asks, so end-to-end tests can drive every path of
 //! the host: `{"op": "echo" | "fail" | "invalid" | "panic" | "spin" | "sleep" | "steps" | "print" |
-//! "alloc" | "recurse" | "big"}`. Its answers carry a marker compiled in (`a`, or `b` with the `marker-b`
+//! "alloc" | "recurse" | "big" | "sandbox" | "fetch"}`. Its answers carry a marker compiled in (`a`, or `b` with the `marker-b`
 //! feature), so a test can tell two builds apart.
 
 use std::time::Duration;
@@ -73,6 +73,13 @@ fn run(input: Value, ctx: &Context) -> Result<Value, Error> {
             Ok(json!({"marker": MARKER}))
         }
         "recurse" => Ok(json!({"depth": recurse(parsed.n)})),
+        "fetch" => {
+            let url = parsed.key.as_deref().unwrap_or_default();
+            Ok(match gust_sdk::http::Request::get(url).send() {
+                Ok(response) => json!({"status": response.status, "body": response.text()}),
+                Err(e) => json!({"error": e.to_string()}),
+            })
+        }
         "sandbox" => Ok(json!({
             // What a guest can reach of the host: nothing, if the sandbox holds.
             "read_root": std::fs::read_dir("/").map(|d| d.count()).map_err(|e| e.to_string()),
