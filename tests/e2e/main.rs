@@ -18,4 +18,5 @@ mod runs;
 
 mod server;
 mod support;
+mod triage;
 mod uploads;

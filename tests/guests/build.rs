@@ -11,6 +11,7 @@ const TARGET: &str = "wasm32-wasip2";
 const GUESTS: &[(&str, &str, &str, &str)] = &[
     ("ECHO", "echo", "", "echo"),
     ("ROUTER", "router", "", "router"),
+    ("TRIAGE", "triage", "", "triage"),
     ("PROBE_A", "gust-probe", "", "gust_probe"),
     ("PROBE_B", "gust-probe", "marker-b", "gust_probe"),
 ];

@@ -75,7 +75,7 @@ pub struct AgentConfig {
     pub config: BTreeMap<String, String>,
 }
 
-/// GALE's default wall-time limit for a call, sync or queued.
+/// The default wall-time limit for a call, sync or queued.
 const DEFAULT_SYNC_TIMEOUT_S: u64 = 180;
 const DEFAULT_ASYNC_TIMEOUT_S: u64 = 180;
 const DEFAULT_MAX_QUEUE_WAIT_S: u64 = 3600;

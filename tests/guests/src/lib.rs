@@ -1,7 +1,7 @@
 //! Paths of guest components built from source by this crate's build script, one constant
 //! per component, so a test that names a missing guest does not compile.
 //!
-//! - `ECHO`, `ROUTER`: the examples;
+//! - `ECHO`, `ROUTER`, `TRIAGE`: the examples;
 //! - `PROBE_A`, `PROBE_B`: the probe test guest, built twice with different markers.
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

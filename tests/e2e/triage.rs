@@ -1,0 +1,169 @@
+//! The reference flow end to end: the triage example against a mock OpenAI-compatible model
+//! and a mock customer tool, both started here on loopback.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::Path;
+use axum::http::{HeaderMap, StatusCode};
+use reqwest::StatusCode as Status;
+use serde_json::{Value, json};
+
+use crate::runs::{finished, submit};
+use crate::support::{Host, error_kind};
+
+/// The mock model: checks the key and the model name, records the prompt, answers a
+/// classification in the chat-completions shape.
+async fn model() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let prompts = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&prompts);
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: HeaderMap, Json(request): Json<Value>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer test-model-key") {
+                    return (StatusCode::UNAUTHORIZED, Json(json!({"error": "bad key"})));
+                }
+                assert_eq!(request["model"], "tiny-model");
+                seen.lock().unwrap().push(request.clone());
+                let ticket = request["messages"][1]["content"].as_str().unwrap_or("").to_lowercase();
+                let (category, urgency) = if ticket.contains("charged") { ("billing", "high") } else { ("other", "low") };
+                let content = json!({"category": category, "urgency": urgency, "summary": "a customer wrote in"}).to_string();
+                (StatusCode::OK, Json(json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})))
+            }
+        }),
+    );
+    (serve(app).await, prompts)
+}
+
+/// The mock customer tool.
+async fn tool() -> String {
+    let app = axum::Router::new().route(
+        "/customers/{id}",
+        axum::routing::get(|Path(id): Path<String>| async move {
+            match id.as_str() {
+                "c-42" => (
+                    StatusCode::OK,
+                    Json(json!({"id": "c-42", "name": "Ada", "tier": "enterprise"})),
+                ),
+                _ => (
+                    StatusCode::NOT_FOUND,
+                    Json(json!({"error": "no such customer"})),
+                ),
+            }
+        }),
+    );
+    serve(app).await
+}
+
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    origin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_triage_flow_calls_its_model_and_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
+    let (model, prompts) = model().await;
+    let tool = tool().await;
+    host.upload_file("triage", gust_test_guests::TRIAGE).await;
+    host.set_config(
+        "triage",
+        json!({
+            "allowed_hosts": [model, tool],
+            "config": {
+                "MODEL_BASE_URL": format!("{model}/v1"),
+                "MODEL": "tiny-model",
+                "MODEL_API_KEY": "test-model-key",
+                "TOOLS_BASE_URL": tool,
+            },
+        }),
+    )
+    .await;
+    host.deploy("triage", None).await;
+
+    let ticket = json!({"customer_id": "c-42", "subject": "Charged twice", "body": "My card was billed two times."});
+    let (status, _, answer) = host.call("triage", ticket.clone()).await;
+    assert_eq!(status, Status::OK, "{answer}");
+    assert_eq!(answer["category"], "billing");
+    assert_eq!(answer["urgency"], "high");
+    assert_eq!(answer["priority"], "p1");
+    assert_eq!(answer["queue"], "billing-urgent");
+    assert_eq!(
+        answer["customer"],
+        json!({"id": "c-42", "name": "Ada", "tier": "enterprise"})
+    );
+    let prompt = prompts.lock().unwrap()[0]["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(prompt.contains("Charged twice"), "{prompt}");
+
+    // Queued: progress reached the end, and both requests are on the run.
+    let id = submit(&host, "triage", ticket).await;
+    let run = finished(&host, "triage", &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["progress"],
+        json!({"fraction": 1.0, "message": "routed"})
+    );
+    let calls: Vec<(String, String, u64)> = run["outbound"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["method"].as_str().unwrap().into(),
+                o["host"].as_str().unwrap().into(),
+                o["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("POST".into(), model.clone(), 200),
+            ("GET".into(), tool.clone(), 200)
+        ]
+    );
+    assert!(
+        run["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["message"] == "classified as billing (High)"),
+        "{run}"
+    );
+
+    // Typed errors: an unknown customer is the caller's problem, a model that cannot be
+    // reached is a failure of the flow.
+    let (status, _, body) = host
+        .call("triage", json!({"customer_id": "nobody", "subject": "hi"}))
+        .await;
+    assert_eq!(status, Status::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(error_kind(&body, "invalid_input").contains("nobody"));
+    host.set_config(
+        "triage",
+        json!({
+            "allowed_hosts": [tool],
+            "config": {"MODEL_BASE_URL": format!("{model}/v1"), "MODEL": "tiny-model", "MODEL_API_KEY": "k", "TOOLS_BASE_URL": tool},
+        }),
+    )
+    .await;
+    host.deploy("triage", None).await;
+    let (status, _, body) = host
+        .call(
+            "triage",
+            json!({"customer_id": "c-42", "subject": "Charged twice"}),
+        )
+        .await;
+    assert_eq!(status, Status::BAD_GATEWAY, "{body}");
+    assert!(
+        error_kind(&body, "failed").contains("the model could not be reached: denied"),
+        "{body}"
+    );
+}
