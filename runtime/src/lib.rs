@@ -18,7 +18,9 @@
 //! - `store`: persistence behind one trait (SQLite embedded; PostgreSQL for many hosts);
 //! - `runs`: run ids (and, with queued runs, the job queue);
 //! - `stats`, [`clock`], [`error`]: counters, timestamps, the error kinds;
-//! - `cli`: the client commands that speak the HTTP API.
+//! - `cli`: the client commands that speak the HTTP API, and the project commands;
+//! - `project`: on the author's machine — `gust new` projects, `gust build` with each
+//!   language's pinned toolchain.
 
 pub mod agents;
 pub mod api;
@@ -35,6 +37,7 @@ pub(crate) mod host;
 pub(crate) mod invoke;
 pub(crate) mod keys;
 pub(crate) mod net;
+pub mod project;
 pub(crate) mod registry;
 pub mod runs;
 pub mod server;

@@ -334,6 +334,35 @@ fn apply(draft: &mut Value, changes: &ConfigChanges) -> anyhow::Result<()> {
     if let Some(mode) = &changes.mode {
         draft["mode"] = json!(mode);
     }
+    let mut hosts: Vec<Value> = draft["allowed_hosts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for origin in &changes.allow_hosts {
+        if !hosts.iter().any(|h| h == origin.as_str()) {
+            hosts.push(json!(origin));
+        }
+    }
+    hosts.retain(|h| !changes.disallow_hosts.iter().any(|d| h == d.as_str()));
+    draft["allowed_hosts"] = Value::Array(hosts);
+    if let Some(s) = changes.outbound_timeout {
+        draft["outbound_timeout_s"] = json!(s);
+    }
+    if let Some(mib) = changes.memory_mib {
+        draft["memory_mib"] = json!(mib);
+    }
+    if let Some(mib) = changes.output_mib {
+        draft["output_mib"] = json!(mib);
+    }
+    if let Some(n) = &changes.max_instances {
+        draft["max_instances"] = match n.as_str() {
+            "default" => Value::Null,
+            n => json!(
+                n.parse::<u32>()
+                    .context("--max-instances takes a number or `default`")?
+            ),
+        };
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod project;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,25 @@ pub struct Cli {
 enum Command {
     /// Run the host.
     Serve(ServeArgs),
+    /// Start an agent project in a new folder `<AGENT>`, in Rust, Python or JavaScript.
+    New {
+        /// The agent's name (also the folder's).
+        agent: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: crate::project::Language,
+    },
+    /// Build the agent project in this folder (or DIR); prints where the component is.
+    Build {
+        /// The project folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// The pinned toolchains that build Python and JavaScript agents.
+    Toolchain {
+        #[command(subcommand)]
+        command: ToolchainCommand,
+    },
     /// Upload a component (if a file is given) and deploy it; prints the endpoints.
     Deploy {
         #[command(flatten)]
@@ -150,6 +170,20 @@ enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum ToolchainCommand {
+    /// Install componentize-py and componentize-js (or the named ones) now, rather than at
+    /// the first `gust build` that needs them; prints where they are.
+    Install {
+        /// Install into this folder instead of the per-user cache.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Which: `python`, `js` (default: both).
+        #[arg(value_enum)]
+        languages: Vec<crate::project::Language>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum AdminCommand {
     /// Replace the admin token now, without a restart; prints the new one (only this once).
     RotateToken {
@@ -262,6 +296,25 @@ pub(crate) struct ConfigChanges {
     /// Remove the push target (and switch to sync mode).
     #[arg(long)]
     pub(crate) no_push: bool,
+    /// Let the agent send HTTP requests to this origin: `https://host[:port]`, the host
+    /// possibly `*.domain` (repeat for more).
+    #[arg(long = "allow-host", value_name = "ORIGIN")]
+    pub(crate) allow_hosts: Vec<String>,
+    /// Take an origin off the agent's allowed hosts.
+    #[arg(long = "disallow-host", value_name = "ORIGIN")]
+    pub(crate) disallow_hosts: Vec<String>,
+    /// Time one outgoing HTTP request may take, in seconds.
+    #[arg(long, value_name = "S")]
+    pub(crate) outbound_timeout: Option<u64>,
+    /// Largest memory an instance may grow to, in MiB.
+    #[arg(long, value_name = "MIB")]
+    pub(crate) memory_mib: Option<u32>,
+    /// Largest output a call may answer, in MiB.
+    #[arg(long, value_name = "MIB")]
+    pub(crate) output_mib: Option<u32>,
+    /// Instances of this agent running at once, or `default` for the server's default.
+    #[arg(long, value_name = "N|default")]
+    pub(crate) max_instances: Option<String>,
 }
 
 impl ConfigChanges {
@@ -275,6 +328,12 @@ impl ConfigChanges {
             || self.push_url.is_some()
             || self.push_token.is_some()
             || self.no_push
+            || !self.allow_hosts.is_empty()
+            || !self.disallow_hosts.is_empty()
+            || self.outbound_timeout.is_some()
+            || self.memory_mib.is_some()
+            || self.output_mib.is_some()
+            || self.max_instances.is_some()
     }
 }
 
@@ -406,6 +465,11 @@ pub fn init_tracing(cli: &Cli) {
 pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::New { agent, lang } => project::new(&agent, lang),
+        Command::Build { dir } => project::build(&dir),
+        Command::Toolchain {
+            command: ToolchainCommand::Install { dir, languages },
+        } => project::install(dir, &languages),
         Command::Deploy {
             conn,
             agent,
