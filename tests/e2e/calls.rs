@@ -126,12 +126,16 @@ async fn the_router_flow_uses_config_logs_and_typed_errors() {
 
     let ticket =
         json!({"subject": "Site down", "body": "checkout returns 500", "tier": "enterprise"});
-    let (status, _, body) = host.call("router", ticket).await;
+    let (status, _, body) = host.call("router", ticket.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["category"], "OUTAGE");
     assert_eq!(body["priority"], "p1");
     assert_eq!(body["team"], "sre");
     assert_eq!(body["matched"], json!(["down", "500"]));
+    let id = crate::runs::submit(&host, "router", ticket.clone()).await;
+    let run = crate::runs::finished(&host, "router", &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"]["json"], body, "queued, the same answer");
 
     let (status, _, body) = host
         .call("router", json!({"subject": "refund please"}))

@@ -80,6 +80,63 @@ async fn deploy_config_run_and_rollback_from_the_command_line() {
     let out = ok(&gust(h, &["run", "echo", "{}"]));
     assert!(out.contains(r#""marker":"cli""#), "{out}");
 
+    // Outbound and resource settings: hosts are added and taken off one by one.
+    ok(&gust(
+        h,
+        &[
+            "config",
+            "echo",
+            "--allow-host",
+            "https://api.example.com",
+            "--allow-host",
+            "https://*.tools.example.com",
+            "--outbound-timeout",
+            "12",
+            "--memory-mib",
+            "64",
+            "--max-instances",
+            "3",
+        ],
+    ));
+    let out = ok(&gust(
+        h,
+        &[
+            "config",
+            "echo",
+            "--disallow-host",
+            "https://api.example.com",
+            "--allow-host",
+            "https://*.tools.example.com",
+        ],
+    ));
+    let draft: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        draft["allowed_hosts"],
+        serde_json::json!(["https://*.tools.example.com"])
+    );
+    assert_eq!(
+        (
+            &draft["outbound_timeout_s"],
+            &draft["memory_mib"],
+            &draft["max_instances"]
+        ),
+        (
+            &serde_json::json!(12),
+            &serde_json::json!(64),
+            &serde_json::json!(3)
+        )
+    );
+    let out = ok(&gust(h, &["config", "echo", "--max-instances", "default"]));
+    assert!(out.contains("\"max_instances\": null"), "{out}");
+    let failed = gust(h, &["config", "echo", "--allow-host", "ftp://x"]);
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr)
+            .contains("bad_request: `allowed_hosts` entry `ftp://x`"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+
     // Errors: one clear line and a non-zero exit.
     let failed = gust(h, &["run", "nobody", "{}"]);
     assert!(!failed.status.success());

@@ -1,12 +1,15 @@
 //! End-to-end tests: start the real `gust` binary on a free port with a temporary data
-//! folder, and speak HTTP to it. Guests are built from source by `gust-test-guests`.
+//! folder, and speak HTTP to it. Rust guests are built from source by `gust-test-guests`,
+//! Python and JavaScript guests by `componentize` (with the code behind `gust build`).
 
 mod calls;
 mod cli;
+mod componentize;
 mod deploy;
 mod guard;
 mod http;
 mod isolation;
+mod languages;
 mod limits;
 mod mutants;
 mod outbound;
@@ -15,8 +18,9 @@ mod receiver;
 mod redeploy;
 mod restart;
 mod runs;
-
+mod scaffold;
 mod server;
 mod support;
 mod triage;
 mod uploads;
+mod upstream;

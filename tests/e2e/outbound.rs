@@ -1,45 +1,13 @@
 //! Guests' outgoing HTTP: allowed hosts only, the address policy, timeouts, and a record of
 //! every request on the run.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::runs::{finished, submit};
 use crate::support::Host;
-
-/// A loopback HTTP server: `/hello` answers JSON, `/slow` takes 5 s; counts requests.
-async fn upstream() -> (String, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&hits);
-    let app = axum::Router::new()
-        .route(
-            "/hello",
-            axum::routing::get(|| async { axum::Json(json!({"hello": "from upstream"})) }),
-        )
-        .route(
-            "/slow",
-            axum::routing::get(|| async {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                "late"
-            }),
-        )
-        .layer(axum::middleware::from_fn(
-            move |request: axum::extract::Request, next: axum::middleware::Next| {
-                let counted = Arc::clone(&counted);
-                async move {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    next.run(request).await
-                }
-            },
-        ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (origin, hits)
-}
+use crate::upstream::Upstream;
 
 async fn fetch(host: &Host, url: &str) -> serde_json::Value {
     let (status, _, body) = host.call("probe", json!({"op": "fetch", "key": url})).await;
@@ -51,8 +19,9 @@ async fn fetch(host: &Host, url: &str) -> serde_json::Value {
 async fn allowed_hosts_only_with_timeouts_and_a_record_of_each_request() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
-    let (allowed, allowed_hits) = upstream().await;
-    let (other, other_hits) = upstream().await;
+    let allowed_upstream = Upstream::start().await;
+    let other_upstream = Upstream::start().await;
+    let (allowed, other) = (&allowed_upstream.origin, &other_upstream.origin);
     host.upload_file("probe", gust_test_guests::PROBE_A).await;
     host.set_config(
         "probe",
@@ -67,7 +36,7 @@ async fn allowed_hosts_only_with_timeouts_and_a_record_of_each_request() {
         serde_json::from_str::<serde_json::Value>(answer["body"].as_str().unwrap()).unwrap()["hello"],
         "from upstream"
     );
-    assert_eq!(allowed_hits.load(Ordering::SeqCst), 1);
+    assert_eq!(allowed_upstream.requests(), 1);
 
     // A host not in the list: denied in the guest, and nothing reaches it.
     let answer = fetch(&host, &format!("{other}/hello")).await;
@@ -76,7 +45,7 @@ async fn allowed_hosts_only_with_timeouts_and_a_record_of_each_request() {
         "{answer}"
     );
     assert_eq!(
-        other_hits.load(Ordering::SeqCst),
+        other_upstream.connections(),
         0,
         "no connection to a host that is not allowed"
     );
@@ -122,14 +91,15 @@ async fn allowed_hosts_only_with_timeouts_and_a_record_of_each_request() {
         "{run}"
     );
     assert_eq!(run["outbound"][0]["status"], serde_json::Value::Null);
-    assert_eq!(other_hits.load(Ordering::SeqCst), 0);
+    assert_eq!(other_upstream.connections(), 0);
 }
 
 #[tokio::test]
 async fn private_destinations_stay_refused_without_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(dir.path()).await;
-    let (origin, hits) = upstream().await;
+    let upstream = Upstream::start().await;
+    let origin = upstream.origin.clone();
     host.upload_file("probe", gust_test_guests::PROBE_A).await;
     let port = origin.rsplit(':').next().unwrap();
     let localhost = format!("http://localhost:{port}");
@@ -147,7 +117,7 @@ async fn private_destinations_stay_refused_without_the_flag() {
         );
     }
     assert_eq!(
-        hits.load(Ordering::SeqCst),
+        upstream.connections(),
         0,
         "allowed by the list, refused by the address policy"
     );

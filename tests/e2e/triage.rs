@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use reqwest::StatusCode as Status;
 use serde_json::{Value, json};
 
+use crate::componentize::component;
 use crate::runs::{finished, submit};
 use crate::support::{Host, error_kind};
 
@@ -65,48 +66,67 @@ async fn serve(app: axum::Router) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_triage_flow_calls_its_model_and_tool() {
+async fn the_triage_flow_calls_its_model_and_tool_in_every_language() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
     let (model, prompts) = model().await;
     let tool = tool().await;
-    host.upload_file("triage", gust_test_guests::TRIAGE).await;
-    host.set_config(
-        "triage",
+    let flows = [
+        ("triage", gust_test_guests::TRIAGE.to_owned()),
+        ("python-triage", component("examples/python-triage").await),
+        ("js-triage", component("examples/js-triage").await),
+    ];
+    for (agent, file) in &flows {
+        host.upload_file(agent, file).await;
+        triage_flow(&host, agent, &model, &tool, &prompts).await;
+    }
+}
+
+/// One flow, sync and queued, then its typed errors.
+async fn triage_flow(
+    host: &Host,
+    agent: &str,
+    model: &str,
+    tool: &str,
+    prompts: &Mutex<Vec<Value>>,
+) {
+    let settings = |allowed: Vec<&str>, key: &str| {
         json!({
-            "allowed_hosts": [model, tool],
+            "allowed_hosts": allowed,
             "config": {
                 "MODEL_BASE_URL": format!("{model}/v1"),
                 "MODEL": "tiny-model",
-                "MODEL_API_KEY": "test-model-key",
+                "MODEL_API_KEY": key,
                 "TOOLS_BASE_URL": tool,
             },
-        }),
-    )
-    .await;
-    host.deploy("triage", None).await;
+        })
+    };
+    host.set_config(agent, settings(vec![model, tool], "test-model-key"))
+        .await;
+    host.deploy(agent, None).await;
 
     let ticket = json!({"customer_id": "c-42", "subject": "Charged twice", "body": "My card was billed two times."});
-    let (status, _, answer) = host.call("triage", ticket.clone()).await;
-    assert_eq!(status, Status::OK, "{answer}");
+    let (status, _, answer) = host.call(agent, ticket.clone()).await;
+    assert_eq!(status, Status::OK, "{agent}: {answer}");
     assert_eq!(answer["category"], "billing");
     assert_eq!(answer["urgency"], "high");
     assert_eq!(answer["priority"], "p1");
     assert_eq!(answer["queue"], "billing-urgent");
+    assert_eq!(answer["summary"], "a customer wrote in");
     assert_eq!(
         answer["customer"],
         json!({"id": "c-42", "name": "Ada", "tier": "enterprise"})
     );
-    let prompt = prompts.lock().unwrap()[0]["messages"][1]["content"]
+    let prompt = prompts.lock().unwrap().last().unwrap()["messages"][1]["content"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(prompt.contains("Charged twice"), "{prompt}");
+    assert!(prompt.contains("Charged twice"), "{agent}: {prompt}");
 
     // Queued: progress reached the end, and both requests are on the run.
-    let id = submit(&host, "triage", ticket).await;
-    let run = finished(&host, "triage", &id).await;
-    assert_eq!(run["status"], "succeeded", "{run}");
+    let id = submit(host, agent, ticket).await;
+    let run = finished(host, agent, &id).await;
+    assert_eq!(run["status"], "succeeded", "{agent}: {run}");
     assert_eq!(
         run["progress"],
         json!({"fraction": 1.0, "message": "routed"})
@@ -126,44 +146,55 @@ async fn the_triage_flow_calls_its_model_and_tool() {
     assert_eq!(
         calls,
         [
-            ("POST".into(), model.clone(), 200),
-            ("GET".into(), tool.clone(), 200)
-        ]
+            ("POST".into(), model.to_owned(), 200),
+            ("GET".into(), tool.to_owned(), 200)
+        ],
+        "{agent}"
     );
     assert!(
         run["logs"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|l| l["message"] == "classified as billing (High)"),
-        "{run}"
+            .any(|l| l["message"] == "classified as billing (high)"),
+        "{agent}: {run}"
     );
 
-    // Typed errors: an unknown customer is the caller's problem, a model that cannot be
-    // reached is a failure of the flow.
+    // Typed errors: an unknown customer is the caller's problem; a model that refuses the
+    // key, or cannot be reached, is a failure of the flow.
     let (status, _, body) = host
-        .call("triage", json!({"customer_id": "nobody", "subject": "hi"}))
+        .call(agent, json!({"customer_id": "nobody", "subject": "hi"}))
         .await;
-    assert_eq!(status, Status::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(status, Status::UNPROCESSABLE_ENTITY, "{agent}: {body}");
     assert!(error_kind(&body, "invalid_input").contains("nobody"));
-    host.set_config(
-        "triage",
-        json!({
-            "allowed_hosts": [tool],
-            "config": {"MODEL_BASE_URL": format!("{model}/v1"), "MODEL": "tiny-model", "MODEL_API_KEY": "k", "TOOLS_BASE_URL": tool},
-        }),
-    )
-    .await;
-    host.deploy("triage", None).await;
+    let (status, _, body) = host.call(agent, json!({"subject": "no customer"})).await;
+    assert_eq!(status, Status::UNPROCESSABLE_ENTITY, "{agent}: {body}");
+
+    host.set_config(agent, settings(vec![model, tool], "wrong-key"))
+        .await;
+    host.deploy(agent, None).await;
     let (status, _, body) = host
         .call(
-            "triage",
+            agent,
             json!({"customer_id": "c-42", "subject": "Charged twice"}),
         )
         .await;
-    assert_eq!(status, Status::BAD_GATEWAY, "{body}");
+    assert_eq!(status, Status::BAD_GATEWAY, "{agent}: {body}");
+    assert_eq!(error_kind(&body, "failed"), "the model answered HTTP 401");
+
+    host.set_config(agent, settings(vec![tool], "test-model-key"))
+        .await;
+    host.deploy(agent, None).await;
+    let (status, _, body) = host
+        .call(
+            agent,
+            json!({"customer_id": "c-42", "subject": "Charged twice"}),
+        )
+        .await;
+    assert_eq!(status, Status::BAD_GATEWAY, "{agent}: {body}");
+    let message = error_kind(&body, "failed");
     assert!(
-        error_kind(&body, "failed").contains("the model could not be reached: denied"),
-        "{body}"
+        message.starts_with("the model could not be reached: ") && message.contains("denied"),
+        "{agent}: {body}"
     );
 }

@@ -1,4 +1,5 @@
-//! The reference agent flow: triage a support ticket in several steps.
+//! The reference agent flow: triage a support ticket in several steps (also in
+//! `examples/python-triage` and `examples/js-triage`).
 //!
 //! 1. check the ticket;
 //! 2. classify it with a model, through an OpenAI-compatible chat-completions API;
@@ -68,6 +69,16 @@ struct Triage {
     queue: String,
 }
 
+impl Urgency {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Normal => "normal",
+            Self::High => "high",
+        }
+    }
+}
+
 const CATEGORIES: &[&str] = &["billing", "outage", "account", "other"];
 
 #[gust_sdk::agent]
@@ -83,8 +94,9 @@ fn run(ticket: Ticket, ctx: &Context) -> Result<Triage, Error> {
     // 2. Classify it with the model.
     let classification = classify(&ticket, ctx)?;
     ctx.info(format!(
-        "classified as {} ({:?})",
-        classification.category, classification.urgency
+        "classified as {} ({})",
+        classification.category,
+        classification.urgency.as_str()
     ));
     ctx.progress(0.4, "classified");
 

@@ -1,0 +1,51 @@
+"""Test guest: the input's `op` picks what the Python SDK is made to do."""
+
+import gust
+from gust import http
+
+
+def explode(depth):
+    if depth == 0:
+        raise ValueError("boom")
+    explode(depth - 1)
+
+
+@gust.agent
+def run(input, ctx):
+    op = (input or {}).get("op")
+    if op == "context":
+        return {
+            "agent": ctx.agent,
+            "version": ctx.version,
+            "run_id": ctx.run_id,
+            "mode": ctx.mode,
+            "attempt": ctx.attempt,
+            "content_type": ctx.content_type,
+            "has_deadline": ctx.deadline is not None,
+            "config": ctx.config(input.get("key", "marker")),
+        }
+    if op == "raise":
+        explode(3)
+    if op == "invalid":
+        raise gust.InvalidInput("the probe was asked to refuse")
+    if op == "failed":
+        raise gust.Failed("the probe was asked to fail")
+    if op == "unserializable":
+        return {"set": {1, 2}}
+    if op == "steps":
+        for step in range(1, 4):
+            ctx.info(f"step {step}")
+            ctx.progress(step / 3, f"step {step} of 3")
+        return {"steps": 3}
+    if op == "fetch":
+        try:
+            answer = http.get(input["url"])
+        except http.Denied as e:
+            return {"denied": str(e)}
+        except http.HttpError as e:
+            return {"error": str(e)}
+        return {"status": answer.status, "body": answer.text()}
+    if op == "post":
+        answer = http.post(input["url"], json={"sent": input.get("payload")})
+        return {"status": answer.status, "body": answer.json()}
+    return {"echo": input}
