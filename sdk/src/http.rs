@@ -176,21 +176,34 @@ impl Request {
 
         // Sent first, written after: the host streams the body as it is written.
         let pending = outgoing_handler::handle(request, None).map_err(error)?;
+        // When the body cannot be sent (the host refused the request, or the server answered
+        // without reading it all), the answer or the reason is still in `pending`.
+        let mut body_error = None;
         {
             let stream = body.write().map_err(|()| invalid("body"))?;
             for chunk in self.body.chunks(4096) {
-                stream.blocking_write_and_flush(chunk).map_err(|e| {
-                    HttpError::Failed(format!("sending the body: {}", stream_error(e)))
-                })?;
+                if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                    body_error = Some(stream_error(e));
+                    break;
+                }
             }
         }
-        OutgoingBody::finish(body, None).map_err(error)?;
+        if body_error.is_none() {
+            if let Err(code) = OutgoingBody::finish(body, None) {
+                body_error = Some(format!("{code:?}"));
+            }
+        }
 
         pending.subscribe().block();
         let response = match pending.get() {
             Some(Ok(Ok(response))) => response,
             Some(Ok(Err(code))) => return Err(error(code)),
-            Some(Err(())) | None => return Err(HttpError::Failed("no answer".into())),
+            Some(Err(())) | None => {
+                return Err(HttpError::Failed(match body_error {
+                    Some(e) => format!("sending the body: {e}"),
+                    None => "no answer".into(),
+                }));
+            }
         };
         read(response)
     }

@@ -226,6 +226,23 @@ async fn python_and_javascript_reach_allowed_hosts_only_within_the_timeout() {
         assert!(said.contains("denied"), "{agent}: {body}");
         assert!(said.contains("allowed_hosts"), "{agent}: {body}");
 
+        // Refused with a body on the way: the refusal, never a broken body stream (which
+        // the JavaScript engine answers by aborting). Repeated, since it was a race.
+        let payload = "x".repeat(3000);
+        for _ in 0..50 {
+            let (status, _, body) = host
+                .call(
+                    agent,
+                    json!({"op": "post", "url": format!("{}/echo", other.origin), "payload": payload}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{agent}: {body}");
+            assert!(
+                error_kind(&body, "failed").contains("denied"),
+                "{agent}: {body}"
+            );
+        }
+
         // A slow upstream is cut at the deployment's timeout.
         let started = Instant::now();
         let (status, _, body) = host

@@ -93,6 +93,22 @@ impl WasiHttpHooks for Outbound {
                 }
             };
 
+            // The body is taken whole before anything is decided: a guest writes it after
+            // `handle` returns, and an answer that closed the body under it (a refusal) would
+            // make those writes fail instead of the request, which some guests (the
+            // JavaScript engine) do not survive.
+            let (parts, body) = request.into_parts();
+            let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => {
+                    record(
+                        None,
+                        Some("the request body is too large or broke off".into()),
+                    );
+                    return Err(Error::HttpRequestBodySize(None));
+                }
+            };
+
             if !policy
                 .allowed
                 .iter()
@@ -118,17 +134,6 @@ impl WasiHttpHooks for Outbound {
                 return Err(Error::DestinationIpProhibited);
             }
 
-            let (parts, body) = request.into_parts();
-            let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => {
-                    record(
-                        None,
-                        Some("the request body is too large or broke off".into()),
-                    );
-                    return Err(Error::HttpRequestBodySize(None));
-                }
-            };
             // The guest may ask for shorter timeouts, never a longer one.
             let timeout = options
                 .and_then(|o| o.first_byte_timeout)

@@ -131,23 +131,30 @@ def request(
         pending = outgoing_handler.handle(outgoing, None)
     except Err as e:
         raise _error(e.value, method, url) from None
+    # When the body cannot be sent (the host refused the request, or the server answered
+    # without reading it all), the answer or the reason is still in `pending`: wait for it.
+    body_failed = False
     with outgoing_body.write() as stream:
         for at in range(0, len(payload), _WRITE_CHUNK):
             try:
                 stream.blocking_write_and_flush(payload[at : at + _WRITE_CHUNK])
-            except Err as e:
-                raise HttpError(f"{method} {url}: sending the body failed ({type(e.value).__name__})") from None
-    try:
-        types.OutgoingBody.finish(outgoing_body, None)
-    except Err as e:
-        raise _error(e.value, method, url) from None
+            except Err:
+                body_failed = True
+                break
+    if body_failed:
+        outgoing_body.__exit__(None, None, None)
+    else:
+        try:
+            types.OutgoingBody.finish(outgoing_body, None)
+        except Err:
+            body_failed = True
 
     with pending:
         with pending.subscribe() as ready:
             ready.block()
         outcome = pending.get()
     if outcome is None or isinstance(outcome, Err):
-        raise HttpError(f"{method} {url}: no answer")
+        raise HttpError(f"{method} {url}: " + ("sending the body failed" if body_failed else "no answer"))
     if isinstance(outcome.value, Err):
         raise _error(outcome.value.value, method, url)
     with outcome.value.value as response:
