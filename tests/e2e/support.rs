@@ -256,6 +256,17 @@ impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the host said (the log file goes with its temporary
+        // folder).
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            eprintln!(
+                "--- the host's log ({}), last lines:\n{tail}\n---",
+                self.url
+            );
+        }
     }
 }
 

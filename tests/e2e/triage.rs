@@ -170,29 +170,21 @@ async fn triage_flow(
     let (status, _, body) = host.call(agent, json!({"subject": "no customer"})).await;
     assert_eq!(status, Status::UNPROCESSABLE_ENTITY, "{agent}: {body}");
 
-    host.set_config(agent, settings(vec![model, tool], "wrong-key"))
-        .await;
-    host.deploy(agent, None).await;
-    let (status, _, body) = host
-        .call(
-            agent,
-            json!({"customer_id": "c-42", "subject": "Charged twice"}),
-        )
-        .await;
-    assert_eq!(status, Status::BAD_GATEWAY, "{agent}: {body}");
-    assert_eq!(error_kind(&body, "failed"), "the model answered HTTP 401");
-
-    host.set_config(agent, settings(vec![tool], "test-model-key"))
-        .await;
-    host.deploy(agent, None).await;
-    let (status, _, body) = host
-        .call(
-            agent,
-            json!({"customer_id": "c-42", "subject": "Charged twice"}),
-        )
-        .await;
-    assert_eq!(status, Status::BAD_GATEWAY, "{agent}: {body}");
-    let message = error_kind(&body, "failed");
+    let failure = |config: Value| async move {
+        host.set_config(agent, config).await;
+        host.deploy(agent, None).await;
+        let (status, _, body) = host
+            .call(
+                agent,
+                json!({"customer_id": "c-42", "subject": "Charged twice"}),
+            )
+            .await;
+        assert_eq!(status, Status::BAD_GATEWAY, "{agent}: {body}");
+        error_kind(&body, "failed")
+    };
+    let message = failure(settings(vec![model, tool], "wrong-key")).await;
+    assert_eq!(message, "the model answered HTTP 401");
+    let message = failure(settings(vec![tool], "test-model-key")).await;
     assert!(
         message.starts_with("the model could not be reached: ") && message.contains("denied"),
         "{agent}: {body}"

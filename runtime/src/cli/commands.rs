@@ -305,13 +305,7 @@ fn apply(draft: &mut Value, changes: &ConfigChanges) -> anyhow::Result<()> {
         draft["sync_timeout_s"] = json!(s);
     }
     if let Some(s) = &changes.async_timeout {
-        draft["async_timeout_s"] = match s.as_str() {
-            "none" => Value::Null,
-            s => json!(
-                s.parse::<u64>()
-                    .context("--async-timeout takes seconds or `none`")?
-            ),
-        };
+        draft["async_timeout_s"] = number_or_null(s, "none", "--async-timeout takes seconds")?;
     }
     if let Some(s) = changes.max_queue_wait {
         draft["max_queue_wait_s"] = json!(s);
@@ -355,15 +349,20 @@ fn apply(draft: &mut Value, changes: &ConfigChanges) -> anyhow::Result<()> {
         draft["output_mib"] = json!(mib);
     }
     if let Some(n) = &changes.max_instances {
-        draft["max_instances"] = match n.as_str() {
-            "default" => Value::Null,
-            n => json!(
-                n.parse::<u32>()
-                    .context("--max-instances takes a number or `default`")?
-            ),
-        };
+        draft["max_instances"] = number_or_null(n, "default", "--max-instances takes a number")?;
     }
     Ok(())
+}
+
+/// A whole number, or JSON `null` for the word that means "none"/"the default".
+fn number_or_null(value: &str, null_word: &str, usage: &str) -> anyhow::Result<Value> {
+    if value == null_word {
+        return Ok(Value::Null);
+    }
+    let n: u32 = value
+        .parse()
+        .with_context(|| format!("{usage} or `{null_word}`, not `{value}`"))?;
+    Ok(json!(n))
 }
 
 pub(crate) async fn run(

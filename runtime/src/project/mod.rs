@@ -200,7 +200,8 @@ fn build_python(
     out: &Path,
     output: ToolOutput,
 ) -> anyhow::Result<()> {
-    let entry = project.join(manifest.entry.as_deref().unwrap_or(Path::new("app.py")));
+    let entry_rel = manifest.entry.as_deref().unwrap_or(Path::new("app.py"));
+    let entry = existing(project, entry_rel, "", "the entry module")?;
     let module = entry
         .file_stem()
         .and_then(|s| s.to_str())
@@ -208,12 +209,6 @@ fn build_python(
         .with_context(|| format!("the entry {} is not a `.py` file", entry.display()))?;
     let sdk = existing(project, &manifest.sdk, "gust/__init__.py", "the Python SDK")?;
     let wit = existing(project, &manifest.wit, "agent.wit", "the agent world")?;
-    existing(
-        project,
-        entry.strip_prefix(project).unwrap_or(&entry),
-        "",
-        "the entry module",
-    )?;
     let module_dir = entry.parent().unwrap_or(project);
     let mut command = Command::new(tool);
     command
