@@ -188,10 +188,10 @@ impl Request {
                 }
             }
         }
-        if body_error.is_none() {
-            if let Err(code) = OutgoingBody::finish(body, None) {
-                body_error = Some(format!("{code:?}"));
-            }
+        if body_error.is_none()
+            && let Err(code) = OutgoingBody::finish(body, None)
+        {
+            body_error = Some(format!("{code:?}"));
         }
 
         pending.subscribe().block();
