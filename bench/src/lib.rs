@@ -27,7 +27,29 @@ impl Host {
     /// # Errors
     /// When it does not start.
     pub fn start(gust: &Path, data: &Path, args: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(gust)
+        Self::start_on(None, gust, data, args)
+    }
+
+    /// Starts `gust serve` with `args` on `data`, on CPU `cpu` alone when given (with
+    /// `taskset`, which keeps the process id).
+    ///
+    /// # Errors
+    /// When it does not start.
+    pub fn start_on(
+        cpu: Option<&str>,
+        gust: &Path,
+        data: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut taskset = Command::new("taskset");
+                taskset.args(["-c", cpu]).arg(gust);
+                taskset
+            }
+            None => Command::new(gust),
+        };
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn"])
             .arg("--data-dir")
             .arg(data)
@@ -84,6 +106,27 @@ impl Host {
             );
         }
         Ok(())
+    }
+
+    /// Creates an invoke key for `agent` and returns it.
+    ///
+    /// # Errors
+    /// When the host refuses.
+    pub async fn create_key(&self, agent: &str) -> anyhow::Result<String> {
+        let answer: Value = self
+            .http
+            .post(format!("{}/v1/agents/{agent}/keys", self.url))
+            .bearer_auth(TOKEN)
+            .json(&json!({"name": "bench"}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        answer["key"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no key in the answer")
     }
 
     /// `/v1/stats`.

@@ -877,7 +877,7 @@ impl Orphans for Option<Vec<String>> {
     }
 }
 
-fn activate(
+pub(crate) fn activate(
     record: &DeploymentRecord,
     pre: AgentPre<CallState>,
     gate: Arc<Gate>,

@@ -262,6 +262,7 @@ mod tests {
             Default::default(),
             256 << 20,
             Default::default(),
+            &Default::default(),
         )
         .unwrap();
         let links = |func: &str| {

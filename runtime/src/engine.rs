@@ -62,16 +62,19 @@ impl Runtime {
         stats: Arc<Stats>,
         max_memory_bytes: usize,
         outbound: OutboundSettings,
+        tuning: &Tuning,
     ) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
-            .epoch_interruption(true)
+            .epoch_interruption(tuning.epoch_interruption)
+            .memory_init_cow(tuning.memory_init_cow)
             .cranelift_opt_level(OptLevel::Speed);
-        let pooled = config.clone();
-        let engine = match Engine::new(pooled.clone().allocation_strategy(pool(max_memory_bytes))) {
-            Ok(engine) => engine,
-            Err(e) => {
+        let pooled = tuning.pool.as_ref().map(|p| pool(p, max_memory_bytes));
+        let engine = match pooled.map(|pool| Engine::new(config.clone().allocation_strategy(pool)))
+        {
+            Some(Ok(engine)) => engine,
+            Some(Err(e)) => {
                 // The pool reserves its address space up front; where that is refused
                 // (a small `ulimit -v`, strict overcommit), instances are allocated per call.
                 tracing::warn!(
@@ -81,8 +84,13 @@ impl Runtime {
                     .map_err(anyhow::Error::from)
                     .context("configuring the Wasm engine")?
             }
+            None => Engine::new(&config)
+                .map_err(anyhow::Error::from)
+                .context("configuring the Wasm engine")?,
         };
-        start_epoch_ticker(&engine);
+        if tuning.epoch_interruption {
+            start_epoch_ticker(&engine);
+        }
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -163,8 +171,7 @@ impl Runtime {
     /// The compiled component for `digest`: from the cache when it holds a usable artifact,
     /// else compiled from the stored component file (and cached). Blocking.
     pub(crate) fn load(&self, digest: &str, component_file: &Path) -> anyhow::Result<Component> {
-        if let Some(component) = self.cache.load(&self.engine, digest) {
-            self.stats.cache_loaded();
+        if let Some(component) = self.cached(digest) {
             return Ok(component);
         }
         let bytes = std::fs::read(component_file)
@@ -177,6 +184,13 @@ impl Runtime {
             tracing::warn!(%digest, "could not cache the compiled component: {e:#}");
         }
         Ok(component)
+    }
+
+    /// The compiled component for `digest` if the cache holds a usable one. Blocking.
+    pub(crate) fn cached(&self, digest: &str) -> Option<Component> {
+        let component = self.cache.load(&self.engine, digest)?;
+        self.stats.cache_loaded();
+        Some(component)
     }
 
     /// Forgets the cached artifact of a component that is no longer stored.
@@ -194,14 +208,82 @@ impl Runtime {
     }
 }
 
+/// The engine settings that trade memory for per-call speed. [`Tuning::default`] is what
+/// `gust serve` runs with; [`Tuning::wasmtime_defaults`] is wasmtime's own configuration,
+/// kept so the benchmarks can measure, in one run, what each setting buys (BENCHMARKS.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// Reserve instance slots once and reuse them; `None` maps and unmaps per call.
+    pub pool: Option<PoolTuning>,
+    /// Map a guest's initial memory copy-on-write from its compiled image instead of
+    /// copying the data segments in on every instantiation.
+    pub memory_init_cow: bool,
+    /// Interrupt guests on the epoch tick. gust needs it (it is how a guest spinning on CPU
+    /// is cut off at its deadline); off only to measure its cost.
+    pub epoch_interruption: bool,
+}
+
+/// Settings of the pooling instance allocator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolTuning {
+    /// Bytes of a linear memory, table and fiber stack kept mapped when a slot is freed and
+    /// reset with `memset` rather than `madvise`. On virtual machines each `madvise` is a
+    /// TLB shootdown costing microseconds; a small guest touches only a few pages.
+    pub keep_resident: usize,
+    /// Reset only the pages a guest dirtied (Linux `PAGEMAP_SCAN`, kernel 6.7+), instead of
+    /// all of `keep_resident`: with it, a large `keep_resident` costs nothing when unused.
+    pub pagemap_scan: bool,
+    /// Decommits queued before one batch of `madvise` calls (1: none queued).
+    pub decommit_batch: usize,
+    /// Freed slots kept warm (their memory image still mapped) for reuse by the same
+    /// component.
+    pub max_unused_warm_slots: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            pool: Some(PoolTuning::default()),
+            memory_init_cow: true,
+            epoch_interruption: true,
+        }
+    }
+}
+
+/// Measured with `bench/benches/call.rs` (BENCHMARKS.md): resetting only the dirtied pages
+/// of up to 1 MiB with `memset`, found with `PAGEMAP_SCAN`, took a Rust echo call from
+/// 23 µs to 10 µs and a JavaScript one from 0.80 ms to 0.50 ms; where the kernel lacks the
+/// scan, wasmtime falls back to resetting the first `keep_resident` bytes.
+impl Default for PoolTuning {
+    fn default() -> Self {
+        Self {
+            keep_resident: 1 << 20,
+            pagemap_scan: true,
+            decommit_batch: 1,
+            max_unused_warm_slots: 100,
+        }
+    }
+}
+
+impl Tuning {
+    /// wasmtime's defaults: instances allocated on demand, no epoch interruption.
+    #[must_use]
+    pub fn wasmtime_defaults() -> Self {
+        Self {
+            pool: None,
+            memory_init_cow: true,
+            epoch_interruption: false,
+        }
+    }
+}
+
 /// Instances in the pool at once (each call holds one for its duration).
 const POOL_INSTANCES: u32 = 1000;
 
 /// The pooling instance allocator: slots for instances, memories, tables and stacks are
 /// reserved once and reused, so a call does not map and unmap memory (on virtual machines
-/// the TLB shootdowns of unmapping dominated the per-call cost). Slots keep a little memory
-/// resident so a reused slot needs no page faults for what small guests touch.
-fn pool(max_memory_bytes: usize) -> wasmtime::PoolingAllocationConfig {
+/// the TLB shootdowns of unmapping dominated the per-call cost).
+fn pool(tuning: &PoolTuning, max_memory_bytes: usize) -> wasmtime::PoolingAllocationConfig {
     let mut pool = wasmtime::PoolingAllocationConfig::new();
     pool.total_component_instances(POOL_INSTANCES)
         // Guests built by componentize-py use about 14 core instances, componentize-js 4.
@@ -211,9 +293,16 @@ fn pool(max_memory_bytes: usize) -> wasmtime::PoolingAllocationConfig {
         .total_tables(POOL_INSTANCES * 4)
         .total_stacks(POOL_INSTANCES)
         .max_memory_size(max_memory_bytes)
-        .linear_memory_keep_resident(64 << 10)
-        .table_keep_resident(64 << 10)
-        .async_stack_keep_resident(64 << 10);
+        .linear_memory_keep_resident(tuning.keep_resident)
+        .table_keep_resident(tuning.keep_resident)
+        .async_stack_keep_resident(tuning.keep_resident)
+        .pagemap_scan(if tuning.pagemap_scan {
+            wasmtime::Enabled::Auto
+        } else {
+            wasmtime::Enabled::No
+        })
+        .decommit_batch_size(tuning.decommit_batch)
+        .max_unused_warm_slots(tuning.max_unused_warm_slots);
     pool
 }
 

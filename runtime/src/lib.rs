@@ -18,6 +18,7 @@
 //! - `store`: persistence behind one trait (SQLite embedded; PostgreSQL for many hosts);
 //! - `runs`: run ids (and, with queued runs, the job queue);
 //! - `stats`, [`clock`], [`error`]: counters, timestamps, the error kinds;
+//! - `embed`: an agent called in-process, by the same code (for benchmarks and embedding);
 //! - `cli`: the client commands that speak the HTTP API, and the project commands;
 //! - `project`: on the author's machine — `gust new` projects, `gust build` with each
 //!   language's pinned toolchain.
@@ -29,7 +30,9 @@ pub(crate) mod blocking;
 pub mod check;
 pub mod cli;
 pub(crate) mod clock;
+pub mod embed;
 pub mod engine;
+
 pub mod error;
 pub(crate) mod fsutil;
 pub(crate) mod gate;

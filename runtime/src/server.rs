@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::agents::{Agents, Limits};
 use crate::api::{self, AppState, BodyLimits};
-use crate::engine::{OutboundSettings, Runtime};
+use crate::engine::{OutboundSettings, Runtime, Tuning};
 use crate::fsutil;
 use crate::keys::KeyRing;
 use crate::runs::{RunSettings, Runs};
@@ -49,6 +49,8 @@ pub struct ServeOptions {
     pub http: HttpSettings,
     /// Guests' outgoing HTTP.
     pub outbound: OutboundSettings,
+    /// Engine settings (the default is what gust is tuned with).
+    pub tuning: Tuning,
 }
 
 /// Connection handling of `gust serve`.
@@ -100,7 +102,9 @@ pub async fn serve(
         stats,
         max_memory,
         options.outbound.clone(),
+        &options.tuning,
     )?);
+
     let files = ComponentFiles::open(data_dir.join("components"))?;
     let keys = KeyRing::load(store.all_keys().context("loading invoke keys")?);
     let agents = Arc::new(Agents::new(

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::agents::Limits;
 use crate::api::BodyLimits;
-use crate::engine::OutboundSettings;
+use crate::engine::{OutboundSettings, Tuning};
 use crate::runs::{PushSettings, RunSettings};
 use crate::server::{self, HttpSettings, ServeOptions};
 use crate::store::Maxima;
@@ -441,9 +441,19 @@ struct ServeArgs {
     /// development and tests: it turns off the host's SSRF protection.
     #[arg(long)]
     allow_private_network: bool,
+    /// Engine settings: `gust` (the default), or `wasmtime-defaults` for benchmarks that
+    /// measure what gust's tuning buys. Hidden: not something to run a host with.
+    #[arg(long, hide = true, value_enum, default_value_t = EngineTuning::Gust)]
+    engine_tuning: EngineTuning,
     /// Log filter (`RUST_LOG` syntax), e.g. `info` or `gust_runtime=debug`.
     #[arg(long, env = "GUST_LOG", default_value = "info")]
     log: String,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum EngineTuning {
+    Gust,
+    WasmtimeDefaults,
 }
 
 /// Starts logging to stderr: the server's filter for `serve`, warnings only for client
@@ -575,6 +585,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         outbound: OutboundSettings {
             allow_private_network: args.allow_private_network,
             max_response_bytes: args.max_outbound_response_mib << 20,
+        },
+        tuning: match args.engine_tuning {
+            EngineTuning::Gust => Tuning::default(),
+            EngineTuning::WasmtimeDefaults => Tuning::wasmtime_defaults(),
         },
         http: HttpSettings {
             header_timeout: Duration::from_secs(args.header_timeout.max(1)),

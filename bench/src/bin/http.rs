@@ -1,0 +1,393 @@
+//! Sync throughput over HTTP, with wrk, side by side:
+//!
+//! - gust serving the echo example (a fresh instance per call, as always), with an invoke key;
+//! - the same gust with wasmtime's default engine settings (`--engine-tuning
+//!   wasmtime-defaults`), to show what gust's tuning buys end to end;
+//! - `wasmtime serve -S cli` serving `bench/peers/wasi-http-echo`, the same echo as a
+//!   wasi:http component;
+//! - a raw hyper server answering a fixed body (`raw_hyper`): the physical limit.
+//!
+//! Every server runs on CPU 0 alone and wrk on CPU 1 alone (`taskset`). After a warm-up,
+//! rounds alternate between the servers; medians of the rounds are reported with their
+//! spread, and the ratios of gust to its peers.
+//!
+//! ```text
+//! http --gust target/release/gust --echo target/wasm32-wasip2/release/echo.wasm \
+//!   --wasmtime <wasmtime-cli 48.0.8> --wasi-echo target/wasm32-wasip2/release/wasi_http_echo.wasm \
+//!   --raw-hyper target/release/raw_hyper [--rounds 5] [--seconds 10] [--connections 32]
+//! ```
+
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use gust_bench::{Host, median};
+use serde_json::json;
+
+const INPUT: &str = r#"{"say":"hi"}"#;
+const SERVER_CPU: &str = "0";
+const LOAD_CPU: &str = "1";
+
+struct Options {
+    gust: PathBuf,
+    echo: PathBuf,
+    wasmtime: PathBuf,
+    wasi_echo: PathBuf,
+    raw_hyper: PathBuf,
+    rounds: usize,
+    seconds: u64,
+    connections: usize,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut options = Options {
+        gust: "target/release/gust".into(),
+        echo: "target/wasm32-wasip2/release/echo.wasm".into(),
+        wasmtime: "wasmtime".into(),
+        wasi_echo: "target/wasm32-wasip2/release/wasi_http_echo.wasm".into(),
+        raw_hyper: "target/release/raw_hyper".into(),
+        rounds: 5,
+        seconds: 10,
+        connections: 32,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--gust" => options.gust = value.into(),
+            "--echo" => options.echo = value.into(),
+            "--wasmtime" => options.wasmtime = value.into(),
+            "--wasi-echo" => options.wasi_echo = value.into(),
+            "--raw-hyper" => options.raw_hyper = value.into(),
+            "--rounds" => options.rounds = value.parse()?,
+            "--seconds" => options.seconds = value.parse()?,
+            "--connections" => options.connections = value.parse()?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(options)
+}
+
+/// A server under load: where to send requests, with which headers.
+struct Target {
+    name: &'static str,
+    url: String,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// A process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    requests_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = options()?;
+    for tool in ["wrk", "taskset"] {
+        ensure!(
+            Command::new(tool).arg("--version").output().is_ok(),
+            "{tool} is not installed (bench/run installs it with apt-get)"
+        );
+    }
+    let scratch = tempfile::tempdir()?;
+
+    let (gust, gust_host) = start_gust(&options, &scratch.path().join("gust"), &[]).await?;
+    let (gust_defaults, _gust_defaults_host) = start_gust(
+        &options,
+        &scratch.path().join("gust-defaults"),
+        &["--engine-tuning", "wasmtime-defaults"],
+    )
+    .await?;
+    let (_wasmtime, wasmtime_url) = start_wasmtime(&options)?;
+    let (_raw, raw_url) = start_raw_hyper(&options)?;
+
+    let targets = [
+        gust,
+        Target {
+            name: "gust, wasmtime default settings",
+            ..gust_defaults
+        },
+        Target {
+            name: "wasmtime serve",
+            url: wasmtime_url,
+            headers: vec![],
+        },
+        Target {
+            name: "raw hyper",
+            url: raw_url,
+            headers: vec![],
+        },
+    ];
+    let http = reqwest::Client::new();
+    for target in &targets {
+        check_answer(&http, target).await?;
+    }
+
+    // Warm-up: compile caches, connection pools, the allocators' warm slots.
+    for target in &targets {
+        wrk(target, scratch.path(), options.connections, 2)?;
+    }
+    let mut readings: Vec<Vec<Reading>> = vec![Vec::new(); targets.len()];
+    for round in 0..options.rounds {
+        // Alternate the order too, so no server always runs right after the same one.
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let reading = wrk(
+                &targets[i],
+                scratch.path(),
+                options.connections,
+                options.seconds,
+            )?;
+            eprintln!(
+                "round {}: {:<32} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  errors {}",
+                round + 1,
+                targets[i].name,
+                reading.requests_per_s,
+                reading.p50_ms,
+                reading.p99_ms,
+                reading.errors
+            );
+            readings[i].push(reading);
+        }
+    }
+    let gust_rss = gust_bench::process_usage(gust_host.pid()).0;
+
+    println!(
+        "{} rounds of {} s, {} connections; servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}",
+        options.rounds, options.seconds, options.connections
+    );
+    println!("| server | req/s median [min – max] | p50 ms | p99 ms | errors |");
+    println!("|---|---|---|---|---|");
+    let medians: Vec<f64> = readings
+        .iter()
+        .map(|r| median(r.iter().map(|x| x.requests_per_s).collect()))
+        .collect();
+    for (target, rounds) in targets.iter().zip(&readings) {
+        let rates: Vec<f64> = rounds.iter().map(|x| x.requests_per_s).collect();
+        println!(
+            "| {} | {:.0} [{:.0} – {:.0}] | {:.3} | {:.3} | {} |",
+            target.name,
+            median(rates.clone()),
+            rates.iter().copied().fold(f64::INFINITY, f64::min),
+            rates.iter().copied().fold(0.0, f64::max),
+            median(rounds.iter().map(|x| x.p50_ms).collect()),
+            median(rounds.iter().map(|x| x.p99_ms).collect()),
+            rounds.iter().map(|x| x.errors).sum::<u64>(),
+        );
+    }
+    println!();
+    println!(
+        "gust / gust with wasmtime defaults: {:.2}",
+        medians[0] / medians[1]
+    );
+    println!(
+        "gust / wasmtime serve: {:.2} (goal ≥ 3)",
+        medians[0] / medians[2]
+    );
+    println!(
+        "gust / raw hyper: {:.2} (goal ≥ 0.5)",
+        medians[0] / medians[3]
+    );
+    println!(
+        "µs per request on the server core: gust {:.1}, wasmtime serve {:.1}, raw hyper {:.1}",
+        1e6 / medians[0],
+        1e6 / medians[2],
+        1e6 / medians[3]
+    );
+    println!("gust RSS after the runs: {} MiB", gust_rss / 1024);
+    let errors: u64 = readings.iter().flatten().map(|r| r.errors).sum();
+    ensure!(
+        errors == 0,
+        "{errors} requests failed: the figures above are not valid"
+    );
+    Ok(())
+}
+
+/// A gust host with the echo example deployed and an invoke key for it.
+async fn start_gust(
+    options: &Options,
+    data: &Path,
+    args: &[&str],
+) -> anyhow::Result<(Target, Host)> {
+    let host = Host::start_on(Some(SERVER_CPU), &options.gust, data, args)?;
+    // The echo takes microseconds: let as many calls in as there are connections (the
+    // per-agent default, one below the core count, is for agents that burn CPU).
+    host.deploy("echo", &options.echo, json!({ "max_instances": 64 }))
+        .await?;
+    let key = host.create_key("echo").await?;
+    let target = Target {
+        name: "gust",
+        url: format!("{}/v1/agents/echo/run", host.url),
+        headers: vec![("Authorization", format!("Bearer {key}"))],
+    };
+    Ok((target, host))
+}
+
+fn start_wasmtime(options: &Options) -> anyhow::Result<(Process, String)> {
+    let address = free_address()?;
+    let mut child = Command::new("taskset")
+        .args(["-c", SERVER_CPU])
+        .arg(&options.wasmtime)
+        .args(["serve", "-S", "cli", "--addr", &address])
+        .arg(&options.wasi_echo)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", options.wasmtime.display()))?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let process = Process(child);
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines
+            .next()
+            .context("wasmtime serve exited before serving")??;
+        if line.contains("Serving HTTP on") {
+            break;
+        }
+    }
+    // Keep reading its stderr so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((process, format!("http://{address}/")))
+}
+
+fn start_raw_hyper(options: &Options) -> anyhow::Result<(Process, String)> {
+    let mut child = Command::new("taskset")
+        .args(["-c", SERVER_CPU])
+        .arg(&options.raw_hyper)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", options.raw_hyper.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let process = Process(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .context("raw_hyper did not say where it listens")?;
+    Ok((process, format!("http://{address}/")))
+}
+
+/// A loopback address with a port free right now (wasmtime serve needs one given).
+fn free_address() -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// Each server must answer the echo of the input before it is measured.
+async fn check_answer(http: &reqwest::Client, target: &Target) -> anyhow::Result<()> {
+    let mut request = http.post(&target.url).body(INPUT);
+    for (name, value) in &target.headers {
+        request = request.header(*name, value);
+    }
+    let started = Instant::now();
+    let response = loop {
+        match request.try_clone().context("a request")?.send().await {
+            Ok(response) => break response,
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).context(target.name),
+        }
+    };
+    let status = response.status();
+    let body = response.text().await?;
+    ensure!(
+        status.is_success() && body.contains(INPUT),
+        "{} answered {status}: {body}",
+        target.name
+    );
+    Ok(())
+}
+
+/// One wrk run against `target`, on the load CPU.
+fn wrk(
+    target: &Target,
+    scratch: &Path,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<Reading> {
+    let mut script = format!(
+        "wrk.method = \"POST\"\nwrk.body = '{INPUT}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
+    );
+    for (name, value) in &target.headers {
+        script.push_str(&format!("wrk.headers[\"{name}\"] = \"{value}\"\n"));
+    }
+    let script_path = scratch.join("post.lua");
+    std::fs::write(&script_path, script)?;
+    let output = Command::new("taskset")
+        .args(["-c", LOAD_CPU, "wrk", "-t1", "--latency"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("-s")
+        .arg(&script_path)
+        .arg(&target.url)
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "wrk failed: {text}");
+    parse_wrk(&text).with_context(|| format!("reading wrk's report:\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> anyhow::Result<Reading> {
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let requests_per_s: f64 = field("Requests/sec:").context("no Requests/sec")?.parse()?;
+    let latency = |q: &str| -> anyhow::Result<f64> { duration_ms(field(q).context("no latency")?) };
+    // wrk reports non-2xx answers and socket errors only when there are any.
+    let non_2xx = field("Non-2xx or 3xx responses:").map_or(Ok(0), str::parse::<u64>)?;
+    let socket_errors = field("Socket errors:").map_or(0, |s| {
+        s.split(',')
+            .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    });
+    Ok(Reading {
+        requests_per_s,
+        p50_ms: latency("50%")?,
+        p99_ms: latency("99%")?,
+        errors: non_2xx + socket_errors,
+    })
+}
+
+/// wrk's "1.23ms", "456.00us", "1.02s" in milliseconds.
+fn duration_ms(text: &str) -> anyhow::Result<f64> {
+    let (number, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| text.split_at(i))
+        .context("a duration without a unit")?;
+    let value: f64 = number.parse()?;
+    Ok(match unit {
+        "us" => value / 1000.0,
+        "ms" => value,
+        "s" => value * 1000.0,
+        "m" => value * 60_000.0,
+        other => bail!("unknown unit {other}"),
+    })
+}

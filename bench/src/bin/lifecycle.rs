@@ -1,0 +1,506 @@
+//! Deploys, restarts and memory, on a release `gust serve`:
+//!
+//! - **redeploy**: under steady sync load, deploy another (precompiled) version, again and
+//!   again; time from the deploy answer to the first call served by the new version, and
+//!   every call's status (none may fail);
+//! - **restart**: N agents deployed (Rust echo, plus Python and JavaScript echo when given),
+//!   the host killed with SIGKILL and started again on its data folder; time from the
+//!   process start until every agent has served a call, from the precompiled cache
+//!   (`compiles_total` must stay 0); and the resident memory then, idle;
+//! - **memory in flight**: 1,000 sync calls of the Rust probe waiting inside a host call
+//!   (`sleep`) at once; resident memory per call in flight, split into the guests' own
+//!   linear memory and everything else (the host's share).
+//!
+//! Every agent's component gets a distinct digest (a custom section naming it), so each
+//! has its own compiled artifact, as distinct agents would.
+//!
+//! ```text
+//! lifecycle --gust target/release/gust --echo target/wasm32-wasip2/release/echo.wasm \
+//!   --probe target/wasm32-wasip2/release/gust_probe.wasm [--python <py-echo.wasm>] \
+//!   [--js <js-echo.wasm>] [--agents 100] [--rounds 3] [--redeploys 10] [--in-flight 1000]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use gust_bench::{Host, TOKEN, median, process_usage};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+struct Options {
+    gust: PathBuf,
+    echo: PathBuf,
+    probe: PathBuf,
+    python: Option<PathBuf>,
+    js: Option<PathBuf>,
+    agents: usize,
+    rounds: usize,
+    redeploys: usize,
+    in_flight: usize,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut options = Options {
+        gust: "target/release/gust".into(),
+        echo: "target/wasm32-wasip2/release/echo.wasm".into(),
+        probe: "target/wasm32-wasip2/release/gust_probe.wasm".into(),
+        python: None,
+        js: None,
+        agents: 100,
+        rounds: 3,
+        redeploys: 10,
+        in_flight: 1000,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--gust" => options.gust = value.into(),
+            "--echo" => options.echo = value.into(),
+            "--probe" => options.probe = value.into(),
+            "--python" => options.python = Some(value.into()),
+            "--js" => options.js = Some(value.into()),
+            "--agents" => options.agents = value.parse()?,
+            "--rounds" => options.rounds = value.parse()?,
+            "--redeploys" => options.redeploys = value.parse()?,
+            "--in-flight" => options.in_flight = value.parse()?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(options)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = options()?;
+    let scratch = tempfile::tempdir()?;
+    redeploy(&options, scratch.path()).await?;
+    println!();
+    restart(&options, scratch.path()).await?;
+    println!();
+    in_flight(&options, scratch.path()).await?;
+    Ok(())
+}
+
+/// `bytes` with a custom section naming `tag` appended: the same code, another digest.
+fn tagged(bytes: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"gust-bench";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn write_tagged(source: &Path, tag: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let bytes = std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
+    let path = dir.join(format!("{tag}.wasm"));
+    std::fs::write(&path, tagged(&bytes, tag))?;
+    Ok(path)
+}
+
+/// One call of `agent`: its status and the deployment that served it.
+async fn call(host: &Host, agent: &str, input: &Value) -> anyhow::Result<(u16, u32)> {
+    let response = host
+        .http
+        .post(format!("{}/v1/agents/{agent}/run", host.url))
+        .bearer_auth(TOKEN)
+        .json(input)
+        .send()
+        .await?;
+    let deployment = response
+        .headers()
+        .get("gust-deployment")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let status = response.status().as_u16();
+    response.bytes().await?;
+    Ok((status, deployment))
+}
+
+async fn admin(
+    host: &Host,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    json_body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let mut request = host
+        .http
+        .request(method, format!("{}{path}", host.url))
+        .bearer_auth(TOKEN);
+    if let Some(bytes) = body {
+        request = request.body(bytes);
+    }
+    if let Some(value) = json_body {
+        request = request.json(&value);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let text = response.text().await?;
+    ensure!(status.is_success(), "{path}: {status}: {text}");
+    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A response seen by the load: when it arrived, its status, the deployment that served it.
+type Seen = (Instant, u16, u32);
+
+async fn redeploy(options: &Options, scratch: &Path) -> anyhow::Result<()> {
+    let host = Host::start(&options.gust, &scratch.join("redeploy"), &[])?;
+    let config = json!({ "max_instances": 64 });
+    host.deploy("echo", &options.echo, config).await?;
+    // A second version: the same code under another digest, uploaded (and so compiled and
+    // cached) before the measurement, as a user uploads before deploying.
+    let second = std::fs::read(write_tagged(&options.echo, "v2", scratch)?)?;
+    admin(
+        &host,
+        reqwest::Method::POST,
+        "/v1/agents/echo/versions",
+        Some(second),
+        None,
+    )
+    .await?;
+
+    let host = Arc::new(host);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let clients = 16;
+    let mut load = Vec::new();
+    for _ in 0..clients {
+        let (host, stop, seen) = (Arc::clone(&host), Arc::clone(&stop), Arc::clone(&seen));
+        load.push(tokio::spawn(async move {
+            let input = json!({"say": "hi"});
+            let mut mine = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (status, deployment) = call(&host, "echo", &input).await.unwrap_or((0, 0));
+                mine.push((Instant::now(), status, deployment));
+            }
+            seen.lock().await.extend(mine);
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // (deploy answered at, how long the deploy took, the new deployment, a call sent right
+    // after the answer: its latency and the deployment that served it)
+    let mut deploys = Vec::new();
+    for i in 0..options.redeploys {
+        let version = if i % 2 == 0 { 2 } else { 1 };
+        let sent = Instant::now();
+        let answer = admin(
+            &host,
+            reqwest::Method::POST,
+            "/v1/agents/echo/deploy",
+            None,
+            Some(json!({ "version": version })),
+        )
+        .await?;
+        let answered = Instant::now();
+        let deployment = answer["deployment"]
+            .as_u64()
+            .context("no deployment number in the deploy answer")? as u32;
+        let (status, served_by) = call(&host, "echo", &json!({"say": "next"})).await?;
+        let first_call = answered.elapsed();
+        ensure!(status == 200, "the call after deploy {i} answered {status}");
+        deploys.push((answered, answered - sent, deployment, first_call, served_by));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await?;
+    }
+    let mut seen = seen.lock().await.clone();
+    seen.sort_by_key(|s| s.0);
+    let failed = seen.iter().filter(|s| s.1 != 200).count();
+
+    println!("== redeploy under load ({clients} clients calling the echo without pause)");
+    println!(
+        "| redeploy | deploy took ms | first load call on the new version, ms after the answer | call sent after the answer: ms, served by the new version |"
+    );
+    println!("|---|---|---|---|");
+    let mut first_ms = Vec::new();
+    for (i, (answered, took, deployment, first_call, served_by)) in deploys.iter().enumerate() {
+        // A call may be served by the new version before the answer reaches the caller
+        // (the registry is swapped first): that counts as 0.
+        let first_load = seen
+            .iter()
+            .find(|s| s.2 == *deployment)
+            .map(|s| s.0.saturating_duration_since(*answered));
+        let first = first_load.unwrap_or(*first_call).min(*first_call);
+        first_ms.push(first.as_secs_f64() * 1000.0);
+        println!(
+            "| {} | {:.2} | {} | {:.3}, {} |",
+            i + 1,
+            took.as_secs_f64() * 1000.0,
+            first_load.map_or("none".to_owned(), |d| format!(
+                "{:.3}",
+                d.as_secs_f64() * 1000.0
+            )),
+            first_call.as_secs_f64() * 1000.0,
+            if served_by == deployment { "yes" } else { "NO" },
+        );
+    }
+    let worst = first_ms.iter().copied().fold(0.0, f64::max);
+    println!(
+        "deploy answer → first call served by the new version: median {:.3} ms, worst {:.3} ms (goal ≤ 50 ms)",
+        median(first_ms.clone()),
+        worst
+    );
+    println!("calls under load: {}, failed: {failed}", seen.len());
+    ensure!(failed == 0, "{failed} calls failed during redeploys");
+    ensure!(
+        deploys.iter().all(|d| d.2 == d.4),
+        "a call sent after a deploy answer ran on the old version"
+    );
+    Ok(())
+}
+
+async fn restart(options: &Options, scratch: &Path) -> anyhow::Result<()> {
+    let data = scratch.join("restart");
+    let components = scratch.join("components");
+    std::fs::create_dir_all(&components)?;
+    // The agents: Python and JavaScript echoes when given (a few: each compiles for seconds
+    // and its artifact is tens of MB), the rest Rust.
+    let mut agents: Vec<(String, PathBuf)> = Vec::new();
+    let guests = [("py", &options.python, 5), ("js", &options.js, 5)];
+    for (lang, source, count) in guests {
+        if let Some(source) = source {
+            for i in 0..count {
+                let name = format!("{lang}-{i:03}");
+                agents.push((name.clone(), write_tagged(source, &name, &components)?));
+            }
+        }
+    }
+    for i in agents.len()..options.agents {
+        let name = format!("rust-{i:03}");
+        agents.push((
+            name.clone(),
+            write_tagged(&options.echo, &name, &components)?,
+        ));
+    }
+    {
+        let host = Host::start(&options.gust, &data, &[])?;
+        let started = Instant::now();
+        for (name, path) in &agents {
+            host.deploy(name, path, json!({})).await?;
+        }
+        eprintln!(
+            "deployed {} agents in {:.1} s",
+            agents.len(),
+            started.elapsed().as_secs_f64()
+        );
+        // Dropping the host kills it with SIGKILL: no shutdown work helps the next start.
+    }
+    let languages = agents.iter().fold(
+        std::collections::BTreeMap::<&str, usize>::new(),
+        |mut m, (name, _)| {
+            *m.entry(name.split('-').next().unwrap_or("?")).or_default() += 1;
+            m
+        },
+    );
+
+    let (mut listening, mut serving, mut rss_idle) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..options.rounds {
+        let started = Instant::now();
+        let host = Arc::new(Host::start(&options.gust, &data, &[])?);
+        let listened = started.elapsed();
+        let mut calls = Vec::new();
+        for (name, _) in &agents {
+            let (host, name) = (Arc::clone(&host), name.clone());
+            calls.push(tokio::spawn(async move {
+                call(&host, &name, &json!({"say": "hi"})).await
+            }));
+        }
+        for task in calls {
+            let (status, _) = task.await??;
+            ensure!(
+                status == 200,
+                "an agent answered {status} after the restart"
+            );
+        }
+        let all_served = started.elapsed();
+        let stats = host.stats().await?;
+        ensure!(
+            stats["compiles_total"] == 0,
+            "the restart compiled components: {stats}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = process_usage(host.pid()).0;
+        eprintln!(
+            "restart {}: listening after {:.0} ms, every agent served after {:.0} ms, RSS idle {} MiB",
+            round + 1,
+            listened.as_secs_f64() * 1000.0,
+            all_served.as_secs_f64() * 1000.0,
+            rss / 1024
+        );
+        listening.push(listened.as_secs_f64() * 1000.0);
+        serving.push(all_served.as_secs_f64() * 1000.0);
+        rss_idle.push(rss as f64 / 1024.0);
+    }
+    let spread = |v: &[f64]| {
+        format!(
+            "{:.0} [{:.0} – {:.0}]",
+            median(v.to_vec()),
+            v.iter().copied().fold(f64::INFINITY, f64::min),
+            v.iter().copied().fold(0.0, f64::max)
+        )
+    };
+    println!(
+        "== restart after SIGKILL with {} agents ({languages:?})",
+        agents.len()
+    );
+    println!(
+        "| what | median [min – max] of {} restarts |",
+        options.rounds
+    );
+    println!("|---|---|");
+    println!("| process start → listening, ms | {} |", spread(&listening));
+    println!(
+        "| process start → every agent served a call, ms (goal ≤ 1000) | {} |",
+        spread(&serving)
+    );
+    println!("| RSS idle afterwards, MiB | {} |", spread(&rss_idle));
+    Ok(())
+}
+
+/// Resident KiB of the pooling allocator's linear-memory pool in process `pid`, i.e. the
+/// guests' own memory: the largest run of adjacent mappings that are anonymous or memory
+/// images (the pool reserves terabytes at once; making slots accessible and mapping each
+/// guest's initial memory image copy-on-write split it into many mappings).
+fn linear_memory_rss(pid: u32) -> anyhow::Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    // (start, end, rss KiB) of each anonymous mapping, in address order.
+    let mut anonymous: Vec<(u64, u64, u64)> = Vec::new();
+    let mut current: Option<(u64, u64)> = None;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if let Some((start, end)) = first.split_once('-') {
+            let fields: Vec<&str> = words.collect();
+            // perms, offset, device, inode, and a path only for named mappings.
+            let pool_like = match fields.get(4) {
+                None => fields.get(3) == Some(&"0"),
+                Some(path) => path.starts_with("/memfd:"),
+            };
+            current = match (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
+                (Ok(s), Ok(e)) if pool_like => Some((s, e)),
+                _ => None,
+            };
+        } else if first == "Rss:" {
+            if let Some((start, end)) = current.take() {
+                let rss = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                anonymous.push((start, end, rss));
+            }
+        }
+    }
+    let (mut best_size, mut best_rss) = (0u64, 0u64);
+    let (mut run_end, mut run_size, mut run_rss) = (0u64, 0u64, 0u64);
+    for (start, end, rss) in anonymous {
+        if start != run_end {
+            (run_size, run_rss) = (0, 0);
+        }
+        run_end = end;
+        run_size += end - start;
+        run_rss += rss;
+        if run_size > best_size {
+            (best_size, best_rss) = (run_size, run_rss);
+        }
+    }
+    ensure!(
+        best_size > 1 << 40,
+        "no pool reservation found (is the pooling allocator on?)"
+    );
+    Ok(best_rss)
+}
+
+async fn in_flight(options: &Options, scratch: &Path) -> anyhow::Result<()> {
+    let n = options.in_flight;
+    let limit = n.to_string();
+    let host = Arc::new(Host::start(
+        &options.gust,
+        &scratch.join("in-flight"),
+        &[
+            "--max-instances",
+            &limit,
+            "--max-connections",
+            &(n + 100).to_string(),
+        ],
+    )?);
+    host.deploy("probe", &options.probe, json!({ "max_instances": n }))
+        .await?;
+    // Warm: the slots and code pages a call touches are resident from here on.
+    for _ in 0..50 {
+        call(&host, "probe", &json!({"op": "echo"})).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = host.pid();
+    let (rss_before, ..) = process_usage(pid);
+    let memory_before = linear_memory_rss(pid)?;
+
+    let sleep_ms = 15_000;
+    let mut calls = Vec::new();
+    for _ in 0..n {
+        let host = Arc::clone(&host);
+        calls.push(tokio::spawn(async move {
+            call(&host, "probe", &json!({"op": "sleep", "ms": sleep_ms})).await
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = host.stats().await?["live_instances"].as_u64().unwrap_or(0);
+        if live as usize >= n {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {live} of {n} calls got in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_during, threads, fds) = process_usage(pid);
+    let memory_during = linear_memory_rss(pid)?;
+    for task in calls {
+        let (status, _) = task.await??;
+        ensure!(status == 200, "a call in flight answered {status}");
+    }
+
+    let per_call = |kib: u64| kib as f64 / n as f64;
+    let total = rss_during.saturating_sub(rss_before);
+    let guests = memory_during.saturating_sub(memory_before);
+    println!("== memory with {n} calls in flight (the Rust probe, waiting in a host call)");
+    println!("| what | KiB |");
+    println!("|---|---|");
+    println!("| RSS before (warm, idle) | {rss_before} |");
+    println!("| RSS with {n} calls in flight | {rss_during} |");
+    println!("| per call in flight, all | {:.1} |", per_call(total));
+    println!(
+        "| per call: the guest's own linear memory | {:.1} |",
+        per_call(guests)
+    );
+    println!(
+        "| per call: the host's share (Store, fiber stack, tables, request, connection) | {:.1} (goal ≤ 64) |",
+        per_call(total.saturating_sub(guests))
+    );
+    println!("(threads {threads}, open files {fds} during the calls)");
+    Ok(())
+}
