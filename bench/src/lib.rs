@@ -152,6 +152,22 @@ impl Drop for Host {
     }
 }
 
+/// The command line as `--flag value` pairs: every benchmark program's options take a value.
+///
+/// # Errors
+/// When the last flag has no value.
+pub fn flags() -> anyhow::Result<Vec<(String, String)>> {
+    let mut args = std::env::args().skip(1);
+    let mut pairs = Vec::new();
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        pairs.push((flag, value));
+    }
+    Ok(pairs)
+}
+
 /// The `q` quantile of sorted `values`.
 pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * q) as usize]

@@ -252,7 +252,7 @@ impl Default for Tuning {
 
 /// Measured with `bench/benches/call.rs` (BENCHMARKS.md): resetting only the dirtied pages
 /// of up to 1 MiB with `memset`, found with `PAGEMAP_SCAN`, took a Rust echo call from
-/// 23 µs to 10 µs and a JavaScript one from 0.80 ms to 0.50 ms; where the kernel lacks the
+/// 23 µs to 9 µs and a JavaScript one from 0.81 ms to 0.49 ms; where the kernel lacks the
 /// scan, wasmtime falls back to resetting the first `keep_resident` bytes.
 impl Default for PoolTuning {
     fn default() -> Self {

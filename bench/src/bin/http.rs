@@ -53,11 +53,7 @@ fn options() -> anyhow::Result<Options> {
         seconds: 10,
         connections: 32,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+    for (flag, value) in gust_bench::flags()? {
         match flag.as_str() {
             "--gust" => options.gust = value.into(),
             "--echo" => options.echo = value.into(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use gust_bench::{Host, TOKEN, median, quantile};
 use serde_json::json;
 
@@ -33,11 +33,7 @@ fn options() -> anyhow::Result<Options> {
         calls: 2000,
         rounds: 3,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+    for (flag, value) in gust_bench::flags()? {
         match flag.as_str() {
             "--gust" => options.gust = value.into(),
             "--echo" => options.echo = value.into(),

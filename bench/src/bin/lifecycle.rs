@@ -54,11 +54,7 @@ fn options() -> anyhow::Result<Options> {
         redeploys: 10,
         in_flight: 1000,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+    for (flag, value) in gust_bench::flags()? {
         match flag.as_str() {
             "--gust" => options.gust = value.into(),
             "--echo" => options.echo = value.into(),
@@ -405,11 +401,11 @@ fn linear_memory_rss(pid: u32) -> anyhow::Result<u64> {
                 (Ok(s), Ok(e)) if pool_like => Some((s, e)),
                 _ => None,
             };
-        } else if first == "Rss:" {
-            if let Some((start, end)) = current.take() {
-                let rss = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-                anonymous.push((start, end, rss));
-            }
+        } else if first == "Rss:"
+            && let Some((start, end)) = current.take()
+        {
+            let rss = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            anonymous.push((start, end, rss));
         }
     }
     let (mut best_size, mut best_rss) = (0u64, 0u64);

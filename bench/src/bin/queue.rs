@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use gust_bench::{Host, TOKEN, median};
 use serde_json::json;
 /// The input of every job: 17 bytes, as in the reference figures.
@@ -40,11 +40,7 @@ fn options() -> anyhow::Result<Options> {
         clients: 64,
         workers: 64,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+    for (flag, value) in gust_bench::flags()? {
         match flag.as_str() {
             "--gust" => options.gust = value.into(),
             "--echo" => options.echo = value.into(),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use gust_bench::{Host, TOKEN, process_usage};
 use serde_json::json;
 
@@ -28,11 +28,7 @@ async fn main() -> anyhow::Result<()> {
         PathBuf::from("target/wasm32-wasip2/release/gust_probe.wasm"),
         600u64,
     );
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+    for (flag, value) in gust_bench::flags()? {
         match flag.as_str() {
             "--gust" => gust = value.into(),
             "--echo" => echo = value.into(),
