@@ -6,6 +6,7 @@ mod calls;
 mod cli;
 mod componentize;
 mod deploy;
+mod embed;
 mod guard;
 mod http;
 mod isolation;

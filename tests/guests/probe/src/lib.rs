@@ -3,6 +3,7 @@
 //! "alloc" | "recurse" | "big" | "sandbox" | "fetch"}`. Its answers carry a marker compiled in (`a`, or `b` with the `marker-b`
 //! feature), so a test can tell two builds apart.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use gust_sdk::{Context, Error};
@@ -89,6 +90,12 @@ fn run(input: Value, ctx: &Context) -> Result<Value, Error> {
             "tcp": std::net::TcpStream::connect("127.0.0.1:80").map(|_| ()).map_err(|e| e.to_string()),
             "dns": std::net::ToSocketAddrs::to_socket_addrs("localhost:80").map(|a| a.count()).map_err(|e| e.to_string()),
         })),
+        "count" => {
+            // Every call gets a fresh instance, so this static starts from zero each time;
+            // a count above 1 means state carried over from another call.
+            static CALLS: AtomicU32 = AtomicU32::new(0);
+            Ok(json!({"count": CALLS.fetch_add(1, Ordering::Relaxed) + 1}))
+        }
         "big" => Ok(json!({"blob": "x".repeat(parsed.mb << 20)})),
         "alloc" => {
             let block = vec![1u8; parsed.mb << 20];
