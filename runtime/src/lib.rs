@@ -32,7 +32,6 @@ pub mod cli;
 pub(crate) mod clock;
 pub mod embed;
 pub mod engine;
-
 pub mod error;
 pub(crate) mod fsutil;
 pub(crate) mod gate;
