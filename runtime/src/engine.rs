@@ -70,23 +70,29 @@ impl Runtime {
             .epoch_interruption(tuning.epoch_interruption)
             .memory_init_cow(tuning.memory_init_cow)
             .cranelift_opt_level(OptLevel::Speed);
-        let pooled = tuning.pool.as_ref().map(|p| pool(p, max_memory_bytes));
-        let engine = match pooled.map(|pool| Engine::new(config.clone().allocation_strategy(pool)))
-        {
-            Some(Ok(engine)) => engine,
-            Some(Err(e)) => {
-                // The pool reserves its address space up front; where that is refused
-                // (a small `ulimit -v`, strict overcommit), instances are allocated per call.
-                tracing::warn!(
-                    "the pooling instance allocator is not available here ({e}); allocating instances on demand, which is slower"
-                );
-                Engine::new(&config)
-                    .map_err(anyhow::Error::from)
-                    .context("configuring the Wasm engine")?
-            }
-            None => Engine::new(&config)
+        let on_demand = || {
+            Engine::new(&config)
                 .map_err(anyhow::Error::from)
-                .context("configuring the Wasm engine")?,
+                .context("configuring the Wasm engine")
+        };
+        let engine = match &tuning.pool {
+            None => on_demand()?,
+            Some(settings) => {
+                let mut pooled = config.clone();
+                pooled.allocation_strategy(pool(settings, max_memory_bytes));
+                match Engine::new(&pooled) {
+                    Ok(engine) => engine,
+                    Err(e) => {
+                        // The pool reserves its address space up front; where that is
+                        // refused (a small `ulimit -v`, strict overcommit), instances are
+                        // allocated per call.
+                        tracing::warn!(
+                            "the pooling instance allocator is not available here ({e}); allocating instances on demand, which is slower"
+                        );
+                        on_demand()?
+                    }
+                }
+            }
         };
         if tuning.epoch_interruption {
             start_epoch_ticker(&engine);
@@ -226,9 +232,10 @@ pub struct Tuning {
 /// Settings of the pooling instance allocator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolTuning {
-    /// Bytes of a linear memory, table and fiber stack kept mapped when a slot is freed and
-    /// reset with `memset` rather than `madvise`. On virtual machines each `madvise` is a
-    /// TLB shootdown costing microseconds; a small guest touches only a few pages.
+    /// Bytes of each linear memory and table kept mapped when a slot is freed, reset with
+    /// `memset` rather than `madvise` (on virtual machines each `madvise` is a TLB shootdown
+    /// costing microseconds). Fiber stacks get the same bound, which wasmtime uses only when
+    /// it zeroes stacks (off here).
     pub keep_resident: usize,
     /// Reset only the pages a guest dirtied (Linux `PAGEMAP_SCAN`, kernel 6.7+), instead of
     /// all of `keep_resident`: with it, a large `keep_resident` costs nothing when unused.

@@ -32,37 +32,7 @@ impl Rng {
 /// Valid components to mutate: small ones (so ten thousand compile in reasonable time) that
 /// pass the whole check, with a few shapes of imports, exports and memories.
 fn seeds() -> Vec<Vec<u8>> {
-    let run = |memory: u32, imports: &str, extra: &str| {
-        wat::parse_str(format!(
-            r#"(component
-                {imports}
-                (type $mode' (enum "sync" "async"))
-                (export $mode "mode" (type $mode'))
-                (type $request' (record
-                    (field "input" (list u8)) (field "content-type" string) (field "agent" string)
-                    (field "version" u32) (field "run-id" string) (field "mode" $mode)
-                    (field "attempt" u32) (field "deadline-ms" (option u64))))
-                (export $request "request" (type $request'))
-                (type $response' (record (field "output" (list u8)) (field "content-type" string)))
-                (export $response "response" (type $response'))
-                (type $run-error' (variant (case "invalid-input" string) (case "failed" string)))
-                (export $run-error "run-error" (type $run-error'))
-                (core module $m
-                    (memory (export "memory") {memory})
-                    (func (export "realloc") (param i32 i32 i32 i32) (result i32) unreachable)
-                    (func (export "seven") (result i32) i32.const 7)
-                    (func (export "run")
-                        (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i64) (result i32)
-                        i32.const 0))
-                (core instance $i (instantiate $m))
-                (func $run (param "request" $request) (result (result $response (error $run-error)))
-                    (canon lift (core func $i "run") (memory (core memory $i "memory"))
-                        (realloc (core func $i "realloc"))))
-                (export "run" (func $run))
-                {extra})"#
-        ))
-        .unwrap()
-    };
+    let run = crate::support::agent_component;
     vec![
         run(1, "", ""),
         run(

@@ -26,35 +26,10 @@ fn wat(text: &str) -> Vec<u8> {
     wat::parse_str(text).unwrap()
 }
 
-/// A hand-written component whose `run` has exactly the agent world's type (it traps if
-/// called), with `memory_pages` of initial memory and any extra imports: the shape needed
-/// to reach the checks that come after the export check.
+/// An agent-shaped component with `memory_pages` of initial memory and any extra imports:
+/// the shape needed to reach the checks that come after the export check.
 fn run_component(memory_pages: u32, imports: &str) -> Vec<u8> {
-    wat(&format!(
-        r#"(component
-            {imports}
-            (type $mode' (enum "sync" "async"))
-            (export $mode "mode" (type $mode'))
-            (type $request' (record
-                (field "input" (list u8)) (field "content-type" string) (field "agent" string)
-                (field "version" u32) (field "run-id" string) (field "mode" $mode)
-                (field "attempt" u32) (field "deadline-ms" (option u64))))
-            (export $request "request" (type $request'))
-            (type $response' (record (field "output" (list u8)) (field "content-type" string)))
-            (export $response "response" (type $response'))
-            (type $run-error' (variant (case "invalid-input" string) (case "failed" string)))
-            (export $run-error "run-error" (type $run-error'))
-            (core module $m
-                (memory (export "memory") {memory_pages})
-                (func (export "realloc") (param i32 i32 i32 i32) (result i32) unreachable)
-                (func (export "run")
-                    (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i64) (result i32)
-                    unreachable))
-            (core instance $i (instantiate $m))
-            (func $run (param "request" $request) (result (result $response (error $run-error)))
-                (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
-            (export "run" (func $run)))"#
-    ))
+    crate::support::agent_component(memory_pages, imports, "")
 }
 
 #[tokio::test]
