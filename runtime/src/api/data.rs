@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::Invoker;
@@ -21,9 +20,11 @@ const JSON: &str = "application/json";
 pub(crate) async fn run(
     Invoker(agent): Invoker,
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    request_body: Body,
+    // The whole request, not `HeaderMap` + `Body`: extracting a `HeaderMap` clones it.
+    request: Request,
 ) -> Response {
+    let (parts, request_body) = request.into_parts();
+    let headers = parts.headers;
     // A call that arrives while the host is still loading deployments at start waits for
     // the load instead of being told the agent does not exist.
     state.agents.registry().wait_ready().await;
