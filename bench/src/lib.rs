@@ -1,6 +1,8 @@
 //! Helpers the benchmark programs share: starting a host, deploying, percentiles, process
 //! readings.
 
+pub mod resident;
+
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -7,17 +7,19 @@
 //!   the host killed with SIGKILL and started again on its data folder; time from the
 //!   process start until every agent has served a call, from the precompiled cache
 //!   (`compiles_total` must stay 0); and the resident memory then, idle;
-//! - **memory in flight**: 1,000 sync calls of the Rust probe waiting inside a host call
-//!   (`sleep`) at once; resident memory per call in flight, split into what lies in the
-//!   pooling allocator's reservations (guest memory, fiber stacks, tables) and the rest.
+//! - **memory in flight**: 1,000 sync calls of the Rust echo waiting inside a host call
+//!   (`bench/guests/waiting-echo`) at once; resident memory per call in flight, split into
+//!   the guest's linear memory and what the call costs beyond it (fiber stack, tables, the
+//!   host's heap), read from `smaps` by [`gust_bench::resident`].
 //!
 //! Every agent's component gets a distinct digest (a custom section naming it), so each
 //! has its own compiled artifact, as distinct agents would.
 //!
 //! ```text
 //! lifecycle --gust target/release/gust --echo target/wasm32-wasip2/release/echo.wasm \
-//!   --probe target/wasm32-wasip2/release/gust_probe.wasm [--python <py-echo.wasm>] \
-//!   [--js <js-echo.wasm>] [--agents 100] [--rounds 3] [--redeploys 10] [--in-flight 1000]
+//!   --waiting-echo target/wasm32-wasip2/release/waiting_echo.wasm [--python <py-echo.wasm>] \
+//!   [--js <js-echo.wasm>] [--agents 100] [--rounds 3] [--redeploys 10] [--in-flight 1000] \
+//!   [--only redeploy|restart|memory]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use gust_bench::resident::{self, Resident};
 use gust_bench::{Host, TOKEN, median, process_usage};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -33,38 +36,42 @@ use tokio::sync::Mutex;
 struct Options {
     gust: PathBuf,
     echo: PathBuf,
-    probe: PathBuf,
+    waiting_echo: PathBuf,
     python: Option<PathBuf>,
     js: Option<PathBuf>,
     agents: usize,
     rounds: usize,
     redeploys: usize,
     in_flight: usize,
+    /// One part alone (`redeploy`, `restart` or `memory`); all three when `None`.
+    only: Option<String>,
 }
 
 fn options() -> anyhow::Result<Options> {
     let mut options = Options {
         gust: "target/release/gust".into(),
         echo: "target/wasm32-wasip2/release/echo.wasm".into(),
-        probe: "target/wasm32-wasip2/release/gust_probe.wasm".into(),
+        waiting_echo: "target/wasm32-wasip2/release/waiting_echo.wasm".into(),
         python: None,
         js: None,
         agents: 100,
         rounds: 3,
         redeploys: 10,
         in_flight: 1000,
+        only: None,
     };
     for (flag, value) in gust_bench::flags()? {
         match flag.as_str() {
             "--gust" => options.gust = value.into(),
             "--echo" => options.echo = value.into(),
-            "--probe" => options.probe = value.into(),
+            "--waiting-echo" => options.waiting_echo = value.into(),
             "--python" => options.python = Some(value.into()),
             "--js" => options.js = Some(value.into()),
             "--agents" => options.agents = value.parse()?,
             "--rounds" => options.rounds = value.parse()?,
             "--redeploys" => options.redeploys = value.parse()?,
             "--in-flight" => options.in_flight = value.parse()?,
+            "--only" => options.only = Some(value),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -75,11 +82,24 @@ fn options() -> anyhow::Result<Options> {
 async fn main() -> anyhow::Result<()> {
     let options = options()?;
     let scratch = tempfile::tempdir()?;
-    redeploy(&options, scratch.path()).await?;
-    println!();
-    restart(&options, scratch.path()).await?;
-    println!();
-    in_flight(&options, scratch.path()).await?;
+    let part = |name: &str| options.only.as_deref().is_none_or(|only| only == name);
+    if let Some(only) = &options.only {
+        ensure!(
+            ["redeploy", "restart", "memory"].contains(&only.as_str()),
+            "--only takes redeploy, restart or memory, not {only}"
+        );
+    }
+    if part("redeploy") {
+        redeploy(&options, scratch.path()).await?;
+        println!();
+    }
+    if part("restart") {
+        restart(&options, scratch.path()).await?;
+        println!();
+    }
+    if part("memory") {
+        in_flight(&options, scratch.path()).await?;
+    }
     Ok(())
 }
 
@@ -378,59 +398,6 @@ async fn restart(options: &Options, scratch: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resident KiB of the pooling allocator's reservations in process `pid`: the largest run
-/// of adjacent mappings that are anonymous or memory images. The linear-memory pool
-/// reserves terabytes at once (making slots accessible and mapping each guest's memory image
-/// copy-on-write split it into many mappings); the table and fiber-stack pools are mapped
-/// beside it, so they fall in the same run and are not told apart from it here.
-fn pool_rss(pid: u32) -> anyhow::Result<u64> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
-    // (start, end, rss KiB) of each anonymous mapping, in address order.
-    let mut anonymous: Vec<(u64, u64, u64)> = Vec::new();
-    let mut current: Option<(u64, u64)> = None;
-    for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        let first = words.next().unwrap_or_default();
-        if let Some((start, end)) = first.split_once('-') {
-            let fields: Vec<&str> = words.collect();
-            // perms, offset, device, inode, and a path only for named mappings.
-            let pool_like = match fields.get(4) {
-                None => fields.get(3) == Some(&"0"),
-                // A memory image is mapped from a memfd, or from the precompiled artifact
-                // file itself when the component was loaded from the cache.
-                Some(path) => path.starts_with("/memfd:") || path.ends_with(".cwasm"),
-            };
-            current = match (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
-                (Ok(s), Ok(e)) if pool_like => Some((s, e)),
-                _ => None,
-            };
-        } else if first == "Rss:"
-            && let Some((start, end)) = current.take()
-        {
-            let rss = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            anonymous.push((start, end, rss));
-        }
-    }
-    let (mut best_size, mut best_rss) = (0u64, 0u64);
-    let (mut run_end, mut run_size, mut run_rss) = (0u64, 0u64, 0u64);
-    for (start, end, rss) in anonymous {
-        if start != run_end {
-            (run_size, run_rss) = (0, 0);
-        }
-        run_end = end;
-        run_size += end - start;
-        run_rss += rss;
-        if run_size > best_size {
-            (best_size, best_rss) = (run_size, run_rss);
-        }
-    }
-    ensure!(
-        best_size > 1 << 40,
-        "no pool reservation found (is the pooling allocator on?)"
-    );
-    Ok(best_rss)
-}
-
 async fn in_flight(options: &Options, scratch: &Path) -> anyhow::Result<()> {
     let n = options.in_flight;
     let limit = n.to_string();
@@ -444,23 +411,31 @@ async fn in_flight(options: &Options, scratch: &Path) -> anyhow::Result<()> {
             &(n + 100).to_string(),
         ],
     )?);
-    host.deploy("probe", &options.probe, json!({ "max_instances": n }))
-        .await?;
+    host.deploy(
+        "waiting-echo",
+        &options.waiting_echo,
+        json!({ "max_instances": n }),
+    )
+    .await?;
     // Warm: the slots and code pages a call touches are resident from here on.
     for _ in 0..50 {
-        call(&host, "probe", &json!({"op": "echo"})).await?;
+        call(&host, "waiting-echo", &json!({"say": "hi"})).await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = host.pid();
-    let (rss_before, ..) = process_usage(pid);
-    let memory_before = pool_rss(pid)?;
+    let before = resident::of_process(pid)?;
 
-    let sleep_ms = 15_000;
+    let wait_ms = 15_000;
     let mut calls = Vec::new();
     for _ in 0..n {
         let host = Arc::clone(&host);
         calls.push(tokio::spawn(async move {
-            call(&host, "probe", &json!({"op": "sleep", "ms": sleep_ms})).await
+            call(
+                &host,
+                "waiting-echo",
+                &json!({"say": "hi", "wait_ms": wait_ms}),
+            )
+            .await
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -476,29 +451,41 @@ async fn in_flight(options: &Options, scratch: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rss_during, threads, fds) = process_usage(pid);
-    let memory_during = pool_rss(pid)?;
+    let during = resident::of_process(pid)?;
+    let (_, threads, fds) = process_usage(pid);
     for task in calls {
         let (status, _) = task.await??;
         ensure!(status == 200, "a call in flight answered {status}");
     }
 
-    let per_call = |kib: u64| kib as f64 / n as f64;
-    let total = rss_during.saturating_sub(rss_before);
-    let guests = memory_during.saturating_sub(memory_before);
-    println!("== memory with {n} calls in flight (the Rust probe, waiting in a host call)");
+    let per_call =
+        |f: fn(&Resident) -> u64| f(&during).saturating_sub(f(&before)) as f64 / n as f64;
+    println!("== memory with {n} calls in flight (the Rust echo, waiting in a host call)");
     println!("| what | KiB |");
     println!("|---|---|");
-    println!("| RSS before (warm, idle) | {rss_before} |");
-    println!("| RSS with {n} calls in flight | {rss_during} |");
-    println!("| per call in flight, all | {:.1} |", per_call(total));
+    println!("| RSS before (warm, idle) | {} |", before.total);
+    println!("| RSS with {n} calls in flight | {} |", during.total);
+    println!("| per call in flight, all | {:.1} |", per_call(|r| r.total));
     println!(
-        "| per call: in the pool's reservations (guest memory, fiber stack, tables) | {:.1} |",
-        per_call(guests)
+        "| per call: the guest's linear memory | {:.1} |",
+        per_call(|r| r.memories)
     );
     println!(
-        "| per call: the rest (Store, request, connection, tasks on the host's heap) | {:.1} |",
-        per_call(total.saturating_sub(guests))
+        "| of which image pages mapped from the artifact (page cache, shared) | {:.1} |",
+        per_call(|r| r.memory_images)
+    );
+    println!(
+        "| **per call beyond the guest's memory** (goal ≤ 64) | **{:.1}** |",
+        per_call(Resident::beyond_memories)
+    );
+    println!(
+        "| of which the fiber stack | {:.1} |",
+        per_call(|r| r.stacks)
+    );
+    println!("| of which tables | {:.1} |", per_call(|r| r.tables));
+    println!(
+        "| of which the host's heap and the rest (Store, instances' state, connection, tasks) | {:.1} |",
+        per_call(Resident::host)
     );
     println!("(threads {threads}, open files {fds} during the calls)");
     Ok(())

@@ -1,0 +1,32 @@
+//! `examples/echo` with one difference: before answering it waits `wait_ms` milliseconds
+//! (from its input) in a host call, as an agent waits for a model or a tool. The memory
+//! benchmark holds many of these calls in flight to measure what each costs the host; the
+//! echo itself returns too fast to be caught in flight.
+//!
+//! The wait is `std::thread::sleep`, which a wasm32-wasip2 guest makes with
+//! `wasi:clocks/monotonic-clock.subscribe-duration` and `wasi:io/poll.poll`: the host
+//! parks the call on a timer and the instance waits without a thread.
+
+use std::time::Duration;
+
+use gust_sdk::{Context, Error};
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Serialize)]
+struct Echo {
+    input: Value,
+    version: u32,
+    marker: Option<String>,
+}
+
+#[gust_sdk::agent]
+fn run(input: Value, ctx: &Context) -> Result<Echo, Error> {
+    let wait_ms = input.get("wait_ms").and_then(Value::as_u64).unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(wait_ms));
+    Ok(Echo {
+        input,
+        version: ctx.version(),
+        marker: ctx.config("marker"),
+    })
+}
