@@ -471,8 +471,8 @@ async fn in_flight(options: &Options, scratch: &Path) -> anyhow::Result<()> {
         per_call(|r| r.memories)
     );
     println!(
-        "| of which image pages mapped from the artifact (page cache, shared) | {:.1} |",
-        per_call(|r| r.memory_images)
+        "| of which the memory image's pages read from the artifact (page cache, shared) | {:.1} |",
+        per_call(|r| r.shared_images)
     );
     println!(
         "| **per call beyond the guest's memory** (goal ≤ 64) | **{:.1}** |",

@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::Invoker;
@@ -23,8 +25,7 @@ pub(crate) async fn run(
     // The whole request, not `HeaderMap` + `Body`: extracting a `HeaderMap` clones it.
     request: Request,
 ) -> Response {
-    let (parts, request_body) = request.into_parts();
-    let headers = parts.headers;
+    let (Parts { headers, .. }, request_body) = request.into_parts();
     // A call that arrives while the host is still loading deployments at start waits for
     // the load instead of being told the agent does not exist.
     state.agents.registry().wait_ready().await;
@@ -33,12 +34,7 @@ pub(crate) async fn run(
     };
     let run_id: Arc<str> = Arc::from(runs::new_run_id());
     let outcome = async {
-        let input = body::read(&headers, request_body, state.limits.input).await?;
-        let content_type = headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(JSON)
-            .to_owned();
+        let (input, content_type) = read_input(headers, request_body, state.limits.input).await?;
         let call = Call {
             run_id: Arc::clone(&run_id),
             input: input.into(),
@@ -72,4 +68,20 @@ pub(crate) async fn run(
     headers.insert("gust-agent-version", HeaderValue::from(deployment.version));
     headers.insert("gust-deployment", HeaderValue::from(deployment.deployment));
     response
+}
+
+/// The body and its content type. Takes the headers by value so that they are dropped
+/// here, before the call: a call may wait for minutes, and nothing after this needs them.
+async fn read_input(
+    headers: HeaderMap,
+    request_body: Body,
+    limit: usize,
+) -> Result<(Bytes, String), Error> {
+    let input = body::read(&headers, request_body, limit).await?;
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(JSON)
+        .to_owned();
+    Ok((input, content_type))
 }
