@@ -2,14 +2,18 @@
 //! only). Credentials come in `Authorization: Bearer …` or `x-api-key: …`, never in the URL;
 //! they are compared in constant time and never logged or echoed.
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::future::Either;
+use tower::{Layer, Service};
 
 use super::AppState;
 use super::paths;
@@ -30,26 +34,72 @@ const CREDENTIAL_PARAMS: &[&str] = &[
 
 /// Refuses requests that carry a credential in the query string (400): a parameter named
 /// like one (after percent-decoding), or a value that looks like a gust key or token.
-pub(crate) async fn refuse_credentials_in_query(
-    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let carries_credential = request.uri().query().is_some_and(|query| {
+///
+/// A tower layer around every route rather than `axum::middleware::from_fn`, which boxes a
+/// future and clones the inner service on every request: this one answers at once or passes
+/// the request through.
+#[derive(Clone)]
+pub(crate) struct RefuseCredentialsInQuery {
+    state: Arc<AppState>,
+}
+
+impl RefuseCredentialsInQuery {
+    pub(crate) fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for RefuseCredentialsInQuery {
+    type Service = QueryGuard<S>;
+
+    fn layer(&self, inner: S) -> QueryGuard<S> {
+        QueryGuard {
+            inner,
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+/// The service [`RefuseCredentialsInQuery`] wraps each route in.
+#[derive(Clone)]
+pub(crate) struct QueryGuard<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+impl<S> Service<Request> for QueryGuard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if carries_credential(&request, &self.state) {
+            let refused = Error::BadRequest(
+                "credentials go in the `Authorization` or `x-api-key` header, never in the URL"
+                    .into(),
+            );
+            return Either::Left(ready(Ok(refused.into_response())));
+        }
+        Either::Right(self.inner.call(request))
+    }
+}
+
+fn carries_credential(request: &Request, state: &AppState) -> bool {
+    request.uri().query().is_some_and(|query| {
         let admin = state.admin_token.load();
         url::form_urlencoded::parse(query.as_bytes()).any(|(name, value)| {
             CREDENTIAL_PARAMS.contains(&name.to_ascii_lowercase().as_str())
                 || value.starts_with("gust_")
                 || constant_time_eq(value.as_bytes(), admin.as_bytes())
         })
-    });
-    if carries_credential {
-        return Error::BadRequest(
-            "credentials go in the `Authorization` or `x-api-key` header, never in the URL".into(),
-        )
-        .into_response();
-    }
-    next.run(request).await
+    })
 }
 
 enum Caller {

@@ -143,9 +143,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(|| async {
             Error::MethodNotAllowed("this route does not take that method".into())
         })
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            auth::refuse_credentials_in_query,
-        ))
+        .layer(auth::RefuseCredentialsInQuery::new(Arc::clone(&state)))
         .with_state(state)
 }
