@@ -100,17 +100,25 @@ async fn keys_reach_their_own_agent_only_and_are_revoked_at_once() {
         assert_eq!(response.status(), StatusCode::FORBIDDEN, "{method} {path}");
     }
 
-    // Credentials in the URL are refused, whatever they are.
+    // Credentials in the URL are refused, whatever they are, wherever they are sent: a
+    // route, the data plane, an unknown path and a method a route does not take.
     for query in [
         format!("token={TOKEN}"),
         format!("api_key={key}"),
         "access_token=x".to_owned(),
     ] {
-        let (status, body) = host
-            .send(host.request(Method::GET, &format!("/v1/agents?{query}")))
-            .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
-        error_kind(&body, "bad_request");
+        for (method, path) in [
+            (Method::GET, "/v1/agents"),
+            (Method::POST, "/v1/agents/one/run"),
+            (Method::GET, "/no/such/route"),
+            (Method::DELETE, "/healthz"),
+        ] {
+            let (status, body) = host
+                .send(host.request(method.clone(), &format!("{path}?{query}")))
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}?{query}");
+            error_kind(&body, "bad_request");
+        }
     }
 
     // Listed without the key; last use recorded (flushed in the background).

@@ -35,9 +35,9 @@ const CREDENTIAL_PARAMS: &[&str] = &[
 /// Refuses requests that carry a credential in the query string (400): a parameter named
 /// like one (after percent-decoding), or a value that looks like a gust key or token.
 ///
-/// A tower layer around every route rather than `axum::middleware::from_fn`, which boxes a
-/// future and clones the inner service on every request: this one answers at once or passes
-/// the request through.
+/// A tower layer around every route rather than `axum::middleware::from_fn`, which boxes the
+/// inner service and a future on every request: this one answers at once or passes the
+/// request through.
 #[derive(Clone)]
 pub(crate) struct RefuseCredentialsInQuery {
     state: Arc<AppState>,
