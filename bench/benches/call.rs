@@ -93,11 +93,11 @@ fn variants() -> Vec<(&'static str, Tuning)> {
     ]
 }
 
-fn component(var: &str) -> Option<(PathBuf, Vec<u8>)> {
+fn component(var: &str) -> Option<Vec<u8>> {
     let path = PathBuf::from(std::env::var_os(var)?);
     let bytes = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{var}={}: {e} (bench/run builds it)", path.display()));
-    Some((path, bytes))
+    Some(bytes)
 }
 
 fn bench_agent(c: &mut Criterion, group: &str, bytes: &[u8], variants: &[(&str, Tuning)]) {
@@ -110,6 +110,7 @@ fn bench_agent(c: &mut Criterion, group: &str, bytes: &[u8], variants: &[(&str, 
     let scratch = tempfile::tempdir().expect("a temporary folder");
     let cache = std::env::var_os("GUST_BENCH_ARTIFACTS")
         .map_or_else(|| scratch.path().to_owned(), PathBuf::from);
+    let input: serde_json::Value = serde_json::from_slice(INPUT).expect("JSON input");
     let mut group = c.benchmark_group(group);
     for (name, tuning) in variants {
         // One engine at a time: each pool reserves terabytes of address space.
@@ -120,7 +121,6 @@ fn bench_agent(c: &mut Criterion, group: &str, bytes: &[u8], variants: &[(&str, 
             .unwrap_or_else(|e| panic!("calling the agent with {name}: {e}"));
         let answer: serde_json::Value =
             serde_json::from_slice(&answer).expect("the echo answers JSON");
-        let input: serde_json::Value = serde_json::from_slice(INPUT).expect("JSON input");
         assert_eq!(answer["input"], input, "the echo did not answer its input");
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.to_async(&tokio)
@@ -131,7 +131,7 @@ fn bench_agent(c: &mut Criterion, group: &str, bytes: &[u8], variants: &[(&str, 
 }
 
 fn calls(c: &mut Criterion) {
-    let Some((_, rust)) = component("GUST_BENCH_RUST_ECHO") else {
+    let Some(rust) = component("GUST_BENCH_RUST_ECHO") else {
         panic!("set GUST_BENCH_RUST_ECHO to the echo example's component (bench/run does)");
     };
     let variants = variants();
@@ -155,7 +155,7 @@ fn calls(c: &mut Criterion) {
         ("python-echo", "GUST_BENCH_PYTHON_ECHO"),
         ("js-echo", "GUST_BENCH_JS_ECHO"),
     ] {
-        if let Some((_, bytes)) = component(var) {
+        if let Some(bytes) = component(var) {
             bench_agent(c, group, &bytes, &few);
         }
     }

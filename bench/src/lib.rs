@@ -16,7 +16,7 @@ pub const TOKEN: &str = "bench-admin-token-0123456789";
 
 /// A `gust serve` on a fresh data folder, killed when dropped.
 pub struct Host {
-    child: Child,
+    process: Process,
     /// Its base URL.
     pub url: String,
     /// A client for it.
@@ -72,12 +72,16 @@ impl Host {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()?;
-        Ok(Self { child, url, http })
+        Ok(Self {
+            process: Process(child),
+            url,
+            http,
+        })
     }
 
     /// The host's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.0.id()
     }
 
     /// Uploads `component` as `agent`, sets `config` and deploys it.
@@ -87,6 +91,19 @@ impl Host {
     pub async fn deploy(&self, agent: &str, component: &Path, config: Value) -> anyhow::Result<()> {
         let bytes =
             std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
+        self.deploy_bytes(agent, bytes, config).await
+    }
+
+    /// Uploads the component `bytes` as `agent`, sets `config` and deploys it.
+    ///
+    /// # Errors
+    /// When any step is refused.
+    pub async fn deploy_bytes(
+        &self,
+        agent: &str,
+        bytes: Vec<u8>,
+        config: Value,
+    ) -> anyhow::Result<()> {
         let steps = [
             self.http
                 .post(format!("{}/v1/agents/{agent}/versions", self.url))
@@ -147,10 +164,13 @@ impl Host {
     }
 }
 
-impl Drop for Host {
+/// A child process, killed (SIGKILL) when dropped.
+pub struct Process(pub Child);
+
+impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -179,6 +199,16 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// `values` as `median [min – max]`, without decimals.
+pub fn spread(values: &[f64]) -> String {
+    format!(
+        "{:.0} [{:.0} – {:.0}]",
+        median(values.to_vec()),
+        values.iter().copied().fold(f64::INFINITY, f64::min),
+        values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    )
 }
 
 /// Resident memory (KiB), threads and open file descriptors of process `pid`.

@@ -104,7 +104,6 @@ pub async fn serve(
         options.outbound.clone(),
         &options.tuning,
     )?);
-
     let files = ComponentFiles::open(data_dir.join("components"))?;
     let keys = KeyRing::load(store.all_keys().context("loading invoke keys")?);
     let agents = Arc::new(Agents::new(

@@ -20,11 +20,11 @@
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use gust_bench::{Host, median};
+use gust_bench::{Host, Process, median, spread};
 use serde_json::json;
 
 const INPUT: &str = r#"{"say":"hi"}"#;
@@ -74,16 +74,6 @@ struct Target {
     name: &'static str,
     url: String,
     headers: Vec<(&'static str, String)>,
-}
-
-/// A process killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// What one wrk run measured.
@@ -183,11 +173,9 @@ async fn main() -> anyhow::Result<()> {
     for (target, rounds) in targets.iter().zip(&readings) {
         let rates: Vec<f64> = rounds.iter().map(|x| x.requests_per_s).collect();
         println!(
-            "| {} | {:.0} [{:.0} – {:.0}] | {:.3} | {:.3} | {} |",
+            "| {} | {} | {:.3} | {:.3} | {} |",
             target.name,
-            median(rates.clone()),
-            rates.iter().copied().fold(f64::INFINITY, f64::min),
-            rates.iter().copied().fold(0.0, f64::max),
+            spread(&rates),
             median(rounds.iter().map(|x| x.p50_ms).collect()),
             median(rounds.iter().map(|x| x.p99_ms).collect()),
             rounds.iter().map(|x| x.errors).sum::<u64>(),

@@ -22,6 +22,7 @@
 //!   [--only redeploy|restart|memory]
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use gust_bench::resident::{self, Resident};
-use gust_bench::{Host, TOKEN, median, process_usage};
+use gust_bench::{Host, TOKEN, median, process_usage, spread};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -128,11 +129,8 @@ fn tagged(bytes: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
-fn write_tagged(source: &Path, tag: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    let bytes = std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
-    let path = dir.join(format!("{tag}.wasm"));
-    std::fs::write(&path, tagged(&bytes, tag))?;
-    Ok(path)
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// One call of `agent`: its status and the deployment that served it.
@@ -187,7 +185,7 @@ async fn redeploy(options: &Options, scratch: &Path) -> anyhow::Result<()> {
     host.deploy("echo", &options.echo, config).await?;
     // A second version: the same code under another digest, uploaded (and so compiled and
     // cached) before the measurement, as a user uploads before deploying.
-    let second = std::fs::read(write_tagged(&options.echo, "v2", scratch)?)?;
+    let second = tagged(&read(&options.echo)?, "v2");
     admin(
         &host,
         reqwest::Method::POST,
@@ -292,32 +290,38 @@ async fn redeploy(options: &Options, scratch: &Path) -> anyhow::Result<()> {
 
 async fn restart(options: &Options, scratch: &Path) -> anyhow::Result<()> {
     let data = scratch.join("restart");
-    let components = scratch.join("components");
-    std::fs::create_dir_all(&components)?;
     // The agents: Python and JavaScript echoes when given (a few: each compiles for seconds
-    // and its artifact is tens of MB), the rest Rust.
-    let mut agents: Vec<(String, PathBuf)> = Vec::new();
-    let guests = [("py", &options.python, 5), ("js", &options.js, 5)];
-    for (lang, source, count) in guests {
+    // and its artifact is tens of MB), the rest Rust. Each source is read once; every agent
+    // is it under its own tag.
+    let mut sources: Vec<(&str, Vec<u8>, usize)> = Vec::new();
+    for (lang, source) in [("py", &options.python), ("js", &options.js)] {
         if let Some(source) = source {
-            for i in 0..count {
-                let name = format!("{lang}-{i:03}");
-                agents.push((name.clone(), write_tagged(source, &name, &components)?));
-            }
+            sources.push((lang, read(source)?, 5));
         }
     }
-    for i in agents.len()..options.agents {
-        let name = format!("rust-{i:03}");
-        agents.push((
-            name.clone(),
-            write_tagged(&options.echo, &name, &components)?,
-        ));
-    }
+    let others: usize = sources.iter().map(|(_, _, count)| count).sum();
+    sources.push((
+        "rust",
+        read(&options.echo)?,
+        options.agents.saturating_sub(others),
+    ));
+    let languages: BTreeMap<&str, usize> = sources
+        .iter()
+        .map(|(lang, _, count)| (*lang, *count))
+        .collect();
+    let agents: Vec<String> = sources
+        .iter()
+        .flat_map(|(lang, _, count)| (0..*count).map(move |i| format!("{lang}-{i:03}")))
+        .collect();
     {
         let host = Host::start(&options.gust, &data, &[])?;
         let started = Instant::now();
-        for (name, path) in &agents {
-            host.deploy(name, path, json!({})).await?;
+        for (lang, bytes, count) in &sources {
+            for i in 0..*count {
+                let name = format!("{lang}-{i:03}");
+                host.deploy_bytes(&name, tagged(bytes, &name), json!({}))
+                    .await?;
+            }
         }
         eprintln!(
             "deployed {} agents in {:.1} s",
@@ -326,13 +330,6 @@ async fn restart(options: &Options, scratch: &Path) -> anyhow::Result<()> {
         );
         // Dropping the host kills it with SIGKILL: no shutdown work helps the next start.
     }
-    let languages = agents.iter().fold(
-        std::collections::BTreeMap::<&str, usize>::new(),
-        |mut m, (name, _)| {
-            *m.entry(name.split('-').next().unwrap_or("?")).or_default() += 1;
-            m
-        },
-    );
 
     let (mut listening, mut serving, mut rss_idle) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..options.rounds {
@@ -340,7 +337,7 @@ async fn restart(options: &Options, scratch: &Path) -> anyhow::Result<()> {
         let host = Arc::new(Host::start(&options.gust, &data, &[])?);
         let listened = started.elapsed();
         let mut calls = Vec::new();
-        for (name, _) in &agents {
+        for name in &agents {
             let (host, name) = (Arc::clone(&host), name.clone());
             calls.push(tokio::spawn(async move {
                 call(&host, &name, &json!({"say": "hi"})).await
@@ -372,14 +369,6 @@ async fn restart(options: &Options, scratch: &Path) -> anyhow::Result<()> {
         serving.push(all_served.as_secs_f64() * 1000.0);
         rss_idle.push(rss as f64 / 1024.0);
     }
-    let spread = |v: &[f64]| {
-        format!(
-            "{:.0} [{:.0} – {:.0}]",
-            median(v.to_vec()),
-            v.iter().copied().fold(f64::INFINITY, f64::min),
-            v.iter().copied().fold(0.0, f64::max)
-        )
-    };
     println!(
         "== restart after SIGKILL with {} agents ({languages:?})",
         agents.len()
