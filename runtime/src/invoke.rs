@@ -70,9 +70,10 @@ pub(crate) async fn invoke(
     let request = Request {
         input: call.input,
         content_type: call.content_type,
-        agent: deployment.agent.to_string(),
+        // `String::from(&str)` copies; `Arc<str>::to_string` would go through `Display`.
+        agent: String::from(&*deployment.agent),
         version: deployment.version,
-        run_id: call.run_id.to_string(),
+        run_id: String::from(&*call.run_id),
         mode: call.mode,
         attempt: call.attempt,
         deadline_ms: deadline_ms.and_then(|ms| u64::try_from(ms).ok()),
