@@ -1,6 +1,9 @@
 //! Store + instantiate + call + drop of an echo agent, in-process, through the code a sync
 //! call runs (`gust_runtime::embed`): gust's engine settings beside wasmtime's defaults in
 //! the same run, then each of gust's settings changed one at a time, to show what it buys.
+//! Last, the same four steps in a bare wasmtime embedding (no host state, imports left
+//! unlinked), with gust's settings and with the defaults: the floor of what any host built on
+//! this wasmtime pays per call, so what is gust's own cost and what is wasmtime's.
 //!
 //! Components come from the environment (`bench/run` builds them and sets these):
 //! `GUST_BENCH_RUST_ECHO` (required), `GUST_BENCH_PYTHON_ECHO` and `GUST_BENCH_JS_ECHO`
@@ -12,6 +15,18 @@ use std::path::PathBuf;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gust_runtime::embed::LoadedAgent;
 use gust_runtime::engine::{PoolTuning, Tuning};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store};
+
+// The agent world's `run` export, typed, for the bare embedding (gust's own bindings are
+// private to its runtime). Imports are generated too but never linked.
+wasmtime::component::bindgen!({
+    world: "gust:agent/agent@0.1.0",
+    path: "../wit",
+    exports: { default: async },
+});
+
+use gust::agent::invocation::Mode;
 
 const INPUT: &[u8] = br#"{"say":"hi"}"#;
 
@@ -130,12 +145,87 @@ fn bench_agent(c: &mut Criterion, group: &str, bytes: &[u8], variants: &[(&str, 
     group.finish();
 }
 
+/// Store + instantiate + call + drop in a bare wasmtime embedding: `()` as the store's data,
+/// `config` (the one import the echo calls) a plain function answering `none`, every other
+/// import defined as a trap, the same epoch deadline as gust. What is left is wasmtime's own
+/// per-call work under each engine configuration.
+fn bench_bare(c: &mut Criterion, group: &str, bytes: &[u8]) {
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let max_memory = (gust_runtime::store::DEFAULT_MEMORY_MIB as usize) << 20;
+    let request = Request {
+        input: INPUT.to_vec(),
+        content_type: "application/json".to_owned(),
+        agent: "echo".to_owned(),
+        version: 1,
+        run_id: "run_0".to_owned(),
+        mode: Mode::Sync,
+        attempt: 1,
+        deadline_ms: None,
+    };
+    let mut group = c.benchmark_group(group);
+    for (name, tuning) in [
+        ("bare-wasmtime-gust-settings", Tuning::default()),
+        ("bare-wasmtime-defaults", Tuning::wasmtime_defaults()),
+    ] {
+        let engine = Engine::new(&tuning.wasmtime_config(max_memory)).expect("an engine");
+        let component = Component::new(&engine, bytes).expect("the component compiles");
+        let mut linker = Linker::<()>::new(&engine);
+        linker
+            .instance("gust:agent/host@0.1.0")
+            .and_then(|mut host| {
+                host.func_wrap("config", |_, (_key,): (String,)| Ok((None::<String>,)))
+            })
+            .expect("defining config");
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .expect("imports defined as traps");
+        let pre = AgentPre::new(
+            linker
+                .instantiate_pre(&component)
+                .expect("pre-instantiated"),
+        )
+        .expect("the agent world's exports");
+        let call = || async {
+            let mut store = Store::new(&engine, ());
+            if tuning.epoch_interruption {
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_async_yield_and_update(1);
+            }
+            let agent = pre
+                .instantiate_async(&mut store)
+                .await
+                .expect("instantiated");
+            agent
+                .call_run(&mut store, &request)
+                .await
+                .expect("no trap")
+                .expect("the echo answers")
+        };
+        let answer = tokio.block_on(call());
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer.output).expect("the echo answers JSON");
+        assert_eq!(
+            answer["input"],
+            serde_json::from_slice::<serde_json::Value>(INPUT).expect("JSON input"),
+            "the echo did not answer its input"
+        );
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.to_async(&tokio).iter(call);
+        });
+    }
+    group.finish();
+}
+
 fn calls(c: &mut Criterion) {
     let Some(rust) = component("GUST_BENCH_RUST_ECHO") else {
         panic!("set GUST_BENCH_RUST_ECHO to the echo example's component (bench/run does)");
     };
     let variants = variants();
     bench_agent(c, "rust-echo", &rust, &variants);
+    bench_bare(c, "rust-echo", &rust);
     // Guests of 13-18 MB: gust's settings against wasmtime's, gust's settings before
     // PAGEMAP_SCAN, and more memory kept resident.
     let few: Vec<_> = variants

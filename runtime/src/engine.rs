@@ -64,35 +64,23 @@ impl Runtime {
         outbound: OutboundSettings,
         tuning: &Tuning,
     ) -> anyhow::Result<Self> {
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(tuning.epoch_interruption)
-            .memory_init_cow(tuning.memory_init_cow)
-            .cranelift_opt_level(OptLevel::Speed);
-        let on_demand = || {
-            Engine::new(&config)
-                .map_err(anyhow::Error::from)
-                .context("configuring the Wasm engine")
-        };
-        let engine = match &tuning.pool {
-            None => on_demand()?,
-            Some(settings) => {
-                let mut pooled = config.clone();
-                pooled.allocation_strategy(pool(settings, max_memory_bytes));
-                match Engine::new(&pooled) {
-                    Ok(engine) => engine,
-                    Err(e) => {
-                        // The pool reserves its address space up front; where that is
-                        // refused (a small `ulimit -v`, strict overcommit), instances are
-                        // allocated per call.
-                        tracing::warn!(
-                            "the pooling instance allocator is not available here ({e}); allocating instances on demand, which is slower"
-                        );
-                        on_demand()?
-                    }
-                }
+        let engine = match Engine::new(&tuning.wasmtime_config(max_memory_bytes)) {
+            Ok(engine) => engine,
+            // The pool reserves its address space up front; where that is refused (a small
+            // `ulimit -v`, strict overcommit), instances are allocated per call.
+            Err(e) if tuning.pool.is_some() => {
+                tracing::warn!(
+                    "the pooling instance allocator is not available here ({e}); allocating instances on demand, which is slower"
+                );
+                let on_demand = Tuning {
+                    pool: None,
+                    ..tuning.clone()
+                };
+                Engine::new(&on_demand.wasmtime_config(max_memory_bytes))
+                    .map_err(anyhow::Error::from)
+                    .context("configuring the Wasm engine")?
             }
+            Err(e) => return Err(anyhow::Error::from(e).context("configuring the Wasm engine")),
         };
         if tuning.epoch_interruption {
             start_epoch_ticker(&engine);
@@ -273,6 +261,23 @@ impl Default for PoolTuning {
 }
 
 impl Tuning {
+    /// The wasmtime configuration these settings stand for, for a host whose guests may grow
+    /// their memory to `max_memory_bytes`. Public so that a benchmark can run a bare
+    /// wasmtime embedding with exactly gust's engine settings.
+    #[must_use]
+    pub fn wasmtime_config(&self, max_memory_bytes: usize) -> Config {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(self.epoch_interruption)
+            .memory_init_cow(self.memory_init_cow)
+            .cranelift_opt_level(OptLevel::Speed);
+        if let Some(settings) = &self.pool {
+            config.allocation_strategy(pool(settings, max_memory_bytes));
+        }
+        config
+    }
+
     /// wasmtime's defaults: instances allocated on demand, no epoch interruption.
     #[must_use]
     pub fn wasmtime_defaults() -> Self {
