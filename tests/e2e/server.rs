@@ -3,8 +3,51 @@
 use std::os::unix::fs::PermissionsExt as _;
 
 use reqwest::{Method, StatusCode};
+use serde_json::json;
 
 use crate::support::Host;
+
+/// The pool reserves its slots' address space up front (terabytes with the defaults); where
+/// that is refused, the host says so and allocates each call's instance on demand instead
+/// of failing to start.
+#[tokio::test]
+async fn scarce_address_space_falls_back_to_instances_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    // 32 GiB: far below the pool's reservation, room for a few on-demand instances (each
+    // reserves a few GiB for its linear memory).
+    let host = Host::start_with_address_space(dir.path(), 32 << 20).await;
+    assert!(
+        host.log()
+            .contains("the pooling instance allocator is not available here"),
+        "the fallback is logged:\n{}",
+        host.log()
+    );
+    host.upload_file("echo", gust_test_guests::ECHO).await;
+    host.deploy("echo", None).await;
+    for i in 0..3 {
+        let (status, _, body) = host.call("echo", json!({ "n": i })).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["input"]["n"], i, "{body}");
+    }
+}
+
+/// Without such a limit the pool is used: no fallback line.
+#[tokio::test]
+async fn the_pool_is_used_where_address_space_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    host.upload_file("echo", gust_test_guests::ECHO).await;
+    host.deploy("echo", None).await;
+    let (status, _, body) = host.call("echo", json!({ "n": 1 })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        !host
+            .log()
+            .contains("pooling instance allocator is not available"),
+        "{}",
+        host.log()
+    );
+}
 
 #[tokio::test]
 async fn a_generated_admin_token_is_stored_privately_and_printed_once() {

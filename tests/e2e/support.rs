@@ -48,6 +48,30 @@ impl Host {
         token: Option<&str>,
         http: reqwest::Client,
     ) -> Self {
+        Self::launch(data_dir, extra, token, http, None).await
+    }
+
+    /// Starts a host whose address space is capped at `kib` KiB (`ulimit -v`), as on a
+    /// machine with little virtual memory to give.
+    pub(crate) async fn start_with_address_space(dir: &Path, kib: u64) -> Self {
+        let data_dir = dir.join("data");
+        Self::launch(
+            data_dir,
+            &[],
+            Some(TOKEN),
+            reqwest::Client::new(),
+            Some(kib),
+        )
+        .await
+    }
+
+    async fn launch(
+        data_dir: PathBuf,
+        extra: &[&str],
+        token: Option<&str>,
+        http: reqwest::Client,
+        address_space_kib: Option<u64>,
+    ) -> Self {
         std::fs::create_dir_all(&data_dir).unwrap();
         let log = data_dir.with_extension(format!("log.{}", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
@@ -55,7 +79,18 @@ impl Host {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gust"));
+        let gust = env!("CARGO_BIN_EXE_gust");
+        let mut command = match address_space_kib {
+            None => Command::new(gust),
+            // The shell sets the limit, then becomes gust (same pid, so kill works).
+            Some(kib) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", r#"ulimit -v "$0" && exec "$@""#])
+                    .arg(kib.to_string())
+                    .arg(gust);
+                sh
+            }
+        };
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(if extra.contains(&"--log") {
