@@ -7,7 +7,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::Invoker;
@@ -18,6 +18,14 @@ use crate::invoke::{self, Call};
 use crate::runs;
 
 const JSON: &str = "application/json";
+
+// Header names as constants: inserting with a `&str` validates the name on every call.
+/// The run id of the call.
+const RUN_ID: HeaderName = HeaderName::from_static("gust-run-id");
+/// The version number of the component that answered.
+const AGENT_VERSION: HeaderName = HeaderName::from_static("gust-agent-version");
+/// The deployment that answered (changes with every deploy and rollback).
+const DEPLOYMENT: HeaderName = HeaderName::from_static("gust-deployment");
 
 pub(crate) async fn run(
     Invoker(agent): Invoker,
@@ -63,10 +71,10 @@ pub(crate) async fn run(
     };
     let headers = response.headers_mut();
     if let Ok(id) = HeaderValue::from_str(&run_id) {
-        headers.insert("gust-run-id", id);
+        headers.insert(RUN_ID, id);
     }
-    headers.insert("gust-agent-version", HeaderValue::from(deployment.version));
-    headers.insert("gust-deployment", HeaderValue::from(deployment.deployment));
+    headers.insert(AGENT_VERSION, HeaderValue::from(deployment.version));
+    headers.insert(DEPLOYMENT, HeaderValue::from(deployment.deployment));
     response
 }
 
