@@ -1,9 +1,9 @@
 //! Store + instantiate + call + drop of an echo agent, in-process, through the code a sync
 //! call runs (`gust_runtime::embed`): gust's engine settings beside wasmtime's defaults in
 //! the same run, then each of gust's settings changed one at a time, to show what it buys.
-//! Last, the same four steps in a bare wasmtime embedding (no host state, imports left
-//! unlinked), with gust's settings and with the defaults: the floor of what any host built on
-//! this wasmtime pays per call, so what is gust's own cost and what is wasmtime's.
+//! Last, the same four steps in a bare wasmtime embedding (WASI and nothing else of a host),
+//! with gust's settings and with the defaults: the floor of what any host built on this
+//! wasmtime pays per call, so what is gust's own cost and what is wasmtime's.
 //!
 //! Components come from the environment (`bench/run` builds them and sets these):
 //! `GUST_BENCH_RUST_ECHO` (required), `GUST_BENCH_PYTHON_ECHO` and `GUST_BENCH_JS_ECHO`
@@ -15,17 +15,20 @@ use std::path::PathBuf;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gust_runtime::embed::LoadedAgent;
 use gust_runtime::engine::{PoolTuning, Tuning};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-// The agent world's `run` export, typed, for the bare embedding (gust's own bindings are
-// private to its runtime). Imports are generated too but never linked.
+// The agent world, typed, for the bare embedding (gust's own bindings are private to its
+// runtime).
 wasmtime::component::bindgen!({
     world: "gust:agent/agent@0.1.0",
     path: "../wit",
     exports: { default: async },
 });
 
+use gust::agent::host::Level;
 use gust::agent::invocation::Mode;
 
 const INPUT: &[u8] = br#"{"say":"hi"}"#;
@@ -145,10 +148,62 @@ fn bench_agent(c: &mut Criterion, group: &str, bytes: &[u8], variants: &[(&str, 
     group.finish();
 }
 
-/// Store + instantiate + call + drop in a bare wasmtime embedding: `()` as the store's data,
-/// `config` (the one import the echo calls) a plain function answering `none`, every other
-/// import defined as a trap, the same epoch deadline as gust. What is left is wasmtime's own
-/// per-call work under each engine configuration.
+/// The store data of the bare embedding: WASI, made on the guest's first WASI import (the
+/// Rust echo makes none; Python and JavaScript need it to start), wasi:http with the crate's
+/// defaults, and the agent world's host interface doing nothing.
+struct Bare {
+    wasi: Option<WasiCtx>,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+}
+
+impl Bare {
+    fn new() -> Self {
+        Self {
+            wasi: None,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+impl gust::agent::host::Host for Bare {
+    fn log(&mut self, _level: Level, _message: String) {}
+
+    fn config(&mut self, _key: String) -> Option<String> {
+        None
+    }
+
+    fn progress(&mut self, _fraction: f32, _message: String) {}
+}
+
+impl gust::agent::invocation::Host for Bare {}
+
+impl WasiHttpView for Bare {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
+}
+
+impl WasiView for Bare {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: self
+                .wasi
+                .get_or_insert_with(|| WasiCtxBuilder::new().build()),
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Store + instantiate + call + drop in a bare wasmtime embedding: WASI and wasi:http linked
+/// as their crates provide them, the host interface as plain functions (`config` answers
+/// `none`), the same epoch deadline as gust. What is left is wasmtime's own per-call work
+/// under each engine configuration.
 fn bench_bare(c: &mut Criterion, group: &str, bytes: &[u8]) {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -172,16 +227,14 @@ fn bench_bare(c: &mut Criterion, group: &str, bytes: &[u8]) {
     ] {
         let engine = Engine::new(&tuning.wasmtime_config(max_memory)).expect("an engine");
         let component = Component::new(&engine, bytes).expect("the component compiles");
-        let mut linker = Linker::<()>::new(&engine);
-        linker
-            .instance("gust:agent/host@0.1.0")
-            .and_then(|mut host| {
-                host.func_wrap("config", |_, (_key,): (String,)| Ok((None::<String>,)))
-            })
-            .expect("defining config");
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .expect("imports defined as traps");
+        let mut linker = Linker::<Bare>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("linking WASI");
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .expect("linking wasi:http");
+        gust::agent::host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .expect("linking the host interface");
+        gust::agent::invocation::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .expect("linking the invocation interface");
         let pre = AgentPre::new(
             linker
                 .instantiate_pre(&component)
@@ -189,7 +242,7 @@ fn bench_bare(c: &mut Criterion, group: &str, bytes: &[u8]) {
         )
         .expect("the agent world's exports");
         let call = || async {
-            let mut store = Store::new(&engine, ());
+            let mut store = Store::new(&engine, Bare::new());
             if tuning.epoch_interruption {
                 store.set_epoch_deadline(1);
                 store.epoch_deadline_async_yield_and_update(1);
@@ -247,6 +300,7 @@ fn calls(c: &mut Criterion) {
     ] {
         if let Some(bytes) = component(var) {
             bench_agent(c, group, &bytes, &few);
+            bench_bare(c, group, &bytes);
         }
     }
 }
