@@ -8,10 +8,19 @@ use chrono::{DateTime, SecondsFormat};
 /// Milliseconds since the Unix epoch, now. Straight from the system clock: every sync call
 /// reads it for its deadline, and `chrono::Utc::now` first builds a calendar date.
 pub(crate) fn now_ms() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
+    unix_ms(SystemTime::now())
+}
+
+/// `time` in milliseconds since the Unix epoch, rounded down.
+fn unix_ms(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
         Ok(since) => i64::try_from(since.as_millis()).unwrap_or(i64::MAX),
-        // A clock set before 1970.
-        Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+        // A clock set before 1970: rounded down, as for times after it.
+        Err(before) => {
+            let before = before.duration();
+            let ms = before.as_millis() + u128::from(before.subsec_nanos() % 1_000_000 != 0);
+            i64::try_from(ms).map_or(i64::MIN, |ms| -ms)
+        }
     }
 }
 
@@ -24,7 +33,9 @@ pub(crate) fn rfc3339(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{now_ms, rfc3339};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::{now_ms, rfc3339, unix_ms};
 
     #[test]
     fn formats_utc_with_millis() {
@@ -41,5 +52,17 @@ mod tests {
             before <= now && now <= after,
             "{before} <= {now} <= {after}"
         );
+    }
+
+    #[test]
+    fn times_before_1970_round_down_like_chrono() {
+        let at = |micros: i64| match u64::try_from(micros) {
+            Ok(after) => UNIX_EPOCH + Duration::from_micros(after),
+            Err(_) => UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs()),
+        };
+        for micros in [-1_500, -1_000, -1, 0, 1, 1_500, -86_400_000_123] {
+            let chrono = chrono::DateTime::<chrono::Utc>::from(at(micros)).timestamp_millis();
+            assert_eq!(unix_ms(at(micros)), chrono, "{micros} µs");
+        }
     }
 }
