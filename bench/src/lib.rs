@@ -175,16 +175,21 @@ impl Drop for Process {
 }
 
 /// The command line as `--flag value` pairs: every benchmark program's options take a value.
+/// `--help` (or `-h`) prints `usage` and exits.
 ///
 /// # Errors
 /// When the last flag has no value.
-pub fn flags() -> anyhow::Result<Vec<(String, String)>> {
+pub fn flags(usage: &str) -> anyhow::Result<Vec<(String, String)>> {
     let mut args = std::env::args().skip(1);
     let mut pairs = Vec::new();
     while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{}", usage.trim());
+            std::process::exit(0);
+        }
         let value = args
             .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+            .with_context(|| format!("{flag} needs a value (--help lists the flags)"))?;
         pairs.push((flag, value));
     }
     Ok(pairs)

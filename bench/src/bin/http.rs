@@ -42,6 +42,12 @@ struct Options {
     connections: usize,
 }
 
+const USAGE: &str = "\
+usage: http [--gust PATH] [--echo PATH] [--wasmtime PATH] [--wasi-echo PATH]
+            [--raw-hyper PATH] [--rounds N] [--seconds N] [--connections N]
+Sync throughput of gust, gust with wasmtime's defaults, `wasmtime serve` and raw hyper under
+wrk; paths default to the release builds under target/ and `wasmtime` on PATH.";
+
 fn options() -> anyhow::Result<Options> {
     let mut options = Options {
         gust: "target/release/gust".into(),
@@ -53,7 +59,7 @@ fn options() -> anyhow::Result<Options> {
         seconds: 10,
         connections: 32,
     };
-    for (flag, value) in gust_bench::flags()? {
+    for (flag, value) in gust_bench::flags(USAGE)? {
         match flag.as_str() {
             "--gust" => options.gust = value.into(),
             "--echo" => options.echo = value.into(),
@@ -63,7 +69,7 @@ fn options() -> anyhow::Result<Options> {
             "--rounds" => options.rounds = value.parse()?,
             "--seconds" => options.seconds = value.parse()?,
             "--connections" => options.connections = value.parse()?,
-            other => bail!("unknown flag {other}"),
+            other => bail!("unknown flag {other} (--help lists the flags)"),
         }
     }
     Ok(options)

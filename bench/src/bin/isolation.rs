@@ -25,6 +25,10 @@ struct Options {
     rounds: usize,
 }
 
+const USAGE: &str = "\
+usage: isolation [--gust PATH] [--echo PATH] [--probe PATH] [--calls N] [--rounds N]
+A healthy agent's latency alone and while another agent is attacked.";
+
 fn options() -> anyhow::Result<Options> {
     let mut options = Options {
         gust: "target/release/gust".into(),
@@ -33,14 +37,14 @@ fn options() -> anyhow::Result<Options> {
         calls: 2000,
         rounds: 3,
     };
-    for (flag, value) in gust_bench::flags()? {
+    for (flag, value) in gust_bench::flags(USAGE)? {
         match flag.as_str() {
             "--gust" => options.gust = value.into(),
             "--echo" => options.echo = value.into(),
             "--probe" => options.probe = value.into(),
             "--calls" => options.calls = value.parse()?,
             "--rounds" => options.rounds = value.parse()?,
-            other => bail!("unknown flag {other}"),
+            other => bail!("unknown flag {other} (--help lists the flags)"),
         }
     }
     Ok(options)

@@ -48,6 +48,12 @@ struct Options {
     only: Option<String>,
 }
 
+const USAGE: &str = "\
+usage: lifecycle [--gust PATH] [--echo PATH] [--waiting-echo PATH] [--python PATH] [--js PATH]
+                 [--agents N] [--rounds N] [--redeploys N] [--in-flight N]
+                 [--only redeploy|restart|memory]
+Redeploy under load, restart of many agents after SIGKILL, memory per call in flight.";
+
 fn options() -> anyhow::Result<Options> {
     let mut options = Options {
         gust: "target/release/gust".into(),
@@ -61,7 +67,7 @@ fn options() -> anyhow::Result<Options> {
         in_flight: 1000,
         only: None,
     };
-    for (flag, value) in gust_bench::flags()? {
+    for (flag, value) in gust_bench::flags(USAGE)? {
         match flag.as_str() {
             "--gust" => options.gust = value.into(),
             "--echo" => options.echo = value.into(),
@@ -73,7 +79,7 @@ fn options() -> anyhow::Result<Options> {
             "--redeploys" => options.redeploys = value.parse()?,
             "--in-flight" => options.in_flight = value.parse()?,
             "--only" => options.only = Some(value),
-            other => bail!("unknown flag {other}"),
+            other => bail!("unknown flag {other} (--help lists the flags)"),
         }
     }
     Ok(options)

@@ -31,6 +31,10 @@ struct Options {
     workers: usize,
 }
 
+const USAGE: &str = "\
+usage: queue [--gust PATH] [--echo PATH] [--runs N] [--rounds N] [--clients N] [--workers N]
+Queued runs per second end to end, beside plain SQLite with the same durability.";
+
 fn options() -> anyhow::Result<Options> {
     let mut options = Options {
         gust: PathBuf::from("target/release/gust"),
@@ -40,7 +44,7 @@ fn options() -> anyhow::Result<Options> {
         clients: 64,
         workers: 64,
     };
-    for (flag, value) in gust_bench::flags()? {
+    for (flag, value) in gust_bench::flags(USAGE)? {
         match flag.as_str() {
             "--gust" => options.gust = value.into(),
             "--echo" => options.echo = value.into(),
@@ -48,7 +52,7 @@ fn options() -> anyhow::Result<Options> {
             "--rounds" => options.rounds = value.parse()?,
             "--clients" => options.clients = value.parse()?,
             "--workers" => options.workers = value.parse()?,
-            other => bail!("unknown flag {other}"),
+            other => bail!("unknown flag {other} (--help lists the flags)"),
         }
     }
     Ok(options)

@@ -20,6 +20,10 @@ use anyhow::bail;
 use gust_bench::{Host, TOKEN, process_usage};
 use serde_json::json;
 
+const USAGE: &str = "\
+usage: soak [--gust PATH] [--echo PATH] [--probe PATH] [--seconds N]
+Mixed load for a while, reporting resident memory, threads and open files over time.";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (mut gust, mut echo, mut probe, mut seconds) = (
@@ -28,13 +32,13 @@ async fn main() -> anyhow::Result<()> {
         PathBuf::from("target/wasm32-wasip2/release/gust_probe.wasm"),
         600u64,
     );
-    for (flag, value) in gust_bench::flags()? {
+    for (flag, value) in gust_bench::flags(USAGE)? {
         match flag.as_str() {
             "--gust" => gust = value.into(),
             "--echo" => echo = value.into(),
             "--probe" => probe = value.into(),
             "--seconds" => seconds = value.parse()?,
-            other => bail!("unknown flag {other}"),
+            other => bail!("unknown flag {other} (--help lists the flags)"),
         }
     }
     let data = tempfile::tempdir()?;
