@@ -226,6 +226,9 @@ fn bench_bare(c: &mut Criterion, group: &str, bytes: &[u8]) {
         ("bare-wasmtime-defaults", Tuning::wasmtime_defaults()),
     ] {
         let engine = Engine::new(&tuning.wasmtime_config(max_memory)).expect("an engine");
+        if tuning.epoch_interruption {
+            gust_runtime::engine::start_epoch_ticker(&engine);
+        }
         let component = Component::new(&engine, bytes).expect("the component compiles");
         let mut linker = Linker::<Bare>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("linking WASI");

@@ -318,9 +318,10 @@ fn pool(tuning: &PoolTuning, max_memory_bytes: usize) -> wasmtime::PoolingAlloca
     pool
 }
 
-/// Starts the one thread that advances the epoch. It holds only a weak reference, so it
-/// ends by itself when the engine is dropped (as in tests that build many runtimes).
-fn start_epoch_ticker(engine: &Engine) {
+/// Starts the one thread that advances the epoch on every tick. It holds only a weak
+/// reference, so it ends by itself when the engine is dropped (as in tests that build many
+/// runtimes). Public for the benchmarks' bare embedding, which ticks as gust does.
+pub fn start_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("gust-epoch".into())
