@@ -1,9 +1,10 @@
 //! Store + instantiate + call + drop of an echo agent, in-process, through the code a sync
 //! call runs (`gust_runtime::embed`): gust's engine settings beside wasmtime's defaults in
 //! the same run, then each of gust's settings changed one at a time, to show what it buys.
-//! Last, the same four steps in a bare wasmtime embedding (WASI and nothing else of a host),
-//! with gust's settings and with the defaults: the floor of what any host built on this
-//! wasmtime pays per call, so what is gust's own cost and what is wasmtime's.
+//! Last, the same four steps in a bare wasmtime embedding (the WASI crates and the agent
+//! world's host interface doing nothing, no other host state), with gust's settings and with
+//! the defaults: the floor of what any host built on this wasmtime pays per call, so what is
+//! gust's own cost and what is wasmtime's.
 //!
 //! Components come from the environment (`bench/run` builds them and sets these):
 //! `GUST_BENCH_RUST_ECHO` (required), `GUST_BENCH_PYTHON_ECHO` and `GUST_BENCH_JS_ECHO`
