@@ -18,7 +18,6 @@
 //! ```
 
 use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -236,11 +235,12 @@ async fn start_gust(
 }
 
 fn start_wasmtime(options: &Options) -> anyhow::Result<(Process, String)> {
-    let address = free_address()?;
+    // Port 0: it binds a free port and says which, so no other process can take it between
+    // choosing and binding.
     let mut child = Command::new("taskset")
         .args(["-c", SERVER_CPU])
         .arg(&options.wasmtime)
-        .args(["serve", "-S", "cli", "--addr", &address])
+        .args(["serve", "-S", "cli", "--addr", "127.0.0.1:0"])
         .arg(&options.wasi_echo)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -249,17 +249,17 @@ fn start_wasmtime(options: &Options) -> anyhow::Result<(Process, String)> {
     let stderr = child.stderr.take().context("no stderr")?;
     let process = Process(child);
     let mut lines = BufReader::new(stderr).lines();
-    loop {
+    let url = loop {
         let line = lines
             .next()
             .context("wasmtime serve exited before serving")??;
-        if line.contains("Serving HTTP on") {
-            break;
+        if let Some(url) = line.trim().strip_prefix("Serving HTTP on ") {
+            break url.to_owned();
         }
-    }
+    };
     // Keep reading its stderr so it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    Ok((process, format!("http://{address}/")))
+    Ok((process, url))
 }
 
 fn start_raw_hyper(options: &Options) -> anyhow::Result<(Process, String)> {
@@ -279,12 +279,6 @@ fn start_raw_hyper(options: &Options) -> anyhow::Result<(Process, String)> {
         .strip_prefix("listening on ")
         .context("raw_hyper did not say where it listens")?;
     Ok((process, format!("http://{address}/")))
-}
-
-/// A loopback address with a port free right now (wasmtime serve needs one given).
-fn free_address() -> anyhow::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.to_string())
 }
 
 /// Each server must answer the echo of the input before it is measured.
