@@ -162,6 +162,58 @@ impl Host {
             .json()
             .await?)
     }
+
+    /// One sync call of `agent` with the admin token: its status and the deployment that
+    /// served it (0 when the answer does not say), the body read to the end.
+    ///
+    /// # Errors
+    /// When the request cannot be sent or the answer not read.
+    pub async fn call(&self, agent: &str, input: &Value) -> anyhow::Result<(u16, u32)> {
+        let response = self
+            .http
+            .post(format!("{}/v1/agents/{agent}/run", self.url))
+            .bearer_auth(TOKEN)
+            .json(input)
+            .send()
+            .await?;
+        let deployment = response
+            .headers()
+            .get("gust-deployment")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let status = response.status().as_u16();
+        response.bytes().await?;
+        Ok((status, deployment))
+    }
+
+    /// A control-plane request to `path` with the admin token, with raw `body` bytes or a
+    /// `json` body (or neither); its JSON answer (`null` when it has none).
+    ///
+    /// # Errors
+    /// When the request fails or is refused (the error carries the answer).
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        json: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(TOKEN);
+        if let Some(bytes) = body {
+            request = request.body(bytes);
+        }
+        if let Some(value) = json {
+            request = request.json(&value);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        anyhow::ensure!(status.is_success(), "{path}: {status}: {text}");
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
 }
 
 /// A child process, killed (SIGKILL) when dropped.

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use gust_bench::resident::{self, Resident};
-use gust_bench::{Host, TOKEN, median, process_usage, spread};
-use serde_json::{Value, json};
+use gust_bench::{Host, median, process_usage, spread};
+use serde_json::json;
 use tokio::sync::Mutex;
 
 struct Options {
@@ -139,49 +139,6 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// One call of `agent`: its status and the deployment that served it.
-async fn call(host: &Host, agent: &str, input: &Value) -> anyhow::Result<(u16, u32)> {
-    let response = host
-        .http
-        .post(format!("{}/v1/agents/{agent}/run", host.url))
-        .bearer_auth(TOKEN)
-        .json(input)
-        .send()
-        .await?;
-    let deployment = response
-        .headers()
-        .get("gust-deployment")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(0);
-    let status = response.status().as_u16();
-    response.bytes().await?;
-    Ok((status, deployment))
-}
-
-async fn admin(
-    host: &Host,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-    json_body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let mut request = host
-        .http
-        .request(method, format!("{}{path}", host.url))
-        .bearer_auth(TOKEN);
-    if let Some(bytes) = body {
-        request = request.body(bytes);
-    }
-    if let Some(value) = json_body {
-        request = request.json(&value);
-    }
-    let response = request.send().await?;
-    let status = response.status();
-    let text = response.text().await?;
-    ensure!(status.is_success(), "{path}: {status}: {text}");
-    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 /// A response seen by the load: when it arrived, its status, the deployment that served it.
 type Seen = (Instant, u16, u32);
 
@@ -192,8 +149,7 @@ async fn redeploy(options: &Options, scratch: &Path) -> anyhow::Result<()> {
     // A second version: the same code under another digest, uploaded (and so compiled and
     // cached) before the measurement, as a user uploads before deploying.
     let second = tagged(&read(&options.echo)?, "v2");
-    admin(
-        &host,
+    host.admin(
         reqwest::Method::POST,
         "/v1/agents/echo/versions",
         Some(second),
@@ -212,7 +168,7 @@ async fn redeploy(options: &Options, scratch: &Path) -> anyhow::Result<()> {
             let input = json!({"say": "hi"});
             let mut mine = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                let (status, deployment) = call(&host, "echo", &input).await.unwrap_or((0, 0));
+                let (status, deployment) = host.call("echo", &input).await.unwrap_or((0, 0));
                 mine.push((Instant::now(), status, deployment));
             }
             seen.lock().await.extend(mine);
@@ -226,19 +182,19 @@ async fn redeploy(options: &Options, scratch: &Path) -> anyhow::Result<()> {
     for i in 0..options.redeploys {
         let version = if i % 2 == 0 { 2 } else { 1 };
         let sent = Instant::now();
-        let answer = admin(
-            &host,
-            reqwest::Method::POST,
-            "/v1/agents/echo/deploy",
-            None,
-            Some(json!({ "version": version })),
-        )
-        .await?;
+        let answer = host
+            .admin(
+                reqwest::Method::POST,
+                "/v1/agents/echo/deploy",
+                None,
+                Some(json!({ "version": version })),
+            )
+            .await?;
         let answered = Instant::now();
         let deployment = answer["deployment"]
             .as_u64()
             .context("no deployment number in the deploy answer")? as u32;
-        let (status, served_by) = call(&host, "echo", &json!({"say": "next"})).await?;
+        let (status, served_by) = host.call("echo", &json!({"say": "next"})).await?;
         let first_call = answered.elapsed();
         ensure!(status == 200, "the call after deploy {i} answered {status}");
         deploys.push((answered, answered - sent, deployment, first_call, served_by));
@@ -346,7 +302,7 @@ async fn restart(options: &Options, scratch: &Path) -> anyhow::Result<()> {
         for name in &agents {
             let (host, name) = (Arc::clone(&host), name.clone());
             calls.push(tokio::spawn(async move {
-                call(&host, &name, &json!({"say": "hi"})).await
+                host.call(&name, &json!({"say": "hi"})).await
             }));
         }
         for task in calls {
@@ -414,7 +370,7 @@ async fn in_flight(options: &Options, scratch: &Path) -> anyhow::Result<()> {
     .await?;
     // Warm: the slots and code pages a call touches are resident from here on.
     for _ in 0..50 {
-        call(&host, "waiting-echo", &json!({"say": "hi"})).await?;
+        host.call("waiting-echo", &json!({"say": "hi"})).await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = host.pid();
@@ -425,12 +381,8 @@ async fn in_flight(options: &Options, scratch: &Path) -> anyhow::Result<()> {
     for _ in 0..n {
         let host = Arc::clone(&host);
         calls.push(tokio::spawn(async move {
-            call(
-                &host,
-                "waiting-echo",
-                &json!({"say": "hi", "wait_ms": wait_ms}),
-            )
-            .await
+            host.call("waiting-echo", &json!({"say": "hi", "wait_ms": wait_ms}))
+                .await
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
