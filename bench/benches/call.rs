@@ -119,17 +119,31 @@ fn component(var: &str) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-fn bench_agent(c: &mut Criterion, group: &str, bytes: &[u8], variants: &[(&str, Tuning)]) {
-    let tokio = tokio::runtime::Builder::new_current_thread()
+/// One current-thread runtime per group: calls are measured on one thread.
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("a tokio runtime");
+        .expect("a tokio runtime")
+}
+
+/// Checked once per variant before it is measured: the echo answered its input.
+fn assert_echoed(output: &[u8], variant: &str) {
+    let answer: serde_json::Value = serde_json::from_slice(output).expect("the echo answers JSON");
+    let input: serde_json::Value = serde_json::from_slice(INPUT).expect("JSON input");
+    assert_eq!(
+        answer["input"], input,
+        "the echo did not answer its input ({variant})"
+    );
+}
+
+fn bench_agent(c: &mut Criterion, group: &str, bytes: &[u8], variants: &[(&str, Tuning)]) {
+    let tokio = tokio_runtime();
     // Compiled artifacts are kept between runs when bench/run names a folder for them
     // (Python and JavaScript guests take seconds each to compile).
     let scratch = tempfile::tempdir().expect("a temporary folder");
     let cache = std::env::var_os("GUST_BENCH_ARTIFACTS")
         .map_or_else(|| scratch.path().to_owned(), PathBuf::from);
-    let input: serde_json::Value = serde_json::from_slice(INPUT).expect("JSON input");
     let mut group = c.benchmark_group(group);
     for (name, tuning) in variants {
         // One engine at a time: each pool reserves terabytes of address space.
@@ -138,9 +152,7 @@ fn bench_agent(c: &mut Criterion, group: &str, bytes: &[u8], variants: &[(&str, 
         let answer = tokio
             .block_on(agent.call(INPUT.to_vec()))
             .unwrap_or_else(|e| panic!("calling the agent with {name}: {e}"));
-        let answer: serde_json::Value =
-            serde_json::from_slice(&answer).expect("the echo answers JSON");
-        assert_eq!(answer["input"], input, "the echo did not answer its input");
+        assert_echoed(&answer, name);
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.to_async(&tokio)
                 .iter(|| async { agent.call(INPUT.to_vec()).await.expect("a call") });
@@ -206,10 +218,7 @@ impl WasiView for Bare {
 /// `none`), the same epoch deadline as gust. What is left is wasmtime's own per-call work
 /// under each engine configuration.
 fn bench_bare(c: &mut Criterion, group: &str, bytes: &[u8]) {
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let tokio = tokio_runtime();
     let max_memory = (gust_runtime::store::DEFAULT_MEMORY_MIB as usize) << 20;
     let request = Request {
         input: INPUT.to_vec(),
@@ -261,14 +270,7 @@ fn bench_bare(c: &mut Criterion, group: &str, bytes: &[u8]) {
                 .expect("no trap")
                 .expect("the echo answers")
         };
-        let answer = tokio.block_on(call());
-        let answer: serde_json::Value =
-            serde_json::from_slice(&answer.output).expect("the echo answers JSON");
-        assert_eq!(
-            answer["input"],
-            serde_json::from_slice::<serde_json::Value>(INPUT).expect("JSON input"),
-            "the echo did not answer its input"
-        );
+        assert_echoed(&tokio.block_on(call()).output, name);
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.to_async(&tokio).iter(call);
         });

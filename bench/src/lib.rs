@@ -104,26 +104,29 @@ impl Host {
         bytes: Vec<u8>,
         config: Value,
     ) -> anyhow::Result<()> {
-        let steps = [
-            self.http
-                .post(format!("{}/v1/agents/{agent}/versions", self.url))
-                .body(bytes),
-            self.http
-                .put(format!("{}/v1/agents/{agent}/config", self.url))
-                .json(&config),
-            self.http
-                .post(format!("{}/v1/agents/{agent}/deploy", self.url))
-                .json(&json!({})),
-        ];
-        for step in steps {
-            let response = step.bearer_auth(TOKEN).send().await?;
-            anyhow::ensure!(
-                response.status().is_success(),
-                "{}: {}",
-                response.status(),
-                response.text().await?
-            );
-        }
+        use reqwest::Method;
+        let agent_path = format!("/v1/agents/{agent}");
+        self.admin(
+            Method::POST,
+            &format!("{agent_path}/versions"),
+            Some(bytes),
+            None,
+        )
+        .await?;
+        self.admin(
+            Method::PUT,
+            &format!("{agent_path}/config"),
+            None,
+            Some(config),
+        )
+        .await?;
+        self.admin(
+            Method::POST,
+            &format!("{agent_path}/deploy"),
+            None,
+            Some(json!({})),
+        )
+        .await?;
         Ok(())
     }
 
@@ -132,15 +135,13 @@ impl Host {
     /// # Errors
     /// When the host refuses.
     pub async fn create_key(&self, agent: &str) -> anyhow::Result<String> {
-        let answer: Value = self
-            .http
-            .post(format!("{}/v1/agents/{agent}/keys", self.url))
-            .bearer_auth(TOKEN)
-            .json(&json!({"name": "bench"}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
+        let answer = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/agents/{agent}/keys"),
+                None,
+                Some(json!({"name": "bench"})),
+            )
             .await?;
         answer["key"]
             .as_str()
@@ -151,16 +152,10 @@ impl Host {
     /// `/v1/stats`.
     ///
     /// # Errors
-    /// When the host does not answer.
+    /// When the host does not answer, or refuses.
     pub async fn stats(&self) -> anyhow::Result<Value> {
-        Ok(self
-            .http
-            .get(format!("{}/v1/stats", self.url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await?
-            .json()
-            .await?)
+        self.admin(reqwest::Method::GET, "/v1/stats", None, None)
+            .await
     }
 
     /// One sync call of `agent` with the admin token: its status and the deployment that
