@@ -1,5 +1,5 @@
 //! Store + instantiate + call + drop of an echo agent, in-process, through the code a sync
-//! call runs (`gust_runtime::embed`): gust's engine settings beside wasmtime's defaults in
+//! call runs (`gust_core::embed`): gust's engine settings beside wasmtime's defaults in
 //! the same run, then each of gust's settings changed one at a time, to show what it buys.
 //! Last, the same four steps in a bare wasmtime embedding (the WASI crates and the agent
 //! world's host interface doing nothing, no other host state), with gust's settings and with
@@ -14,8 +14,8 @@
 use std::path::PathBuf;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use gust_runtime::embed::LoadedAgent;
-use gust_runtime::engine::{PoolTuning, Tuning};
+use gust_core::embed::LoadedAgent;
+use gust_wasm::{PoolTuning, Tuning};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -219,7 +219,7 @@ impl WasiView for Bare {
 /// under each engine configuration.
 fn bench_bare(c: &mut Criterion, group: &str, bytes: &[u8]) {
     let tokio = tokio_runtime();
-    let max_memory = (gust_runtime::store::DEFAULT_MEMORY_MIB as usize) << 20;
+    let max_memory = (gust_model::DEFAULT_MEMORY_MIB as usize) << 20;
     let request = Request {
         input: INPUT.to_vec(),
         content_type: "application/json".to_owned(),
@@ -237,7 +237,7 @@ fn bench_bare(c: &mut Criterion, group: &str, bytes: &[u8]) {
     ] {
         let engine = Engine::new(&tuning.wasmtime_config(max_memory)).expect("an engine");
         if tuning.epoch_interruption {
-            gust_runtime::engine::start_epoch_ticker(&engine);
+            gust_wasm::engine::start_epoch_ticker(&engine);
         }
         let component = Component::new(&engine, bytes).expect("the component compiles");
         let mut linker = Linker::<Bare>::new(&engine);

@@ -3,7 +3,6 @@
 
 pub mod resident;
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,7 +15,7 @@ pub const TOKEN: &str = "bench-admin-token-0123456789";
 
 /// A `gust serve` on a fresh data folder, killed when dropped.
 pub struct Host {
-    process: Process,
+    serving: gust_testkit::Serving,
     /// Its base URL.
     pub url: String,
     /// A client for it.
@@ -51,37 +50,26 @@ impl Host {
             }
             None => Command::new(gust),
         };
-        let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn"])
-            .arg("--data-dir")
-            .arg(data)
+        gust_testkit::serve_args(&mut command, data)
+            .args(["--log", "warn"])
             .args(args)
             .env("GUST_ADMIN_TOKEN", TOKEN)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
+            .stderr(Stdio::inherit());
+        let serving = gust_testkit::spawn(&mut command, Duration::from_secs(120))
             .with_context(|| format!("starting {}", gust.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines.next().context("gust exited before listening")??;
-            if let Some(url) = line.strip_prefix("gust listening on ") {
-                break url.to_owned();
-            }
-        };
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()?;
         Ok(Self {
-            process: Process(child),
-            url,
+            url: serving.url.clone(),
+            serving,
             http,
         })
     }
 
     /// The host's process id.
     pub fn pid(&self) -> u32 {
-        self.process.0.id()
+        self.serving.child.id()
     }
 
     /// Uploads `component` as `agent`, sets `config` and deploys it.

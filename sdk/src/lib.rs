@@ -1,4 +1,5 @@
-//! Write [gust](https://github.com/) agents in Rust.
+//! Write gust agents in Rust: WebAssembly components of the agent world (`wit/agent.wit`)
+//! that a gust host deploys and calls.
 //!
 //! An agent is one function from a JSON input to a JSON output. Mark it with
 //! [`#[gust_sdk::agent]`](agent) and build the crate as a `cdylib` for `wasm32-wasip2`:

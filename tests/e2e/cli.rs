@@ -175,7 +175,7 @@ async fn deploy_config_run_and_rollback_from_the_command_line() {
 async fn queued_runs_and_push_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
-    let receiver = crate::receiver::Receiver::start(vec![]).await;
+    let receiver = crate::support::receiver::Receiver::start(vec![]).await;
     let h = &host;
 
     let configured = gust(

@@ -1,10 +1,10 @@
-//! `gust_runtime::embed`: an agent called in-process through the sync path's own code, under
+//! `gust_core::embed`: an agent called in-process through the sync path's own code, under
 //! gust's engine settings and under wasmtime's defaults (the two the call benchmark
 //! compares). Each call must get a fresh instance whatever the pool keeps resident.
 
-use gust_runtime::Error;
-use gust_runtime::embed::LoadedAgent;
-use gust_runtime::engine::Tuning;
+use gust_core::Error;
+use gust_core::embed::LoadedAgent;
+use gust_server::options::Tuning;
 use serde_json::{Value, json};
 
 async fn call(agent: &LoadedAgent, input: Value) -> Result<Value, Error> {

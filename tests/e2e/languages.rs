@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::componentize::component;
 use crate::runs::{finished, submit};
+use crate::support::componentize::component;
+use crate::support::upstream::Upstream;
 use crate::support::{Host, error_kind};
-use crate::upstream::Upstream;
 
 /// (agent, project folder); the Rust echo is built by `gust-test-guests`.
 const ECHOES: [(&str, &str); 3] = [

@@ -4,7 +4,6 @@
 
 mod calls;
 mod cli;
-mod componentize;
 mod deploy;
 mod embed;
 mod guard;
@@ -15,7 +14,6 @@ mod limits;
 mod mutants;
 mod outbound;
 mod push;
-mod receiver;
 mod redeploy;
 mod restart;
 mod runs;
@@ -24,4 +22,3 @@ mod server;
 mod support;
 mod triage;
 mod uploads;
-mod upstream;

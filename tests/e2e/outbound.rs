@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::runs::{finished, submit};
 use crate::support::Host;
-use crate::upstream::Upstream;
+use crate::support::upstream::Upstream;
 
 async fn fetch(host: &Host, url: &str) -> serde_json::Value {
     let (status, _, body) = host.call("probe", json!({"op": "fetch", "key": url})).await;

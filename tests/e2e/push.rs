@@ -7,8 +7,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use standardwebhooks::Webhook;
 
-use crate::receiver::{Answer, Receiver};
 use crate::runs::{finished, submit};
+use crate::support::receiver::{Answer, Receiver};
 use crate::support::{Host, eventually};
 
 const PUSH_TOKEN: &str = "receiver-token-42";
@@ -56,7 +56,7 @@ async fn async_host(dir: &std::path::Path, receiver: &Receiver) -> (Host, String
     (host, secret)
 }
 
-fn verify(secret: &str, received: &crate::receiver::Received) -> bool {
+fn verify(secret: &str, received: &crate::support::receiver::Received) -> bool {
     Webhook::new(secret)
         .unwrap()
         .verify(&received.body, &received.headers)
@@ -183,7 +183,9 @@ async fn too_many_requests_is_retried_after_retry_after() {
     delivery_becomes(&host, &id, "delivered").await;
     let pushes = receiver.received();
     assert_eq!(pushes.len(), 2);
-    let at = |r: &crate::receiver::Received| r.header("webhook-timestamp").parse::<i64>().unwrap();
+    let at = |r: &crate::support::receiver::Received| {
+        r.header("webhook-timestamp").parse::<i64>().unwrap()
+    };
     // The schedule says 0.2 s; the receiver asked for 2 s.
     assert!(
         at(&pushes[1]) - at(&pushes[0]) >= 2,

@@ -233,7 +233,7 @@ async fn a_clean_stop_gives_running_runs_back_without_counting_the_attempt() {
 
 #[tokio::test]
 async fn pending_pushes_survive_kill_nine() {
-    use crate::receiver::{Answer, Receiver};
+    use crate::support::receiver::{Answer, Receiver};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let receiver = Receiver::start(vec![Answer::Status(503); 3]).await;

@@ -145,9 +145,9 @@ async fn project_commands_refuse_what_they_cannot_do() {
     // The repository's toolchains, rather than a second download.
     let cache = work.path().join("cache");
     std::fs::create_dir_all(&cache).unwrap();
-    std::fs::create_dir_all(crate::componentize::toolchains().root()).unwrap();
+    std::fs::create_dir_all(crate::support::componentize::toolchains().root()).unwrap();
     std::os::unix::fs::symlink(
-        crate::componentize::toolchains().root(),
+        crate::support::componentize::toolchains().root(),
         cache.join("toolchains"),
     )
     .unwrap();

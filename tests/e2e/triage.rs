@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use reqwest::StatusCode as Status;
 use serde_json::{Value, json};
 
-use crate::componentize::component;
 use crate::runs::{finished, submit};
+use crate::support::componentize::component;
 use crate::support::{Host, error_kind};
 
 /// The mock model: checks the key and the model name, records the prompt, answers a

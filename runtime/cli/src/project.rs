@@ -1,0 +1,92 @@
+//! `gust new`, `gust build` and `gust toolchain`: the commands that work on the author's
+//! machine, without a server.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+
+use gust_project::{self as project, Language, Manifest, Tool, ToolOutput, Toolchains};
+
+pub(crate) fn new(agent: &str, language: Language) -> anyhow::Result<()> {
+    project::new_project(Path::new("."), agent, language)?;
+    let entry = match language {
+        Language::Rust => "src/lib.rs",
+        Language::Python => "app.py",
+        Language::Js => "app.js",
+    };
+    println!(
+        "created {agent}/ ({}): {entry}, gust.toml, README.md, sdk/, wit/",
+        language.as_str()
+    );
+    println!();
+    println!("next:");
+    println!("  cd {agent}");
+    println!("  gust build");
+    println!("  gust deploy {agent} build/{agent}.wasm");
+    println!("  gust run {agent} '{{\"name\": \"Ada\"}}'");
+    Ok(())
+}
+
+pub(crate) fn build(dir: &Path) -> anyhow::Result<()> {
+    let manifest = Manifest::read(dir)?;
+    let toolchains = Toolchains::user_cache()?;
+    eprintln!(
+        "gust: building {} ({})…",
+        manifest.name,
+        manifest.language.as_str()
+    );
+    let built = project::build(dir, &toolchains, ToolOutput::Stderr, &mut std::io::stderr())?;
+    let shown = relative_to_cwd(&built);
+    let size = std::fs::metadata(&built).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "gust: built {} ({:.1} MB); deploy it with: gust deploy {} {}",
+        shown.display(),
+        size as f64 / 1e6,
+        manifest.name,
+        shown.display()
+    );
+    // Standard output carries only the path, for scripts: `gust deploy x "$(gust build)"`.
+    println!("{}", shown.display());
+    Ok(())
+}
+
+pub(crate) fn install(dir: Option<PathBuf>, languages: &[Language]) -> anyhow::Result<()> {
+    let toolchains = match dir {
+        Some(dir) => Toolchains::at(dir),
+        None => Toolchains::user_cache()?,
+    };
+    let wanted: Vec<Language> = if languages.is_empty() {
+        vec![Language::Python, Language::Js]
+    } else {
+        languages.to_vec()
+    };
+    for language in wanted {
+        let tool = match language {
+            Language::Python => Tool::ComponentizePy,
+            Language::Js => Tool::ComponentizeJs,
+            Language::Rust => bail!(
+                "Rust needs no gust toolchain: rustup installs the one a project's \
+                 rust-toolchain.toml names"
+            ),
+        };
+        let executable = toolchains
+            .install(tool, &mut std::io::stderr())
+            .with_context(|| format!("installing {} {}", tool.name(), tool.version()))?;
+        println!(
+            "{} {}: {}",
+            tool.name(),
+            tool.version(),
+            executable.display()
+        );
+    }
+    Ok(())
+}
+
+/// `path` relative to the working folder when it is below it (as people typed it).
+fn relative_to_cwd(path: &Path) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| cwd.canonicalize().ok())
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+}

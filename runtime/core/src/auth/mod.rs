@@ -1,0 +1,29 @@
+//! Who may do what: the admin token (everything) and per-agent invoke keys (that agent's
+//! calls and runs). Both are checked from memory; secrets are compared in constant time.
+
+mod admin;
+mod keys;
+
+pub use admin::{AdminToken, new_admin_token};
+pub use keys::{Key, KeyRing, Keys};
+
+/// Compares without an early exit, so the time taken does not tell how much matched.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn compares_whole_tokens() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

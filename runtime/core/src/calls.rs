@@ -1,0 +1,160 @@
+//! Calling an agent: the one path every call takes — a sync call at its endpoint, a queued
+//! run on a worker, an agent embedded in a program. [`Calls::call`] resolves the deployment,
+//! reads the input, admits, invokes, and counts, in that order:
+//!
+//! - resolving first answers 404 for an agent that is not deployed before a byte of the body
+//!   is read (and waits for the start-up load instead of failing during it);
+//! - the deployment found is the one the call runs on to its end, whatever is deployed
+//!   meanwhile; the caller gets it back to say which deployment answered.
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use gust_wasm::CallKind;
+use gust_wasm::{Call, CallInfo, CallSink, HostLog, Output, WasmEngine};
+
+use crate::deploy::{Admission, Admitted, Deployment, Registry};
+use crate::error::Error;
+
+/// What to call.
+pub enum Target {
+    /// The agent's live deployment (a sync call).
+    Live(String),
+    /// This deployment (a queued run's, resolved by the queue; an embedded agent's).
+    Deployment(Arc<Deployment>),
+}
+
+/// How the call gets room to run.
+pub enum Admit {
+    /// Wait for room in the agent's and the server's gates, at most the admission wait
+    /// (a sync call).
+    Wait,
+    /// Room was taken before (a queue worker takes it before it claims a run); it is given
+    /// back when the call ends.
+    Admitted(Admitted),
+    /// No admission: the embedding bounds its own concurrency.
+    Skip,
+}
+
+/// The input of a call.
+pub struct Input {
+    /// As sent.
+    pub bytes: Vec<u8>,
+    /// Its content type.
+    pub content_type: String,
+}
+
+/// Who is calling and where the guest's reports go.
+pub struct CallRequest {
+    /// The run id the guest sees.
+    pub run_id: Arc<str>,
+    /// A sync call (timeout `sync_timeout_s`) or a queued run (`async_timeout_s`).
+    pub kind: CallKind,
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// Where the guest's logs, output, progress and outgoing requests go; `None` for the
+    /// host log.
+    pub sink: Option<Arc<dyn CallSink>>,
+}
+
+/// How a call went, and on which deployment (`None` when none was found).
+pub struct Called {
+    /// The deployment that answered.
+    pub deployment: Option<Arc<Deployment>>,
+    /// The answer, or why there is none.
+    pub outcome: Result<Output, Error>,
+}
+
+/// See the module docs.
+pub struct Calls {
+    engine: Arc<WasmEngine>,
+    registry: Arc<Registry>,
+    admission: Arc<Admission>,
+}
+
+impl Calls {
+    pub(crate) fn new(
+        engine: Arc<WasmEngine>,
+        registry: Arc<Registry>,
+        admission: Arc<Admission>,
+    ) -> Self {
+        Self {
+            engine,
+            registry,
+            admission,
+        }
+    }
+
+    /// Calls `target` with the `input` (read only once the deployment is found).
+    pub async fn call(
+        &self,
+        target: Target,
+        input: impl Future<Output = Result<Input, Error>>,
+        request: CallRequest,
+        admit: Admit,
+    ) -> Called {
+        let deployment = match target {
+            Target::Deployment(deployment) => deployment,
+            Target::Live(agent) => {
+                // A call that arrives while the host is still loading deployments at start
+                // waits for the load instead of being told the agent does not exist.
+                self.registry.wait_ready().await;
+                match self.registry.get(&agent) {
+                    Some(deployment) => deployment,
+                    None => {
+                        return Called {
+                            deployment: None,
+                            outcome: Err(Error::NotFound(format!(
+                                "no agent named `{agent}` is deployed"
+                            ))),
+                        };
+                    }
+                }
+            }
+        };
+        let outcome = self.run(&deployment, input, request, admit).await;
+        Called {
+            deployment: Some(deployment),
+            outcome,
+        }
+    }
+
+    async fn run(
+        &self,
+        deployment: &Deployment,
+        input: impl Future<Output = Result<Input, Error>>,
+        request: CallRequest,
+        admit: Admit,
+    ) -> Result<Output, Error> {
+        let input = input.await?;
+        let timeout = match request.kind {
+            CallKind::Sync => Some(deployment.sync_timeout),
+            CallKind::Async => deployment.async_timeout,
+        };
+        if request.kind == CallKind::Sync {
+            self.engine.stats().called();
+        }
+        let _admitted = match admit {
+            Admit::Wait => Some(self.admission.admit_sync(&deployment.gate).await?),
+            Admit::Admitted(admitted) => Some(admitted),
+            Admit::Skip => None,
+        };
+        let sink = request.sink.unwrap_or_else(|| {
+            HostLog::new(CallInfo {
+                agent: Arc::clone(deployment.name()),
+                version: deployment.version(),
+                run_id: Arc::clone(&request.run_id),
+            })
+        });
+        let call = Call {
+            run_id: request.run_id,
+            input: input.bytes,
+            content_type: input.content_type,
+            kind: request.kind,
+            attempt: request.attempt,
+            timeout,
+            sink,
+        };
+        Ok(gust_wasm::invoke(&self.engine, &deployment.agent, call).await?)
+    }
+}

@@ -1,0 +1,510 @@
+//! The deployment lifecycle — upload, configure, deploy, roll back, delete — kept apart
+//! from HTTP so that the API stays a thin mapping.
+//!
+//! Every operation that changes what is live holds that agent's lock (never across a compile
+//! of an upload), writes the store first and swaps the registry last, to completion even if
+//! the caller goes away ([`to_completion`]): if any step fails, nothing changed that a caller
+//! could see.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gust_model::{
+    AgentConfig, AgentRecord, AgentSummary, DeploymentRecord, Maxima, REDACTED, VersionRecord,
+};
+use gust_store::components::digest_of;
+use gust_store::{RollbackPlan, Store, VersionDeletion};
+use gust_wasm::{Linked, OutboundPolicy};
+use tokio::sync::OwnedMutexGuard;
+
+use super::admission::Admission;
+use super::loader::Loader;
+use super::registry::{Deployment, Registry};
+use super::validate::validate;
+use crate::auth::KeyRing;
+use crate::clock;
+use crate::error::Error;
+use crate::locks::AgentLocks;
+use crate::secrets::PushSecrets;
+use crate::tasks::{blocking, to_completion};
+
+/// The result of an upload.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// The version the bytes are stored as.
+    pub version: VersionRecord,
+    /// `false` when the same bytes were uploaded before (the existing version is returned).
+    pub created: bool,
+}
+
+/// See the module docs.
+pub struct Lifecycle {
+    store: Store,
+    loader: Loader,
+    registry: Arc<Registry>,
+    admission: Arc<Admission>,
+    locks: Arc<AgentLocks>,
+    keys: Arc<KeyRing>,
+    secrets: Arc<PushSecrets>,
+    /// The largest limits a deployment may set.
+    maxima: Maxima,
+}
+
+impl Lifecycle {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the composition root hands each collaborator over once"
+    )]
+    pub(crate) fn new(
+        store: Store,
+        loader: Loader,
+        registry: Arc<Registry>,
+        admission: Arc<Admission>,
+        locks: Arc<AgentLocks>,
+        keys: Arc<KeyRing>,
+        secrets: Arc<PushSecrets>,
+        maxima: Maxima,
+    ) -> Self {
+        Self {
+            store,
+            loader,
+            registry,
+            admission,
+            locks,
+            keys,
+            secrets,
+            maxima,
+        }
+    }
+
+    /// What is live, read on every call.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The admission gates of the host's agents.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    /// Rebuilds the registry from the store at start: every agent is served again at its
+    /// live deployment, from the precompiled cache when it holds the artifact. An agent
+    /// whose component cannot be loaded is logged and skipped, so one broken file does not
+    /// keep every other agent down.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn load_live(&self) -> Result<usize, Error> {
+        let outcome = self.load_live_inner().await;
+        // Ready even on failure: nothing waits forever, and the server stops on the error.
+        self.registry.set_ready();
+        outcome
+    }
+
+    async fn load_live_inner(&self) -> Result<usize, Error> {
+        self.loader.sweep_unreferenced(&self.store).await?;
+        let live = self.store.live_deployments().await?;
+        let mut loaded = 0;
+        for record in live {
+            let deployment = async {
+                let linked = self.loader.prepare(&record.digest).await?;
+                let outbound = self.outbound(&record.config)?;
+                let gate = self.admission.gate(&record.agent);
+                self.admission.resize(&gate, &record.config);
+                Ok::<_, Error>(Deployment::new(&record, linked, gate, outbound))
+            };
+            match deployment.await {
+                Ok(deployment) => {
+                    self.registry.set(deployment);
+                    loaded += 1;
+                }
+                Err(e) => tracing::error!(
+                    agent = %record.agent,
+                    deployment = record.deployment,
+                    "could not load the live deployment; the agent is not served: {e:#}"
+                ),
+            }
+        }
+        // Changes to what is live wait for readiness (`wait_ready`), so none can be
+        // overwritten by this load's older snapshot.
+        Ok(loaded)
+    }
+
+    /// What guests of a deployment with `config` may reach over HTTP.
+    fn outbound(&self, config: &AgentConfig) -> Result<OutboundPolicy, Error> {
+        self.loader
+            .engine()
+            .outbound_policy(config)
+            .map_err(|e| Error::internal(format!("a stored configuration does not parse: {e}")))
+    }
+
+    /// Stores a new version after compiling and checking it. The same bytes uploaded again
+    /// return the existing version.
+    ///
+    /// # Errors
+    /// [`Error::InvalidComponent`] with diagnostics when the component cannot run here.
+    pub async fn upload(&self, agent: &str, bytes: Bytes) -> Result<Uploaded, Error> {
+        let digest = {
+            let bytes = bytes.clone();
+            blocking(move || digest_of(&bytes)).await?
+        };
+        if let Some(version) = self.store.version_by_digest(agent, &digest).await? {
+            return Ok(Uploaded {
+                version,
+                created: false,
+            });
+        }
+        let compiled = self.loader.compile_upload(bytes.clone()).await?;
+
+        // Bytes first, then the version row (see `Loader::keep`), under the files lock so
+        // that a concurrent delete cannot remove these bytes (as another version's orphan)
+        // before the row exists; to completion, so a disconnect cannot stop it halfway.
+        let size = bytes.len() as u64;
+        let files = self.loader.lock_files().await;
+        let (loader, store, agent_name) =
+            (self.loader.clone(), self.store.clone(), agent.to_owned());
+        let kept = digest.clone();
+        let keep = async move { loader.keep(&kept, bytes, compiled).await };
+        let (version, created) = keep_then_record(files, keep, async move {
+            Ok(store
+                .add_version(&agent_name, &digest, size, clock::now_ms())
+                .await?)
+        })
+        .await?;
+        if created {
+            tracing::info!(agent, version = version.version, digest = %version.digest, "uploaded a new version");
+        }
+        Ok(Uploaded { version, created })
+    }
+
+    /// The draft configuration.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent.
+    pub async fn draft(&self, agent: &str) -> Result<AgentConfig, Error> {
+        self.store
+            .draft(agent)
+            .await?
+            .ok_or_else(|| no_agent(agent))
+    }
+
+    /// Replaces the draft configuration (creating the agent if needed). It takes effect at
+    /// the next deploy.
+    ///
+    /// The push access token is write-only: a draft that carries [`REDACTED`] in its place
+    /// keeps the token the draft has. Turning push on for the first time creates the agent's
+    /// signing secret, returned here (and never again).
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] when a value is out of bounds.
+    pub async fn put_draft(
+        &self,
+        agent: &str,
+        mut draft: AgentConfig,
+    ) -> Result<(AgentConfig, Option<String>), Error> {
+        let _guard = self.locks.lock(agent).await;
+        let current = self.store.draft(agent).await?;
+        let has_secret = self.secrets.exists(agent).await?;
+        if let Some(push) = &mut draft.push
+            && push.access_token == REDACTED
+        {
+            match current.and_then(|c| c.push) {
+                Some(kept) => push.access_token = kept.access_token,
+                None => {
+                    return Err(Error::BadRequest(
+                        "`push.access_token` is write-only: send the token itself".into(),
+                    ));
+                }
+            }
+        }
+        validate(&draft, &self.maxima).map_err(Error::BadRequest)?;
+        self.store.put_draft(agent, &draft, clock::now_ms()).await?;
+        let new_secret = if draft.push.is_some() && !has_secret {
+            Some(self.secrets.create(agent).await?)
+        } else {
+            None
+        };
+        Ok((draft, new_secret))
+    }
+
+    /// The live deployment of `agent`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when nothing is deployed.
+    pub fn live(&self, agent: &str) -> Result<Arc<Deployment>, Error> {
+        self.registry
+            .get(agent)
+            .ok_or_else(|| Error::NotFound(format!("no agent named `{agent}` is deployed")))
+    }
+
+    /// Deployment `number` of `agent`, live or not: queued runs execute on the deployment
+    /// that was live when they were accepted.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when it no longer exists (the agent was deleted).
+    pub(crate) async fn deployment(
+        &self,
+        agent: &str,
+        number: u32,
+    ) -> Result<Arc<Deployment>, Error> {
+        if let Some(found) = self.registry.find(agent, number) {
+            return Ok(found);
+        }
+        let record = self.store.deployment(agent, number).await?.ok_or_else(|| {
+            Error::NotFound(format!("agent `{agent}` has no deployment {number}"))
+        })?;
+        let linked = self.loader.prepare(&record.digest).await?;
+        let outbound = self.outbound(&record.config)?;
+        let deployment = Deployment::new(&record, linked, self.admission.gate(agent), outbound);
+        self.registry.remember(Arc::clone(&deployment));
+        Ok(deployment)
+    }
+
+    /// Deploys `version` (default: the newest) with the current draft and makes it live.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the agent or version does not exist.
+    pub async fn deploy(
+        &self,
+        agent: &str,
+        version: Option<u32>,
+    ) -> Result<DeploymentRecord, Error> {
+        self.registry.wait_ready().await;
+        let guard = self.locks.lock(agent).await;
+        let target = match version {
+            Some(n) => self.store.version(agent, n).await?,
+            None => self.store.latest_version(agent).await?,
+        };
+        let draft = self.store.draft(agent).await?;
+        let Some(target) = target else {
+            return Err(match (version, draft.is_some()) {
+                (_, false) => no_agent(agent),
+                (Some(n), true) => Error::NotFound(format!("agent `{agent}` has no version {n}")),
+                (None, true) => Error::NotFound(format!(
+                    "agent `{agent}` has no versions yet; upload one first"
+                )),
+            });
+        };
+        let draft = draft.unwrap_or_default();
+        let linked = self.loader.prepare(&target.digest).await?;
+        let outbound = self.outbound(&draft)?;
+        let (store, a) = (self.store.clone(), agent.to_owned());
+        let commit = async move {
+            Ok(store
+                .deploy(&a, target.version, &draft, clock::now_ms())
+                .await?)
+        };
+        let record = self
+            .commit_then_swap(guard, agent, linked, outbound, commit)
+            .await?;
+        tracing::info!(
+            agent,
+            deployment = record.deployment,
+            version = record.version,
+            "deployed"
+        );
+        Ok(record)
+    }
+
+    /// Makes the previous deployment live again, with its version and frozen configuration.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent, [`Error::Conflict`] when there is nothing
+    /// to roll back to.
+    pub async fn rollback(&self, agent: &str) -> Result<DeploymentRecord, Error> {
+        self.registry.wait_ready().await;
+        let guard = self.locks.lock(agent).await;
+        let (from, to) = match self.store.plan_rollback(agent).await? {
+            RollbackPlan::NoAgent => return Err(no_agent(agent)),
+            RollbackPlan::NothingToRollBackTo => {
+                return Err(Error::Conflict(format!(
+                    "agent `{agent}` has no earlier deployment to roll back to"
+                )));
+            }
+            RollbackPlan::To { from, to } => (from, *to),
+        };
+        let linked = self.loader.prepare(&to.digest).await?;
+        let outbound = self.outbound(&to.config)?;
+        let (store, a, target) = (self.store.clone(), agent.to_owned(), to.clone());
+        let commit = async move {
+            store
+                .rollback(&a, from, target.deployment, clock::now_ms())
+                .await?;
+            Ok(target)
+        };
+        self.commit_then_swap(guard, agent, linked, outbound, commit)
+            .await?;
+        tracing::info!(
+            agent,
+            from,
+            to = to.deployment,
+            version = to.version,
+            "rolled back"
+        );
+        Ok(to)
+    }
+
+    /// Commits a change of what is live (`commit` answers the deployment it made live),
+    /// then sizes the agent's gate for it and swaps it into the registry: together, to the
+    /// end, even if the caller goes away, so the store and the registry never disagree.
+    async fn commit_then_swap(
+        &self,
+        guard: OwnedMutexGuard<()>,
+        agent: &str,
+        linked: Linked,
+        outbound: OutboundPolicy,
+        commit: impl Future<Output = Result<DeploymentRecord, Error>> + Send + 'static,
+    ) -> Result<DeploymentRecord, Error> {
+        let (registry, admission) = (Arc::clone(&self.registry), Arc::clone(&self.admission));
+        let gate = admission.gate(agent);
+        to_completion(async move {
+            let _guard = guard;
+            let record = commit.await?;
+            admission.resize(&gate, &record.config);
+            registry.set(Deployment::new(&record, linked, gate, outbound));
+            Ok(record)
+        })
+        .await
+    }
+
+    /// Every agent.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn list(&self) -> Result<Vec<AgentSummary>, Error> {
+        Ok(self.store.list_agents().await?)
+    }
+
+    /// One agent with its history.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent.
+    pub async fn get(&self, agent: &str) -> Result<AgentRecord, Error> {
+        self.store
+            .agent(agent)
+            .await?
+            .ok_or_else(|| no_agent(agent))
+    }
+
+    /// One version, with its imports and exports as WIT text.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent or version.
+    pub async fn version(&self, agent: &str, n: u32) -> Result<(VersionRecord, String), Error> {
+        let version = self
+            .store
+            .version(agent, n)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("agent `{agent}` has no version {n}")))?;
+        let bytes = self.loader.read(&version.digest).await?;
+        let wit = blocking(move || gust_wasm::check::wit_text(&bytes))
+            .await?
+            .map_err(Error::Internal)?;
+        Ok((version, wit))
+    }
+
+    /// Deletes a version that is not live.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], or [`Error::Conflict`] while the version is live.
+    pub async fn delete_version(&self, agent: &str, n: u32) -> Result<(), Error> {
+        self.registry.wait_ready().await;
+        let guard = self.locks.lock(agent).await;
+        let (store, a) = (self.store.clone(), agent.to_owned());
+        let deletion = self
+            .delete_and_forget(guard, async move {
+                let deletion = store.delete_version(&a, n).await?;
+                let orphans = match &deletion {
+                    VersionDeletion::Deleted {
+                        orphaned: Some(digest),
+                    } => vec![digest.clone()],
+                    _ => Vec::new(),
+                };
+                Ok((deletion, orphans))
+            })
+            .await?;
+        match deletion {
+            VersionDeletion::NotFound => Err(Error::NotFound(format!(
+                "agent `{agent}` has no version {n}"
+            ))),
+            VersionDeletion::Live => Err(Error::Conflict(format!(
+                "version {n} of `{agent}` is live; deploy another version first"
+            ))),
+            VersionDeletion::InUse => Err(Error::Conflict(format!(
+                "queued or running runs of `{agent}` will execute on version {n}; wait for them or cancel them first"
+            ))),
+            VersionDeletion::Deleted { .. } => Ok(()),
+        }
+    }
+
+    /// Deletes an agent, its versions and deployments; its endpoint answers 404 from now on.
+    /// Calls already running finish.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agent.
+    pub async fn delete(&self, agent: &str) -> Result<(), Error> {
+        self.registry.wait_ready().await;
+        let guard = self.locks.lock(agent).await;
+        let (store, registry, a) = (
+            self.store.clone(),
+            Arc::clone(&self.registry),
+            agent.to_owned(),
+        );
+        let deleted = self
+            .delete_and_forget(guard, async move {
+                let deleted = store.delete_agent(&a).await?;
+                if deleted.is_some() {
+                    registry.remove(&a);
+                }
+                let orphans = deleted.clone().unwrap_or_default();
+                Ok((deleted, orphans))
+            })
+            .await?;
+        if deleted.is_none() {
+            return Err(no_agent(agent));
+        }
+        self.keys.remove_agent(agent);
+        tracing::info!(agent, "deleted");
+        Ok(())
+    }
+
+    /// Runs a store deletion (which answers what it did and the digests it left without any
+    /// version) and removes those component files and cached artifacts, under the files
+    /// lock so that an upload of the same bytes cannot slip in between; to the end and
+    /// holding the agent's lock, so a client that disconnects cannot interrupt it halfway.
+    async fn delete_and_forget<T: Send + 'static>(
+        &self,
+        guard: OwnedMutexGuard<()>,
+        delete: impl Future<Output = Result<(T, Vec<String>), Error>> + Send + 'static,
+    ) -> Result<T, Error> {
+        let files = self.loader.lock_files().await;
+        let loader = self.loader.clone();
+        to_completion(async move {
+            let (_guard, _files) = (guard, files);
+            let (outcome, orphans) = delete.await?;
+            loader.forget(orphans).await?;
+            Ok(outcome)
+        })
+        .await
+    }
+}
+
+/// Runs `keep` (writing a component's files) and then `record` (its version row) to the
+/// end, holding the files lock throughout.
+async fn keep_then_record<T: Send + 'static>(
+    files: OwnedMutexGuard<()>,
+    keep: impl Future<Output = Result<(), Error>> + Send + 'static,
+    record: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    to_completion(async move {
+        let _files = files;
+        keep.await?;
+        record.await
+    })
+    .await
+}
+
+fn no_agent(agent: &str) -> Error {
+    Error::NotFound(format!("no agent named `{agent}`"))
+}

@@ -1,0 +1,223 @@
+//! Turning stored or uploaded component bytes into something callable: compiling (bounded
+//! by compile slots and a time budget), loading from the precompiled cache, and keeping the
+//! component files and cached artifacts in step with the versions that refer to them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gust_model::Diagnostic;
+use gust_store::Store;
+use gust_store::components::ComponentFiles;
+use gust_wasm::check::{self, CheckError, Compiled};
+use gust_wasm::{Linked, WasmEngine};
+use tokio::sync::{OwnedMutexGuard, Semaphore};
+
+use crate::error::Error;
+use crate::tasks::blocking;
+
+/// See the module docs. Cheap to clone (clones share everything).
+#[derive(Clone)]
+pub(crate) struct Loader {
+    engine: Arc<WasmEngine>,
+    files: ComponentFiles,
+    /// Held while component files are written with their version row, or removed with
+    /// theirs: an upload of the same bytes cannot slip in between a deletion's commit and
+    /// the removal of the file it orphaned.
+    files_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Compiles are CPU-heavy and take seconds; bound how many run at once.
+    compile_slots: Arc<Semaphore>,
+    /// How long compiling an upload may take before it is refused.
+    compile_budget: Duration,
+}
+
+impl Loader {
+    pub(crate) fn new(
+        engine: Arc<WasmEngine>,
+        files: ComponentFiles,
+        compile_budget: Duration,
+    ) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            engine,
+            files,
+            files_lock: Arc::default(),
+            compile_slots: Arc::new(Semaphore::new(cores.max(1))),
+            compile_budget,
+        }
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<WasmEngine> {
+        &self.engine
+    }
+
+    /// The files lock; see the field.
+    pub(crate) async fn lock_files(&self) -> OwnedMutexGuard<()> {
+        Arc::clone(&self.files_lock).lock_owned().await
+    }
+
+    /// The stored component for `digest`, compiled or loaded from the cache, linked.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when it cannot be read or compiled, or no longer passes the check.
+    pub(crate) async fn prepare(&self, digest: &str) -> Result<Linked, Error> {
+        let engine = Arc::clone(&self.engine);
+        let path = self.files.path(digest);
+        let digest = digest.to_owned();
+        blocking(move || {
+            check::load(&engine, &digest, &path).map_err(|e| match e {
+                CheckError::Internal(e) => Error::Internal(e),
+                CheckError::Invalid(diagnostics) => Error::internal(format!(
+                    "a stored component no longer passes the check: {diagnostics:?}"
+                )),
+            })
+        })
+        .await?
+    }
+
+    /// Compiles and checks an upload within the compile budget, then proves by a trial
+    /// instantiation that it fits the host's limits.
+    ///
+    /// # Errors
+    /// [`Error::InvalidComponent`] with diagnostics when it cannot run here;
+    /// [`Error::Overloaded`] when no compile slot frees up within the budget.
+    pub(crate) async fn compile_upload(&self, bytes: Bytes) -> Result<Compiled, Error> {
+        let budget = self.compile_budget;
+        let started = tokio::time::Instant::now();
+        // Waiting for a compile slot counts against the budget too: abandoned compiles keep
+        // their slots until they end, and an upload must not wait for them without end.
+        let permit =
+            match tokio::time::timeout(budget, Arc::clone(&self.compile_slots).acquire_owned())
+                .await
+            {
+                Ok(permit) => permit.map_err(|e| Error::Internal(e.into()))?,
+                Err(_) => {
+                    return Err(Error::Overloaded {
+                        message: "every compile slot is busy; retry later".into(),
+                        retry_after: Some(Duration::from_secs(10)),
+                    });
+                }
+            };
+        let engine = Arc::clone(&self.engine);
+        // The slot goes with the compile: one that outlives the budget keeps its slot until
+        // it ends, so abandoned compiles cannot pile up beyond the bound.
+        let compile = tokio::task::spawn_blocking(move || {
+            let _slot = permit;
+            check::compile_and_check(&engine, &bytes)
+        });
+        let checked =
+            match tokio::time::timeout(budget.saturating_sub(started.elapsed()), compile).await {
+                Ok(joined) => {
+                    joined.map_err(|e| Error::internal(format!("the compile task failed: {e}")))?
+                }
+                Err(_) => {
+                    return Err(invalid(vec![Diagnostic::new(
+                        "limit_exceeded",
+                        "",
+                        format!(
+                            "compiling the component took longer than {}s",
+                            budget.as_secs()
+                        ),
+                    )]));
+                }
+            };
+        let compiled = match checked {
+            Ok(compiled) => compiled,
+            Err(CheckError::Invalid(diagnostics)) => return Err(invalid(diagnostics)),
+            Err(CheckError::Internal(e)) => return Err(Error::Internal(e)),
+        };
+        check::trial_instantiate(&self.engine, &compiled.linked)
+            .await
+            .map_err(|d| invalid(vec![d]))?;
+        Ok(compiled)
+    }
+
+    /// Writes an upload's bytes (and its precompiled artifact) under `digest`, before its
+    /// version row: a crash in between leaves an unreferenced file, never a version without
+    /// its component. The caller holds the files lock.
+    ///
+    /// # Errors
+    /// When the component file cannot be written.
+    pub(crate) async fn keep(
+        &self,
+        digest: &str,
+        bytes: Bytes,
+        compiled: Compiled,
+    ) -> Result<(), Error> {
+        let (files, engine, digest) = (
+            self.files.clone(),
+            Arc::clone(&self.engine),
+            digest.to_owned(),
+        );
+        blocking(move || {
+            files.write(&digest, &bytes).map_err(Error::Internal)?;
+            if let Err(e) = compiled.cache(&engine, &digest) {
+                tracing::warn!(%digest, "could not cache the compiled component: {e:#}");
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Removes the component files and cached artifacts of `digests`, which no version
+    /// refers to any more. The caller holds the files lock.
+    pub(crate) async fn forget(&self, digests: Vec<String>) -> Result<(), Error> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let (files, engine) = (self.files.clone(), Arc::clone(&self.engine));
+        blocking(move || {
+            for digest in digests {
+                files.remove(&digest);
+                engine.evict(&digest);
+            }
+        })
+        .await
+    }
+
+    /// The bytes of a stored component.
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub(crate) async fn read(&self, digest: &str) -> Result<Vec<u8>, Error> {
+        let (files, digest) = (self.files.clone(), digest.to_owned());
+        blocking(move || files.read(&digest).map_err(Error::Internal)).await?
+    }
+
+    /// Removes component files and cached artifacts that no version refers to: what an
+    /// upload left when it failed (or the process died) between writing its bytes and
+    /// recording its version.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub(crate) async fn sweep_unreferenced(&self, store: &Store) -> Result<(), Error> {
+        let _files = self.lock_files().await;
+        let referenced = store.referenced_digests().await?;
+        let (files, engine) = (self.files.clone(), Arc::clone(&self.engine));
+        blocking(move || {
+            for digest in files.digests() {
+                if !referenced.contains(&digest) {
+                    tracing::info!(%digest, "removing a component no version refers to");
+                    files.remove(&digest);
+                }
+            }
+            engine.retain_cached(&referenced);
+        })
+        .await
+    }
+}
+
+/// An upload refused with `diagnostics`, summed up in one line.
+pub(crate) fn invalid(diagnostics: Vec<Diagnostic>) -> Error {
+    let message = match diagnostics.as_slice() {
+        [one] => one.message.clone(),
+        many => format!(
+            "the component has {} problems; see `diagnostics`",
+            many.len()
+        ),
+    };
+    Error::InvalidComponent {
+        message,
+        diagnostics,
+    }
+}

@@ -1,0 +1,400 @@
+//! Push delivery: when a run of a deployment in async mode ends, its event is POSTed to the
+//! user's application, signed (Standard Webhooks), with the deployment's access token.
+//!
+//! Deliveries are rows in the store, so a restart resumes them; this loop picks up those
+//! that are due, a bounded number at a time, and never blocks run execution. 2xx is
+//! delivered; redirects are not followed and, like 4xx other than 408/409/425/429, end the
+//! retries; 408/409/425/429, 5xx, connection errors and timeouts are retried on a schedule
+//! with jitter, honouring `Retry-After`, within a window (24 h by default).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+
+use tokio::sync::{Notify, Semaphore};
+
+use gust_model::{DeliveryRecord, DeliveryStatus, PushConfig};
+use gust_store::Store;
+use gust_store::queue::RunWrite;
+use gust_wasm::net;
+use tokio_util::sync::CancellationToken;
+
+use super::view::run_json;
+use super::writer::Writer;
+use crate::background::{Background, Stage};
+use crate::clock;
+use crate::error::Error;
+use crate::secrets::{PushSecrets, signature};
+
+/// Server settings of push delivery.
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    /// Time a receiver has to answer one attempt.
+    pub timeout: Duration,
+    /// Delay before each retry; the last one repeats.
+    pub schedule: Vec<Duration>,
+    /// How long after the event retries go on.
+    pub window: Duration,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Allow loopback and private destinations (development and tests); see `net`.
+    pub allow_private_network: bool,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        Self {
+            timeout: Duration::from_secs(15),
+            schedule: vec![
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                minutes(2),
+                minutes(10),
+                minutes(30),
+                minutes(60),
+                minutes(180),
+            ],
+            window: Duration::from_secs(24 * 3600),
+            concurrency: 32,
+            allow_private_network: false,
+        }
+    }
+}
+
+pub(super) struct Pusher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    background: Background,
+    store: Store,
+    secrets: Arc<PushSecrets>,
+    writer: Writer,
+    wake: Arc<Notify>,
+    settings: PushSettings,
+    http: reqwest::Client,
+    in_flight: Mutex<HashSet<String>>,
+    slots: Arc<Semaphore>,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Delivered,
+    /// Retry, after at least this long when the receiver said so.
+    Retry(String, Option<Duration>),
+    /// Do not retry.
+    GiveUp(String),
+}
+
+impl Pusher {
+    pub(super) fn new(
+        background: Background,
+        store: Store,
+        secrets: Arc<PushSecrets>,
+        writer: Writer,
+        wake: Arc<Notify>,
+        settings: PushSettings,
+    ) -> anyhow::Result<Self> {
+        let http = net::client(settings.allow_private_network, settings.timeout)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                background,
+                store,
+                secrets,
+                writer,
+                wake,
+                slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+                settings,
+                http,
+                in_flight: Mutex::default(),
+            }),
+        })
+    }
+
+    /// Starts the delivery loop in `Stage::Delivery`.
+    pub(super) fn start(&self) {
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .background
+            .spawn(Stage::Delivery, move |stop| inner.run(stop));
+    }
+
+    /// Sends a `push.test` event to `push`, answering the receiver's status.
+    pub(super) async fn test(&self, agent: &str, push: &PushConfig) -> Result<u16, Error> {
+        let inner = &self.inner;
+        let body = serde_json::to_vec(&json!({
+            "type": "push.test",
+            "agent": agent,
+            "timestamp": clock::rfc3339(clock::now_ms()),
+        }))
+        .map_err(|e| Error::Internal(e.into()))?;
+        let event_id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+        let secrets = inner.secrets.signing(agent).await?;
+        let response = inner
+            .post(&push.url, &push.access_token, &event_id, &secrets, body)
+            .await
+            .map_err(|e| match e {
+                PostError::Refused(refused) => {
+                    Error::BadRequest(format!("the push URL is refused: {refused}"))
+                }
+                PostError::Http(e) => Error::Failed(format!(
+                    "the push receiver could not be reached: {}",
+                    describe(e)
+                )),
+            })?;
+        Ok(response.status().as_u16())
+    }
+}
+
+impl Inner {
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            let now = clock::now_ms();
+            match self.store.due_deliveries(now, 64).await {
+                Ok(due) => {
+                    for delivery in due {
+                        if !self.in_flight().insert(delivery.run_id.clone()) {
+                            continue;
+                        }
+                        let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+                            return;
+                        };
+                        let inner = Arc::clone(&self);
+                        self.background.spawn(Stage::Delivery, move |_| async move {
+                            let run_id = delivery.run_id.clone();
+                            inner.deliver(delivery).await;
+                            inner.in_flight().remove(&run_id);
+                            drop(slot);
+                            inner.wake.notify_one();
+                        });
+                    }
+                }
+                Err(e) => tracing::error!("reading due push deliveries: {e:#}"),
+            }
+            // Sleep until the next delivery is due (at most a second, so in-flight ones that
+            // were skipped are looked at again), or until something new arrives.
+            let next = self.store.next_delivery_at().await.ok().flatten();
+            // Due now but not picked up means in flight: its end wakes this loop.
+            let wait_ms = next.map_or(1000, |at| match at - clock::now_ms() {
+                ahead if ahead > 0 => ahead.min(1000),
+                _ => 1000,
+            });
+            let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(1000));
+            tokio::select! {
+                () = stop.cancelled() => {}
+                _ = tokio::time::timeout(wait, self.wake.notified()) => {}
+            }
+        }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn deliver(&self, delivery: DeliveryRecord) {
+        let attempts = delivery.attempts + 1;
+        let attempt = match self.event_body(&delivery).await {
+            Ok(body) => match self.secrets.signing(&delivery.agent).await {
+                Ok(secrets) => self.attempt(&delivery, &secrets, body).await,
+                Err(e) => Attempt::GiveUp(format!("cannot sign: {e}")),
+            },
+            Err(e) => Attempt::GiveUp(e),
+        };
+        let now = clock::now_ms();
+        let (status, last_error, next_attempt_at) = match attempt {
+            Attempt::Delivered => (DeliveryStatus::Delivered, None, None),
+            Attempt::GiveUp(why) => (DeliveryStatus::Failed, Some(why), None),
+            Attempt::Retry(why, retry_after) => {
+                let delay = self.retry_delay(attempts, retry_after);
+                let next = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                let window = i64::try_from(self.settings.window.as_millis()).unwrap_or(i64::MAX);
+                if next > delivery.created_at.saturating_add(window) {
+                    let why = format!("gave up after {attempts} attempts: {why}");
+                    (DeliveryStatus::Failed, Some(why), None)
+                } else {
+                    (DeliveryStatus::Pending, Some(why), Some(next))
+                }
+            }
+        };
+        tracing::debug!(run_id = %delivery.run_id, attempts, status = status.as_str(), "push attempt");
+        let write = RunWrite::Delivery {
+            run_id: delivery.run_id.clone(),
+            round: delivery.created_at,
+            status,
+            attempts,
+            last_error,
+            next_attempt_at,
+        };
+        if let Err(e) = self.writer.write(write).await {
+            tracing::error!(run_id = %delivery.run_id, "recording a push attempt: {e:#}");
+        }
+    }
+
+    /// The event as it is sent now: the run as a poller would see it.
+    async fn event_body(&self, delivery: &DeliveryRecord) -> Result<Vec<u8>, String> {
+        let run = self
+            .store
+            .run(&delivery.agent, &delivery.run_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the run no longer exists")?;
+        // The run as polled, without its delivery state: that changes from one attempt to
+        // the next, and every attempt of an event carries the same body.
+        let mut run = run_json(&run);
+        if let Some(run) = run.as_object_mut() {
+            run.remove("delivery");
+        }
+        serde_json::to_vec(&json!({"type": delivery.event_type, "run": run}))
+            .map_err(|e| e.to_string())
+    }
+
+    async fn attempt(
+        &self,
+        delivery: &DeliveryRecord,
+        secrets: &[String],
+        body: Vec<u8>,
+    ) -> Attempt {
+        let sent = self
+            .post(
+                &delivery.url,
+                &delivery.access_token,
+                &delivery.event_id,
+                secrets,
+                body,
+            )
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            // Checked again on every attempt: a name may resolve elsewhere later.
+            Err(PostError::Refused(refused)) => return Attempt::GiveUp(refused.0),
+            Err(PostError::Http(e)) => return Attempt::Retry(describe(e), None),
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Attempt::Delivered;
+        }
+        if status.is_redirection() {
+            let to = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?");
+            return Attempt::GiveUp(format!(
+                "the receiver redirected ({status}) to {to}; redirects are not followed"
+            ));
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry_after);
+        let why = format!("the receiver answered {status}");
+        let retryable =
+            status.is_server_error() || matches!(status.as_u16(), 408 | 409 | 425 | 429);
+        if retryable {
+            Attempt::Retry(why, retry_after)
+        } else {
+            Attempt::GiveUp(why)
+        }
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        access_token: &str,
+        event_id: &str,
+        secrets: &[String],
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, PostError> {
+        let url = reqwest::Url::parse(url).map_err(|e| {
+            PostError::Refused(net::Refused(format!("the push URL is not a URL: {e}")))
+        })?;
+        net::check_url(&url, self.settings.allow_private_network).map_err(PostError::Refused)?;
+        let timestamp = clock::now_ms() / 1000;
+        let keys: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let signature = signature::signature(&keys, event_id, timestamp, &body);
+        self.http
+            .post(url)
+            .bearer_auth(access_token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", event_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| match net::refusal(&e) {
+                Some(refused) => PostError::Refused(refused),
+                None => PostError::Http(e),
+            })
+    }
+
+    fn retry_delay(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
+        let schedule = &self.settings.schedule;
+        let index = usize::try_from(attempts.saturating_sub(1)).unwrap_or(usize::MAX);
+        let base = schedule
+            .get(index)
+            .or(schedule.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(60));
+        // ±10 % jitter, so receivers that failed together are not retried together.
+        let jittered = base.mul_f64(0.9 + rand::random::<f64>() * 0.2);
+        jittered.max(retry_after.unwrap_or_default())
+    }
+}
+
+/// Why a push request did not get an answer.
+enum PostError {
+    /// The destination is refused by the address policy.
+    Refused(net::Refused),
+    /// The request failed on the way.
+    Http(reqwest::Error),
+}
+
+/// A transport error in a few words (never the access token: it is only in a header).
+fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        "the receiver did not answer in time".into()
+    } else if e.is_connect() {
+        "could not connect to the receiver".into()
+    } else {
+        format!("the request failed: {}", e.without_url())
+    }
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        let parsed = retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(
+            parsed > Duration::from_secs(100) && parsed <= Duration::from_secs(120),
+            "{parsed:?}"
+        );
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon"), None);
+    }
+}

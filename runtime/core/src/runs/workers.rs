@@ -1,0 +1,225 @@
+//! The bounded pool that executes runs. Accepted runs arrive on an in-memory queue (fed by
+//! the writer after each commit, and at start by recovery); each is started in the store
+//! (a conditional update: a run cancelled or expired meanwhile is skipped), executed on its
+//! deployment through [`Calls::call`](crate::calls::Calls::call), and finished in the store.
+
+use std::sync::Arc;
+
+use gust_model::{RunOutcome, clock};
+use gust_store::queue::{RunWrite, StartedRun, WriteOutcome};
+use gust_wasm::CallKind;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::Runs;
+use super::queue::AgentQueue;
+use super::recorder::RunRecorder;
+use crate::background::Stage;
+use crate::calls::{Admit, CallRequest, Input, Target};
+use crate::deploy::Admitted;
+
+/// Starts a drainer for each agent whose queue needs one.
+pub(super) async fn dispatch(
+    runs: Arc<Runs>,
+    mut wake: mpsc::UnboundedReceiver<String>,
+    stop: CancellationToken,
+) {
+    loop {
+        let agent = tokio::select! {
+            () = stop.cancelled() => return,
+            agent = wake.recv() => match agent {
+                Some(agent) => agent,
+                None => return,
+            },
+        };
+        let queue = runs.state.queue(&agent);
+        let drainer = Arc::clone(&runs);
+        let stop = stop.clone();
+        runs.background.spawn(Stage::Intake, move |_| async move {
+            // Shutting down: the runs stay queued in the store for the next start.
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = drain(drainer, agent, queue) => {}
+            }
+        });
+    }
+}
+
+async fn drain(runs: Arc<Runs>, agent: String, queue: Arc<AgentQueue>) {
+    let gate = runs.admission.gate(&agent);
+    loop {
+        // The agent's room first, then a worker slot without waiting: a drainer never sits
+        // on room it cannot use (that room is what this agent's sync calls need). With no
+        // free slot, it gives the room back, waits for a slot to free up, and tries again.
+        let Some(agent_room) = gate.enter(None).await else {
+            return;
+        };
+        let slot = match Arc::clone(&runs.slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                drop(agent_room);
+                match Arc::clone(&runs.slots).acquire_owned().await {
+                    Ok(freed) => drop(freed),
+                    Err(_) => return,
+                }
+                continue;
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => return,
+        };
+        let Some(server_room) = runs.admission.server().enter(None).await else {
+            return;
+        };
+        if runs.background.stopping() {
+            return;
+        }
+        let Some(id) = queue.pop() else {
+            return;
+        };
+        let admitted = Admitted::new(agent_room, server_room);
+        let worker = Arc::clone(&runs);
+        runs.background
+            .spawn(Stage::Runs, move |shutdown| async move {
+                execute(&worker, &id, admitted, shutdown).await;
+                worker.state.known().remove(&id);
+                drop(slot);
+            });
+    }
+}
+
+/// How an attempt ended.
+enum Ended {
+    /// It ran to an outcome, to be recorded with its logs and outgoing requests.
+    Outcome(RunWrite),
+    /// A cancel interrupted it, and already recorded the run's end.
+    Cancelled,
+    /// The host is shutting down: the run goes back to the queue.
+    Stopped,
+}
+
+async fn execute(runs: &Runs, id: &str, admitted: Admitted, shutdown: CancellationToken) {
+    let lease = runs.settings.lease;
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    // Interruptible from before the start commits: a cancel that lands right after it
+    // finds this run already registered.
+    let (stop, stopped) = oneshot::channel();
+    runs.state.running().insert(id.to_owned(), stop);
+    let now = clock::now_ms();
+    let start = RunWrite::Start {
+        id: id.to_owned(),
+        now,
+        lease_until: now.saturating_add(lease_ms),
+    };
+    let started = match runs.writer.write(start).await {
+        Ok(WriteOutcome::Started(started)) => Some(started),
+        // Cancelled, expired or deleted while it waited: nothing to do.
+        Ok(_) => None,
+        Err(e) => {
+            tracing::error!(run_id = %id, "could not start the run: {e:#}");
+            None
+        }
+    };
+    let Some(started) = started else {
+        runs.state.running().remove(id);
+        return;
+    };
+    let ended = attempt(runs, id, started, admitted, stopped, shutdown).await;
+    runs.state.running().remove(id);
+    match ended {
+        // Not waited for: the worker slot is free for the next run while the end commits
+        // (the writer keeps writes in order, so it lands after this run's start and
+        // progress, and pollers and pushes are woken after the commit). If it fails, the
+        // writer logs it, the lease lapses and the reconciler queues the run again
+        // (at-least-once).
+        Ended::Outcome(finish) => runs.writer.write_detached(finish),
+        Ended::Cancelled => {}
+        Ended::Stopped => {
+            tracing::warn!(run_id = %id, "stopping with the run unfinished; it goes back to the queue");
+            let release = RunWrite::Release { id: id.to_owned() };
+            if let Err(e) = runs.writer.write(release).await {
+                tracing::error!("releasing a run at shutdown: {e:#}");
+            }
+        }
+    }
+}
+
+/// Executes one attempt, renewing the run's lease while it runs.
+async fn attempt(
+    runs: &Runs,
+    id: &str,
+    started: StartedRun,
+    admitted: Admitted,
+    mut cancelled: oneshot::Receiver<()>,
+    shutdown: CancellationToken,
+) -> Ended {
+    let lease = runs.settings.lease;
+    let finish = |outcome, (logs, outbound)| {
+        Ended::Outcome(RunWrite::Finish {
+            id: id.to_owned(),
+            now: clock::now_ms(),
+            outcome,
+            logs,
+            outbound,
+        })
+    };
+    let deployment = match runs
+        .lifecycle
+        .deployment(&started.agent, started.deployment)
+        .await
+    {
+        Ok(deployment) => deployment,
+        Err(e) => {
+            let outcome = RunOutcome::Failed {
+                kind: e.kind().to_owned(),
+                message: format!("the run's deployment could not be loaded: {e}"),
+            };
+            return finish(outcome, (Vec::new(), Vec::new()));
+        }
+    };
+    let recorder = Arc::new(RunRecorder::new(id.to_owned(), runs.writer.clone()));
+    let input = Input {
+        bytes: started.input,
+        content_type: started.content_type,
+    };
+    let request = CallRequest {
+        run_id: Arc::from(id),
+        kind: CallKind::Async,
+        attempt: started.attempt,
+        sink: Some(Arc::clone(&recorder) as _),
+    };
+    // Room was taken before the run was claimed; the call gives it back when the instance
+    // is gone, before the end is recorded.
+    let call = runs.calls.call(
+        Target::Deployment(deployment),
+        std::future::ready(Ok(input)),
+        request,
+        Admit::Admitted(admitted),
+    );
+    tokio::pin!(call);
+    let mut renew = tokio::time::interval(lease / 3);
+    renew.tick().await;
+    let called = loop {
+        tokio::select! {
+            called = &mut call => break called,
+            _ = &mut cancelled => return Ended::Cancelled,
+            () = shutdown.cancelled() => return Ended::Stopped,
+            _ = renew.tick() => {
+                let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+                runs.writer.write_detached(RunWrite::Renew {
+                    id: id.to_owned(),
+                    lease_until: clock::now_ms().saturating_add(lease_ms),
+                });
+            }
+        }
+    };
+    let outcome = match called.outcome {
+        Ok(output) => RunOutcome::Succeeded {
+            content_type: output.content_type,
+            output: output.bytes,
+        },
+        Err(e) => RunOutcome::Failed {
+            kind: e.kind().to_owned(),
+            message: e.to_string(),
+        },
+    };
+    finish(outcome, recorder.finish())
+}

@@ -1,0 +1,194 @@
+//! Who is calling: the admin (everywhere), or an agent's invoke key (that agent's data plane
+//! only). Credentials come in `Authorization: Bearer …` or `x-api-key: …`, never in the URL;
+//! they are compared in constant time and never logged or echoed.
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use futures::future::Either;
+use tower::{Layer, Service};
+
+use gust_core::Error;
+use gust_core::auth::Key;
+
+use super::AppState;
+use super::error::ApiError;
+use super::paths;
+
+/// Query parameters that look like credentials: refused wherever they appear, because URLs
+/// end up in logs, histories and `Referer` headers.
+const CREDENTIAL_PARAMS: &[&str] = &[
+    "token",
+    "access_token",
+    "admin_token",
+    "api_key",
+    "apikey",
+    "key",
+    "x-api-key",
+];
+
+/// Refuses requests that carry a credential in the query string (400): a parameter named
+/// like one (after percent-decoding), or a value that looks like a gust key or token.
+///
+/// A tower layer around every route rather than `axum::middleware::from_fn`, which boxes the
+/// inner service and a future on every request: this one answers at once or passes the
+/// request through.
+#[derive(Clone)]
+pub(crate) struct RefuseCredentialsInQuery {
+    state: Arc<AppState>,
+}
+
+impl RefuseCredentialsInQuery {
+    pub(crate) fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for RefuseCredentialsInQuery {
+    type Service = QueryGuard<S>;
+
+    fn layer(&self, inner: S) -> QueryGuard<S> {
+        QueryGuard {
+            inner,
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+/// The service [`RefuseCredentialsInQuery`] wraps each route in.
+#[derive(Clone)]
+pub(crate) struct QueryGuard<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+impl<S> Service<Request> for QueryGuard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if carries_credential(&request, &self.state) {
+            let refused = Error::BadRequest(
+                "credentials go in the `Authorization` or `x-api-key` header, never in the URL"
+                    .into(),
+            );
+            return Either::Left(ready(Ok(ApiError(refused).into_response())));
+        }
+        Either::Right(self.inner.call(request))
+    }
+}
+
+fn carries_credential(request: &Request, state: &AppState) -> bool {
+    request.uri().query().is_some_and(|query| {
+        url::form_urlencoded::parse(query.as_bytes()).any(|(name, value)| {
+            CREDENTIAL_PARAMS.contains(&name.to_ascii_lowercase().as_str())
+                || value.starts_with("gust_")
+                || state.admin.matches(value.as_bytes())
+        })
+    })
+}
+
+enum Caller {
+    Admin,
+    Key(Arc<Key>),
+}
+
+fn caller(parts: &Parts, state: &AppState) -> Result<Caller, Error> {
+    let bearer = match parts.headers.get(AUTHORIZATION) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or_else(|| {
+                    Error::Unauthorized(
+                        "the `Authorization` header must be `Bearer <token>`".into(),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let api_key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let Some(presented) = bearer.or(api_key.map(str::trim)) else {
+        return Err(Error::Unauthorized(
+            "missing credentials: send `Authorization: Bearer <token>` or `x-api-key: <key>`"
+                .into(),
+        ));
+    };
+    if state.admin.matches(presented.as_bytes()) {
+        return Ok(Caller::Admin);
+    }
+    match state.host.keys.ring().find(presented) {
+        Some(key) => Ok(Caller::Key(key)),
+        None => Err(Error::Unauthorized("the token is not valid".into())),
+    }
+}
+
+/// The admin: required by the control plane. Put it first among a handler's arguments so
+/// that an unauthenticated request learns nothing else.
+pub(crate) struct Admin;
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        match caller(parts, state)? {
+            Caller::Admin => Ok(Admin),
+            Caller::Key(_) => Err(Error::Forbidden(
+                "an invoke key only calls its own agent; this route needs the admin token".into(),
+            )
+            .into()),
+        }
+    }
+}
+
+/// A caller of an agent's data plane (calls and runs): the admin, or a key of the agent in
+/// the path, within the key's rate limit. Carries the (validated) agent name.
+pub(crate) struct Invoker(pub(crate) String);
+
+impl FromRequestParts<Arc<AppState>> for Invoker {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let who = caller(parts, state)?;
+        let agent = paths::agent(parts, state).await?;
+        if let Caller::Key(key) = who {
+            if *key.agent != *agent {
+                return Err(Error::Forbidden(format!(
+                    "this key belongs to another agent than `{agent}`"
+                ))
+                .into());
+            }
+            if let Err(wait) = key.admit() {
+                return Err(Error::Overloaded {
+                    message: "this key's rate limit is exhausted".into(),
+                    retry_after: Some(wait.max(Duration::from_millis(1))),
+                }
+                .into());
+            }
+        }
+        Ok(Self(agent))
+    }
+}

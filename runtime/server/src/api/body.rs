@@ -1,0 +1,103 @@
+//! Reading request bodies with a limit that is checked before the body is read (from
+//! `Content-Length`) and again while reading (for chunked bodies).
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_LENGTH;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+/// After refusing a body, how much of it is read and thrown away (and for how long) before
+/// the connection closes. Closing a socket with unread data makes the kernel reset it, and
+/// most clients then report "connection reset" while still sending instead of the 413; a
+/// short, bounded drain lets them read the answer. Nothing drained is kept.
+const DRAIN_BYTES: u64 = 16 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+/// A body that stops arriving for this long is abandoned, and one that takes longer than
+/// [`BODY_TOTAL`] in all: a slow client cannot hold a connection slot for ever.
+const BODY_STALL: Duration = Duration::from_secs(30);
+const BODY_TOTAL: Duration = Duration::from_secs(600);
+
+use gust_core::Error;
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+///
+/// # Errors
+/// [`Error::PayloadTooLarge`] past the limit; [`Error::BadRequest`] when the body breaks off.
+pub(crate) async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Error> {
+    let too_large = || {
+        Error::PayloadTooLarge(format!(
+            "the body is larger than the limit of {}",
+            human_bytes(limit)
+        ))
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
+        return Err(too_large());
+    }
+    let mut body = body;
+    // Reserve for what the client declared, but never much up front: memory follows the
+    // bytes that actually arrive.
+    let mut collected = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(1 << 20));
+    let deadline = tokio::time::Instant::now() + BODY_TOTAL;
+    loop {
+        let next = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + BODY_STALL),
+            body.frame(),
+        )
+        .await
+        .map_err(|_| Error::BadRequest("the request body stopped arriving".into()))?;
+        let Some(frame) = next else {
+            break;
+        };
+        let frame = frame
+            .map_err(|e| Error::BadRequest(format!("could not read the request body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if collected.len() + data.len() > limit {
+                drain(body).await;
+                return Err(too_large());
+            }
+            collected.extend_from_slice(data);
+        }
+    }
+    Ok(Bytes::from(collected))
+}
+
+/// Reads and discards what is left of a refused body, within [`DRAIN_BYTES`] and
+/// [`DRAIN_TIME`].
+async fn drain(mut body: Body) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut drained = 0u64;
+        while drained < DRAIN_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len() as u64),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// Parses a JSON body into `T`, with serde's message (which names the field) on failure.
+///
+/// # Errors
+/// [`Error::BadRequest`] when the body is not that JSON.
+pub(crate) fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+pub(crate) fn human_bytes(n: usize) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
+    }
+}

@@ -1,0 +1,279 @@
+//! The control plane: agents, versions, configuration, deploy and rollback.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use gust_core::clock::rfc3339;
+use gust_model::{AgentConfig, AgentRecord, DeploymentRecord, VersionRecord};
+
+use super::auth::Admin;
+use super::error::ApiError;
+use super::paths::{AgentName, AgentVersion};
+use super::{AppState, body};
+
+type Answer = Result<Response, ApiError>;
+
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.host.lifecycle.registry().is_ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading deployments"})),
+        )
+            .into_response()
+    }
+}
+
+pub(crate) async fn stats(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
+    let host = &state.host;
+    let deployments = host.lifecycle.registry().live_count() as u64;
+    let mut stats = json!(host.engine.stats().snapshot(deployments));
+    if let (Some(stats), Value::Object(runs)) = (stats.as_object_mut(), json!(host.runs.stats())) {
+        stats.extend(runs);
+    }
+    // Admitted calls and runs; `live_instances` also counts upload checks.
+    stats["instances_admitted"] = json!(host.lifecycle.admission().in_use());
+    Json(stats)
+}
+
+pub(crate) async fn list_agents(_: Admin, State(state): State<Arc<AppState>>) -> Answer {
+    let agents: Vec<Value> = state
+        .host
+        .lifecycle
+        .list()
+        .await?
+        .into_iter()
+        .map(|a| {
+            json!({
+                "agent": a.name,
+                "created_at": rfc3339(a.created_at),
+                "live": a.live.map(|(deployment, version)| json!({"deployment": deployment, "version": version})),
+                "versions": a.versions,
+                "endpoints": {"sync": state.sync_url(&a.name)},
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "agents": agents })).into_response())
+}
+
+pub(crate) async fn get_agent(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+) -> Answer {
+    let record = state.host.lifecycle.get(&agent).await?;
+    let live_number = record.live.as_ref().map(|d| d.deployment);
+    let draft_pending = record
+        .live
+        .as_ref()
+        .is_some_and(|live| live.config != record.draft);
+    let versions = versions_json(&record);
+    let deployments: Vec<Value> = record
+        .deployments
+        .iter()
+        .map(|d| deployment_json(d, live_number == Some(d.deployment)))
+        .collect();
+    Ok(Json(json!({
+        "agent": record.name,
+        "created_at": rfc3339(record.created_at),
+        "endpoints": state.endpoints(&record.name, record.live.as_ref().map(|d| d.config.mode).unwrap_or_default()),
+        "live": record.live.as_ref().map(|d| deployment_json(d, true)),
+        "draft": record.draft.redacted(),
+        "draft_pending": draft_pending,
+        "versions": versions,
+        "deployments": deployments,
+    }))
+    .into_response())
+}
+
+pub(crate) async fn delete_agent(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+) -> Answer {
+    state.host.lifecycle.delete(&agent).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(crate) async fn upload(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+    headers: HeaderMap,
+    request_body: Body,
+) -> Answer {
+    let bytes = body::read(&headers, request_body, state.limits.upload).await?;
+    let uploaded = state.host.lifecycle.upload(&agent, bytes).await?;
+    let status = if uploaded.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let v = &uploaded.version;
+    Ok((
+        status,
+        Json(json!({
+            "agent": v.agent,
+            "version": v.version,
+            "digest": v.digest,
+            "size": v.size,
+            "created_at": rfc3339(v.created_at),
+        })),
+    )
+        .into_response())
+}
+
+pub(crate) async fn list_versions(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+) -> Answer {
+    let record = state.host.lifecycle.get(&agent).await?;
+    Ok(Json(json!({"agent": agent, "versions": versions_json(&record)})).into_response())
+}
+
+pub(crate) async fn get_version(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentVersion(agent, n): AgentVersion,
+) -> Answer {
+    let (version, wit) = state.host.lifecycle.version(&agent, n).await?;
+    let live = state
+        .host
+        .lifecycle
+        .registry()
+        .get(&agent)
+        .is_some_and(|d| d.version() == n);
+    let mut view = version_json(&version, live);
+    view["agent"] = json!(agent);
+    view["wit"] = json!(wit);
+    Ok(Json(view).into_response())
+}
+
+pub(crate) async fn delete_version(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentVersion(agent, n): AgentVersion,
+) -> Answer {
+    state.host.lifecycle.delete_version(&agent, n).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(crate) async fn get_config(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+) -> Answer {
+    Ok(Json(state.host.lifecycle.draft(&agent).await?.redacted()).into_response())
+}
+
+/// Small: a configuration is a few keys, not a data store.
+const CONFIG_BODY_LIMIT: usize = 1 << 20;
+
+pub(crate) async fn put_config(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+    headers: HeaderMap,
+    request_body: Body,
+) -> Answer {
+    let bytes = body::read(&headers, request_body, CONFIG_BODY_LIMIT).await?;
+    let draft: AgentConfig = body::json(&bytes)?;
+    let (saved, new_secret) = state.host.lifecycle.put_draft(&agent, draft).await?;
+    let mut answer = saved.redacted();
+    if let Some(secret) = new_secret {
+        // Shown this once: the receiver needs it to verify signatures.
+        answer["push"]["secret"] = secret.into();
+    }
+    Ok(Json(answer).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    version: Option<u32>,
+}
+
+pub(crate) async fn deploy(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+    headers: HeaderMap,
+    request_body: Body,
+) -> Answer {
+    let bytes = body::read(&headers, request_body, CONFIG_BODY_LIMIT).await?;
+    // An empty body deploys the newest version.
+    let request: DeployRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        DeployRequest::default()
+    } else {
+        body::json(&bytes)?
+    };
+    let record = state.host.lifecycle.deploy(&agent, request.version).await?;
+    Ok(Json(deploy_answer(&state, &record)).into_response())
+}
+
+pub(crate) async fn rollback(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+) -> Answer {
+    let record = state.host.lifecycle.rollback(&agent).await?;
+    Ok(Json(deploy_answer(&state, &record)).into_response())
+}
+
+fn deploy_answer(state: &AppState, d: &DeploymentRecord) -> Value {
+    json!({
+        "agent": d.agent,
+        "deployment": d.deployment,
+        "version": d.version,
+        "digest": d.digest,
+        "deployed_at": rfc3339(d.deployed_at),
+        "config": d.config.redacted(),
+        "endpoints": state.endpoints(&d.agent, d.config.mode),
+    })
+}
+
+/// Every version of an agent, the live one marked.
+fn versions_json(record: &AgentRecord) -> Vec<Value> {
+    let live_version = record.live.as_ref().map(|d| d.version);
+    record
+        .versions
+        .iter()
+        .map(|v| version_json(v, live_version == Some(v.version)))
+        .collect()
+}
+
+fn version_json(v: &VersionRecord, live: bool) -> Value {
+    json!({
+        "version": v.version,
+        "digest": v.digest,
+        "size": v.size,
+        "created_at": rfc3339(v.created_at),
+        "last_deployed_at": v.last_deployed_at.map(rfc3339),
+        "live": live,
+    })
+}
+
+fn deployment_json(d: &DeploymentRecord, live: bool) -> Value {
+    json!({
+        "deployment": d.deployment,
+        "version": d.version,
+        "digest": d.digest,
+        "config": d.config.redacted(),
+        "deployed_at": rfc3339(d.deployed_at),
+        "rolled_back_at": d.rolled_back_at.map(rfc3339),
+        "live": live,
+    })
+}

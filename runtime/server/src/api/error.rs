@@ -1,0 +1,104 @@
+//! The one place errors become HTTP responses: `{"error":{"kind","message"}}` everywhere
+//! (plus `diagnostics` for an invalid component). A 500 or a trap says nothing internal;
+//! the detail is logged here, once.
+//!
+//! [`ApiError`] carries a use case's [`Error`] to the edge: the response mapping is the
+//! server's, so the error type of `gust-core` stays free of HTTP.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use gust_core::Error;
+
+/// An [`Error`] on its way out as a response; `?` converts.
+#[derive(Debug)]
+pub(crate) struct ApiError(pub(crate) Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+fn status(e: &Error) -> StatusCode {
+    match e {
+        Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+        Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        Error::Conflict(_) => StatusCode::CONFLICT,
+        Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::InvalidComponent { .. } | Error::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::Failed(_) | Error::Trap | Error::MemoryLimit(_) | Error::OutputTooLarge(_) => {
+            StatusCode::BAD_GATEWAY
+        }
+        Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        // The use cases' errors grow with new kinds; until this mapping names one, it is
+        // an internal error, which says nothing.
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let ApiError(error) = self;
+        if let Error::Internal(e) = &error {
+            tracing::error!("internal error: {e:#}");
+        }
+        let status = status(&error);
+        let mut body = json!({"kind": error.kind(), "message": error.to_string()});
+        if let Error::InvalidComponent { diagnostics, .. } = &error {
+            body["diagnostics"] = json!(diagnostics);
+        }
+        let mut response = (status, Json(json!({ "error": body }))).into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was never read, so this connection cannot carry another
+            // request; say so, or a client's connection pool would reuse it and fail.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        if let Error::Overloaded {
+            retry_after: Some(after),
+            ..
+        } = &error
+        {
+            let seconds = after
+                .as_secs()
+                .saturating_add(u64::from(after.subsec_nanos() > 0));
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_say_nothing_internal() {
+        let e = Error::Internal(anyhow::anyhow!("disk /secret/path is full"));
+        assert_eq!(e.to_string(), "internal error");
+        assert_eq!(status(&e), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(status(&Error::Trap), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            status(&Error::InvalidInput("x".into())),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! `gust serve`: the composition root and the HTTP edge.
+//!
+//! - [`serve()`]: opens the data folder, the store and the engine, starts the use cases
+//!   (`gust-core`), listens, and stops everything in order on shutdown;
+//! - `listen`: accepting and serving connections (timeouts, limits, TLS), the graceful drain;
+//! - `api`: the routes under `/v1`, their extractors, and the one mapping of errors to
+//!   responses;
+//! - `data_dir`: the data folder's lock and generated admin token;
+//! - [`options`]: every setting of `gust serve`, for the command line to fill in.
+
+mod api;
+mod data_dir;
+mod listen;
+pub mod options;
+mod serve;
+mod tls;
+
+pub use serve::serve;

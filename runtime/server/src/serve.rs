@@ -1,0 +1,194 @@
+//! `gust serve`, the composition root: the data folder, the store, the engine, the use
+//! cases, the listener — and one shutdown that stops them in order.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use gust_core::auth::AdminToken;
+use gust_core::background::Background;
+use gust_core::deploy::Limits;
+use gust_core::runs::RunSettings;
+use gust_core::{Host, HostSettings};
+use gust_store::Store;
+use gust_store::components::ComponentFiles;
+use gust_wasm::{OutboundSettings, Stats, Tuning, WasmEngine};
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, BodyLimits};
+use crate::data_dir;
+use crate::listen::{self, Listening};
+use crate::tls;
+
+/// Settings of `gust serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Where the database, components, cache and generated admin token live.
+    pub data_dir: PathBuf,
+    /// Base of endpoint URLs in answers; `http://<listen address>` when unset.
+    pub public_url: Option<String>,
+    /// The admin token; generated and stored in the data folder when unset.
+    pub admin_token: Option<String>,
+    /// How long calls in flight may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Request body limits.
+    pub limits: BodyLimits,
+    /// The run queue.
+    pub runs: RunSettings,
+    /// Instances running at once, and the largest limits deployments may set.
+    pub host_limits: Limits,
+    /// Connection handling.
+    pub http: HttpSettings,
+    /// Guests' outgoing HTTP.
+    pub outbound: OutboundSettings,
+    /// Engine settings (the default is what gust is tuned with).
+    pub tuning: Tuning,
+}
+
+/// Connection handling of `gust serve`.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Time to send request headers, and the longest idle keep-alive.
+    pub header_timeout: Duration,
+    /// Headers a request may carry.
+    pub max_headers: usize,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// PEM certificate chain, to terminate TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_connections: 4096,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// Runs the server until `shutdown` resolves, then stops accepting, lets calls in flight
+/// finish within the grace period, and returns.
+///
+/// # Errors
+/// When the data folder, the database or the listener cannot be set up.
+pub async fn serve(
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let data_dir = &options.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+    let _lock = data_dir::lock(data_dir)?;
+    let (admin_token, admin_token_file) =
+        data_dir::admin_token(options.admin_token.clone(), data_dir)?;
+    let store = Store::open_sqlite(&data_dir.join("gust.db"))?;
+    let max_memory = (options.host_limits.maxima.memory_mib as usize) << 20;
+    let engine = Arc::new(WasmEngine::new(
+        &data_dir.join("cache"),
+        Arc::new(Stats::default()),
+        max_memory,
+        options.outbound.clone(),
+        &options.tuning,
+    )?);
+    let files = ComponentFiles::open(data_dir.join("components"))?;
+    let background = Background::default();
+    let settings = HostSettings {
+        limits: options.host_limits.clone(),
+        runs: options.runs.clone(),
+    };
+    let host = match Host::start(store, engine, files, settings, &background).await {
+        Ok(host) => host,
+        Err(e) => {
+            background.cancel_all();
+            return Err(anyhow::Error::new(e).context("starting the host"));
+        }
+    };
+
+    let listening = Listening {
+        header_timeout: options.http.header_timeout,
+        max_headers: options.http.max_headers,
+        max_connections: options.http.max_connections,
+        tls: match (&options.http.tls_cert, &options.http.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        },
+    };
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("listening on {}", options.listen))?;
+    let local = listener.local_addr()?;
+    let scheme = if listening.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let public_url = options
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{local}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let state = Arc::new(AppState {
+        host,
+        admin: AdminToken::new(admin_token, admin_token_file),
+        public_url,
+        limits: options.limits,
+    });
+
+    // Deployments load while the listener already answers /healthz; calls wait for the load.
+    // If the load itself fails (the store cannot be read), the host cannot serve: it stops.
+    let (load_failed, mut on_load_failure) = tokio::sync::oneshot::channel();
+    let lifecycle = Arc::clone(&state.host.lifecycle);
+    background.spawn(gust_core::background::Stage::Intake, move |_| async move {
+        match lifecycle.load_live().await {
+            Ok(n) => tracing::info!("{n} deployment(s) loaded; ready"),
+            Err(e) => {
+                let e = anyhow::Error::new(e).context("loading the live deployments");
+                tracing::error!("{e:#}; shutting down");
+                let _ = load_failed.send(e);
+            }
+        }
+    });
+
+    // The one line a script or test waits for; stdout so it is not mixed with logs.
+    println!("gust listening on {scheme}://{local}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(address = %local, data_dir = %data_dir.display(), "listening");
+
+    let mut failure = None;
+    let stop = async {
+        tokio::select! {
+            () = shutdown => {}
+            Ok(e) = &mut on_load_failure => failure = Some(e),
+        }
+    };
+    let runs = Arc::clone(&state.host.runs);
+    let drain_runs = |deadline| async move { runs.drain(deadline).await };
+    let deadline = listen::accept_loop(
+        listener,
+        api::router(state),
+        listening,
+        stop,
+        options.shutdown_grace,
+        drain_runs,
+    )
+    .await;
+    // Connections are closed and runs have finished or run out of time: stop what is left,
+    // in order (gust_core::background), committing every accepted write.
+    background.stop(deadline).await;
+    tracing::info!("stopped");
+    failure.map_or(Ok(()), Err)
+}

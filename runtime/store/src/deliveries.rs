@@ -1,0 +1,53 @@
+//! Push deliveries of ended runs, and the signing secrets that sign them.
+
+use gust_model::{DeliveryRecord, PushSecrets};
+
+use crate::{Store, StoreError};
+
+impl Store {
+    /// Pending deliveries due by `now`, oldest first.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn due_deliveries(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.sqlite(move |db| db.due_deliveries(now, limit)).await
+    }
+
+    /// The earliest `next_attempt_at` of any pending delivery.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn next_delivery_at(&self) -> Result<Option<i64>, StoreError> {
+        self.sqlite(move |db| db.next_delivery_at()).await
+    }
+
+    /// The agent's push signing secrets, if it has any.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn push_secrets(&self, agent: &str) -> Result<Option<PushSecrets>, StoreError> {
+        let agent = agent.to_owned();
+        self.sqlite(move |db| db.push_secrets(&agent)).await
+    }
+
+    /// Gives the agent a new current secret; the old one (if any) keeps signing until
+    /// `previous_until`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown agent.
+    pub async fn set_push_secret(
+        &self,
+        agent: &str,
+        secret: &str,
+        previous_until: i64,
+    ) -> Result<(), StoreError> {
+        let agent = agent.to_owned();
+        let secret = secret.to_owned();
+        self.sqlite(move |db| db.set_push_secret(&agent, &secret, previous_until))
+            .await
+    }
+}

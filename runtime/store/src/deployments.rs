@@ -1,0 +1,74 @@
+//! Deployments: deploying, rolling back, what is live.
+
+use gust_model::{AgentConfig, DeploymentRecord};
+
+use crate::RollbackPlan;
+
+use crate::{Store, StoreError};
+
+impl Store {
+    /// Makes a new deployment of `version` with `config` and sets it live, in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the version does not exist.
+    pub async fn deploy(
+        &self,
+        agent: &str,
+        version: u32,
+        config: &AgentConfig,
+        now: i64,
+    ) -> Result<DeploymentRecord, StoreError> {
+        let agent = agent.to_owned();
+        let config = config.clone();
+        self.sqlite(move |db| db.deploy(&agent, version, &config, now))
+            .await
+    }
+
+    /// One deployment of an agent, live or not.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn deployment(
+        &self,
+        agent: &str,
+        number: u32,
+    ) -> Result<Option<DeploymentRecord>, StoreError> {
+        let agent = agent.to_owned();
+        self.sqlite(move |db| db.deployment(&agent, number)).await
+    }
+
+    /// Works out what a rollback would do, without changing anything.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn plan_rollback(&self, agent: &str) -> Result<RollbackPlan, StoreError> {
+        let agent = agent.to_owned();
+        self.sqlite(move |db| db.plan_rollback(&agent)).await
+    }
+
+    /// Carries out a plan: marks `from` rolled back and makes `to` live, provided `from` is
+    /// still the live deployment.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the live deployment changed since the plan.
+    pub async fn rollback(
+        &self,
+        agent: &str,
+        from: u32,
+        to: u32,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let agent = agent.to_owned();
+        self.sqlite(move |db| db.rollback(&agent, from, to, now))
+            .await
+    }
+
+    /// Every live deployment: what the registry is rebuilt from at start.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn live_deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        self.sqlite(move |db| db.live_deployments()).await
+    }
+}

@@ -1,0 +1,236 @@
+//! One call of `run`: a fresh `Store`, limits, the deadline, and the mapping of what the
+//! guest did to an outcome.
+//!
+//! Nothing of one call survives into another: the `Store` (and with it the instance, its
+//! memory and every host resource) is dropped when the call ends, however it ends. If the
+//! caller goes away, the future holding the `Store` is dropped, which ends the call too.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gust_model::{AgentConfig, clock};
+use wasmtime::PoolConcurrencyLimitError;
+
+use crate::bindings::{AgentPre, CallKind, Request, RunError};
+use crate::check::Linked;
+use crate::engine::WasmEngine;
+use crate::host::{CallLimits, CallSink, CallState, OutboundPolicy, new_store};
+
+/// A component ready to be called: compiled, checked against the agent world, pre-linked,
+/// with the settings every call of it runs under. Built once per deployment and shared by
+/// its calls.
+pub struct PreparedAgent {
+    /// The agent's name.
+    pub agent: Arc<str>,
+    /// The version that runs.
+    pub version: u32,
+    pre: AgentPre<CallState>,
+    /// Where its guests may send HTTP requests.
+    outbound: OutboundPolicy,
+    /// Largest linear memory of an instance.
+    memory_bytes: usize,
+    /// Largest output of a call.
+    output_bytes: usize,
+    /// Values the guest reads through `config`; shared by every call.
+    config: Arc<BTreeMap<String, String>>,
+}
+
+impl PreparedAgent {
+    /// `linked` as `version` of `agent`, with the limits and values of `config` and the
+    /// outbound `policy` made from it.
+    pub fn new(
+        agent: &str,
+        version: u32,
+        linked: Linked,
+        config: &AgentConfig,
+        outbound: OutboundPolicy,
+    ) -> Self {
+        Self {
+            agent: Arc::from(agent),
+            version,
+            pre: linked.0,
+            outbound,
+            memory_bytes: (config.memory_mib as usize) << 20,
+            output_bytes: (config.output_mib as usize) << 20,
+            config: Arc::new(config.config.clone()),
+        }
+    }
+}
+
+/// What the caller sent, and how to run it.
+pub struct Call {
+    /// The run id the guest sees.
+    pub run_id: Arc<str>,
+    /// The input, as sent.
+    pub input: Vec<u8>,
+    /// Its content type.
+    pub content_type: String,
+    /// A sync call or a queued run.
+    pub kind: CallKind,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// Wall-time limit; `None` for none.
+    pub timeout: Option<Duration>,
+    /// Where the guest's logs, output, progress and outgoing requests go.
+    pub sink: Arc<dyn CallSink>,
+}
+
+/// What the guest answered.
+#[derive(Debug)]
+pub struct Output {
+    /// The answer.
+    pub bytes: Vec<u8>,
+    /// Its content type (bounded; opaque bytes when the guest's was too long).
+    pub content_type: String,
+}
+
+/// How a call can end other than with an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The guest refused its input (`invalid-input`); its message, bounded.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The guest returned `failed`; its message, bounded.
+    #[error("{0}")]
+    Failed(String),
+    /// The guest tried to grow its memory past the deployment's limit.
+    #[error("the agent ran out of memory: {0}")]
+    MemoryLimit(String),
+    /// The guest answered more bytes than the deployment allows.
+    #[error("{0}")]
+    OutputTooLarge(String),
+    /// The guest trapped (the detail is in the host log).
+    #[error("the agent trapped")]
+    Trap,
+    /// The call ran past its deadline.
+    #[error("{0}")]
+    Timeout(String),
+    /// Every pooled instance slot is taken.
+    #[error("the host has no free instance slot; retry shortly")]
+    PoolExhausted,
+}
+
+/// Runs `call` on `agent`, within `call.timeout`.
+///
+/// # Errors
+/// `InvalidInput` and `Failed` carry the guest's message; the others say what the host did.
+pub async fn invoke(
+    engine: &WasmEngine,
+    agent: &PreparedAgent,
+    call: Call,
+) -> Result<Output, CallError> {
+    let timeout = call.timeout;
+    let deadline_ms = timeout
+        .map(|t| clock::now_ms().saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX)));
+    let state = CallState::new(
+        Arc::clone(&agent.config),
+        CallLimits {
+            memory_bytes: agent.memory_bytes,
+        },
+        engine.stats().live_instance(),
+        call.sink,
+        agent.outbound.clone(),
+    );
+    let mut store = new_store(engine.engine(), state);
+    let request = Request {
+        input: call.input,
+        content_type: call.content_type,
+        // `String::from(&str)` copies; `Arc<str>::to_string` would go through `Display`.
+        agent: String::from(&*agent.agent),
+        version: agent.version,
+        run_id: String::from(&*call.run_id),
+        mode: call.kind,
+        attempt: call.attempt,
+        deadline_ms: deadline_ms.and_then(|ms| u64::try_from(ms).ok()),
+    };
+
+    let run = async {
+        let instance = agent.pre.instantiate_async(&mut store).await?;
+        instance.call_run(&mut store, &request).await
+    };
+    let outcome = match timeout {
+        Some(timeout) => tokio::time::timeout(timeout, run).await,
+        None => Ok(run.await),
+    };
+    store.data_mut().flush_output();
+
+    let log_trap = |e: &wasmtime::Error| {
+        tracing::warn!(agent = %agent.agent, version = agent.version, run_id = %call.run_id, "the agent trapped: {e:#}");
+    };
+    match outcome {
+        Ok(Ok(Ok(response))) if response.output.len() > agent.output_bytes => {
+            Err(CallError::OutputTooLarge(format!(
+                "the agent answered {} bytes; this deployment allows at most {} MiB",
+                response.output.len(),
+                agent.output_bytes >> 20
+            )))
+        }
+        Ok(Ok(Ok(response))) => Ok(Output {
+            bytes: response.output,
+            content_type: bounded_content_type(response.content_type),
+        }),
+        Ok(Ok(Err(RunError::InvalidInput(message)))) => {
+            Err(CallError::InvalidInput(bounded_message(message)))
+        }
+        Ok(Ok(Err(RunError::Failed(message)))) => Err(CallError::Failed(bounded_message(message))),
+        // A guest that cannot grow its memory usually aborts: name the limit, not the trap.
+        Ok(Err(_)) if store.data().limiter.refused().is_some() => Err(CallError::MemoryLimit(
+            store
+                .data()
+                .limiter
+                .refused()
+                .unwrap_or_default()
+                .to_owned(),
+        )),
+        Ok(Err(trap)) if is_pool_exhausted(&trap) => Err(CallError::PoolExhausted),
+        Ok(Err(trap)) => {
+            log_trap(&trap);
+            Err(CallError::Trap)
+        }
+        Err(_elapsed) => Err(CallError::Timeout(format!(
+            "the agent did not answer within {}",
+            human(timeout.unwrap_or_default())
+        ))),
+    }
+}
+
+/// Longest guest error message passed on (to the caller, and into the store for runs).
+const MAX_MESSAGE_BYTES: usize = 4096;
+/// Longest content type a guest may answer with.
+const MAX_CONTENT_TYPE_BYTES: usize = 256;
+
+fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let cut = crate::host::truncate(&message, MAX_MESSAGE_BYTES).len();
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
+
+fn bounded_content_type(content_type: String) -> String {
+    if content_type.len() > MAX_CONTENT_TYPE_BYTES {
+        "application/octet-stream".to_owned()
+    } else {
+        content_type
+    }
+}
+
+/// Whether instantiation failed because every pooled slot of some kind (instances,
+/// memories, tables, stacks) is taken: wasmtime says so with a typed error somewhere in the
+/// chain.
+fn is_pool_exhausted(error: &wasmtime::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<PoolConcurrencyLimitError>().is_some())
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 1.0 && d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

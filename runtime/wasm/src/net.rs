@@ -1,0 +1,272 @@
+//! SSRF-safe outbound connections — guests' HTTP requests and push deliveries: which
+//! addresses the host may connect to on a user's behalf.
+//!
+//! By default only public unicast addresses: loopback, private (RFC 1918), shared (RFC 6598),
+//! link-local, unique-local, IPv4-mapped and -compatible IPv6, NAT64, unspecified, multicast,
+//! broadcast and reserved addresses are refused, and so are host names that resolve to any
+//! of them. Names are resolved once, by [`SafeResolver`], and the connection goes to the
+//! addresses that were checked, so a second lookup cannot swap in another address (DNS
+//! rebinding). `--allow-private-network` lifts all of this for development and tests.
+
+use std::error::Error as _;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+/// Why an address is refused, or `None` when it is a public unicast address.
+pub(crate) fn refused(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => refused_v4(v4),
+        IpAddr::V6(v6) => refused_v6(v6),
+    }
+}
+
+fn refused_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, _, _] = ip.octets();
+    Some(match (a, b) {
+        _ if ip.is_unspecified() || a == 0 => "unspecified",
+        _ if ip.is_loopback() => "loopback",
+        (10, _) | (172, 16..=31) | (192, 168) => "private",
+        (100, 64..=127) => "shared address space",
+        (169, 254) => "link-local",
+        (192, 0) if ip.octets()[2] == 0 => "IETF protocol assignment",
+        (192, 0) if ip.octets()[2] == 2 => "documentation",
+        (198, 51) if ip.octets()[2] == 100 => "documentation",
+        (203, 0) if ip.octets()[2] == 113 => "documentation",
+        (198, 18..=19) => "benchmarking",
+        _ if ip.is_multicast() => "multicast",
+        _ if ip.is_broadcast() => "broadcast",
+        (240..=255, _) => "reserved",
+        _ => return None,
+    })
+}
+
+fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    let segments = ip.segments();
+    Some(match segments {
+        _ if ip.is_unspecified() => "unspecified",
+        _ if ip.is_loopback() => "loopback",
+        [0, 0, 0, 0, 0, 0xffff, _, _] => "IPv4-mapped",
+        [0, 0, 0, 0, 0xffff, 0, _, _] => "IPv4-translated",
+        [0, 0, 0, 0, 0, 0, _, _] => "IPv4-compatible",
+        [0x64, 0xff9b, ..] => "NAT64",
+        // 6to4 and Teredo carry an IPv4 address, which may be a private one.
+        [0x2002, ..] => "6to4",
+        [0x2001, 0, ..] => "Teredo",
+        [0x2001, 0xdb8, ..] => "documentation",
+        [s, ..] if s & 0xffc0 == 0xfe80 => "link-local",
+        [s, ..] if s & 0xffc0 == 0xfec0 => "site-local",
+        [s, ..] if s & 0xfe00 == 0xfc00 => "unique-local",
+        [s, ..] if s & 0xff00 == 0xff00 => "multicast",
+        _ => return None,
+    })
+}
+
+/// An outbound request refused by the address policy.
+#[derive(Debug, Clone)]
+pub struct Refused(pub String);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Checks a URL before a request: `http` or `https`, and a host that is not a refused
+/// address literal (host names are checked when they are resolved, by [`SafeResolver`]).
+///
+/// # Errors
+/// [`Refused`] saying why.
+pub fn check_url(url: &reqwest::Url, allow_private: bool) -> Result<(), Refused> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Refused(format!(
+            "`{}` URLs are not allowed; use http or https",
+            url.scheme()
+        )));
+    }
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        Some(url::Host::Domain(_)) => None,
+        None => return Err(Refused("the URL has no host".into())),
+    };
+    if let Some(ip) = literal
+        && !allow_private
+        && let Some(why) = refused(ip)
+    {
+        return Err(Refused(format!(
+            "the destination {ip} is not allowed ({why} address)"
+        )));
+    }
+    Ok(())
+}
+
+/// The resolver outbound clients use: resolves once and refuses a name if any of its
+/// addresses is refused (so a name cannot point partly inside).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SafeResolver {
+    pub(crate) allow_private: bool,
+}
+
+impl Resolve for SafeResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if !allow_private
+                && let Some((ip, why)) = addrs
+                    .iter()
+                    .find_map(|a| refused(a.ip()).map(|w| (a.ip(), w)))
+            {
+                return Err(Box::new(Refused(format!(
+                    "the destination {host} is not allowed: it resolves to {ip} ({why} address)"
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The HTTP client for requests made on a user's behalf: no proxy from the environment (a
+/// proxy would resolve names where this host cannot check them), no redirects, every name
+/// resolved by [`SafeResolver`].
+///
+/// # Errors
+/// When the client cannot be built; there is no fallback to a client without these rules.
+pub fn client(
+    allow_private: bool,
+    timeout: std::time::Duration,
+) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(std::sync::Arc::new(SafeResolver { allow_private }))
+        .timeout(timeout)
+        .user_agent(concat!("gust/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| anyhow::anyhow!("building the outbound HTTP client: {e}"))
+}
+
+/// The policy refusal behind a request error, if that is what it was.
+pub fn refusal(error: &reqwest::Error) -> Option<Refused> {
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(refused) = e.downcast_ref::<Refused>() {
+            return Some(refused.clone());
+        }
+        source = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_non_public_range_is_refused() {
+        let refused_ips = [
+            ("0.0.0.0", "unspecified"),
+            ("0.1.2.3", "unspecified"),
+            ("127.0.0.1", "loopback"),
+            ("127.255.255.254", "loopback"),
+            ("10.0.0.1", "private"),
+            ("172.16.0.1", "private"),
+            ("172.31.255.255", "private"),
+            ("192.168.1.1", "private"),
+            ("100.64.0.1", "shared address space"),
+            ("169.254.169.254", "link-local"),
+            ("224.0.0.1", "multicast"),
+            ("239.255.255.250", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("240.0.0.1", "reserved"),
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "IPv4-mapped"),
+            ("::ffff:8.8.8.8", "IPv4-mapped"),
+            ("::127.0.0.1", "IPv4-compatible"),
+            ("64:ff9b::7f00:1", "NAT64"),
+            ("64:ff9b:1::a00:1", "NAT64"),
+            ("::ffff:0:a00:1", "IPv4-translated"),
+            ("2002:a00:1::1", "6to4"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+            ("2001:db8::1", "documentation"),
+            ("fec0::1", "site-local"),
+            ("192.0.0.8", "IETF protocol assignment"),
+            ("192.0.2.1", "documentation"),
+            ("198.51.100.1", "documentation"),
+            ("203.0.113.9", "documentation"),
+            ("198.18.0.1", "benchmarking"),
+            ("fe80::1", "link-local"),
+            ("febf::1", "link-local"),
+            ("fc00::1", "unique-local"),
+            ("fdff::1", "unique-local"),
+            ("ff02::1", "multicast"),
+        ];
+        for (ip, why) in refused_ips {
+            assert_eq!(refused(ip.parse().unwrap()), Some(why), "{ip}");
+        }
+        for public in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2001:4860:4860::8888",
+            "2606:4700::1111",
+        ] {
+            assert_eq!(refused(public.parse().unwrap()), None, "{public}");
+        }
+    }
+
+    #[test]
+    fn url_literals_in_every_spelling_are_checked() {
+        for url in [
+            "http://127.0.0.1:9/x",
+            "http://[::1]:9/x",
+            "http://[::ffff:127.0.0.1]:9/x",
+            "http://2130706433:9/x",
+            "http://0x7f000001/x",
+            "http://017700000001/x",
+            "https://10.1.2.3/",
+        ] {
+            let parsed = reqwest::Url::parse(url).unwrap();
+            let refusal = check_url(&parsed, false).unwrap_err();
+            assert!(refusal.0.contains("not allowed"), "{url}: {refusal}");
+            assert!(
+                check_url(&parsed, true).is_ok(),
+                "{url} with private networks allowed"
+            );
+        }
+        assert!(
+            check_url(
+                &reqwest::Url::parse("https://example.com/hook").unwrap(),
+                false
+            )
+            .is_ok()
+        );
+        assert!(check_url(&reqwest::Url::parse("ftp://example.com/").unwrap(), true).is_err());
+    }
+
+    #[tokio::test]
+    async fn names_that_resolve_inside_are_refused() {
+        let resolver = SafeResolver {
+            allow_private: false,
+        };
+        let name: Name = "localhost".parse().unwrap();
+        let err = match resolver.resolve(name).await {
+            Ok(_) => panic!("localhost must be refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("loopback"), "{err}");
+        let allowed = SafeResolver {
+            allow_private: true,
+        };
+        assert!(allowed.resolve("localhost".parse().unwrap()).await.is_ok());
+    }
+}
