@@ -248,3 +248,90 @@ async fn bad_requests_get_clear_errors() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
+
+/// The write-only push token follows its URL: `"***"` keeps the stored token only while the
+/// URL stays; a new URL needs the token again, so a stored token is never sent elsewhere.
+#[tokio::test]
+async fn a_kept_push_token_is_never_sent_to_a_new_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let push = |url: &str, token: &str| json!({"push": {"url": url, "access_token": token}});
+    host.set_config("app", push("https://app.example/hook", "secret-token"))
+        .await;
+    // Same URL, token withheld: kept.
+    host.set_config("app", push("https://app.example/hook", "***"))
+        .await;
+    // Another URL with the withheld token: refused, and the draft is unchanged.
+    let (status, body) = host
+        .send(
+            host.request(Method::PUT, "/v1/agents/app/config")
+                .json(&push("https://elsewhere.example/steal", "***")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        error_kind(&body, "bad_request").contains("send `push.access_token` again"),
+        "{body}"
+    );
+    let (_, draft) = host
+        .send(host.request(Method::GET, "/v1/agents/app/config"))
+        .await;
+    assert_eq!(draft["push"]["url"], "https://app.example/hook", "{draft}");
+    // With the token sent again, the new URL is taken.
+    host.set_config("app", push("https://elsewhere.example/hook", "new-token"))
+        .await;
+}
+
+/// Control-plane calls a client can retry: a deploy with an `Idempotency-Key` answers the
+/// first deploy again (no second deployment), and a rollback that names its target is a
+/// no-op the second time, not a second step back.
+#[tokio::test]
+async fn deploys_and_rollbacks_are_safe_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    host.upload_file("echo", gust_test_guests::ECHO).await;
+    host.deploy("echo", None).await;
+    host.upload_file("echo", gust_test_guests::PROBE_A).await;
+    let deploy = |key: &str, version: u32| {
+        host.request(Method::POST, "/v1/agents/echo/deploy")
+            .header("idempotency-key", key)
+            .json(&json!({ "version": version }))
+    };
+    let first = deploy("release-2", 2).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(!first.headers().contains_key("idempotent-replayed"));
+    let first: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(first["deployment"], 2, "{first}");
+    let again = deploy("release-2", 2).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(
+        again["deployment"], 2,
+        "the same deployment, not a third: {again}"
+    );
+    let (status, body) = host.send(deploy("release-2", 1)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    error_kind(&body, "conflict");
+    let (_, agent) = host
+        .send(host.request(Method::GET, "/v1/agents/echo"))
+        .await;
+    assert_eq!(agent["deployments"].as_array().unwrap().len(), 2, "{agent}");
+
+    let rollback_to = |to: u32| {
+        host.request(Method::POST, "/v1/agents/echo/rollback")
+            .json(&json!({ "to": to }))
+    };
+    for _ in 0..2 {
+        let (status, body) = host.send(rollback_to(1)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["deployment"], 1, "{body}");
+    }
+    let (_, agent) = host
+        .send(host.request(Method::GET, "/v1/agents/echo"))
+        .await;
+    assert_eq!(agent["live"]["deployment"], 1, "{agent}");
+    let (status, body) = host.send(rollback_to(7)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    error_kind(&body, "not_found");
+}

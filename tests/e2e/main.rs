@@ -12,6 +12,7 @@ mod isolation;
 mod languages;
 mod limits;
 mod mutants;
+mod once;
 mod outbound;
 mod push;
 mod redeploy;

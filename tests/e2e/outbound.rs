@@ -122,3 +122,132 @@ async fn private_destinations_stay_refused_without_the_flag() {
         "allowed by the list, refused by the address policy"
     );
 }
+
+/// A sync call's outgoing requests go to the host log, bounded like its own log lines: a
+/// guest cannot flood the log by sending requests, denied ones included.
+#[tokio::test]
+async fn outbound_log_lines_of_a_sync_call_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.deploy("probe", None).await;
+    // Nothing is allowed, so each request is denied at once, and logged.
+    let (status, _, body) = host
+        .call(
+            "probe",
+            json!({"op": "fetch-many", "key": "http://denied.example/x", "n": 1500}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(body["failed"], 1500, "{body}");
+    let log = host.log();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("outgoing request"))
+        .count();
+    assert_eq!(logged, 1000, "one call logs at most 1000 lines");
+    assert!(
+        log.contains("more log lines of this call are dropped"),
+        "the cut is said once"
+    );
+}
+
+/// Credentials a guest puts in a URL's userinfo are never recorded: not on the run, not in
+/// the host log.
+#[tokio::test]
+async fn userinfo_in_an_outbound_url_is_never_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.deploy("probe", None).await;
+    let url = "http://alice:hunter2-secret@denied.example:8080/x";
+    let (status, _, body) = host.call("probe", json!({"op": "fetch", "key": url})).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let id = submit(&host, "probe", json!({"op": "fetch", "key": url})).await;
+    let run = finished(&host, "probe", &id).await;
+    assert_eq!(
+        run["outbound"][0]["host"], "http://denied.example:8080",
+        "{run}"
+    );
+    assert!(!run.to_string().contains("hunter2"), "{run}");
+    assert!(
+        host.log().contains("denied.example") && !host.log().contains("hunter2"),
+        "the host log records the request without its credentials"
+    );
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib << 10
+}
+
+/// A guest that opens many requests to a destination it may not reach, writes megabytes
+/// into each body and never finishes them cannot make the host hold those bytes: the
+/// refusal is decided before the body is read, and the body is drained, not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_request_bodies_are_not_kept_in_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.deploy("probe", None).await;
+    let (status, _, _) = host.call("probe", json!({"op": "echo"})).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let before = rss(host.pid());
+
+    // 200 bodies of 5 MiB: 1000 MiB written, all to a host that is not allowed.
+    let input = json!({"op": "hold-bodies", "key": "http://denied.example/x", "n": 200, "mb": 5, "ms": 1500});
+    let call = host.call("probe", input);
+    tokio::pin!(call);
+    let mut peak = before;
+    let (status, _, body) = loop {
+        tokio::select! {
+            done = &mut call => break done,
+            () = tokio::time::sleep(Duration::from_millis(20)) => peak = peak.max(rss(host.pid())),
+        }
+    };
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(body["written_mb"], 1000, "{body}");
+    let grew = peak.saturating_sub(before) >> 20;
+    assert!(
+        grew < 200,
+        "the host grew by {grew} MiB while the guest wrote 1000 MiB"
+    );
+    let stats = host.stats().await;
+    assert_eq!(stats["outbound_buffered_bytes"], 0, "{stats}");
+}
+
+/// A request body to an allowed upstream is streamed to it as the guest writes it, within
+/// the per-request bound.
+#[tokio::test]
+async fn request_bodies_are_streamed_to_allowed_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
+    let upstream = Upstream::start().await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config("probe", json!({"allowed_hosts": [upstream.origin]}))
+        .await;
+    host.deploy("probe", None).await;
+    let sink = format!("{}/sink", upstream.origin);
+    let (status, _, body) = host
+        .call("probe", json!({"op": "post-big", "key": sink, "mb": 8}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(
+        body["body"],
+        format!("received {} bytes", 8 << 20),
+        "{body}"
+    );
+    // Past 10 MiB the request fails, and the guest is told.
+    let (status, _, body) = host
+        .call("probe", json!({"op": "post-big", "key": sink, "mb": 11}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(host.stats().await["outbound_buffered_bytes"], 0);
+}

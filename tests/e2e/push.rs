@@ -1,5 +1,7 @@
 //! Push delivery: signed with Standard Webhooks (checked by an independent verifier),
-//! retried, never redirected, staged until deploy, restored by rollback, rotated secrets.
+//! retried by the Standard Webhooks rules (every non-2xx but 410, never redirected), the
+//! spec's envelope with thin bodies for large runs, staged until deploy, restored by
+//! rollback, rotated secrets.
 
 use std::time::Duration;
 
@@ -121,8 +123,19 @@ async fn pushes_are_signed_retried_and_verified_independently() {
         );
         let event = push.json();
         assert_eq!(event["type"], "run.succeeded");
-        assert_eq!(event["run"]["run_id"], id.as_str());
-        assert_eq!(event["run"]["output"]["json"]["marker"], "a");
+        assert_eq!(event["data"]["run_id"], id.as_str());
+        assert_eq!(event["data"]["output"]["json"]["marker"], "a");
+        assert!(
+            event["timestamp"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{event}"
+        );
+        assert_eq!(
+            event.as_object().unwrap().len(),
+            3,
+            "the envelope is {{type, timestamp, data}}: {event}"
+        );
     }
     // A tampered body, or another secret, does not verify.
     let mut tampered = pushes[2].clone();
@@ -145,7 +158,7 @@ async fn pushes_are_signed_retried_and_verified_independently() {
     wait_for_pushes(&receiver, 4).await;
     let event = receiver.received()[3].json();
     assert_eq!(event["type"], "run.failed");
-    assert_eq!(event["run"]["error"]["kind"], "failed");
+    assert_eq!(event["data"]["error"]["kind"], "failed");
 
     // Redelivery repeats the event with the same id.
     let first_id = pushes[0].header("webhook-id");
@@ -154,7 +167,7 @@ async fn pushes_are_signed_retried_and_verified_independently() {
             Method::POST,
             &format!(
                 "/v1/agents/probe/runs/{}/redeliver",
-                pushes[0].json()["run"]["run_id"].as_str().unwrap()
+                pushes[0].json()["data"]["run_id"].as_str().unwrap()
             ),
         ))
         .await;
@@ -170,6 +183,7 @@ async fn pushes_are_signed_retried_and_verified_independently() {
     assert_eq!(answer["status"], 200);
     let test = receiver.received().last().unwrap().clone();
     assert_eq!(test.json()["type"], "push.test");
+    assert_eq!(test.json()["data"]["agent"], "probe");
     assert!(verify(&secret, &test));
 }
 
@@ -193,12 +207,33 @@ async fn too_many_requests_is_retried_after_retry_after() {
     );
 }
 
+/// Every answer but a 2xx and 410 is retried, redirects included (never followed); 410
+/// Gone stops the retries and the delivery says why.
 #[tokio::test]
-async fn redirects_are_not_followed_and_permanent_refusals_stop_retries() {
+async fn every_failure_but_gone_is_retried_and_redirects_are_not_followed() {
     let dir = tempfile::tempdir().unwrap();
     let elsewhere = Receiver::start(vec![]).await;
-    let receiver = Receiver::start(vec![Answer::Redirect(elsewhere.url.clone())]).await;
+    let receiver = Receiver::start(vec![
+        Answer::Redirect(elsewhere.url.clone()),
+        Answer::Status(404),
+        Answer::Status(400),
+    ])
+    .await;
     let (host, _) = async_host(dir.path(), &receiver).await;
+    let id = submit(&host, "probe", json!({"op": "echo"})).await;
+    finished(&host, "probe", &id).await;
+    delivery_becomes(&host, &id, "delivered").await;
+    let run = crate::runs::poll(&host, "probe", &id, 0).await;
+    assert_eq!(
+        run["delivery"]["attempts"], 4,
+        "redirect, 404, 400, then 200: {run}"
+    );
+    assert!(
+        elsewhere.received().is_empty(),
+        "the redirect target got nothing"
+    );
+
+    receiver.answer_next(vec![Answer::Status(410)]);
     let id = submit(&host, "probe", json!({"op": "echo"})).await;
     finished(&host, "probe", &id).await;
     delivery_becomes(&host, &id, "failed").await;
@@ -207,21 +242,47 @@ async fn redirects_are_not_followed_and_permanent_refusals_stop_retries() {
         run["delivery"]["last_error"]
             .as_str()
             .unwrap()
-            .contains("redirect"),
+            .contains("410 Gone"),
         "{run}"
     );
-    assert_eq!(run["delivery"]["attempts"], 1);
-    assert!(
-        elsewhere.received().is_empty(),
-        "the redirect target got nothing"
-    );
-
-    receiver.answer_next(vec![Answer::Status(404)]);
-    let id = submit(&host, "probe", json!({"op": "echo"})).await;
-    finished(&host, "probe", &id).await;
-    delivery_becomes(&host, &id, "failed").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(receiver.received().len(), 2, "a 404 is not retried");
+    assert_eq!(receiver.received().len(), 5, "a 410 is not retried");
+}
+
+/// A run whose event is larger than the bound is pushed thin: its id, status and a poll URL
+/// that answers the whole run.
+#[tokio::test]
+async fn large_runs_are_pushed_thin_with_a_poll_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(vec![]).await;
+    let (host, secret) = async_host(dir.path(), &receiver).await;
+    // 1 MiB of output, over the default bound of 256 KiB.
+    let id = submit(&host, "probe", json!({"op": "big", "mb": 1})).await;
+    finished(&host, "probe", &id).await;
+    wait_for_pushes(&receiver, 1).await;
+    let push = receiver.received()[0].clone();
+    assert!(push.body.len() < 4096, "{} bytes", push.body.len());
+    assert!(verify(&secret, &push));
+    let event = push.json();
+    assert_eq!(event["type"], "run.succeeded");
+    assert_eq!(event["data"]["thin"], true, "{event}");
+    assert_eq!(event["data"]["status"], "succeeded");
+    let poll_url = event["data"]["poll_url"].as_str().unwrap();
+    assert_eq!(poll_url, format!("{}/v1/agents/probe/runs/{id}", host.url));
+    let full: Value = host
+        .http
+        .get(poll_url)
+        .bearer_auth(crate::support::TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        full["output"]["json"]["blob"].as_str().map(str::len),
+        Some(1 << 20)
+    );
 }
 
 #[tokio::test]
@@ -264,7 +325,7 @@ async fn mode_changes_wait_for_deploy_and_rollback_restores_push() {
     finished(&host, "probe", &after).await;
     wait_for_pushes(&receiver, 1).await;
     assert_eq!(
-        receiver.received()[0].json()["run"]["run_id"],
+        receiver.received()[0].json()["data"]["run_id"],
         after.as_str()
     );
 
@@ -283,7 +344,7 @@ async fn mode_changes_wait_for_deploy_and_rollback_restores_push() {
         receiver
             .received()
             .iter()
-            .all(|r| r.json()["run"]["run_id"] != before.as_str()),
+            .all(|r| r.json()["data"]["run_id"] != before.as_str()),
         "the run accepted before the deploy was never pushed"
     );
 }
@@ -314,4 +375,127 @@ async fn rotated_secrets_sign_side_by_side() {
         "receivers still on the old secret verify"
     );
     assert!(verify(&new, push), "receivers on the new secret verify");
+}
+
+/// A push receiver a user wrote with a Standard Webhooks library; killed when dropped.
+struct LibraryReceiver {
+    child: std::process::Child,
+    url: String,
+    lines: std::sync::mpsc::Receiver<Value>,
+}
+
+impl LibraryReceiver {
+    /// Starts `program receiver-file` from `tests/receivers`, with the secret and token.
+    fn start(program: &std::path::Path, script: &str, secret: &str) -> Self {
+        use std::io::BufRead as _;
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/receivers");
+        assert!(
+            program.exists() || program.components().count() == 1,
+            "{} is missing: run scripts/setup, which installs the receivers' libraries",
+            program.display()
+        );
+        let mut child = std::process::Command::new(program)
+            .arg(script)
+            .current_dir(&folder)
+            .env("WEBHOOK_SECRET", secret)
+            .env("ACCESS_TOKEN", PUSH_TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {} {script}: {e}", program.display()));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value = if let Some(url) = line.strip_prefix("listening on ") {
+                    json!({ "listening": url })
+                } else {
+                    serde_json::from_str(&line).unwrap_or(json!({ "unparsed": line }))
+                };
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{script} did not start"));
+        let url = first["listening"].as_str().expect("the address").to_owned();
+        Self { child, url, lines }
+    }
+
+    fn next(&self) -> Value {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a push reached the receiver")
+    }
+}
+
+impl Drop for LibraryReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The receivers users write: one in Python and one in Node.js, each verifying pushes with
+/// its language's `standardwebhooks` package (pinned in tests/receivers) and checking the
+/// access token. Both accept gust's runs and its test event.
+#[tokio::test]
+async fn receivers_verify_pushes_with_the_standardwebhooks_libraries() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = repo.join(".tools/receivers/bin/python");
+    assert!(
+        repo.join("tests/receivers/node_modules/standardwebhooks")
+            .exists(),
+        "tests/receivers/node_modules is missing: run scripts/setup"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(
+        dir.path().join("data"),
+        &["--allow-private-network", "--push-retry-schedule", "0.2"],
+    )
+    .await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    let push =
+        |url: &str| json!({"mode": "async", "push": {"url": url, "access_token": PUSH_TOKEN}});
+    let (status, answer) = host
+        .send(
+            host.request(Method::PUT, "/v1/agents/probe/config")
+                .json(&push("http://127.0.0.1:9/unused")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let secret = answer["push"]["secret"].as_str().unwrap().to_owned();
+
+    for (program, script) in [
+        (python.as_path(), "receiver.py"),
+        (std::path::Path::new("node"), "receiver.mjs"),
+    ] {
+        let receiver = LibraryReceiver::start(program, script, &secret);
+        host.set_config("probe", push(&receiver.url)).await;
+        host.deploy("probe", None).await;
+        let id = submit(&host, "probe", json!({"op": "echo"})).await;
+        finished(&host, "probe", &id).await;
+        let got = receiver.next();
+        assert_eq!(got["verified"], true, "{script}: {got}");
+        assert_eq!(got["event"]["type"], "run.succeeded", "{script}: {got}");
+        assert_eq!(
+            got["event"]["data"]["run_id"],
+            id.as_str(),
+            "{script}: {got}"
+        );
+        delivery_becomes(&host, &id, "delivered").await;
+
+        let (status, answer) = host
+            .send(host.request(Method::POST, "/v1/agents/probe/push/test"))
+            .await;
+        assert_eq!(
+            (status, answer["status"].as_u64()),
+            (StatusCode::OK, Some(204))
+        );
+        let got = receiver.next();
+        assert_eq!(got["verified"], true, "{script}: {got}");
+        assert_eq!(got["event"]["type"], "push.test", "{script}: {got}");
+    }
 }

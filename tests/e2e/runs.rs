@@ -308,11 +308,19 @@ async fn idempotency_keys_and_reruns() {
             .header("idempotency-key", key)
             .json(&body)
     };
-    let (status, first) = host.send(with_key("order-17", json!({"n": 1}))).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let response = with_key("order-17", json!({"n": 1})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert!(
+        !response.headers().contains_key("idempotent-replayed"),
+        "the first answer is not a replay"
+    );
+    let first: Value = response.json().await.unwrap();
     let id = first["run_id"].as_str().unwrap().to_owned();
-    let (status, again) = host.send(with_key("order-17", json!({"n": 1}))).await;
-    assert_eq!(status, StatusCode::OK, "{again}");
+    // A replay answers as the original did (202), marked as a replay.
+    let replay = with_key("order-17", json!({"n": 1})).send().await.unwrap();
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let again: Value = replay.json().await.unwrap();
     assert_eq!(again["run_id"], id.as_str());
     let (status, body) = host.send(with_key("order-17", json!({"n": 2}))).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
@@ -321,13 +329,14 @@ async fn idempotency_keys_and_reruns() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // Concurrent submissions with one key: one run, the others answered with it.
-    let answers =
-        futures::future::join_all((0..8).map(|_| host.send(with_key("burst", json!({"b": 1})))))
-            .await;
-    let created = answers
-        .iter()
-        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
-        .count();
+    let answers = futures::future::join_all((0..8).map(|_| async {
+        let response = with_key("burst", json!({"b": 1})).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        (replayed, response.json::<Value>().await.unwrap())
+    }))
+    .await;
+    let created = answers.iter().filter(|(replayed, _)| !replayed).count();
     assert_eq!(created, 1, "{answers:?}");
     let ids: std::collections::HashSet<&str> = answers
         .iter()

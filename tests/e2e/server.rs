@@ -144,3 +144,99 @@ async fn endpoint_urls_use_the_public_url_never_the_host_header() {
         "https://agents.example.com/v1/agents/echo/run"
     );
 }
+
+/// Settings that contradict each other stop the host before it listens, with a message: a
+/// retention shorter than the idempotency window would let a retried submission run twice.
+#[test]
+fn a_retention_shorter_than_the_idempotency_window_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gust"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--retention-hours", "1"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("GUST_ADMIN_TOKEN", crate::support::TOKEN)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("must be at least the idempotency window (24 h)"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("listening"),
+        "it never listened"
+    );
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The data folder holds push tokens, signing secrets and configuration values: it is made
+/// private (0700, the database and its WAL 0600), a readable one is tightened with a log
+/// line, and one others may write is refused before the host listens.
+#[tokio::test]
+async fn the_data_folder_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let host = Host::start_on(data.clone(), &[]).await;
+    host.upload_file("echo", gust_test_guests::ECHO).await;
+    host.deploy("echo", None).await;
+    assert_eq!(mode(&data), 0o700);
+    for file in ["gust.db", "gust.db-wal"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    drop(host);
+
+    // A folder (and a database) an earlier gust or a user made readable: tightened.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(data.join("gust.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let host = Host::start_on(data.clone(), &[]).await;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("gust.db")), 0o600);
+    assert!(host.log().contains("tightened to 700"), "{}", host.log());
+    drop(host);
+
+    // Writable by others: refused, with the reason.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gust"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("GUST_ADMIN_TOKEN", crate::support::TOKEN)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to use the data folder") && stderr.contains("777"),
+        "{stderr}"
+    );
+}
+
+/// `--admin-token-file` keeps the token off the command line (where `ps` shows it).
+#[tokio::test]
+async fn the_admin_token_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{}\n", crate::support::TOKEN)).unwrap();
+    let host = Host::spawn(
+        dir.path().join("data"),
+        &["--admin-token-file", file.to_str().unwrap()],
+        None,
+    )
+    .await;
+    let (status, _) = host.send(host.request(Method::GET, "/v1/agents")).await;
+    assert_eq!(status, StatusCode::OK);
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", host.pid())).unwrap();
+    assert!(!cmdline.contains(crate::support::TOKEN), "{cmdline}");
+    assert!(
+        !host
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("Generated")),
+        "no token was generated"
+    );
+}

@@ -203,3 +203,56 @@ async fn oversized_bodies_are_refused_before_they_are_read() {
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
 }
+
+/// The upload check instantiates under the agent's own memory limit: a component whose
+/// initial memory is over the default is refused for an agent with the default, and
+/// accepted for one configured for more.
+#[tokio::test]
+async fn the_upload_check_uses_the_agents_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    // 5000 pages of 64 KiB: 312 MiB of initial memory.
+    let (status, body) = host.upload("small", run_component(5000, "")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        codes(&body).iter().any(|(c, _)| c == "limit_exceeded"),
+        "{body}"
+    );
+    host.set_config("roomy", serde_json::json!({"memory_mib": 512}))
+        .await;
+    let (status, body) = host.upload("roomy", run_component(5000, "")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// `memory_mib` bounds what all of a call's instances hold together: a component of several
+/// core instances, each owning a memory within the limit, is refused when together they are
+/// over it.
+#[tokio::test]
+async fn the_memory_limit_counts_every_instance_of_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    // Three more core instances of 100 MiB each (1600 pages): 300 MiB with the default
+    // limit of 256 MiB; each alone fits.
+    let big = (0..3)
+        .map(|i| {
+            format!("(core module $big{i} (memory 1600)) (core instance (instantiate $big{i}))")
+        })
+        .collect::<String>();
+    let component = crate::support::agent_component(1, "", &big);
+    let (status, body) = host.upload("many-memories", component.clone()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let found = codes(&body);
+    assert!(found.iter().any(|(c, _)| c == "limit_exceeded"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("300 MiB"),
+        "{body}"
+    );
+    // With room for all three, it is accepted.
+    host.set_config("roomy", serde_json::json!({"memory_mib": 512}))
+        .await;
+    let (status, body) = host.upload("roomy", component).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}

@@ -159,10 +159,12 @@ impl Progress {
     }
 }
 
-pub(crate) async fn rollback(client: &Client, agent: &str) -> anyhow::Result<()> {
-    let answer = client
-        .json(client.request(Method::POST, &format!("/v1/agents/{agent}/rollback")))
-        .await?;
+pub(crate) async fn rollback(client: &Client, agent: &str, to: Option<u32>) -> anyhow::Result<()> {
+    let mut request = client.request(Method::POST, &format!("/v1/agents/{agent}/rollback"));
+    if let Some(to) = to {
+        request = request.json(&json!({ "to": to }));
+    }
+    let answer = client.json(request).await?;
     println!(
         "rolled back {agent} to deployment {} (version {})\nendpoint: {}",
         answer["deployment"],

@@ -73,12 +73,16 @@ enum Command {
         /// The component file (`.wasm`).
         file: PathBuf,
     },
-    /// Make the previous deployment live again (repeat to walk further back).
+    /// Make the previous deployment live again (repeat to walk further back), or the one
+    /// named with `--to` (safe to repeat).
     Rollback {
         #[command(flatten)]
         conn: Connection,
         /// The agent's name.
         agent: String,
+        /// The deployment to return to (see `gust agent`).
+        #[arg(long, value_name = "DEPLOYMENT")]
+        to: Option<u32>,
     },
     /// List agents.
     Agents {
@@ -361,10 +365,14 @@ struct ServeArgs {
     /// `http://<listen address>`.
     #[arg(long)]
     public_url: Option<String>,
-    /// Admin token; when neither this nor `GUST_ADMIN_TOKEN` is set, one is generated on
-    /// first start and stored in the data folder.
+    /// Admin token; when neither this, `--admin-token-file` nor `GUST_ADMIN_TOKEN` is set,
+    /// one is generated on first start and stored in the data folder. Prefer the file or the
+    /// variable: a flag's value is visible to every user in `ps`.
     #[arg(long, env = "GUST_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Read the admin token from this file (for example a mounted secret).
+    #[arg(long, value_name = "FILE", conflicts_with = "admin_token")]
+    admin_token_file: Option<PathBuf>,
     /// Seconds that calls in flight get to finish after SIGINT or SIGTERM.
     #[arg(long, default_value_t = 30, value_name = "S")]
     shutdown_grace: u64,
@@ -393,16 +401,21 @@ struct ServeArgs {
     /// Seconds a push receiver has to answer.
     #[arg(long, default_value_t = 15, value_name = "S")]
     push_timeout: u64,
-    /// Delays before push retries, in seconds, comma-separated; the last one repeats.
+    /// Delays before push retries, in seconds, comma-separated; the last one repeats (the
+    /// Standard Webhooks schedule: 5 s, 5 min, 30 min, 2 h, 5 h, then every 10 h).
     #[arg(
         long,
-        default_value = "5,30,120,600,1800,3600,10800",
+        default_value = "5,300,1800,7200,18000,36000",
         value_name = "S,S,…"
     )]
     push_retry_schedule: String,
-    /// Seconds after an event during which its push is retried.
-    #[arg(long, default_value_t = 86_400, value_name = "S")]
+    /// Seconds after an event during which its push is retried (3 days).
+    #[arg(long, default_value_t = 259_200, value_name = "S")]
     push_retry_window: u64,
+    /// Largest push body sent whole, in KiB; a run whose event is larger is pushed thin
+    /// (run id, status, poll URL), and the receiver polls for the rest.
+    #[arg(long, default_value_t = 256, value_name = "KIB")]
+    push_max_body_kib: usize,
     /// Instances running at once, server-wide; past it, sync calls get 429.
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_instances: usize,
@@ -490,7 +503,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Upload { conn, agent, file } => commands::upload(&conn.client(), &agent, &file)
             .await
             .map(|_| ()),
-        Command::Rollback { conn, agent } => commands::rollback(&conn.client(), &agent).await,
+        Command::Rollback { conn, agent, to } => {
+            commands::rollback(&conn.client(), &agent, to).await
+        }
         Command::Agents { conn } => commands::agents(&conn.client()).await,
         Command::Agent { conn, agent } => commands::agent(&conn.client(), &agent).await,
         Command::Config {
@@ -577,7 +592,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
         public_url: args.public_url,
-        admin_token: args.admin_token,
+        admin_token: match &args.admin_token_file {
+            Some(file) => Some(read_token_file(file)?),
+            None => args.admin_token,
+        },
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         limits: BodyLimits {
             upload: args.max_upload_mib << 20,
@@ -628,11 +646,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 schedule: parse_schedule(&args.push_retry_schedule)?,
                 window: Duration::from_secs(args.push_retry_window),
                 allow_private_network: args.allow_private_network,
+                max_body_bytes: args.push_max_body_kib.max(1) << 10,
                 ..PushSettings::default()
             },
         },
     };
     gust_server::serve(options, shutdown_signal()).await
+}
+
+/// The admin token kept in `file` (surrounding whitespace trimmed).
+fn read_token_file(file: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("--admin-token-file {}: {e}", file.display()))?;
+    let token = token.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "--admin-token-file {} is empty",
+        file.display()
+    );
+    Ok(token.to_owned())
 }
 
 /// `5,30,120` → 5 s, 30 s, 2 min (fractions allowed, so tests can use short delays).

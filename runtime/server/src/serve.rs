@@ -87,13 +87,15 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    options.runs.validate().map_err(anyhow::Error::msg)?;
     let data_dir = &options.data_dir;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+    data_dir::prepare(data_dir)?;
     let _lock = data_dir::lock(data_dir)?;
     let (admin_token, admin_token_file) =
         data_dir::admin_token(options.admin_token.clone(), data_dir)?;
-    let store = Store::open_sqlite(&data_dir.join("gust.db"))?;
+    let database = data_dir.join("gust.db");
+    data_dir::private_file(&database)?;
+    let store = Store::open_sqlite(&database)?;
     let max_memory = (options.host_limits.maxima.memory_mib as usize) << 20;
     let engine = Arc::new(WasmEngine::new(
         &data_dir.join("cache"),
@@ -103,19 +105,9 @@ pub async fn serve(
         &options.tuning,
     )?);
     let files = ComponentFiles::open(data_dir.join("components"))?;
-    let background = Background::default();
-    let settings = HostSettings {
-        limits: options.host_limits.clone(),
-        runs: options.runs.clone(),
-    };
-    let host = match Host::start(store, engine, files, settings, &background).await {
-        Ok(host) => host,
-        Err(e) => {
-            background.cancel_all();
-            return Err(anyhow::Error::new(e).context("starting the host"));
-        }
-    };
 
+    // Bound before the use cases start, so the public URL (which names the port when none is
+    // given) is known to what puts URLs in events: thin push events carry a poll URL.
     let listening = Listening {
         header_timeout: options.http.header_timeout,
         max_headers: options.http.max_headers,
@@ -141,6 +133,21 @@ pub async fn serve(
         .unwrap_or_else(|| format!("{scheme}://{local}"))
         .trim_end_matches('/')
         .to_owned();
+
+    let background = Background::default();
+    let mut runs = options.runs.clone();
+    runs.push.public_url.clone_from(&public_url);
+    let settings = HostSettings {
+        limits: options.host_limits.clone(),
+        runs,
+    };
+    let host = match Host::start(store, engine, files, settings, &background).await {
+        Ok(host) => host,
+        Err(e) => {
+            background.cancel_all();
+            return Err(anyhow::Error::new(e).context("starting the host"));
+        }
+    };
     let state = Arc::new(AppState {
         host,
         admin: AdminToken::new(admin_token, admin_token_file),

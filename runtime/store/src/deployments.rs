@@ -2,13 +2,11 @@
 
 use gust_model::{AgentConfig, DeploymentRecord};
 
-use crate::RollbackPlan;
-
-use crate::{Store, StoreError};
+use crate::{DeployKey, RollbackPlan, Store, StoreError};
 
 impl Store {
     /// Makes a new deployment of `version` with `config` and sets it live, in one
-    /// transaction.
+    /// transaction; `key` is kept with it, for replays (see [`Store::deployment_by_key`]).
     ///
     /// # Errors
     /// [`StoreError::NotFound`] when the version does not exist.
@@ -18,10 +16,27 @@ impl Store {
         version: u32,
         config: &AgentConfig,
         now: i64,
+        key: Option<DeployKey>,
     ) -> Result<DeploymentRecord, StoreError> {
         let agent = agent.to_owned();
         let config = config.clone();
-        self.sqlite(move |db| db.deploy(&agent, version, &config, now))
+        self.sqlite(move |db| db.deploy(&agent, version, &config, now, key.as_ref()))
+            .await
+    }
+
+    /// The newest deployment of `agent` made with the idempotency `key` at or after `since`,
+    /// with the hash of the request that made it.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn deployment_by_key(
+        &self,
+        agent: &str,
+        key: &str,
+        since: i64,
+    ) -> Result<Option<(DeploymentRecord, String)>, StoreError> {
+        let (agent, key) = (agent.to_owned(), key.to_owned());
+        self.sqlite(move |db| db.deployment_by_key(&agent, &key, since))
             .await
     }
 
@@ -38,13 +53,19 @@ impl Store {
         self.sqlite(move |db| db.deployment(&agent, number)).await
     }
 
-    /// Works out what a rollback would do, without changing anything.
+    /// Works out what a rollback would do, without changing anything: to deployment `to`
+    /// when it is named, else to the newest earlier deployment that was not itself rolled
+    /// back (so repeated unnamed rollbacks walk further back).
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn plan_rollback(&self, agent: &str) -> Result<RollbackPlan, StoreError> {
+    pub async fn plan_rollback(
+        &self,
+        agent: &str,
+        to: Option<u32>,
+    ) -> Result<RollbackPlan, StoreError> {
         let agent = agent.to_owned();
-        self.sqlite(move |db| db.plan_rollback(&agent)).await
+        self.sqlite(move |db| db.plan_rollback(&agent, to)).await
     }
 
     /// Carries out a plan: marks `from` rolled back and makes `to` live, provided `from` is

@@ -37,6 +37,12 @@ pub enum RollbackPlan {
     NoAgent,
     /// Nothing is deployed, or no earlier deployment can be returned to.
     NothingToRollBackTo,
+    /// The deployment named as the target does not exist.
+    NoSuchDeployment,
+    /// The deployment named as the target ran a version that has since been deleted.
+    VersionDeleted,
+    /// The deployment named as the target is live already: nothing to do.
+    AlreadyLive(Box<DeploymentRecord>),
     /// Take `from` out of service and make `to` live again.
     To {
         /// The deployment that is live now.
@@ -44,6 +50,15 @@ pub enum RollbackPlan {
         /// The deployment to make live.
         to: Box<DeploymentRecord>,
     },
+}
+
+/// A deploy's `Idempotency-Key` and the hash of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployKey {
+    /// As the client sent it.
+    pub key: String,
+    /// What was asked (the version, or the newest), hashed.
+    pub request_hash: String,
 }
 
 /// The outcome of deleting a version.

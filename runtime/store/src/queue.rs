@@ -3,6 +3,9 @@
 
 use gust_model::{DeliveryStatus, LogLine, OutboundRequest, RunOutcome, RunStatus};
 
+/// How long an `Idempotency-Key` names its run, in milliseconds.
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
 /// A run to accept.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -122,10 +125,16 @@ pub enum RunWrite {
         /// The run.
         id: String,
     },
-    /// Queue again every running run whose lease ended before `now` (its worker is gone).
+    /// Queue again every running run whose lease ended before `now` (its worker is gone),
+    /// except those a worker of this host is running: a wall-clock step can make a lease
+    /// look lapsed while its worker is alive and renewing.
     Reclaim {
         /// Now, ms.
         now: i64,
+        /// Runs executing on this host.
+        running_here: Vec<String>,
+        /// Attempts a run may have: one that used them up fails as `lost` instead.
+        max_attempts: u32,
     },
 }
 
@@ -165,10 +174,14 @@ pub enum WriteOutcome {
     AlreadyFinished(RunStatus),
     /// No such run (of that agent).
     NotFound,
-    /// Runs queued again (by [`RunWrite::Reclaim`]).
+    /// Runs queued again, and runs failed as `lost` (by [`RunWrite::Reclaim`]).
     Reclaimed {
-        /// Their ids and agents.
+        /// The ids and agents of those queued again.
         ids: Vec<(String, String)>,
+        /// The ids and agents of those that used up their attempts.
+        lost: Vec<(String, String)>,
+        /// Whether push deliveries were created for the lost ones.
+        delivery: bool,
     },
     /// Runs that expired, and whether any push delivery was created.
     Expired {

@@ -175,6 +175,13 @@ pub fn load(
     check(engine, &component).map_err(CheckError::Invalid)
 }
 
+/// The component `digest`, linked, if the precompiled cache holds it (no compile).
+/// Blocking; milliseconds.
+pub fn load_cached(engine: &WasmEngine, digest: &str) -> Option<Result<Linked, CheckError>> {
+    let component = engine.cached(digest)?;
+    Some(check(engine, &component).map_err(CheckError::Invalid))
+}
+
 /// `bytes` (whose digest is `digest`), linked: from the precompiled cache when it holds
 /// them, else compiled, checked and cached. Blocking; seconds when it compiles.
 ///
@@ -241,12 +248,16 @@ pub fn check(wasm: &WasmEngine, component: &Component) -> Result<Linked, Vec<Dia
 }
 
 /// Instantiates once, without calling anything, to prove the component fits the host's
-/// limits before it is accepted.
+/// limits — and the agent's memory limit, `memory_bytes` — before it is accepted.
 ///
 /// # Errors
 /// `limit_exceeded` when it does not fit (or takes too long), `instantiation_failed` when
 /// it fails otherwise.
-pub async fn trial_instantiate(engine: &WasmEngine, linked: &Linked) -> Result<(), Diagnostic> {
+pub async fn trial_instantiate(
+    engine: &WasmEngine,
+    linked: &Linked,
+    memory_bytes: usize,
+) -> Result<(), Diagnostic> {
     let outbound = engine
         .outbound_policy(&AgentConfig::default())
         .map_err(|e| Diagnostic::new("instantiation_failed", "", e))?;
@@ -257,7 +268,7 @@ pub async fn trial_instantiate(engine: &WasmEngine, linked: &Linked) -> Result<(
     });
     let state = CallState::new(
         Arc::new(BTreeMap::new()),
-        CallLimits::default(),
+        CallLimits { memory_bytes },
         engine.stats().live_instance(),
         sink,
         outbound,

@@ -304,7 +304,13 @@ fn pool(tuning: &PoolTuning, max_memory_bytes: usize) -> wasmtime::PoolingAlloca
     pool.total_component_instances(POOL_INSTANCES)
         // Guests built by componentize-py use about 14 core instances, componentize-js 4.
         .total_core_instances(POOL_INSTANCES * 16)
+        // Set explicitly, so one component cannot take more than its share of the pool's
+        // slots (componentize-py makes about 14 core instances sharing one or two
+        // memories, each with a table); what its instances hold together is bounded per
+        // call by the store's limiter (`host::limits`).
         .max_core_instances_per_component(64)
+        .max_memories_per_component(16)
+        .max_tables_per_component(64)
         .total_memories(POOL_INSTANCES * 4)
         .total_tables(POOL_INSTANCES * 4)
         .total_stacks(POOL_INSTANCES)

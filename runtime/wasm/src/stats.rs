@@ -6,7 +6,7 @@
 //! cannot drift from the truth.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -17,6 +17,7 @@ pub struct Stats {
     cache_loads: AtomicU64,
     live_instances: AtomicU64,
     calls: AtomicU64,
+    outbound_buffered: AtomicI64,
 }
 
 /// A point-in-time copy of [`Stats`], as served by the API.
@@ -32,6 +33,9 @@ pub struct StatsSnapshot {
     pub deployments: u64,
     /// Sync calls served since start, whatever their outcome.
     pub calls_total: u64,
+    /// Bytes of guests' outgoing request bodies the host holds right now (taken from a
+    /// guest, not yet written to a socket).
+    pub outbound_buffered_bytes: u64,
 }
 
 impl Stats {
@@ -41,6 +45,11 @@ impl Stats {
 
     pub(crate) fn cache_loaded(&self) {
         self.cache_loads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `delta` bytes of outgoing request bodies as held (negative: released).
+    pub(crate) fn outbound_buffered(&self, delta: i64) {
+        self.outbound_buffered.fetch_add(delta, Ordering::Relaxed);
     }
 
     pub fn called(&self) {
@@ -60,6 +69,8 @@ impl Stats {
             live_instances: self.live_instances.load(Ordering::Relaxed),
             deployments,
             calls_total: self.calls.load(Ordering::Relaxed),
+            outbound_buffered_bytes: u64::try_from(self.outbound_buffered.load(Ordering::Relaxed))
+                .unwrap_or(0),
         }
     }
 }
@@ -67,6 +78,13 @@ impl Stats {
 /// Held by a call's store data; its drop is the instance's end.
 #[derive(Debug)]
 pub(crate) struct LiveInstance(Arc<Stats>);
+
+impl LiveInstance {
+    /// The counters this instance counts in.
+    pub(crate) fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.0)
+    }
+}
 
 impl Drop for LiveInstance {
     fn drop(&mut self) {

@@ -1,9 +1,11 @@
 //! A loopback HTTP server standing in for the APIs guests call: it counts the connections
-//! it accepts (so a test can show that a refused request never reached it) and the requests
-//! it serves.
+//! it accepts (so a test can show that a refused request never reached it), the requests it
+//! serves, and how often each path and query was asked for (so a test can count how often
+//! a run really executed).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::serve::ListenerExt as _;
@@ -15,14 +17,17 @@ pub(crate) struct Upstream {
     pub(crate) origin: String,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Upstream {
-    /// Starts one: `/hello` answers JSON, `/echo` answers the JSON it was posted, `/slow`
-    /// takes 5 s.
+    /// Starts one: `/hello` answers JSON, `/echo` answers the JSON it was posted, `/sink`
+    /// says how many bytes it was posted, `/slow` takes 5 s, `/hold?ms=N` takes N ms.
     pub(crate) async fn start() -> Self {
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&requests);
+        let hits = Arc::new(Mutex::new(HashMap::new()));
+        let seen = Arc::clone(&hits);
         let app = axum::Router::new()
             .route(
                 "/hello",
@@ -35,6 +40,24 @@ impl Upstream {
                 }),
             )
             .route(
+                "/sink",
+                axum::routing::post(|body: axum::body::Bytes| async move {
+                    format!("received {} bytes", body.len())
+                })
+                // axum refuses bodies over 2 MiB by default; this one takes any.
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+            )
+            .route(
+                "/hold",
+                axum::routing::get(
+                    |axum::extract::Query(q): axum::extract::Query<HashMap<String, u64>>| async move {
+                        let ms = q.get("ms").copied().unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        "held"
+                    },
+                ),
+            )
+            .route(
                 "/slow",
                 axum::routing::get(|| async {
                     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -44,6 +67,8 @@ impl Upstream {
             .layer(axum::middleware::from_fn(
                 move |request: axum::extract::Request, next: axum::middleware::Next| {
                     let counted = Arc::clone(&counted);
+                    let uri = request.uri().to_string();
+                    *seen.lock().unwrap().entry(uri).or_insert(0) += 1;
                     async move {
                         counted.fetch_add(1, Ordering::SeqCst);
                         next.run(request).await
@@ -62,12 +87,23 @@ impl Upstream {
             origin,
             connections,
             requests,
+            hits,
         }
     }
 
     /// Connections accepted so far.
     pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// How often `path_and_query` (e.g. `/hello?run=3`) was asked for.
+    pub(crate) fn hits(&self, path_and_query: &str) -> usize {
+        self.hits
+            .lock()
+            .unwrap()
+            .get(path_and_query)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests served so far.

@@ -44,7 +44,7 @@ impl AdminToken {
     pub async fn rotate(&self) -> Result<String, Error> {
         let Some(file) = self.file.clone() else {
             return Err(Error::Conflict(
-                "the admin token was given with --admin-token or GUST_ADMIN_TOKEN; change it there"
+                "the admin token was given with --admin-token, --admin-token-file or GUST_ADMIN_TOKEN; change it there"
                     .into(),
             ));
         };

@@ -14,8 +14,10 @@ use gust_model::{
     AgentConfig, AgentRecord, AgentSummary, DeploymentRecord, Maxima, REDACTED, VersionRecord,
 };
 use gust_store::components::digest_of;
-use gust_store::{RollbackPlan, Store, VersionDeletion};
+use gust_store::queue::IDEMPOTENCY_WINDOW_MS;
+use gust_store::{DeployKey, RollbackPlan, Store, VersionDeletion};
 use gust_wasm::{Linked, OutboundPolicy};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::OwnedMutexGuard;
 
 use super::admission::Admission;
@@ -28,6 +30,35 @@ use crate::error::Error;
 use crate::locks::AgentLocks;
 use crate::secrets::PushSecrets;
 use crate::tasks::{blocking, to_completion};
+
+/// The result of a deploy.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    /// The deployment that is live.
+    pub record: DeploymentRecord,
+    /// `true` when an idempotency key named an earlier deploy, which is answered again.
+    pub replayed: bool,
+}
+
+/// The longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// `key` for a deploy of `version`, with the hash of that request.
+fn deploy_key(key: String, version: Option<u32>) -> Result<DeployKey, Error> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(Error::BadRequest(format!(
+            "`Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        )));
+    }
+    let request = match version {
+        Some(n) => format!("deploy version {n}"),
+        None => "deploy the newest version".to_owned(),
+    };
+    Ok(DeployKey {
+        key,
+        request_hash: hex::encode(Sha256::digest(request.as_bytes())),
+    })
+}
 
 /// The result of an upload.
 #[derive(Debug, Clone)]
@@ -155,7 +186,19 @@ impl Lifecycle {
                 created: false,
             });
         }
-        let compiled = self.loader.compile_upload(bytes.clone()).await?;
+        // Checked against the agent's own memory limit (its draft's, which the next deploy
+        // freezes), not the default: an agent configured for more memory can upload a
+        // component that needs it.
+        let memory_mib = self
+            .store
+            .draft(agent)
+            .await?
+            .unwrap_or_default()
+            .memory_mib;
+        let compiled = self
+            .loader
+            .compile_upload(bytes.clone(), (memory_mib as usize) << 20)
+            .await?;
 
         // Bytes first, then the version row (see `Loader::keep`), under the files lock so
         // that a concurrent delete cannot remove these bytes (as another version's orphan)
@@ -193,7 +236,7 @@ impl Lifecycle {
     /// the next deploy.
     ///
     /// The push access token is write-only: a draft that carries [`REDACTED`] in its place
-    /// keeps the token the draft has. Turning push on for the first time creates the agent's
+    /// keeps the token the draft has, as long as the push URL stays the same. Turning push on for the first time creates the agent's
     /// signing secret, returned here (and never again).
     ///
     /// # Errors
@@ -210,7 +253,14 @@ impl Lifecycle {
             && push.access_token == REDACTED
         {
             match current.and_then(|c| c.push) {
-                Some(kept) => push.access_token = kept.access_token,
+                // The stored token goes only where it was stored for: a new URL needs the
+                // token again, or a draft could send it to any destination.
+                Some(kept) if kept.url == push.url => push.access_token = kept.access_token,
+                Some(_) => {
+                    return Err(Error::BadRequest(
+                        "`push.url` changed: send `push.access_token` again (the stored token is only sent to the URL it was given for)".into(),
+                    ));
+                }
                 None => {
                     return Err(Error::BadRequest(
                         "`push.access_token` is write-only: send the token itself".into(),
@@ -263,15 +313,39 @@ impl Lifecycle {
 
     /// Deploys `version` (default: the newest) with the current draft and makes it live.
     ///
+    /// With an idempotency `key`, a deploy repeated within the idempotency window (a client
+    /// retrying after a lost answer) answers the deployment the first one made, changing
+    /// nothing.
+    ///
     /// # Errors
-    /// [`Error::NotFound`] when the agent or version does not exist.
+    /// [`Error::NotFound`] when the agent or version does not exist; [`Error::Conflict`]
+    /// when the key was used for another request; [`Error::BadRequest`] for a bad key.
     pub async fn deploy(
         &self,
         agent: &str,
         version: Option<u32>,
-    ) -> Result<DeploymentRecord, Error> {
+        key: Option<String>,
+    ) -> Result<Deployed, Error> {
+        let key = key.map(|key| deploy_key(key, version)).transpose()?;
         self.registry.wait_ready().await;
         let guard = self.locks.lock(agent).await;
+        if let Some(key) = &key {
+            let since = clock::now_ms().saturating_sub(IDEMPOTENCY_WINDOW_MS);
+            if let Some((record, hash)) =
+                self.store.deployment_by_key(agent, &key.key, since).await?
+            {
+                if hash != key.request_hash {
+                    return Err(Error::Conflict(
+                        "this `Idempotency-Key` was used in the last 24 h with another request"
+                            .into(),
+                    ));
+                }
+                return Ok(Deployed {
+                    record,
+                    replayed: true,
+                });
+            }
+        }
         let target = match version {
             Some(n) => self.store.version(agent, n).await?,
             None => self.store.latest_version(agent).await?,
@@ -292,7 +366,7 @@ impl Lifecycle {
         let (store, a) = (self.store.clone(), agent.to_owned());
         let commit = async move {
             Ok(store
-                .deploy(&a, target.version, &draft, clock::now_ms())
+                .deploy(&a, target.version, &draft, clock::now_ms(), key)
                 .await?)
         };
         let record = self
@@ -304,24 +378,42 @@ impl Lifecycle {
             version = record.version,
             "deployed"
         );
-        Ok(record)
+        Ok(Deployed {
+            record,
+            replayed: false,
+        })
     }
 
-    /// Makes the previous deployment live again, with its version and frozen configuration.
+    /// Makes deployment `to` live again, with its version and frozen configuration; without
+    /// `to`, the previous deployment (repeated calls then walk further back). Naming the
+    /// target makes a repeated call a no-op: the target is live already.
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown agent, [`Error::Conflict`] when there is nothing
-    /// to roll back to.
-    pub async fn rollback(&self, agent: &str) -> Result<DeploymentRecord, Error> {
+    /// [`Error::NotFound`] for an unknown agent or deployment, [`Error::Conflict`] when there
+    /// is nothing to roll back to or the target's version was deleted.
+    pub async fn rollback(&self, agent: &str, to: Option<u32>) -> Result<DeploymentRecord, Error> {
         self.registry.wait_ready().await;
         let guard = self.locks.lock(agent).await;
-        let (from, to) = match self.store.plan_rollback(agent).await? {
+        let (from, to) = match self.store.plan_rollback(agent, to).await? {
             RollbackPlan::NoAgent => return Err(no_agent(agent)),
             RollbackPlan::NothingToRollBackTo => {
                 return Err(Error::Conflict(format!(
                     "agent `{agent}` has no earlier deployment to roll back to"
                 )));
             }
+            RollbackPlan::NoSuchDeployment => {
+                return Err(Error::NotFound(format!(
+                    "agent `{agent}` has no deployment {}",
+                    to.unwrap_or_default()
+                )));
+            }
+            RollbackPlan::VersionDeleted => {
+                return Err(Error::Conflict(format!(
+                    "deployment {} of `{agent}` ran a version that has been deleted",
+                    to.unwrap_or_default()
+                )));
+            }
+            RollbackPlan::AlreadyLive(live) => return Ok(*live),
             RollbackPlan::To { from, to } => (from, *to),
         };
         let linked = self.loader.prepare(&to.digest).await?;

@@ -2,7 +2,8 @@
 //! by compile slots and a time budget), loading from the precompiled cache, and keeping the
 //! component files and cached artifacts in step with the versions that refer to them.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,10 +12,14 @@ use gust_store::Store;
 use gust_store::components::ComponentFiles;
 use gust_wasm::check::{self, CheckError, Compiled};
 use gust_wasm::{Linked, WasmEngine};
-use tokio::sync::{OwnedMutexGuard, Semaphore};
+use tokio::sync::{OnceCell, OwnedMutexGuard, Semaphore};
 
 use crate::error::Error;
 use crate::tasks::blocking;
+
+/// One load of a stored component, shared by everyone who asks for it meanwhile; a failure
+/// is kept as its message.
+type Load = OnceCell<Result<Linked, Arc<str>>>;
 
 /// See the module docs. Cheap to clone (clones share everything).
 #[derive(Clone)]
@@ -29,6 +34,8 @@ pub(crate) struct Loader {
     compile_slots: Arc<Semaphore>,
     /// How long compiling an upload may take before it is refused.
     compile_budget: Duration,
+    /// Loads in flight, per digest; see [`Loader::prepare`].
+    inflight: Arc<Mutex<HashMap<String, Arc<Load>>>>,
 }
 
 impl Loader {
@@ -44,6 +51,7 @@ impl Loader {
             files_lock: Arc::default(),
             compile_slots: Arc::new(Semaphore::new(cores.max(1))),
             compile_budget,
+            inflight: Arc::default(),
         }
     }
 
@@ -56,32 +64,68 @@ impl Loader {
         Arc::clone(&self.files_lock).lock_owned().await
     }
 
-    /// The stored component for `digest`, compiled or loaded from the cache, linked.
+    /// The stored component for `digest`, loaded from the cache or compiled, linked.
+    /// Compiles take a compile slot, like uploads; concurrent prepares of one digest share
+    /// one load, so a component is compiled once however many runs need it at once.
     ///
     /// # Errors
     /// [`Error::Internal`] when it cannot be read or compiled, or no longer passes the check.
     pub(crate) async fn prepare(&self, digest: &str) -> Result<Linked, Error> {
-        let engine = Arc::clone(&self.engine);
-        let path = self.files.path(digest);
-        let digest = digest.to_owned();
-        blocking(move || {
-            check::load(&engine, &digest, &path).map_err(|e| match e {
-                CheckError::Internal(e) => Error::Internal(e),
-                CheckError::Invalid(diagnostics) => Error::internal(format!(
-                    "a stored component no longer passes the check: {diagnostics:?}"
-                )),
-            })
-        })
-        .await?
+        let load = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(inflight.entry(digest.to_owned()).or_default())
+        };
+        let loaded = load.get_or_init(|| self.load(digest)).await.clone();
+        // Done: the next prepare starts afresh (and finds the artifact in the cache).
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if inflight.get(digest).is_some_and(|l| Arc::ptr_eq(l, &load)) {
+            inflight.remove(digest);
+        }
+        loaded.map_err(Error::internal)
+    }
+
+    async fn load(&self, digest: &str) -> Result<Linked, Arc<str>> {
+        let (engine, digest) = (Arc::clone(&self.engine), digest.to_owned());
+        let failed = |e: CheckError| -> Arc<str> {
+            match e {
+                CheckError::Internal(e) => format!("{e:#}").into(),
+                CheckError::Invalid(diagnostics) => {
+                    format!("a stored component no longer passes the check: {diagnostics:?}").into()
+                }
+            }
+        };
+        let cached = {
+            let (engine, digest) = (Arc::clone(&engine), digest.clone());
+            blocking(move || check::load_cached(&engine, &digest))
+                .await
+                .map_err(|e| Arc::from(e.to_string()))?
+        };
+        if let Some(cached) = cached {
+            return cached.map_err(failed);
+        }
+        let _slot = Arc::clone(&self.compile_slots)
+            .acquire_owned()
+            .await
+            .map_err(|e| Arc::from(e.to_string()))?;
+        let path = self.files.path(&digest);
+        blocking(move || check::load(&engine, &digest, &path))
+            .await
+            .map_err(|e| Arc::from(e.to_string()))?
+            .map_err(failed)
     }
 
     /// Compiles and checks an upload within the compile budget, then proves by a trial
-    /// instantiation that it fits the host's limits.
+    /// instantiation that it fits the host's limits and a memory limit of `memory_bytes`
+    /// (the agent's).
     ///
     /// # Errors
     /// [`Error::InvalidComponent`] with diagnostics when it cannot run here;
     /// [`Error::Overloaded`] when no compile slot frees up within the budget.
-    pub(crate) async fn compile_upload(&self, bytes: Bytes) -> Result<Compiled, Error> {
+    pub(crate) async fn compile_upload(
+        &self,
+        bytes: Bytes,
+        memory_bytes: usize,
+    ) -> Result<Compiled, Error> {
         let budget = self.compile_budget;
         let started = tokio::time::Instant::now();
         // Waiting for a compile slot counts against the budget too: abandoned compiles keep
@@ -126,7 +170,7 @@ impl Loader {
             Err(CheckError::Invalid(diagnostics)) => return Err(invalid(diagnostics)),
             Err(CheckError::Internal(e)) => return Err(Error::Internal(e)),
         };
-        check::trial_instantiate(&self.engine, &compiled.linked)
+        check::trial_instantiate(&self.engine, &compiled.linked, memory_bytes)
             .await
             .map_err(|d| invalid(vec![d]))?;
         Ok(compiled)

@@ -15,7 +15,7 @@ use gust_model::Maxima;
 
 pub use admission::Admitted;
 pub use admission::{Admission, AdmissionLimits};
-pub use lifecycle::{Lifecycle, Uploaded};
+pub use lifecycle::{Deployed, Lifecycle, Uploaded};
 pub(crate) use loader::Loader;
 pub use registry::{Deployment, Registry};
 

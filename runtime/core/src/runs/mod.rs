@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use gust_model::{RunRecord, RunStatus};
 use gust_store::Store;
-use gust_store::queue::{NewRun, RunWrite, WriteOutcome};
+use gust_store::queue::{IDEMPOTENCY_WINDOW_MS, NewRun, RunWrite, WriteOutcome};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -82,6 +82,26 @@ pub struct RunSettings {
     pub retention: Duration,
     /// Push delivery.
     pub push: PushSettings,
+}
+
+impl RunSettings {
+    /// Checks the settings that must hold together.
+    ///
+    /// # Errors
+    /// A message for the user when the retention is shorter than the idempotency window:
+    /// a run purged earlier would let a retried submission with the same
+    /// `Idempotency-Key` run a second time.
+    pub fn validate(&self) -> Result<(), String> {
+        let window = Duration::from_millis(IDEMPOTENCY_WINDOW_MS.unsigned_abs());
+        if self.retention < window {
+            return Err(format!(
+                "the retention of ended runs ({} h) must be at least the idempotency window ({} h)",
+                self.retention.as_secs() / 3600,
+                window.as_secs() / 3600
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for RunSettings {

@@ -83,11 +83,31 @@ impl QueueState {
                     self.push.notify_one();
                 }
             }
-            (_, WriteOutcome::Reclaimed { ids }) => {
+            (
+                _,
+                WriteOutcome::Reclaimed {
+                    ids,
+                    lost,
+                    delivery,
+                },
+            ) => {
                 for (id, agent) in ids {
                     tracing::warn!(run_id = %id, "a run's lease ran out; queuing it again");
                     self.dispatch(id.clone(), agent);
                 }
+                for (id, _) in lost {
+                    tracing::warn!(run_id = %id, "a run's lease ran out after its last attempt; it failed as lost");
+                    self.ended(id, false);
+                }
+                if *delivery {
+                    self.push.notify_one();
+                }
+            }
+            (RunWrite::Finish { id, .. }, WriteOutcome::NotRunning) => {
+                // Another worker (after a reclaim) or a cancel got there first: this
+                // attempt's result is dropped. Leases are renewed from the claim on, so this
+                // should only follow a cancel.
+                tracing::warn!(run_id = %id, "a run finished here but was no longer running; its result is not recorded");
             }
             (_, WriteOutcome::Redelivering) => self.push.notify_one(),
             _ => {}

@@ -42,7 +42,16 @@ pub(super) async fn sweep(runs: Arc<Runs>, stop: CancellationToken) {
 /// start was lost) are dispatched again. A run dispatched twice starts once: the start is a
 /// conditional update.
 async fn reconcile(runs: &Runs, now: i64) {
-    if let Err(e) = runs.writer.write(RunWrite::Reclaim { now }).await {
+    let running_here = runs.state.running().keys().cloned().collect();
+    if let Err(e) = runs
+        .writer
+        .write(RunWrite::Reclaim {
+            now,
+            running_here,
+            max_attempts: runs.settings.max_attempts,
+        })
+        .await
+    {
         tracing::error!("reclaiming runs with lapsed leases: {e:#}");
     }
     match runs.store.queued_runs().await {

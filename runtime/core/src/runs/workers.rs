@@ -24,6 +24,12 @@ pub(super) async fn dispatch(
     mut wake: mpsc::UnboundedReceiver<String>,
     stop: CancellationToken,
 ) {
+    // Runs execute on loaded deployments: before the start-up load is done, each worker
+    // would load (and on a cold cache compile) its deployment by itself.
+    tokio::select! {
+        () = stop.cancelled() => return,
+        () = runs.lifecycle.registry().wait_ready() => {}
+    }
     loop {
         let agent = tokio::select! {
             () = stop.cancelled() => return,
@@ -142,7 +148,9 @@ async fn execute(runs: &Runs, id: &str, admitted: Admitted, shutdown: Cancellati
     }
 }
 
-/// Executes one attempt, renewing the run's lease while it runs.
+/// Executes one attempt, renewing the run's lease from the claim on — while its deployment
+/// is loaded (seconds, when it compiles) and while it runs — so that no other worker takes
+/// the run over in the meantime.
 async fn attempt(
     runs: &Runs,
     id: &str,
@@ -152,54 +160,50 @@ async fn attempt(
     shutdown: CancellationToken,
 ) -> Ended {
     let lease = runs.settings.lease;
-    let finish = |outcome, (logs, outbound)| {
-        Ended::Outcome(RunWrite::Finish {
-            id: id.to_owned(),
-            now: clock::now_ms(),
-            outcome,
-            logs,
-            outbound,
-        })
-    };
-    let deployment = match runs
-        .lifecycle
-        .deployment(&started.agent, started.deployment)
-        .await
-    {
-        Ok(deployment) => deployment,
-        Err(e) => {
-            let outcome = RunOutcome::Failed {
-                kind: e.kind().to_owned(),
-                message: format!("the run's deployment could not be loaded: {e}"),
-            };
-            return finish(outcome, (Vec::new(), Vec::new()));
-        }
-    };
     let recorder = Arc::new(RunRecorder::new(id.to_owned(), runs.writer.clone()));
-    let input = Input {
-        bytes: started.input,
-        content_type: started.content_type,
+    let work = async {
+        let deployment = match runs
+            .lifecycle
+            .deployment(&started.agent, started.deployment)
+            .await
+        {
+            Ok(deployment) => deployment,
+            Err(e) => {
+                return Err(RunOutcome::Failed {
+                    kind: e.kind().to_owned(),
+                    message: format!("the run's deployment could not be loaded: {e}"),
+                });
+            }
+        };
+        let input = Input {
+            bytes: started.input,
+            content_type: started.content_type,
+        };
+        let request = CallRequest {
+            run_id: Arc::from(id),
+            kind: CallKind::Async,
+            attempt: started.attempt,
+            sink: Some(Arc::clone(&recorder) as _),
+        };
+        // Room was taken before the run was claimed; the call gives it back when the
+        // instance is gone, before the end is recorded.
+        let called = runs
+            .calls
+            .call(
+                Target::Deployment(deployment),
+                std::future::ready(Ok(input)),
+                request,
+                Admit::Admitted(admitted),
+            )
+            .await;
+        Ok(called.outcome)
     };
-    let request = CallRequest {
-        run_id: Arc::from(id),
-        kind: CallKind::Async,
-        attempt: started.attempt,
-        sink: Some(Arc::clone(&recorder) as _),
-    };
-    // Room was taken before the run was claimed; the call gives it back when the instance
-    // is gone, before the end is recorded.
-    let call = runs.calls.call(
-        Target::Deployment(deployment),
-        std::future::ready(Ok(input)),
-        request,
-        Admit::Admitted(admitted),
-    );
-    tokio::pin!(call);
+    tokio::pin!(work);
     let mut renew = tokio::time::interval(lease / 3);
     renew.tick().await;
-    let called = loop {
+    let done = loop {
         tokio::select! {
-            called = &mut call => break called,
+            done = &mut work => break done,
             _ = &mut cancelled => return Ended::Cancelled,
             () = shutdown.cancelled() => return Ended::Stopped,
             _ = renew.tick() => {
@@ -211,15 +215,23 @@ async fn attempt(
             }
         }
     };
-    let outcome = match called.outcome {
-        Ok(output) => RunOutcome::Succeeded {
+    let outcome = match done {
+        Ok(Ok(output)) => RunOutcome::Succeeded {
             content_type: output.content_type,
             output: output.bytes,
         },
-        Err(e) => RunOutcome::Failed {
+        Ok(Err(e)) => RunOutcome::Failed {
             kind: e.kind().to_owned(),
             message: e.to_string(),
         },
+        Err(failed) => failed,
     };
-    finish(outcome, recorder.finish())
+    let (logs, outbound) = recorder.finish();
+    Ended::Outcome(RunWrite::Finish {
+        id: id.to_owned(),
+        now: clock::now_ms(),
+        outcome,
+        logs,
+        outbound,
+    })
 }

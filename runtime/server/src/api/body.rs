@@ -101,3 +101,26 @@ pub(crate) fn human_bytes(n: usize) -> String {
         format!("{n} bytes")
     }
 }
+
+/// The `Idempotency-Key` header, if the request has one.
+///
+/// # Errors
+/// [`Error::BadRequest`] when it is not visible ASCII.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| Error::BadRequest("`Idempotency-Key` must be visible ASCII".into()))
+        })
+        .transpose()
+}
+
+/// Marks an answer as the replay of an earlier request with the same `Idempotency-Key`.
+pub(crate) fn mark_replayed(response: &mut axum::response::Response) {
+    response.headers_mut().insert(
+        axum::http::HeaderName::from_static("idempotent-replayed"),
+        axum::http::HeaderValue::from_static("true"),
+    );
+}

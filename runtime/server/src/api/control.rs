@@ -215,22 +215,47 @@ pub(crate) async fn deploy(
 ) -> Answer {
     let bytes = body::read(&headers, request_body, CONFIG_BODY_LIMIT).await?;
     // An empty body deploys the newest version.
-    let request: DeployRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
-        DeployRequest::default()
-    } else {
-        body::json(&bytes)?
-    };
-    let record = state.host.lifecycle.deploy(&agent, request.version).await?;
-    Ok(Json(deploy_answer(&state, &record)).into_response())
+    let request: DeployRequest = optional_json(&bytes)?;
+    let key = body::idempotency_key(&headers)?;
+    let deployed = state
+        .host
+        .lifecycle
+        .deploy(&agent, request.version, key)
+        .await?;
+    let mut response = Json(deploy_answer(&state, &deployed.record)).into_response();
+    if deployed.replayed {
+        body::mark_replayed(&mut response);
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    /// The deployment to return to; without it, the previous one.
+    to: Option<u32>,
 }
 
 pub(crate) async fn rollback(
     _: Admin,
     State(state): State<Arc<AppState>>,
     AgentName(agent): AgentName,
+    headers: HeaderMap,
+    request_body: Body,
 ) -> Answer {
-    let record = state.host.lifecycle.rollback(&agent).await?;
+    let bytes = body::read(&headers, request_body, CONFIG_BODY_LIMIT).await?;
+    let request: RollbackRequest = optional_json(&bytes)?;
+    let record = state.host.lifecycle.rollback(&agent, request.to).await?;
     Ok(Json(deploy_answer(&state, &record)).into_response())
+}
+
+/// A JSON body that may be left empty (all defaults).
+fn optional_json<T: Default + serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        Ok(body::json(bytes)?)
+    }
 }
 
 fn deploy_answer(state: &AppState, d: &DeploymentRecord) -> Value {

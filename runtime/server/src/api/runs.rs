@@ -39,14 +39,7 @@ pub(crate) async fn submit(
     lifecycle.registry().wait_ready().await;
     // Fail fast, before reading a body for an agent that is not deployed.
     lifecycle.live(&agent)?;
-    let idempotency_key = match headers.get("idempotency-key") {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| Error::BadRequest("`Idempotency-Key` must be visible ASCII".into()))?
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let idempotency_key = body::idempotency_key(&headers)?;
     let input = body::read(&headers, request_body, state.limits.input).await?;
     let content_type = headers
         .get(CONTENT_TYPE)
@@ -66,14 +59,14 @@ pub(crate) async fn submit(
 
 async fn submitted_answer(state: &AppState, agent: &str, submitted: Submitted) -> Answer {
     let poll_url = format!("{}/{}", state.runs_url(agent), submitted.id);
-    if submitted.created {
-        let body = json!({"run_id": submitted.id, "status": "queued", "poll_url": poll_url});
-        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    let body = json!({"run_id": submitted.id, "status": "queued", "poll_url": poll_url});
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if !submitted.created {
+        // The idempotency key named an earlier run: the original answer again, marked as a
+        // replay (the run's status now is a poll away).
+        body::mark_replayed(&mut response);
     }
-    // The idempotency key named an earlier run: answer with it as it is now.
-    let run = state.host.runs.get(agent, &submitted.id, None).await?;
-    let body = json!({"run_id": run.id, "status": run.status.as_str(), "poll_url": poll_url});
-    Ok((StatusCode::OK, Json(body)).into_response())
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,7 +16,7 @@ use gust_model::{
 };
 
 use crate::queue::{Recovered, RunWrite, WriteOutcome};
-use crate::{RollbackPlan, StoreError, VersionDeletion};
+use crate::{DeployKey, RollbackPlan, StoreError, VersionDeletion};
 
 mod runs;
 
@@ -67,6 +67,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX keys_agent ON keys(agent);",
     // 4: the outgoing HTTP requests a run made.
     "ALTER TABLE runs ADD COLUMN outbound TEXT;",
+    // 5: deploys made with an `Idempotency-Key`.
+    "ALTER TABLE deployments ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE deployments ADD COLUMN request_hash TEXT;
+    CREATE INDEX deployments_idempotency ON deployments(agent, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;",
 ];
 
 /// The SQLite backend: blocking calls, run on the blocking pool by [`crate::Store`].
@@ -225,6 +230,36 @@ fn query_version(
     )
     .optional()
     .map_err(internal)
+}
+
+/// What a rollback to deployment `to` of `agent`, whose live deployment is `live`, would do.
+fn named_rollback(
+    conn: &Connection,
+    agent: &str,
+    live: u32,
+    to: u32,
+) -> Result<RollbackPlan, StoreError> {
+    let target: Option<(DeploymentRecord, bool)> = conn
+        .query_row(
+            &format!(
+                "SELECT {DEPLOYMENT_COLUMNS},
+                    EXISTS (SELECT 1 FROM versions v WHERE v.agent = d.agent AND v.version = d.version)
+                 FROM deployments d WHERE d.agent = ?1 AND d.deployment = ?2"
+            ),
+            params![agent, to],
+            |r| Ok((deployment_row(r)?, r.get(7)?)),
+        )
+        .optional()
+        .map_err(internal)?;
+    Ok(match target {
+        None => RollbackPlan::NoSuchDeployment,
+        Some((target, _)) if to == live => RollbackPlan::AlreadyLive(Box::new(target)),
+        Some((_, false)) => RollbackPlan::VersionDeleted,
+        Some((target, true)) => RollbackPlan::To {
+            from: live,
+            to: Box::new(target),
+        },
+    })
 }
 
 /// Creates the agent with a default draft when it does not exist yet.
@@ -437,8 +472,10 @@ impl Sqlite {
         version: u32,
         config: &AgentConfig,
         now: i64,
+        key: Option<&DeployKey>,
     ) -> Result<DeploymentRecord, StoreError> {
         let json = to_json(config)?;
+        let (key, hash) = (key.map(|k| &k.key), key.map(|k| &k.request_hash));
         self.tx(|tx| {
             let Some(v) = query_version(tx, "v.agent = ?1 AND v.version = ?2", params![agent, version])?
             else {
@@ -454,8 +491,9 @@ impl Sqlite {
                 )
                 .map_err(internal)?;
             tx.execute(
-                "INSERT INTO deployments (agent, deployment, version, digest, config, deployed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![agent, number, version, v.digest, json, now],
+                "INSERT INTO deployments (agent, deployment, version, digest, config, deployed_at, idempotency_key, request_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![agent, number, version, v.digest, json, now, key, hash],
             )
             .map_err(internal)?;
             tx.execute(
@@ -491,7 +529,33 @@ impl Sqlite {
         })
     }
 
-    pub(crate) fn plan_rollback(&self, agent: &str) -> Result<RollbackPlan, StoreError> {
+    /// The deployment of `agent` made with `key` since `since`, with its request hash.
+    pub(crate) fn deployment_by_key(
+        &self,
+        agent: &str,
+        key: &str,
+        since: i64,
+    ) -> Result<Option<(DeploymentRecord, String)>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                &format!(
+                    "SELECT {DEPLOYMENT_COLUMNS}, d.request_hash FROM deployments d
+                     WHERE d.agent = ?1 AND d.idempotency_key = ?2 AND d.deployed_at >= ?3
+                     ORDER BY d.deployment DESC LIMIT 1"
+                ),
+                params![agent, key, since],
+                |r| Ok((deployment_row(r)?, r.get(7)?)),
+            )
+            .optional()
+            .map_err(internal)
+        })
+    }
+
+    pub(crate) fn plan_rollback(
+        &self,
+        agent: &str,
+        to: Option<u32>,
+    ) -> Result<RollbackPlan, StoreError> {
         self.with(|conn| {
             let Some(live) = conn
                 .query_row("SELECT live_deployment FROM agents WHERE name = ?1", [agent], |r| {
@@ -505,6 +569,9 @@ impl Sqlite {
             let Some(live) = live else {
                 return Ok(RollbackPlan::NothingToRollBackTo);
             };
+            if let Some(to) = to {
+                return named_rollback(conn, agent, live, to);
+            }
             // The newest earlier deployment that was not itself rolled back and whose version
             // still exists: repeated rollbacks walk further back.
             let target = conn
@@ -852,9 +919,9 @@ mod tests {
         let mut cfg = AgentConfig::default();
         for v in 1..=3 {
             cfg.config.insert("v".into(), v.to_string());
-            db.deploy("a", v, &cfg, 10 + i64::from(v)).unwrap();
+            db.deploy("a", v, &cfg, 10 + i64::from(v), None).unwrap();
         }
-        let step = |expect_from: u32, expect_to: u32| match db.plan_rollback("a").unwrap() {
+        let step = |expect_from: u32, expect_to: u32| match db.plan_rollback("a", None).unwrap() {
             RollbackPlan::To { from, to } => {
                 assert_eq!((from, to.deployment), (expect_from, expect_to));
                 assert_eq!(
@@ -869,15 +936,15 @@ mod tests {
         step(3, 2);
         step(2, 1);
         assert!(matches!(
-            db.plan_rollback("a").unwrap(),
+            db.plan_rollback("a", None).unwrap(),
             RollbackPlan::NothingToRollBackTo
         ));
         // A new deployment after rollbacks goes back to 1, skipping the rolled-back 2 and 3.
-        db.deploy("a", 3, &cfg, 200).unwrap();
+        db.deploy("a", 3, &cfg, 200, None).unwrap();
         step(4, 1);
         assert_eq!(db.live_deployments().unwrap()[0].deployment, 1);
         assert!(matches!(
-            db.plan_rollback("nope").unwrap(),
+            db.plan_rollback("nope", None).unwrap(),
             RollbackPlan::NoAgent
         ));
         assert!(matches!(
@@ -886,12 +953,76 @@ mod tests {
         ));
     }
 
+    /// A rollback that names its target is safe to repeat: the second time the target is
+    /// live already, and nothing changes.
+    #[test]
+    fn named_rollbacks_go_to_their_target_once() {
+        let (_dir, db) = open();
+        for v in 1..=3 {
+            db.add_version("a", &format!("sha256:{v}"), 1, 0).unwrap();
+            db.deploy("a", v, &AgentConfig::default(), i64::from(v), None)
+                .unwrap();
+        }
+        let RollbackPlan::To { from, to } = db.plan_rollback("a", Some(1)).unwrap() else {
+            panic!("a rollback to 1");
+        };
+        assert_eq!((from, to.deployment), (3, 1));
+        db.rollback("a", from, to.deployment, 10).unwrap();
+        assert!(matches!(
+            db.plan_rollback("a", Some(1)).unwrap(),
+            RollbackPlan::AlreadyLive(live) if live.deployment == 1
+        ));
+        assert!(matches!(
+            db.plan_rollback("a", Some(9)).unwrap(),
+            RollbackPlan::NoSuchDeployment
+        ));
+        // Back to 3 (rolled back earlier) is allowed by name; to 2 once its version is gone,
+        // not.
+        assert!(matches!(
+            db.plan_rollback("a", Some(3)).unwrap(),
+            RollbackPlan::To { from: 1, .. }
+        ));
+        assert_eq!(
+            db.delete_version("a", 2).unwrap(),
+            VersionDeletion::Deleted {
+                orphaned: Some("sha256:2".into())
+            }
+        );
+        assert!(matches!(
+            db.plan_rollback("a", Some(2)).unwrap(),
+            RollbackPlan::VersionDeleted
+        ));
+    }
+
+    #[test]
+    fn deploys_are_found_by_their_idempotency_key() {
+        let (_dir, db) = open();
+        db.add_version("a", "sha256:1", 1, 0).unwrap();
+        let key = DeployKey {
+            key: "release-7".into(),
+            request_hash: "h1".into(),
+        };
+        let made = db
+            .deploy("a", 1, &AgentConfig::default(), 100, Some(&key))
+            .unwrap();
+        let (found, hash) = db.deployment_by_key("a", "release-7", 50).unwrap().unwrap();
+        assert_eq!((found.deployment, hash.as_str()), (made.deployment, "h1"));
+        assert!(
+            db.deployment_by_key("a", "release-7", 101)
+                .unwrap()
+                .is_none(),
+            "too old"
+        );
+        assert!(db.deployment_by_key("a", "other", 0).unwrap().is_none());
+        assert!(db.deployment_by_key("b", "release-7", 0).unwrap().is_none());
+    }
+
     #[test]
     fn live_version_cannot_be_deleted_and_agent_delete_reports_orphans() {
         let (_dir, db) = open();
         db.add_version("a", "sha256:1", 1, 0).unwrap();
         db.add_version("a", "sha256:2", 1, 0).unwrap();
-        db.deploy("a", 1, &AgentConfig::default(), 0).unwrap();
+        db.deploy("a", 1, &AgentConfig::default(), 0, None).unwrap();
         assert_eq!(db.delete_version("a", 1).unwrap(), VersionDeletion::Live);
         assert_eq!(
             db.delete_version("a", 9).unwrap(),
@@ -918,7 +1049,7 @@ mod tests {
         {
             let db = Sqlite::open(&path).unwrap();
             db.add_version("a", "sha256:1", 1, 0).unwrap();
-            db.deploy("a", 1, &AgentConfig::default(), 0).unwrap();
+            db.deploy("a", 1, &AgentConfig::default(), 0, None).unwrap();
         }
         let db = Sqlite::open(&path).unwrap();
         assert_eq!(db.live_deployments().unwrap().len(), 1);

@@ -11,8 +11,7 @@ use super::{from_json, internal};
 use crate::StoreError;
 use crate::queue::{NewRun, Recovered, RunWrite, StartedRun, WriteOutcome};
 
-/// How long an `Idempotency-Key` names its run.
-const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+use crate::queue::IDEMPOTENCY_WINDOW_MS;
 
 pub(super) const MIGRATION: &str = "
     ALTER TABLE agents ADD COLUMN push_secret TEXT;
@@ -142,24 +141,62 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
             .map_err(internal)?;
             Ok(WriteOutcome::Done)
         }
-        RunWrite::Reclaim { now } => {
+        RunWrite::Reclaim {
+            now,
+            running_here,
+            max_attempts,
+        } => {
+            let running_here =
+                serde_json::to_string(running_here).map_err(|e| StoreError::Internal(e.into()))?;
+            // Like recovery at start: a run that has used up its attempts fails as `lost`
+            // instead of starting once more.
+            let lost: Vec<(String, String)> = tx
+                .prepare_cached(
+                    "UPDATE runs SET status = 'failed', finished_at = ?1, error_kind = 'lost',
+                        error_message = 'the host stopped during every attempt of this run',
+                        lease_until = NULL
+                     WHERE status = 'running' AND lease_until < ?1 AND attempts >= ?3
+                       AND id NOT IN (SELECT value FROM json_each(?2))
+                     RETURNING id, agent",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![now, running_here, max_attempts], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect()
+                })
+                .map_err(internal)?;
+            let mut delivery = false;
+            for (id, _) in &lost {
+                delivery |= create_delivery(tx, id, RunStatus::Failed, *now)?;
+            }
             let ids = tx
                 .prepare_cached(
                     "UPDATE runs SET status = 'queued', lease_until = NULL
-                     WHERE status = 'running' AND lease_until < ?1 RETURNING id, agent",
+                     WHERE status = 'running' AND lease_until < ?1
+                       AND id NOT IN (SELECT value FROM json_each(?2))
+                     RETURNING id, agent",
                 )
                 .and_then(|mut s| {
-                    s.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    s.query_map(params![now, running_here], |r| Ok((r.get(0)?, r.get(1)?)))?
                         .collect()
                 })
                 .map_err(internal)?;
-            Ok(WriteOutcome::Reclaimed { ids })
+            Ok(WriteOutcome::Reclaimed {
+                ids,
+                lost,
+                delivery,
+            })
         }
         RunWrite::Redeliver { agent, id, now } => redeliver(tx, agent, id, *now),
         RunWrite::Purge { before } => {
             exec(
                 tx,
-                "DELETE FROM runs WHERE finished_at < ?1 AND status NOT IN ('queued', 'running')",
+                // A run whose push is still pending stays until its delivery ends: purging it
+                // would lose the event (its delivery row goes with it).
+                "DELETE FROM runs WHERE finished_at < ?1 AND status NOT IN ('queued', 'running')
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                   WHERE d.run_id = runs.id AND d.status = 'pending')",
                 [before],
             )
             .map_err(internal)?;
@@ -652,7 +689,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Sqlite::open(&dir.path().join("gust.db")).unwrap();
         db.add_version("a", "sha256:1", 1, 0).unwrap();
-        db.deploy("a", 1, &AgentConfig::default(), 0).unwrap();
+        db.deploy("a", 1, &AgentConfig::default(), 0, None).unwrap();
         (dir, db)
     }
 
@@ -837,5 +874,141 @@ mod tests {
             db.run("a", "r1").unwrap().is_some(),
             "ended after the cut-off: kept"
         );
+    }
+
+    /// A run whose push has not finished is kept past retention; once delivered, it goes.
+    #[test]
+    fn purge_keeps_runs_whose_push_is_pending() {
+        let (_dir, db) = store();
+        let config: AgentConfig = serde_json::from_str(
+            r#"{"mode": "async", "push": {"url": "https://app.example/hook", "access_token": "t"}}"#,
+        )
+        .unwrap();
+        db.deploy("a", 1, &config, 0, None).unwrap();
+        let mut run = new_run("r1", 10, None);
+        if let RunWrite::Insert(new) = &mut run {
+            new.deployment = 2;
+            new.push = true;
+        }
+        apply(&db, run);
+        apply(
+            &db,
+            RunWrite::Start {
+                id: "r1".into(),
+                now: 11,
+                lease_until: 1000,
+            },
+        );
+        let finished = apply(
+            &db,
+            RunWrite::Finish {
+                id: "r1".into(),
+                now: 12,
+                outcome: RunOutcome::Succeeded {
+                    content_type: "application/json".into(),
+                    output: b"{}".to_vec(),
+                },
+                logs: Vec::new(),
+                outbound: Vec::new(),
+            },
+        );
+        assert_eq!(finished, WriteOutcome::Finished { delivery: true });
+        apply(&db, RunWrite::Purge { before: 10_000 });
+        assert!(
+            db.run("a", "r1").unwrap().is_some(),
+            "its push is pending: kept past retention"
+        );
+        apply(
+            &db,
+            RunWrite::Delivery {
+                run_id: "r1".into(),
+                round: 12,
+                status: gust_model::DeliveryStatus::Delivered,
+                attempts: 1,
+                last_error: None,
+                next_attempt_at: None,
+            },
+        );
+        apply(&db, RunWrite::Purge { before: 10_000 });
+        assert!(db.run("a", "r1").unwrap().is_none(), "delivered: purged");
+    }
+
+    /// A lease that lapsed by the wall clock (a clock step, or a renewal not yet written) is
+    /// not reclaimed from under a worker of this host that is still running the run.
+    #[test]
+    fn reclaim_leaves_runs_this_host_is_running() {
+        let (_dir, db) = store();
+        for id in ["r1", "r2"] {
+            apply(&db, new_run(id, 10, None));
+            apply(
+                &db,
+                RunWrite::Start {
+                    id: id.into(),
+                    now: 11,
+                    lease_until: 20,
+                },
+            );
+        }
+        let reclaimed = apply(
+            &db,
+            RunWrite::Reclaim {
+                now: 1_000_000,
+                running_here: vec!["r1".into()],
+                max_attempts: 3,
+            },
+        );
+        assert_eq!(
+            reclaimed,
+            WriteOutcome::Reclaimed {
+                ids: vec![("r2".into(), "a".into())],
+                lost: Vec::new(),
+                delivery: false,
+            }
+        );
+        assert_eq!(
+            db.run("a", "r1").unwrap().unwrap().status,
+            RunStatus::Running
+        );
+    }
+
+    /// A run whose lease lapsed after its last allowed attempt fails as `lost` instead of
+    /// being queued for one attempt more than the maximum.
+    #[test]
+    fn reclaim_fails_runs_that_used_up_their_attempts() {
+        let (_dir, db) = store();
+        apply(&db, new_run("r1", 10, None));
+        for attempt in 1..=2 {
+            apply(
+                &db,
+                RunWrite::Start {
+                    id: "r1".into(),
+                    now: 10 + attempt,
+                    lease_until: 20,
+                },
+            );
+            let reclaimed = apply(
+                &db,
+                RunWrite::Reclaim {
+                    now: 100,
+                    running_here: Vec::new(),
+                    max_attempts: 2,
+                },
+            );
+            let WriteOutcome::Reclaimed { ids, lost, .. } = reclaimed else {
+                panic!("{reclaimed:?}");
+            };
+            if attempt == 1 {
+                assert_eq!((ids.len(), lost.len()), (1, 0), "queued again");
+            } else {
+                assert_eq!(
+                    (ids.len(), lost.len()),
+                    (0, 1),
+                    "lost after its second attempt"
+                );
+            }
+        }
+        let run = db.run("a", "r1").unwrap().unwrap();
+        assert_eq!((run.status, run.attempts), (RunStatus::Failed, 2));
+        assert_eq!(run.error.unwrap().0, "lost");
     }
 }

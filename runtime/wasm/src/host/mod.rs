@@ -38,14 +38,6 @@ pub(crate) struct CallLimits {
     pub(crate) memory_bytes: usize,
 }
 
-impl Default for CallLimits {
-    fn default() -> Self {
-        Self {
-            memory_bytes: 256 << 20,
-        }
-    }
-}
-
 /// The data of one call's `Store`. Built fresh for every call and dropped with it.
 pub struct CallState {
     /// Built on the guest's first WASI import, not with the call: building it seeds two
@@ -79,6 +71,7 @@ impl CallState {
             outbound: outbound::Outbound {
                 policy: outbound,
                 sink: Arc::clone(&sink),
+                buffered: outbound::Buffered::new(live.stats()),
             },
             limiter: Limiter::new(limits.memory_bytes),
             config,

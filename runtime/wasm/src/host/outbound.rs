@@ -8,10 +8,12 @@
 //! runs, written to the host log for sync calls.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt as _;
-use http_body_util::{BodyExt as _, Limited, StreamBody};
+use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Frame;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -20,9 +22,19 @@ use gust_model::{HostPattern, OutboundRequest};
 
 use super::CallSink;
 use crate::net;
+use crate::stats::Stats;
 
 /// Largest request body a guest may send.
 const MAX_REQUEST_BYTES: usize = 10 << 20;
+
+/// Most bytes of request bodies one call's outgoing requests may hold in the host at once
+/// (taken from the guest, not yet written to a socket); past it the request fails.
+const MAX_CALL_BUFFERED_BYTES: usize = 16 << 20;
+
+/// The size of one write into an outgoing body, and so of what its channel holds (wasi-http
+/// keeps one chunk and one more in flight): 1 MiB by default, 64 KiB here, so that the
+/// requests a guest keeps open hold little memory each.
+const BODY_CHUNK_BYTES: usize = 64 << 10;
 
 /// What a deployment allows, and the host-wide outbound settings.
 #[derive(Clone)]
@@ -38,6 +50,7 @@ pub struct OutboundPolicy {
 pub(crate) struct Outbound {
     pub(crate) policy: OutboundPolicy,
     pub(crate) sink: Arc<dyn CallSink>,
+    pub(crate) buffered: Buffered,
 }
 
 type Sent = (
@@ -46,6 +59,10 @@ type Sent = (
 );
 
 impl WasiHttpHooks for Outbound {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -54,6 +71,7 @@ impl WasiHttpHooks for Outbound {
     ) -> Box<dyn Future<Output = Result<Sent, Error>> + Send> {
         let policy = self.policy.clone();
         let sink = Arc::clone(&self.sink);
+        let buffered = self.buffered.clone();
         Box::new(async move {
             let started = Instant::now();
             let method = request.method().to_string();
@@ -63,7 +81,12 @@ impl WasiHttpHooks for Outbound {
             let port = uri
                 .port_u16()
                 .unwrap_or(if scheme == "https" { 443 } else { 80 });
-            let origin = format!("{scheme}://{}", uri.authority().map_or("", |a| a.as_str()));
+            // Scheme, host and port only: userinfo (`user:password@`) is a credential and
+            // is never recorded.
+            let origin = match uri.port_u16() {
+                Some(port) => format!("{scheme}://{host}:{port}"),
+                None => format!("{scheme}://{host}"),
+            };
             let record = |status: Option<u16>, error: Option<String>| {
                 let entry = OutboundRequest {
                     ts: clock::now_ms(),
@@ -80,42 +103,40 @@ impl WasiHttpHooks for Outbound {
             // `handle` returns, and an answer that closed the body under it (a refusal) would
             // make those writes fail instead of the request, which some guests (the
             // JavaScript engine) do not survive.
+            // Decided before a byte of the body is taken: a refused request costs the host
+            // no memory, whatever the guest writes.
             let (parts, body) = request.into_parts();
-            let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => {
-                    record(
-                        None,
-                        Some("the request body is too large or broke off".into()),
-                    );
-                    return Err(Error::HttpRequestBodySize(None));
-                }
-            };
-
-            if !policy
+            let refusal = if !policy
                 .allowed
                 .iter()
                 .any(|p| p.matches(&scheme, &host, port))
             {
-                record(
-                    None,
-                    Some(format!(
-                        "denied: {origin} is not in this deployment's allowed_hosts"
-                    )),
-                );
-                return Err(Error::HttpRequestDenied);
-            }
-            let url = match reqwest::Url::parse(&uri.to_string()) {
-                Ok(url) => url,
-                Err(e) => {
-                    record(None, Some(format!("invalid URL: {e}")));
-                    return Err(Error::HttpRequestUriInvalid);
+                Some((
+                    format!("denied: {origin} is not in this deployment's allowed_hosts"),
+                    Error::HttpRequestDenied,
+                ))
+            } else {
+                match reqwest::Url::parse(&uri.to_string()) {
+                    Err(e) => Some((format!("invalid URL: {e}"), Error::HttpRequestUriInvalid)),
+                    Ok(url) => match net::check_url(&url, policy.allow_private_network) {
+                        Err(refused) => {
+                            Some((format!("denied: {refused}"), Error::DestinationIpProhibited))
+                        }
+                        Ok(()) => None,
+                    },
                 }
             };
-            if let Err(refused) = net::check_url(&url, policy.allow_private_network) {
-                record(None, Some(format!("denied: {refused}")));
-                return Err(Error::DestinationIpProhibited);
+            if let Some((why, code)) = refusal {
+                record(None, Some(why));
+                // The guest writes its body after `handle` returns; a body closed under it
+                // would make those writes fail, which some guests (the JavaScript engine)
+                // do not survive. So it is read and thrown away, for a bounded time.
+                drain(body, policy.timeout).await;
+                return Err(code);
             }
+            let url =
+                reqwest::Url::parse(&uri.to_string()).map_err(|_| Error::HttpRequestUriInvalid)?;
+            let body = reqwest::Body::wrap_stream(streamed(body, buffered));
 
             // The guest may ask for shorter timeouts, never a longer one.
             let timeout = options
@@ -137,6 +158,9 @@ impl WasiHttpHooks for Outbound {
                     let (code, why) = match net::refusal(&e) {
                         Some(refused) => {
                             (Error::DestinationIpProhibited, format!("denied: {refused}"))
+                        }
+                        None if let Some(refused) = body_refusal(&e) => {
+                            (Error::HttpRequestBodySize(None), refused)
                         }
                         None if e.is_timeout() => (
                             Error::ConnectionReadTimeout,
@@ -182,4 +206,133 @@ impl WasiHttpHooks for Outbound {
             ))
         })
     }
+}
+
+/// Bytes of request bodies the host holds for a guest: counted per call (bounded by
+/// [`MAX_CALL_BUFFERED_BYTES`]) and host-wide (`outbound_buffered_bytes` in the stats).
+#[derive(Clone)]
+pub(crate) struct Buffered {
+    call: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
+}
+
+impl Buffered {
+    pub(crate) fn new(stats: Arc<Stats>) -> Self {
+        Self {
+            call: Arc::default(),
+            stats,
+        }
+    }
+
+    /// Counts `n` bytes as held, if the call's bound allows.
+    fn take(&self, n: usize) -> bool {
+        let taken = self
+            .call
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n)
+                    .filter(|after| *after <= MAX_CALL_BUFFERED_BYTES)
+            })
+            .is_ok();
+        if taken {
+            self.stats.outbound_buffered(n as i64);
+        }
+        taken
+    }
+
+    fn release(&self, n: usize) {
+        self.call.fetch_sub(n, Ordering::AcqRel);
+        self.stats.outbound_buffered(-(n as i64));
+    }
+}
+
+/// A chunk of a request body on its way to the socket: released from the count when the
+/// transport drops it (written, or the request failed).
+struct Held {
+    bytes: Bytes,
+    buffered: Buffered,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.buffered.release(self.bytes.len());
+    }
+}
+
+/// Why a request body could not be streamed.
+#[derive(Debug)]
+struct BodyRefused(String);
+
+impl std::fmt::Display for BodyRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BodyRefused {}
+
+/// The guest's request body as it is written, chunk by chunk, counted while the host holds
+/// each chunk; an error ends it when the body passes [`MAX_REQUEST_BYTES`] or the call's
+/// bound, or breaks off.
+fn streamed(
+    body: WasiBody,
+    buffered: Buffered,
+) -> impl futures::Stream<Item = Result<Bytes, BodyRefused>> + Send {
+    futures::stream::try_unfold((body, 0usize), move |(mut body, sent)| {
+        let buffered = buffered.clone();
+        async move {
+            loop {
+                let Some(frame) = body.frame().await else {
+                    return Ok(None);
+                };
+                let frame = frame.map_err(|e| BodyRefused(format!("the body broke off: {e:?}")))?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let sent = sent + data.len();
+                if sent > MAX_REQUEST_BYTES {
+                    return Err(BodyRefused(format!(
+                        "the request body is larger than {} MiB",
+                        MAX_REQUEST_BYTES >> 20
+                    )));
+                }
+                if !buffered.take(data.len()) {
+                    return Err(BodyRefused(format!(
+                        "this call's outgoing requests hold {} MiB of body already",
+                        MAX_CALL_BUFFERED_BYTES >> 20
+                    )));
+                }
+                let held = Bytes::from_owner(Held {
+                    bytes: data,
+                    buffered: buffered.clone(),
+                });
+                return Ok(Some((held, (body, sent))));
+            }
+        }
+    })
+}
+
+/// What stopped the body, when it was this host's bound (found in the error's sources).
+fn body_refusal(error: &reqwest::Error) -> Option<String> {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<BodyRefused>() {
+            return Some(refused.0.clone());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// Reads a refused request's body to its end and throws it away, within `within`.
+async fn drain(mut body: WasiBody, within: Duration) {
+    let _ = tokio::time::timeout(within, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
 }

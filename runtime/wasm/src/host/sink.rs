@@ -50,7 +50,7 @@ pub trait CallSink: Send + Sync {
     fn log(&self, level: Level, message: &str);
     /// A line the guest wrote to stdout or stderr (captured, bounded), at the call's end.
     fn output(&self, stream: Stream, line: &str);
-    /// A progress report (`gust:agent/host.progress`), fraction clamped by the caller.
+    /// A progress report (`gust:agent/host.progress`), as the guest sent it.
     fn progress(&self, fraction: f32, message: &str);
     /// An outgoing HTTP request, allowed or denied (method, origin, status; never headers
     /// or bodies).
@@ -69,7 +69,8 @@ pub struct CallInfo {
 }
 
 /// The sink of a sync call (and an upload's trial instantiation): everything goes to the
-/// host log, tagged with the call; log lines are bounded by [`MAX_HOST_LOG_LINES`];
+/// host log, tagged with the call; log lines and outgoing-request lines together are
+/// bounded by [`MAX_HOST_LOG_LINES`];
 /// progress has nowhere to go (the caller is waiting for the answer) and is dropped.
 pub struct HostLog {
     info: CallInfo,
@@ -133,6 +134,11 @@ impl CallSink for HostLog {
     fn progress(&self, _fraction: f32, _message: &str) {}
 
     fn outbound(&self, entry: OutboundRequest) {
+        // Bounded with the log lines: a guest that sends requests in a loop must not flood
+        // the host log either.
+        if !self.may_log() {
+            return;
+        }
         let CallInfo {
             agent,
             version,

@@ -1,6 +1,6 @@
 //! A test guest that does what its input asks, so end-to-end tests can drive every path of
 //! the host: `{"op": "echo" | "fail" | "invalid" | "panic" | "spin" | "sleep" | "steps" | "print" |
-//! "alloc" | "recurse" | "big" | "sandbox" | "fetch"}`. Its answers carry a marker compiled in (`a`, or `b` with the `marker-b`
+//! "alloc" | "recurse" | "big" | "sandbox" | "fetch" | "fetch-many" | "post-big" | "hold-bodies"}`. Its answers carry a marker compiled in (`a`, or `b` with the `marker-b`
 //! feature), so a test can tell two builds apart.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -81,6 +81,33 @@ fn run(input: Value, ctx: &Context) -> Result<Value, Error> {
                 Err(e) => json!({"error": e.to_string()}),
             })
         }
+        "fetch-many" => {
+            // The same request `n` times, for the bounds on what one call may record.
+            let url = parsed.key.as_deref().unwrap_or_default();
+            let failed = (0..parsed.n)
+                .filter(|_| gust_sdk::http::Request::get(url).send().is_err())
+                .count();
+            Ok(json!({"sent": parsed.n, "failed": failed}))
+        }
+        "post-big" => {
+            // `mb` MiB posted to `key`, as one body.
+            let url = parsed.key.as_deref().unwrap_or_default();
+            Ok(
+                match gust_sdk::http::Request::post(url)
+                    .body(vec![b'y'; parsed.mb << 20])
+                    .send()
+                {
+                    Ok(response) => json!({"status": response.status, "body": response.text()}),
+                    Err(e) => json!({"error": e.to_string()}),
+                },
+            )
+        }
+        "hold-bodies" => Ok(hold_bodies(
+            parsed.key.as_deref().unwrap_or_default(),
+            parsed.n,
+            parsed.mb,
+            parsed.ms,
+        )),
         "sandbox" => Ok(json!({
             // What a guest can reach of the host: nothing, if the sandbox holds.
             "read_root": std::fs::read_dir("/").map(|d| d.count()).map_err(|e| e.to_string()),
@@ -113,4 +140,45 @@ fn recurse(n: u32) -> u32 {
         return 0;
     }
     std::hint::black_box(recurse(std::hint::black_box(n - 1))) + 1
+}
+
+/// A hostile guest: opens `n` POST requests to `url` (authority and path, plain http),
+/// writes `mb` MiB into each body and never finishes one, then holds them all for `ms`
+/// before returning. The host must not keep those bodies in its memory.
+fn hold_bodies(url: &str, n: u32, mb: usize, ms: u64) -> Value {
+    use gust_sdk::__private::bindings::wasi::http::outgoing_handler;
+    use gust_sdk::__private::bindings::wasi::http::types::{
+        Fields, Method, OutgoingRequest, Scheme,
+    };
+
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    // `blocking-write-and-flush` takes at most 4096 bytes at a time.
+    let chunk = vec![b'x'; 4096];
+    let mut held = Vec::new();
+    let mut written = 0usize;
+    let mut refused = 0u32;
+    for _ in 0..n {
+        let request = OutgoingRequest::new(Fields::new());
+        let _ = request.set_method(&Method::Post);
+        let _ = request.set_scheme(Some(&Scheme::Http));
+        let _ = request.set_authority(Some(authority));
+        let _ = request.set_path_with_query(Some(if path.is_empty() { "/" } else { path }));
+        let Ok(body) = request.body() else { continue };
+        let Ok(pending) = outgoing_handler::handle(request, None) else {
+            refused += 1;
+            continue;
+        };
+        let Ok(stream) = body.write() else { continue };
+        for _ in 0..(mb * 256) {
+            if stream.blocking_write_and_flush(&chunk).is_err() {
+                break;
+            }
+            written += chunk.len();
+        }
+        // Never `OutgoingBody::finish`: the body stays open.
+        held.push((pending, stream, body));
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+    json!({"open": held.len(), "written_mb": written >> 20, "refused": refused})
 }

@@ -2,10 +2,17 @@
 //! user's application, signed (Standard Webhooks), with the deployment's access token.
 //!
 //! Deliveries are rows in the store, so a restart resumes them; this loop picks up those
-//! that are due, a bounded number at a time, and never blocks run execution. 2xx is
-//! delivered; redirects are not followed and, like 4xx other than 408/409/425/429, end the
-//! retries; 408/409/425/429, 5xx, connection errors and timeouts are retried on a schedule
-//! with jitter, honouring `Retry-After`, within a window (24 h by default).
+//! that are due, a bounded number at a time, and never blocks run execution.
+//!
+//! By the Standard Webhooks rules: a 2xx answer is delivered; 410 Gone means the destination
+//! is gone, and retries stop (the delivery shows it); every other answer — 3xx (redirects
+//! are not followed), 4xx, 5xx — and every timeout or connection error is retried on a
+//! schedule with jitter (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, then every 10 h), honouring
+//! `Retry-After`, within a window (3 days by default).
+//!
+//! The body is the spec's envelope, `{"type", "timestamp", "data"}`, with the run as a poll
+//! shows it in `data`; a run whose full event is larger than the configured bound is sent
+//! thin — its id, status and poll URL — so receivers are not sent megabytes.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -41,6 +48,10 @@ pub struct PushSettings {
     pub concurrency: usize,
     /// Allow loopback and private destinations (development and tests); see `net`.
     pub allow_private_network: bool,
+    /// Largest event body sent whole; a larger one is sent thin (id, status, poll URL).
+    pub max_body_bytes: usize,
+    /// Base of the poll URLs in thin events (the server's public URL).
+    pub public_url: String,
 }
 
 impl Default for PushSettings {
@@ -50,16 +61,17 @@ impl Default for PushSettings {
             timeout: Duration::from_secs(15),
             schedule: vec![
                 Duration::from_secs(5),
-                Duration::from_secs(30),
-                minutes(2),
-                minutes(10),
+                minutes(5),
                 minutes(30),
-                minutes(60),
-                minutes(180),
+                minutes(120),
+                minutes(300),
+                minutes(600),
             ],
-            window: Duration::from_secs(24 * 3600),
+            window: Duration::from_secs(3 * 24 * 3600),
             concurrency: 32,
             allow_private_network: false,
+            max_body_bytes: 256 << 10,
+            public_url: String::new(),
         }
     }
 }
@@ -125,11 +137,11 @@ impl Pusher {
     /// Sends a `push.test` event to `push`, answering the receiver's status.
     pub(super) async fn test(&self, agent: &str, push: &PushConfig) -> Result<u16, Error> {
         let inner = &self.inner;
-        let body = serde_json::to_vec(&json!({
-            "type": "push.test",
-            "agent": agent,
-            "timestamp": clock::rfc3339(clock::now_ms()),
-        }))
+        let body = serde_json::to_vec(&envelope(
+            "push.test",
+            clock::now_ms(),
+            json!({ "agent": agent }),
+        ))
         .map_err(|e| Error::Internal(e.into()))?;
         let event_id = format!("msg_{}", uuid::Uuid::now_v7().simple());
         let secrets = inner.secrets.signing(agent).await?;
@@ -243,12 +255,27 @@ impl Inner {
             .ok_or("the run no longer exists")?;
         // The run as polled, without its delivery state: that changes from one attempt to
         // the next, and every attempt of an event carries the same body.
-        let mut run = run_json(&run);
-        if let Some(run) = run.as_object_mut() {
-            run.remove("delivery");
+        let mut data = run_json(&run);
+        if let Some(data) = data.as_object_mut() {
+            data.remove("delivery");
         }
-        serde_json::to_vec(&json!({"type": delivery.event_type, "run": run}))
-            .map_err(|e| e.to_string())
+        let event = |data| envelope(&delivery.event_type, delivery.created_at, data);
+        let body = serde_json::to_vec(&event(data)).map_err(|e| e.to_string())?;
+        if body.len() <= self.settings.max_body_bytes {
+            return Ok(body);
+        }
+        let poll_url = format!(
+            "{}/v1/agents/{}/runs/{}",
+            self.settings.public_url, run.agent, run.id
+        );
+        let thin = json!({
+            "run_id": run.id,
+            "agent": run.agent,
+            "status": run.status.as_str(),
+            "poll_url": poll_url,
+            "thin": true,
+        });
+        serde_json::to_vec(&event(thin)).map_err(|e| e.to_string())
     }
 
     async fn attempt(
@@ -276,29 +303,28 @@ impl Inner {
         if status.is_success() {
             return Attempt::Delivered;
         }
-        if status.is_redirection() {
-            let to = response
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("?");
-            return Attempt::GiveUp(format!(
-                "the receiver redirected ({status}) to {to}; redirects are not followed"
-            ));
+        if status == reqwest::StatusCode::GONE {
+            return Attempt::GiveUp(
+                "the receiver answered 410 Gone: the destination is gone, so retries stopped"
+                    .into(),
+            );
         }
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(retry_after);
-        let why = format!("the receiver answered {status}");
-        let retryable =
-            status.is_server_error() || matches!(status.as_u16(), 408 | 409 | 425 | 429);
-        if retryable {
-            Attempt::Retry(why, retry_after)
+        let why = if status.is_redirection() {
+            let to = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?");
+            format!("the receiver redirected ({status}) to {to}; redirects are not followed")
         } else {
-            Attempt::GiveUp(why)
-        }
+            format!("the receiver answered {status}")
+        };
+        Attempt::Retry(why, retry_after)
     }
 
     async fn post(
@@ -344,6 +370,11 @@ impl Inner {
         let jittered = base.mul_f64(0.9 + rand::random::<f64>() * 0.2);
         jittered.max(retry_after.unwrap_or_default())
     }
+}
+
+/// A Standard Webhooks event: its type, when it happened (RFC 3339), and its data.
+fn envelope(event_type: &str, at_ms: i64, data: serde_json::Value) -> serde_json::Value {
+    json!({"type": event_type, "timestamp": clock::rfc3339(at_ms), "data": data})
 }
 
 /// Why a push request did not get an answer.
