@@ -145,27 +145,33 @@ async fn endpoint_urls_use_the_public_url_never_the_host_header() {
     );
 }
 
+/// Runs `gust serve` on `data` with `extra` flags, expecting it to refuse to start before
+/// it listens; returns what it said on stderr.
+fn serve_refused(data: &std::path::Path, extra: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gust"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .env("GUST_ADMIN_TOKEN", crate::support::TOKEN)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("listening"),
+        "it never listened"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// Settings that contradict each other stop the host before it listens, with a message: a
 /// retention shorter than the idempotency window would let a retried submission run twice.
 #[test]
 fn a_retention_shorter_than_the_idempotency_window_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gust"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--retention-hours", "1"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("GUST_ADMIN_TOKEN", crate::support::TOKEN)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = serve_refused(&dir.path().join("data"), &["--retention-hours", "1"]);
     assert!(
         stderr.contains("must be at least the idempotency window (24 h)"),
         "{stderr}"
-    );
-    assert!(
-        !String::from_utf8_lossy(&output.stdout).contains("listening"),
-        "it never listened"
     );
 }
 
@@ -200,14 +206,7 @@ async fn the_data_folder_is_private() {
 
     // Writable by others: refused, with the reason.
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gust"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .env("GUST_ADMIN_TOKEN", crate::support::TOKEN)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = serve_refused(&data, &[]);
     assert!(
         stderr.contains("refusing to use the data folder") && stderr.contains("777"),
         "{stderr}"
