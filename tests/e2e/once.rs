@@ -65,7 +65,19 @@ async fn queued_runs_execute_once_after_a_restart_on_a_cold_cache() {
     host.kill9();
     std::fs::remove_dir_all(data.join("cache")).unwrap();
 
-    let host = Host::start_on(data, &["--allow-private-network", "--lease", "1"]).await;
+    // Room for every run of the agent from the start, before its deployment is loaded (a
+    // host with more cores has it by default): each would compile the component itself.
+    let host = Host::start_on(
+        data,
+        &[
+            "--allow-private-network",
+            "--lease",
+            "1",
+            "--agent-instances",
+            "8",
+        ],
+    )
+    .await;
     let runs = all_ended(&host, "probe", &ids, Duration::from_secs(240)).await;
     for (i, run) in runs.iter().enumerate() {
         assert_eq!(run["status"], "succeeded", "{run}");
