@@ -197,6 +197,21 @@ async fn poll_sees_progress_logs_output_and_errors() {
     );
     let cursor = page["next_cursor"].as_str().unwrap();
     assert_eq!(cursor, first[2]);
+    // Listings are summaries: no outputs, logs or outgoing requests (a poll has them).
+    for run in page["runs"].as_array().unwrap() {
+        for heavy in ["output", "logs", "outbound"] {
+            assert!(run.get(heavy).is_none(), "{heavy} in a listing: {run}");
+        }
+        assert!(
+            run["status"].is_string() && run["attempts"].is_u64(),
+            "{run}"
+        );
+    }
+    let polled = poll(&host, "probe", first[0], 0).await;
+    assert!(
+        polled.get("output").is_some() && polled.get("logs").is_some(),
+        "{polled}"
+    );
     let (_, rest) = host
         .send(host.request(
             Method::GET,

@@ -74,7 +74,8 @@ impl Store {
         self.sqlite(move |db| db.run_input(&agent, &id)).await
     }
 
-    /// Runs of `agent`, newest first, optionally of one status, older than the run `before`.
+    /// Runs of `agent`, newest first, optionally of one status, older than the run `before`:
+    /// summaries, without their outputs, log lines and outgoing requests.
     ///
     /// # Errors
     /// When the database fails.

@@ -48,7 +48,7 @@ use crate::secrets::PushSecrets;
 
 pub use push::PushSettings;
 use state::QueueState;
-pub use view::run_json;
+pub use view::{run_json, run_summary_json};
 use writer::Writer;
 
 /// A new run id: `run_` and a UUIDv7 in hex, so ids sort by creation time (which keeps the

@@ -41,6 +41,18 @@ pub fn run_json(run: &RunRecord) -> Value {
     })
 }
 
+/// A run as a listing shows it: the poll shape without `output`, `logs` and `outbound`
+/// (a listing does not read them; a poll of the run answers them).
+pub fn run_summary_json(run: &RunRecord) -> Value {
+    let mut summary = run_json(run);
+    if let Some(fields) = summary.as_object_mut() {
+        for heavy in ["output", "logs", "outbound"] {
+            fields.remove(heavy);
+        }
+    }
+    summary
+}
+
 /// JSON answers are shown as JSON; anything else as base64.
 fn output_json(content_type: &str, bytes: &[u8]) -> Value {
     if is_json(content_type)

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use gust_core::Error;
-use gust_core::runs::{Submitted, run_json};
+use gust_core::runs::{Submitted, run_json, run_summary_json};
 use gust_model::RunStatus;
 
 use super::auth::{Admin, Invoker};
@@ -124,7 +124,7 @@ pub(crate) async fn list(
     let next_cursor = (runs.len() == limit)
         .then(|| runs.last().map(|r| r.id.clone()))
         .flatten();
-    let runs: Vec<Value> = runs.iter().map(run_json).collect();
+    let runs: Vec<Value> = runs.iter().map(run_summary_json).collect();
     Ok(Json(json!({"runs": runs, "next_cursor": next_cursor})).into_response())
 }
 

@@ -519,6 +519,14 @@ const RUN_COLUMNS: &str =
     d.event_id, d.event_type, d.url, d.access_token, d.status, d.attempts, d.last_error,
     d.next_attempt_at, d.created_at";
 
+/// [`RUN_COLUMNS`] without the output, log lines and outgoing requests (read as none).
+const SUMMARY_COLUMNS: &str =
+    "r.id, r.agent, r.deployment, r.version, r.status, r.created_at, r.started_at,
+    r.finished_at, r.attempts, NULL, NULL, r.error_kind, r.error_message,
+    r.progress_fraction, r.progress_message, NULL, NULL,
+    d.event_id, d.event_type, d.url, d.access_token, d.status, d.attempts, d.last_error,
+    d.next_attempt_at, d.created_at";
+
 fn run_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     let id: String = row.get(0)?;
     let agent: String = row.get(1)?;
@@ -611,8 +619,10 @@ pub(super) fn list(
     limit: usize,
     before: Option<&str>,
 ) -> Result<Vec<RunRecord>, StoreError> {
+    // Summaries: a listing never loads outputs, logs or outgoing requests (up to 200 runs
+    // of up to 64 MiB of output each); a poll of one run answers them.
     let sql = format!(
-        "SELECT {RUN_COLUMNS} FROM runs r LEFT JOIN deliveries d ON d.run_id = r.id
+        "SELECT {SUMMARY_COLUMNS} FROM runs r LEFT JOIN deliveries d ON d.run_id = r.id
          WHERE r.agent = ?1 AND (?2 IS NULL OR r.status = ?2) AND (?3 IS NULL OR r.id < ?3)
          ORDER BY r.id DESC LIMIT ?4"
     );
