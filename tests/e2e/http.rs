@@ -169,3 +169,40 @@ async fn tls_is_served_with_the_given_certificate() {
         .await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }
+
+/// A client that never reads its answer does not hold it (and its connection) forever:
+/// once writing makes no progress for `--write-timeout`, the connection is closed.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(dir.path().join("data"), &["--write-timeout", "2"]).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config("probe", serde_json::json!({"output_mib": 64}))
+        .await;
+    host.deploy("probe", None).await;
+    let body = r#"{"op": "big", "mb": 48}"#;
+    let mut stream = TcpStream::connect(host.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /v1/agents/probe/run HTTP/1.1\r\nhost: gust\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        crate::support::TOKEN,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Not reading, for longer than the write timeout.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut received = 0usize;
+    let mut chunk = vec![0; 1 << 16];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => received += n,
+            Err(_) => panic!("the connection stayed open after the write timeout"),
+        }
+    }
+    assert!(
+        received < 48 << 20,
+        "the answer was cut off: {received} bytes of more than 48 MiB arrived"
+    );
+}

@@ -439,6 +439,10 @@ struct ServeArgs {
     /// connection may stay idle.
     #[arg(long, default_value_t = 10, value_name = "S")]
     header_timeout: u64,
+    /// Seconds writing an answer may make no progress (a client that stops reading) before
+    /// the connection is closed.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    write_timeout: u64,
     /// Connections open at once; more wait in the listen backlog.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     max_connections: usize,
@@ -612,6 +616,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http: HttpSettings {
             header_timeout: Duration::from_secs(args.header_timeout.max(1)),
             max_connections: args.max_connections.max(1),
+            write_timeout: Duration::from_secs(args.write_timeout.max(1)),
             tls_cert: args.tls_cert,
             tls_key: args.tls_key,
             ..HttpSettings::default()

@@ -3,6 +3,7 @@
 //! - [`serve()`]: opens the data folder, the store and the engine, starts the use cases
 //!   (`gust-core`), listens, and stops everything in order on shutdown;
 //! - `listen`: accepting and serving connections (timeouts, limits, TLS), the graceful drain;
+//!   `stall`: the write timeout for clients that stop reading;
 //! - `api`: the routes under `/v1`, their extractors, and the one mapping of errors to
 //!   responses;
 //! - `data_dir`: the data folder's lock and generated admin token;
@@ -13,6 +14,7 @@ mod data_dir;
 mod listen;
 pub mod options;
 mod serve;
+mod stall;
 mod tls;
 
 pub use serve::serve;

@@ -10,6 +10,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+use crate::stall::WriteTimeout;
+
 /// How connections are accepted and served.
 pub(crate) struct Listening {
     /// Time a client has to send its request headers, and the longest a keep-alive
@@ -22,6 +24,8 @@ pub(crate) struct Listening {
     pub(crate) max_connections: usize,
     /// TLS, when the host terminates it.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// How long a write to a client may make no progress before the connection is closed.
+    pub(crate) write_timeout: Duration,
 }
 
 /// Serves connections until `shutdown`; then, within `grace`, lets requests in flight finish
@@ -57,12 +61,16 @@ pub(crate) async fn accept_loop<D: Future<Output = ()>>(
         let service = TowerToHyperService::new(app.clone());
         let (http, tls, watcher) = (Arc::clone(&http), listening.tls.clone(), graceful.watcher());
         let handshake_timeout = listening.header_timeout;
+        let write_timeout = listening.write_timeout;
         tokio::spawn(async move {
             let _slot = slot;
             let served = match tls {
                 None => {
                     watcher
-                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .watch(http.serve_connection(
+                            TokioIo::new(WriteTimeout::new(stream, write_timeout)),
+                            service,
+                        ))
                         .await
                 }
                 Some(tls) => {
@@ -73,7 +81,10 @@ pub(crate) async fn accept_loop<D: Future<Output = ()>>(
                         return;
                     };
                     watcher
-                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .watch(http.serve_connection(
+                            TokioIo::new(WriteTimeout::new(stream, write_timeout)),
+                            service,
+                        ))
                         .await
                 }
             };

@@ -64,6 +64,9 @@ pub struct HttpSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of that certificate.
     pub tls_key: Option<PathBuf>,
+    /// How long writing an answer may make no progress (a client that does not read)
+    /// before the connection is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for HttpSettings {
@@ -74,6 +77,7 @@ impl Default for HttpSettings {
             max_connections: 4096,
             tls_cert: None,
             tls_key: None,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -112,6 +116,7 @@ pub async fn serve(
         header_timeout: options.http.header_timeout,
         max_headers: options.http.max_headers,
         max_connections: options.http.max_connections,
+        write_timeout: options.http.write_timeout,
         tls: match (&options.http.tls_cert, &options.http.tls_key) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             (None, None) => None,
