@@ -206,3 +206,54 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
         "the answer was cut off: {received} bytes of more than 48 MiB arrived"
     );
 }
+
+/// The request bodies being read take at most `--max-body-memory-mib` together: slow
+/// uploads that hold it leave later requests a 429 after a short wait, not a host that
+/// grows; once they go, room is back.
+#[tokio::test]
+async fn request_bodies_in_flight_are_bounded_server_wide() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(
+        dir.path().join("data"),
+        &[
+            "--max-body-memory-mib",
+            "2",
+            "--max-upload-mib",
+            "1",
+            "--max-input-mib",
+            "1",
+        ],
+    )
+    .await;
+    // Two uploads that send 1000 KiB of their 1 MiB and then stop sending.
+    let mut stalled = Vec::new();
+    for agent in ["slow-a", "slow-b"] {
+        let mut stream = TcpStream::connect(host.url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /v1/agents/{agent}/versions HTTP/1.1\r\nhost: gust\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\n\r\n",
+            crate::support::TOKEN,
+            1 << 20
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&vec![0u8; 1000 << 10]).await.unwrap();
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let upload = || {
+        host.request(reqwest::Method::POST, "/v1/agents/other/versions")
+            .body(vec![0u8; 100 << 10])
+    };
+    let (status, body) = host.send(upload()).await;
+    assert_eq!(status, reqwest::StatusCode::TOO_MANY_REQUESTS, "{body}");
+    crate::support::error_kind(&body, "overloaded");
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = host.send(upload()).await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        "read whole once room is back (and refused as no component): {body}"
+    );
+}

@@ -382,6 +382,10 @@ struct ServeArgs {
     /// Largest component upload, in MiB.
     #[arg(long, default_value_t = 100, value_name = "MIB")]
     max_upload_mib: usize,
+    /// Memory all request bodies being read may take at once, in MiB: many slow uploads
+    /// cannot add up past it (a request that finds no room within 2 s gets 429).
+    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    max_body_memory_mib: usize,
     /// Largest call input, in MiB.
     #[arg(long, default_value_t = 10, value_name = "MIB")]
     max_input_mib: usize,
@@ -604,6 +608,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: BodyLimits {
             upload: args.max_upload_mib << 20,
             input: args.max_input_mib << 20,
+            in_flight: args.max_body_memory_mib << 20,
         },
         outbound: OutboundSettings {
             allow_private_network: args.allow_private_network,

@@ -92,6 +92,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     options.runs.validate().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        options.limits.in_flight >= options.limits.upload.max(options.limits.input),
+        "the memory for request bodies in flight ({} MiB) must hold at least the largest upload and input ({} MiB)",
+        options.limits.in_flight >> 20,
+        options.limits.upload.max(options.limits.input) >> 20
+    );
     let data_dir = &options.data_dir;
     data_dir::prepare(data_dir)?;
     let _lock = data_dir::lock(data_dir)?;
@@ -158,6 +164,7 @@ pub async fn serve(
         admin: AdminToken::new(admin_token, admin_token_file),
         public_url,
         limits: options.limits,
+        body_budget: api::BodyBudget::new(options.limits.in_flight),
     });
 
     // Deployments load while the listener already answers /healthz; calls wait for the load.

@@ -1,6 +1,7 @@
 //! Reading request bodies with a limit that is checked before the body is read (from
 //! `Content-Length`) and again while reading (for chunked bodies).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -8,6 +9,7 @@ use axum::http::HeaderMap;
 use axum::http::header::CONTENT_LENGTH;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// After refusing a body, how much of it is read and thrown away (and for how long) before
 /// the connection closes. Closing a socket with unread data makes the kernel reset it, and
@@ -22,11 +24,51 @@ const BODY_TOTAL: Duration = Duration::from_secs(600);
 
 use gust_core::Error;
 
-/// Reads the whole body, refusing more than `limit` bytes with 413.
+/// How long a body waits for room in the server-wide budget before the request is refused.
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
+
+/// The memory all request bodies being read may take at once, server-wide: many slow
+/// uploads must not add up past it. Counted in KiB, as they arrive.
+pub(crate) struct BodyBudget {
+    kib: Arc<Semaphore>,
+}
+
+impl BodyBudget {
+    pub(crate) fn new(bytes: usize) -> Self {
+        Self {
+            kib: Arc::new(Semaphore::new(
+                (bytes >> 10).clamp(1, Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+
+    /// Room for `n` more bytes, waiting at most [`BUDGET_WAIT`].
+    async fn take(&self, n: usize) -> Result<OwnedSemaphorePermit, Error> {
+        let kib = u32::try_from(n.div_ceil(1024)).unwrap_or(u32::MAX);
+        match tokio::time::timeout(BUDGET_WAIT, Arc::clone(&self.kib).acquire_many_owned(kib)).await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Error::Overloaded {
+                message: "the host is reading as many request bodies as it may hold; retry shortly"
+                    .into(),
+                retry_after: Some(Duration::from_secs(1)),
+            }),
+        }
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413, within the server's
+/// body `budget` (429 when it stays full).
 ///
 /// # Errors
-/// [`Error::PayloadTooLarge`] past the limit; [`Error::BadRequest`] when the body breaks off.
-pub(crate) async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Error> {
+/// [`Error::PayloadTooLarge`] past the limit; [`Error::BadRequest`] when the body breaks off;
+/// [`Error::Overloaded`] when the budget has no room.
+pub(crate) async fn read(
+    budget: &BodyBudget,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, Error> {
     let too_large = || {
         Error::PayloadTooLarge(format!(
             "the body is larger than the limit of {}",
@@ -45,6 +87,8 @@ pub(crate) async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Resul
     // Reserve for what the client declared, but never much up front: memory follows the
     // bytes that actually arrive.
     let mut collected = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(1 << 20));
+    // Held while the body is read, given back when it is in one buffer (the caller's).
+    let mut held: Option<OwnedSemaphorePermit> = None;
     let deadline = tokio::time::Instant::now() + BODY_TOTAL;
     loop {
         let next = tokio::time::timeout_at(
@@ -62,6 +106,11 @@ pub(crate) async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Resul
             if collected.len() + data.len() > limit {
                 drain(body).await;
                 return Err(too_large());
+            }
+            let room = budget.take(data.len()).await?;
+            match &mut held {
+                Some(held) => held.merge(room),
+                None => held = Some(room),
             }
             collected.extend_from_slice(data);
         }

@@ -114,7 +114,13 @@ pub(crate) async fn upload(
     headers: HeaderMap,
     request_body: Body,
 ) -> Answer {
-    let bytes = body::read(&headers, request_body, state.limits.upload).await?;
+    let bytes = body::read(
+        &state.body_budget,
+        &headers,
+        request_body,
+        state.limits.upload,
+    )
+    .await?;
     let uploaded = state.host.lifecycle.upload(&agent, bytes).await?;
     let status = if uploaded.created {
         StatusCode::CREATED
@@ -189,7 +195,13 @@ pub(crate) async fn put_config(
     headers: HeaderMap,
     request_body: Body,
 ) -> Answer {
-    let bytes = body::read(&headers, request_body, CONFIG_BODY_LIMIT).await?;
+    let bytes = body::read(
+        &state.body_budget,
+        &headers,
+        request_body,
+        CONFIG_BODY_LIMIT,
+    )
+    .await?;
     let draft: AgentConfig = body::json(&bytes)?;
     let (saved, new_secret) = state.host.lifecycle.put_draft(&agent, draft).await?;
     let mut answer = saved.redacted();
@@ -213,7 +225,13 @@ pub(crate) async fn deploy(
     headers: HeaderMap,
     request_body: Body,
 ) -> Answer {
-    let bytes = body::read(&headers, request_body, CONFIG_BODY_LIMIT).await?;
+    let bytes = body::read(
+        &state.body_budget,
+        &headers,
+        request_body,
+        CONFIG_BODY_LIMIT,
+    )
+    .await?;
     // An empty body deploys the newest version.
     let request: DeployRequest = optional_json(&bytes)?;
     let key = body::idempotency_key(&headers)?;
@@ -243,7 +261,13 @@ pub(crate) async fn rollback(
     headers: HeaderMap,
     request_body: Body,
 ) -> Answer {
-    let bytes = body::read(&headers, request_body, CONFIG_BODY_LIMIT).await?;
+    let bytes = body::read(
+        &state.body_budget,
+        &headers,
+        request_body,
+        CONFIG_BODY_LIMIT,
+    )
+    .await?;
     let request: RollbackRequest = optional_json(&bytes)?;
     let record = state.host.lifecycle.rollback(&agent, request.to).await?;
     Ok(Json(deploy_answer(&state, &record)).into_response())

@@ -42,7 +42,7 @@ pub(crate) async fn run(
         attempt: 1,
         sink: None,
     };
-    let input = read_input(headers, request_body, state.limits.input);
+    let input = read_input(&state, headers, request_body);
     let called = state
         .host
         .calls
@@ -74,8 +74,18 @@ pub(crate) async fn run(
 
 /// The body and its content type. Takes the headers by value so that they are dropped
 /// here, before the call: a call may wait for minutes, and nothing after this needs them.
-async fn read_input(headers: HeaderMap, request_body: Body, limit: usize) -> Result<Input, Error> {
-    let bytes: Bytes = body::read(&headers, request_body, limit).await?;
+async fn read_input(
+    state: &AppState,
+    headers: HeaderMap,
+    request_body: Body,
+) -> Result<Input, Error> {
+    let bytes: Bytes = body::read(
+        &state.body_budget,
+        &headers,
+        request_body,
+        state.limits.input,
+    )
+    .await?;
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -35,7 +35,7 @@ pub(crate) async fn create(
     headers: HeaderMap,
     request_body: Body,
 ) -> Answer {
-    let bytes = body::read(&headers, request_body, 64 << 10).await?;
+    let bytes = body::read(&state.body_budget, &headers, request_body, 64 << 10).await?;
     let new: NewKey = body::json(&bytes)?;
     let (key, record) = state
         .host

@@ -27,6 +27,8 @@ use gust_model::DeliveryMode;
 
 use error::ApiError;
 
+pub(crate) use body::BodyBudget;
+
 /// Request body limits.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimits {
@@ -34,6 +36,8 @@ pub struct BodyLimits {
     pub upload: usize,
     /// Largest input of a call, in bytes.
     pub input: usize,
+    /// Memory all request bodies being read may take at once, server-wide, in bytes.
+    pub in_flight: usize,
 }
 
 impl Default for BodyLimits {
@@ -41,6 +45,7 @@ impl Default for BodyLimits {
         Self {
             upload: 100 << 20,
             input: 10 << 20,
+            in_flight: 512 << 20,
         }
     }
 }
@@ -55,6 +60,8 @@ pub(crate) struct AppState {
     pub(crate) public_url: String,
     /// Request body limits.
     pub(crate) limits: BodyLimits,
+    /// The server-wide memory of request bodies being read.
+    pub(crate) body_budget: body::BodyBudget,
 }
 
 impl AppState {

@@ -40,7 +40,13 @@ pub(crate) async fn submit(
     // Fail fast, before reading a body for an agent that is not deployed.
     lifecycle.live(&agent)?;
     let idempotency_key = body::idempotency_key(&headers)?;
-    let input = body::read(&headers, request_body, state.limits.input).await?;
+    let input = body::read(
+        &state.body_budget,
+        &headers,
+        request_body,
+        state.limits.input,
+    )
+    .await?;
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
