@@ -147,3 +147,62 @@ async fn a_full_agent_answers_429_and_recovers() {
     }
     submit(&host, "busy", json!({})).await;
 }
+
+/// What a key holder can make the host store is bounded: an agent's stored runs stay within
+/// `--max-run-storage-mib` (507 `storage_full` past it, nothing evicted), and submissions
+/// stop before the disk fills (`--min-free-disk-mib`).
+#[tokio::test]
+async fn stored_runs_and_the_disk_are_guarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(dir.path().join("data"), &["--max-run-storage-mib", "1"]).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.deploy("probe", None).await;
+    let submit = |host: &Host, input: serde_json::Value| {
+        host.request(reqwest::Method::POST, "/v1/agents/probe/runs")
+            .json(&input)
+    };
+    // 300 KiB of input each; the echo answers them back, so each run keeps about 600 KiB:
+    // the first two fit in 1 MiB (the second is accepted at 900 KiB), the third does not.
+    let big = serde_json::json!({"op": "echo", "pad": "x".repeat(300 << 10)});
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let (status, run) = host.send(submit(&host, big.clone())).await;
+        assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{run}");
+        let id = run["run_id"].as_str().unwrap().to_owned();
+        crate::runs::finished(&host, "probe", &id).await;
+        kept.push(id);
+    }
+    let (status, body) = host.send(submit(&host, big.clone())).await;
+    assert_eq!(status, reqwest::StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert!(
+        crate::support::error_kind(&body, "storage_full").contains("1 MiB"),
+        "{body}"
+    );
+    // The runs kept before are still there: nothing is evicted to make room.
+    for id in &kept {
+        let run = crate::runs::poll(&host, "probe", id, 0).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    drop(host);
+
+    // A disk with less free space than asked for refuses runs (here: asking for 100 TiB).
+    let host = Host::start_on(
+        dir.path().join("data"),
+        &["--min-free-disk-mib", "104857600"],
+    )
+    .await;
+    crate::support::eventually(Duration::from_secs(10), "runs refused", || async {
+        let (status, _) = host
+            .send(submit(&host, serde_json::json!({"op": "echo"})))
+            .await;
+        status == reqwest::StatusCode::INSUFFICIENT_STORAGE
+    })
+    .await;
+    let (_, body) = host
+        .send(submit(&host, serde_json::json!({"op": "echo"})))
+        .await;
+    assert!(
+        crate::support::error_kind(&body, "storage_full").contains("disk"),
+        "{body}"
+    );
+}

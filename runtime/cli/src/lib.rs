@@ -436,6 +436,13 @@ struct ServeArgs {
     /// The largest `output_mib` a deployment may set.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     max_output_mib: u32,
+    /// MiB one agent's stored runs (inputs, outputs, logs) may take; past it submissions
+    /// get 507 `storage_full` until retention removes ended runs.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    max_run_storage_mib: u64,
+    /// Free MiB the data folder's disk keeps: below it submissions get 507 `storage_full`.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    min_free_disk_mib: u64,
     /// Runs of one agent waiting in the queue at most; past it, submissions get 429.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     max_queued_per_agent: usize,
@@ -614,6 +621,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             allow_private_network: args.allow_private_network,
             max_response_bytes: args.max_outbound_response_mib << 20,
         },
+        min_free_disk: args.min_free_disk_mib.saturating_mul(1 << 20),
         tuning: match args.engine_tuning {
             EngineTuning::Gust => Tuning::default(),
             EngineTuning::WasmtimeDefaults => Tuning::wasmtime_defaults(),
@@ -651,6 +659,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             lease: Duration::from_secs(args.lease.max(1)),
             max_attempts: args.max_attempts.max(1),
             retention: Duration::from_secs(args.retention_hours.saturating_mul(3600)),
+            max_stored_bytes_per_agent: args.max_run_storage_mib.max(1).saturating_mul(1 << 20),
             push: PushSettings {
                 timeout: Duration::from_secs(args.push_timeout.max(1)),
                 schedule: parse_schedule(&args.push_retry_schedule)?,

@@ -50,6 +50,10 @@ pub enum Error {
         /// When to retry, sent as `Retry-After`.
         retry_after: Option<std::time::Duration>,
     },
+    /// 507: the agent's stored runs are at their bound, or the host's disk is almost full;
+    /// nothing is evicted to make room.
+    #[error("{0}")]
+    StorageFull(String),
     /// 502: the guest returned `failed`; its message is passed on.
     #[error("{0}")]
     Failed(String),
@@ -84,6 +88,7 @@ impl Error {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::InvalidComponent { .. } => "invalid_component",
             Self::InvalidInput(_) => "invalid_input",
+            Self::StorageFull(_) => "storage_full",
             Self::Failed(_) => "failed",
             Self::Trap => "trap",
             Self::MemoryLimit(_) => "memory_limit",

@@ -170,6 +170,16 @@ pub(crate) fn admin_token(
     Ok((token, Some(path)))
 }
 
+/// Bytes free for gust in the file system of `data_dir` (what an unprivileged user may
+/// still write).
+///
+/// # Errors
+/// When the file system cannot be asked.
+pub(crate) fn free_bytes(data_dir: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(data_dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Verdict, verdict};

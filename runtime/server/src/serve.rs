@@ -49,6 +49,8 @@ pub struct ServeOptions {
     pub outbound: OutboundSettings,
     /// Engine settings (the default is what gust is tuned with).
     pub tuning: Tuning,
+    /// Free bytes below which the data folder's disk counts as full: new runs are refused.
+    pub min_free_disk: u64,
 }
 
 /// Connection handling of `gust serve`.
@@ -166,6 +168,30 @@ pub async fn serve(
         limits: options.limits,
         body_budget: api::BodyBudget::new(options.limits.in_flight),
     });
+
+    // Runs are refused before the disk fills: a full disk would fail every commit, the
+    // accepted runs' included.
+    let (runs, watched, min_free) = (
+        Arc::clone(&state.host.runs),
+        data_dir.clone(),
+        options.min_free_disk,
+    );
+    background.spawn(
+        gust_core::background::Stage::Intake,
+        move |stop| async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                match data_dir::free_bytes(&watched) {
+                    Ok(free) => runs.set_disk_low(free < min_free),
+                    Err(e) => tracing::warn!("reading the free space of the data folder: {e}"),
+                }
+            }
+        },
+    );
 
     // Deployments load while the listener already answers /healthz; calls wait for the load.
     // If the load itself fails (the store cannot be read), the host cannot serve: it stops.

@@ -30,6 +30,9 @@ pub struct NewRun {
     /// Whether its deployment pushes ended runs (known at acceptance, so most runs need
     /// not look up their deployment's configuration when they end).
     pub push: bool,
+    /// The bytes the agent's stored runs may take: past it the run is refused
+    /// ([`WriteOutcome::StorageFull`]).
+    pub max_stored_bytes: u64,
 }
 
 /// One write of the run queue. The writer applies many in one transaction.
@@ -150,6 +153,8 @@ pub enum WriteOutcome {
     },
     /// The idempotency key names an earlier run with another request.
     IdempotencyConflict,
+    /// The agent's stored runs are at their bound: the run was not accepted.
+    StorageFull,
     /// The attempt started.
     Started(StartedRun),
     /// The run was not started: it is in this status now (`expired` if it just expired).

@@ -29,7 +29,7 @@ mod workers;
 mod writer;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gust_model::{RunRecord, RunStatus};
@@ -80,6 +80,9 @@ pub struct RunSettings {
     pub max_attempts: u32,
     /// How long ended runs are kept.
     pub retention: Duration,
+    /// Bytes one agent's stored runs (inputs, outputs, logs) may take; past it new runs are
+    /// refused with 507 `storage_full` until retention makes room.
+    pub max_stored_bytes_per_agent: u64,
     /// Push delivery.
     pub push: PushSettings,
 }
@@ -112,6 +115,7 @@ impl Default for RunSettings {
             lease: Duration::from_secs(30),
             max_attempts: 3,
             retention: Duration::from_secs(7 * 24 * 3600),
+            max_stored_bytes_per_agent: 1 << 30,
             push: PushSettings::default(),
         }
     }
@@ -158,6 +162,8 @@ pub struct Runs {
     /// Free worker slots.
     slots: Arc<tokio::sync::Semaphore>,
     pusher: push::Pusher,
+    /// Set while the host's disk is almost full: submissions are refused.
+    disk_low: AtomicBool,
 }
 
 impl Runs {
@@ -198,6 +204,7 @@ impl Runs {
             slots: Arc::new(tokio::sync::Semaphore::new(settings.workers.max(1))),
             settings,
             pusher,
+            disk_low: AtomicBool::new(false),
         });
 
         let (max_attempts, now) = (runs.settings.max_attempts, clock::now_ms());
@@ -253,6 +260,11 @@ impl Runs {
             }
             None => None,
         };
+        if self.disk_low.load(Ordering::Relaxed) {
+            return Err(Error::StorageFull(
+                "the host's disk is almost full; runs are not accepted until space is freed".into(),
+            ));
+        }
         // A place in the agent's queue, reserved before the insert so that concurrent
         // submissions cannot all pass the bound; given back unless a run takes it.
         let queue = self.state.queue(deployment.name());
@@ -279,6 +291,7 @@ impl Runs {
             expires_at: now.saturating_add(wait),
             idempotency,
             push: deployment.push.is_some(),
+            max_stored_bytes: self.settings.max_stored_bytes_per_agent,
         };
         let id = run.id.clone();
         let outcome = self.writer.write(RunWrite::Insert(run)).await;
@@ -292,6 +305,11 @@ impl Runs {
                 deployment.name()
             ))),
             WriteOutcome::Replayed { id } => Ok(Submitted { id, created: false }),
+            WriteOutcome::StorageFull => Err(Error::StorageFull(format!(
+                "agent `{}` keeps {} MiB of runs already, its bound; runs are accepted again as retention removes ended ones",
+                deployment.name(),
+                self.settings.max_stored_bytes_per_agent >> 20
+            ))),
             WriteOutcome::IdempotencyConflict => Err(Error::Conflict(
                 "this `Idempotency-Key` was used in the last 24 h with another request".into(),
             )),
@@ -430,6 +448,17 @@ impl Runs {
                 running = self.state.running().len(),
                 "runs still executing after the grace period; they go back to the queue"
             );
+        }
+    }
+
+    /// Tells the queue whether the host's disk is almost full (the server watches it).
+    pub fn set_disk_low(&self, low: bool) {
+        if self.disk_low.swap(low, Ordering::Relaxed) != low {
+            if low {
+                tracing::warn!("the disk is almost full: new runs are refused");
+            } else {
+                tracing::info!("disk space is back: runs are accepted again");
+            }
         }
     }
 

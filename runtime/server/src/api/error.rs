@@ -37,6 +37,7 @@ fn status(e: &Error) -> StatusCode {
             StatusCode::BAD_GATEWAY
         }
         Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        Error::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
         // The use cases' errors grow with new kinds; until this mapping names one, it is
         // an internal error, which says nothing.
         _ => StatusCode::INTERNAL_SERVER_ERROR,

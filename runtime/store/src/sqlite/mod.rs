@@ -72,6 +72,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE deployments ADD COLUMN request_hash TEXT;
     CREATE INDEX deployments_idempotency ON deployments(agent, idempotency_key)
         WHERE idempotency_key IS NOT NULL;",
+    // 6: the bytes each run keeps (input, output, logs, outgoing requests), and each agent's
+    // total, for the per-agent bound on stored runs.
+    "ALTER TABLE runs ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN run_bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE runs SET stored_bytes = length(input) + coalesce(length(output), 0)
+        + coalesce(length(logs), 0) + coalesce(length(outbound), 0);
+    UPDATE agents SET run_bytes =
+        (SELECT coalesce(sum(stored_bytes), 0) FROM runs WHERE runs.agent = agents.name);",
 ];
 
 /// The SQLite backend: blocking calls, run on the blocking pool by [`crate::Store`].

@@ -190,16 +190,30 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
         }
         RunWrite::Redeliver { agent, id, now } => redeliver(tx, agent, id, *now),
         RunWrite::Purge { before } => {
-            exec(
-                tx,
-                // A run whose push is still pending stays until its delivery ends: purging it
-                // would lose the event (its delivery row goes with it).
-                "DELETE FROM runs WHERE finished_at < ?1 AND status NOT IN ('queued', 'running')
-                   AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                   WHERE d.run_id = runs.id AND d.status = 'pending')",
-                [before],
-            )
-            .map_err(internal)?;
+            // A run whose push is still pending stays until its delivery ends: purging it
+            // would lose the event (its delivery row goes with it).
+            let purged: Vec<(String, i64)> = tx
+                .prepare_cached(
+                    "DELETE FROM runs WHERE finished_at < ?1 AND status NOT IN ('queued', 'running')
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                       WHERE d.run_id = runs.id AND d.status = 'pending')
+                     RETURNING agent, stored_bytes",
+                )
+                .and_then(|mut s| s.query_map([before], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(internal)?;
+            let mut freed: std::collections::HashMap<String, i64> =
+                std::collections::HashMap::new();
+            for (agent, bytes) in purged {
+                *freed.entry(agent).or_default() += bytes;
+            }
+            for (agent, bytes) in freed {
+                exec(
+                    tx,
+                    "UPDATE agents SET run_bytes = max(0, run_bytes - ?2) WHERE name = ?1",
+                    params![agent, bytes],
+                )
+                .map_err(internal)?;
+            }
             Ok(WriteOutcome::Done)
         }
     }
@@ -242,10 +256,29 @@ fn insert(tx: &Connection, run: &NewRun) -> Result<WriteOutcome, StoreError> {
             .map_err(internal)?;
         }
     }
+    // The agent's stored runs stay within their bound: past it, new runs are refused (the
+    // ones kept are never evicted; finished ones leave by retention).
+    let stored: i64 = row(
+        tx,
+        "SELECT run_bytes FROM agents WHERE name = ?1",
+        [&run.agent],
+        |r| r.get(0),
+    )
+    .map_err(internal)?;
+    let input = i64::try_from(run.input.len()).unwrap_or(i64::MAX);
+    if stored.saturating_add(input) > i64::try_from(run.max_stored_bytes).unwrap_or(i64::MAX) {
+        return Ok(WriteOutcome::StorageFull);
+    }
+    exec(
+        tx,
+        "UPDATE agents SET run_bytes = run_bytes + ?2 WHERE name = ?1",
+        params![run.agent, input],
+    )
+    .map_err(internal)?;
     let (key, hash) = run.idempotency.clone().unzip();
     exec(tx,
-        "INSERT INTO runs (id, agent, deployment, version, status, input, content_type, created_at, expires_at, idempotency_key, request_hash, push)
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO runs (id, agent, deployment, version, status, input, content_type, created_at, expires_at, idempotency_key, request_hash, push, stored_bytes)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, length(?5))",
         params![
             run.id,
             run.agent,
@@ -341,19 +374,28 @@ fn finish(
             Some(message.as_str()),
         ),
     };
-    let push: Option<bool> = row(
+    let ended: Option<(bool, String, i64)> = row(
         tx,
         "UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, output_type = ?5, error_kind = ?6,
-            error_message = ?7, logs = ?8, outbound = ?9, lease_until = NULL
-         WHERE id = ?1 AND status = 'running' RETURNING push",
+            error_message = ?7, logs = ?8, outbound = ?9, lease_until = NULL,
+            stored_bytes = length(input) + coalesce(length(?4), 0) + length(?8)
+                + coalesce(length(?9), 0)
+         WHERE id = ?1 AND status = 'running'
+         RETURNING push, agent, coalesce(length(?4), 0) + length(?8) + coalesce(length(?9), 0)",
         params![id, status.as_str(), now, output, output_type, error_kind, error_message, logs, outbound],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )
     .optional()
     .map_err(internal)?;
-    let Some(push) = push else {
+    let Some((push, agent, added)) = ended else {
         return Ok(WriteOutcome::NotRunning);
     };
+    exec(
+        tx,
+        "UPDATE agents SET run_bytes = run_bytes + ?2 WHERE name = ?1",
+        params![agent, added],
+    )
+    .map_err(internal)?;
     // Most runs do not push: skip reading their deployment's configuration.
     let delivery = push && create_delivery(tx, id, status, now)?;
     Ok(WriteOutcome::Finished { delivery })
@@ -715,6 +757,7 @@ mod tests {
             expires_at: created_at + 1000,
             idempotency: key.map(|(k, h)| (k.into(), h.into())),
             push: false,
+            max_stored_bytes: u64::MAX,
         })
     }
 
@@ -1020,5 +1063,34 @@ mod tests {
         let run = db.run("a", "r1").unwrap().unwrap();
         assert_eq!((run.status, run.attempts), (RunStatus::Failed, 2));
         assert_eq!(run.error.unwrap().0, "lost");
+    }
+
+    /// An agent's stored runs stay within their bound: a run that would pass it is refused,
+    /// and purging ended runs makes room again.
+    #[test]
+    fn stored_run_bytes_are_bounded_per_agent() {
+        let (_dir, db) = store();
+        let bounded = |id: &str, created_at: i64| {
+            let mut run = new_run(id, created_at, None);
+            if let RunWrite::Insert(new) = &mut run {
+                new.max_stored_bytes = 5;
+            }
+            run
+        };
+        // Each input is `{}`: two bytes.
+        assert_eq!(apply(&db, bounded("r1", 10)), WriteOutcome::Inserted);
+        assert_eq!(apply(&db, bounded("r2", 10)), WriteOutcome::Inserted);
+        assert_eq!(apply(&db, bounded("r3", 10)), WriteOutcome::StorageFull);
+        assert!(db.run("a", "r3").unwrap().is_none());
+        apply(
+            &db,
+            RunWrite::Cancel {
+                agent: "a".into(),
+                id: "r1".into(),
+                now: 20,
+            },
+        );
+        apply(&db, RunWrite::Purge { before: 100 });
+        assert_eq!(apply(&db, bounded("r3", 10)), WriteOutcome::Inserted);
     }
 }
