@@ -18,6 +18,7 @@ pub use admission::{Admission, AdmissionLimits};
 pub use lifecycle::{Deployed, Lifecycle, Uploaded};
 pub(crate) use loader::Loader;
 pub use registry::{Deployment, Registry};
+pub use validate::validate as validate_config;
 
 /// Server-wide limits of instances, compiles, and what deployments may ask for.
 #[derive(Debug, Clone)]

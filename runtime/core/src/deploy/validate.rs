@@ -20,7 +20,7 @@ const MAX_ALLOWED_HOSTS: usize = 64;
 ///
 /// # Errors
 /// A message saying which field is out of bounds.
-pub(crate) fn validate(config: &AgentConfig, maxima: &Maxima) -> Result<(), String> {
+pub fn validate(config: &AgentConfig, maxima: &Maxima) -> Result<(), String> {
     let within = |name: &str, value: u32, max: u32| {
         if (1..=max).contains(&value) {
             Ok(())
