@@ -7,6 +7,7 @@
 //! come from the project's `rust-toolchain.toml`. Every build ends in `build/<agent>.wasm`.
 
 mod embedded;
+mod freshness;
 mod scaffold;
 pub mod toolchain;
 
@@ -18,6 +19,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+pub use freshness::{component_path, needs_build};
 pub use scaffold::new_project;
 pub use toolchain::{Tool, Toolchains};
 
@@ -123,7 +125,7 @@ pub fn build(
     let manifest = Manifest::read(&project)?;
     let out_dir = project.join("build");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let target = out_dir.join(format!("{}.wasm", manifest.name));
+    let target = component_path(&project, &manifest.name);
     // Tools write their output bit by bit: build beside it and rename, so `build/<agent>.wasm`
     // is always a whole component (the last good one when a build fails).
     let partial = out_dir.join(format!(".{}.wasm.partial", manifest.name));

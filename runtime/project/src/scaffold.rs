@@ -175,7 +175,7 @@ mod tests {
         }
         let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
         assert!(
-            readme.contains("gust deploy hello build/hello.wasm"),
+            readme.contains("gust run hello '{\"name\": \"Ada\"}'"),
             "{readme}"
         );
         assert!(!has_placeholder(&readme), "a placeholder is left: {readme}");
