@@ -220,7 +220,7 @@ async fn queued_runs_and_push_from_the_command_line() {
     ));
     let id = id.trim();
     assert!(id.starts_with("run_"), "{id}");
-    let out = ok(&gust(h, &["runs", "get", "probe", id, "--wait"]));
+    let out = ok(&gust(h, &["runs", "get", "probe", id, "--wait", "--json"]));
     let run: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(run["status"], "succeeded");
     assert_eq!(run["progress"]["fraction"], 1.0);

@@ -4,6 +4,7 @@
 
 mod calls;
 mod cli;
+mod cli_habits;
 mod deploy;
 mod embed;
 mod guard;
@@ -19,6 +20,7 @@ mod redeploy;
 mod restart;
 mod runs;
 mod scaffold;
+mod serve_config;
 mod server;
 mod support;
 mod triage;

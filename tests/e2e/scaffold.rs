@@ -56,10 +56,7 @@ async fn round_trip(language: &str, toolchain: Option<&str>) {
         &["new", &agent, "--lang", language],
     ));
     assert!(out.contains(&format!("created {agent}/")), "{out}");
-    assert!(
-        out.contains(&format!("gust deploy {agent} build/{agent}.wasm")),
-        "{out}"
-    );
+    assert!(out.contains("  gust deploy\n"), "{out}");
 
     let (out, err) = ok(gust(&project, &cache, &host, &["build"]));
     let component = format!("build/{agent}.wasm");
@@ -76,15 +73,17 @@ async fn round_trip(language: &str, toolchain: Option<&str>) {
         None => assert!(!err.contains("installing"), "{err}"),
     }
 
-    let (out, _) = ok(gust(
-        &project,
-        &cache,
-        &host,
-        &["deploy", &agent, &component],
-    ));
+    // In the project folder, `gust deploy` takes the agent and component from gust.toml;
+    // the component was just built, so it is not built again.
+    let (out, err) = ok(gust(&project, &cache, &host, &["deploy"]));
     assert!(
         out.contains(&format!("deployed {agent} version 1")),
         "{out}"
+    );
+    assert!(err.contains("not rebuilding"), "{err}");
+    assert!(
+        err.contains("version      (nothing live) → 1"),
+        "the change is shown before it goes live: {err}"
     );
     let (out, _) = ok(gust(
         &project,
@@ -116,11 +115,42 @@ async fn round_trip(language: &str, toolchain: Option<&str>) {
         &project,
         &cache,
         &host,
-        &["runs", "get", &agent, id.trim(), "--wait"],
+        &["runs", "get", &agent, id.trim(), "--wait", "--json"],
     ));
     let run: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output"]["json"]["greeting"], "Hi, Ada!", "{run}");
+
+    if language == "rust" {
+        // A source newer than the component: `gust deploy` builds it again, uploads the new
+        // version and deploys it.
+        let lib = project.join("src/lib.rs");
+        let source = std::fs::read_to_string(&lib).unwrap();
+        std::fs::write(
+            &lib,
+            source.replace("\"{greeting}, {name}!\"", "\"{greeting}, {name}!!\""),
+        )
+        .unwrap();
+        let (out, err) = ok(gust(&project, &cache, &host, &["deploy", "--yes"]));
+        assert!(err.contains("gust: building"), "{err}");
+        assert!(
+            out.contains(&format!("deployed {agent} version 2")),
+            "{out}"
+        );
+        let (out, _) = ok(gust(
+            &project,
+            &cache,
+            &host,
+            &["run", &agent, r#"{"name": "Ada"}"#],
+        ));
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).unwrap()["greeting"],
+            "Hi, Ada!!"
+        );
+        // Nothing changed since: nothing is deployed.
+        let (out, _) = ok(gust(&project, &cache, &host, &["deploy"]));
+        assert!(out.contains("nothing to deploy"), "{out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

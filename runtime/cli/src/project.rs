@@ -22,32 +22,47 @@ pub(crate) fn new(agent: &str, language: Language) -> anyhow::Result<()> {
     println!("next:");
     println!("  cd {agent}");
     println!("  gust build");
-    println!("  gust deploy {agent} build/{agent}.wasm");
+    println!("  gust deploy");
     println!("  gust run {agent} '{{\"name\": \"Ada\"}}'");
     Ok(())
 }
 
-pub(crate) fn build(dir: &Path) -> anyhow::Result<()> {
+/// `gust build`: standard output carries only the path, for scripts
+/// (`gust deploy x "$(gust build)"`).
+pub(crate) fn build_command(dir: &Path, quiet: bool) -> anyhow::Result<()> {
+    let built = build(dir, quiet)?;
+    println!("{}", relative_to_cwd(&built).display());
+    Ok(())
+}
+
+/// Builds the project in `dir` with the tools' output on stderr (unless quiet); returns the
+/// component's path.
+pub(crate) fn build(dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
     let manifest = Manifest::read(dir)?;
     let toolchains = Toolchains::user_cache()?;
-    eprintln!(
-        "gust: building {} ({})…",
-        manifest.name,
-        manifest.language.as_str()
-    );
-    let built = project::build(dir, &toolchains, ToolOutput::Stderr, &mut std::io::stderr())?;
+    if !quiet {
+        eprintln!(
+            "gust: building {} ({})…",
+            manifest.name,
+            manifest.language.as_str()
+        );
+    }
+    let (tools, mut progress): (ToolOutput, Box<dyn std::io::Write>) = if quiet {
+        (ToolOutput::Captured, Box::new(std::io::sink()))
+    } else {
+        (ToolOutput::Stderr, Box::new(std::io::stderr()))
+    };
+    let built = project::build(dir, &toolchains, tools, &mut progress)?;
     let shown = relative_to_cwd(&built);
     let size = std::fs::metadata(&built).map(|m| m.len()).unwrap_or(0);
-    eprintln!(
-        "gust: built {} ({:.1} MB); deploy it with: gust deploy {} {}",
-        shown.display(),
-        size as f64 / 1e6,
-        manifest.name,
-        shown.display()
-    );
-    // Standard output carries only the path, for scripts: `gust deploy x "$(gust build)"`.
-    println!("{}", shown.display());
-    Ok(())
+    if !quiet {
+        eprintln!(
+            "gust: built {} ({})",
+            shown.display(),
+            crate::output::size(size)
+        );
+    }
+    Ok(built)
 }
 
 pub(crate) fn install(dir: Option<PathBuf>, languages: &[Language]) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use crate::clock::rfc3339;
 use gust_model::{DeliveryStatus, RunRecord};
 
 /// The poll shape: `{"run_id","agent","version","deployment","status","created_at",
-/// "started_at","finished_at","attempts","output","error","progress","logs","delivery"}`.
+/// "started_at","finished_at","attempts","output","error","progress","logs","outbound","delivery"}`.
 pub fn run_json(run: &RunRecord) -> Value {
     json!({
         "run_id": run.id,

@@ -1,0 +1,192 @@
+//! `gust agents …` and `gust versions …`.
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::{Ctx, confirm};
+use crate::output::{Table, or_dash, size, text};
+
+pub(crate) async fn agents_list(c: &Ctx) -> anyhow::Result<()> {
+    let answer = c.call(Method::GET, "/v1/agents").await?;
+    if c.out.json {
+        return c.out.json(&answer);
+    }
+    let agents = answer["agents"].as_array().cloned().unwrap_or_default();
+    if agents.is_empty() {
+        c.out
+            .note("no agents yet: `gust deploy <agent> <file.wasm>` creates one");
+        return Ok(());
+    }
+    let mut table = Table::new(&["AGENT", "LIVE", "VERSIONS", "ENDPOINT"]);
+    for a in agents {
+        let live = a["live"]["version"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |v| format!("v{v}"));
+        table.row(vec![
+            text(&a["agent"]),
+            live,
+            text(&a["versions"]),
+            text(&a["endpoints"]["sync"]),
+        ]);
+    }
+    table.print();
+    Ok(())
+}
+
+pub(crate) async fn agents_show(c: &Ctx, agent: &str) -> anyhow::Result<()> {
+    let a = c.call(Method::GET, &format!("/v1/agents/{agent}")).await?;
+    if c.out.json {
+        return c.out.json(&a);
+    }
+    let o = &c.out;
+    println!("{}    {}", o.bold("agent:"), text(&a["agent"]));
+    for (name, url) in a["endpoints"].as_object().into_iter().flatten() {
+        println!("endpoint: {name:<10} {}", text(url));
+    }
+    match a["live"].as_object() {
+        Some(live) => println!(
+            "live:     deployment {} = version {} since {} ({} mode)",
+            live["deployment"],
+            live["version"],
+            text(&live["deployed_at"]),
+            text(&live["config"]["mode"])
+        ),
+        None => println!("live:     nothing deployed"),
+    }
+    let pending = if a["draft_pending"] == json!(true) {
+        "  (differs from live: deploy to apply)"
+    } else {
+        ""
+    };
+    println!("draft:    {}{pending}", a["draft"]);
+    println!("versions:");
+    let mut table = Table::new(&["  VERSION", "DIGEST", "SIZE", "UPLOADED", "DEPLOYED", ""]);
+    for v in a["versions"].as_array().into_iter().flatten() {
+        table.row(vec![
+            format!("  {}", v["version"]),
+            text(&v["digest"]),
+            size(v["size"].as_u64().unwrap_or(0)),
+            text(&v["created_at"]),
+            v["last_deployed_at"].as_str().unwrap_or("never").to_owned(),
+            if v["live"] == json!(true) {
+                o.status("live")
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    table.print();
+    println!("deployments:");
+    let mut table = Table::new(&["  DEPLOYMENT", "VERSION", "DEPLOYED", "STATE"]);
+    for d in a["deployments"].as_array().into_iter().flatten() {
+        let state = if d["live"] == json!(true) {
+            o.status("live")
+        } else if let Some(at) = d["rolled_back_at"].as_str() {
+            format!("rolled back {at}")
+        } else {
+            "superseded".to_owned()
+        };
+        table.row(vec![
+            format!("  {}", d["deployment"]),
+            text(&d["version"]),
+            text(&d["deployed_at"]),
+            state,
+        ]);
+    }
+    table.print();
+    Ok(())
+}
+
+pub(crate) async fn agents_delete(c: &Ctx, agent: &str, yes: bool) -> anyhow::Result<()> {
+    confirm(
+        &format!("delete agent `{agent}` with its versions and runs; its endpoint will answer 404"),
+        yes,
+        false,
+    )?;
+    c.call(Method::DELETE, &format!("/v1/agents/{agent}"))
+        .await?;
+    if c.out.json {
+        return c.out.json(&json!({"agent": agent, "deleted": true}));
+    }
+    c.out.note(format!("deleted agent {agent}"));
+    Ok(())
+}
+
+pub(crate) async fn versions_list(c: &Ctx, agent: &str) -> anyhow::Result<()> {
+    let answer = c
+        .call(Method::GET, &format!("/v1/agents/{agent}/versions"))
+        .await?;
+    if c.out.json {
+        return c.out.json(&answer);
+    }
+    let mut table = Table::new(&["VERSION", "DIGEST", "SIZE", "UPLOADED", "LAST DEPLOYED", ""]);
+    for v in answer["versions"].as_array().into_iter().flatten() {
+        table.row(vec![
+            text(&v["version"]),
+            text(&v["digest"]),
+            size(v["size"].as_u64().unwrap_or(0)),
+            text(&v["created_at"]),
+            or_dash(&v["last_deployed_at"]),
+            if v["live"] == json!(true) {
+                c.out.status("live")
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    table.print();
+    Ok(())
+}
+
+pub(crate) async fn versions_show(c: &Ctx, agent: &str, version: u32) -> anyhow::Result<()> {
+    let v = c
+        .call(
+            Method::GET,
+            &format!("/v1/agents/{agent}/versions/{version}"),
+        )
+        .await?;
+    if c.out.json {
+        return c.out.json(&v);
+    }
+    println!("agent:    {agent}");
+    println!(
+        "version:  {}{}",
+        v["version"],
+        if v["live"] == json!(true) {
+            " (live)"
+        } else {
+            ""
+        }
+    );
+    println!("digest:   {}", text(&v["digest"]));
+    println!("size:     {}", size(v["size"].as_u64().unwrap_or(0)));
+    println!("uploaded: {}", text(&v["created_at"]));
+    println!(
+        "deployed: {}",
+        v["last_deployed_at"].as_str().unwrap_or("never")
+    );
+    println!();
+    println!("{}", text(&v["wit"]).trim_end());
+    Ok(())
+}
+
+pub(crate) async fn versions_delete(
+    c: &Ctx,
+    agent: &str,
+    version: u32,
+    yes: bool,
+) -> anyhow::Result<()> {
+    confirm(&format!("delete {agent} version {version}"), yes, false)?;
+    c.call(
+        Method::DELETE,
+        &format!("/v1/agents/{agent}/versions/{version}"),
+    )
+    .await?;
+    if c.out.json {
+        return c
+            .out
+            .json(&json!({"agent": agent, "version": version, "deleted": true}));
+    }
+    c.out.note(format!("deleted {agent} version {version}"));
+    Ok(())
+}

@@ -1,0 +1,379 @@
+//! `gust deploy`, `gust upload`, `gust rollback`: what goes live, shown before it does.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::{Ctx, confirm};
+use crate::exit::Failure;
+use crate::output::{Out, size, text};
+
+/// `gust deploy [AGENT] [FILE] [--version N]`. Without an agent it works on the project in
+/// this folder (or the nearest one above): builds when the component is older than the
+/// sources, uploads, and deploys the project's agent.
+pub(crate) async fn deploy(
+    c: &Ctx,
+    agent: Option<String>,
+    file: Option<PathBuf>,
+    version: Option<u32>,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let (agent, file, from_project) = match agent {
+        Some(agent) => (agent, file, false),
+        None => {
+            let (dir, manifest) = find_project()?;
+            let file = match version {
+                Some(_) => None,
+                None => Some(built_component(c.out, &dir, &manifest.name)?),
+            };
+            (manifest.name, file, true)
+        }
+    };
+    let version = match &file {
+        Some(file) => Some(upload(c, &agent, file).await?),
+        None => version,
+    };
+
+    let before = c.call(Method::GET, &format!("/v1/agents/{agent}")).await?;
+    let target = match version {
+        Some(n) => n,
+        None => newest_version(&before).ok_or_else(|| {
+            Failure::new(
+                crate::exit::Code::NotFound,
+                format!("`{agent}` has no uploaded version: `gust deploy {agent} <file.wasm>`"),
+            )
+        })?,
+    };
+    let mut changes = changes(&before, target);
+    // The access token is write-only, so only the server can tell it changed.
+    if before["draft_pending"] == json!(true) && !changes.iter().any(|l| !l.starts_with("version"))
+    {
+        changes.push("push.access_token (changed; not shown)".to_owned());
+    }
+    if changes.is_empty() {
+        if c.out.json {
+            return c.out.json(&before["live"]);
+        }
+        println!(
+            "nothing to deploy: version {target} with this configuration is already live\nendpoint: {}",
+            text(&before["endpoints"]["sync"])
+        );
+        return Ok(());
+    }
+    let will_ask = !yes && std::io::stdin().is_terminal();
+    if !c.out.quiet || will_ask {
+        eprintln!("deploying {agent}:");
+        for line in &changes {
+            eprintln!("  {line}");
+        }
+    }
+    // `gust deploy <agent> <file>` always ran unattended in scripts; it still does.
+    confirm(&format!("deploy {agent} version {target}?"), yes, true)?;
+    let answer = c
+        .call_with(
+            Method::POST,
+            &format!("/v1/agents/{agent}/deploy"),
+            &json!({ "version": target }),
+        )
+        .await?;
+    if c.out.json {
+        return c.out.json(&answer);
+    }
+    println!(
+        "deployed {agent} version {} (deployment {})\nendpoint: {}",
+        answer["version"],
+        answer["deployment"],
+        text(&answer["endpoints"]["sync"])
+    );
+    for (name, url) in answer["endpoints"].as_object().into_iter().flatten() {
+        if name != "sync" {
+            println!("{name}: {}", text(url));
+        }
+    }
+    if from_project {
+        c.out
+            .note(format!("call it: gust run {agent} '{{\"name\": \"Ada\"}}'"));
+    }
+    Ok(())
+}
+
+/// The nearest folder from here up that holds a `gust.toml`.
+fn find_project() -> anyhow::Result<(PathBuf, gust_project::Manifest)> {
+    let cwd = std::env::current_dir().context("reading the working folder")?;
+    for dir in cwd.ancestors() {
+        if dir.join(gust_project::MANIFEST).is_file() {
+            return Ok((dir.to_path_buf(), gust_project::Manifest::read(dir)?));
+        }
+    }
+    Err(Failure::usage(format!(
+        "no {} here or above: name the agent and file (`gust deploy <agent> <file.wasm>`), or \
+         run it in a project made by `gust new`",
+        gust_project::MANIFEST
+    ))
+    .into())
+}
+
+/// The project's component, built first when a source is newer than it.
+fn built_component(out: Out, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let component = gust_project::component_path(dir, name);
+    if !gust_project::needs_build(dir, &component)? {
+        out.note(format!(
+            "{} is newer than the sources; not rebuilding",
+            component.display()
+        ));
+        return Ok(component);
+    }
+    crate::project::build(dir, out.quiet)
+}
+
+fn newest_version(agent: &Value) -> Option<u32> {
+    agent["versions"]
+        .as_array()?
+        .iter()
+        .filter_map(|v| v["version"].as_u64())
+        .max()
+        .and_then(|v| u32::try_from(v).ok())
+}
+
+/// What deploying `version` with the current draft changes, compared with the live
+/// deployment, one line each. Configuration values are named, never shown (they hold API
+/// keys); the push access token is write-only and never shown.
+fn changes(agent: &Value, version: u32) -> Vec<String> {
+    let live = &agent["live"];
+    let draft = &agent["draft"];
+    let mut lines = Vec::new();
+    let digest_of = |n: u64| {
+        agent["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["version"] == n)
+            .map(|v| short_digest(&v["digest"]))
+            .unwrap_or_default()
+    };
+    if live.is_null() {
+        lines.push(format!(
+            "version      (nothing live) → {version} {}",
+            digest_of(u64::from(version))
+        ));
+    } else if live["version"] != version {
+        lines.push(format!(
+            "version      {} {} → {version} {}",
+            live["version"],
+            short_digest(&live["digest"]),
+            digest_of(u64::from(version))
+        ));
+    }
+    let empty = json!({});
+    let from = if live.is_null() {
+        &empty
+    } else {
+        &live["config"]
+    };
+    let keys: std::collections::BTreeSet<&String> = from
+        .as_object()
+        .into_iter()
+        .chain(draft.as_object())
+        .flat_map(|o| o.keys())
+        .collect();
+    for key in keys {
+        let (old, new) = (&from[key.as_str()], &draft[key.as_str()]);
+        if old == new && !live.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            "config" => lines.extend(config_changes(old, new)),
+            "push" => {
+                let url = |v: &Value| v["url"].as_str().map(str::to_owned);
+                if url(old) != url(new) || live.is_null() {
+                    lines.push(format!(
+                        "push.url     {} → {}",
+                        url(old).unwrap_or_else(|| "-".into()),
+                        url(new).unwrap_or_else(|| "-".into())
+                    ));
+                }
+            }
+            _ if live.is_null() => {}
+            _ => lines.push(format!("{key:<12} {} → {}", shown(old), shown(new))),
+        }
+    }
+    lines
+}
+
+fn config_changes(old: &Value, new: &Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (old, new) = (
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+    );
+    let mut lines = Vec::new();
+    for (key, value) in new {
+        match old.get(key) {
+            None => lines.push(format!("config       + {key} (value not shown)")),
+            Some(before) if before != value => {
+                lines.push(format!("config       ~ {key} (value not shown)"));
+            }
+            Some(_) => {}
+        }
+    }
+    for key in old.keys().filter(|k| !new.contains_key(*k)) {
+        lines.push(format!("config       - {key}"));
+    }
+    lines
+}
+
+fn shown(v: &Value) -> String {
+    if v.is_null() {
+        "-".to_owned()
+    } else {
+        v.to_string()
+    }
+}
+
+fn short_digest(v: &Value) -> String {
+    let digest = text(v);
+    let hex = digest.strip_prefix("sha256:").unwrap_or(&digest);
+    format!("({})", &hex[..hex.len().min(12)])
+}
+
+/// Uploads with a progress bar (compiling a large guest takes seconds), returning the
+/// version number.
+pub(crate) async fn upload(c: &Ctx, agent: &str, file: &Path) -> anyhow::Result<u32> {
+    let bytes = Bytes::from(
+        std::fs::read(file)
+            .map_err(|e| Failure::usage(format!("reading {}: {e}", file.display())))?,
+    );
+    let total = bytes.len() as u64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let chunks: Vec<Bytes> = (0..bytes.len())
+        .step_by(64 * 1024)
+        .map(|start| bytes.slice(start..(start + 64 * 1024).min(bytes.len())))
+        .collect();
+    let counter = Arc::clone(&sent);
+    let stream = futures::stream::iter(chunks.into_iter().map(move |chunk| {
+        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok::<_, std::io::Error>(chunk)
+    }));
+    let request = c
+        .client
+        .request(Method::POST, &format!("/v1/agents/{agent}/versions"))
+        .header(reqwest::header::CONTENT_LENGTH, total)
+        .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+        .body(reqwest::Body::wrap_stream(stream));
+
+    let progress = Progress::start(c.out, total, Arc::clone(&sent));
+    let outcome = c.client.send(request).await;
+    progress.finish();
+    let response = outcome?;
+    let created = response.status() == reqwest::StatusCode::CREATED;
+    let answer: Value = response
+        .json()
+        .await
+        .context("reading the server's answer")?;
+    let version = answer["version"]
+        .as_u64()
+        .and_then(|v| u32::try_from(v).ok())
+        .context("the server's answer has no version number")?;
+    if created {
+        c.out.note(format!(
+            "uploaded {} as {agent} version {version} ({}, {})",
+            file.display(),
+            text(&answer["digest"]),
+            size(total)
+        ));
+    } else {
+        c.out.note(format!(
+            "{} is already {agent} version {version}",
+            file.display()
+        ));
+    }
+    Ok(version)
+}
+
+/// A bar while an upload is sent, then a spinner while the server compiles it; one line
+/// on stderr when that is not a terminal.
+struct Progress {
+    task: Option<tokio::task::JoinHandle<()>>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn start(out: Out, total: u64, sent: Arc<AtomicU64>) -> Self {
+        if !out.progress {
+            out.note(format!(
+                "uploading {} and waiting for the server to compile it…",
+                size(total)
+            ));
+            return Self {
+                task: None,
+                bar: None,
+            };
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "uploading {bar:30} {binary_bytes}/{binary_total_bytes}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let shown = bar.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let done = sent.load(Ordering::Relaxed).min(total);
+                shown.set_position(done);
+                if done == total {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            shown.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} compiling and checking… {elapsed}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            shown.enable_steady_tick(Duration::from_millis(120));
+        });
+        Self {
+            task: Some(task),
+            bar: Some(bar),
+        }
+    }
+
+    fn finish(self) {
+        if let Some(task) = self.task {
+            task.abort();
+        }
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub(crate) async fn rollback(c: &Ctx, agent: &str, to: Option<u32>) -> anyhow::Result<()> {
+    let path = format!("/v1/agents/{agent}/rollback");
+    let answer = match to {
+        Some(to) => {
+            c.call_with(Method::POST, &path, &json!({ "to": to }))
+                .await?
+        }
+        None => c.call(Method::POST, &path).await?,
+    };
+    if c.out.json {
+        return c.out.json(&answer);
+    }
+    println!(
+        "rolled back {agent} to deployment {} (version {})\nendpoint: {}",
+        answer["deployment"],
+        answer["version"],
+        text(&answer["endpoints"]["sync"])
+    );
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! `gust run` and `gust runs …`.
+
+use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use reqwest::Method;
+use serde_json::Value;
+
+use super::Ctx;
+use crate::exit::{Code, Failure};
+use crate::output::{Table, text};
+
+pub(crate) async fn run(
+    c: &Ctx,
+    agent: &str,
+    input: &str,
+    queued: bool,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let body = if input == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
+        buf
+    } else if let Some(file) = input.strip_prefix('@') {
+        std::fs::read(file).with_context(|| format!("reading {file}"))?
+    } else {
+        input.as_bytes().to_vec()
+    };
+    let path = if queued {
+        format!("/v1/agents/{agent}/runs")
+    } else {
+        format!("/v1/agents/{agent}/run")
+    };
+    let response = c
+        .client
+        .send(
+            c.client
+                .request(Method::POST, &path)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+        )
+        .await?;
+    if queued {
+        let answer: Value = response.json().await.context("reading the answer")?;
+        let id = text(&answer["run_id"]);
+        if wait {
+            return runs_get(c, agent, &id, true).await;
+        }
+        if c.out.json {
+            return c.out.json(&answer);
+        }
+        println!("{id}");
+        c.out.note(format!(
+            "queued; `gust runs get {agent} {id} --wait` follows it"
+        ));
+        return Ok(());
+    }
+    // A sync call's answer is the agent's own output, printed as it came (it is JSON when
+    // the agent answers JSON, so `--json` changes nothing here).
+    let output = response.bytes().await.context("reading the output")?;
+    let mut stdout = std::io::stdout();
+    stdout.write_all(&output)?;
+    if !output.ends_with(b"\n") && stdout.is_terminal() {
+        stdout.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn runs_get(c: &Ctx, agent: &str, id: &str, wait: bool) -> anyhow::Result<()> {
+    let path = format!("/v1/agents/{agent}/runs/{id}");
+    let spinner = (wait && c.out.progress).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    let run = loop {
+        let query = if wait { "?wait=2" } else { "" };
+        let run = c.call(Method::GET, &format!("{path}{query}")).await;
+        let run = match run {
+            Ok(run) => run,
+            Err(e) => {
+                if let Some(bar) = &spinner {
+                    bar.finish_and_clear();
+                }
+                return Err(e);
+            }
+        };
+        let status = run["status"].as_str().unwrap_or("");
+        if !wait || !matches!(status, "queued" | "running") {
+            break run;
+        }
+        let progress = match run["progress"].as_object() {
+            Some(p) => format!(
+                " {:.0}% {}",
+                p["fraction"].as_f64().unwrap_or(0.0) * 100.0,
+                p["message"].as_str().unwrap_or("")
+            ),
+            None => String::new(),
+        };
+        match &spinner {
+            Some(bar) => bar.set_message(format!("{id}: {status}{progress}")),
+            None => c.out.note(format!("{status}{progress}")),
+        }
+    };
+    if let Some(bar) = spinner {
+        bar.finish_and_clear();
+    }
+    if c.out.json {
+        c.out.json(&run)?;
+    } else {
+        print_run(c, &run);
+    }
+    match run["status"].as_str() {
+        Some("succeeded" | "queued" | "running") => Ok(()),
+        Some(status) => {
+            let error = &run["error"];
+            let detail = error["kind"]
+                .as_str()
+                .map(|k| format!(": {k}: {}", error["message"].as_str().unwrap_or("")))
+                .unwrap_or_default();
+            Err(Failure::new(Code::RunFailed, format!("run {id} {status}{detail}")).into())
+        }
+        None => anyhow::bail!("the server's answer has no status"),
+    }
+}
+
+/// A run for people: the facts on top, then the output as JSON, then logs.
+fn print_run(c: &Ctx, run: &Value) {
+    let o = &c.out;
+    println!("run:      {}", text(&run["run_id"]));
+    println!(
+        "status:   {}",
+        o.status(run["status"].as_str().unwrap_or(""))
+    );
+    println!(
+        "version:  {} (deployment {})",
+        run["version"], run["deployment"]
+    );
+    println!("created:  {}", text(&run["created_at"]));
+    if let Some(at) = run["finished_at"].as_str() {
+        println!("finished: {at} after {} attempt(s)", run["attempts"]);
+    }
+    if let Some(delivery) = run["delivery"].as_object() {
+        println!(
+            "push:     {} ({} attempt(s){})",
+            o.status(delivery["status"].as_str().unwrap_or("")),
+            delivery["attempts"],
+            delivery["last_error"]
+                .as_str()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(error) = run["error"].as_object() {
+        println!(
+            "error:    {}: {}",
+            error["kind"].as_str().unwrap_or(""),
+            error["message"].as_str().unwrap_or("")
+        );
+    }
+    let output = &run["output"];
+    if let Some(json) = output.get("json") {
+        println!(
+            "output:\n{}",
+            serde_json::to_string_pretty(json).unwrap_or_default()
+        );
+    } else if let Some(base64) = output["base64"].as_str() {
+        println!(
+            "output:   {} ({} base64 characters)",
+            text(&output["content_type"]),
+            base64.len()
+        );
+    }
+    let logs = run["logs"].as_array().cloned().unwrap_or_default();
+    if !logs.is_empty() {
+        println!("logs:");
+        for line in logs {
+            println!(
+                "  {} {:<5} {}",
+                text(&line["ts"]),
+                text(&line["level"]),
+                text(&line["message"])
+            );
+        }
+    }
+}
+
+pub(crate) async fn runs_list(
+    c: &Ctx,
+    agent: &str,
+    status: Option<&str>,
+    limit: u16,
+) -> anyhow::Result<()> {
+    let mut query = vec![("limit", limit.to_string())];
+    if let Some(status) = status {
+        query.push(("status", status.to_owned()));
+    }
+    let answer = c
+        .client
+        .json(
+            c.client
+                .request(Method::GET, &format!("/v1/agents/{agent}/runs"))
+                .query(&query),
+        )
+        .await?;
+    if c.out.json {
+        return c.out.json(&answer);
+    }
+    let mut table = Table::new(&["RUN", "STATUS", "VERSION", "ATTEMPTS", "CREATED"]);
+    for run in answer["runs"].as_array().into_iter().flatten() {
+        table.row(vec![
+            text(&run["run_id"]),
+            c.out.status(run["status"].as_str().unwrap_or("")),
+            text(&run["version"]),
+            text(&run["attempts"]),
+            text(&run["created_at"]),
+        ]);
+    }
+    table.print();
+    Ok(())
+}
+
+pub(crate) async fn run_action(c: &Ctx, agent: &str, id: &str, action: &str) -> anyhow::Result<()> {
+    let answer = c
+        .call(
+            Method::POST,
+            &format!("/v1/agents/{agent}/runs/{id}/{action}"),
+        )
+        .await?;
+    if c.out.json {
+        return c.out.json(&answer);
+    }
+    match action {
+        "rerun" => println!("{}", text(&answer["run_id"])),
+        _ => println!("{} {}", text(&answer["run_id"]), text(&answer["status"])),
+    }
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! Every `gust serve` setting as a flag, each with its `GUST_*` variable; the `--config`
+//! file takes the same names (see `layers`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use clap::builder::BoolishValueParser;
+
+/// The flags of `gust serve`. A field's long name is also its key in the `--config` file,
+/// and its variable is `GUST_` and the name in capitals; a unit test holds every field to
+/// that rule, so the three spellings cannot drift apart.
+#[derive(Debug, Args)]
+pub(super) struct Flags {
+    /// A TOML file of settings, keyed by these flags' names without `--` (`workers = 8`).
+    /// A flag beats its `GUST_*` variable, which beats the file, which beats the default.
+    #[arg(long, env = "GUST_CONFIG", value_name = "FILE")]
+    pub(super) config: Option<PathBuf>,
+    /// Print the effective settings, and where each one comes from, as a config file; then
+    /// exit without starting.
+    #[arg(long)]
+    pub(super) print_config: bool,
+    /// Address to listen on.
+    #[arg(long, env = "GUST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(super) listen: SocketAddr,
+    /// Folder for the database, components, the compiled cache and the generated token.
+    #[arg(long, env = "GUST_DATA_DIR", default_value = "./gust-data")]
+    pub(super) data_dir: PathBuf,
+    /// Base of the endpoint URLs printed in answers (for example behind a proxy); default
+    /// `http://<listen address>`.
+    #[arg(long, env = "GUST_PUBLIC_URL")]
+    pub(super) public_url: Option<String>,
+    /// Admin token; when neither this, `--admin-token-file` nor `GUST_ADMIN_TOKEN` is set,
+    /// one is generated on first start and stored in the data folder. Prefer the file or the
+    /// variable: a flag's value is visible to every user in `ps`.
+    #[arg(long, env = "GUST_ADMIN_TOKEN", hide_env_values = true)]
+    pub(super) admin_token: Option<String>,
+    /// Read the admin token from this file (for example a mounted secret).
+    #[arg(
+        long,
+        env = "GUST_ADMIN_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "admin_token"
+    )]
+    pub(super) admin_token_file: Option<PathBuf>,
+    /// Seconds that calls in flight get to finish after SIGINT or SIGTERM.
+    #[arg(
+        long,
+        env = "GUST_SHUTDOWN_GRACE",
+        default_value_t = 30,
+        value_name = "S"
+    )]
+    pub(super) shutdown_grace: u64,
+    /// Seconds compiling one upload may take before it is refused (`limit_exceeded`).
+    #[arg(
+        long,
+        env = "GUST_COMPILE_TIMEOUT",
+        default_value_t = 300,
+        value_name = "S"
+    )]
+    pub(super) compile_timeout: u64,
+    /// Largest component upload, in MiB.
+    #[arg(
+        long,
+        env = "GUST_MAX_UPLOAD_MIB",
+        default_value_t = 100,
+        value_name = "MIB"
+    )]
+    pub(super) max_upload_mib: usize,
+    /// Memory all request bodies being read may take at once, in MiB: many slow uploads
+    /// cannot add up past it (a request that finds no room within 2 s gets 429).
+    #[arg(
+        long,
+        env = "GUST_MAX_BODY_MEMORY_MIB",
+        default_value_t = 512,
+        value_name = "MIB"
+    )]
+    pub(super) max_body_memory_mib: usize,
+    /// Largest call input, in MiB.
+    #[arg(
+        long,
+        env = "GUST_MAX_INPUT_MIB",
+        default_value_t = 10,
+        value_name = "MIB"
+    )]
+    pub(super) max_input_mib: usize,
+    /// Queued runs executing at once. Runs of agent flows mostly wait on models and tools,
+    /// so this is well above the core count.
+    #[arg(long, env = "GUST_WORKERS", default_value_t = 64, value_name = "N")]
+    pub(super) workers: usize,
+    /// Attempts before a run that keeps losing its host fails as `lost`.
+    #[arg(long, env = "GUST_MAX_ATTEMPTS", default_value_t = 3, value_name = "N")]
+    pub(super) max_attempts: u32,
+    /// Seconds a worker's claim on a run lasts without renewal.
+    #[arg(long, env = "GUST_LEASE", default_value_t = 30, value_name = "S")]
+    pub(super) lease: u64,
+    /// Hours ended runs are kept before they are purged.
+    #[arg(
+        long,
+        env = "GUST_RETENTION_HOURS",
+        default_value_t = 168,
+        value_name = "H"
+    )]
+    pub(super) retention_hours: u64,
+    /// Seconds a push receiver has to answer.
+    #[arg(
+        long,
+        env = "GUST_PUSH_TIMEOUT",
+        default_value_t = 15,
+        value_name = "S"
+    )]
+    pub(super) push_timeout: u64,
+    /// Delays before push retries, in seconds, comma-separated; the last one repeats (the
+    /// Standard Webhooks schedule: 5 s, 5 min, 30 min, 2 h, 5 h, then every 10 h).
+    #[arg(
+        long,
+        env = "GUST_PUSH_RETRY_SCHEDULE",
+        default_value = "5,300,1800,7200,18000,36000",
+        value_name = "S,S,…",
+        value_parser = Schedule::parse
+    )]
+    pub(super) push_retry_schedule: Schedule,
+    /// Seconds after an event during which its push is retried (3 days).
+    #[arg(
+        long,
+        env = "GUST_PUSH_RETRY_WINDOW",
+        default_value_t = 259_200,
+        value_name = "S"
+    )]
+    pub(super) push_retry_window: u64,
+    /// Largest push body sent whole, in KiB; a run whose event is larger is pushed thin
+    /// (run id, status, poll URL), and the receiver polls for the rest.
+    #[arg(
+        long,
+        env = "GUST_PUSH_MAX_BODY_KIB",
+        default_value_t = 256,
+        value_name = "KIB"
+    )]
+    pub(super) push_max_body_kib: usize,
+    /// Instances running at once, server-wide; past it, sync calls get 429.
+    #[arg(
+        long,
+        env = "GUST_MAX_INSTANCES",
+        default_value_t = 256,
+        value_name = "N"
+    )]
+    pub(super) max_instances: usize,
+    /// Instances of one agent running at once, unless its deployment sets `max_instances`
+    /// (default: one less than the core count, at least 1).
+    #[arg(long, env = "GUST_AGENT_INSTANCES", value_name = "N")]
+    pub(super) agent_instances: Option<usize>,
+    /// Milliseconds a sync call waits for room before it is answered 429.
+    #[arg(
+        long,
+        env = "GUST_ADMISSION_WAIT_MS",
+        default_value_t = 2000,
+        value_name = "MS"
+    )]
+    pub(super) admission_wait_ms: u64,
+    /// The largest `memory_mib` a deployment may set.
+    #[arg(
+        long,
+        env = "GUST_MAX_MEMORY_MIB",
+        default_value_t = 1024,
+        value_name = "MIB"
+    )]
+    pub(super) max_memory_mib: u32,
+    /// The largest `output_mib` a deployment may set.
+    #[arg(
+        long,
+        env = "GUST_MAX_OUTPUT_MIB",
+        default_value_t = 64,
+        value_name = "MIB"
+    )]
+    pub(super) max_output_mib: u32,
+    /// MiB one agent's stored runs (inputs, outputs, logs) may take; past it submissions
+    /// get 507 `storage_full` until retention removes ended runs.
+    #[arg(
+        long,
+        env = "GUST_MAX_RUN_STORAGE_MIB",
+        default_value_t = 1024,
+        value_name = "MIB"
+    )]
+    pub(super) max_run_storage_mib: u64,
+    /// Free MiB the data folder's disk keeps: below it submissions get 507 `storage_full`.
+    #[arg(
+        long,
+        env = "GUST_MIN_FREE_DISK_MIB",
+        default_value_t = 1024,
+        value_name = "MIB"
+    )]
+    pub(super) min_free_disk_mib: u64,
+    /// Runs of one agent waiting in the queue at most; past it, submissions get 429.
+    #[arg(
+        long,
+        env = "GUST_MAX_QUEUED_PER_AGENT",
+        default_value_t = 100_000,
+        value_name = "N"
+    )]
+    pub(super) max_queued_per_agent: usize,
+    /// Seconds a client has to send its request headers; also the longest a keep-alive
+    /// connection may stay idle.
+    #[arg(
+        long,
+        env = "GUST_HEADER_TIMEOUT",
+        default_value_t = 10,
+        value_name = "S"
+    )]
+    pub(super) header_timeout: u64,
+    /// Seconds writing an answer may make no progress (a client that stops reading) before
+    /// the connection is closed.
+    #[arg(
+        long,
+        env = "GUST_WRITE_TIMEOUT",
+        default_value_t = 30,
+        value_name = "S"
+    )]
+    pub(super) write_timeout: u64,
+    /// Connections open at once; more wait in the listen backlog.
+    #[arg(
+        long,
+        env = "GUST_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        value_name = "N"
+    )]
+    pub(super) max_connections: usize,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "GUST_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    pub(super) tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "GUST_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    pub(super) tls_key: Option<PathBuf>,
+    /// Largest answer a guest may read from one outgoing HTTP request, in MiB.
+    #[arg(
+        long,
+        env = "GUST_MAX_OUTBOUND_RESPONSE_MIB",
+        default_value_t = 16,
+        value_name = "MIB"
+    )]
+    pub(super) max_outbound_response_mib: usize,
+    /// Allow push deliveries (and guest requests) to loopback and private addresses. For
+    /// development and tests: it turns off the host's SSRF protection.
+    // Boolish, so the variable may also be `1`/`0`, `yes`/`no`, `on`/`off`.
+    #[arg(long, env = "GUST_ALLOW_PRIVATE_NETWORK", value_parser = BoolishValueParser::new())]
+    pub(super) allow_private_network: bool,
+    /// Engine settings: `gust` (the default), or `wasmtime-defaults` for benchmarks that
+    /// measure what gust's tuning buys. Hidden: not something to run a host with.
+    #[arg(long, hide = true, value_enum, default_value_t = EngineTuning::Gust)]
+    pub(super) engine_tuning: EngineTuning,
+    /// Log filter (`RUST_LOG` syntax), e.g. `info` or `gust_runtime=debug`.
+    #[arg(long, env = "GUST_LOG", default_value = "info")]
+    pub(super) log: String,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(super) enum EngineTuning {
+    Gust,
+    WasmtimeDefaults,
+}
+
+/// The push retry delays; a type of its own so that a bad schedule is refused while the
+/// settings are read (naming the flag, variable or file key it came from), not later.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Schedule(pub(super) Vec<Duration>);
+
+impl Schedule {
+    /// `5,30,120` → 5 s, 30 s, 2 min (fractions allowed, so tests can use short delays).
+    pub(super) fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Err("no delays given".to_owned());
+        }
+        let delays = text
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| format!("`{}` is not a number of seconds", s.trim()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(delays))
+    }
+}

@@ -1,0 +1,503 @@
+//! The CLI as people who use gh, fly or wrangler expect it: `gust login` and profiles in a
+//! per-user file, a token that never goes to a server it was not stored for, `--json` on every
+//! read command, distinct exit codes, completions, secrets off the command line, and a
+//! confirmation on a terminal. Every command runs the real binary in a temporary HOME.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::support::receiver::Receiver;
+use crate::support::{Host, TOKEN};
+
+/// A user: a HOME of their own and a working folder, with no GUST_* variables set.
+struct User {
+    home: tempfile::TempDir,
+    cwd: PathBuf,
+}
+
+impl User {
+    fn new() -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let cwd = home.path().join("work");
+        std::fs::create_dir_all(&cwd).unwrap();
+        Self { home, cwd }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = self.program(env!("CARGO_BIN_EXE_gust"));
+        command.args(args);
+        command
+    }
+
+    /// `program` as this user runs it: their HOME and folder, no GUST_* variables.
+    fn program(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command
+            .current_dir(&self.cwd)
+            .env("HOME", self.home.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("GUST_URL")
+            .env_remove("GUST_TOKEN")
+            .env_remove("GUST_PROFILE")
+            .env("NO_COLOR", "1");
+        command
+    }
+
+    fn gust(&self, args: &[&str]) -> Output {
+        self.gust_with_input(args, "")
+    }
+
+    fn gust_with_input(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running gust");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn config_file(&self) -> PathBuf {
+        self.home.path().join(".config/gust/config.toml")
+    }
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "gust failed ({:?}): {}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn json_of(output: &Output) -> Value {
+    let out = ok(output);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_stores_a_profile_and_its_token_goes_only_to_its_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let user = User::new();
+
+    // Before login there is no token anywhere: 401, exit code 3, and a hint.
+    let refused = user.gust(&["agents", "list"]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("gust login"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // A wrong token is refused and nothing is stored.
+    let wrong = user.gust_with_input(&["login", "--url", &host.url], "not-the-token\n");
+    assert_eq!(wrong.status.code(), Some(3), "{}", stderr(&wrong));
+    assert!(!user.config_file().exists());
+
+    // The right one, from standard input, is stored in a private file.
+    let login = user.gust_with_input(&["login", "--url", &host.url], &format!("{TOKEN}\n"));
+    ok(&login);
+    assert!(
+        stderr(&login).contains("profile `default`"),
+        "{}",
+        stderr(&login)
+    );
+    assert_eq!(mode(&user.config_file()), 0o600);
+    assert_eq!(mode(user.config_file().parent().unwrap()), 0o700);
+
+    // Every command uses it, from any folder, with global flags before or after.
+    assert_eq!(
+        json_of(&user.gust(&["agents", "list", "--json"]))["agents"],
+        json!([])
+    );
+    assert_eq!(
+        json_of(&user.gust(&["--json", "agents"]))["agents"],
+        json!([])
+    );
+    let who = json_of(&user.gust(&["whoami", "--json"]));
+    assert_eq!(
+        (&who["url"], &who["profile"], &who["access"]),
+        (&json!(host.url), &json!("default"), &json!("admin")),
+        "{who}"
+    );
+
+    // A named profile, chosen with --profile or GUST_PROFILE.
+    ok(&user.gust_with_input(
+        &["login", "--profile", "second", "--url", &host.url],
+        &format!("{TOKEN}\n"),
+    ));
+    let who = json_of(&user.gust(&["whoami", "--json", "--profile", "default"]));
+    assert_eq!(who["profile"], "default");
+    let mut command = user.command(&["whoami", "--json"]);
+    let who: Value = serde_json::from_slice(
+        &command
+            .env("GUST_PROFILE", "second")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(who["profile"], "second");
+    let missing = user.gust(&["agents", "--profile", "nobody"]);
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(
+        stderr(&missing).contains("no profile `nobody`"),
+        "{}",
+        stderr(&missing)
+    );
+
+    // A stored token never goes to another server: not the profile's, and not the one in a
+    // local data folder. The "server" here records what it is sent.
+    let elsewhere = Receiver::start(vec![]).await;
+    let other_url = elsewhere.url.trim_end_matches("/hook").to_owned();
+    std::fs::create_dir_all(user.cwd.join("gust-data")).unwrap();
+    std::fs::write(user.cwd.join("gust-data/admin-token"), "local-data-token").unwrap();
+    let _ = user.gust(&["agents", "list", "--url", &other_url]);
+    let _ = user.gust(&["--url", &other_url, "whoami"]);
+    let sent = elsewhere.received();
+    assert_eq!(sent.len(), 2, "both commands reached the other server");
+    for request in &sent {
+        assert_eq!(request.header("authorization"), "", "no token was sent");
+    }
+
+    // A token on the command line works and is warned about; --token-stdin is not.
+    let flagged = user.gust(&["agents", "--url", &host.url, "--token", TOKEN]);
+    ok(&flagged);
+    assert!(
+        stderr(&flagged).contains("visible to other users"),
+        "{}",
+        stderr(&flagged)
+    );
+    let piped = user.gust_with_input(
+        &["agents", "--url", &host.url, "--token-stdin"],
+        &format!("{TOKEN}\n"),
+    );
+    ok(&piped);
+    assert!(!stderr(&piped).contains("warning"), "{}", stderr(&piped));
+
+    // Logout forgets the default profile; the local data folder is the last resort, and its
+    // token goes only to the default local URL (not this host's port), so: refused.
+    // The profile logged in to last ("second") is the default.
+    ok(&user.gust(&["logout"]));
+    assert_eq!(
+        user.gust(&["logout", "--profile", "second"]).status.code(),
+        Some(4)
+    );
+    ok(&user.gust(&["logout", "--profile", "default"]));
+    let after = user.gust(&["agents", "--url", &host.url]);
+    assert_eq!(after.status.code(), Some(3), "{}", stderr(&after));
+}
+
+/// Every read command has `--json` and prints one JSON document with the API's field names.
+/// The command tree is walked, so a new command must be classified here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_command_prints_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    host.upload_file("echo", gust_test_guests::ECHO).await;
+    host.deploy("echo", None).await;
+    let (_, key) = host
+        .send(
+            host.request(reqwest::Method::POST, "/v1/agents/echo/keys")
+                .json(&json!({"name": "app"})),
+        )
+        .await;
+    let (_, run) = host
+        .send(
+            host.request(reqwest::Method::POST, "/v1/agents/echo/runs")
+                .json(&json!({})),
+        )
+        .await;
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+    let user = User::new();
+    ok(&user.gust_with_input(&["login", "--url", &host.url], &format!("{TOKEN}\n")));
+
+    // Read commands with the arguments to run them here, and the field their answer has.
+    let reads: Vec<(&str, Vec<&str>, &str)> = vec![
+        ("agents list", vec![], "agents"),
+        ("agents show", vec!["echo"], "deployments"),
+        ("versions list", vec!["echo"], "versions"),
+        ("versions show", vec!["echo", "1"], "wit"),
+        ("config", vec!["echo"], "sync_timeout_s"),
+        ("runs get", vec!["echo", &run_id], "status"),
+        ("runs list", vec!["echo"], "runs"),
+        ("keys list", vec!["echo"], "keys"),
+        ("stats", vec![], "calls_total"),
+        ("whoami", vec![], "access"),
+    ];
+    // Commands that change something, or work without a server.
+    let others = [
+        "serve",
+        "new",
+        "build",
+        "toolchain install",
+        "login",
+        "logout",
+        "deploy",
+        "upload",
+        "rollback",
+        "agents delete",
+        "agent",
+        "versions delete",
+        "run",
+        "runs cancel",
+        "runs rerun",
+        "runs redeliver",
+        "push test",
+        "push rotate-secret",
+        "keys create",
+        "keys revoke",
+        "admin rotate-token",
+        "completions",
+    ];
+    let mut leaves = Vec::new();
+    collect_leaves(&gust_cli::command(), "", &mut leaves);
+    for leaf in &leaves {
+        assert!(
+            reads.iter().any(|(name, _, _)| name == leaf) || others.contains(&leaf.as_str()),
+            "`gust {leaf}` is neither a read command nor listed among the others: classify it"
+        );
+    }
+    for (name, args, field) in &reads {
+        assert!(leaves.contains(&name.to_string()), "no command `{name}`");
+        let mut argv: Vec<&str> = name.split(' ').collect();
+        argv.extend(args);
+        argv.push("--json");
+        let answer = json_of(&user.gust(&argv));
+        assert!(
+            answer.get(field).is_some(),
+            "`gust {name} --json` has no `{field}`: {answer}"
+        );
+    }
+    assert!(key["key"].is_string());
+}
+
+fn collect_leaves(command: &clap::Command, prefix: &str, leaves: &mut Vec<String>) {
+    for sub in command.get_subcommands() {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        let name = if prefix.is_empty() {
+            sub.get_name().to_owned()
+        } else {
+            format!("{prefix} {}", sub.get_name())
+        };
+        if sub.has_subcommands() {
+            collect_leaves(sub, &name, leaves);
+            // `gust agents` alone lists, so the group is a command too.
+        } else {
+            leaves.push(name);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.deploy("probe", None).await;
+    let user = User::new();
+    ok(&user.gust_with_input(&["login", "--url", &host.url], &format!("{TOKEN}\n")));
+    let code = |args: &[&str]| user.gust(args).status.code();
+
+    assert_eq!(code(&["agents", "show", "probe"]), Some(0));
+    assert_eq!(code(&["agents", "--no-such-flag"]), Some(2), "usage");
+    assert_eq!(
+        code(&["config", "probe", "--set", "no-equals-sign"]),
+        Some(2),
+        "usage"
+    );
+    assert_eq!(
+        code(&["agents", "--url", &host.url, "--token", "wrong"]),
+        Some(3),
+        "auth"
+    );
+    assert_eq!(code(&["agents", "show", "nobody"]), Some(4), "not found");
+    assert_eq!(
+        code(&["versions", "delete", "probe", "1", "--yes"]),
+        Some(5),
+        "conflict"
+    );
+    assert_eq!(
+        code(&["run", "probe", r#"{"op":"fail"}"#]),
+        Some(6),
+        "run failed"
+    );
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    assert_eq!(
+        code(&["agents", "--url", &closed, "--token", "t"]),
+        Some(7),
+        "unavailable"
+    );
+
+    // A destructive command without a terminal to ask on needs --yes.
+    let unasked = user.gust(&["agents", "delete", "probe"]);
+    assert_eq!(unasked.status.code(), Some(2));
+    assert!(
+        stderr(&unasked).contains("pass --yes"),
+        "{}",
+        stderr(&unasked)
+    );
+    assert_eq!(code(&["agents", "show", "probe"]), Some(0), "still there");
+    assert_eq!(code(&["agents", "delete", "probe", "--yes"]), Some(0));
+    assert_eq!(code(&["agents", "show", "probe"]), Some(4));
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let user = User::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(&user.gust(&["completions", shell]));
+        for word in ["versions", "rotate-secret", "json", "token-stdin"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    // The bash script is valid bash.
+    let script = ok(&user.gust(&["completions", "bash"]));
+    let file = user.cwd.join("gust.bash");
+    std::fs::write(&file, script).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&file).status().unwrap();
+    assert!(check.success(), "bash -n rejected the completion script");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_come_from_standard_input_not_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
+    let receiver = Receiver::start(vec![]).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    let user = User::new();
+    ok(&user.gust_with_input(&["login", "--url", &host.url], &format!("{TOKEN}\n")));
+
+    let configured = user.gust_with_input(
+        &[
+            "config",
+            "probe",
+            "--mode",
+            "async",
+            "--push-url",
+            &receiver.url,
+            "--push-token",
+            "-",
+        ],
+        "from-stdin\n",
+    );
+    ok(&configured);
+    assert!(
+        !stderr(&configured).contains("warning"),
+        "{}",
+        stderr(&configured)
+    );
+    let set = user.gust_with_input(&["config", "probe", "--secret", "API_KEY"], "sk-123\n");
+    let draft: Value = serde_json::from_str(&ok(&set)).unwrap();
+    assert_eq!(draft["config"]["API_KEY"], "sk-123");
+    let two = user.gust_with_input(
+        &["config", "probe", "--secret", "A", "--push-token", "-"],
+        "x\n",
+    );
+    assert_eq!(two.status.code(), Some(2), "{}", stderr(&two));
+
+    ok(&user.gust(&["deploy", "probe", "--yes"]));
+    ok(&user.gust(&["push", "test", "probe"]));
+    assert_eq!(
+        receiver.received()[0].header("authorization"),
+        "Bearer from-stdin",
+        "the token read from standard input is the one pushed with"
+    );
+    // The old flag still works, with a warning.
+    let flagged = user.gust(&[
+        "config",
+        "probe",
+        "--push-url",
+        &receiver.url,
+        "--push-token",
+        "t2",
+    ]);
+    ok(&flagged);
+    assert!(
+        stderr(&flagged).contains("--push-token -"),
+        "{}",
+        stderr(&flagged)
+    );
+}
+
+/// On a terminal (a pty from util-linux `script`), `gust deploy` shows what changes and asks;
+/// "n" changes nothing, "y" deploys, and the upload shows progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_asks_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let user = User::new();
+    ok(&user.gust_with_input(&["login", "--url", &host.url], &format!("{TOKEN}\n")));
+    let on_terminal = |answer: &str| {
+        let line = format!(
+            "{} deploy echo {}",
+            env!("CARGO_BIN_EXE_gust"),
+            gust_test_guests::ECHO
+        );
+        let mut child = user
+            .program("script")
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("util-linux `script` runs the command on a pty");
+        let mut stdin = child.stdin.take().unwrap();
+        // The terminal keeps what is typed until the question reads it; standard input stays
+        // open a while so `script` does not end the session before then.
+        let answer = answer.to_owned();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(answer.as_bytes());
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            drop(stdin);
+        });
+        let output = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+
+    let (code, screen) = on_terminal("n\n");
+    assert_eq!(code, Some(1), "{screen}");
+    assert!(screen.contains("deploying echo:"), "{screen}");
+    assert!(screen.contains("[y/N]"), "{screen}");
+    assert!(screen.contains("not confirmed"), "{screen}");
+    let agent = json_of(&user.gust(&["agents", "show", "echo", "--json"]));
+    assert!(agent["live"].is_null(), "nothing was deployed: {agent}");
+
+    let (code, screen) = on_terminal("y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("deployed echo version 1"), "{screen}");
+    let agent = json_of(&user.gust(&["agents", "show", "echo", "--json"]));
+    assert_eq!(agent["live"]["version"], 1, "{agent}");
+}
