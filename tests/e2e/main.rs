@@ -16,6 +16,7 @@ mod mutants;
 mod once;
 mod outbound;
 mod push;
+mod readme;
 mod redeploy;
 mod restart;
 mod runs;
