@@ -497,6 +497,10 @@ async fn deploy_asks_on_a_terminal() {
 
     let (code, screen) = on_terminal("y\n");
     assert_eq!(code, Some(0), "{screen}");
+    assert!(
+        screen.contains("uploading") && screen.contains("KiB"),
+        "a progress bar on the terminal: {screen}"
+    );
     assert!(screen.contains("deployed echo version 1"), "{screen}");
     let agent = json_of(&user.gust(&["agents", "show", "echo", "--json"]));
     assert_eq!(agent["live"]["version"], 1, "{agent}");

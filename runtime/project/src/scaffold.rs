@@ -131,7 +131,7 @@ fn notes(language: Language) -> (&'static str, &'static str, String, String) {
             format!(
                 "This runs componentize-py {COMPONENTIZE_PY}, which gust installs on first use \
                  into its toolchain cache (`~/.cache/gust/toolchains`; it needs `python3` with \
-                 `venv`). The first build takes a minute; the component is about 18 MB."
+                 `venv`). The first build takes a minute; the component is about 18 MiB."
             ),
         ),
         Language::Js => (
@@ -145,7 +145,7 @@ fn notes(language: Language) -> (&'static str, &'static str, String, String) {
             format!(
                 "This runs componentize-js {COMPONENTIZE_JS}, which gust installs on first use \
                  with `npm ci` into its toolchain cache (`~/.cache/gust/toolchains`; it needs \
-                 Node.js and npm). The component is about 12 MB."
+                 Node.js and npm). The component is about 12 MiB."
             ),
         ),
     }

@@ -193,7 +193,7 @@ fn install_python(dir: &Path, python: &str, progress: &mut dyn Write) -> anyhow:
         .with_context(|| format!("writing {}", requirements.display()))?;
     writeln!(
         progress,
-        "  downloading componentize-py {COMPONENTIZE_PY} from PyPI (about 40 MB)…"
+        "  downloading componentize-py {COMPONENTIZE_PY} from PyPI (about 40 MiB)…"
     )?;
     run_captured(
         Command::new(dir.join("bin/python"))
@@ -225,7 +225,7 @@ fn install_js(dir: &Path, progress: &mut dyn Write) -> anyhow::Result<()> {
     }
     writeln!(
         progress,
-        "  downloading componentize-js {COMPONENTIZE_JS} from npm with `npm ci` (about 100 MB)…"
+        "  downloading componentize-js {COMPONENTIZE_JS} from npm with `npm ci` (about 100 MiB)…"
     )?;
     run_captured(
         Command::new("npm")
