@@ -41,10 +41,13 @@ async fn deploy_config_run_and_rollback_from_the_command_line() {
             "30",
         ],
     ));
+    // Configuration values are masked for people (they hold API keys); --json shows them.
     assert!(
-        out.contains("\"marker\": \"cli\"") && out.contains("\"sync_timeout_s\": 30"),
+        out.contains("\"marker\": \"***\"") && out.contains("\"sync_timeout_s\": 30"),
         "{out}"
     );
+    let out = ok(&gust(h, &["config", "echo", "--json"]));
+    assert!(out.contains("\"marker\": \"cli\""), "{out}");
     let out = ok(&gust(h, &["deploy", "echo", gust_test_guests::ECHO]));
     assert!(out.contains("deployed echo version 1"), "{out}");
     assert!(

@@ -169,19 +169,58 @@ async fn login_stores_a_profile_and_its_token_goes_only_to_its_server() {
         stderr(&missing)
     );
 
-    // A stored token never goes to another server: not the profile's, and not the one in a
-    // local data folder. The "server" here records what it is sent.
+    // A stored token never goes to another server: not the profile's, not one in the
+    // environment meant for another URL, and not the one in a local data folder (whose host
+    // recorded its own address). The "server" here records what it is sent.
     let elsewhere = Receiver::start(vec![]).await;
     let other_url = elsewhere.url.trim_end_matches("/hook").to_owned();
     std::fs::create_dir_all(user.cwd.join("gust-data")).unwrap();
     std::fs::write(user.cwd.join("gust-data/admin-token"), "local-data-token").unwrap();
+    std::fs::write(user.cwd.join("gust-data/url"), "http://127.0.0.1:9\n").unwrap();
     let _ = user.gust(&["agents", "list", "--url", &other_url]);
     let _ = user.gust(&["--url", &other_url, "whoami"]);
+    let _ = user
+        .command(&["agents", "list", "--url", &other_url])
+        .env("GUST_TOKEN", "meant-for-another-url")
+        .output()
+        .unwrap();
     let sent = elsewhere.received();
-    assert_eq!(sent.len(), 2, "both commands reached the other server");
+    assert_eq!(sent.len(), 3, "each command reached the other server");
     for request in &sent {
         assert_eq!(request.header("authorization"), "", "no token was sent");
     }
+    // A token without its URL is refused, whichever place gives the URL.
+    let mixed = user
+        .command(&["agents", "list", "--token-stdin"])
+        .env("GUST_URL", &other_url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(mixed.status.code(), Some(2), "{}", stderr(&mixed));
+    let mixed = user
+        .command(&["agents", "list", "--token", "t"])
+        .env("GUST_URL", &other_url)
+        .output()
+        .unwrap();
+    assert_eq!(mixed.status.code(), Some(2), "{}", stderr(&mixed));
+    assert!(
+        stderr(&mixed).contains("--token needs --url"),
+        "{}",
+        stderr(&mixed)
+    );
+    let wrong = user.gust(&["agents", "--profile", "default", "--url", &other_url]);
+    assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
+    assert_eq!(elsewhere.received().len(), 3, "none of those was sent");
+    // A flag --profile beats GUST_URL.
+    let who = user
+        .command(&["whoami", "--json", "--profile", "default"])
+        .env("GUST_URL", &other_url)
+        .output()
+        .unwrap();
+    assert_eq!(json_of(&who)["url"], json!(host.url));
+    // The client's flags are refused where they mean nothing.
+    let serve = user.gust(&["serve", "--token", "t", "--print-config"]);
+    assert_eq!(serve.status.code(), Some(2), "{}", stderr(&serve));
 
     // A token on the command line works and is warned about; --token-stdin is not.
     let flagged = user.gust(&["agents", "--url", &host.url, "--token", TOKEN]);
@@ -198,9 +237,13 @@ async fn login_stores_a_profile_and_its_token_goes_only_to_its_server() {
     ok(&piped);
     assert!(!stderr(&piped).contains("warning"), "{}", stderr(&piped));
 
-    // Logout forgets the default profile; the local data folder is the last resort, and its
-    // token goes only to the default local URL (not this host's port), so: refused.
-    // The profile logged in to last ("second") is the default.
+    // Without --url, login goes back to the default profile's own server.
+    ok(&user.gust_with_input(&["login"], &format!("{TOKEN}\n")));
+    let who = json_of(&user.gust(&["whoami", "--json"]));
+    assert_eq!(who["url"], json!(host.url), "{who}");
+
+    // Logout forgets the default profile; then the local data folder is used, with the
+    // address its host recorded (a closed port here): its token goes nowhere else.
     ok(&user.gust(&["logout"]));
     assert_eq!(
         user.gust(&["logout", "--profile", "second"]).status.code(),
@@ -209,6 +252,38 @@ async fn login_stores_a_profile_and_its_token_goes_only_to_its_server() {
     ok(&user.gust(&["logout", "--profile", "default"]));
     let after = user.gust(&["agents", "--url", &host.url]);
     assert_eq!(after.status.code(), Some(3), "{}", stderr(&after));
+    let local = user.gust(&["agents", "list"]);
+    assert_eq!(local.status.code(), Some(7), "{}", stderr(&local));
+    assert!(stderr(&local).contains("127.0.0.1:9"), "{}", stderr(&local));
+    // With the folder of this host (its URL recorded, its token), commands just work.
+    std::fs::write(user.cwd.join("gust-data/url"), &host.url).unwrap();
+    std::fs::write(user.cwd.join("gust-data/admin-token"), TOKEN).unwrap();
+    let who = json_of(&user.gust(&["whoami", "--json"]));
+    assert_eq!(
+        (&who["url"], &who["access"]),
+        (&json!(host.url), &json!("admin")),
+        "{who}"
+    );
+}
+
+/// Rotating the admin token updates the profile it came from, so the CLI keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_admin_token_updates_the_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    // A token the host generates and keeps (one given to it cannot be rotated by the API).
+    let host = Host::spawn(dir.path().join("data"), &[], None).await;
+    let token = std::fs::read_to_string(host.data_dir.join("admin-token")).unwrap();
+    let user = User::new();
+    ok(&user.gust_with_input(&["login", "--url", &host.url], &token));
+    let rotated = ok(&user.gust(&["admin", "rotate-token"]));
+    assert!(!rotated.trim().is_empty() && rotated.trim() != token.trim());
+    let who = json_of(&user.gust(&["whoami", "--json"]));
+    assert_eq!(who["access"], "admin", "{who}");
+    let stored = std::fs::read_to_string(user.config_file()).unwrap();
+    assert!(
+        stored.contains(rotated.trim()),
+        "the profile holds the new token"
+    );
 }
 
 /// Every read command has `--json` and prints one JSON document with the API's field names.
@@ -416,7 +491,12 @@ async fn secrets_come_from_standard_input_not_the_command_line() {
         stderr(&configured)
     );
     let set = user.gust_with_input(&["config", "probe", "--secret", "API_KEY"], "sk-123\n");
-    let draft: Value = serde_json::from_str(&ok(&set)).unwrap();
+    let shown = ok(&set);
+    assert!(
+        !shown.contains("sk-123"),
+        "a secret is not printed back: {shown}"
+    );
+    let draft = json_of(&user.gust(&["config", "probe", "--json"]));
     assert_eq!(draft["config"]["API_KEY"], "sk-123");
     let two = user.gust_with_input(
         &["config", "probe", "--secret", "A", "--push-token", "-"],

@@ -20,9 +20,10 @@ Examples:
   gust agents list --json
   gust runs get hello run_0193… --wait
 
-The server and token: --url/--token (or GUST_URL/GUST_TOKEN), else the profile from
-`gust login` (--profile/GUST_PROFILE, else the default one), else ./gust-data/admin-token
-with http://127.0.0.1:8080. A URL and its token always come from the same place.";
+The server and token, as a pair from the first place that gives one: --url with --token
+(or --token-stdin); --profile; GUST_URL with GUST_TOKEN; GUST_PROFILE, else the default
+profile from `gust login`; ./gust-data (a host started in this folder). A stored token is
+never sent to another server.";
 
 /// gust — host agent flows compiled to WebAssembly components.
 #[derive(Debug, Parser)]
@@ -42,24 +43,19 @@ pub struct Cli {
 /// Flags of every client command; they may come before or after the subcommand.
 #[derive(Debug, Args)]
 pub(crate) struct Global {
-    /// The gust server (with the token stored for it, if any; see `gust whoami`).
-    #[arg(long, global = true, env = "GUST_URL", value_name = "URL")]
+    /// The gust server (with the token stored for it by `gust login`, if any). Also
+    /// GUST_URL.
+    #[arg(long, global = true, value_name = "URL")]
     pub(crate) url: Option<String>,
-    /// The token to send. On the command line it is visible to other users in `ps`: prefer
-    /// `gust login`, `--token-stdin` or GUST_TOKEN.
-    #[arg(
-        long,
-        global = true,
-        env = "GUST_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
+    /// The token to send to --url. On the command line it is visible to other users in
+    /// `ps`: prefer `gust login`, --token-stdin or GUST_TOKEN (with GUST_URL).
+    #[arg(long, global = true, value_name = "TOKEN")]
     pub(crate) token: Option<String>,
-    /// Read the token from standard input (one line).
+    /// Read the token to send to --url from standard input (one line).
     #[arg(long, global = true, conflicts_with = "token")]
     pub(crate) token_stdin: bool,
-    /// The profile stored by `gust login` to use.
-    #[arg(long, global = true, env = "GUST_PROFILE", value_name = "NAME")]
+    /// The profile stored by `gust login` to use. Also GUST_PROFILE.
+    #[arg(long, global = true, value_name = "NAME")]
     pub(crate) profile: Option<String>,
     /// Print the API's answer as JSON (field names are the API's), for scripts.
     #[arg(long, global = true)]

@@ -31,14 +31,6 @@ impl Client {
         }
     }
 
-    pub(crate) fn base(&self) -> &str {
-        &self.base
-    }
-
-    pub(crate) fn has_token(&self) -> bool {
-        self.token.is_some()
-    }
-
     pub(crate) fn source(&self) -> &Source {
         &self.source
     }

@@ -56,26 +56,39 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let Cli { global, command } = cli;
     let out = Out::new(global.json, global.quiet);
     match command {
-        Command::Serve(args) => serve::serve(*args).await,
-        Command::New { agent, lang } => project::new(&agent, lang),
-        Command::Build { dir } => project::build_command(&dir, global.quiet),
+        Command::Serve(args) => {
+            refuse_client_flags(&global, "serve")?;
+            serve::serve(*args).await
+        }
+        Command::New { agent, lang } => {
+            refuse_client_flags(&global, "new")?;
+            project::new(&agent, lang)
+        }
+        Command::Build { dir } => {
+            refuse_client_flags(&global, "build")?;
+            project::build_command(&dir, global.quiet)
+        }
         Command::Toolchain {
             command: ToolchainCommand::Install { dir, languages },
-        } => project::install(dir, &languages),
+        } => {
+            refuse_client_flags(&global, "toolchain")?;
+            project::install(dir, &languages)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut self::command(), "gust", &mut std::io::stdout());
             Ok(())
         }
-        Command::Login => commands::login(&given(&global)?, out).await,
+        Command::Login => commands::login(&global, out).await,
         Command::Logout => commands::logout(global.profile.as_deref(), out),
+        Command::Whoami => commands::whoami(&given(&global)?, out).await,
         command => client_command(command, &Ctx::connect(&given(&global)?, out)?).await,
     }
 }
 
 /// The commands that speak the HTTP API.
 async fn client_command(command: Command, c: &Ctx) -> anyhow::Result<()> {
+    check_names(&command)?;
     match command {
-        Command::Whoami => commands::whoami(c).await,
         Command::Deploy {
             agent,
             file,
@@ -147,8 +160,67 @@ async fn client_command(command: Command, c: &Ctx) -> anyhow::Result<()> {
         | Command::Toolchain { .. }
         | Command::Completions { .. }
         | Command::Login
-        | Command::Logout => anyhow::bail!("internal: a local command reached the client"),
+        | Command::Logout
+        | Command::Whoami => anyhow::bail!("internal: a local command reached the client"),
     }
+}
+
+/// Agent names and ids go into URL paths: one that is not a valid name (`x/../y`, `a?b`)
+/// would reach another route, so it is refused before anything is sent.
+fn check_names(command: &Command) -> anyhow::Result<()> {
+    let (agent, id): (Option<&str>, Option<&str>) = match command {
+        Command::Deploy { agent, .. } => (agent.as_deref(), None),
+        Command::Upload { agent, .. }
+        | Command::Rollback { agent, .. }
+        | Command::Agent { agent }
+        | Command::Config { agent, .. }
+        | Command::Run { agent, .. } => (Some(agent), None),
+        Command::Agents { command } => match command {
+            Some(AgentsCommand::Show { agent } | AgentsCommand::Delete { agent, .. }) => {
+                (Some(agent), None)
+            }
+            Some(AgentsCommand::List) | None => (None, None),
+        },
+        Command::Versions { command } => match command {
+            VersionsCommand::List { agent }
+            | VersionsCommand::Show { agent, .. }
+            | VersionsCommand::Delete { agent, .. } => (Some(agent), None),
+        },
+        Command::Runs { command } => match command {
+            RunsCommand::Get { agent, id, .. }
+            | RunsCommand::Cancel { agent, id }
+            | RunsCommand::Rerun { agent, id }
+            | RunsCommand::Redeliver { agent, id } => (Some(agent), Some(id)),
+            RunsCommand::List { agent, .. } => (Some(agent), None),
+        },
+        Command::Keys { command } => match command {
+            KeysCommand::Create { agent, .. } | KeysCommand::List { agent } => (Some(agent), None),
+            KeysCommand::Revoke { agent, id } => (Some(agent), Some(id)),
+        },
+        Command::Push { command } => match command {
+            PushCommand::Test { agent } | PushCommand::RotateSecret { agent } => {
+                (Some(agent), None)
+            }
+        },
+        _ => (None, None),
+    };
+    if let Some(agent) = agent
+        && !gust_model::valid_agent_name(agent)
+    {
+        return Err(exit::Failure::usage(format!(
+            "`{agent}` is not an agent name (lower-case letters, digits and `-`, at most 63)"
+        ))
+        .into());
+    }
+    if let Some(id) = id
+        && (id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        return Err(exit::Failure::usage(format!("`{id}` is not a run or key id")).into());
+    }
+    Ok(())
 }
 
 /// The connection the command line and environment give, with the token read from standard
@@ -157,7 +229,7 @@ fn given(global: &Global) -> anyhow::Result<target::Given> {
     let token = if global.token_stdin {
         Some(target::read_secret("token: ")?)
     } else {
-        if global.token.is_some() && token_on_command_line() {
+        if global.token.is_some() {
             eprintln!(
                 "gust: warning: a token on the command line is visible to other users (ps) and \
                  kept in shell history; use `gust login`, --token-stdin or GUST_TOKEN"
@@ -165,16 +237,34 @@ fn given(global: &Global) -> anyhow::Result<target::Given> {
         }
         global.token.clone()
     };
-    Ok(target::Given {
+    let flags = target::Pair {
         url: global.url.clone(),
         token,
-        profile: global.profile.clone(),
-    })
+    };
+    Ok(target::Given::with_env(flags, global.profile.clone()))
 }
 
-/// Whether `--token` was typed (clap also fills it from GUST_TOKEN, which is not on argv).
-fn token_on_command_line() -> bool {
-    std::env::args().any(|a| a == "--token" || a.starts_with("--token="))
+/// The client's flags mean nothing to the commands that do not talk to a server; `--token`
+/// on `gust serve` in particular would look like it set the admin token.
+fn refuse_client_flags(global: &Global, command: &str) -> anyhow::Result<()> {
+    let given = [
+        (global.url.is_some(), "--url"),
+        (global.token.is_some(), "--token"),
+        (global.token_stdin, "--token-stdin"),
+        (global.profile.is_some(), "--profile"),
+    ];
+    if let Some((_, flag)) = given.iter().find(|(set, _)| *set) {
+        let hint = if command == "serve" && flag.starts_with("--token") {
+            " (the server's token is --admin-token-file or GUST_ADMIN_TOKEN)"
+        } else {
+            ""
+        };
+        return Err(exit::Failure::usage(format!(
+            "{flag} is for commands that talk to a server, not `gust {command}`{hint}"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

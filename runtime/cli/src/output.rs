@@ -124,6 +124,18 @@ fn visible_width(cell: &str) -> usize {
     width
 }
 
+/// A configuration document for people: the values of `config` (API keys among them) are
+/// replaced by `***`; `--json` shows them.
+pub(crate) fn masked_config(config: &Value) -> Value {
+    let mut shown = config.clone();
+    if let Some(values) = shown.get_mut("config").and_then(Value::as_object_mut) {
+        for value in values.values_mut() {
+            *value = Value::String("***".to_owned());
+        }
+    }
+    shown
+}
+
 /// A JSON string as text; anything else as JSON (`null`, numbers).
 pub(crate) fn text(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_owned)

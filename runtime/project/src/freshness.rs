@@ -14,8 +14,9 @@ pub fn component_path(project: &Path, name: &str) -> std::path::PathBuf {
     project.join("build").join(format!("{name}.wasm"))
 }
 
-/// True when `component` is missing or any source file under `project` (everything but
-/// hidden files and the folders in `NOT_SOURCES`) was modified after it.
+/// True when `component` is missing or anything under `project` (everything but hidden
+/// files and the folders in `NOT_SOURCES`) changed after it: a file written, or a folder
+/// whose entries changed (a source renamed or deleted). Symbolic links are not followed.
 pub fn needs_build(project: &Path, component: &Path) -> anyhow::Result<bool> {
     let built = match std::fs::metadata(component) {
         Ok(meta) => meta.modified().context("reading the component's time")?,
@@ -26,6 +27,9 @@ pub fn needs_build(project: &Path, component: &Path) -> anyhow::Result<bool> {
 }
 
 fn newer_than(dir: &Path, built: SystemTime) -> anyhow::Result<bool> {
+    if std::fs::symlink_metadata(dir)?.modified()? > built {
+        return Ok(true);
+    }
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
@@ -34,7 +38,8 @@ fn newer_than(dir: &Path, built: SystemTime) -> anyhow::Result<bool> {
         if name.starts_with('.') || NOT_SOURCES.contains(&name.as_ref()) {
             continue;
         }
-        let meta = entry.metadata()?;
+        // The link itself, not what it points to: a link to `..` must not loop.
+        let meta = entry.path().symlink_metadata()?;
         if meta.is_dir() {
             if newer_than(&entry.path(), built)? {
                 return Ok(true);
@@ -90,5 +95,44 @@ mod tests {
         assert!(!needs_build(project, &component).unwrap());
         touch(&project.join("src/lib.rs"));
         assert!(needs_build(project, &component).unwrap());
+    }
+
+    #[test]
+    fn a_removed_source_needs_a_build_and_links_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path();
+        std::fs::create_dir_all(project.join("src")).unwrap();
+        std::fs::write(project.join("src/lib.rs"), "// v1").unwrap();
+        std::fs::write(project.join("src/old.rs"), "// v1").unwrap();
+        std::os::unix::fs::symlink("..", project.join("src/up")).unwrap();
+        let component = component_path(project, "hello");
+        std::fs::create_dir_all(project.join("build")).unwrap();
+        std::fs::write(&component, b"\0asm").unwrap();
+        let built = SystemTime::now() + std::time::Duration::from_secs(5);
+        let set = |path: &Path, at: SystemTime| {
+            std::fs::File::open(path).unwrap().set_modified(at).unwrap();
+        };
+        set(&component, built);
+        for path in [
+            project.to_path_buf(),
+            project.join("src"),
+            project.join("src/lib.rs"),
+            project.join("src/old.rs"),
+        ] {
+            set(&path, built - std::time::Duration::from_secs(10));
+        }
+        assert!(
+            !needs_build(project, &component).unwrap(),
+            "nothing changed"
+        );
+        std::fs::remove_file(project.join("src/old.rs")).unwrap();
+        set(
+            &project.join("src"),
+            built + std::time::Duration::from_secs(5),
+        );
+        assert!(
+            needs_build(project, &component).unwrap(),
+            "a source was removed"
+        );
     }
 }

@@ -138,6 +138,11 @@ pub(crate) fn lock(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// The file in the data folder that says where this host is reached from this machine
+/// (`http://127.0.0.1:8080`), written at every start: the CLI sends the folder's admin token
+/// only there.
+pub(crate) const LOCAL_URL_FILE: &str = "url";
+
 /// The admin token: the one given (then it has no file: it is changed where it was given),
 /// else the one stored in the data folder, else a new one that is stored (mode 0600) and
 /// printed this once.

@@ -146,6 +146,21 @@ pub async fn serve(
         .unwrap_or_else(|| format!("{scheme}://{local}"))
         .trim_end_matches('/')
         .to_owned();
+    // Where a client on this machine reaches this host: the CLI pairs it with the admin
+    // token in this folder, so that token is sent here and nowhere else.
+    let mut reachable = local;
+    if reachable.ip().is_unspecified() {
+        reachable.set_ip(if local.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    gust_model::fs::write_atomic(
+        &options.data_dir.join(crate::data_dir::LOCAL_URL_FILE),
+        format!("{scheme}://{reachable}\n").as_bytes(),
+    )
+    .context("recording the host's address in the data folder")?;
 
     let background = Background::default();
     let mut runs = options.runs.clone();

@@ -5,40 +5,61 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::Ctx;
+use crate::cli::Global;
 use crate::client::Client;
 use crate::exit::{self, Code, Failure};
 use crate::output::{Out, Table, text};
 use crate::target::{self, DEFAULT_PROFILE, Given, Profile, Profiles, Source, Target};
 
-/// Checks the token against the server, then stores URL and token as one profile and makes
-/// it the default.
-pub(crate) async fn login(given: &Given, out: Out) -> anyhow::Result<()> {
-    let name = given.profile.as_deref().unwrap_or(DEFAULT_PROFILE);
-    let url = target::normalize(given.url.as_deref().unwrap_or(target::DEFAULT_URL));
-    let token = match &given.token {
-        Some(token) => token.clone(),
-        None => target::read_secret(&format!("admin token for {url}: "))?,
+/// Checks a token against the server, then stores URL and token as one profile and makes it
+/// the default. The token comes from the prompt, standard input or `--token`, never from
+/// GUST_TOKEN (a variable meant for another server would be stored for this one). Without
+/// `--url` it logs in again to the profile's own server.
+pub(crate) async fn login(global: &Global, out: Out) -> anyhow::Result<()> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let profiles = Profiles::load()?;
+    let named = global.profile.clone().or_else(|| env("GUST_PROFILE"));
+    let stored_url = |name: &str| profiles.get(name).map(|p| p.url.clone());
+    let url = match (&global.url, &named) {
+        (Some(url), _) => url.clone(),
+        (None, Some(name)) if profiles.get(name).is_some() => stored_url(name).unwrap_or_default(),
+        _ => env("GUST_URL")
+            .or_else(|| profiles.default.as_deref().and_then(stored_url))
+            .unwrap_or_else(|| target::DEFAULT_URL.to_owned()),
+    };
+    let url = target::normalize(&url)?;
+    let name = named
+        .or_else(|| profiles.name_for_url(&url))
+        .unwrap_or_else(|| DEFAULT_PROFILE.to_owned());
+    let token = if let Some(token) = &global.token {
+        eprintln!(
+            "gust: warning: a token on the command line is visible to other users (ps) and \
+             kept in shell history; `gust login` reads it from standard input"
+        );
+        token.clone()
+    } else {
+        target::read_secret(&format!("admin token for {url}: "))?
     };
     let client = Client::new(Target {
         url: url.clone(),
         token: Some(token.clone()),
-        source: Source::Given,
+        source: Source::Flags { profile: None },
     });
     // Any admin route proves the token; a refused one is not stored.
     client
         .json(client.request(Method::GET, "/v1/agents"))
         .await
         .map_err(|e| Failure::new(exit::code_of(&e), format!("{e:#}; nothing was stored")))?;
-    let mut profiles = Profiles::load()?;
-    profiles.profiles.insert(
-        name.to_owned(),
-        Profile {
-            url: url.clone(),
-            token,
-        },
-    );
-    profiles.default = Some(name.to_owned());
-    let path = profiles.save()?;
+    let path = Profiles::update(|profiles| {
+        profiles.profiles.insert(
+            name.clone(),
+            Profile {
+                url: url.clone(),
+                token,
+            },
+        );
+        profiles.default = Some(name.clone());
+    })?;
     if out.json {
         return out.json(&json!({"profile": name, "url": url, "config": path}));
     }
@@ -50,21 +71,27 @@ pub(crate) async fn login(given: &Given, out: Out) -> anyhow::Result<()> {
 }
 
 pub(crate) fn logout(profile: Option<&str>, out: Out) -> anyhow::Result<()> {
-    let mut profiles = Profiles::load()?;
+    let env_profile = std::env::var("GUST_PROFILE")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let profiles = Profiles::load()?;
     let Some(name) = profile
         .map(str::to_owned)
+        .or(env_profile)
         .or_else(|| profiles.default.clone())
     else {
         out.note("not logged in: no default profile");
         return Ok(());
     };
-    if profiles.profiles.remove(&name).is_none() {
+    if profiles.get(&name).is_none() {
         return Err(Failure::new(Code::NotFound, format!("no profile `{name}`")).into());
     }
-    if profiles.default.as_deref() == Some(name.as_str()) {
-        profiles.default = None;
-    }
-    profiles.save()?;
+    Profiles::update(|profiles| {
+        profiles.profiles.remove(&name);
+        if profiles.default.as_deref() == Some(name.as_str()) {
+            profiles.default = None;
+        }
+    })?;
     out.note(format!(
         "logged out: profile `{name}` and its token are forgotten"
     ));
@@ -73,40 +100,42 @@ pub(crate) fn logout(profile: Option<&str>, out: Out) -> anyhow::Result<()> {
 
 /// Which server and token the client commands use, from where, and what the server makes
 /// of the token (admin, an invoke key, or refused).
-pub(crate) async fn whoami(c: &Ctx) -> anyhow::Result<()> {
-    let access = match c.call(Method::GET, "/v1/stats").await {
-        Ok(_) => "admin",
-        Err(e) => match e.downcast_ref::<Failure>().map(|f| f.code) {
-            Some(Code::Auth) if e.to_string().starts_with("forbidden") => "invoke key",
-            Some(Code::Auth) if c.client.has_token() => "refused",
-            Some(Code::Auth) => "none",
-            _ => return Err(e),
-        },
+pub(crate) async fn whoami(given: &Given, out: Out) -> anyhow::Result<()> {
+    let target = target::resolve(given)?;
+    let source = target.source.clone();
+    let (url, has_token) = (target.url.clone(), target.token.is_some());
+    let access = if source == Source::Nothing {
+        "none"
+    } else {
+        let client = Client::new(target);
+        match client.json(client.request(Method::GET, "/v1/stats")).await {
+            Ok(_) => "admin",
+            Err(e) => match exit::code_of(&e) {
+                Code::Auth if e.to_string().starts_with("forbidden") => "invoke key",
+                Code::Auth if has_token => "refused",
+                Code::Auth => "none",
+                _ => return Err(e),
+            },
+        }
     };
-    let source = c.client.source();
-    let profile = match source {
-        Source::Profile(name) | Source::GivenUrlWithProfile(name) => Some(name.clone()),
-        _ => None,
-    };
-    if c.out.json {
-        c.out.json(&json!({
-            "url": c.client.base(),
-            "profile": profile,
+    let shown_url = if source == Source::Nothing { "-" } else { &url };
+    if out.json {
+        out.json(&json!({
+            "url": (source != Source::Nothing).then_some(&url),
+            "profile": source.profile(),
             "source": source.describe(),
             "access": access,
         }))?;
     } else {
-        println!("url:     {}", c.client.base());
-        println!("profile: {}", profile.as_deref().unwrap_or("-"));
+        println!("url:     {shown_url}");
+        println!("profile: {}", source.profile().unwrap_or("-"));
         println!("from:    {}", source.describe());
         println!("access:  {access}");
     }
     match access {
         "admin" | "invoke key" => Ok(()),
         _ => Err(Failure::auth(format!(
-            "{} does not accept this token: `gust login --url {}`",
-            c.client.base(),
-            c.client.base()
+            "no accepted token for {shown_url}: `gust login --url URL` stores one"
         ))
         .into()),
     }
@@ -215,15 +244,27 @@ pub(crate) async fn rotate_secret(c: &Ctx, agent: &str) -> anyhow::Result<()> {
     )
 }
 
+/// Replaces the admin token; the profile the old one came from is updated, so the CLI keeps
+/// working.
 pub(crate) async fn rotate_admin_token(c: &Ctx) -> anyhow::Result<()> {
     let answer = c.call(Method::POST, "/v1/admin/rotate-token").await?;
-    shown_once(
-        c,
-        &answer,
-        &answer["admin_token"],
-        "the admin token was replaced; the old one no longer works (shown only this once); \
-         `gust login` stores the new one",
-    )
+    let note = match (c.client.source().profile(), answer["admin_token"].as_str()) {
+        (Some(name), Some(token)) => {
+            let name = name.to_owned();
+            Profiles::update(|profiles| {
+                if let Some(profile) = profiles.profiles.get_mut(&name) {
+                    profile.token = token.to_owned();
+                }
+            })?;
+            format!(
+                "the admin token was replaced (shown only this once); the old one no longer \
+                 works, and profile `{name}` now holds the new one"
+            )
+        }
+        _ => "the admin token was replaced (shown only this once); the old one no longer works"
+            .to_owned(),
+    };
+    shown_once(c, &answer, &answer["admin_token"], &note)
 }
 
 /// A secret the server shows once: alone on stdout (for `$(…)`), the note on stderr.

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::{Ctx, confirm};
-use crate::output::{Table, or_dash, size, text};
+use crate::output::{Table, masked_config, or_dash, size, text};
 
 pub(crate) async fn agents_list(c: &Ctx) -> anyhow::Result<()> {
     let answer = c.call(Method::GET, "/v1/agents").await?;
@@ -58,7 +58,7 @@ pub(crate) async fn agents_show(c: &Ctx, agent: &str) -> anyhow::Result<()> {
     } else {
         ""
     };
-    println!("draft:    {}{pending}", a["draft"]);
+    println!("draft:    {}{pending}", masked_config(&a["draft"]));
     println!("versions:");
     let mut table = Table::new(&["  VERSION", "DIGEST", "SIZE", "UPLOADED", "DEPLOYED", ""]);
     for v in a["versions"].as_array().into_iter().flatten() {

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use super::Ctx;
 use crate::cli::ConfigChanges;
 use crate::exit::Failure;
+use crate::output::masked_config;
 use crate::target::read_secret;
 
 /// Shows the draft, or applies the changes to it and shows the result. The draft is printed
@@ -40,7 +41,16 @@ pub(crate) async fn config(c: &Ctx, agent: &str, changes: &ConfigChanges) -> any
         c.out
             .note(format!("draft saved; `gust deploy {agent}` makes it live"));
     }
-    c.out.json(&draft)
+    if c.out.json {
+        return c.out.json(&draft);
+    }
+    // For people the draft's configuration values are masked: they hold API keys, and a
+    // terminal is seen and scrolled back. `--json` shows them.
+    let mut shown = masked_config(&draft);
+    if let Some(push) = shown.get_mut("push").and_then(Value::as_object_mut) {
+        push.remove("secret");
+    }
+    c.out.json(&shown)
 }
 
 /// The secret values of a change, read from standard input or a hidden prompt rather than

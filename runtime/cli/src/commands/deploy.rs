@@ -37,7 +37,7 @@ pub(crate) async fn deploy(
         }
     };
     let version = match &file {
-        Some(file) => Some(upload(c, &agent, file).await?),
+        Some(file) => Some(upload_version(c, &agent, file, false).await?),
         None => version,
     };
 
@@ -59,7 +59,13 @@ pub(crate) async fn deploy(
     }
     if changes.is_empty() {
         if c.out.json {
-            return c.out.json(&before["live"]);
+            // Not the deploy answer (no deploy was made): what is live, marked as such.
+            return c.out.json(&json!({
+                "deployed": false,
+                "agent": agent,
+                "live": before["live"],
+                "endpoints": before["endpoints"],
+            }));
         }
         println!(
             "nothing to deploy: version {target} with this configuration is already live\nendpoint: {}",
@@ -75,7 +81,13 @@ pub(crate) async fn deploy(
         }
     }
     // `gust deploy <agent> <file>` always ran unattended in scripts; it still does.
-    confirm(&format!("deploy {agent} version {target}?"), yes, true)?;
+    confirm(&format!("deploy {agent} version {target}?"), yes, true).map_err(|e| {
+        if file.is_some() {
+            e.context(format!("version {target} stays uploaded, not deployed"))
+        } else {
+            e
+        }
+    })?;
     let answer = c
         .call_with(
             Method::POST,
@@ -192,7 +204,7 @@ fn changes(agent: &Value, version: u32) -> Vec<String> {
             "config" => lines.extend(config_changes(old, new)),
             "push" => {
                 let url = |v: &Value| v["url"].as_str().map(str::to_owned);
-                if url(old) != url(new) || live.is_null() {
+                if url(old) != url(new) {
                     lines.push(format!(
                         "push.url     {} → {}",
                         url(old).unwrap_or_else(|| "-".into()),
@@ -246,6 +258,16 @@ fn short_digest(v: &Value) -> String {
 /// Uploads with a progress bar (compiling a large guest takes seconds), returning the
 /// version number.
 pub(crate) async fn upload(c: &Ctx, agent: &str, file: &Path) -> anyhow::Result<u32> {
+    upload_version(c, agent, file, true).await
+}
+
+/// Uploads; with `print_answer` (`gust upload`) the API's answer is what `--json` prints.
+async fn upload_version(
+    c: &Ctx,
+    agent: &str,
+    file: &Path,
+    print_answer: bool,
+) -> anyhow::Result<u32> {
     let bytes = Bytes::from(
         std::fs::read(file)
             .map_err(|e| Failure::usage(format!("reading {}: {e}", file.display())))?,
@@ -281,6 +303,9 @@ pub(crate) async fn upload(c: &Ctx, agent: &str, file: &Path) -> anyhow::Result<
         .as_u64()
         .and_then(|v| u32::try_from(v).ok())
         .context("the server's answer has no version number")?;
+    if print_answer && c.out.json {
+        c.out.json(&answer)?;
+    }
     if created {
         c.out.note(format!(
             "uploaded {} as {agent} version {version} ({}, {})",

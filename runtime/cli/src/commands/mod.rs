@@ -42,8 +42,8 @@ impl Ctx {
         // a server that would refuse.
         if target.source == target::Source::Nothing {
             return Err(Failure::auth(
-                "no server and token to use: `gust login --url URL` stores them (or pass \
-                 --url and --token-stdin, or run where ./gust-data/admin-token is)",
+                "no server and token to use: `gust login --url URL` stores them (or give \
+                 --url with --token-stdin, or run where ./gust-data is)",
             )
             .into());
         }
