@@ -181,3 +181,44 @@ async fn a_host_started_from_a_config_file_serves() {
     assert!(!dir.path().join("gust-data").exists());
     // `host` is killed when dropped.
 }
+
+/// `--admin-token-file` on the command line beats `GUST_ADMIN_TOKEN` in the environment, as
+/// a flag beats a variable for every setting (they used to conflict).
+#[tokio::test]
+async fn a_token_file_flag_beats_the_token_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let data = dir.path().join("data");
+    let log = std::fs::File::create(dir.path().join("gust.log")).unwrap();
+    let mut command = gust_serve(
+        dir.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--admin-token-file",
+            token.to_str().unwrap(),
+        ],
+        &[("GUST_ADMIN_TOKEN", "from-the-environment")],
+    );
+    command.stderr(log);
+    let host = gust_testkit::spawn(&mut command, Duration::from_secs(60)).unwrap_or_else(|e| {
+        panic!(
+            "gust did not start ({e:#}):\n{}",
+            std::fs::read_to_string(dir.path().join("gust.log")).unwrap_or_default()
+        )
+    });
+    let http = reqwest::Client::new();
+    let with = |token: &'static str| {
+        http.get(format!("{}/v1/agents", host.url))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(with(TOKEN).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        with("from-the-environment").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}

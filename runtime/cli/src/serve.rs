@@ -70,11 +70,49 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let args = args.flags;
-    let admin_token = match &args.admin_token_file {
-        Some(file) => Some(read_token_file(file)?),
-        None => args.admin_token,
+    let token_from_file = token_from_file(&args)?;
+    let mut args = args.flags;
+    let admin_token = match (&args.admin_token_file, token_from_file) {
+        (Some(file), true) => Some(read_token_file(file)?),
+        _ => args.admin_token.take(),
     };
+    serve_with(args, admin_token).await
+}
+
+/// Whether the admin token is read from `admin-token-file` rather than taken from
+/// `admin-token`.
+fn token_from_file(args: &ServeArgs) -> anyhow::Result<bool> {
+    Ok(
+        match (&args.flags.admin_token, &args.flags.admin_token_file) {
+            (Some(_), Some(_)) => {
+                // Both given (a flag and a variable, say): the stronger place wins, as for every
+                // other setting; the same place giving both is a mistake to point out.
+                let rank = |key: &str| {
+                    args.settings
+                        .iter()
+                        .find(|s| s.key == key)
+                        .map_or(3, |s| match s.source {
+                            layers::Source::Flag => 0,
+                            layers::Source::Env(_) => 1,
+                            layers::Source::File => 2,
+                            layers::Source::Default => 3,
+                        })
+                };
+                let (token, file) = (rank("admin-token"), rank("admin-token-file"));
+                anyhow::ensure!(
+                    token != file,
+                    "the admin token is given twice in one place (admin-token and \
+                 admin-token-file): give one"
+                );
+                file < token
+            }
+            (None, Some(_)) => true,
+            _ => false,
+        },
+    )
+}
+
+async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<()> {
     anyhow::ensure!(
         admin_token.as_deref().map(str::trim) != Some(print::MASK),
         "the admin token is `{}`, the mask `--print-config` prints in its place: give the real \
@@ -186,6 +224,32 @@ async fn shutdown_signal() {
 }
 
 #[cfg(test)]
+mod token_tests {
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: super::ServeArgs,
+    }
+
+    #[test]
+    fn the_token_and_its_file_in_one_place_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gust-server.toml");
+        std::fs::write(&file, "admin-token = \"a\"\nadmin-token-file = \"b\"\n").unwrap();
+        let cli = Cli::try_parse_from(["gust", "--config", file.to_str().unwrap()]).unwrap();
+        let e = super::token_from_file(&cli.serve).unwrap_err();
+        assert!(e.to_string().contains("given twice in one place"), "{e}");
+        let cli =
+            Cli::try_parse_from(["gust", "--admin-token", "a", "--admin-token-file", "b"]).unwrap();
+        assert!(super::token_from_file(&cli.serve).is_err());
+        let cli = Cli::try_parse_from(["gust", "--admin-token-file", "b"]).unwrap();
+        assert!(super::token_from_file(&cli.serve).unwrap());
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
     use std::time::Duration;
@@ -222,6 +286,29 @@ mod tests {
         let path = dir.join("gust-server.toml");
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn errors_in_a_file_never_repeat_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in [
+            "workers = 8\nadmin-token = \"s3cr3t-tok\n",
+            "admin-token = 1234567890123\n",
+        ] {
+            let file = config(dir.path(), text);
+            let message = serve(&["--config", file.to_str().unwrap()])
+                .err()
+                .unwrap_or_else(|| panic!("{text} was accepted"))
+                .to_string();
+            assert!(
+                !message.contains("s3cr3t") && !message.contains("1234567890123"),
+                "{message}"
+            );
+            assert!(
+                message.contains("admin-token") || message.contains("line 2"),
+                "{message}"
+            );
+        }
     }
 
     fn source(args: &ServeArgs, key: &str) -> Source {
@@ -306,10 +393,6 @@ mod tests {
             ("workers = 99999999999999999999\n", "not valid TOML"),
             ("engine-tuning = \"fast\"\n", "--engine-tuning"),
             ("tls-cert = \"cert.pem\"\n", "--tls-key"),
-            (
-                "admin-token = \"a\"\nadmin-token-file = \"b\"\n",
-                "cannot be used with",
-            ),
         ] {
             let file = config(dir.path(), text);
             let error = serve(&["--config", file.to_str().unwrap()])

@@ -36,13 +36,10 @@ pub(super) struct Flags {
     /// variable: a flag's value is visible to every user in `ps`.
     #[arg(long, env = "GUST_ADMIN_TOKEN", hide_env_values = true)]
     pub(super) admin_token: Option<String>,
-    /// Read the admin token from this file (for example a mounted secret).
-    #[arg(
-        long,
-        env = "GUST_ADMIN_TOKEN_FILE",
-        value_name = "FILE",
-        conflicts_with = "admin_token"
-    )]
+    /// Read the admin token from this file (for example a mounted secret). Given with
+    /// --admin-token, the stronger place wins (flag over variable); in one place, both are
+    /// refused.
+    #[arg(long, env = "GUST_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub(super) admin_token_file: Option<PathBuf>,
     /// Seconds that calls in flight get to finish after SIGINT or SIGTERM.
     #[arg(

@@ -216,8 +216,16 @@ fn read(path: &Path, cmd: &Command) -> Result<BTreeMap<String, FileValue>, clap:
 
 /// The settings in a config file's text, by argument id; the error names the key.
 fn parse(text: &str, cmd: &Command) -> Result<BTreeMap<String, FileValue>, String> {
-    let table: toml::Table = toml::from_str(text)
-        .map_err(|e| format!("not valid TOML: {}", e.to_string().trim_end()))?;
+    // The parser's message without its excerpt of the file, which could show the token.
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        match line {
+            Some(line) => format!("not valid TOML on line {line}: {}", e.message().trim_end()),
+            None => format!("not valid TOML: {}", e.message().trim_end()),
+        }
+    })?;
     let mut values = BTreeMap::new();
     for (key, value) in table {
         // `max_upload_mib` is accepted for `max-upload-mib`: TOML users write both.
@@ -233,8 +241,14 @@ fn parse(text: &str, cmd: &Command) -> Result<BTreeMap<String, FileValue>, Strin
             });
         };
         let checked = check(kind(arg), &value).map_err(|expected| {
+            // A secret's value is never repeated back (logs keep what a service prints).
+            let shown = if name == "admin-token" {
+                String::new()
+            } else {
+                format!(" `{value}`")
+            };
             format!(
-                "`{key}` must be {expected}, not {} `{value}`",
+                "`{key}` must be {expected}, not {}{shown}",
                 value.type_str()
             )
         })?;
