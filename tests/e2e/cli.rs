@@ -264,6 +264,20 @@ async fn queued_runs_and_push_from_the_command_line() {
     assert!(!cancelled.status.success());
     assert!(String::from_utf8_lossy(&cancelled.stderr).contains("conflict: "));
 
+    // Pages of runs: the first page's cursor leads to the next one.
+    let page = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["runs", "list", "probe", "--limit", "1", "--json"];
+        args.extend(extra);
+        serde_json::from_str(&ok(&gust(h, &args))).unwrap()
+    };
+    let first = page(&[]);
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("more than one run")
+        .to_owned();
+    let second = page(&["--cursor", &cursor]);
+    assert_ne!(first["runs"][0]["run_id"], second["runs"][0]["run_id"]);
+
     let out = ok(&gust(h, &["config", "probe", "--no-push"]));
     assert!(
         out.contains("\"mode\": \"sync\"") && out.contains("\"push\": null"),

@@ -101,6 +101,9 @@ The profile logged in to last becomes the default.")]
     Logout,
     /// Show which server and token the client commands use, where they came from, and
     /// whether the server accepts the token.
+    #[command(after_help = "Examples:
+  gust whoami
+  gust whoami --profile staging --json")]
     Whoami,
     /// Deploy: in a project folder, build if needed, upload, show what changes and deploy;
     /// or deploy a given file, or an uploaded version.
@@ -125,6 +128,9 @@ On a terminal the change is shown and confirmed first; --yes skips the question.
         yes: bool,
     },
     /// Upload a component as a new version, without deploying it.
+    #[command(after_help = "Examples:
+  gust upload hello build/hello.wasm          # prints nothing on stdout; --json the version
+  gust deploy hello --version 3")]
     Upload {
         /// The agent's name (created if needed).
         agent: String,
@@ -133,6 +139,9 @@ On a terminal the change is shown and confirmed first; --yes skips the question.
     },
     /// Make the previous deployment live again (repeat to walk further back), or the one
     /// named with `--to` (safe to repeat).
+    #[command(after_help = "Examples:
+  gust rollback hello                # the deployment before the live one
+  gust rollback hello --to 4         # deployment 4 (see `gust agents show hello`); safe to repeat")]
     Rollback {
         /// The agent's name.
         agent: String,
@@ -141,6 +150,10 @@ On a terminal the change is shown and confirmed first; --yes skips the question.
         to: Option<u32>,
     },
     /// Agents: list, show, delete (`gust agents` alone lists them).
+    #[command(after_help = "Examples:
+  gust agents                        # the same as `gust agents list`
+  gust agents show hello
+  gust agents delete hello --yes")]
     Agents {
         #[command(subcommand)]
         command: Option<AgentsCommand>,
@@ -152,6 +165,10 @@ On a terminal the change is shown and confirmed first; --yes skips the question.
         agent: String,
     },
     /// An agent's uploaded versions: list, show (with its WIT world), delete.
+    #[command(after_help = "Examples:
+  gust versions list hello
+  gust versions show hello 3         # digest, size, dates and the WIT world
+  gust versions delete hello 2 --yes")]
     Versions {
         #[command(subcommand)]
         command: VersionsCommand,
@@ -188,21 +205,37 @@ Examples:
         input: String,
     },
     /// Queued runs: get, list, cancel, rerun, redeliver.
+    #[command(after_help = "Examples:
+  gust runs list hello --status failed --limit 5
+  gust runs get hello run_0193… --wait
+  gust runs cancel hello run_0193…
+  gust runs list hello --json | jq -r '.runs[].run_id'")]
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
     },
     /// Push delivery: send a test event, rotate the signing secret.
+    #[command(after_help = "Examples:
+  gust push test hello               # a push.test event through the whole path
+  gust push rotate-secret hello > webhook-secret.txt")]
     Push {
         #[command(subcommand)]
         command: PushCommand,
     },
     /// Per-agent invoke keys: create, list, revoke.
+    #[command(after_help = "Examples:
+  gust keys create hello my-app > app-key.txt     # shown once
+  gust keys create hello batch --rate 5 --burst 20
+  gust keys list hello
+  gust keys revoke hello key_0193…")]
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
     /// The host's counters: compiles, instances, calls, runs.
+    #[command(after_help = "Examples:
+  gust stats
+  gust stats --json")]
     Stats,
     /// Host administration.
     Admin {
@@ -338,6 +371,9 @@ pub(crate) enum RunsCommand {
         /// At most this many (1-200).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=200))]
         limit: u16,
+        /// Continue after the last page: the `next_cursor` it gave.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Cancel a queued or running run.
     Cancel {

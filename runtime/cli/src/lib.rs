@@ -127,7 +127,8 @@ async fn client_command(command: Command, c: &Ctx) -> anyhow::Result<()> {
                 agent,
                 status,
                 limit,
-            } => commands::runs_list(c, &agent, status.as_deref(), limit).await,
+                cursor,
+            } => commands::runs_list(c, &agent, status.as_deref(), limit, cursor.as_deref()).await,
             RunsCommand::Cancel { agent, id } => {
                 commands::run_action(c, &agent, &id, "cancel").await
             }

@@ -193,10 +193,14 @@ pub(crate) async fn runs_list(
     agent: &str,
     status: Option<&str>,
     limit: u16,
+    cursor: Option<&str>,
 ) -> anyhow::Result<()> {
     let mut query = vec![("limit", limit.to_string())];
     if let Some(status) = status {
         query.push(("status", status.to_owned()));
+    }
+    if let Some(cursor) = cursor {
+        query.push(("cursor", cursor.to_owned()));
     }
     let answer = c
         .client
@@ -220,6 +224,12 @@ pub(crate) async fn runs_list(
         ]);
     }
     table.print();
+    if let Some(next) = answer["next_cursor"].as_str() {
+        let status = status.map(|s| format!(" --status {s}")).unwrap_or_default();
+        c.out.note(format!(
+            "more: gust runs list {agent}{status} --limit {limit} --cursor {next}"
+        ));
+    }
     Ok(())
 }
 
