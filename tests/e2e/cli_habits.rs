@@ -322,6 +322,7 @@ async fn every_read_command_prints_json() {
         ("keys list", vec!["echo"], "keys"),
         ("stats", vec![], "calls_total"),
         ("whoami", vec![], "access"),
+        ("health", vec![], "ready"),
     ];
     // Commands that change something, or work without a server.
     let others = [

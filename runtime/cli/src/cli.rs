@@ -232,6 +232,12 @@ Examples:
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Whether the host is up (`/healthz`) and ready (`/readyz`: every live deployment
+    /// loaded). Needs no token.
+    #[command(
+        after_help = "Examples:\n  gust health\n  gust health --url https://agents.example.com --json"
+    )]
+    Health,
     /// The host's counters: compiles, instances, calls, runs.
     #[command(after_help = "Examples:
   gust stats

@@ -81,6 +81,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Login => commands::login(&global, out).await,
         Command::Logout => commands::logout(global.profile.as_deref(), out),
         Command::Whoami => commands::whoami(&given(&global)?, out).await,
+        Command::Health => commands::health(&given(&global)?, out).await,
         command => client_command(command, &Ctx::connect(&given(&global)?, out)?).await,
     }
 }
@@ -162,7 +163,8 @@ async fn client_command(command: Command, c: &Ctx) -> anyhow::Result<()> {
         | Command::Completions { .. }
         | Command::Login
         | Command::Logout
-        | Command::Whoami => anyhow::bail!("internal: a local command reached the client"),
+        | Command::Whoami
+        | Command::Health => anyhow::bail!("internal: a local command reached the client"),
     }
 }
 

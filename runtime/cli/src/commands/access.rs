@@ -141,6 +141,44 @@ pub(crate) async fn whoami(given: &Given, out: Out) -> anyhow::Result<()> {
     }
 }
 
+/// The probes: up and ready. They need no token, so the default URL serves when nothing
+/// else names a server.
+pub(crate) async fn health(given: &Given, out: Out) -> anyhow::Result<()> {
+    let target = target::resolve(given)?;
+    let url = target.url.clone();
+    let client = Client::new(target);
+    let probe = |path: &'static str| {
+        let client = &client;
+        async move {
+            match client.send(client.request(Method::GET, path)).await {
+                Ok(_) => Ok(true),
+                // 503 from /readyz: up, still loading deployments.
+                Err(e) if exit::code_of(&e) == Code::Unavailable && path == "/readyz" => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let up = probe("/healthz").await?;
+    let ready = probe("/readyz").await?;
+    if out.json {
+        out.json(&json!({"url": url, "up": up, "ready": ready}))?;
+    } else {
+        println!(
+            "{url}: up{}",
+            if ready {
+                ", ready"
+            } else {
+                ", loading deployments"
+            }
+        );
+    }
+    if ready {
+        Ok(())
+    } else {
+        Err(Failure::new(Code::Unavailable, format!("{url} is not ready yet")).into())
+    }
+}
+
 pub(crate) async fn stats(c: &Ctx) -> anyhow::Result<()> {
     let stats = c.call(Method::GET, "/v1/stats").await?;
     if c.out.json {

@@ -19,7 +19,7 @@ use crate::output::Out;
 use crate::target::{self, Given};
 
 pub(crate) use access::{
-    keys_create, keys_list, keys_revoke, login, logout, push_test, rotate_admin_token,
+    health, keys_create, keys_list, keys_revoke, login, logout, push_test, rotate_admin_token,
     rotate_secret, stats, whoami,
 };
 pub(crate) use agents::{
