@@ -23,7 +23,9 @@ pub(crate) async fn login(global: &Global, out: Out) -> anyhow::Result<()> {
     let url = match (&global.url, &named) {
         (Some(url), _) => url.clone(),
         (None, Some(name)) if profiles.get(name).is_some() => stored_url(name).unwrap_or_default(),
-        _ => env("GUST_URL")
+        // A new named profile is not given the default profile's server by accident.
+        (None, Some(_)) => env("GUST_URL").unwrap_or_else(|| target::DEFAULT_URL.to_owned()),
+        (None, None) => env("GUST_URL")
             .or_else(|| profiles.default.as_deref().and_then(stored_url))
             .unwrap_or_else(|| target::DEFAULT_URL.to_owned()),
     };

@@ -348,6 +348,8 @@ impl Progress {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        // Drawn now, not first by the task: a small upload may be over before it runs.
+        bar.tick();
         let shown = bar.clone();
         let task = tokio::spawn(async move {
             loop {
