@@ -546,6 +546,8 @@ async fn deploy_asks_on_a_terminal() {
         let mut child = user
             .program("script")
             .args(["-q", "-e", "-c", &line, "/dev/null"])
+            // As a terminal emulator sets it; without TERM no bar is drawn (plain notes are).
+            .env("TERM", "xterm-256color")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -579,7 +581,7 @@ async fn deploy_asks_on_a_terminal() {
     let (code, screen) = on_terminal("y\n");
     assert_eq!(code, Some(0), "{screen}");
     assert!(
-        screen.contains("uploading") && screen.contains("KiB"),
+        screen.contains("uploading") && screen.contains(" B/") && screen.contains("KiB"),
         "a progress bar on the terminal: {screen}"
     );
     assert!(screen.contains("deployed echo version 1"), "{screen}");

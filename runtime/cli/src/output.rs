@@ -24,7 +24,12 @@ impl Out {
             json,
             quiet,
             color: !json && !no_color && std::io::stdout().is_terminal(),
-            progress: !json && !quiet && std::io::stderr().is_terminal(),
+            // indicatif draws nothing where TERM is unset or `dumb` (CI, some IDE panes):
+            // there the plain notes stand in for the bars.
+            progress: !json
+                && !quiet
+                && std::io::stderr().is_terminal()
+                && std::env::var("TERM").is_ok_and(|t| !t.is_empty() && t != "dumb"),
         }
     }
 
