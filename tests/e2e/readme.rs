@@ -119,10 +119,9 @@ async fn every_sh_block_in_the_readme_runs() {
             .count();
         assert_eq!(
             matching, 1,
-            "the README exclusion for `{}` under `{}` matches {matching} blocks",
-            excluded.first_line, excluded.heading
+            "the README exclusion for `{}` under `{}` ({}) matches {matching} blocks",
+            excluded.first_line, excluded.heading, excluded.reason
         );
-        assert!(!excluded.reason.is_empty());
     }
     for tool in [
         ".tools/receivers/bin/python",

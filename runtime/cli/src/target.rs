@@ -59,17 +59,21 @@ pub(crate) struct Given {
 impl Given {
     /// The environment's part, an empty variable counting as unset.
     pub(crate) fn with_env(flags: Pair, profile: Option<String>) -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         Self {
             flags,
             profile,
             env: Pair {
-                url: var("GUST_URL"),
-                token: var("GUST_TOKEN"),
+                url: env_var("GUST_URL"),
+                token: env_var("GUST_TOKEN"),
             },
-            env_profile: var("GUST_PROFILE"),
+            env_profile: env_var("GUST_PROFILE"),
         }
     }
+}
+
+/// A variable of the environment, an empty one counting as unset.
+pub(crate) fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 /// The server and token a command uses, and where they came from.

@@ -16,7 +16,7 @@ use crate::target::{self, DEFAULT_PROFILE, Given, Profile, Profiles, Source, Tar
 /// GUST_TOKEN (a variable meant for another server would be stored for this one). Without
 /// `--url` it logs in again to the profile's own server.
 pub(crate) async fn login(global: &Global, out: Out) -> anyhow::Result<()> {
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let env = target::env_var;
     let profiles = Profiles::load()?;
     let named = global.profile.clone().or_else(|| env("GUST_PROFILE"));
     let stored_url = |name: &str| profiles.get(name).map(|p| p.url.clone());
@@ -73,9 +73,7 @@ pub(crate) async fn login(global: &Global, out: Out) -> anyhow::Result<()> {
 }
 
 pub(crate) fn logout(profile: Option<&str>, out: Out) -> anyhow::Result<()> {
-    let env_profile = std::env::var("GUST_PROFILE")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
+    let env_profile = target::env_var("GUST_PROFILE");
     let profiles = Profiles::load()?;
     let Some(name) = profile
         .map(str::to_owned)

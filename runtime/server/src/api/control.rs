@@ -225,15 +225,8 @@ pub(crate) async fn deploy(
     headers: HeaderMap,
     request_body: Body,
 ) -> Answer {
-    let bytes = body::read(
-        &state.body_budget,
-        &headers,
-        request_body,
-        CONFIG_BODY_LIMIT,
-    )
-    .await?;
     // An empty body deploys the newest version.
-    let request: DeployRequest = optional_json(&bytes)?;
+    let request: DeployRequest = optional_json(&state, &headers, request_body).await?;
     let key = body::idempotency_key(&headers)?;
     let deployed = state
         .host
@@ -261,24 +254,23 @@ pub(crate) async fn rollback(
     headers: HeaderMap,
     request_body: Body,
 ) -> Answer {
-    let bytes = body::read(
-        &state.body_budget,
-        &headers,
-        request_body,
-        CONFIG_BODY_LIMIT,
-    )
-    .await?;
-    let request: RollbackRequest = optional_json(&bytes)?;
+    let request: RollbackRequest = optional_json(&state, &headers, request_body).await?;
     let record = state.host.lifecycle.rollback(&agent, request.to).await?;
     Ok(Json(deploy_answer(&state, &record)).into_response())
 }
 
-/// A JSON body that may be left empty (all defaults).
-fn optional_json<T: Default + serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// A small control-plane JSON body that may be left empty (all defaults), read within the
+/// body budget.
+async fn optional_json<T: Default + serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    request_body: Body,
+) -> Result<T, ApiError> {
+    let bytes = body::read(&state.body_budget, headers, request_body, CONFIG_BODY_LIMIT).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         Ok(T::default())
     } else {
-        Ok(body::json(bytes)?)
+        Ok(body::json(&bytes)?)
     }
 }
 
