@@ -287,3 +287,58 @@ async fn python_and_javascript_reach_allowed_hosts_only_within_the_timeout() {
         "hello, echo and slow, from each language"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_standby_instances_serve_one_call_each_and_go_with_their_deployment() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = probe_host(dir.path(), &[]).await;
+    for (agent, _) in PROBES {
+        // Calls at a steady rate: a Python guest takes about 0.75 ms to instantiate, so the
+        // host makes instances ahead of its calls (a JavaScript one, 0.17 ms, is left to
+        // instantiate per call; both must answer the same either way).
+        for _ in 0..30 {
+            let (status, _, body) = host.call(agent, json!({"op": "count"})).await;
+            assert_eq!(status, StatusCode::OK, "{agent}: {body}");
+            assert_eq!(
+                body["served"], 1,
+                "{agent}: an instance served a second call"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A standby instance takes the call's own context and sink.
+        let response = host
+            .request(reqwest::Method::POST, &format!("/v1/agents/{agent}/run"))
+            .json(&json!({"op": "context"}))
+            .send()
+            .await
+            .unwrap();
+        let run_id = response.headers()["gust-run-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["run_id"], run_id.as_str(), "{agent}: {body}");
+        let id = submit(&host, agent, json!({"op": "steps"})).await;
+        let run = finished(&host, agent, &id).await;
+        let logs = run["logs"].to_string();
+        assert!(logs.contains("step 3"), "{agent}: {run}");
+    }
+    let h = &host;
+    crate::support::eventually(
+        Duration::from_secs(10),
+        "a standby instance made",
+        || async move { h.stats().await["live_instances"].as_u64() >= Some(1) },
+    )
+    .await;
+    // A redeploy drops the old deployment's standby instances; the new one has had no call
+    // yet, so it keeps none.
+    for (agent, _) in PROBES {
+        host.set_config(agent, json!({"config": {"marker": "new"}}))
+            .await;
+        host.deploy(agent, None).await;
+    }
+    crate::support::eventually(Duration::from_secs(10), "standby dropped", || async move {
+        h.stats().await["live_instances"] == 0
+    })
+    .await;
+}

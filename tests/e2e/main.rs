@@ -26,3 +26,4 @@ mod server;
 mod support;
 mod triage;
 mod uploads;
+mod waiting;

@@ -11,8 +11,9 @@ use std::time::Duration;
 use clap::{ArgMatches, Args, Command, FromArgMatches};
 
 use gust_server::options::{
-    AdmissionLimits, BodyLimits, HttpSettings, Limits, Maxima, OutboundSettings, PushSettings,
-    RunSettings, ServeOptions, Tuning,
+    AdmissionLimits, BodyLimits, HttpSettings, Limits, Maxima, OutboundSettings, PoolTuning,
+    PushSettings, RunSettings, ServeOptions, Tuning, connection_defaults, default_memory_budget,
+    raise_open_files,
 };
 
 use flags::{EngineTuning, Flags};
@@ -119,6 +120,8 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
          token, preferably as admin-token-file",
         print::MASK
     );
+    // Raised before the defaults that depend on it are worked out.
+    let (max_connections, connections_per_host) = connection_defaults(raise_open_files());
     let options = ServeOptions {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -133,36 +136,51 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
         outbound: OutboundSettings {
             allow_private_network: args.allow_private_network,
             max_response_bytes: args.max_outbound_response_mib << 20,
+            connections_per_host: args
+                .outbound_connections_per_host
+                .unwrap_or(connections_per_host)
+                .max(1),
         },
         min_free_disk: args.min_free_disk_mib.saturating_mul(1 << 20),
         tuning: match args.engine_tuning {
-            EngineTuning::Gust => Tuning::default(),
+            // The pool holds every instance admission may let run.
+            EngineTuning::Gust => Tuning {
+                pool: Some(PoolTuning {
+                    instances: u32::try_from(args.max_instances.max(1)).unwrap_or(u32::MAX),
+                    ..PoolTuning::default()
+                }),
+                warm_standby: !args.no_warm_standby,
+                ..Tuning::default()
+            },
             EngineTuning::WasmtimeDefaults => Tuning::wasmtime_defaults(),
         },
         http: HttpSettings {
             header_timeout: Duration::from_secs(args.header_timeout.max(1)),
-            max_connections: args.max_connections.max(1),
+            max_connections: args.max_connections.unwrap_or(max_connections).max(1),
             write_timeout: Duration::from_secs(args.write_timeout.max(1)),
             tls_cert: args.tls_cert,
             tls_key: args.tls_key,
             ..HttpSettings::default()
         },
         host_limits: {
-            let defaults = AdmissionLimits::default();
+            let max_instances = args.max_instances.max(1);
             Limits {
                 admission: AdmissionLimits {
-                    max_instances: args.max_instances.max(1),
+                    max_instances,
                     agent_instances: args
                         .agent_instances
-                        .unwrap_or(defaults.agent_instances)
+                        .unwrap_or_else(|| AdmissionLimits::agent_share(max_instances))
                         .max(1),
+                    memory_budget: args
+                        .memory_budget_mib
+                        .map_or_else(default_memory_budget, |mib| mib.max(1) << 20),
                     sync_wait: Duration::from_millis(args.admission_wait_ms),
                 },
                 compile_budget: Duration::from_secs(args.compile_timeout.max(1)),
                 maxima: Maxima {
                     memory_mib: args.max_memory_mib.max(1),
                     output_mib: args.max_output_mib.max(1),
-                    instances: u32::try_from(args.max_instances).unwrap_or(u32::MAX).max(1),
+                    instances: u32::try_from(max_instances).unwrap_or(u32::MAX),
                 },
             }
         },
@@ -326,7 +344,7 @@ mod tests {
         );
         let file = file.to_str().unwrap();
         let args = serve(&["--workers", "9", "--config", file]).unwrap();
-        assert_eq!(args.flags.workers, 9);
+        assert_eq!(args.flags.workers, Some(9));
         assert_eq!(source(&args, "workers"), Source::Flag);
         assert_eq!(args.flags.lease, 99);
         assert_eq!(source(&args, "lease"), Source::File);
@@ -459,7 +477,7 @@ mod tests {
         let again = config(dir.path(), &printed.replace("***", "s3cret-token"));
         let args = serve(&["--config", again.to_str().unwrap()]).unwrap();
         assert_eq!(args.flags.lease, 45);
-        assert_eq!(args.flags.workers, 8);
+        assert_eq!(args.flags.workers, Some(8));
         assert_eq!(args.flags.admin_token.as_deref(), Some("s3cret-token"));
         assert_eq!(args.flags.data_dir, Path::new("/var/lib/gust \"x\""));
     }

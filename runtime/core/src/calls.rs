@@ -134,11 +134,15 @@ impl Calls {
         if request.kind == CallKind::Sync {
             self.engine.stats().called();
         }
-        let _admitted = match admit {
+        let mut admitted = match admit {
             Admit::Wait => Some(self.admission.admit_sync(&deployment.gate).await?),
             Admit::Admitted(admitted) => Some(admitted),
             Admit::Skip => None,
         };
+        let instantiated = admitted
+            .as_mut()
+            .and_then(Admitted::starting)
+            .map(|started| Box::new(started) as Box<dyn FnOnce() + Send>);
         let sink = request.sink.unwrap_or_else(|| {
             HostLog::new(CallInfo {
                 agent: Arc::clone(deployment.name()),
@@ -154,7 +158,10 @@ impl Calls {
             attempt: request.attempt,
             timeout,
             sink,
+            instantiated,
         };
-        Ok(gust_wasm::invoke(&self.engine, &deployment.agent, call).await?)
+        let output = gust_wasm::invoke(&self.engine, &deployment.agent, call).await;
+        drop(admitted);
+        Ok(output?)
     }
 }

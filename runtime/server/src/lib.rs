@@ -13,6 +13,7 @@ mod api;
 mod data_dir;
 mod listen;
 pub mod options;
+mod os;
 mod serve;
 mod stall;
 mod tls;

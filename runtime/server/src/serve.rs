@@ -17,7 +17,6 @@ use gust_core::{Host, HostSettings};
 use gust_store::Store;
 use gust_store::components::ComponentFiles;
 use gust_wasm::{OutboundSettings, Stats, Tuning, WasmEngine};
-use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, BodyLimits};
 use crate::data_dir;
@@ -76,7 +75,7 @@ impl Default for HttpSettings {
         Self {
             header_timeout: Duration::from_secs(10),
             max_headers: 100,
-            max_connections: 4096,
+            max_connections: 16_384,
             tls_cert: None,
             tls_key: None,
             write_timeout: Duration::from_secs(30),
@@ -131,8 +130,13 @@ pub async fn serve(
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         },
     };
-    let listener = TcpListener::bind(options.listen)
-        .await
+    let open_files = crate::os::raise_open_files();
+    crate::os::check_open_files(
+        open_files,
+        options.http.max_connections,
+        options.outbound.connections_per_host,
+    );
+    let listener = crate::os::bind(options.listen)
         .with_context(|| format!("listening on {}", options.listen))?;
     let local = listener.local_addr()?;
     let scheme = if listening.tls.is_some() {

@@ -14,7 +14,7 @@ use gust_model::{AgentConfig, HostPattern};
 
 use crate::bindings::gust::agent::{host, invocation};
 use crate::cache::ArtifactCache;
-use crate::host::{CallState, OutboundPolicy};
+use crate::host::{CallState, OriginSlots, OutboundPolicy};
 use crate::stats::Stats;
 
 /// How often the epoch advances. A guest spinning on CPU yields to the async runtime at
@@ -28,6 +28,8 @@ pub struct WasmEngine {
     /// Guests are interrupted on the epoch tick, so something must advance it
     /// ([`WasmEngine::epoch_ticker`]).
     epoch_interruption: bool,
+    /// See [`Tuning::warm_standby`].
+    warm_standby: bool,
     linker: Linker<CallState>,
     cache: ArtifactCache,
     stats: Arc<Stats>,
@@ -35,6 +37,8 @@ pub struct WasmEngine {
     /// The client every guest request goes through (see `net`): shared, so connections to
     /// the same model or tool API are reused across calls.
     outbound_client: reqwest::Client,
+    /// The bound on requests in flight per origin, shared by every call.
+    origins: Arc<OriginSlots>,
 }
 
 /// Host-wide settings of guests' outgoing HTTP.
@@ -44,13 +48,22 @@ pub struct OutboundSettings {
     pub allow_private_network: bool,
     /// Largest answer a guest may read, in bytes.
     pub max_response_bytes: usize,
+    /// Requests in flight to one origin (scheme, host, port) at once, host-wide, and so
+    /// HTTP/1.1 connections to it; more wait for one to finish, within their timeout.
+    pub connections_per_host: usize,
 }
+
+/// As many as the host takes inbound connections by default: a host full of calls that
+/// each wait on the same model API is not held back, while one upstream cannot take every
+/// file descriptor. Lower it to spare an upstream that rate-limits.
+pub const DEFAULT_CONNECTIONS_PER_HOST: usize = 16_384;
 
 impl Default for OutboundSettings {
     fn default() -> Self {
         Self {
             allow_private_network: false,
             max_response_bytes: 16 << 20,
+            connections_per_host: DEFAULT_CONNECTIONS_PER_HOST,
         }
     }
 }
@@ -107,9 +120,11 @@ impl WasmEngine {
         Ok(Self {
             engine,
             epoch_interruption,
+            warm_standby: tuning.warm_standby,
             linker,
             cache,
             stats,
+            origins: Arc::new(OriginSlots::new(outbound.connections_per_host)),
             outbound,
             outbound_client,
         })
@@ -125,6 +140,10 @@ impl WasmEngine {
         self.epoch_interruption.then(|| EpochTicker {
             engine: self.engine.weak(),
         })
+    }
+
+    pub(crate) fn warm_standby(&self) -> bool {
+        self.warm_standby
     }
 
     pub(crate) fn linker(&self) -> &Linker<CallState> {
@@ -153,6 +172,7 @@ impl WasmEngine {
             max_response_bytes: self.outbound.max_response_bytes,
             allow_private_network: self.outbound.allow_private_network,
             client: self.outbound_client.clone(),
+            origins: Arc::clone(&self.origins),
         })
     }
 
@@ -219,6 +239,8 @@ pub struct Tuning {
     /// Interrupt guests on the epoch tick. gust needs it (it is how a guest spinning on CPU
     /// is cut off at its deadline); off only to measure its cost.
     pub epoch_interruption: bool,
+    /// Make instances of guests slow to instantiate ahead of demand (`standby`).
+    pub warm_standby: bool,
 }
 
 /// Settings of the pooling instance allocator.
@@ -237,6 +259,9 @@ pub struct PoolTuning {
     /// Freed slots kept warm (their memory image still mapped) for reuse by the same
     /// component.
     pub max_unused_warm_slots: u32,
+    /// Component instances the pool holds at once: the most calls in flight. `gust serve`
+    /// sizes it from `--max-instances`; the default fits an embedding.
+    pub instances: u32,
 }
 
 impl Default for Tuning {
@@ -245,6 +270,7 @@ impl Default for Tuning {
             pool: Some(PoolTuning::default()),
             memory_init_cow: true,
             epoch_interruption: true,
+            warm_standby: true,
         }
     }
 }
@@ -260,6 +286,7 @@ impl Default for PoolTuning {
             pagemap_scan: true,
             decommit_batch: 1,
             max_unused_warm_slots: 100,
+            instances: 1000,
         }
     }
 }
@@ -289,21 +316,32 @@ impl Tuning {
             pool: None,
             memory_init_cow: true,
             epoch_interruption: false,
+            warm_standby: false,
         }
     }
 }
 
-/// Instances in the pool at once (each call holds one for its duration).
-const POOL_INSTANCES: u32 = 1000;
+/// Linear-memory slots at most. Each slot reserves 4 GiB of address space plus a guard (so
+/// compiled guests need no bounds checks on 32-bit memories), and 16,384 of them take 64 TiB,
+/// half of x86-64's 128 TiB of user address space. A pool sized for more instances than this
+/// shares these slots: a Rust guest uses one memory, componentize-py's one or two.
+const MAX_MEMORY_SLOTS: u32 = 16_384;
 
 /// The pooling instance allocator: slots for instances, memories, tables and stacks are
 /// reserved once and reused, so a call does not map and unmap memory (on virtual machines
-/// the TLB shootdowns of unmapping dominated the per-call cost).
+/// the TLB shootdowns of unmapping dominated the per-call cost). Reserved address space
+/// costs no memory until a call touches it; a slot's pages are committed as its guest uses
+/// them.
 fn pool(tuning: &PoolTuning, max_memory_bytes: usize) -> wasmtime::PoolingAllocationConfig {
+    // Standby instances (`standby`) live outside admission, so they get slots of their own.
+    let instances = tuning
+        .instances
+        .max(1)
+        .saturating_add(crate::standby::HOST_WIDE as u32);
     let mut pool = wasmtime::PoolingAllocationConfig::new();
-    pool.total_component_instances(POOL_INSTANCES)
+    pool.total_component_instances(instances)
         // Guests built by componentize-py use about 14 core instances, componentize-js 4.
-        .total_core_instances(POOL_INSTANCES * 16)
+        .total_core_instances(instances.saturating_mul(16))
         // Set explicitly, so one component cannot take more than its share of the pool's
         // slots (componentize-py makes about 14 core instances sharing one or two
         // memories, each with a table); what its instances hold together is bounded per
@@ -311,9 +349,9 @@ fn pool(tuning: &PoolTuning, max_memory_bytes: usize) -> wasmtime::PoolingAlloca
         .max_core_instances_per_component(64)
         .max_memories_per_component(16)
         .max_tables_per_component(64)
-        .total_memories(POOL_INSTANCES * 4)
-        .total_tables(POOL_INSTANCES * 4)
-        .total_stacks(POOL_INSTANCES)
+        .total_memories(instances.saturating_mul(4).min(MAX_MEMORY_SLOTS))
+        .total_tables(instances.saturating_mul(4))
+        .total_stacks(instances)
         .max_memory_size(max_memory_bytes)
         .linear_memory_keep_resident(tuning.keep_resident)
         .table_keep_resident(tuning.keep_resident)

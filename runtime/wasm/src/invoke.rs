@@ -15,7 +15,8 @@ use wasmtime::PoolConcurrencyLimitError;
 use crate::bindings::{AgentPre, CallKind, Request, RunError};
 use crate::check::Linked;
 use crate::engine::WasmEngine;
-use crate::host::{CallLimits, CallSink, CallState, OutboundPolicy, new_store};
+use crate::host::{CallInfo, CallLimits, CallSink, CallState, HostLog, OutboundPolicy, new_store};
+use crate::standby::{Standby, StoreMaker, Warm};
 
 /// A component ready to be called: compiled, checked against the agent world, pre-linked,
 /// with the settings every call of it runs under. Built once per deployment and shared by
@@ -34,6 +35,8 @@ pub struct PreparedAgent {
     output_bytes: usize,
     /// Values the guest reads through `config`; shared by every call.
     config: Arc<BTreeMap<String, String>>,
+    /// Instances made ahead of demand (for guests slow to instantiate); dropped with this.
+    standby: Arc<Standby>,
 }
 
 impl PreparedAgent {
@@ -54,7 +57,40 @@ impl PreparedAgent {
             memory_bytes: (config.memory_mib as usize) << 20,
             output_bytes: (config.output_mib as usize) << 20,
             config: Arc::new(config.config.clone()),
+            standby: Arc::new(Standby::new()),
         }
+    }
+
+    /// Whether this deployment is live: one that is not keeps no standby instances.
+    pub fn set_live(&self, live: bool) {
+        self.standby.set_live(live);
+    }
+
+    /// What the standby task needs to make instances of this deployment on its own.
+    fn store_maker(&self, engine: &WasmEngine) -> (StoreMaker, AgentPre<CallState>) {
+        let wasmtime = engine.engine().clone();
+        let stats = Arc::clone(engine.stats());
+        let (config, outbound) = (Arc::clone(&self.config), self.outbound.clone());
+        let limits = CallLimits {
+            memory_bytes: self.memory_bytes,
+        };
+        let info = CallInfo {
+            agent: Arc::clone(&self.agent),
+            version: self.version,
+            run_id: Arc::from("standby"),
+        };
+        let maker: StoreMaker = Box::new(move || {
+            let sink = HostLog::new(info.clone());
+            let state = CallState::new(
+                Arc::clone(&config),
+                limits,
+                stats.live_instance(),
+                sink,
+                outbound.clone(),
+            );
+            new_store(&wasmtime, state)
+        });
+        (maker, self.pre.clone())
     }
 }
 
@@ -74,6 +110,9 @@ pub struct Call {
     pub timeout: Option<Duration>,
     /// Where the guest's logs, output, progress and outgoing requests go.
     pub sink: Arc<dyn CallSink>,
+    /// Told when instantiation is over (however it went): from then on the instance's
+    /// memory shows in the process's resident size, which admission budgets.
+    pub instantiated: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// What the guest answered.
@@ -123,16 +162,34 @@ pub async fn invoke(
     let timeout = call.timeout;
     let deadline_ms = timeout
         .map(|t| clock::now_ms().saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX)));
-    let state = CallState::new(
-        Arc::clone(&agent.config),
-        CallLimits {
-            memory_bytes: agent.memory_bytes,
-        },
-        engine.stats().live_instance(),
-        call.sink,
-        agent.outbound.clone(),
-    );
-    let mut store = new_store(engine.engine(), state);
+    let warm = if engine.warm_standby() {
+        agent.standby.take(|| agent.store_maker(engine))
+    } else {
+        None
+    };
+    let (mut store, instance) = match warm {
+        Some(Warm {
+            mut store,
+            instance,
+        }) => {
+            store.data_mut().bind(call.sink);
+            // Its deadline counts from the call, not from when it was made.
+            store.set_epoch_deadline(crate::host::FIRST_SLICE_TICKS);
+            (store, Some(instance))
+        }
+        None => {
+            let state = CallState::new(
+                Arc::clone(&agent.config),
+                CallLimits {
+                    memory_bytes: agent.memory_bytes,
+                },
+                engine.stats().live_instance(),
+                call.sink,
+                agent.outbound.clone(),
+            );
+            (new_store(engine.engine(), state), None)
+        }
+    };
     let request = Request {
         input: call.input,
         content_type: call.content_type,
@@ -145,9 +202,21 @@ pub async fn invoke(
         deadline_ms: deadline_ms.and_then(|ms| u64::try_from(ms).ok()),
     };
 
+    let mut instantiated = call.instantiated;
     let run = async {
-        let instance = agent.pre.instantiate_async(&mut store).await?;
-        instance.call_run(&mut store, &request).await
+        let instance = match instance {
+            Some(warm) => Ok(warm),
+            None => {
+                let started = std::time::Instant::now();
+                let instance = agent.pre.instantiate_async(&mut store).await;
+                agent.standby.instantiated_in(started.elapsed());
+                instance
+            }
+        };
+        if let Some(tell) = instantiated.take() {
+            tell();
+        }
+        instance?.call_run(&mut store, &request).await
     };
     let outcome = match timeout {
         Some(timeout) => tokio::time::timeout(timeout, run).await,

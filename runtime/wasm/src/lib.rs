@@ -9,6 +9,7 @@
 //! - [`host`]: what a guest imports (log, config, progress, WASI, outbound HTTP), per-call
 //!   state, and the [`CallSink`] that receives what a guest reports;
 //! - [`net`]: which addresses the host may connect to on a user's behalf (SSRF policy);
+//! - [`standby`]: instances of heavy guests made ahead of demand, one call each;
 //! - [`stats`]: counters of compiles, cache loads and live instances.
 //!
 //! It knows nothing of deployments, queues or HTTP routes: callers hand it a prepared
@@ -21,11 +22,14 @@ pub mod engine;
 pub mod host;
 pub mod invoke;
 pub mod net;
+pub mod standby;
 pub mod stats;
 
 pub use bindings::{CallKind, Level};
 pub use check::{CheckError, Compiled, Linked};
-pub use engine::{EpochTicker, OutboundSettings, PoolTuning, Tuning, WasmEngine};
+pub use engine::{
+    DEFAULT_CONNECTIONS_PER_HOST, EpochTicker, OutboundSettings, PoolTuning, Tuning, WasmEngine,
+};
 pub use host::{CallInfo, CallSink, HostLog, OutboundPolicy, Stream};
 pub use invoke::{Call, CallError, Output, PreparedAgent, invoke};
 pub use stats::{Stats, StatsSnapshot};

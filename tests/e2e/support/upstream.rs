@@ -18,6 +18,8 @@ pub(crate) struct Upstream {
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
+    /// `/hold` requests being held now, and the most held at once.
+    holding: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 impl Upstream {
@@ -28,53 +30,61 @@ impl Upstream {
         let counted = Arc::clone(&requests);
         let hits = Arc::new(Mutex::new(HashMap::new()));
         let seen = Arc::clone(&hits);
-        let app = axum::Router::new()
-            .route(
-                "/hello",
-                axum::routing::get(|| async { axum::Json(json!({"hello": "from upstream"})) }),
-            )
-            .route(
-                "/echo",
-                axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
-                    axum::Json(json!({"received": body}))
-                }),
-            )
-            .route(
-                "/sink",
-                axum::routing::post(|body: axum::body::Bytes| async move {
-                    format!("received {} bytes", body.len())
-                })
-                // axum refuses bodies over 2 MiB by default; this one takes any.
-                .layer(axum::extract::DefaultBodyLimit::disable()),
-            )
-            .route(
-                "/hold",
-                axum::routing::get(
-                    |axum::extract::Query(q): axum::extract::Query<HashMap<String, u64>>| async move {
-                        let ms = q.get("ms").copied().unwrap_or(0);
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                        "held"
+        let holding = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let held = Arc::clone(&holding);
+        let app =
+            axum::Router::new()
+                .route(
+                    "/hello",
+                    axum::routing::get(|| async { axum::Json(json!({"hello": "from upstream"})) }),
+                )
+                .route(
+                    "/echo",
+                    axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+                        axum::Json(json!({"received": body}))
+                    }),
+                )
+                .route(
+                    "/sink",
+                    axum::routing::post(|body: axum::body::Bytes| async move {
+                        format!("received {} bytes", body.len())
+                    })
+                    // axum refuses bodies over 2 MiB by default; this one takes any.
+                    .layer(axum::extract::DefaultBodyLimit::disable()),
+                )
+                .route(
+                    "/hold",
+                    axum::routing::get(
+                        move |axum::extract::Query(q): axum::extract::Query<
+                            HashMap<String, u64>,
+                        >| async move {
+                            let now = held.0.fetch_add(1, Ordering::SeqCst) + 1;
+                            held.1.fetch_max(now, Ordering::SeqCst);
+                            let ms = q.get("ms").copied().unwrap_or(0);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            held.0.fetch_sub(1, Ordering::SeqCst);
+                            "held"
+                        },
+                    ),
+                )
+                .route(
+                    "/slow",
+                    axum::routing::get(|| async {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        "late"
+                    }),
+                )
+                .layer(axum::middleware::from_fn(
+                    move |request: axum::extract::Request, next: axum::middleware::Next| {
+                        let counted = Arc::clone(&counted);
+                        let uri = request.uri().to_string();
+                        *seen.lock().unwrap().entry(uri).or_insert(0) += 1;
+                        async move {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            next.run(request).await
+                        }
                     },
-                ),
-            )
-            .route(
-                "/slow",
-                axum::routing::get(|| async {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    "late"
-                }),
-            )
-            .layer(axum::middleware::from_fn(
-                move |request: axum::extract::Request, next: axum::middleware::Next| {
-                    let counted = Arc::clone(&counted);
-                    let uri = request.uri().to_string();
-                    *seen.lock().unwrap().entry(uri).or_insert(0) += 1;
-                    async move {
-                        counted.fetch_add(1, Ordering::SeqCst);
-                        next.run(request).await
-                    }
-                },
-            ));
+                ));
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::clone(&connections);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -88,7 +98,13 @@ impl Upstream {
             connections,
             requests,
             hits,
+            holding,
         }
+    }
+
+    /// The most `/hold` requests held at once so far.
+    pub(crate) fn most_held(&self) -> usize {
+        self.holding.1.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far.

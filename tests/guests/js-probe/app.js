@@ -7,6 +7,9 @@ function explode(depth) {
   explode(depth - 1);
 }
 
+// Counts the calls this instance served: every call gets a fresh instance, so always 1.
+let served = 0;
+
 export const run = agent(async (input, ctx) => {
   const op = input?.op;
   switch (op) {
@@ -21,6 +24,9 @@ export const run = agent(async (input, ctx) => {
         has_deadline: ctx.deadline !== null,
         config: ctx.config(input.key ?? 'marker', null),
       };
+    case 'count':
+      served += 1;
+      return { served };
     case 'raise':
       explode(3);
       break;

@@ -10,9 +10,17 @@ def explode(depth):
     explode(depth - 1)
 
 
+# Counts the calls this instance served: every call gets a fresh instance, so always 1.
+served = 0
+
+
 @gust.agent
 def run(input, ctx):
+    global served
     op = (input or {}).get("op")
+    if op == "count":
+        served += 1
+        return {"served": served}
     if op == "context":
         return {
             "agent": ctx.agent,

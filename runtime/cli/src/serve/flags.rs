@@ -82,10 +82,11 @@ pub(super) struct Flags {
         value_name = "MIB"
     )]
     pub(super) max_input_mib: usize,
-    /// Queued runs executing at once. Runs of agent flows mostly wait on models and tools,
-    /// so this is well above the core count.
-    #[arg(long, env = "GUST_WORKERS", default_value_t = 64, value_name = "N")]
-    pub(super) workers: usize,
+    /// Queued runs executing at once, at most (default: as many as admission lets through,
+    /// like sync calls: bounded by instance slots and the memory budget, since runs of agent
+    /// flows mostly wait on models and tools).
+    #[arg(long, env = "GUST_WORKERS", value_name = "N")]
+    pub(super) workers: Option<usize>,
     /// Attempts before a run that keeps losing its host fails as `lost`.
     #[arg(long, env = "GUST_MAX_ATTEMPTS", default_value_t = 3, value_name = "N")]
     pub(super) max_attempts: u32,
@@ -135,18 +136,23 @@ pub(super) struct Flags {
         value_name = "KIB"
     )]
     pub(super) push_max_body_kib: usize,
-    /// Instances running at once, server-wide; past it, sync calls get 429.
+    /// Instances running at once, server-wide: the instance pool's slots (reserved address
+    /// space, committed only as guests touch it); past it, sync calls get 429.
     #[arg(
         long,
         env = "GUST_MAX_INSTANCES",
-        default_value_t = 256,
+        default_value_t = gust_server::options::DEFAULT_MAX_INSTANCES,
         value_name = "N"
     )]
     pub(super) max_instances: usize,
     /// Instances of one agent running at once, unless its deployment sets `max_instances`
-    /// (default: one less than the core count, at least 1).
+    /// (default: seven eighths of --max-instances, so other agents keep the rest).
     #[arg(long, env = "GUST_AGENT_INSTANCES", value_name = "N")]
     pub(super) agent_instances: Option<usize>,
+    /// MiB of resident memory past which no more instances are admitted (default: three
+    /// quarters of the machine's memory, or of the cgroup's limit).
+    #[arg(long, env = "GUST_MEMORY_BUDGET_MIB", value_name = "MIB")]
+    pub(super) memory_budget_mib: Option<u64>,
     /// Milliseconds a sync call waits for room before it is answered 429.
     #[arg(
         long,
@@ -214,20 +220,23 @@ pub(super) struct Flags {
         value_name = "S"
     )]
     pub(super) write_timeout: u64,
-    /// Connections open at once; more wait in the listen backlog.
-    #[arg(
-        long,
-        env = "GUST_MAX_CONNECTIONS",
-        default_value_t = 4096,
-        value_name = "N"
-    )]
-    pub(super) max_connections: usize,
+    /// Connections open at once; more wait in the listen backlog (default: 16,384, or three
+    /// fifths of the open-file limit when that is lower). Each needs a file descriptor, and
+    /// so may an outgoing request of its call: the host raises its soft open-file limit to
+    /// the hard one, and warns when that is too low for what is set here.
+    #[arg(long, env = "GUST_MAX_CONNECTIONS", value_name = "N")]
+    pub(super) max_connections: Option<usize>,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, env = "GUST_TLS_CERT", requires = "tls_key", value_name = "FILE")]
     pub(super) tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
     #[arg(long, env = "GUST_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
     pub(super) tls_key: Option<PathBuf>,
+    /// Requests guests have in flight to one origin (scheme, host, port) at once,
+    /// host-wide, and so connections to it; more wait for one within their timeout
+    /// (default: 16,384, or two fifths of the open-file limit when that is lower).
+    #[arg(long, env = "GUST_OUTBOUND_CONNECTIONS_PER_HOST", value_name = "N")]
+    pub(super) outbound_connections_per_host: Option<usize>,
     /// Largest answer a guest may read from one outgoing HTTP request, in MiB.
     #[arg(
         long,
@@ -245,6 +254,9 @@ pub(super) struct Flags {
     /// measure what gust's tuning buys. Hidden: not something to run a host with.
     #[arg(long, hide = true, value_enum, default_value_t = EngineTuning::Gust)]
     pub(super) engine_tuning: EngineTuning,
+    /// No instances made ahead of demand: for the benchmark that measures what they buy.
+    #[arg(long, hide = true)]
+    pub(super) no_warm_standby: bool,
     /// Log filter (`RUST_LOG` syntax), e.g. `info` or `gust_runtime=debug`.
     #[arg(long, env = "GUST_LOG", default_value = "info")]
     pub(super) log: String,

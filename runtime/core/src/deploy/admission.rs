@@ -1,9 +1,15 @@
-//! Admission: how many instances may run at once, server-wide and per agent.
+//! Admission: how many instances may run at once, server-wide and per agent, and whether
+//! the host's memory holds one more.
 //!
-//! A sync call waits a bounded time for room and is refused with 429 `overloaded` past it;
-//! a queued run waits in the queue. Each agent has one gate, shared by all its deployments,
-//! whose size follows the live deployment's `max_instances` ([`Admission::limit_for`], the
-//! one place that size is worked out).
+//! An instance is admitted through four steps, in order: its agent's gate (whose size
+//! follows the live deployment's `max_instances`, [`Admission::limit_for`], the one place
+//! that size is worked out), the server's gate (one permit per pooled instance slot), one of
+//! [`STARTING`](super::memory::STARTING) places for instances being instantiated, and the
+//! memory budget (`memory`). A sync call waits for all of it at most the admission wait and
+//! is refused with 429 `overloaded` past it; a queued run waits in the queue.
+//!
+//! The defaults are sized for agents that wait: a call waiting on a model costs memory, not
+//! CPU, so the count of instances is bounded by pool slots and memory, not by cores.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,27 +17,44 @@ use std::time::Duration;
 
 use gust_model::AgentConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
+use super::memory::{self, Charged, MemoryBudget, SAMPLE_EVERY, STARTING, Starting};
 use crate::error::Error;
+
+/// Instances running at once by default: room for 10,000 waiting calls of one agent
+/// (see [`AdmissionLimits::agent_share`]) with slots to spare for the others.
+pub const DEFAULT_MAX_INSTANCES: usize = 12_288;
 
 /// Server-wide admission settings.
 #[derive(Debug, Clone)]
 pub struct AdmissionLimits {
-    /// Instances running at once, server-wide.
+    /// Instances running at once, server-wide: the pool's instance slots.
     pub max_instances: usize,
-    /// A deployment's `max_instances` when it sets none: below the core count, so one agent
-    /// cannot occupy every core.
+    /// A deployment's `max_instances` when it sets none.
     pub agent_instances: usize,
+    /// Resident bytes the host may hold before it admits no more instances.
+    pub memory_budget: u64,
     /// How long a sync call waits for room before 429 `overloaded`.
     pub sync_wait: Duration,
 }
 
+impl AdmissionLimits {
+    /// The default per-agent share of `max_instances`: seven eighths, so one busy agent
+    /// cannot take the slots every other agent needs (an eighth, 1,536 by default, stays
+    /// for them).
+    #[must_use]
+    pub fn agent_share(max_instances: usize) -> usize {
+        (max_instances - max_instances / 8).max(1)
+    }
+}
+
 impl Default for AdmissionLimits {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
-            max_instances: 256,
-            agent_instances: cores.saturating_sub(1).max(1),
+            max_instances: DEFAULT_MAX_INSTANCES,
+            agent_instances: Self::agent_share(DEFAULT_MAX_INSTANCES),
+            memory_budget: memory::default_budget(),
             sync_wait: Duration::from_secs(2),
         }
     }
@@ -41,14 +64,23 @@ impl Default for AdmissionLimits {
 pub struct Admission {
     limits: AdmissionLimits,
     server: Arc<Gate>,
+    starting: Arc<Semaphore>,
+    memory: Arc<MemoryBudget>,
     agents: Mutex<HashMap<String, Arc<Gate>>>,
 }
 
 impl Admission {
     /// Gates sized by `limits`.
     pub fn new(limits: AdmissionLimits) -> Self {
+        let memory = MemoryBudget::new(limits.memory_budget);
+        Self::with_memory(limits, memory)
+    }
+
+    fn with_memory(limits: AdmissionLimits, memory: MemoryBudget) -> Self {
         Self {
             server: Gate::new(limits.max_instances),
+            starting: Arc::new(Semaphore::new(STARTING)),
+            memory: Arc::new(memory),
             limits,
             agents: Mutex::default(),
         }
@@ -85,17 +117,65 @@ impl Admission {
     /// # Errors
     /// [`Error::Overloaded`] when the agent or the host is full.
     pub(crate) async fn admit_sync(&self, gate: &Gate) -> Result<Admitted, Error> {
-        admit(gate, &self.server, Some(self.limits.sync_wait)).await
+        let deadline = Instant::now() + self.limits.sync_wait;
+        let agent = gate
+            .enter_until(Some(deadline))
+            .await
+            .ok_or_else(|| overloaded("this agent is running as many instances as it may"))?;
+        self.admit_after_agent(agent, Some(deadline)).await
     }
 
-    /// The server-wide gate (queued runs enter their agent's gate, then this one).
-    pub(crate) fn server(&self) -> &Arc<Gate> {
-        &self.server
+    /// The rest of admission for an instance that has its agent's room: a pool slot, a
+    /// place to start, and memory; until `deadline` (`None`: as long as it takes).
+    ///
+    /// # Errors
+    /// [`Error::Overloaded`] when there is no room by `deadline`.
+    pub(crate) async fn admit_after_agent(
+        &self,
+        agent: OwnedSemaphorePermit,
+        deadline: Option<Instant>,
+    ) -> Result<Admitted, Error> {
+        let server = self.server.enter_until(deadline).await.ok_or_else(|| {
+            overloaded("the host is running as many instances as it has slots for")
+        })?;
+        let acquire = Arc::clone(&self.starting).acquire_owned();
+        let starting = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.ok(),
+            None => Some(acquire.await),
+        }
+        .and_then(Result::ok)
+        .ok_or_else(|| overloaded("the host is starting as many instances as it can"))?;
+        while !self.memory.fits() {
+            if deadline.is_some_and(|d| Instant::now() + SAMPLE_EVERY > d) {
+                return Err(overloaded("the host's memory budget is taken"));
+            }
+            tokio::time::sleep(SAMPLE_EVERY).await;
+        }
+        let (charged, memory_starting) = self.memory.charge();
+        Ok(Admitted {
+            _charged: charged,
+            starting: Some((starting, memory_starting)),
+            _agent: agent,
+            _server: server,
+        })
     }
 
     /// Instances admitted now, server-wide.
     pub fn in_use(&self) -> usize {
         self.server.in_use()
+    }
+
+    /// The memory budget, the latest resident size and the estimate per instance, in bytes.
+    pub fn memory(&self) -> (u64, u64, u64) {
+        let (resident, per_instance) = self.memory.reading();
+        (self.memory.budget(), resident, per_instance)
+    }
+}
+
+fn overloaded(what: &str) -> Error {
+    Error::Overloaded {
+        message: format!("{what}; retry shortly"),
+        retry_after: Some(Duration::from_secs(1)),
     }
 }
 
@@ -135,11 +215,14 @@ impl Gate {
         *current = limit;
     }
 
-    /// Waits for room, at most `wait` (`None`: as long as it takes).
-    pub(crate) async fn enter(&self, wait: Option<Duration>) -> Option<OwnedSemaphorePermit> {
+    /// Waits for room until `deadline` (`None`: as long as it takes).
+    pub(crate) async fn enter_until(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Option<OwnedSemaphorePermit> {
         let acquire = Arc::clone(&self.permits).acquire_owned();
-        match wait {
-            Some(wait) => tokio::time::timeout(wait, acquire).await.ok()?.ok(),
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.ok()?.ok(),
             None => acquire.await.ok(),
         }
     }
@@ -151,94 +234,168 @@ impl Gate {
 }
 
 /// The permits of one admitted instance: dropping them makes room.
-#[derive(Debug)]
 pub struct Admitted {
+    _charged: Charged,
+    /// Held while the instance is instantiated ([`Admitted::starting`]).
+    starting: Option<(OwnedSemaphorePermit, Starting)>,
     _agent: OwnedSemaphorePermit,
     _server: OwnedSemaphorePermit,
 }
 
 impl Admitted {
-    pub(crate) fn new(agent: OwnedSemaphorePermit, server: OwnedSemaphorePermit) -> Self {
-        Self {
-            _agent: agent,
-            _server: server,
-        }
+    /// What to drop once the instance is instantiated: its place among the starting
+    /// instances goes to the next one, and the budget finds its memory in the next reading.
+    pub(crate) fn starting(&mut self) -> Option<impl FnOnce() + Send + 'static> {
+        let starting = self.starting.take()?;
+        Some(move || drop(starting))
     }
 }
 
-/// Enters the agent's gate, then the server's, each within `wait`.
-///
-/// # Errors
-/// [`Error::Overloaded`] when there is no room within `wait`.
-pub(crate) async fn admit(
-    agent: &Gate,
-    server: &Gate,
-    wait: Option<Duration>,
-) -> Result<Admitted, Error> {
-    let overloaded = |what: &str| Error::Overloaded {
-        message: format!("{what} is running as many instances as it may; retry shortly"),
-        retry_after: Some(Duration::from_secs(1)),
-    };
-    let agent_permit = agent
-        .enter(wait)
-        .await
-        .ok_or_else(|| overloaded("this agent"))?;
-    let server_permit = server
-        .enter(wait)
-        .await
-        .ok_or_else(|| overloaded("the host"))?;
-    Ok(Admitted {
-        _agent: agent_permit,
-        _server: server_permit,
-    })
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admitted")
+            .field("starting", &self.starting.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
+
+    /// Admission with `max_instances` slots, an agent default of `agent`, a 30 ms wait, and
+    /// a resident size the test sets (100 MiB to start) against a 200 MiB budget.
+    fn admission(max_instances: usize, agent: usize) -> (Admission, Arc<AtomicU64>) {
+        admission_within(max_instances, agent, 200 << 20)
+    }
+
+    fn admission_within(
+        max_instances: usize,
+        agent: usize,
+        budget: u64,
+    ) -> (Admission, Arc<AtomicU64>) {
+        let resident = Arc::new(AtomicU64::new(100 << 20));
+        let source = Arc::clone(&resident);
+        let memory = MemoryBudget::with_source(
+            budget,
+            Box::new(move || Some(source.load(Ordering::Relaxed))),
+        );
+        let limits = AdmissionLimits {
+            max_instances,
+            agent_instances: agent,
+            memory_budget: budget,
+            sync_wait: Duration::from_millis(30),
+        };
+        (Admission::with_memory(limits, memory), resident)
+    }
+
+    fn config(max_instances: Option<u32>) -> AgentConfig {
+        AgentConfig {
+            max_instances,
+            ..AgentConfig::default()
+        }
+    }
 
     #[tokio::test]
     async fn bounded_waits_refuse_and_resizing_takes_effect() {
-        let agent = Gate::new(1);
-        let server = Gate::new(10);
-        let first = admit(&agent, &server, Some(Duration::from_millis(10)))
-            .await
-            .unwrap();
-        let refused = admit(&agent, &server, Some(Duration::from_millis(10)))
-            .await
-            .unwrap_err();
+        let (admission, _) = admission(10, 1);
+        let gate = admission.gate("a");
+        let first = admission.admit_sync(&gate).await.unwrap();
+        let refused = admission.admit_sync(&gate).await.unwrap_err();
         assert_eq!(refused.kind(), "overloaded");
-        assert_eq!((agent.in_use(), server.in_use()), (1, 1));
-        agent.set_limit(2);
-        let second = admit(&agent, &server, Some(Duration::from_millis(10)))
-            .await
-            .unwrap();
+        assert!(refused.to_string().contains("this agent"), "{refused}");
+        assert_eq!((gate.in_use(), admission.in_use()), (1, 1));
+        admission.resize(&gate, &config(Some(2)));
+        let second = admission.admit_sync(&gate).await.unwrap();
         drop((first, second));
-        assert_eq!(server.in_use(), 0);
-        agent.set_limit(1);
-        let _one = admit(&agent, &server, Some(Duration::from_millis(10)))
-            .await
-            .unwrap();
-        assert!(
-            admit(&agent, &server, Some(Duration::from_millis(10)))
-                .await
-                .is_err(),
-            "shrunk back to 1"
-        );
+        assert_eq!(admission.in_use(), 0);
+        admission.resize(&gate, &config(None));
+        let _one = admission.admit_sync(&gate).await.unwrap();
+        assert!(admission.admit_sync(&gate).await.is_err(), "back to 1");
+        // Another agent has its own gate; the server's slots bound them all.
+        let other = admission.gate("b");
+        admission.resize(&other, &config(Some(100)));
+        let held: Vec<_> = admit_started(&admission, &other, 9).await;
+        let full = admission.admit_sync(&other).await.unwrap_err();
+        assert!(full.to_string().contains("slots"), "{full}");
+        drop(held);
+    }
+
+    async fn admit_started(admission: &Admission, gate: &Gate, n: usize) -> Vec<Admitted> {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            let mut admitted = admission.admit_sync(gate).await.unwrap();
+            drop(admitted.starting());
+            held.push(admitted);
+        }
+        held
     }
 
     #[tokio::test]
     async fn a_waiting_caller_gets_the_room_that_frees_up() {
-        let agent = Gate::new(1);
-        let server = Gate::new(1);
-        let first = admit(&agent, &server, None).await.unwrap();
-        let waiter = tokio::spawn(async move {
-            admit(&agent, &server, Some(Duration::from_secs(5)))
-                .await
-                .is_ok()
-        });
+        let (admission, _) = admission(1, 1);
+        let admission = Arc::new(admission);
+        let gate = admission.gate("a");
+        let first = admission.admit_sync(&gate).await.unwrap();
+        let waiter = {
+            let admission = Arc::clone(&admission);
+            tokio::spawn(async move {
+                let gate = admission.gate("a");
+                admission
+                    .admit_after_agent(
+                        gate.enter_until(None).await.unwrap(),
+                        Some(Instant::now() + Duration::from_secs(5)),
+                    )
+                    .await
+                    .is_ok()
+            })
+        };
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(first);
         assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn memory_not_reservations_bounds_the_instances() {
+        let (admission, resident) = admission(100_000, 100_000);
+        let gate = admission.gate("a");
+        // Every deployment may grow to 256 MiB, and thousands still fit a 200 MiB budget
+        // while they hold what waiting instances hold: 32 KiB each.
+        let mut held = Vec::new();
+        for n in 1..=3000u64 {
+            let mut admitted = admission.admit_sync(&gate).await.unwrap();
+            drop(admitted.starting());
+            held.push(admitted);
+            resident.store((100 << 20) + n * (32 << 10), Ordering::Relaxed);
+        }
+        // The process grows to its budget: the next call waits, then is refused.
+        resident.store(200 << 20, Ordering::Relaxed);
+        tokio::time::sleep(SAMPLE_EVERY).await;
+        let refused = admission.admit_sync(&gate).await.unwrap_err();
+        assert!(refused.to_string().contains("memory"), "{refused}");
+        // Memory is given back: admitted again.
+        held.truncate(1000);
+        resident.store(150 << 20, Ordering::Relaxed);
+        tokio::time::sleep(SAMPLE_EVERY).await;
+        admission.admit_sync(&gate).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn instances_still_instantiating_hold_a_place_to_start() {
+        // Memory enough for them all: 1 MiB is the estimate per instance before a reading.
+        let (admission, _) = admission_within(100_000, 100_000, 1 << 30);
+        let gate = admission.gate("a");
+        let mut held = Vec::new();
+        for _ in 0..STARTING {
+            held.push(admission.admit_sync(&gate).await.unwrap());
+        }
+        let refused = admission.admit_sync(&gate).await.unwrap_err();
+        assert!(refused.to_string().contains("starting"), "{refused}");
+        let started = held[0].starting().expect("not started yet");
+        started();
+        assert!(held[0].starting().is_none(), "once");
+        admission.admit_sync(&gate).await.unwrap();
     }
 }

@@ -6,6 +6,7 @@
 mod admission;
 mod lifecycle;
 mod loader;
+mod memory;
 mod registry;
 mod validate;
 
@@ -14,9 +15,10 @@ use std::time::Duration;
 use gust_model::Maxima;
 
 pub use admission::Admitted;
-pub use admission::{Admission, AdmissionLimits};
+pub use admission::{Admission, AdmissionLimits, DEFAULT_MAX_INSTANCES};
 pub use lifecycle::{Deployed, Lifecycle, Uploaded};
 pub(crate) use loader::Loader;
+pub use memory::default_budget as default_memory_budget;
 pub use registry::{Deployment, Registry};
 pub use validate::validate as validate_config;
 

@@ -101,13 +101,17 @@ impl Registry {
 
     /// Makes `deployment` live, returning the one it replaced.
     pub(crate) fn set(&self, deployment: Arc<Deployment>) -> Option<Arc<Deployment>> {
+        deployment.agent.set_live(true);
         let previous = self.live.rcu(|map| {
             let mut map = HashMap::clone(map);
             map.insert(Arc::clone(deployment.name()), Arc::clone(&deployment));
             map
         });
         let previous = previous.get(deployment.name()).cloned();
-        if let Some(previous) = &previous {
+        if let Some(previous) = previous
+            .as_ref()
+            .filter(|previous| !Arc::ptr_eq(previous, &deployment))
+        {
             self.remember(Arc::clone(previous));
         }
         previous
@@ -115,6 +119,8 @@ impl Registry {
 
     /// Keeps a deployment that is not live for runs accepted on it.
     pub(crate) fn remember(&self, deployment: Arc<Deployment>) {
+        // Its warm standby instances go (a redeploy or rollback drops them at once).
+        deployment.agent.set_live(false);
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
         retired.retain(|d| !(d.name() == deployment.name() && d.number == deployment.number));
         if retired.len() == RETIRED_KEPT {
@@ -136,6 +142,9 @@ impl Registry {
     }
 
     pub(crate) fn remove(&self, agent: &str) {
+        if let Some(live) = self.get(agent) {
+            live.agent.set_live(false);
+        }
         self.live.rcu(|map| {
             let mut map = HashMap::clone(map);
             map.remove(agent);

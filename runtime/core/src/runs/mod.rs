@@ -70,8 +70,11 @@ const RUN_ID_PREFIX: &str = "run_";
 /// Server settings of the run queue.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
-    /// Runs executing at once.
-    pub workers: usize,
+    /// Runs executing at once, at most; `None` (the default): as many as admission lets
+    /// through, which bounds them by pool slots and memory like sync calls. Runs of agent
+    /// flows mostly wait on models and tools, so a fixed count sized for cores would leave
+    /// the host idle with runs queued.
+    pub workers: Option<usize>,
     /// Runs of one agent waiting in the queue at most; past it, submissions get 429.
     pub max_queued_per_agent: usize,
     /// How long a worker's claim on a run lasts without renewal.
@@ -110,7 +113,7 @@ impl RunSettings {
 impl Default for RunSettings {
     fn default() -> Self {
         Self {
-            workers: 64,
+            workers: None,
             max_queued_per_agent: 100_000,
             lease: Duration::from_secs(30),
             max_attempts: 3,
@@ -159,8 +162,8 @@ pub struct Runs {
     writer: Writer,
     state: Arc<QueueState>,
     settings: RunSettings,
-    /// Free worker slots.
-    slots: Arc<tokio::sync::Semaphore>,
+    /// Free worker slots, when `workers` caps them.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
     pusher: push::Pusher,
     /// Set while the host's disk is almost full: submissions are refused.
     disk_low: AtomicBool,
@@ -201,7 +204,9 @@ impl Runs {
             background: background.clone(),
             writer,
             state,
-            slots: Arc::new(tokio::sync::Semaphore::new(settings.workers.max(1))),
+            slots: settings
+                .workers
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
             settings,
             pusher,
             disk_low: AtomicBool::new(false),

@@ -57,22 +57,27 @@ async fn drain(runs: Arc<Runs>, agent: String, queue: Arc<AgentQueue>) {
         // The agent's room first, then a worker slot without waiting: a drainer never sits
         // on room it cannot use (that room is what this agent's sync calls need). With no
         // free slot, it gives the room back, waits for a slot to free up, and tries again.
-        let Some(agent_room) = gate.enter(None).await else {
+        let Some(agent_room) = gate.enter_until(None).await else {
             return;
         };
-        let slot = match Arc::clone(&runs.slots).try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                drop(agent_room);
-                match Arc::clone(&runs.slots).acquire_owned().await {
-                    Ok(freed) => drop(freed),
-                    Err(_) => return,
+        let slot = match &runs.slots {
+            None => None,
+            Some(slots) => match Arc::clone(slots).try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    drop(agent_room);
+                    match Arc::clone(slots).acquire_owned().await {
+                        Ok(freed) => drop(freed),
+                        Err(_) => return,
+                    }
+                    continue;
                 }
-                continue;
-            }
-            Err(tokio::sync::TryAcquireError::Closed) => return,
+                Err(tokio::sync::TryAcquireError::Closed) => return,
+            },
         };
-        let Some(server_room) = runs.admission.server().enter(None).await else {
+        // The same admission as a sync call's, without its deadline: a pool slot, a place
+        // to start, and memory.
+        let Ok(admitted) = runs.admission.admit_after_agent(agent_room, None).await else {
             return;
         };
         if runs.background.stopping() {
@@ -81,7 +86,6 @@ async fn drain(runs: Arc<Runs>, agent: String, queue: Arc<AgentQueue>) {
         let Some(id) = queue.pop() else {
             return;
         };
-        let admitted = Admitted::new(agent_room, server_room);
         let worker = Arc::clone(&runs);
         runs.background
             .spawn(Stage::Runs, move |shutdown| async move {

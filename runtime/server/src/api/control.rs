@@ -44,7 +44,14 @@ pub(crate) async fn stats(_: Admin, State(state): State<Arc<AppState>>) -> Json<
         stats.extend(runs);
     }
     // Admitted calls and runs; `live_instances` also counts upload checks.
-    stats["instances_admitted"] = json!(host.lifecycle.admission().in_use());
+    let admission = host.lifecycle.admission();
+    stats["instances_admitted"] = json!(admission.in_use());
+    // What admission weighs instances against (deploy/memory.rs): the budget, the latest
+    // reading of the resident size, and the estimate per instance learned from it.
+    let (budget, resident, per_instance) = admission.memory();
+    stats["memory_budget_bytes"] = json!(budget);
+    stats["resident_bytes"] = json!(resident);
+    stats["memory_per_instance_bytes"] = json!(per_instance);
     Json(stats)
 }
 

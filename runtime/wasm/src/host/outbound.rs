@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Frame;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use gust_model::clock;
@@ -44,6 +45,48 @@ pub struct OutboundPolicy {
     pub(crate) max_response_bytes: usize,
     pub(crate) allow_private_network: bool,
     pub(crate) client: reqwest::Client,
+    pub(crate) origins: Arc<OriginSlots>,
+}
+
+/// A bound on requests in flight per origin, host-wide: one semaphore per origin, made on
+/// first use and forgotten once idle (guests with a wildcard in `allowed_hosts` could
+/// otherwise grow the map without end).
+pub(crate) struct OriginSlots {
+    per_origin: usize,
+    slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+}
+
+/// Idle origins are forgotten when the map passes this size.
+const ORIGINS_KEPT: usize = 1024;
+
+impl OriginSlots {
+    pub(crate) fn new(per_origin: usize) -> Self {
+        Self {
+            per_origin: per_origin.max(1),
+            slots: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A request's place among those in flight to `origin`, waiting until `deadline`.
+    async fn enter(&self, origin: &str, deadline: Instant) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            if slots.len() >= ORIGINS_KEPT && !slots.contains_key(origin) {
+                slots.retain(|_, s| {
+                    Arc::strong_count(s) > 1 || s.available_permits() < self.per_origin
+                });
+            }
+            Arc::clone(
+                slots
+                    .entry(origin.to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_origin))),
+            )
+        };
+        tokio::time::timeout_at(deadline.into(), semaphore.acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
 }
 
 /// The hooks of one call.
@@ -142,6 +185,18 @@ impl WasiHttpHooks for Outbound {
             let timeout = options
                 .and_then(|o| o.first_byte_timeout)
                 .map_or(policy.timeout, |t| t.min(policy.timeout));
+            // Held until the answer's body is dropped: the connection is busy until then.
+            let Some(slot) = policy.origins.enter(&origin, started + timeout).await else {
+                record(
+                    None,
+                    Some(format!(
+                        "timed out after {}s waiting for one of the {} connections to {origin}",
+                        timeout.as_secs_f64(),
+                        policy.origins.per_origin
+                    )),
+                );
+                return Err(Error::ConnectionReadTimeout);
+            };
             let mut outgoing = policy
                 .client
                 .request(parts.method, url)
@@ -184,17 +239,20 @@ impl WasiHttpHooks for Outbound {
             }
             let limit = policy.max_response_bytes;
             let mut seen = 0usize;
-            let frames = response.bytes_stream().map(move |chunk| match chunk {
-                Ok(bytes) => {
-                    seen += bytes.len();
-                    if seen > limit {
-                        Err(Error::HttpResponseBodySize(Some(limit as u64)))
-                    } else {
-                        Ok(Frame::data(bytes))
+            let frames = response.bytes_stream().map(move |chunk| {
+                let _in_flight = &slot;
+                match chunk {
+                    Ok(bytes) => {
+                        seen += bytes.len();
+                        if seen > limit {
+                            Err(Error::HttpResponseBodySize(Some(limit as u64)))
+                        } else {
+                            Ok(Frame::data(bytes))
+                        }
                     }
+                    Err(e) if e.is_timeout() => Err(Error::ConnectionReadTimeout),
+                    Err(_) => Err(Error::HttpResponseIncomplete),
                 }
-                Err(e) if e.is_timeout() => Err(Error::ConnectionReadTimeout),
-                Err(_) => Err(Error::HttpResponseIncomplete),
             });
             let body: WasiBody = StreamBody::new(frames).boxed_unsync();
             let answer = answer

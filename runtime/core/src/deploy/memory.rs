@@ -1,0 +1,234 @@
+//! The host's memory budget: admission bounds instances by the memory they actually commit,
+//! not by what their deployments may grow to.
+//!
+//! A deployment's `memory_mib` is a ceiling its guests rarely reach: an agent waiting on a
+//! model holds tens of KiB (the memory benchmark in BENCHMARKS.md), while reserving its
+//! 256 MiB for each of 10,000 waiting calls would take 2.5 TiB. So the budget is checked
+//! against the process's resident size, read from `/proc/self/statm` at most once per
+//! [`SAMPLE_EVERY`]. Instances admitted but not yet instantiated are not in that figure yet;
+//! each is counted at the resident size per started instance seen so far, and at most
+//! [`STARTING`] are let through at once, so a burst cannot overshoot the budget by more than
+//! that many instances' memory before the next reading shows it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How stale a resident-size reading may be.
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+/// Instances admitted and still instantiating, at most. Instantiation is CPU work (15 µs for
+/// a Rust guest, about 0.75 ms for componentize-py's), so more at once would only queue on
+/// the cores.
+pub(crate) const STARTING: usize = 256;
+
+/// Bounds of the per-instance estimate, so one odd reading (a compile's heap just freed,
+/// say) can neither open the gate wide nor shut it.
+const MIN_PER_INSTANCE: u64 = 64 << 10;
+const MAX_PER_INSTANCE: u64 = 64 << 20;
+
+/// The default budget: three quarters of the memory this process may use (the cgroup's
+/// limit when it has one, else the machine's), leaving the rest to the kernel's page cache
+/// (which holds the compiled artifacts the instances map) and to the host itself.
+#[must_use]
+pub fn default_budget() -> u64 {
+    let machine = meminfo_total().unwrap_or(4 << 30);
+    let limit = cgroup_limit().map_or(machine, |cgroup| cgroup.min(machine));
+    limit / 4 * 3
+}
+
+/// Where the resident size comes from: the process's own in `gust serve`, a script in
+/// tests.
+pub(crate) type ResidentSource = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// See the module docs.
+pub(crate) struct MemoryBudget {
+    budget: u64,
+    source: ResidentSource,
+    /// Instances admitted and not yet dropped.
+    admitted: AtomicUsize,
+    /// Of those, the ones still instantiating.
+    starting: AtomicUsize,
+    reading: Mutex<Reading>,
+}
+
+struct Reading {
+    at: Option<Instant>,
+    resident: u64,
+    /// The resident size with no instance started: what the host holds by itself.
+    baseline: u64,
+    per_instance: u64,
+}
+
+impl MemoryBudget {
+    pub(crate) fn new(budget: u64) -> Self {
+        Self::with_source(budget, Box::new(own_resident))
+    }
+
+    pub(crate) fn with_source(budget: u64, source: ResidentSource) -> Self {
+        Self {
+            budget,
+            source,
+            admitted: AtomicUsize::new(0),
+            starting: AtomicUsize::new(0),
+            reading: Mutex::new(Reading {
+                at: None,
+                resident: 0,
+                baseline: 0,
+                per_instance: 1 << 20,
+            }),
+        }
+    }
+
+    pub(crate) fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Whether one more instance fits: the resident size, plus the instances still
+    /// instantiating and this one at the estimate per instance, is within the budget.
+    pub(crate) fn fits(&self) -> bool {
+        let mut reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        if reading.at.is_none_or(|at| at.elapsed() >= SAMPLE_EVERY) {
+            self.refresh(&mut reading);
+        }
+        let starting = self.starting.load(Ordering::Relaxed) as u64;
+        let projected = reading.resident.saturating_add(
+            starting
+                .saturating_add(1)
+                .saturating_mul(reading.per_instance),
+        );
+        projected <= self.budget
+    }
+
+    fn refresh(&self, reading: &mut Reading) {
+        reading.at = Some(Instant::now());
+        let Some(resident) = (self.source)() else {
+            // No reading (not Linux): the budget cannot be checked, and the pool's slots
+            // still bound the instances.
+            reading.resident = 0;
+            return;
+        };
+        reading.resident = resident;
+        let started = self
+            .admitted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.starting.load(Ordering::Relaxed)) as u64;
+        if started == 0 || resident < reading.baseline {
+            reading.baseline = resident;
+        } else if started >= 8 {
+            reading.per_instance =
+                ((resident - reading.baseline) / started).clamp(MIN_PER_INSTANCE, MAX_PER_INSTANCE);
+        }
+    }
+
+    /// Counts an admitted instance until the first guard is dropped, and as starting until
+    /// the second is.
+    pub(crate) fn charge(self: &Arc<Self>) -> (Charged, Starting) {
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        self.starting.fetch_add(1, Ordering::Relaxed);
+        (Charged(Arc::clone(self)), Starting(Arc::clone(self)))
+    }
+
+    /// The latest reading of the resident size and the estimate per instance, in bytes.
+    pub(crate) fn reading(&self) -> (u64, u64) {
+        let reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        (reading.resident, reading.per_instance)
+    }
+}
+
+/// One admitted instance in the budget's counts.
+pub(crate) struct Charged(Arc<MemoryBudget>);
+
+impl Drop for Charged {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One admitted instance not yet instantiated: dropped once it is, when its memory starts
+/// to show in the resident size.
+pub(crate) struct Starting(Arc<MemoryBudget>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.0.starting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// This process's resident size (Linux), in bytes.
+fn own_resident() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
+}
+
+fn meminfo_total() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
+/// The cgroup v2 memory limit of this process, when one is set.
+fn cgroup_limit() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max")).ok()?;
+    max.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+
+    fn scripted(budget: u64) -> (Arc<MemoryBudget>, Arc<AtomicU64>) {
+        let resident = Arc::new(AtomicU64::new(100 << 20));
+        let source = Arc::clone(&resident);
+        let budget = MemoryBudget::with_source(
+            budget,
+            Box::new(move || Some(source.load(Ordering::Relaxed))),
+        );
+        (Arc::new(budget), resident)
+    }
+
+    #[test]
+    fn instances_fit_while_resident_memory_and_starting_ones_are_within_the_budget() {
+        let (budget, resident) = scripted(110 << 20);
+        // 100 MiB resident, 1 MiB estimated per instance: ten fit while they start.
+        let (charged, starting): (Vec<_>, Vec<_>) = (0..10)
+            .map(|_| {
+                assert!(budget.fits());
+                budget.charge()
+            })
+            .unzip();
+        assert!(
+            !budget.fits(),
+            "ten starting instances fill the last 10 MiB"
+        );
+        // They start, and each turns out to hold 256 KiB.
+        drop(starting);
+        resident.store((100 << 20) + 10 * (256 << 10), Ordering::Relaxed);
+        std::thread::sleep(SAMPLE_EVERY);
+        assert!(budget.fits());
+        assert_eq!(budget.reading().1, 256 << 10, "learned from the reading");
+        // The process grows past the budget by itself: nothing more fits.
+        resident.store(111 << 20, Ordering::Relaxed);
+        std::thread::sleep(SAMPLE_EVERY);
+        assert!(!budget.fits());
+        // Calls end, memory is given back, and there is room again.
+        drop(charged);
+        resident.store(100 << 20, Ordering::Relaxed);
+        std::thread::sleep(SAMPLE_EVERY);
+        assert!(budget.fits());
+    }
+
+    #[test]
+    fn the_default_budget_follows_the_machine() {
+        let total = meminfo_total().expect("Linux has /proc/meminfo");
+        let budget = default_budget();
+        assert!(budget > 0 && budget <= total / 4 * 3, "{budget} of {total}");
+        assert!(own_resident().is_some_and(|r| r > 0));
+    }
+}

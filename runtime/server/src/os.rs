@@ -1,0 +1,124 @@
+//! What the host asks of the operating system at start: file descriptors and a listen
+//! backlog sized for thousands of calls in flight.
+//!
+//! A call waiting on a model holds a descriptor for its connection, and one more for each
+//! outgoing connection of its guest; 10,000 such calls need over 20,000. Linux starts
+//! processes with a soft limit of 1,024 open files, well below the hard limit an operator
+//! sets (systemd's `LimitNOFILE`, `ulimit -Hn`), so the host raises the soft limit to the
+//! hard one, as servers built for many connections do.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+use tokio::net::{TcpListener, TcpSocket};
+
+/// Connections waiting to be accepted. The kernel caps it at `net.core.somaxconn` (4,096
+/// on current kernels); asking for more lets an operator raise that sysctl without a new
+/// build.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Connections at most, inbound and per outgoing origin, when the open-file limit allows.
+const MOST_CONNECTIONS: usize = 16_384;
+
+/// Descriptors kept for the host's own files (database, artifacts, logs, the runtime).
+const OWN_FILES: u64 = 256;
+
+/// The defaults of `--max-connections` and `--outbound-connections-per-host` for a process
+/// that may open `open_files` files: 16,384 each, or, where the limit is lower, three fifths
+/// and two fifths of what the host's own files leave, so that a host full of calls each
+/// waiting on one upstream never runs out of descriptors (calls past the outbound bound wait
+/// for a connection instead of failing to open one).
+#[must_use]
+pub fn connection_defaults(open_files: Option<u64>) -> (usize, usize) {
+    let Some(open_files) = open_files else {
+        return (MOST_CONNECTIONS, MOST_CONNECTIONS);
+    };
+    let usable = open_files.saturating_sub(OWN_FILES);
+    let share = |fifths: u64| {
+        usize::try_from(usable / 5 * fifths)
+            .unwrap_or(usize::MAX)
+            .clamp(1, MOST_CONNECTIONS)
+    };
+    (share(3), share(2))
+}
+
+/// Raises the soft open-file limit to the hard one; returns the limit in force (`None`:
+/// unlimited).
+pub fn raise_open_files() -> Option<u64> {
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let raised = Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!("could not raise the open-file limit to its hard limit: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// Says so when `open_files` cannot hold `max_connections` calls and `per_origin` outgoing
+/// connections to one origin: past it, accepting or connecting fails with "too many open
+/// files".
+pub(crate) fn check_open_files(open_files: Option<u64>, max_connections: usize, per_origin: usize) {
+    let wanted = (max_connections as u64)
+        .saturating_add(per_origin as u64)
+        .saturating_add(OWN_FILES);
+    if let Some(open_files) = open_files.filter(|&n| n < wanted) {
+        tracing::warn!(
+            "the open-file limit is {open_files}: {max_connections} connections and {per_origin} outgoing ones to one host need about {wanted}; raise the hard limit (LimitNOFILE=, ulimit -Hn) or lower --max-connections and --outbound-connections-per-host"
+        );
+    }
+}
+
+/// A listener on `addr` with the large backlog above.
+pub(crate) fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .context("creating the listening socket")?;
+    // As std's and tokio's `bind` do: a restarted host can bind while the previous one's
+    // connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(LISTEN_BACKLOG)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+        let hard = getrlimit(Resource::Nofile).maximum;
+        let raised = raise_open_files();
+        assert_eq!(raised, hard);
+        assert_eq!(getrlimit(Resource::Nofile).current, hard);
+    }
+
+    #[test]
+    fn connection_defaults_fit_the_open_file_limit() {
+        assert_eq!(connection_defaults(None), (16_384, 16_384));
+        assert_eq!(connection_defaults(Some(1 << 20)), (16_384, 16_384));
+        // This machine's hard limit: 10,000 calls waiting on one upstream fit.
+        let (inbound, outbound) = connection_defaults(Some(20_000));
+        assert_eq!((inbound, outbound), (11_846, 7_896));
+        assert!(inbound as u64 + outbound as u64 + OWN_FILES <= 20_000);
+        assert_eq!(connection_defaults(Some(100)), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn the_listener_accepts() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        accepted.unwrap();
+    }
+}
