@@ -39,11 +39,14 @@ struct Options {
     rounds: usize,
     seconds: u64,
     connections: usize,
+    /// The bare-wasmtime floor per call (criterion's `bare-wasmtime-gust-settings`, measured
+    /// in the same `bench/run`), in µs.
+    floor_us: Option<f64>,
 }
 
 const USAGE: &str = "\
 usage: http [--gust PATH] [--echo PATH] [--wasmtime PATH] [--wasi-echo PATH]
-            [--raw-hyper PATH] [--rounds N] [--seconds N] [--connections N]
+            [--raw-hyper PATH] [--rounds N] [--seconds N] [--connections N] [--floor-us F]
 Sync throughput of gust, gust with wasmtime's defaults, `wasmtime serve` and raw hyper under
 wrk; paths default to the release builds under target/ and `wasmtime` on PATH.";
 
@@ -57,6 +60,7 @@ fn options() -> anyhow::Result<Options> {
         rounds: 5,
         seconds: 10,
         connections: 32,
+        floor_us: None,
     };
     for (flag, value) in gust_bench::flags(USAGE)? {
         match flag.as_str() {
@@ -65,6 +69,7 @@ fn options() -> anyhow::Result<Options> {
             "--wasmtime" => options.wasmtime = value.into(),
             "--wasi-echo" => options.wasi_echo = value.into(),
             "--raw-hyper" => options.raw_hyper = value.into(),
+            "--floor-us" => options.floor_us = Some(value.parse()?),
             "--rounds" => options.rounds = value.parse()?,
             "--seconds" => options.seconds = value.parse()?,
             "--connections" => options.connections = value.parse()?,
@@ -205,6 +210,18 @@ async fn main() -> anyhow::Result<()> {
         1e6 / medians[2],
         1e6 / medians[3]
     );
+    if let Some(floor) = options.floor_us {
+        // The physical limit of a sync call on one core: raw hyper's CPU time per request
+        // (it saturates the server core) plus the bare-wasmtime floor of one call.
+        let limit = 1e6 / (1e6 / medians[3] + floor);
+        println!(
+            "physical limit on one core: 1 / (raw hyper {:.1} µs + bare wasmtime {floor:.1} µs) = {limit:.0} req/s; \
+             gust {:.0} req/s = {:.2} of it (goal ≥ 0.8)",
+            1e6 / medians[3],
+            medians[0],
+            medians[0] / limit
+        );
+    }
     println!("gust RSS after the runs: {} MiB", gust_rss / 1024);
     let errors: u64 = readings.iter().flatten().map(|r| r.errors).sum();
     ensure!(

@@ -116,8 +116,8 @@ async fn gust_round(options: &Options) -> anyhow::Result<GustRound> {
     let data = tempfile::tempdir()?;
     let workers = options.workers.to_string();
     let host = Host::start(&options.gust, data.path(), &["--workers", &workers])?;
-    // Echo runs take microseconds: let them use every worker instead of the per-agent
-    // default (below the core count), which is for agents that burn CPU.
+    // A fixed worker count and as many instances, as this benchmark has always measured
+    // (by default the queue runs as many as admission lets through: see `scale`).
     host.deploy(
         "echo",
         &options.echo,
