@@ -209,6 +209,10 @@ async fn echo_calls_are_answered_promptly_while_guests_spin_on_every_core() {
     );
     for spin in spinning {
         let status = spin.await.unwrap().unwrap();
-        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "cut off at its deadline");
+        assert_eq!(
+            status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "cut off at its deadline"
+        );
     }
 }

@@ -165,7 +165,8 @@ async fn languages(
         &scratch.path().join("data"),
         &["--allow-private-network", "--memory-budget-mib", "8192"],
     )?;
-    host.deploy("probe", probe, waiting_config(upstream)).await?;
+    host.deploy("probe", probe, waiting_config(upstream))
+        .await?;
     let input = json!({"op": "fetch", "url": upstream.url(5000)});
     let quick = json!({"op": "fetch", "url": upstream.url(0)});
     for _ in 0..10 {
@@ -377,11 +378,10 @@ async fn outbound(options: &Options, upstream: &Upstream) -> anyhow::Result<()> 
 
 /// A fresh host with default settings, except that guests may reach the loopback upstream.
 fn host(options: &Options, scratch: &Path) -> anyhow::Result<Host> {
-    Host::start(
-        &options.gust,
-        &scratch.join("data"),
-        &["--allow-private-network"],
-    )
+    let extra = std::env::var("SCALE_SERVE_ARGS").unwrap_or_default();
+    let mut args = vec!["--allow-private-network"];
+    args.extend(extra.split_whitespace());
+    Host::start(&options.gust, &scratch.join("data"), &args)
 }
 
 fn waiting_config(upstream: &Upstream) -> Value {

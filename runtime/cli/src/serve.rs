@@ -150,6 +150,7 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
                     ..PoolTuning::default()
                 }),
                 warm_standby: !args.no_warm_standby,
+                cpu_lanes: args.cpu_lanes,
                 ..Tuning::default()
             },
             EngineTuning::WasmtimeDefaults => Tuning::wasmtime_defaults(),

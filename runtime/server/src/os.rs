@@ -108,7 +108,7 @@ mod tests {
         assert_eq!(connection_defaults(Some(1 << 20)), (16_384, 16_384));
         // This machine's hard limit: 10,000 calls waiting on one upstream fit.
         let (inbound, outbound) = connection_defaults(Some(20_000));
-        assert_eq!((inbound, outbound), (11_846, 7_896));
+        assert_eq!((inbound, outbound), (11_844, 7_896));
         assert!(inbound as u64 + outbound as u64 + OWN_FILES <= 20_000);
         assert_eq!(connection_defaults(Some(100)), (1, 1));
     }

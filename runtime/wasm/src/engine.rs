@@ -100,6 +100,11 @@ impl WasmEngine {
             Err(e) => return Err(anyhow::Error::from(e).context("configuring the Wasm engine")),
         };
         let epoch_interruption = tuning.epoch_interruption;
+        if let Some(lanes) = tuning.cpu_lanes
+            && !crate::host::cpu::set_lanes(lanes)
+        {
+            tracing::warn!("the CPU lanes were set before; --cpu-lanes {lanes} has no effect");
+        }
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
@@ -241,6 +246,9 @@ pub struct Tuning {
     pub epoch_interruption: bool,
     /// Make instances of guests slow to instantiate ahead of demand (`standby`).
     pub warm_standby: bool,
+    /// Guests computing past their first slice at once (`host::cpu`); `None`: one per core
+    /// but one; 0: no bound. Process-wide: the first engine built sets it.
+    pub cpu_lanes: Option<usize>,
 }
 
 /// Settings of the pooling instance allocator.
@@ -271,6 +279,7 @@ impl Default for Tuning {
             memory_init_cow: true,
             epoch_interruption: true,
             warm_standby: true,
+            cpu_lanes: None,
         }
     }
 }
@@ -317,6 +326,7 @@ impl Tuning {
             memory_init_cow: true,
             epoch_interruption: false,
             warm_standby: false,
+            cpu_lanes: None,
         }
     }
 }
@@ -378,7 +388,10 @@ impl EpochTicker {
         while !stop() {
             std::thread::sleep(EPOCH_TICK);
             match self.engine.upgrade() {
-                Some(engine) => engine.increment_epoch(),
+                Some(engine) => {
+                    engine.increment_epoch();
+                    crate::host::cpu::ticked();
+                }
                 None => break,
             }
         }

@@ -6,7 +6,7 @@
 //! stdin closed. Stdout and stderr are captured (bounded) and become log lines.
 
 mod agent;
-mod cpu;
+pub mod cpu;
 mod limits;
 mod outbound;
 mod sink;
@@ -129,6 +129,15 @@ pub(crate) fn new_store(engine: &wasmtime::Engine, state: CallState) -> Store<Ca
     // so guests that compute cannot hold every worker. Beside four spinning guests on two
     // cores, an echo's p50 went from 137 ms with neither to 14 ms with the yield alone, to
     // what BENCHMARKS.md, "Fairness", shows with both.
+    // Which calls into the host waited (`cpu::Turn`): two atomic loads per host call.
+    store.call_hook(|mut ctx, hook| {
+        match hook {
+            wasmtime::CallHook::CallingHost => ctx.data_mut().cpu.entering_host(),
+            wasmtime::CallHook::ReturningFromHost => ctx.data_mut().cpu.leaving_host(),
+            wasmtime::CallHook::CallingWasm | wasmtime::CallHook::ReturningFromWasm => {}
+        }
+        Ok(())
+    });
     store.epoch_deadline_callback(|mut ctx| {
         Ok(match ctx.data_mut().cpu.at_tick() {
             Some(wait) => wasmtime::UpdateDeadline::YieldCustom(1, wait),
