@@ -22,6 +22,8 @@
 //!
 //! It raises its open-file limit (hard and soft; the host it starts inherits them), since
 //! 10,000 calls with an outgoing connection each need over 20,000 descriptors.
+//! `SCALE_SERVE_ARGS` adds `gust serve` flags to the hosts of the sync, queued, fairness and
+//! outbound parts (e.g. `--cpu-lanes 0`, to see what the lanes change).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub use gust_wasm::CallKind;
 use gust_wasm::{Call, CallInfo, CallSink, HostLog, Output, WasmEngine};
 
-use crate::deploy::{Admission, Admitted, Deployment, Registry};
+use crate::deploy::{Admission, Admitted, Deployment, Registry, Slot};
 use crate::error::Error;
 
 /// What to call.
@@ -29,9 +29,10 @@ pub enum Admit {
     /// Wait for room in the agent's and the server's gates, at most the admission wait
     /// (a sync call).
     Wait,
-    /// Room was taken before (a queue worker takes it before it claims a run); it is given
-    /// back when the call ends.
-    Admitted(Admitted),
+    /// A slot was taken before (a queue worker takes it before it starts a run); the rest
+    /// of admission (memory, a place to start) is waited for here, without a deadline. It is
+    /// all given back when the call ends.
+    Slot(Slot),
     /// No admission: the embedding bounds its own concurrency.
     Skip,
 }
@@ -136,7 +137,7 @@ impl Calls {
         }
         let mut admitted = match admit {
             Admit::Wait => Some(self.admission.admit_sync(&deployment.gate).await?),
-            Admit::Admitted(admitted) => Some(admitted),
+            Admit::Slot(slot) => Some(self.admission.start(slot, None).await?),
             Admit::Skip => None,
         };
         let instantiated = admitted

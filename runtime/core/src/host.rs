@@ -78,7 +78,11 @@ impl Host {
             Arc::clone(&locks),
         ));
         let registry = Arc::new(Registry::default());
-        let admission = Arc::new(Admission::new(settings.limits.admission.clone()));
+        let pool = Arc::clone(&engine);
+        let admission = Arc::new(Admission::with_reusable(
+            settings.limits.admission.clone(),
+            Box::new(move || pool.pool_reusable_bytes()),
+        ));
         let loader = Loader::new(Arc::clone(&engine), files, settings.limits.compile_budget);
         let lifecycle = Arc::new(Lifecycle::new(
             store.clone(),

@@ -17,9 +17,8 @@ use crate::cache::ArtifactCache;
 use crate::host::{CallState, OriginSlots, OutboundPolicy};
 use crate::stats::Stats;
 
-/// How often the epoch advances. A guest spinning on CPU yields to the async runtime at
-/// least this often, which is what lets timeouts and disconnects cut it off.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the epoch advances (defined beside the CPU lanes, which count in it).
+pub use crate::host::cpu::EPOCH_TICK;
 
 /// wasmtime's engine with gust's settings, the linker and the artifact cache: everything
 /// needed to turn component bytes into something callable. Built once per host, shared.
@@ -153,6 +152,15 @@ impl WasmEngine {
 
     pub(crate) fn linker(&self) -> &Linker<CallState> {
         &self.linker
+    }
+
+    /// Bytes the instance pool keeps resident in slots no instance uses (up to
+    /// `keep_resident` each, so the next instance there skips the page faults): memory a new
+    /// instance reuses rather than adds.
+    pub fn pool_reusable_bytes(&self) -> u64 {
+        self.engine.pooling_allocator_metrics().map_or(0, |pool| {
+            (pool.unused_memory_bytes_resident() + pool.unused_table_bytes_resident()) as u64
+        })
     }
 
     /// The counters of this host.
@@ -389,8 +397,10 @@ impl EpochTicker {
             std::thread::sleep(EPOCH_TICK);
             match self.engine.upgrade() {
                 Some(engine) => {
-                    engine.increment_epoch();
+                    // Counted first: a guest meeting its deadline right after the increment
+                    // must not see the count change during the callback.
                     crate::host::cpu::ticked();
+                    engine.increment_epoch();
                 }
                 None => break,
             }

@@ -88,17 +88,14 @@ impl Standby {
         }
     }
 
-    /// A ready instance for a call, if there is one; counts the call either way, and starts
-    /// the task that makes instances on the first call (`make` and `pre` go to it).
+    /// A ready instance for a call, if there is one. Counts the call; for a heavy guest,
+    /// wakes the task that makes instances (started on the first such call; `make` and `pre`
+    /// go to it). A light guest's calls cost one uncontended lock here and nothing more.
     pub(crate) fn take(
         self: &Arc<Self>,
         make: impl FnOnce() -> (StoreMaker, AgentPre<CallState>),
     ) -> Option<Warm> {
-        self.started.call_once(|| {
-            let (maker, pre) = make();
-            tokio::spawn(refill(Arc::downgrade(self), maker, pre));
-        });
-        {
+        let heavy = {
             let mut demand = self.demand.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             demand.last_call = Some(now);
@@ -110,7 +107,15 @@ impl Standby {
                 demand.window_start = now;
                 demand.window_calls = 0;
             }
+            demand.instantiate.is_some_and(|t| t >= HEAVY)
+        };
+        if !heavy {
+            return None;
         }
+        self.started.call_once(|| {
+            let (maker, pre) = make();
+            tokio::spawn(refill(Arc::downgrade(self), maker, pre));
+        });
         let warm = self
             .ready
             .lock()
@@ -176,6 +181,31 @@ impl Drop for Standby {
     }
 }
 
+/// One place in the host-wide count of standby instances, given back when dropped unless
+/// kept (the instance was made and stored).
+struct Reserved(&'static AtomicUsize);
+
+impl Reserved {
+    fn take(count: &'static AtomicUsize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < HOST_WIDE).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count))
+    }
+
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Keeps the deployment's standby at its target until the deployment is gone.
 async fn refill(standby: Weak<Standby>, make_store: StoreMaker, pre: AgentPre<CallState>) {
     loop {
@@ -193,26 +223,28 @@ async fn refill(standby: Weak<Standby>, make_store: StoreMaker, pre: AgentPre<Ca
                 strong.host_wide.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        while strong.len() < target
-            && strong
-                .host_wide
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < HOST_WIDE).then_some(n + 1)
-                })
-                .is_ok()
-        {
+        while strong.len() < target && !strong.retired.load(Ordering::Relaxed) {
+            // Counted before it is made, given back if it is not kept: a reservation that
+            // also comes back if this task is dropped mid-way (the runtime shutting down).
+            let Some(reserved) = Reserved::take(strong.host_wide) else {
+                break;
+            };
             let mut store = make_store();
             match pre.instantiate_async(&mut store).await {
-                Ok(instance) => strong
-                    .ready
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(Warm { store, instance }),
+                // Retired meanwhile: dropped with the reservation.
+                Ok(_) if strong.retired.load(Ordering::Relaxed) => break,
+                Ok(instance) => {
+                    reserved.keep();
+                    strong
+                        .ready
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(Warm { store, instance });
+                }
                 Err(e) => {
                     // The call that would have used it instantiates by itself, and says
                     // what went wrong there.
                     tracing::debug!("making a standby instance: {e:#}");
-                    strong.host_wide.fetch_sub(1, Ordering::Relaxed);
                     break;
                 }
             }

@@ -254,8 +254,8 @@ pub(super) struct Flags {
     /// measure what gust's tuning buys. Hidden: not something to run a host with.
     #[arg(long, hide = true, value_enum, default_value_t = EngineTuning::Gust)]
     pub(super) engine_tuning: EngineTuning,
-    /// Guests computing past their first 10 ms slice at once (default: one per core but
-    /// one, so a core always stays for calls that wait and new requests; 0: no bound).
+    /// Guests computing past their first slice (10–20 ms) at once (default: one per core
+    /// but one, so a core always stays for calls that wait and new requests; 0: no bound).
     #[arg(long, env = "GUST_CPU_LANES", value_name = "N")]
     pub(super) cpu_lanes: Option<usize>,
     /// No instances made ahead of demand: for the benchmark that measures what they buy.

@@ -72,7 +72,16 @@ pub struct Admission {
 impl Admission {
     /// Gates sized by `limits`.
     pub fn new(limits: AdmissionLimits) -> Self {
-        let memory = MemoryBudget::new(limits.memory_budget);
+        Self::with_reusable(limits, Box::new(|| 0))
+    }
+
+    /// Gates sized by `limits`, with `reusable` saying how many resident bytes the instance
+    /// pool keeps for reuse (not counted against the memory budget).
+    pub fn with_reusable(
+        limits: AdmissionLimits,
+        reusable: Box<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Self {
+        let memory = MemoryBudget::new(limits.memory_budget, reusable);
         Self::with_memory(limits, memory)
     }
 
@@ -122,22 +131,42 @@ impl Admission {
             .enter_until(Some(deadline))
             .await
             .ok_or_else(|| overloaded("this agent is running as many instances as it may"))?;
-        self.admit_after_agent(agent, Some(deadline)).await
+        let slot = self.slot_after_agent(agent, Some(deadline)).await?;
+        self.start(slot, Some(deadline)).await
     }
 
-    /// The rest of admission for an instance that has its agent's room: a pool slot, a
-    /// place to start, and memory; until `deadline` (`None`: as long as it takes).
+    /// A pool slot for an instance that has its agent's room, waiting until `deadline`
+    /// (`None`: as long as it takes). A queued run takes it before it is started in the
+    /// store, and [`Admission::start`] just before its instance is made.
     ///
     /// # Errors
-    /// [`Error::Overloaded`] when there is no room by `deadline`.
-    pub(crate) async fn admit_after_agent(
+    /// [`Error::Overloaded`] when there is no slot by `deadline`.
+    pub(crate) async fn slot_after_agent(
         &self,
         agent: OwnedSemaphorePermit,
         deadline: Option<Instant>,
-    ) -> Result<Admitted, Error> {
+    ) -> Result<Slot, Error> {
         let server = self.server.enter_until(deadline).await.ok_or_else(|| {
             overloaded("the host is running as many instances as it has slots for")
         })?;
+        Ok(Slot {
+            _agent: agent,
+            _server: server,
+        })
+    }
+
+    /// The rest of admission, right before the instance is made: memory for it, then a
+    /// place among the instances starting; until `deadline` (`None`: as long as it takes).
+    /// Memory comes first, so that waiting for it holds no place to start.
+    ///
+    /// # Errors
+    /// [`Error::Overloaded`] when there is no room by `deadline`.
+    pub(crate) async fn start(
+        &self,
+        slot: Slot,
+        deadline: Option<Instant>,
+    ) -> Result<Admitted, Error> {
+        self.memory_until(deadline).await?;
         let acquire = Arc::clone(&self.starting).acquire_owned();
         let starting = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.ok(),
@@ -145,19 +174,28 @@ impl Admission {
         }
         .and_then(Result::ok)
         .ok_or_else(|| overloaded("the host is starting as many instances as it can"))?;
+        let (charged, memory_starting) = self.memory.charge();
+        Ok(Admitted {
+            _charged: charged,
+            starting: Some((starting, memory_starting)),
+            _slot: slot,
+        })
+    }
+
+    /// Waits until the memory budget holds one more instance, at most until `deadline`
+    /// (`None`: as long as it takes). A queued run waits here before it is started, so that
+    /// it stays `queued` while the host's memory is full.
+    ///
+    /// # Errors
+    /// [`Error::Overloaded`] when there is no room by `deadline`.
+    pub(crate) async fn memory_until(&self, deadline: Option<Instant>) -> Result<(), Error> {
         while !self.memory.fits() {
             if deadline.is_some_and(|d| Instant::now() + SAMPLE_EVERY > d) {
                 return Err(overloaded("the host's memory budget is taken"));
             }
             tokio::time::sleep(SAMPLE_EVERY).await;
         }
-        let (charged, memory_starting) = self.memory.charge();
-        Ok(Admitted {
-            _charged: charged,
-            starting: Some((starting, memory_starting)),
-            _agent: agent,
-            _server: server,
-        })
+        Ok(())
     }
 
     /// Instances admitted now, server-wide.
@@ -238,6 +276,12 @@ pub struct Admitted {
     _charged: Charged,
     /// Held while the instance is instantiated ([`Admitted::starting`]).
     starting: Option<(OwnedSemaphorePermit, Starting)>,
+    _slot: Slot,
+}
+
+/// An instance's room in its agent's gate and its pool slot: the first half of admission.
+#[derive(Debug)]
+pub struct Slot {
     _agent: OwnedSemaphorePermit,
     _server: OwnedSemaphorePermit,
 }
@@ -343,13 +387,12 @@ mod tests {
             let admission = Arc::clone(&admission);
             tokio::spawn(async move {
                 let gate = admission.gate("a");
-                admission
-                    .admit_after_agent(
-                        gate.enter_until(None).await.unwrap(),
-                        Some(Instant::now() + Duration::from_secs(5)),
-                    )
+                let deadline = Some(Instant::now() + Duration::from_secs(5));
+                let slot = admission
+                    .slot_after_agent(gate.enter_until(None).await.unwrap(), deadline)
                     .await
-                    .is_ok()
+                    .unwrap();
+                admission.start(slot, deadline).await.is_ok()
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;

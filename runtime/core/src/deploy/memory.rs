@@ -5,12 +5,14 @@
 //! model holds tens of KiB (the memory benchmark in BENCHMARKS.md), while reserving its
 //! 256 MiB for each of 10,000 waiting calls would take 2.5 TiB. So the budget is checked
 //! against the process's resident size, read from `/proc/self/statm` at most once per
-//! [`SAMPLE_EVERY`]. Instances admitted but not yet instantiated are not in that figure yet;
-//! each is counted at the resident size per started instance seen so far, and at most
-//! [`STARTING`] are let through at once, so a burst cannot overshoot the budget by more than
-//! that many instances' memory before the next reading shows it.
+//! [`SAMPLE_EVERY`], less the pages the instance pool keeps in freed slots for reuse.
+//! Instances the reading cannot show yet — admitted since it was taken, or still
+//! instantiating — count at the resident size per started instance seen so far, so a burst
+//! admits against the budget, not against a stale reading. What an instance grows to after
+//! it starts shows in the next reading; the overshoot is what admitted instances grow by
+//! within 10 ms.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +49,8 @@ pub(crate) struct MemoryBudget {
     source: ResidentSource,
     /// Instances admitted and not yet dropped.
     admitted: AtomicUsize,
+    /// Instances ever admitted: those admitted since the last reading are not in it.
+    admissions: AtomicU64,
     /// Of those, the ones still instantiating.
     starting: AtomicUsize,
     reading: Mutex<Reading>,
@@ -55,14 +59,23 @@ pub(crate) struct MemoryBudget {
 struct Reading {
     at: Option<Instant>,
     resident: u64,
+    /// `admissions` when it was read.
+    admissions: u64,
     /// The resident size with no instance started: what the host holds by itself.
     baseline: u64,
     per_instance: u64,
 }
 
 impl MemoryBudget {
-    pub(crate) fn new(budget: u64) -> Self {
-        Self::with_source(budget, Box::new(own_resident))
+    /// A budget of `budget` bytes against this process's resident size, less what
+    /// `reusable` says is kept resident for reuse (the instance pool's freed slots keep
+    /// their pages, up to `keep_resident`: a new instance reuses them rather than adding to
+    /// them, so they must not close the gate after a burst).
+    pub(crate) fn new(budget: u64, reusable: Box<dyn Fn() -> u64 + Send + Sync>) -> Self {
+        Self::with_source(
+            budget,
+            Box::new(move || Some(own_resident()?.saturating_sub(reusable()))),
+        )
     }
 
     pub(crate) fn with_source(budget: u64, source: ResidentSource) -> Self {
@@ -70,10 +83,12 @@ impl MemoryBudget {
             budget,
             source,
             admitted: AtomicUsize::new(0),
+            admissions: AtomicU64::new(0),
             starting: AtomicUsize::new(0),
             reading: Mutex::new(Reading {
                 at: None,
                 resident: 0,
+                admissions: 0,
                 baseline: 0,
                 per_instance: 1 << 20,
             }),
@@ -102,6 +117,7 @@ impl MemoryBudget {
 
     fn refresh(&self, reading: &mut Reading) {
         reading.at = Some(Instant::now());
+        reading.admissions = self.admissions.load(Ordering::Relaxed);
         let Some(resident) = (self.source)() else {
             // No reading (not Linux): the budget cannot be checked, and the pool's slots
             // still bound the instances.
@@ -125,6 +141,7 @@ impl MemoryBudget {
     /// the second is.
     pub(crate) fn charge(self: &Arc<Self>) -> (Charged, Starting) {
         self.admitted.fetch_add(1, Ordering::Relaxed);
+        self.admissions.fetch_add(1, Ordering::Relaxed);
         self.starting.fetch_add(1, Ordering::Relaxed);
         (Charged(Arc::clone(self)), Starting(Arc::clone(self)))
     }
@@ -179,8 +196,6 @@ fn cgroup_limit() -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
-
     use super::*;
 
     fn scripted(budget: u64) -> (Arc<MemoryBudget>, Arc<AtomicU64>) {

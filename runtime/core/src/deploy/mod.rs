@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use gust_model::Maxima;
 
-pub use admission::Admitted;
 pub use admission::{Admission, AdmissionLimits, DEFAULT_MAX_INSTANCES};
+pub use admission::{Admitted, Slot};
 pub use lifecycle::{Deployed, Lifecycle, Uploaded};
 pub(crate) use loader::Loader;
 pub use memory::default_budget as default_memory_budget;

@@ -16,7 +16,7 @@ use super::queue::AgentQueue;
 use super::recorder::RunRecorder;
 use crate::background::Stage;
 use crate::calls::{Admit, CallRequest, Input, Target};
-use crate::deploy::Admitted;
+use crate::deploy::Slot;
 
 /// Starts a drainer for each agent whose queue needs one.
 pub(super) async fn dispatch(
@@ -75,11 +75,17 @@ async fn drain(runs: Arc<Runs>, agent: String, queue: Arc<AgentQueue>) {
                 Err(tokio::sync::TryAcquireError::Closed) => return,
             },
         };
-        // The same admission as a sync call's, without its deadline: a pool slot, a place
-        // to start, and memory.
-        let Ok(admitted) = runs.admission.admit_after_agent(agent_room, None).await else {
+        // The same admission as a sync call's, without its deadline: a pool slot and room in
+        // memory now; a place to start (and memory again) just before the instance is made
+        // (`Calls::call`), so that starting the run in the store or loading its deployment
+        // holds no place to start.
+        let Ok(room) = runs.admission.slot_after_agent(agent_room, None).await else {
             return;
         };
+        // Not started while the host's memory is full: the run stays `queued`.
+        if runs.admission.memory_until(None).await.is_err() {
+            return;
+        }
         if runs.background.stopping() {
             return;
         }
@@ -89,7 +95,7 @@ async fn drain(runs: Arc<Runs>, agent: String, queue: Arc<AgentQueue>) {
         let worker = Arc::clone(&runs);
         runs.background
             .spawn(Stage::Runs, move |shutdown| async move {
-                execute(&worker, &id, admitted, shutdown).await;
+                execute(&worker, &id, room, shutdown).await;
                 worker.state.known().remove(&id);
                 drop(slot);
             });
@@ -106,7 +112,7 @@ enum Ended {
     Stopped,
 }
 
-async fn execute(runs: &Runs, id: &str, admitted: Admitted, shutdown: CancellationToken) {
+async fn execute(runs: &Runs, id: &str, room: Slot, shutdown: CancellationToken) {
     let lease = runs.settings.lease;
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     // Interruptible from before the start commits: a cancel that lands right after it
@@ -132,7 +138,7 @@ async fn execute(runs: &Runs, id: &str, admitted: Admitted, shutdown: Cancellati
         runs.state.running().remove(id);
         return;
     };
-    let ended = attempt(runs, id, started, admitted, stopped, shutdown).await;
+    let ended = attempt(runs, id, started, room, stopped, shutdown).await;
     runs.state.running().remove(id);
     match ended {
         // Not waited for: the worker slot is free for the next run while the end commits
@@ -159,7 +165,7 @@ async fn attempt(
     runs: &Runs,
     id: &str,
     started: StartedRun,
-    admitted: Admitted,
+    room: Slot,
     mut cancelled: oneshot::Receiver<()>,
     shutdown: CancellationToken,
 ) -> Ended {
@@ -197,7 +203,7 @@ async fn attempt(
                 Target::Deployment(deployment),
                 std::future::ready(Ok(input)),
                 request,
-                Admit::Admitted(admitted),
+                Admit::Slot(room),
             )
             .await;
         Ok(called.outcome)

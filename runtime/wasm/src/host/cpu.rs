@@ -21,13 +21,16 @@
 //! tick like a computing one, took a lane, and guests calling an API took turns: 937
 //! requests/s where 15,653 went through without lanes.)
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
-use crate::engine::EPOCH_TICK;
+/// How often the epoch advances. A guest spinning on CPU yields to the async runtime at
+/// least this often, which is what lets timeouts and disconnects cut it off.
+pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The lanes of this process: [`set_lanes`] if called first, else one per core but one, at
 /// least one.
@@ -64,64 +67,109 @@ pub(crate) fn ticked() {
 }
 
 struct Lanes {
+    state: Mutex<LaneState>,
+    /// Whether there are no lanes at all (`--cpu-lanes 0`): checked without the lock.
+    off: bool,
+}
+
+struct LaneState {
     /// Each lane's holder and when it last ticked.
-    held: Mutex<Vec<Option<(u64, Instant)>>>,
-    /// Guests waiting for a lane.
-    waiting: AtomicUsize,
+    held: Vec<Option<(u64, Instant)>>,
+    /// Guests waiting for a lane, first come first served.
+    queue: VecDeque<u64>,
 }
 
 impl Lanes {
     fn new(lanes: usize) -> Self {
         Self {
-            held: Mutex::new(vec![None; lanes]),
-            waiting: AtomicUsize::new(0),
+            state: Mutex::new(LaneState {
+                held: vec![None; lanes],
+                queue: VecDeque::new(),
+            }),
+            off: lanes == 0,
         }
     }
 
     fn off(&self) -> bool {
-        self.lock().is_empty()
+        self.off
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<(u64, Instant)>>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a free lane for `id`, if there is one.
+    /// Whether `id` holds a lane now: one handed to it, or a free one when no one is ahead
+    /// of it in the queue. A lane whose holder has not ticked for two ticks is free.
     fn take(&self, id: u64) -> bool {
-        let mut held = self.lock();
+        let mut state = self.lock();
         let now = Instant::now();
-        let free = held.iter().position(|lane| match lane {
+        if let Some(lane) = state.held.iter_mut().flatten().find(|(h, _)| *h == id) {
+            lane.1 = now;
+            state.queue.retain(|w| *w != id);
+            return true;
+        }
+        if state.queue.front().is_some_and(|first| *first != id) {
+            return false;
+        }
+        let free = state.held.iter().position(|lane| match lane {
             None => true,
             Some((_, ticked)) => now.duration_since(*ticked) > EPOCH_TICK * 2,
         });
-        if let Some(lane) = free {
-            held[lane] = Some((id, now));
-        }
-        free.is_some()
+        let Some(lane) = free else {
+            return false;
+        };
+        state.held[lane] = Some((id, now));
+        state.queue.retain(|w| *w != id);
+        true
     }
 
+    /// `id` goes on computing: keeps its lane when no one waits, else hands it to the first
+    /// in line and queues up itself. Returns whether it kept it (or found a free one).
+    fn next_slice(&self, id: u64) -> bool {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let mine = state
+            .held
+            .iter()
+            .position(|lane| lane.is_some_and(|(holder, _)| holder == id));
+        match (mine, state.queue.pop_front()) {
+            (Some(lane), None) => {
+                state.held[lane] = Some((id, now));
+                true
+            }
+            (Some(lane), Some(next)) => {
+                state.held[lane] = Some((next, now));
+                state.queue.push_back(id);
+                false
+            }
+            (None, first) => {
+                if let Some(first) = first {
+                    state.queue.push_front(first);
+                }
+                if !state.queue.is_empty() {
+                    if !state.queue.contains(&id) {
+                        state.queue.push_back(id);
+                    }
+                    return false;
+                }
+                drop(state);
+                self.take(id) || {
+                    self.lock().queue.push_back(id);
+                    false
+                }
+            }
+        }
+    }
+
+    /// `id` stops computing, or its call ends: its lane and its place in line go.
     fn release(&self, id: u64) {
-        for lane in self.lock().iter_mut() {
+        let mut state = self.lock();
+        for lane in &mut state.held {
             if lane.is_some_and(|(holder, _)| holder == id) {
                 *lane = None;
             }
         }
-    }
-}
-
-/// Counts a guest among the waiting until dropped, also when its call ends while it waits.
-struct Waiting(&'static Lanes);
-
-impl Waiting {
-    fn new(lanes: &'static Lanes) -> Self {
-        lanes.waiting.fetch_add(1, Ordering::Relaxed);
-        Self(lanes)
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        state.queue.retain(|w| *w != id);
     }
 }
 
@@ -133,6 +181,9 @@ pub(crate) struct Turn {
     entered_host: u64,
     /// Whether a call into the host spanned a tick since the guest's last deadline.
     waited: bool,
+    /// The epoch callback runs as a call into the host too (wasmtime wraps the libcall in
+    /// the same hooks): its own wait, for a lane, is not a wait on I/O.
+    in_tick: bool,
 }
 
 impl Turn {
@@ -148,6 +199,9 @@ impl Turn {
 
     /// The guest is back from the host: a tick passed meanwhile, so it waited.
     pub(crate) fn leaving_host(&mut self) {
+        if std::mem::take(&mut self.in_tick) {
+            return;
+        }
         if TICKS.load(Ordering::Relaxed) != self.entered_host {
             self.waited = true;
         }
@@ -157,6 +211,7 @@ impl Turn {
     /// not computing (`None`: it goes on with a fresh first slice), a yield when it may go
     /// on, else a wait for a lane.
     pub(crate) fn at_tick(&mut self) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        self.in_tick = true;
         let lanes = &*LANES;
         if lanes.off() {
             return Some(Box::pin(tokio::task::yield_now()));
@@ -169,31 +224,15 @@ impl Turn {
             lanes.release(id);
             return None;
         }
-        {
-            let mut held = lanes.lock();
-            let mine = held
-                .iter()
-                .position(|lane| lane.is_some_and(|(holder, _)| holder == id));
-            if let Some(lane) = mine {
-                if lanes.waiting.load(Ordering::Relaxed) == 0 {
-                    held[lane] = Some((id, Instant::now()));
-                    return Some(Box::pin(tokio::task::yield_now()));
-                }
-                // Others wait: hand the lane on and queue up behind them.
-                held[lane] = None;
-            }
-        }
-        if lanes.waiting.load(Ordering::Relaxed) == 0 && lanes.take(id) {
+        if lanes.next_slice(id) {
             return Some(Box::pin(tokio::task::yield_now()));
         }
-        let waiting = Waiting::new(lanes);
         Some(Box::pin(async move {
-            // Not woken by the holder (it may be waiting on I/O and never tick again):
-            // looked at twice a tick.
+            // In line: the lane is handed over at its holder's next tick, or found free when
+            // the holder went on to wait for I/O or ended; looked at twice a tick.
             while !lanes.take(id) {
                 tokio::time::sleep(EPOCH_TICK / 2).await;
             }
-            drop(waiting);
             tokio::task::yield_now().await;
         }))
     }
@@ -212,14 +251,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lanes_are_handed_on_and_freed_when_their_holder_stops_ticking() {
+    fn lanes_are_handed_on_in_turn_and_freed_when_their_holder_stops_ticking() {
         let lanes = Lanes::new(1);
         assert!(lanes.take(1));
-        assert!(!lanes.take(2), "one lane, held");
+        assert!(lanes.next_slice(1), "no one waits: it keeps its lane");
+        assert!(!lanes.next_slice(2), "held: 2 queues up");
+        assert!(!lanes.next_slice(3), "3 behind 2");
+        assert!(!lanes.next_slice(1), "1 hands over and queues behind 3");
+        assert!(
+            !lanes.take(3),
+            "3 is first in line, but 2 holds the lane now"
+        );
+        assert!(lanes.take(2), "handed to 2");
+        assert!(!lanes.next_slice(2), "2 hands over to 3");
+        assert!(lanes.take(3));
         std::thread::sleep(EPOCH_TICK * 3);
-        assert!(lanes.take(2), "the holder stopped ticking");
+        assert!(lanes.take(1), "3 stopped ticking: first in line takes it");
+        lanes.release(1);
         lanes.release(2);
-        assert!(lanes.take(3), "released");
+        assert!(lanes.take(4), "released, no one in line");
     }
 
     #[test]

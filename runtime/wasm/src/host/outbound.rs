@@ -179,14 +179,17 @@ impl WasiHttpHooks for Outbound {
             }
             let url =
                 reqwest::Url::parse(&uri.to_string()).map_err(|_| Error::HttpRequestUriInvalid)?;
-            let body = reqwest::Body::wrap_stream(streamed(body, buffered));
+            let guest_body = body;
 
             // The guest may ask for shorter timeouts, never a longer one.
             let timeout = options
                 .and_then(|o| o.first_byte_timeout)
                 .map_or(policy.timeout, |t| t.min(policy.timeout));
             // Held until the answer's body is dropped: the connection is busy until then.
-            let Some(slot) = policy.origins.enter(&origin, started + timeout).await else {
+            // Keyed by scheme, lowercased host and the port in effect, so spellings of one
+            // origin share its bound.
+            let key = format!("{scheme}://{}:{port}", host.to_ascii_lowercase());
+            let Some(slot) = policy.origins.enter(&key, started + timeout).await else {
                 record(
                     None,
                     Some(format!(
@@ -195,8 +198,15 @@ impl WasiHttpHooks for Outbound {
                         policy.origins.per_origin
                     )),
                 );
+                // As for a refusal: the guest may still be writing the body.
+                drain(guest_body, policy.timeout).await;
                 return Err(Error::ConnectionReadTimeout);
             };
+            // The wait for a connection counts against the request's timeout.
+            let timeout = timeout
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1));
+            let body = reqwest::Body::wrap_stream(streamed(guest_body, buffered));
             let mut outgoing = policy
                 .client
                 .request(parts.method, url)
