@@ -8,9 +8,9 @@
 //! the instance.
 //!
 //! How many are kept follows the call rate: enough to cover the calls that arrive while
-//! one is being made (four times the rate × the instantiation time, rounded up), none for a
-//! guest cheaper to instantiate than [`HEAVY`] or for an agent without calls in the last
-//! [`IDLE`], at most [`PER_AGENT`] per deployment and [`HOST_WIDE`] on the host. They are
+//! one is being made (four times the rate × the instantiation time, rounded up); none for a
+//! guest whose shortest instantiation (of at least [`SAMPLES`]) is under [`HEAVY`], or for
+//! an agent without calls in the last [`IDLE`]; at most [`PER_AGENT`] per deployment and [`HOST_WIDE`] on the host. They are
 //! made by one task per deployment, which ends when the deployment is dropped (a redeploy
 //! drops them with it).
 
@@ -25,7 +25,13 @@ use crate::bindings::{Agent, AgentPre};
 use crate::host::CallState;
 
 /// Instantiation slower than this is worth doing ahead of demand.
-pub const HEAVY: Duration = Duration::from_micros(200);
+/// Between a Rust guest (15–50 µs) and a componentize-py one (about 0.75 ms), with room for
+/// a busy host stretching the former's wall-clock readings.
+pub const HEAVY: Duration = Duration::from_micros(500);
+/// Instantiations a call made by itself before the shortest of them decides: one reading
+/// on a busy host could make a light guest look heavy, and once it had standby instances
+/// its calls would stop instantiating by themselves and never correct it.
+pub const SAMPLES: u32 = 5;
 /// Standby instances of one deployment, at most.
 pub const PER_AGENT: usize = 8;
 /// Standby instances on the host, at most: the pool is sized this much above the instances
@@ -68,6 +74,16 @@ struct Demand {
     last_call: Option<Instant>,
     /// The shortest instantiation seen; `None` before the first.
     instantiate: Option<Duration>,
+    /// Instantiations seen.
+    samples: u32,
+}
+
+impl Demand {
+    /// Whether the guest is worth keeping instances of: [`SAMPLES`] instantiations seen,
+    /// the shortest at least [`HEAVY`].
+    fn is_heavy(&self) -> bool {
+        self.samples >= SAMPLES && self.instantiate.is_some_and(|t| t >= HEAVY)
+    }
 }
 
 impl Standby {
@@ -80,6 +96,7 @@ impl Standby {
                 window_calls: 0,
                 last_call: None,
                 instantiate: None,
+                samples: 0,
             }),
             wake: Arc::default(),
             started: std::sync::Once::new(),
@@ -107,7 +124,7 @@ impl Standby {
                 demand.window_start = now;
                 demand.window_calls = 0;
             }
-            demand.instantiate.is_some_and(|t| t >= HEAVY)
+            demand.is_heavy()
         };
         if !heavy {
             return None;
@@ -135,6 +152,7 @@ impl Standby {
     pub(crate) fn instantiated_in(&self, took: Duration) {
         let mut demand = self.demand.lock().unwrap_or_else(|e| e.into_inner());
         demand.instantiate = Some(demand.instantiate.map_or(took, |seen| seen.min(took)));
+        demand.samples = demand.samples.saturating_add(1);
     }
 
     /// Whether the deployment is live. One that is not keeps no instances (it may still
@@ -154,7 +172,7 @@ impl Standby {
             return 0;
         }
         let demand = self.demand.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(instantiate) = demand.instantiate.filter(|t| *t >= HEAVY) else {
+        let Some(instantiate) = demand.instantiate.filter(|_| demand.is_heavy()) else {
             return 0;
         };
         if demand.last_call.is_none_or(|at| at.elapsed() >= IDLE) {
