@@ -181,27 +181,10 @@ async fn languages(
             let connections = connect(&host.url, n).await?;
             let before = process_usage(host.pid()).0;
             let sampler = Sampler::start(host);
-            let body = Bytes::from(serde_json::to_vec(&input)?);
-            let calls: Vec<_> = connections
-                .into_iter()
-                .map(|mut sender| {
-                    let request = Request::post("/v1/agents/probe/run")
-                        .header("host", "gust")
-                        .header("authorization", format!("Bearer {TOKEN}"))
-                        .header("content-type", "application/json")
-                        .body(Full::new(body.clone()))
-                        .expect("a request");
-                    tokio::spawn(async move {
-                        match sender.send_request(request).await {
-                            Ok(response) => response.status().as_u16(),
-                            Err(_) => 0,
-                        }
-                    })
-                })
-                .collect();
+            let calls = send_all(connections, "probe", &input, Instant::now())?;
             let statuses = futures(calls).await;
             let peak = sampler.stop().await;
-            let ok = statuses.iter().filter(|&&s| s == 200).count();
+            let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
             anyhow::Ok((ok, before, peak))
         }
     };
@@ -420,31 +403,7 @@ async fn burst_of(
 
     let cpu_before = cpu_seconds(host.pid());
     let sampler = Sampler::start(host);
-    let body = Bytes::from(serde_json::to_vec(input)?);
-    let start = Instant::now();
-    let calls: Vec<_> = connections
-        .into_iter()
-        .map(|mut sender| {
-            let request = Request::post("/v1/agents/waiting/run")
-                .header("host", "gust")
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .header("content-type", "application/json")
-                .body(Full::new(body.clone()))
-                .expect("a request");
-            tokio::spawn(async move {
-                let response = sender.send_request(request).await;
-                let status = match response {
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        let _ = response.into_body().collect().await;
-                        status
-                    }
-                    Err(_) => 0,
-                };
-                (status, start.elapsed())
-            })
-        })
-        .collect();
+    let calls = send_all(connections, "waiting", input, Instant::now())?;
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
     let mut wall = Duration::ZERO;
     for call in calls {
@@ -598,26 +557,12 @@ async fn fairness(options: &Options, upstream: &Upstream) -> anyhow::Result<()> 
     // spinning (2 per core on this machine).
     let n = options.fairness;
     let connections = connect(&host.url, n).await?;
-    let waiting_body = Bytes::from(serde_json::to_vec(
+    let waiting = send_all(
+        connections,
+        "waiting",
         &json!({"upstream": upstream.url(20_000)}),
-    )?);
-    let waiting: Vec<_> = connections
-        .into_iter()
-        .map(|mut sender| {
-            let request = Request::post("/v1/agents/waiting/run")
-                .header("host", "gust")
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .header("content-type", "application/json")
-                .body(Full::new(waiting_body.clone()))
-                .expect("a request");
-            tokio::spawn(async move {
-                match sender.send_request(request).await {
-                    Ok(response) => response.status().as_u16(),
-                    Err(_) => 0,
-                }
-            })
-        })
-        .collect();
+        Instant::now(),
+    )?;
     let spinning: Vec<_> = (0..4)
         .map(|_| {
             let (http, url) = (host.http.clone(), host.url.clone());
@@ -648,7 +593,7 @@ async fn fairness(options: &Options, upstream: &Upstream) -> anyhow::Result<()> 
         .unwrap_or(0);
     let loaded = measure(10).await?;
     let spun: Vec<u16> = futures(spinning).await;
-    let waited: Vec<u16> = futures(waiting).await;
+    let waited = futures(waiting).await;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "\nfairness: echo idle p50 {:.2} ms p99 {:.2} ms ({} calls); with {admitted} instances admitted \
@@ -661,7 +606,7 @@ async fn fairness(options: &Options, upstream: &Upstream) -> anyhow::Result<()> 
         ms(quantile(&loaded, 0.5)),
         ms(quantile(&loaded, 0.99)),
         loaded.len(),
-        waited.iter().filter(|&&s| s == 200).count(),
+        waited.iter().filter(|(s, _)| *s == 200).count(),
     );
     Ok(())
 }
@@ -690,6 +635,40 @@ async fn futures<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
         }
     }
     out
+}
+
+/// One sync call of `agent` with `input` on each connection, all sent at once; each task
+/// answers its status (0 when the request failed) and when its answer was read, from `start`.
+fn send_all(
+    connections: Vec<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+    agent: &str,
+    input: &Value,
+    start: Instant,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<(u16, Duration)>>> {
+    let body = Bytes::from(serde_json::to_vec(input)?);
+    let path = format!("/v1/agents/{agent}/run");
+    Ok(connections
+        .into_iter()
+        .map(|mut sender| {
+            let request = Request::post(path.as_str())
+                .header("host", "gust")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()))
+                .expect("a request");
+            tokio::spawn(async move {
+                let status = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let _ = response.into_body().collect().await;
+                        status
+                    }
+                    Err(_) => 0,
+                };
+                (status, start.elapsed())
+            })
+        })
+        .collect())
 }
 
 /// `n` HTTP/1.1 connections to `url`, opened 256 at a time: the calls are sent once all are
