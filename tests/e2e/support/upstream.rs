@@ -18,13 +18,15 @@ pub(crate) struct Upstream {
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
-    /// `/hold` requests being held now, and the most held at once.
+    /// `/hold` and `/gate` requests being held now, and the most held at once.
     holding: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 impl Upstream {
     /// Starts one: `/hello` answers JSON, `/echo` answers the JSON it was posted, `/sink`
-    /// says how many bytes it was posted, `/slow` takes 5 s, `/hold?ms=N` takes N ms.
+    /// says how many bytes it was posted, `/slow` takes 5 s, `/hold?ms=N` takes N ms,
+    /// `/gate?n=N&ms=M` answers once N gate requests have arrived (or after M ms): a test of
+    /// "all at once" then does not depend on how fast its requests were sent.
     pub(crate) async fn start() -> Self {
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&requests);
@@ -32,6 +34,8 @@ impl Upstream {
         let seen = Arc::clone(&hits);
         let holding = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
         let held = Arc::clone(&holding);
+        let gate_held = Arc::clone(&holding);
+        let arrived = Arc::new(tokio::sync::watch::Sender::new(0usize));
         let app =
             axum::Router::new()
                 .route(
@@ -64,6 +68,29 @@ impl Upstream {
                             tokio::time::sleep(Duration::from_millis(ms)).await;
                             held.0.fetch_sub(1, Ordering::SeqCst);
                             "held"
+                        },
+                    ),
+                )
+                .route(
+                    "/gate",
+                    axum::routing::get(
+                        move |axum::extract::Query(q): axum::extract::Query<
+                            HashMap<String, u64>,
+                        >| async move {
+                            let now = gate_held.0.fetch_add(1, Ordering::SeqCst) + 1;
+                            gate_held.1.fetch_max(now, Ordering::SeqCst);
+                            arrived.send_modify(|n| *n += 1);
+                            let n = q.get("n").copied().unwrap_or(1) as usize;
+                            let ms = q.get("ms").copied().unwrap_or(0);
+                            let mut seen = arrived.subscribe();
+                            let open = tokio::time::timeout(
+                                Duration::from_millis(ms),
+                                seen.wait_for(|&a| a >= n),
+                            )
+                            .await
+                            .is_ok();
+                            gate_held.0.fetch_sub(1, Ordering::SeqCst);
+                            if open { "opened" } else { "timed out" }
                         },
                     ),
                 )
@@ -102,7 +129,7 @@ impl Upstream {
         }
     }
 
-    /// The most `/hold` requests held at once so far.
+    /// The most `/hold` and `/gate` requests held at once so far.
     pub(crate) fn most_held(&self) -> usize {
         self.holding.1.load(Ordering::SeqCst)
     }
