@@ -5,6 +5,7 @@
 mod calls;
 mod cli;
 mod cli_habits;
+mod console;
 mod deploy;
 mod embed;
 mod guard;

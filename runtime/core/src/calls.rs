@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 pub use gust_wasm::CallKind;
 use gust_wasm::{Call, CallInfo, CallSink, HostLog, Output, WasmEngine};
@@ -113,7 +114,14 @@ impl Calls {
                 }
             }
         };
+        let sync = request.kind == CallKind::Sync;
         let outcome = self.run(&deployment, input, request, admit).await;
+        if sync {
+            deployment.gate.calls.fetch_add(1, Ordering::Relaxed);
+            if outcome.is_err() {
+                deployment.gate.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         Called {
             deployment: Some(deployment),
             outcome,

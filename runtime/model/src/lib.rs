@@ -16,6 +16,7 @@
 pub mod clock;
 pub mod config;
 pub mod diagnostic;
+pub mod diff;
 pub mod fs;
 pub mod keys;
 pub mod name;

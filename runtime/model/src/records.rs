@@ -1,6 +1,6 @@
 //! Agents, versions and deployments as they are stored and shown.
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, DeliveryMode};
 
 /// One uploaded version of an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,4 +67,10 @@ pub struct AgentSummary {
     pub live: Option<(u32, u32)>,
     /// How many versions are stored.
     pub versions: u32,
+    /// When the live deployment was made, ms since the epoch.
+    pub deployed_at: Option<i64>,
+    /// The live deployment's mode.
+    pub mode: Option<DeliveryMode>,
+    /// Whether the draft differs from the live configuration (a deploy would change it).
+    pub draft_pending: bool,
 }

@@ -10,7 +10,9 @@
 //! - [`options`]: every setting of `gust serve`, for the command line to fill in.
 
 mod api;
+mod console;
 mod data_dir;
+mod headers;
 mod listen;
 pub mod options;
 mod os;

@@ -19,7 +19,9 @@ use gust_store::components::ComponentFiles;
 use gust_wasm::{OutboundSettings, Stats, Tuning, WasmEngine};
 
 use crate::api::{self, AppState, BodyLimits};
+use crate::console;
 use crate::data_dir;
+use crate::headers::SecurityHeaders;
 use crate::listen::{self, Listening};
 use crate::tls;
 
@@ -186,6 +188,7 @@ pub async fn serve(
         public_url,
         limits: options.limits,
         body_budget: api::BodyBudget::new(options.limits.in_flight),
+        tls: listening.tls.is_some(),
     });
 
     // Runs are refused before the disk fills: a full disk would fail every commit, the
@@ -243,7 +246,7 @@ pub async fn serve(
     let drain_runs = |deadline| async move { runs.drain(deadline).await };
     let deadline = listen::accept_loop(
         listener,
-        api::router(state),
+        api::router(state, console::routes()).layer(SecurityHeaders),
         listening,
         stop,
         options.shutdown_grace,

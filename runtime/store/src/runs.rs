@@ -50,6 +50,14 @@ impl Store {
         self.sqlite(move |db| db.queued_runs()).await
     }
 
+    /// Each agent with queued or running runs: `(agent, queued, running)`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn active_runs(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        self.sqlite(move |db| db.active_runs()).await
+    }
+
     /// One run of `agent` with its delivery, or `None`.
     ///
     /// # Errors

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::sessions::Sessions;
 use crate::error::Error;
 use crate::tasks::blocking;
 
@@ -18,6 +19,8 @@ pub struct AdminToken {
     /// Held while the token is rotated, so two rotations cannot leave one token in memory
     /// and another on disk.
     rotation: tokio::sync::Mutex<()>,
+    /// Console sessions signed in with this token; a rotation ends them all.
+    sessions: Sessions,
 }
 
 impl AdminToken {
@@ -27,7 +30,13 @@ impl AdminToken {
             current: ArcSwap::from_pointee(token),
             file,
             rotation: tokio::sync::Mutex::new(()),
+            sessions: Sessions::default(),
         }
+    }
+
+    /// The console sessions opened with this token.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// Whether `presented` is the admin token.
@@ -55,7 +64,9 @@ impl AdminToken {
             .await?
             .map_err(|e| Error::Internal(e.into()))?;
         self.current.store(Arc::new(token.clone()));
-        tracing::info!("the admin token was rotated");
+        // A session is the token's stand-in: whoever signed in with the old token is out.
+        self.sessions.end_all();
+        tracing::info!("the admin token was rotated; console sessions ended");
         Ok(token)
     }
 }

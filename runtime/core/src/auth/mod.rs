@@ -1,11 +1,14 @@
-//! Who may do what: the admin token (everything) and per-agent invoke keys (that agent's
-//! calls and runs). Both are checked from memory; secrets are compared in constant time.
+//! Who may do what: the admin token (everything), console sessions opened with it, and
+//! per-agent invoke keys (that agent's calls and runs). All are checked from memory;
+//! secrets are compared in constant time.
 
 mod admin;
 mod keys;
+mod sessions;
 
 pub use admin::{AdminToken, new_admin_token};
 pub use keys::{Key, KeyRing, Keys};
+pub use sessions::{IDLE as SESSION_IDLE, Sessions};
 
 /// Compares in constant time (`subtle`, which keeps the compiler from adding an early
 /// exit), so the time taken does not tell how much matched. Lengths are not secret: every

@@ -12,6 +12,7 @@
 //! CPU, so the count of instances is bounded by pool slots and memory, not by cores.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,6 +114,20 @@ impl Admission {
                 .entry(agent.to_owned())
                 .or_insert_with(|| Gate::new(default)),
         )
+    }
+
+    /// Sync calls of `agent` since the host started, and how many of them failed.
+    pub fn calls(&self, agent: &str) -> (u64, u64) {
+        self.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(agent)
+            .map_or((0, 0), |gate| {
+                (
+                    gate.calls.load(Ordering::Relaxed),
+                    gate.failures.load(Ordering::Relaxed),
+                )
+            })
     }
 
     /// Sizes `gate` for `config`, the configuration just made live.
@@ -217,11 +232,15 @@ fn overloaded(what: &str) -> Error {
     }
 }
 
-/// A resizable bound on instances running at once.
+/// A resizable bound on instances running at once. Being the one object every deployment
+/// of an agent shares, it also counts the agent's sync calls since the host started (for the
+/// console's agents list): two relaxed increments on a line the call touches anyway.
 #[derive(Debug)]
 pub(crate) struct Gate {
     permits: Arc<Semaphore>,
     limit: Mutex<usize>,
+    pub(crate) calls: AtomicU64,
+    pub(crate) failures: AtomicU64,
 }
 
 impl Gate {
@@ -229,6 +248,8 @@ impl Gate {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit: Mutex::new(limit),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         })
     }
 

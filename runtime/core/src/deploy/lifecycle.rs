@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gust_model::diff::{ConfigChange, config_changes};
 use gust_model::{
     AgentConfig, AgentRecord, AgentSummary, DeploymentRecord, Maxima, REDACTED, VersionRecord,
 };
@@ -58,6 +59,32 @@ fn deploy_key(key: String, version: Option<u32>) -> Result<DeployKey, Error> {
         key,
         request_hash: hex::encode(Sha256::digest(request.as_bytes())),
     })
+}
+
+/// What a deploy would do, shown before it is made (the console's Confirm dialog, `gust
+/// deploy --dry-run`): which deployment is live, the version the deploy would make live,
+/// and every configuration field it would change.
+#[derive(Debug, Clone)]
+pub struct DeployPreview {
+    /// The deployment live now.
+    pub live: Option<DeploymentRecord>,
+    /// The version the deploy would make live.
+    pub version: VersionRecord,
+    /// The configuration it would freeze (the draft).
+    pub draft: AgentConfig,
+    /// Fields of `draft` that differ from the live configuration; secrets masked.
+    pub changes: Vec<ConfigChange>,
+}
+
+impl DeployPreview {
+    /// Whether the deploy would change anything that is live.
+    pub fn changes_anything(&self) -> bool {
+        !self.changes.is_empty()
+            || self
+                .live
+                .as_ref()
+                .is_none_or(|l| l.version != self.version.version)
+    }
 }
 
 /// The result of an upload.
@@ -381,6 +408,38 @@ impl Lifecycle {
         Ok(Deployed {
             record,
             replayed: false,
+        })
+    }
+
+    /// What deploying `version` (default: the newest) would change; changes nothing.
+    ///
+    /// # Errors
+    /// As [`deploy`](Self::deploy) would answer: [`Error::NotFound`] for an unknown agent or
+    /// version, or no version yet.
+    pub async fn preview(&self, agent: &str, version: Option<u32>) -> Result<DeployPreview, Error> {
+        let record = self.get(agent).await?;
+        let target = match version {
+            Some(n) => record
+                .versions
+                .iter()
+                .find(|v| v.version == n)
+                .ok_or_else(|| Error::NotFound(format!("agent `{agent}` has no version {n}")))?,
+            None => record
+                .versions
+                .iter()
+                .max_by_key(|v| v.version)
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "agent `{agent}` has no versions yet; upload one first"
+                    ))
+                })?,
+        };
+        let changes = config_changes(record.live.as_ref().map(|l| &l.config), &record.draft);
+        Ok(DeployPreview {
+            version: target.clone(),
+            live: record.live,
+            draft: record.draft,
+            changes,
         })
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use gust_model::{DeploymentRecord, PushConfig};
+use gust_model::{DeliveryMode, DeploymentRecord, PushConfig};
 use gust_wasm::{Linked, OutboundPolicy, PreparedAgent};
 
 use super::admission::Gate;
@@ -65,6 +65,16 @@ impl Deployment {
     /// The version that runs.
     pub fn version(&self) -> u32 {
         self.agent.version
+    }
+
+    /// How its queued runs' results reach the user: a push target is kept only in async
+    /// mode.
+    pub fn mode(&self) -> DeliveryMode {
+        if self.push.is_some() {
+            DeliveryMode::Async
+        } else {
+            DeliveryMode::Sync
+        }
     }
 }
 

@@ -48,7 +48,7 @@ use crate::secrets::PushSecrets;
 
 pub use push::PushSettings;
 use state::QueueState;
-pub use view::{run_json, run_summary_json};
+pub use view::{payload_json, run_json, run_summary_json};
 use writer::Writer;
 
 /// A new run id: `run_` and a UUIDv7 in hex, so ids sort by creation time (which keeps the
@@ -322,6 +322,17 @@ impl Runs {
         }
     }
 
+    /// The input a run was submitted with, and its content type.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown (or purged) run.
+    pub async fn input(&self, agent: &str, id: &str) -> Result<(Vec<u8>, String), Error> {
+        self.store
+            .run_input(agent, id)
+            .await?
+            .ok_or_else(|| no_run(id))
+    }
+
     /// One run; with `wait`, holds until it ends or `wait` passes.
     ///
     /// # Errors
@@ -351,6 +362,14 @@ impl Runs {
 
     async fn read(&self, agent: &str, id: &str) -> Result<RunRecord, Error> {
         self.store.run(agent, id).await?.ok_or_else(|| no_run(id))
+    }
+
+    /// Queued and running runs per agent (agents with none are left out).
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn active(&self) -> Result<Vec<(String, u64, u64)>, Error> {
+        Ok(self.store.active_runs().await?)
     }
 
     /// Runs of an agent, newest first.

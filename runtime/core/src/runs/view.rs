@@ -20,7 +20,7 @@ pub fn run_json(run: &RunRecord) -> Value {
         "started_at": run.started_at.map(rfc3339),
         "finished_at": run.finished_at.map(rfc3339),
         "attempts": run.attempts,
-        "output": run.output.as_ref().map(|(content_type, bytes)| output_json(content_type, bytes)),
+        "output": run.output.as_ref().map(|(content_type, bytes)| payload_json(content_type, bytes)),
         "error": run.error.as_ref().map(|(kind, message)| json!({"kind": kind, "message": message})),
         "progress": run.progress.as_ref().map(|(fraction, message)| json!({"fraction": fraction, "message": message})),
         "logs": run.logs.iter().map(|l| json!({"ts": rfc3339(l.ts), "level": l.level, "message": l.message})).collect::<Vec<_>>(),
@@ -53,8 +53,8 @@ pub fn run_summary_json(run: &RunRecord) -> Value {
     summary
 }
 
-/// JSON answers are shown as JSON; anything else as base64.
-fn output_json(content_type: &str, bytes: &[u8]) -> Value {
+/// A run's input or output as answers show it: JSON as JSON, anything else as base64.
+pub fn payload_json(content_type: &str, bytes: &[u8]) -> Value {
     if is_json(content_type)
         && let Ok(value) = serde_json::from_slice::<Value>(bytes)
     {
@@ -80,20 +80,20 @@ mod tests {
     #[test]
     fn json_answers_stay_json_and_others_are_base64() {
         assert_eq!(
-            output_json("application/json; charset=utf-8", br#"{"a":1}"#),
+            payload_json("application/json; charset=utf-8", br#"{"a":1}"#),
             json!({"content_type": "application/json; charset=utf-8", "json": {"a": 1}})
         );
         assert_eq!(
-            output_json("application/problem+json", b"[1]")["json"],
+            payload_json("application/problem+json", b"[1]")["json"],
             json!([1])
         );
         assert_eq!(
-            output_json("text/plain", b"hi"),
+            payload_json("text/plain", b"hi"),
             json!({"content_type": "text/plain", "base64": "aGk="})
         );
         // Labelled JSON that is not JSON is not passed off as JSON.
         assert_eq!(
-            output_json("application/json", b"{oops")["base64"],
+            payload_json("application/json", b"{oops")["base64"],
             "e29vcHM="
         );
     }

@@ -1,6 +1,11 @@
 //! Who is calling: the admin (everywhere), or an agent's invoke key (that agent's data plane
 //! only). Credentials come in `Authorization: Bearer …` or `x-api-key: …`, never in the URL;
 //! they are compared in constant time and never logged or echoed.
+//!
+//! A request with neither header may carry the console's session cookie, which stands for
+//! the admin. A browser sends cookies along with requests other sites make it send, so a
+//! state-changing request authorised by the cookie must also come from the console's own
+//! origin (its `Origin` header); requests with a token or key are not affected.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
@@ -9,8 +14,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Request};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use futures::future::Either;
 use tower::{Layer, Service};
@@ -126,10 +132,19 @@ fn caller(parts: &Parts, state: &AppState) -> Result<Caller, Error> {
     };
     let api_key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
     let Some(presented) = bearer.or(api_key.map(str::trim)) else {
-        return Err(Error::Unauthorized(
-            "missing credentials: send `Authorization: Bearer <token>` or `x-api-key: <key>`"
-                .into(),
-        ));
+        return match session_cookie(&parts.headers) {
+            Some(id) if state.admin.sessions().touch(id) => {
+                same_origin(parts, state)?;
+                Ok(Caller::Admin)
+            }
+            Some(_) => Err(Error::Unauthorized(
+                "the console session ended (signed out, idle, or the admin token was rotated); sign in again".into(),
+            )),
+            None => Err(Error::Unauthorized(
+                "missing credentials: send `Authorization: Bearer <token>` or `x-api-key: <key>`"
+                    .into(),
+            )),
+        };
     };
     if state.admin.matches(presented.as_bytes()) {
         return Ok(Caller::Admin);
@@ -138,6 +153,59 @@ fn caller(parts: &Parts, state: &AppState) -> Result<Caller, Error> {
         Some(key) => Ok(Caller::Key(key)),
         None => Err(Error::Unauthorized("the token is not valid".into())),
     }
+}
+
+/// The console's session cookie.
+pub(crate) const SESSION_COOKIE: &str = "gust_session";
+
+/// The value of the session cookie, if the request has one.
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == SESSION_COOKIE && !value.is_empty()).then_some(value)
+        })
+}
+
+/// The CSRF check of a request authorised by the session cookie: reading is free (a page of
+/// another site cannot read the answer), anything else must name this host as its `Origin`
+/// — the `Host` it was sent to, or the public URL's origin behind a proxy.
+pub(crate) fn same_origin(parts: &Parts, state: &AppState) -> Result<(), Error> {
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let origin = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+    let host = parts.headers.get(HOST).and_then(|v| v.to_str().ok());
+    let ours = |origin: &str| {
+        host.is_some_and(|host| {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+        }) || origin.eq_ignore_ascii_case(public_origin(&state.public_url))
+    };
+    match origin {
+        Some(origin) if ours(origin) => Ok(()),
+        Some(origin) => Err(Error::Forbidden(format!(
+            "a request from `{origin}` may not use the console's session; send a token instead"
+        ))),
+        None => Err(Error::Forbidden(
+            "a state-changing request with the console's session must carry an `Origin` header"
+                .into(),
+        )),
+    }
+}
+
+/// `scheme://host[:port]` of a URL (the public URL may have a path).
+fn public_origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    url[after_scheme..]
+        .find('/')
+        .map_or(url, |end| &url[..after_scheme + end])
 }
 
 /// The admin: required by the control plane. Put it first among a handler's arguments so
@@ -190,5 +258,29 @@ impl FromRequestParts<Arc<AppState>> for Invoker {
             }
         }
         Ok(Self(agent))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_origin_drops_the_path() {
+        assert_eq!(public_origin("https://a.example/gust"), "https://a.example");
+        assert_eq!(
+            public_origin("http://127.0.0.1:8080"),
+            "http://127.0.0.1:8080"
+        );
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, "a=1; gust_session=s1; b=2".parse().unwrap());
+        assert_eq!(session_cookie(&headers), Some("s1"));
+        headers.clear();
+        headers.append(COOKIE, "gust_session=".parse().unwrap());
+        assert_eq!(session_cookie(&headers), None);
     }
 }

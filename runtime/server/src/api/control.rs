@@ -1,5 +1,6 @@
 //! The control plane: agents, versions, configuration, deploy and rollback.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -15,7 +16,7 @@ use gust_model::{AgentConfig, AgentRecord, DeploymentRecord, VersionRecord};
 
 use super::auth::Admin;
 use super::error::ApiError;
-use super::paths::{AgentName, AgentVersion};
+use super::paths::{AgentName, AgentVersion, Params};
 use super::{AppState, body};
 
 type Answer = Result<Response, ApiError>;
@@ -55,19 +56,39 @@ pub(crate) async fn stats(_: Admin, State(state): State<Arc<AppState>>) -> Json<
     Json(stats)
 }
 
+/// Every agent, with what the console's list shows: the live deployment and its mode, whether
+/// the draft differs from it, sync calls and failures since this host started, and runs
+/// queued and running.
 pub(crate) async fn list_agents(_: Admin, State(state): State<Arc<AppState>>) -> Answer {
-    let agents: Vec<Value> = state
-        .host
+    let host = &state.host;
+    let active: HashMap<String, (u64, u64)> = host
+        .runs
+        .active()
+        .await?
+        .into_iter()
+        .map(|(agent, queued, running)| (agent, (queued, running)))
+        .collect();
+    let admission = host.lifecycle.admission();
+    let agents: Vec<Value> = host
         .lifecycle
         .list()
         .await?
         .into_iter()
         .map(|a| {
+            let (calls, failures) = admission.calls(&a.name);
+            let (queued, running) = active.get(&a.name).copied().unwrap_or_default();
             json!({
                 "agent": a.name,
                 "created_at": rfc3339(a.created_at),
                 "live": a.live.map(|(deployment, version)| json!({"deployment": deployment, "version": version})),
+                "mode": a.mode,
+                "deployed_at": a.deployed_at.map(rfc3339),
+                "draft_pending": a.draft_pending,
                 "versions": a.versions,
+                "calls": calls,
+                "failures": failures,
+                "runs_queued": queued,
+                "runs_running": running,
                 "endpoints": {"sync": state.sync_url(&a.name)},
             })
         })
@@ -245,6 +266,34 @@ pub(crate) async fn deploy(
         body::mark_replayed(&mut response);
     }
     Ok(response)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PreviewParams {
+    version: Option<u32>,
+}
+
+/// What `POST …/deploy` with the same version would change, changing nothing: the console's
+/// Confirm dialog and `gust deploy --dry-run` show it.
+pub(crate) async fn preview(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    AgentName(agent): AgentName,
+    Params(params): Params<PreviewParams>,
+) -> Answer {
+    let preview = state.host.lifecycle.preview(&agent, params.version).await?;
+    let changes_anything = preview.changes_anything();
+    Ok(Json(json!({
+        "agent": agent,
+        "live": preview.live.as_ref().map(|d| deployment_json(d, true)),
+        "version": version_json(&preview.version, preview.live.as_ref().is_some_and(|l| l.version == preview.version.version)),
+        "config": preview.draft.redacted(),
+        "endpoints": state.endpoints(&agent, preview.draft.mode),
+        "changes": preview.changes,
+        "changes_anything": changes_anything,
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]

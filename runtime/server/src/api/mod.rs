@@ -4,15 +4,17 @@
 //! - `data`: the sync endpoint, `POST /v1/agents/{agent}/run`;
 //! - `runs`: queued runs — submit, poll, list, cancel, re-run, redeliver — and push tests;
 //! - `keys`: invoke keys and the admin token's rotation;
+//! - `endpoints`: an agent's endpoints with the code to call each, as users copy it;
 //! - `auth`, `paths`, `body`: who is calling, the path's names, request bodies — each with
 //!   errors in the API's shape;
 //! - `error`: the one mapping from [`Error`] to a response.
 
-mod auth;
-mod body;
+pub(crate) mod auth;
+pub(crate) mod body;
 mod control;
 mod data;
-mod error;
+mod endpoints;
+pub(crate) mod error;
 mod keys;
 mod paths;
 mod runs;
@@ -62,6 +64,8 @@ pub(crate) struct AppState {
     pub(crate) limits: BodyLimits,
     /// The server-wide memory of request bodies being read.
     pub(crate) body_budget: body::BodyBudget,
+    /// Whether this host serves TLS (the console's cookie is then `Secure`).
+    pub(crate) tls: bool,
 }
 
 impl AppState {
@@ -87,9 +91,11 @@ impl AppState {
     }
 }
 
-/// All routes. Unknown paths and methods answer in the same JSON error shape as the rest.
-pub(crate) fn router(state: Arc<AppState>) -> Router {
+/// All routes, with `extra` (the console's) beside the API's. Unknown paths and methods
+/// answer in the same JSON error shape as the rest.
+pub(crate) fn router(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> Router {
     Router::new()
+        .merge(extra)
         .route("/healthz", get(control::healthz))
         .route("/readyz", get(control::readyz))
         .route("/v1/stats", get(control::stats))
@@ -111,6 +117,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             get(control::get_config).put(control::put_config),
         )
         .route("/v1/agents/{agent}/deploy", post(control::deploy))
+        .route("/v1/agents/{agent}/deploy/preview", get(control::preview))
+        .route("/v1/agents/{agent}/endpoints", get(endpoints::endpoints))
         .route("/v1/agents/{agent}/rollback", post(control::rollback))
         .route("/v1/agents/{agent}/run", post(data::run))
         .route(
@@ -118,6 +126,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             post(runs::submit).get(runs::list),
         )
         .route("/v1/agents/{agent}/runs/{run_id}", get(runs::get))
+        .route("/v1/agents/{agent}/runs/{run_id}/input", get(runs::input))
         .route(
             "/v1/agents/{agent}/runs/{run_id}/cancel",
             post(runs::cancel),

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use gust_core::Error;
-use gust_core::runs::{Submitted, run_json, run_summary_json};
+use gust_core::runs::{Submitted, payload_json, run_json, run_summary_json};
 use gust_model::RunStatus;
 
 use super::auth::{Admin, Invoker};
@@ -98,6 +98,19 @@ pub(crate) async fn get(
     };
     let run = state.host.runs.get(&agent, &id, wait).await?;
     Ok(Json(run_json(&run)).into_response())
+}
+
+/// The input a run was submitted with (a run's page shows it beside the output; a poll
+/// leaves it out, as the submitter has it).
+pub(crate) async fn input(
+    _: Invoker,
+    State(state): State<Arc<AppState>>,
+    AgentRun(agent, id): AgentRun,
+) -> Answer {
+    let (bytes, content_type) = state.host.runs.input(&agent, &id).await?;
+    // In the shape of `output`, never as the submitted bytes: served as they came, an input
+    // of type text/html would be a page on the console's origin.
+    Ok(Json(json!({"run_id": id, "input": payload_json(&content_type, &bytes)})).into_response())
 }
 
 #[derive(Debug, Deserialize)]

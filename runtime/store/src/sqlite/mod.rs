@@ -303,21 +303,29 @@ impl Sqlite {
         self.with(|conn| {
             let mut stmt = conn
                 .prepare(
-                    "SELECT a.name, a.created_at, a.live_deployment,
-                        (SELECT d.version FROM deployments d WHERE d.agent = a.name AND d.deployment = a.live_deployment),
-                        (SELECT COUNT(*) FROM versions v WHERE v.agent = a.name)
-                     FROM agents a ORDER BY a.name",
+                    "SELECT a.name, a.created_at, a.live_deployment, d.version,
+                        (SELECT COUNT(*) FROM versions v WHERE v.agent = a.name),
+                        d.deployed_at, d.config, a.draft
+                     FROM agents a
+                     LEFT JOIN deployments d ON d.agent = a.name AND d.deployment = a.live_deployment
+                     ORDER BY a.name",
                 )
                 .map_err(internal)?;
             let rows = stmt
                 .query_map([], |row| {
                     let deployment: Option<u32> = row.get(2)?;
                     let version: Option<u32> = row.get(3)?;
+                    let live: Option<AgentConfig> =
+                        row.get::<_, Option<String>>(6)?.map(|c| from_json(&c)).transpose()?;
+                    let draft: AgentConfig = from_json(&row.get::<_, String>(7)?)?;
                     Ok(AgentSummary {
                         name: row.get(0)?,
                         created_at: row.get(1)?,
                         live: deployment.zip(version),
                         versions: row.get(4)?,
+                        deployed_at: row.get(5)?,
+                        mode: live.as_ref().map(|c| c.mode),
+                        draft_pending: live.is_some_and(|live| live != draft),
                     })
                 })
                 .map_err(internal)?;
@@ -711,6 +719,10 @@ impl Sqlite {
 
     pub(crate) fn queued_runs(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.read(runs::queued)
+    }
+
+    pub(crate) fn active_runs(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        self.read(runs::active)
     }
 
     pub(crate) fn recover_runs(

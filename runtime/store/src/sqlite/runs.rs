@@ -720,6 +720,20 @@ pub(super) fn queued(conn: &Connection) -> Result<Vec<(String, String)>, StoreEr
         .map_err(internal)
 }
 
+/// Counted from the `runs_queue` index (status first): the ended runs, which are most of
+/// the table, are not read.
+pub(super) fn active(conn: &Connection) -> Result<Vec<(String, u64, u64)>, StoreError> {
+    conn.prepare_cached(
+        "SELECT agent, SUM(status = 'queued'), SUM(status = 'running') FROM runs
+         WHERE status IN ('queued', 'running') GROUP BY agent ORDER BY agent",
+    )
+    .and_then(|mut s| {
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect()
+    })
+    .map_err(internal)
+}
+
 pub(super) fn next_due(conn: &Connection) -> Result<Option<i64>, StoreError> {
     row(
         conn,

@@ -1,0 +1,128 @@
+//! Console sessions: signing in with the admin token gives the browser a random session id
+//! in an HttpOnly cookie, so the token itself is never kept by the page.
+//!
+//! Only the SHA-256 of an id is held (a memory dump or a log of the map shows no usable
+//! cookie); a session ends after [`IDLE`] without a request, at sign-out, and — all of them —
+//! when the admin token is rotated. Sessions live in this process: a restart signs everyone
+//! out, which costs a sign-in and keeps no credential on disk.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// How long a session lasts without a request.
+pub const IDLE: Duration = Duration::from_secs(30 * 60);
+
+/// More open sessions than anyone signs in with; past it, the least recently used ends, so
+/// a script signing in in a loop cannot grow the map without bound.
+const MAX_SESSIONS: usize = 1024;
+
+/// See the module docs.
+pub struct Sessions {
+    by_hash: Mutex<HashMap<[u8; 32], Instant>>,
+    idle: Duration,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new(IDLE)
+    }
+}
+
+impl Sessions {
+    /// Sessions that end after `idle` without a request.
+    pub fn new(idle: Duration) -> Self {
+        Self {
+            by_hash: Mutex::new(HashMap::new()),
+            idle,
+        }
+    }
+
+    /// A new session; its id, returned here only, goes in the cookie.
+    pub fn create(&self) -> String {
+        let id = format!("gust_session_{}", hex::encode(rand::random::<[u8; 32]>()));
+        let now = Instant::now();
+        let mut sessions = self.lock();
+        sessions.retain(|_, seen| now.duration_since(*seen) < self.idle);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, seen)| **seen)
+                .map(|(h, _)| *h)
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(hash(&id), now);
+        id
+    }
+
+    /// Whether `id` is an open session; a valid one counts as used now.
+    pub fn touch(&self, id: &str) -> bool {
+        let key = hash(id);
+        let now = Instant::now();
+        let mut sessions = self.lock();
+        match sessions.get_mut(&key) {
+            Some(seen) if now.duration_since(*seen) < self.idle => {
+                *seen = now;
+                true
+            }
+            Some(_) => {
+                sessions.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Ends one session (sign-out).
+    pub fn end(&self, id: &str) {
+        self.lock().remove(&hash(id));
+    }
+
+    /// Ends every session (the admin token was rotated).
+    pub fn end_all(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
+        self.by_hash.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn hash(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_open_until_it_ends_or_idles_out() {
+        let sessions = Sessions::new(Duration::from_millis(200));
+        let a = sessions.create();
+        let b = sessions.create();
+        assert_ne!(a, b);
+        assert!(sessions.touch(&a) && sessions.touch(&b));
+        assert!(!sessions.touch("gust_session_forged"));
+        sessions.end(&a);
+        assert!(!sessions.touch(&a));
+        assert!(sessions.touch(&b));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!sessions.touch(&b), "idle past the limit");
+        let c = sessions.create();
+        sessions.end_all();
+        assert!(!sessions.touch(&c));
+    }
+
+    #[test]
+    fn only_hashes_are_kept() {
+        let sessions = Sessions::default();
+        let id = sessions.create();
+        let kept = sessions.lock();
+        assert!(kept.contains_key(&hash(&id)));
+        assert!(!kept.keys().any(|k| hex::encode(k).contains(&id[13..])));
+    }
+}

@@ -1,0 +1,133 @@
+// The console's entry: sign-in, the routes (`#/` agents, `#/agents/<name>` the Agent
+// endpoint page, `#/agents/<name>/runs/<id>` one run) and the agents list.
+
+import { api, whenSignedOut } from "./api.js";
+import { h, fill, notice, when } from "./dom.js";
+import { agentPage } from "./agent.js";
+import { runPage } from "./runs.js";
+
+const main = document.getElementById("main");
+const nav = document.getElementById("nav");
+
+/** Stops what the page on screen keeps doing (polling) when another is shown. */
+let leave = () => {};
+
+whenSignedOut(() => signIn("Your session ended. Sign in again."));
+
+async function start() {
+  let session = null;
+  try {
+    session = await api("GET", "/console/session");
+  } catch (err) {
+    signIn(`The host did not answer: ${err.message}`);
+    return;
+  }
+  if (session.signed_in) route();
+  else signIn();
+}
+
+window.addEventListener("hashchange", route);
+
+function route() {
+  leave();
+  leave = () => {};
+  fill(nav,
+    h("a", { href: "#/" }, "Agents"),
+    h("button", { type: "button", class: "link", onclick: signOut }, "Sign out"));
+  const path = decodeURIComponent(location.hash.replace(/^#/, "")) || "/";
+  const run = path.match(/^\/agents\/([^/]+)\/runs\/([^/]+)$/);
+  const agent = path.match(/^\/agents\/([^/]+)\/?$/);
+  const show = run ? runPage(main, run[1], run[2]) : agent ? agentPage(main, agent[1]) : agentsList(main);
+  Promise.resolve(show).then((stop) => {
+    if (typeof stop === "function") leave = stop;
+  });
+  main.focus({ preventScroll: true });
+}
+
+function signIn(message) {
+  leave();
+  leave = () => {};
+  fill(nav);
+  document.title = "Sign in · gust";
+  const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "current-password", required: true, autofocus: true });
+  const status = h("div", { "aria-live": "polite" }, message ? notice("info", message) : null);
+  const form = h("form", { class: "card narrow", "aria-labelledby": "signin-title" },
+    h("h1", { id: "signin-title" }, "Sign in"),
+    h("p", { class: "muted" }, "Use this host's admin token. ",
+      "It is in the data folder (", h("code", {}, "admin-token"), ") or was given with ", h("code", {}, "--admin-token"), "."),
+    h("label", { for: "token" }, "Admin token"),
+    input,
+    status,
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Sign in")));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await api("POST", "/console/session", { token: input.value });
+      input.value = "";
+      route();
+    } catch (err) {
+      fill(status, notice("error", err.message));
+      input.select();
+    }
+  });
+  fill(main, form);
+  input.focus();
+}
+
+async function signOut() {
+  try {
+    await api("DELETE", "/console/session");
+  } finally {
+    location.hash = "#/";
+    signIn("Signed out.");
+  }
+}
+
+async function agentsList(root) {
+  document.title = "Agents · gust";
+  const body = h("div", { "aria-live": "polite" }, h("p", { class: "muted" }, "Loading…"));
+  const name = h("input", { id: "new-agent", name: "agent", required: true, pattern: "[a-z0-9][a-z0-9\\-]{0,62}", placeholder: "my-agent", autocomplete: "off" });
+  const create = h("form", { class: "inline" },
+    h("label", { for: "new-agent" }, "New agent"), name,
+    h("button", { type: "submit" }, "Open"));
+  create.addEventListener("submit", (e) => {
+    e.preventDefault();
+    location.hash = `#/agents/${encodeURIComponent(name.value.trim())}`;
+  });
+  fill(root, h("div", { class: "page-head" }, h("h1", {}, "Agents"), create), body);
+
+  const load = async () => {
+    let answer;
+    try {
+      answer = await api("GET", "/v1/agents");
+    } catch (err) {
+      fill(body, notice("error", err.message));
+      return;
+    }
+    if (!answer.agents.length) {
+      fill(body, h("div", { class: "card" },
+        h("p", {}, "No agents yet. Name one above, then upload its component on its page, or run ",
+          h("code", {}, "gust deploy"), " in an agent's project.")));
+      return;
+    }
+    fill(body, h("div", { class: "table-wrap" }, h("table", {},
+      h("caption", { class: "visually-hidden" }, "Agents on this host"),
+      h("thead", {}, h("tr", {},
+        ["Agent", "Live version", "Mode", "Deployed", "Draft", "Calls", "Failures", "Queued", "Running"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, answer.agents.map((a) => h("tr", {},
+        h("th", { scope: "row" }, h("a", { href: `#/agents/${encodeURIComponent(a.agent)}` }, a.agent)),
+        h("td", {}, a.live ? `v${a.live.version}` : h("span", { class: "muted" }, "not deployed")),
+        h("td", {}, a.mode ? h("span", { class: `badge ${a.mode}` }, a.mode === "async" ? "Async" : "Sync") : "—"),
+        h("td", {}, when(a.deployed_at)),
+        h("td", {}, a.draft_pending ? h("span", { class: "badge warn" }, "redeploy needed") : "—"),
+        h("td", { class: "num" }, a.calls),
+        h("td", { class: "num" }, a.failures),
+        h("td", { class: "num" }, a.runs_queued),
+        h("td", { class: "num" }, a.runs_running)))))));
+  };
+  await load();
+  const timer = setInterval(load, 5000);
+  return () => clearInterval(timer);
+}
+
+start();

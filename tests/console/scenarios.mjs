@@ -1,0 +1,351 @@
+// The console's scenarios in a real browser: Debian's Chromium, driven by playwright-core,
+// against a live gust host. Run by tests/e2e/console.rs (which starts the host), and by
+// scripts/screenshots (which keeps the pictures under docs/console/).
+//
+//     GUST_URL=http://127.0.0.1:8080 GUST_ADMIN_TOKEN=... GOOD_WASM=a.wasm NEWER_WASM=b.wasm \
+//     BROKEN_WASM=bad.wasm [SCREENSHOTS=folder] [CHROMIUM=/usr/bin/chromium] node scenarios.mjs
+//
+// Every step checks what a user would see; along the way: no console errors, a CSP header on
+// every response, no serious accessibility violation (axe-core) on any page, no sideways
+// scrolling at 375 px, and the main flow done by keyboard alone. Exits non-zero on the first
+// failure, naming the step.
+
+import http from "node:http";
+import { execFileSync } from "node:child_process";
+import { readFileSync, mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+import { chromium } from "playwright-core";
+import { Webhook } from "standardwebhooks";
+
+const need = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const base = need("GUST_URL");
+const token = need("GUST_ADMIN_TOKEN");
+const good = need("GOOD_WASM");
+const newer = need("NEWER_WASM");
+const broken = need("BROKEN_WASM");
+const shots = process.env.SCREENSHOTS;
+const agent = "probe";
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+
+let step = "start";
+const problems = [];
+/** Console messages a step expects (an answer it provokes on purpose, a CSP report). */
+let expected = [];
+
+function check(condition, message) {
+  if (!condition) throw new Error(`${step}: ${message}`);
+}
+
+async function eventually(what, condition, ms = 15000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const value = await condition();
+    if (value) return value;
+    if (Date.now() > end) throw new Error(`${step}: ${what} did not happen within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+// The user's application: records the pushes it gets; they are verified below with the
+// secret the console showed, by the standardwebhooks package.
+const pushes = [];
+const receiver = http.createServer((request, response) => {
+  const chunks = [];
+  request.on("data", (c) => chunks.push(c));
+  request.on("end", () => {
+    pushes.push({ headers: request.headers, body: Buffer.concat(chunks).toString("utf8") });
+    response.writeHead(204).end();
+  });
+});
+await new Promise((r) => receiver.listen(0, "127.0.0.1", r));
+const receiverUrl = `http://127.0.0.1:${receiver.address().port}/gust-results`;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+});
+console.log(`browser: Chromium ${browser.version()}`);
+const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
+const page = await context.newPage();
+page.setDefaultTimeout(15000);
+page.on("console", (m) => {
+  if (m.type() !== "error") return;
+  if (expected.some((pattern) => pattern.test(m.text()))) return;
+  problems.push(`${step}: console error: ${m.text()}`);
+});
+page.on("pageerror", (e) => problems.push(`${step}: page error: ${e.message}`));
+page.on("response", (r) => {
+  if (r.url().startsWith(base) && !r.headers()["content-security-policy"]) {
+    problems.push(`${step}: no Content-Security-Policy on ${r.request().method()} ${r.url()}`);
+  }
+});
+
+const allow4xx = (...codes) => codes.map((c) => new RegExp(`status of ${c}`));
+
+async function shot(name) {
+  if (!shots) return;
+  mkdirSync(shots, { recursive: true });
+  await page.waitForTimeout(150);
+  await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+}
+
+/** No serious accessibility violation, and no sideways scrolling at 375 px. */
+async function checkPage(name) {
+  // Evaluated through the DevTools protocol, which the page's CSP does not govern (a
+  // <script> tag would be refused, as it should be).
+  await page.evaluate(axeSource);
+  const violations = await page.evaluate(async () => {
+    const result = await window.axe.run(document, { resultTypes: ["violations"] });
+    return result.violations
+      .filter((v) => v.impact === "serious" || v.impact === "critical")
+      .map((v) => `${v.id} (${v.help}): ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`);
+  });
+  check(violations.length === 0, `accessibility of ${name}: ${violations.join("; ")}`);
+  await page.setViewportSize({ width: 375, height: 800 });
+  await page.waitForTimeout(100);
+  const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  check(scroll <= inner, `${name} scrolls sideways at 375 px (${scroll} > ${inner})`);
+  if (shots) await page.screenshot({ path: `${shots}/${name.replace(/\W+/g, "-")}-375.png`, fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 900 });
+}
+
+async function tabTo(selector, max = 120) {
+  for (let i = 0; i < max; i++) {
+    if (await page.evaluate((s) => document.activeElement && document.activeElement.matches(s), selector)) return;
+    await page.keyboard.press("Tab");
+  }
+  throw new Error(`${step}: ${selector} cannot be reached with Tab`);
+}
+
+const api = async (method, path, { key, body } = {}) => {
+  const response = await fetch(`${base}${path}`, {
+    method,
+    headers: { "x-api-key": key || "", ...(key ? {} : { Authorization: `Bearer ${token}` }), "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : null };
+};
+
+try {
+  step = "sign in";
+  expected = allow4xx(401);
+  await page.goto(`${base}/`);
+  await page.getByLabel("Admin token").fill("not-the-token");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByText("that is not the admin token").waitFor();
+  await checkPage("sign-in");
+  await shot("sign-in");
+  // By keyboard: the field has focus again; type the token and press Enter.
+  await page.getByLabel("Admin token").fill("");
+  await page.getByLabel("Admin token").focus();
+  await page.keyboard.type(token);
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "Agents" }).waitFor();
+  expected = [];
+  const kept = await page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }) + document.cookie);
+  check(!kept.includes(token) && !kept.includes("gust_session"), "the token or the session is readable by scripts");
+  const cookie = (await context.cookies()).find((c) => c.name === "gust_session");
+  check(cookie && cookie.httpOnly && cookie.sameSite === "Strict", `session cookie flags: ${JSON.stringify(cookie)}`);
+  await checkPage("agents (empty)");
+
+  step = "an injected inline script is blocked";
+  expected = [/Content Security Policy/];
+  const violated = await page.evaluate(() => new Promise((resolve) => {
+    document.addEventListener("securitypolicyviolation", (e) => resolve(e.effectiveDirective), { once: true });
+    const script = document.createElement("script");
+    script.textContent = "window.injected = true";
+    document.body.append(script);
+    setTimeout(() => resolve(null), 3000);
+  }));
+  check(violated && violated.startsWith("script-src"), `no CSP violation reported (${violated})`);
+  check(!(await page.evaluate(() => window.injected)), "the inline script ran");
+  expected = [];
+
+  step = "a refused upload shows its diagnostics and leaves Deploy disabled";
+  await page.getByLabel("New agent").fill(agent);
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: /probe/ }).waitFor();
+  check(await page.locator("#deploy").isDisabled(), "Deploy is enabled with nothing uploaded");
+  expected = allow4xx(422);
+  await page.setInputFiles("#upload-file", broken);
+  const diagnostics = await page.locator(".diagnostics").textContent();
+  check(diagnostics.includes("unknown_import"), `diagnostics: ${diagnostics}`);
+  check(await page.locator("#deploy").isDisabled(), "Deploy is enabled after a refused upload");
+  await checkPage("refused upload");
+  await shot("refused-upload");
+
+  step = "upload, then Deploy and Confirm by keyboard";
+  await page.setInputFiles("#upload-file", good);
+  await page.getByText("passed the check").waitFor();
+  expected = [];
+  check(await page.locator("#deploy").isEnabled(), "Deploy stays disabled after a good upload");
+  await page.locator("body").focus();
+  await tabTo("#deploy");
+  await page.keyboard.press("Enter");
+  const confirm = page.getByRole("dialog", { name: "Confirm deploy" });
+  await confirm.waitFor();
+  check((await confirm.textContent()).includes("not deployed yet"), "the dialog does not say what the deploy does");
+  await shot("confirm-dialog");
+  await page.keyboard.press("Enter");
+  await page.getByText("Deployed: deployment 1").waitFor();
+  const sync = page.locator('[data-endpoint="sync"]');
+  await sync.waitFor();
+
+  step = "the copied curl snippet answers";
+  await page.getByRole("button", { name: "Create a key for this code" }).click();
+  const key = (await page.locator("#new-key-line").textContent()).replace("export GUST_API_KEY=", "").trim();
+  await sync.locator('[role="tabpanel"]:not([hidden]) button.copy').click();
+  const copied = await page.evaluate(() => navigator.clipboard.readText());
+  check(copied.startsWith("curl "), `copied: ${copied}`);
+  const answer = execFileSync("bash", ["-c", copied], { env: { PATH: process.env.PATH, GUST_API_KEY: key }, encoding: "utf8" });
+  check(JSON.parse(answer).marker === "a", `the snippet printed ${answer}`);
+  await sync.getByRole("tab", { name: "Python" }).click();
+  check((await sync.locator('pre[data-lang="python"]').textContent()).includes("urllib.request"), "the Python tab");
+  await checkPage("endpoint page (sync)");
+  await shot("endpoint-sync");
+
+  step = "switch to Async and configure it, by keyboard";
+  await page.locator("body").focus();
+  await tabTo('input[name="mode"]');
+  await page.keyboard.press("ArrowDown");
+  const configure = page.getByRole("dialog", { name: "Configure asynchronous mode" });
+  await configure.waitFor();
+  check(await page.evaluate(() => document.activeElement.id === "push-url-input"), "focus is not in the dialog's first field");
+  await page.keyboard.type(receiverUrl);
+  await page.keyboard.press("Tab");
+  await page.keyboard.type("app-token-1");
+  await shot("configure-dialog");
+  await page.keyboard.press("Enter");
+  const secretDialog = page.getByRole("dialog", { name: "Signing secret" });
+  await secretDialog.waitFor();
+  const secret = (await page.locator("#signing-secret").textContent()).trim();
+  check(secret.startsWith("whsec_"), `secret: ${secret}`);
+  await page.keyboard.press("Escape");
+  const banner = page.locator("#redeploy-banner");
+  await banner.waitFor();
+  const bannerText = await banner.textContent();
+  check(bannerText.includes("mode") && bannerText.includes("push.url"), `banner: ${bannerText}`);
+  check((await page.locator("#push-url").textContent()) === receiverUrl, "the push URL is not shown");
+  check(!(await page.content()).includes("app-token-1"), "the access token is shown");
+  await shot("redeploy-needed");
+
+  step = "redeploy: the Confirm dialog shows the change, then push and poll endpoints";
+  await page.locator("body").focus();
+  await tabTo("#deploy");
+  await page.keyboard.press("Enter");
+  await confirm.waitFor();
+  const changes = await confirm.textContent();
+  check(changes.includes("mode") && changes.includes("async") && changes.includes("push.access_token"), `confirm: ${changes}`);
+  check(!changes.includes("app-token-1"), "the confirm dialog shows the access token");
+  await page.keyboard.press("Enter");
+  await page.locator('[data-endpoint="async_push"]').waitFor();
+  await page.locator('[data-endpoint="async_poll"]').waitFor();
+  check((await page.locator("#redeploy-banner").count()) === 0, "the banner stays after the deploy");
+  const syncUrl = await sync.locator("code.url").textContent();
+  check(syncUrl === `${base}/v1/agents/${agent}/run`, `the endpoint changed: ${syncUrl}`);
+  await checkPage("endpoint page (async)");
+  await shot("endpoint-async");
+
+  step = "a submitted run shows its progress, succeeds, and is pushed signed";
+  const submitted = await api("POST", `/v1/agents/${agent}/runs`, { key, body: { op: "steps", n: 4, ms: 700 } });
+  check(submitted.status === 202, `submit: ${JSON.stringify(submitted)}`);
+  const runId = submitted.body.run_id;
+  await page.locator(`#runs-table tr[data-run="${runId}"]`).waitFor();
+  await page.waitForFunction((id) => {
+    const bar = document.querySelector(`tr[data-run="${id}"] progress`);
+    return bar && Number(bar.value) > 0 && Number(bar.value) < 1;
+  }, runId, { timeout: 20000 });
+  await shot("runs-table");
+  await page.locator(`tr[data-run="${runId}"][data-status="succeeded"]`).waitFor({ timeout: 30000 });
+  const push = await eventually("the push", () => pushes.find((p) => p.body.includes(runId)));
+  check(push.headers.authorization === "Bearer app-token-1", `push authorization: ${push.headers.authorization}`);
+  const event = new Webhook(secret).verify(push.body, push.headers);
+  check(event.type === "run.succeeded" && event.data.run_id === runId, `event: ${JSON.stringify(event)}`);
+  await page.locator(`tr[data-run="${runId}"] a`).click();
+  await page.getByRole("heading", { name: /Run/ }).waitFor();
+  await eventually("delivered", async () => (await page.locator("#delivery-status").textContent()) === "delivered");
+  check((await page.locator("main").textContent()).includes("\"marker\": \"a\""), "the run page shows no output");
+  await checkPage("run page");
+  await shot("run-page");
+
+  step = "the deployed version, read-only, beside a newer draft";
+  await page.getByRole("link", { name: agent }).click();
+  await page.locator("#deployed-version").waitFor();
+  await page.setInputFiles("#upload-file", newer);
+  await page.getByText("Version 2 passed the check").waitFor();
+  await page.locator("#redeploy-banner").getByText("Version 2 is not live yet").waitFor();
+  const deployed = await page.locator("#deployed-version").textContent();
+  check(deployed.includes("Deployed version 1") && deployed.includes("read-only") && deployed.includes("world"), `deployed: ${deployed}`);
+  check((await page.locator("#deployed-version input, #deployed-version textarea, #deployed-version select").count()) === 0, "the deployed version has inputs");
+  check((await page.locator("#draft-version").textContent()).includes("2 (uploaded"), "the draft does not show version 2");
+  await page.locator("#deployed-version details").nth(1).locator("summary").click();
+  await checkPage("versions");
+  await page.locator("#versions-title").scrollIntoViewIfNeeded();
+  await shot("deployed-version");
+
+  step = "deploy version 2, then roll back to deployment 2";
+  await page.locator("#deploy").click();
+  await confirm.waitFor();
+  check((await confirm.textContent()).includes("1 → 2"), "the confirm dialog does not show the version change");
+  await confirm.getByRole("button", { name: "Deploy" }).click();
+  await page.getByText("Deployed: deployment 3 (version 2)").waitFor();
+  const b = await api("POST", `/v1/agents/${agent}/run`, { key, body: {} });
+  check(b.body.marker === "b", `after deploying version 2: ${JSON.stringify(b)}`);
+  await page.locator('[data-rollback="2"]').click();
+  const rollback = page.getByRole("dialog", { name: "Confirm rollback" });
+  await rollback.waitFor();
+  check((await rollback.textContent()).includes("deployment 2"), "the rollback dialog does not name its target");
+  await rollback.getByRole("button", { name: "Roll back to deployment 2" }).click();
+  await page.getByText("Rolled back").waitFor();
+  const a = await api("POST", `/v1/agents/${agent}/run`, { key, body: {} });
+  check(a.body.marker === "a", `after the rollback: ${JSON.stringify(a)}`);
+  check((await page.locator("#live-status").textContent()).includes("version 1"), "the page does not show version 1 live");
+
+  step = "create and revoke a key";
+  await page.getByLabel("Key name").fill("ci-key");
+  await page.getByRole("button", { name: "Create key" }).click();
+  const created = (await page.locator("#created-key").textContent()).trim();
+  check((await api("POST", `/v1/agents/${agent}/run`, { key: created, body: {} })).status === 200, "the new key is refused");
+  const row = page.locator("#keys-table tr", { has: page.getByRole("rowheader", { name: "ci-key" }) });
+  await row.getByRole("button", { name: "Revoke" }).click();
+  const revoke = page.getByRole("dialog", { name: "Revoke key" });
+  await revoke.getByRole("button", { name: "Revoke" }).click();
+  await page.getByText("Key “ci-key” revoked.").waitFor();
+  check((await api("POST", `/v1/agents/${agent}/run`, { key: created, body: {} })).status === 401, "the revoked key still works");
+  await checkPage("endpoint page (keys)");
+
+  step = "the agents list";
+  await page.goto(`${base}/#/`);
+  const listed = page.locator("tbody tr", { has: page.getByRole("link", { name: agent }) });
+  await listed.waitFor();
+  const line = await listed.textContent();
+  check(line.includes("v1") && line.includes("Async"), `the list shows ${line}`);
+  await checkPage("agents");
+  await shot("agents");
+
+  step = "sign out";
+  expected = allow4xx(401);
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  const after = await page.evaluate(async () => (await fetch("/v1/agents")).status);
+  check(after === 401, `the API answered ${after} after sign-out`);
+  expected = [];
+
+  check(problems.length === 0, problems.join("\n"));
+  console.log("console scenarios passed");
+} catch (e) {
+  console.error(e.message);
+  if (problems.length) console.error(problems.join("\n"));
+  if (shots) await page.screenshot({ path: `${shots}/failure.png`, fullPage: true }).catch(() => {});
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  receiver.close();
+}
