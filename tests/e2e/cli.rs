@@ -291,3 +291,71 @@ async fn queued_runs_and_push_from_the_command_line() {
         assert!(gust(h, command).status.success());
     }
 }
+
+/// `gust deploy --dry-run` prints the server's deploy preview; `gust endpoint` the endpoints
+/// and the same code the console shows.
+#[tokio::test]
+async fn the_deploy_preview_and_the_endpoints_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let h = &host;
+    ok(&gust(h, &["deploy", "echo", gust_test_guests::ECHO]));
+    ok(&gust(
+        h,
+        &[
+            "config",
+            "echo",
+            "--set",
+            "MODEL=secret-model",
+            "--mode",
+            "async",
+            "--push-url",
+            "https://app.example/hooks",
+            "--push-token",
+            "tok-1",
+        ],
+    ));
+    let out = ok(&gust(h, &["deploy", "echo", "--dry-run"]));
+    for line in [
+        "mode         sync → async",
+        "push.url     - → https://app.example/hooks",
+        "config       + MODEL (value not shown)",
+    ] {
+        assert!(out.contains(line), "{line:?} in {out}");
+    }
+    assert!(
+        !out.contains("secret-model") && !out.contains("tok-1"),
+        "{out}"
+    );
+    // Nothing was deployed.
+    let agent: serde_json::Value =
+        serde_json::from_str(&ok(&gust(h, &["agents", "show", "echo", "--json"]))).unwrap();
+    assert_eq!(agent["live"]["deployment"], 1, "{agent}");
+    assert_eq!(agent["draft_pending"], true, "{agent}");
+
+    let out = ok(&gust(h, &["endpoint", "echo"]));
+    assert!(
+        out.contains(&format!("{}/v1/agents/echo/run", host.url)),
+        "{out}"
+    );
+    assert!(!out.contains("Async push"), "async is not live yet: {out}");
+    ok(&gust(h, &["deploy", "echo", "--yes"]));
+    let out = ok(&gust(h, &["endpoint", "echo", "--lang", "python"]));
+    for part in [
+        "# Sync:",
+        "# Async push:",
+        "# Async poll:",
+        "urllib.request",
+        "/v1/agents/echo/runs",
+    ] {
+        assert!(out.contains(part), "{part:?} in {out}");
+    }
+    let out = ok(&gust(h, &["deploy", "echo", "--dry-run"]));
+    assert!(out.contains("nothing would change"), "{out}");
+    let bad = gust(h, &["endpoint", "echo", "--lang", "cobol"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("curl"),
+        "the choices are named"
+    );
+}

@@ -113,6 +113,7 @@ Examples:
   gust deploy hello build/hello.wasm  # upload this file and deploy it
   gust deploy hello                   # the newest upload, with the current draft configuration
   gust deploy hello --version 3       # an uploaded version
+  gust deploy hello --dry-run         # what would change, without deploying
 On a terminal the change is shown and confirmed first; --yes skips the question.")]
     Deploy {
         /// The agent's name (default: the project's, from gust.toml).
@@ -126,6 +127,9 @@ On a terminal the change is shown and confirmed first; --yes skips the question.
         /// Deploy without asking.
         #[arg(short, long)]
         yes: bool,
+        /// Show what the deploy would change (the server's deploy preview), and stop.
+        #[arg(long, conflicts_with = "yes")]
+        dry_run: bool,
     },
     /// Upload a component as a new version, without deploying it.
     #[command(after_help = "Examples:
@@ -184,6 +188,20 @@ Examples:
         agent: String,
         #[command(flatten)]
         changes: Box<ConfigChanges>,
+    },
+    /// An agent's endpoints, and the code that calls each (curl, Python, Node.js): the same
+    /// the console shows.
+    #[command(after_help = "\
+Examples:
+  gust endpoint hello                  # each endpoint's method and URL
+  gust endpoint hello --lang python    # the code to call them from Python
+The code reads the key from GUST_API_KEY (`gust keys create hello <name>` makes one).")]
+    Endpoint {
+        /// The agent's name.
+        agent: String,
+        /// Print the code to call each endpoint in this language.
+        #[arg(long, value_enum)]
+        lang: Option<SnippetLang>,
     },
     /// Call an agent and print its output; with `--async`, queue a run and print its id.
     #[command(after_help = "\
@@ -492,5 +510,24 @@ impl ConfigChanges {
             || self.memory_mib.is_some()
             || self.output_mib.is_some()
             || self.max_instances.is_some()
+    }
+}
+
+/// The languages endpoint code is shown in.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum SnippetLang {
+    Curl,
+    Python,
+    Node,
+}
+
+impl SnippetLang {
+    /// The key of its snippet in the API's answer.
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Self::Curl => "curl",
+            Self::Python => "python",
+            Self::Node => "node",
+        }
     }
 }

@@ -95,8 +95,10 @@ async fn client_command(command: Command, c: &Ctx) -> anyhow::Result<()> {
             file,
             version,
             yes,
-        } => commands::deploy(c, agent, file, version, yes).await,
+            dry_run,
+        } => commands::deploy(c, agent, file, version, yes, dry_run).await,
         Command::Upload { agent, file } => commands::upload(c, &agent, &file).await.map(|_| ()),
+        Command::Endpoint { agent, lang } => commands::endpoint(c, &agent, lang).await,
         Command::Rollback { agent, to } => commands::rollback(c, &agent, to).await,
         Command::Agents { command } => match command.unwrap_or(AgentsCommand::List) {
             AgentsCommand::List => commands::agents_list(c).await,
@@ -177,6 +179,7 @@ fn check_names(command: &Command) -> anyhow::Result<()> {
         | Command::Rollback { agent, .. }
         | Command::Agent { agent }
         | Command::Config { agent, .. }
+        | Command::Endpoint { agent, .. }
         | Command::Run { agent, .. } => (Some(agent), None),
         Command::Agents { command } => match command {
             Some(AgentsCommand::Show { agent } | AgentsCommand::Delete { agent, .. }) => {

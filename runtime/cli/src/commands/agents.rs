@@ -1,4 +1,4 @@
-//! `gust agents …` and `gust versions …`.
+//! `gust agents …`, `gust versions …` and `gust endpoint`.
 
 use reqwest::Method;
 use serde_json::json;
@@ -30,6 +30,53 @@ pub(crate) async fn agents_list(c: &Ctx) -> anyhow::Result<()> {
         ]);
     }
     table.print();
+    Ok(())
+}
+
+/// `gust endpoint AGENT [--lang L]`: the live deployment's endpoints (`GET …/endpoints`);
+/// with a language, the code to call each, ready to paste.
+pub(crate) async fn endpoint(
+    c: &Ctx,
+    agent: &str,
+    lang: Option<crate::cli::SnippetLang>,
+) -> anyhow::Result<()> {
+    let answer = c
+        .call(Method::GET, &format!("/v1/agents/{agent}/endpoints"))
+        .await?;
+    if c.out.json {
+        return c.out.json(&answer);
+    }
+    let endpoints = answer["endpoints"].as_array().cloned().unwrap_or_default();
+    match lang {
+        None => {
+            let mut table = Table::new(&["ENDPOINT", "METHOD", "URL"]);
+            for e in &endpoints {
+                table.row(vec![text(&e["title"]), text(&e["method"]), text(&e["url"])]);
+            }
+            table.print();
+            c.out.note(format!(
+                "mode: {}; code to call them: gust endpoint {agent} --lang curl|python|node",
+                text(&answer["mode"])
+            ));
+        }
+        Some(lang) => {
+            let comment = match lang {
+                crate::cli::SnippetLang::Node => "//",
+                _ => "#",
+            };
+            for (i, e) in endpoints.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                println!(
+                    "{comment} {}: {}",
+                    text(&e["title"]),
+                    text(&e["description"])
+                );
+                print!("{}", text(&e["snippets"][lang.key()]));
+            }
+        }
+    }
     Ok(())
 }
 

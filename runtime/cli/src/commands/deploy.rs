@@ -24,6 +24,7 @@ pub(crate) async fn deploy(
     file: Option<PathBuf>,
     version: Option<u32>,
     yes: bool,
+    dry_run: bool,
 ) -> anyhow::Result<()> {
     let (agent, file, from_project) = match agent {
         Some(agent) => (agent, file, false),
@@ -51,11 +52,26 @@ pub(crate) async fn deploy(
             )
         })?,
     };
-    let mut changes = changes(&before, target);
-    // The access token is write-only, so only the server can tell it changed.
-    if before["draft_pending"] == json!(true) && !changes.iter().any(|l| !l.starts_with("version"))
-    {
-        changes.push("push.access_token (changed; not shown)".to_owned());
+    // What changes comes from the server's deploy preview, the same one the console's
+    // Confirm dialog shows.
+    let preview = c
+        .call(
+            Method::GET,
+            &format!("/v1/agents/{agent}/deploy/preview?version={target}"),
+        )
+        .await?;
+    let changes = change_lines(&preview);
+    if dry_run {
+        if c.out.json {
+            return c.out.json(&preview);
+        }
+        if changes.is_empty() {
+            println!("nothing would change: version {target} with this configuration is live");
+        }
+        for line in &changes {
+            println!("{line}");
+        }
+        return Ok(());
     }
     if changes.is_empty() {
         if c.out.json {
@@ -154,98 +170,57 @@ fn newest_version(agent: &Value) -> Option<u32> {
         .and_then(|v| u32::try_from(v).ok())
 }
 
-/// What deploying `version` with the current draft changes, compared with the live
-/// deployment, one line each. Configuration values are named, never shown (they hold API
-/// keys); the push access token is write-only and never shown.
-fn changes(agent: &Value, version: u32) -> Vec<String> {
-    let live = &agent["live"];
-    let draft = &agent["draft"];
+/// The preview's changes, one line each: the version, then each setting. Secrets (the push
+/// access token, configuration values) arrive masked and are named, never shown. On a first
+/// deploy every setting is new; only those a user chose (mode, push target, configuration
+/// keys) are listed.
+fn change_lines(preview: &Value) -> Vec<String> {
+    let live = &preview["live"];
+    let version = &preview["version"];
     let mut lines = Vec::new();
-    let digest_of = |n: u64| {
-        agent["versions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|v| v["version"] == n)
-            .map(|v| short_digest(&v["digest"]))
-            .unwrap_or_default()
-    };
     if live.is_null() {
         lines.push(format!(
-            "version      (nothing live) → {version} {}",
-            digest_of(u64::from(version))
+            "version      (nothing live) → {} {}",
+            version["version"],
+            short_digest(&version["digest"])
         ));
-    } else if live["version"] != version {
+    } else if live["version"] != version["version"] {
         lines.push(format!(
-            "version      {} {} → {version} {}",
+            "version      {} {} → {} {}",
             live["version"],
             short_digest(&live["digest"]),
-            digest_of(u64::from(version))
+            version["version"],
+            short_digest(&version["digest"])
         ));
     }
-    let empty = json!({});
-    let from = if live.is_null() {
-        &empty
-    } else {
-        &live["config"]
-    };
-    let keys: std::collections::BTreeSet<&String> = from
-        .as_object()
-        .into_iter()
-        .chain(draft.as_object())
-        .flat_map(|o| o.keys())
-        .collect();
-    for key in keys {
-        let (old, new) = (&from[key.as_str()], &draft[key.as_str()]);
-        if old == new && !live.is_null() {
+    for change in preview["changes"].as_array().into_iter().flatten() {
+        let field = text(&change["field"]);
+        let (from, to) = (&change["from"], &change["to"]);
+        if live.is_null()
+            && !(field == "mode" || field.starts_with("push.") || field.starts_with("config."))
+        {
             continue;
         }
-        match key.as_str() {
-            "config" => lines.extend(config_changes(old, new)),
-            "push" => {
-                let url = |v: &Value| v["url"].as_str().map(str::to_owned);
-                if url(old) != url(new) {
-                    lines.push(format!(
-                        "push.url     {} → {}",
-                        url(old).unwrap_or_else(|| "-".into()),
-                        url(new).unwrap_or_else(|| "-".into())
-                    ));
-                }
-            }
-            _ if live.is_null() => {}
-            _ => lines.push(format!("{key:<12} {} → {}", shown(old), shown(new))),
+        if live.is_null() && field == "mode" && to == "sync" {
+            continue;
         }
-    }
-    lines
-}
-
-fn config_changes(old: &Value, new: &Value) -> Vec<String> {
-    let empty = serde_json::Map::new();
-    let (old, new) = (
-        old.as_object().unwrap_or(&empty),
-        new.as_object().unwrap_or(&empty),
-    );
-    let mut lines = Vec::new();
-    for (key, value) in new {
-        match old.get(key) {
-            None => lines.push(format!("config       + {key} (value not shown)")),
-            Some(before) if before != value => {
-                lines.push(format!("config       ~ {key} (value not shown)"));
-            }
-            Some(_) => {}
-        }
-    }
-    for key in old.keys().filter(|k| !new.contains_key(*k)) {
-        lines.push(format!("config       - {key}"));
+        let line = match field.strip_prefix("config.") {
+            Some(key) if from.is_null() => format!("config       + {key} (value not shown)"),
+            Some(key) if to.is_null() => format!("config       - {key}"),
+            Some(key) => format!("config       ~ {key} (value not shown)"),
+            None if change["secret"] == true => format!("{field} (changed; not shown)"),
+            None => format!("{field:<12} {} → {}", shown(from), shown(to)),
+        };
+        lines.push(line);
     }
     lines
 }
 
 fn shown(v: &Value) -> String {
-    if v.is_null() {
-        "-".to_owned()
-    } else {
-        v.to_string()
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 

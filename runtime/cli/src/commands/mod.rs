@@ -23,7 +23,8 @@ pub(crate) use access::{
     rotate_secret, stats, whoami,
 };
 pub(crate) use agents::{
-    agents_delete, agents_list, agents_show, versions_delete, versions_list, versions_show,
+    agents_delete, agents_list, agents_show, endpoint, versions_delete, versions_list,
+    versions_show,
 };
 pub(crate) use config::config;
 pub(crate) use deploy::{deploy, rollback, upload};
