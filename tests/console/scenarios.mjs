@@ -88,11 +88,14 @@ page.on("response", (r) => {
 
 const allow4xx = (...codes) => codes.map((c) => new RegExp(`status of ${c}`));
 
-async function shot(name) {
+/** A picture of the page as seen (`what` omitted), the whole page (`"full"`), or one part. */
+async function shot(name, what) {
   if (!shots) return;
   mkdirSync(shots, { recursive: true });
   await page.waitForTimeout(150);
-  await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+  const path = `${shots}/${name}.png`;
+  if (what && what !== "full") await page.locator(what).screenshot({ path });
+  else await page.screenshot({ path, fullPage: what === "full" });
 }
 
 /** No serious accessibility violation, and no sideways scrolling at 375 px. */
@@ -111,7 +114,7 @@ async function checkPage(name) {
   await page.waitForTimeout(100);
   const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
   check(scroll <= inner, `${name} scrolls sideways at 375 px (${scroll} > ${inner})`);
-  if (shots) await page.screenshot({ path: `${shots}/${name.replace(/\W+/g, "-")}-375.png`, fullPage: true });
+  if (shots) await page.screenshot({ path: `${shots}/${name.replace(/\W+/g, "-").replace(/-$/, "")}-375.png`, fullPage: true });
   await page.setViewportSize({ width: 1280, height: 900 });
 }
 
@@ -209,7 +212,7 @@ try {
   await sync.getByRole("tab", { name: "Python" }).click();
   check((await sync.locator('pre[data-lang="python"]').textContent()).includes("urllib.request"), "the Python tab");
   await checkPage("endpoint page (sync)");
-  await shot("endpoint-sync");
+  await shot("endpoint-sync", "full");
 
   step = "switch to Async and configure it, by keyboard";
   await page.locator("body").focus();
@@ -251,7 +254,7 @@ try {
   const syncUrl = await sync.locator("code.url").textContent();
   check(syncUrl === `${base}/v1/agents/${agent}/run`, `the endpoint changed: ${syncUrl}`);
   await checkPage("endpoint page (async)");
-  await shot("endpoint-async");
+  await shot("endpoint-async", "full");
 
   step = "a submitted run shows its progress, succeeds, and is pushed signed";
   const submitted = await api("POST", `/v1/agents/${agent}/runs`, { key, body: { op: "steps", n: 4, ms: 700 } });
@@ -262,7 +265,7 @@ try {
     const bar = document.querySelector(`tr[data-run="${id}"] progress`);
     return bar && Number(bar.value) > 0 && Number(bar.value) < 1;
   }, runId, { timeout: 20000 });
-  await shot("runs-table");
+  await shot("runs-table", 'section[aria-labelledby="runs-title"]');
   await page.locator(`tr[data-run="${runId}"][data-status="succeeded"]`).waitFor({ timeout: 30000 });
   const push = await eventually("the push", () => pushes.find((p) => p.body.includes(runId)));
   check(push.headers.authorization === "Bearer app-token-1", `push authorization: ${push.headers.authorization}`);
@@ -273,7 +276,20 @@ try {
   await eventually("delivered", async () => (await page.locator("#delivery-status").textContent()) === "delivered");
   check((await page.locator("main").textContent()).includes("\"marker\": \"a\""), "the run page shows no output");
   await checkPage("run page");
-  await shot("run-page");
+  await shot("run-page", "full");
+  // Redeliver: the application gets the same event again, with the same webhook-id.
+  await page.getByRole("button", { name: "Redeliver" }).click();
+  await page.getByText("being delivered again").waitFor();
+  const again = await eventually("the redelivery", () => {
+    const same = pushes.filter((p) => p.body.includes(runId));
+    return same.length >= 2 && same;
+  });
+  check(again[1].headers["webhook-id"] === again[0].headers["webhook-id"], "the redelivery has another webhook-id");
+  // Rerun: a new run with the same input, and its page.
+  await page.getByRole("button", { name: "Rerun" }).click();
+  await page.waitForFunction((id) => location.hash.includes("/runs/") && !location.hash.endsWith(id), runId);
+  await page.locator("#input-title").waitFor();
+  await eventually("the rerun's input", async () => (await page.locator("main").textContent()).includes("\"op\": \"steps\""));
 
   step = "the deployed version, read-only, beside a newer draft";
   await page.getByRole("link", { name: agent }).click();
@@ -287,8 +303,7 @@ try {
   check((await page.locator("#draft-version").textContent()).includes("2 (uploaded"), "the draft does not show version 2");
   await page.locator("#deployed-version details").nth(1).locator("summary").click();
   await checkPage("versions");
-  await page.locator("#versions-title").scrollIntoViewIfNeeded();
-  await shot("deployed-version");
+  await shot("deployed-version", 'section[aria-labelledby="versions-title"]');
 
   step = "deploy version 2, then roll back to deployment 2";
   await page.locator("#deploy").click();
@@ -328,7 +343,7 @@ try {
   const line = await listed.textContent();
   check(line.includes("v1") && line.includes("Async"), `the list shows ${line}`);
   await checkPage("agents");
-  await shot("agents");
+  await shot("agents", "main");
 
   step = "sign out";
   expected = allow4xx(401);

@@ -320,6 +320,7 @@ async fn every_read_command_prints_json() {
         ("runs get", vec!["echo", &run_id], "status"),
         ("runs list", vec!["echo"], "runs"),
         ("keys list", vec!["echo"], "keys"),
+        ("endpoint", vec!["echo"], "endpoints"),
         ("stats", vec![], "calls_total"),
         ("whoami", vec![], "access"),
         ("health", vec![], "ready"),

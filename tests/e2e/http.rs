@@ -161,6 +161,21 @@ async fn tls_is_served_with_the_given_certificate() {
             .0,
         reqwest::StatusCode::OK
     );
+    // The console's session cookie is Secure under TLS: a browser never sends it in clear.
+    let signed_in = host
+        .http
+        .post(format!("{}/console/session", host.url))
+        .header(reqwest::header::ORIGIN, &host.url)
+        .json(&serde_json::json!({"token": crate::support::TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), reqwest::StatusCode::NO_CONTENT);
+    let cookie = signed_in.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
     // Plain HTTP on the TLS port gets no answer.
     let plain = reqwest::Client::new()
         .get(host.url.replace("https://", "http://") + "/healthz")
