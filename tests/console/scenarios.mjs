@@ -351,6 +351,12 @@ try {
   await page.getByRole("heading", { name: "Sign in" }).waitFor();
   const after = await page.evaluate(async () => (await fetch("/v1/agents")).status);
   check(after === 401, `the API answered ${after} after sign-out`);
+  // A page opened without a session asks to sign in, and stays asking (its failed loads
+  // draw nothing over the form).
+  await page.evaluate((agent) => { location.hash = `#/agents/${agent}`; }, agent);
+  await page.getByText("Your session ended. Sign in again.").waitFor();
+  await page.waitForTimeout(500);
+  check(await page.getByLabel("Admin token").isVisible(), "the sign-in form was replaced");
   expected = [];
 
   check(problems.length === 0, problems.join("\n"));

@@ -165,6 +165,31 @@ async fn every_endpoint_snippet_runs_verbatim_and_prints_the_answer() {
         assert_eq!(answer["input"], json!({"message": "Hello"}), "{lang}");
     }
 
+    // The agents list counts those calls (and a failed one) since the host started.
+    let (status, _, _) = host.call("probe", json!({"op": "fail"})).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let (_, list) = host.send(host.request(Method::GET, "/v1/agents")).await;
+    let line = &list["agents"][0];
+    assert_eq!(
+        (
+            &line["calls"],
+            &line["failures"],
+            &line["mode"],
+            &line["draft_pending"]
+        ),
+        (&json!(4), &json!(1), &json!("sync"), &json!(false)),
+        "{list}"
+    );
+    assert_eq!(
+        (
+            &line["newest_version"],
+            &line["runs_queued"],
+            &line["runs_running"]
+        ),
+        (&json!(1), &json!(0), &json!(0)),
+        "{list}"
+    );
+
     // Async mode: submit (pushed) and poll.
     host.set_config(
         "probe",
@@ -175,6 +200,7 @@ async fn every_endpoint_snippet_runs_verbatim_and_prints_the_answer() {
     let (_, endpoints) = host
         .send(host.request(Method::GET, "/v1/agents/probe/endpoints"))
         .await;
+    assert_eq!(endpoints["mode"], "async", "{endpoints}");
     let by_name = |name: &str| {
         endpoints["endpoints"]
             .as_array()
@@ -279,10 +305,18 @@ async fn sessions_need_the_token_carry_safe_cookies_and_pass_the_origin_check() 
         request.send()
     };
     assert_eq!(change(None).await.unwrap().status(), StatusCode::FORBIDDEN);
-    assert_eq!(
-        change(Some("http://evil.example")).await.unwrap().status(),
-        StatusCode::FORBIDDEN
-    );
+    for other in [
+        "http://evil.example".to_owned(),
+        // Same name, other scheme: not this host's origin.
+        host.url.replace("http://", "https://"),
+        "null".to_owned(),
+    ] {
+        assert_eq!(
+            change(Some(&other)).await.unwrap().status(),
+            StatusCode::FORBIDDEN,
+            "{other}"
+        );
+    }
     let (_, agents) = host
         .send(
             host.http

@@ -73,4 +73,6 @@ pub struct AgentSummary {
     pub mode: Option<DeliveryMode>,
     /// Whether the draft differs from the live configuration (a deploy would change it).
     pub draft_pending: bool,
+    /// The newest uploaded version (a deploy without a version makes it live).
+    pub newest_version: Option<u32>,
 }

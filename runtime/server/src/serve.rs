@@ -152,6 +152,7 @@ pub async fn serve(
         .unwrap_or_else(|| format!("{scheme}://{local}"))
         .trim_end_matches('/')
         .to_owned();
+    check_public_url(&public_url)?;
     // Where a client on this machine reaches this host: the CLI pairs it with the admin
     // token in this folder, so that token is sent here and nowhere else.
     let mut reachable = local;
@@ -258,4 +259,43 @@ pub async fn serve(
     background.stop(deadline).await;
     tracing::info!("stopped");
     failure.map_or(Ok(()), Err)
+}
+
+/// The public URL goes into every endpoint URL and into the code the console and
+/// `gust endpoint` show, inside double quotes in shell, Python and JavaScript: it must be an
+/// http(s) URL with none of the characters that would end or expand such a string.
+fn check_public_url(url: &str) -> anyhow::Result<()> {
+    let parsed =
+        url::Url::parse(url).with_context(|| format!("--public-url `{url}` is not a URL"))?;
+    anyhow::ensure!(
+        matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some(),
+        "--public-url `{url}` must be an http:// or https:// URL with a host"
+    );
+    if let Some(bad) = url
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "\"'`$\\".contains(*c))
+    {
+        anyhow::bail!("--public-url `{url}` may not contain `{bad}`");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_public_url;
+
+    #[test]
+    fn public_urls_that_would_break_the_shown_code_are_refused() {
+        assert!(check_public_url("https://agents.example.com/gust").is_ok());
+        assert!(check_public_url("http://127.0.0.1:8080").is_ok());
+        for bad in [
+            "https://a.example/\"$(id)\"",
+            "https://a.example/`id`",
+            "https://a.example/it's",
+            "ftp://a.example",
+            "a.example",
+        ] {
+            assert!(check_public_url(bad).is_err(), "{bad}");
+        }
+    }
 }

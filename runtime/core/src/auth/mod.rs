@@ -8,7 +8,7 @@ mod sessions;
 
 pub use admin::{AdminToken, new_admin_token};
 pub use keys::{Key, KeyRing, Keys};
-pub use sessions::{IDLE as SESSION_IDLE, Sessions};
+pub use sessions::{IDLE as SESSION_IDLE, LIFETIME as SESSION_LIFETIME, Sessions};
 
 /// Compares in constant time (`subtle`, which keeps the compiler from adding an early
 /// exit), so the time taken does not tell how much matched. Lengths are not secret: every

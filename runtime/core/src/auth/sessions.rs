@@ -2,8 +2,9 @@
 //! in an HttpOnly cookie, so the token itself is never kept by the page.
 //!
 //! Only the SHA-256 of an id is held (a memory dump or a log of the map shows no usable
-//! cookie); a session ends after [`IDLE`] without a request, at sign-out, and — all of them —
-//! when the admin token is rotated. Sessions live in this process: a restart signs everyone
+//! cookie); a session ends after [`IDLE`] without a request, [`LIFETIME`] after sign-in
+//! however busy (an open page polls, which alone would keep it forever), at sign-out, and —
+//! all of them — when the admin token is rotated. Sessions live in this process: a restart signs everyone
 //! out, which costs a sign-in and keeps no credential on disk.
 
 use std::collections::HashMap;
@@ -15,29 +16,46 @@ use sha2::{Digest, Sha256};
 /// How long a session lasts without a request.
 pub const IDLE: Duration = Duration::from_secs(30 * 60);
 
+/// How long a session lasts at most.
+pub const LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// When a session was opened, and when it was last used.
+#[derive(Clone, Copy)]
+struct Times {
+    opened: Instant,
+    seen: Instant,
+}
+
 /// More open sessions than anyone signs in with; past it, the least recently used ends, so
 /// a script signing in in a loop cannot grow the map without bound.
 const MAX_SESSIONS: usize = 1024;
 
 /// See the module docs.
 pub struct Sessions {
-    by_hash: Mutex<HashMap<[u8; 32], Instant>>,
+    by_hash: Mutex<HashMap<[u8; 32], Times>>,
     idle: Duration,
+    lifetime: Duration,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
-        Self::new(IDLE)
+        Self::new(IDLE, LIFETIME)
     }
 }
 
 impl Sessions {
-    /// Sessions that end after `idle` without a request.
-    pub fn new(idle: Duration) -> Self {
+    /// Sessions that end after `idle` without a request, or `lifetime` after they opened.
+    pub fn new(idle: Duration, lifetime: Duration) -> Self {
         Self {
             by_hash: Mutex::new(HashMap::new()),
             idle,
+            lifetime,
         }
+    }
+
+    fn open_at(&self, times: Times, now: Instant) -> bool {
+        now.duration_since(times.seen) < self.idle
+            && now.duration_since(times.opened) < self.lifetime
     }
 
     /// A new session; its id, returned here only, goes in the cookie.
@@ -45,16 +63,22 @@ impl Sessions {
         let id = format!("gust_session_{}", hex::encode(rand::random::<[u8; 32]>()));
         let now = Instant::now();
         let mut sessions = self.lock();
-        sessions.retain(|_, seen| now.duration_since(*seen) < self.idle);
+        sessions.retain(|_, times| self.open_at(*times, now));
         if sessions.len() >= MAX_SESSIONS
             && let Some(oldest) = sessions
                 .iter()
-                .min_by_key(|(_, seen)| **seen)
+                .min_by_key(|(_, times)| times.seen)
                 .map(|(h, _)| *h)
         {
             sessions.remove(&oldest);
         }
-        sessions.insert(hash(&id), now);
+        sessions.insert(
+            hash(&id),
+            Times {
+                opened: now,
+                seen: now,
+            },
+        );
         id
     }
 
@@ -64,8 +88,8 @@ impl Sessions {
         let now = Instant::now();
         let mut sessions = self.lock();
         match sessions.get_mut(&key) {
-            Some(seen) if now.duration_since(*seen) < self.idle => {
-                *seen = now;
+            Some(times) if self.open_at(*times, now) => {
+                times.seen = now;
                 true
             }
             Some(_) => {
@@ -86,7 +110,7 @@ impl Sessions {
         self.lock().clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Times>> {
         self.by_hash.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -101,7 +125,7 @@ mod tests {
 
     #[test]
     fn a_session_is_open_until_it_ends_or_idles_out() {
-        let sessions = Sessions::new(Duration::from_millis(200));
+        let sessions = Sessions::new(Duration::from_millis(200), LIFETIME);
         let a = sessions.create();
         let b = sessions.create();
         assert_ne!(a, b);
@@ -115,6 +139,21 @@ mod tests {
         let c = sessions.create();
         sessions.end_all();
         assert!(!sessions.touch(&c));
+    }
+
+    #[test]
+    fn a_busy_session_still_ends_at_its_lifetime() {
+        let sessions = Sessions::new(Duration::from_secs(60), Duration::from_millis(300));
+        let id = sessions.create();
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(sessions.touch(&id));
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            !sessions.touch(&id),
+            "used all along, but past its lifetime"
+        );
     }
 
     #[test]

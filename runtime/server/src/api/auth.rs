@@ -133,13 +133,18 @@ fn caller(parts: &Parts, state: &AppState) -> Result<Caller, Error> {
     let api_key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
     let Some(presented) = bearer.or(api_key.map(str::trim)) else {
         return match session_cookie(&parts.headers) {
-            Some(id) if state.admin.sessions().touch(id) => {
+            Some(id) => {
+                // The origin first: a refused cross-site request must not keep a session
+                // alive.
                 same_origin(parts, state)?;
-                Ok(Caller::Admin)
+                if state.admin.sessions().touch(id) {
+                    Ok(Caller::Admin)
+                } else {
+                    Err(Error::Unauthorized(
+                        "the console session ended (signed out, idle, or the admin token was rotated); sign in again".into(),
+                    ))
+                }
             }
-            Some(_) => Err(Error::Unauthorized(
-                "the console session ended (signed out, idle, or the admin token was rotated); sign in again".into(),
-            )),
             None => Err(Error::Unauthorized(
                 "missing credentials: send `Authorization: Bearer <token>` or `x-api-key: <key>`"
                     .into(),
@@ -173,18 +178,21 @@ pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 
 /// The CSRF check of a request authorised by the session cookie: reading is free (a page of
 /// another site cannot read the answer), anything else must name this host as its `Origin`
-/// — the `Host` it was sent to, or the public URL's origin behind a proxy.
+/// — the scheme it serves with the `Host` it was sent to, or the public URL's origin (behind
+/// a proxy).
 pub(crate) fn same_origin(parts: &Parts, state: &AppState) -> Result<(), Error> {
     if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
     let origin = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok());
     let host = parts.headers.get(HOST).and_then(|v| v.to_str().ok());
+    // The scheme this host serves, not either: under TLS, a page injected into plain
+    // `http://` on the same name must not pass.
+    let scheme = if state.tls { "https://" } else { "http://" };
     let ours = |origin: &str| {
         host.is_some_and(|host| {
             origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"))
+                .strip_prefix(scheme)
                 .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
         }) || origin.eq_ignore_ascii_case(public_origin(&state.public_url))
     };

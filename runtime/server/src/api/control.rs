@@ -84,6 +84,7 @@ pub(crate) async fn list_agents(_: Admin, State(state): State<Arc<AppState>>) ->
                 "mode": a.mode,
                 "deployed_at": a.deployed_at.map(rfc3339),
                 "draft_pending": a.draft_pending,
+                "newest_version": a.newest_version,
                 "versions": a.versions,
                 "calls": calls,
                 "failures": failures,

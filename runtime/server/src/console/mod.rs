@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use gust_core::Error;
-use gust_core::auth::SESSION_IDLE;
+use gust_core::auth::{SESSION_IDLE, SESSION_LIFETIME};
 
 use crate::api::auth::{SESSION_COOKIE, same_origin, session_cookie};
 use crate::api::error::ApiError;
@@ -110,6 +110,7 @@ async fn session(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         Some(id) if state.admin.sessions().touch(id) => Json(json!({
             "signed_in": true,
             "idle_timeout_s": SESSION_IDLE.as_secs(),
+            "lifetime_s": SESSION_LIFETIME.as_secs(),
             "public_url": state.public_url,
             "version": env!("CARGO_PKG_VERSION"),
         }))
@@ -180,11 +181,13 @@ async fn sign_out(State(state): State<Arc<AppState>>, parts: Parts) -> Response 
 }
 
 /// The session cookie: HttpOnly (no script reads it), SameSite=Strict (no other site's
-/// request carries it), Secure when the host serves TLS. Without `Max-Age` it ends with the
+/// request carries it), Secure when the host or its public URL is https. Without `Max-Age` it ends with the
 /// browser; the host ends it sooner when idle.
 fn cookie(state: &AppState, value: &str, max_age: Option<u64>) -> HeaderValue {
     let mut cookie = format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict");
-    if state.tls {
+    // Behind a TLS proxy the browser speaks https to the public URL although this host does
+    // not.
+    if state.tls || state.public_url.starts_with("https://") {
         cookie.push_str("; Secure");
     }
     if let Some(age) = max_age {

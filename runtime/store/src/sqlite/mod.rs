@@ -305,7 +305,8 @@ impl Sqlite {
                 .prepare(
                     "SELECT a.name, a.created_at, a.live_deployment, d.version,
                         (SELECT COUNT(*) FROM versions v WHERE v.agent = a.name),
-                        d.deployed_at, d.config, a.draft
+                        d.deployed_at, d.config, a.draft,
+                        (SELECT MAX(v.version) FROM versions v WHERE v.agent = a.name)
                      FROM agents a
                      LEFT JOIN deployments d ON d.agent = a.name AND d.deployment = a.live_deployment
                      ORDER BY a.name",
@@ -326,6 +327,7 @@ impl Sqlite {
                         deployed_at: row.get(5)?,
                         mode: live.as_ref().map(|c| c.mode),
                         draft_pending: live.is_some_and(|live| live != draft),
+                        newest_version: row.get(8)?,
                     })
                 })
                 .map_err(internal)?;

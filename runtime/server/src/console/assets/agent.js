@@ -8,12 +8,17 @@ import { runsSection } from "./runs.js";
 
 const LANGS = [["curl", "curl"], ["python", "Python"], ["node", "Node.js"]];
 
-export async function agentPage(root, agent) {
+export async function agentPage(root, page, agent) {
   document.title = `${agent} · gust`;
   const state = { refused: null, message: null };
-  const stops = [];
+  let stopRuns = () => {};
+  page.onLeave(() => stopRuns());
+  // Renders may overlap (an action's, and the one before it): only the newest draws.
+  let latest = 0;
 
   const render = async () => {
+    const mine = ++latest;
+    const current = () => mine === latest && page.alive();
     let record = null;
     try {
       // A new agent exists once its first version is uploaded: ask the list first rather
@@ -21,7 +26,7 @@ export async function agentPage(root, agent) {
       const { agents } = await api("GET", "/v1/agents");
       if (agents.some((a) => a.agent === agent)) record = await api("GET", agentPath(agent));
     } catch (err) {
-      fill(root, notice("error", err.message));
+      if (current()) fill(root, notice("error", err.message));
       return;
     }
     const [endpoints, preview, wit, keys] = await Promise.all([
@@ -30,7 +35,10 @@ export async function agentPage(root, agent) {
       record && record.live ? api("GET", `${agentPath(agent)}/versions/${record.live.version}`).catch(() => null) : null,
       record ? api("GET", `${agentPath(agent)}/keys`).then((k) => k.keys).catch(() => []) : [],
     ]);
-    stops.splice(0).forEach((stop) => stop());
+    if (!current()) return;
+    stopRuns();
+    // The whole page is drawn again: keep the keyboard where it was (by id).
+    const focused = document.activeElement && document.activeElement.id;
     const runs = h("section", { "aria-labelledby": "runs-title" });
     fill(root,
       head(agent, record, preview, state, render),
@@ -43,10 +51,11 @@ export async function agentPage(root, agent) {
       record && record.deployments.length ? historySection(agent, record, render, state) : null,
       record && record.live ? runs : null,
       record ? keysSection(agent, keys, render, state) : null);
-    if (record && record.live) stops.push(runsSection(runs, agent));
+    if (record && record.live) stopRuns = runsSection(runs, agent);
+    const again = focused && document.getElementById(focused);
+    if (again) again.focus({ preventScroll: true });
   };
   await render();
-  return () => stops.splice(0).forEach((stop) => stop());
 }
 
 function head(agent, record, preview, state, render) {
@@ -127,12 +136,13 @@ function modeSection(agent, record, render, state) {
   const draft = record.draft;
   const live = record.live ? record.live.config.mode : null;
   const radio = (value, label, hint) => h("label", { class: "choice" },
-    h("input", { type: "radio", name: "mode", value, checked: draft.mode === value, onchange: () => setMode(value) }),
+    h("input", { type: "radio", name: "mode", id: `mode-${value}`, value, checked: draft.mode === value, onchange: () => setMode(value) }),
     h("span", {}, h("strong", {}, label), h("span", { class: "muted" }, hint)));
   const setMode = async (mode) => {
     if (mode === "async" && !draft.push) {
-      const saved = await configure(agent, draft, state);
-      if (!saved) return render();
+      // Async needs somewhere to push: the dialog saves mode and target together (and on
+      // Cancel the page shows the draft unchanged).
+      await configure(agent, draft, state);
       return render();
     }
     try {
@@ -226,7 +236,8 @@ function endpointsSection(agent, record, endpoints) {
 }
 
 function uploadSection(agent, state, render) {
-  const input = h("input", { type: "file", id: "upload-file", accept: ".wasm,application/wasm", class: "visually-hidden" });
+  // Reached through its label (a focusable button look-alike), not as a second tab stop.
+  const input = h("input", { type: "file", id: "upload-file", accept: ".wasm,application/wasm", class: "visually-hidden", tabindex: "-1" });
   const progress = h("progress", { max: "1", value: "0", hidden: true, "aria-label": "Upload progress" });
   const result = h("div", { "aria-live": "polite", id: "upload-result" }, state.refused);
   const send = async (file) => {
@@ -252,7 +263,7 @@ function uploadSection(agent, state, render) {
   input.addEventListener("change", () => send(input.files[0]));
   const zone = h("div", { class: "dropzone", id: "dropzone" },
     h("p", {}, "Drop a component (", h("code", {}, ".wasm"), ") here, or "),
-    h("label", { for: "upload-file", class: "button", tabindex: "0" }, "Choose a file"),
+    h("label", { for: "upload-file", class: "button", tabindex: "0", id: "choose-file" }, "Choose a file"),
     input);
   zone.querySelector("label").addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); }
@@ -306,7 +317,7 @@ function historySection(agent, record, render, state) {
         h("td", {}, d.config.mode === "async" ? "Async" : "Sync"),
         h("td", {}, when(d.deployed_at)),
         h("td", {}, d.live ? null : h("button", {
-          type: "button", class: "small", "data-rollback": d.deployment,
+          type: "button", class: "small", "data-rollback": d.deployment, id: `rollback-${d.deployment}`,
           onclick: async () => {
             const ok = await confirmDialog("Confirm rollback",
               h("p", {}, `Make deployment ${d.deployment} live again: version ${d.version}, ${d.config.mode === "async" ? "Async" : "Sync"} mode, with the configuration frozen then. The endpoint stays the same.`),
@@ -351,7 +362,7 @@ function keysSection(agent, keys, render, state) {
         h("td", {}, h("code", {}, k.id)),
         h("td", {}, when(k.created_at)),
         h("td", {}, k.last_used_at ? when(k.last_used_at) : "never"),
-        h("td", {}, h("button", { type: "button", class: "small danger", "data-revoke": k.id, onclick: async () => {
+        h("td", {}, h("button", { type: "button", class: "small danger", "data-revoke": k.id, id: `revoke-${k.id}`, onclick: async () => {
           const ok = await confirmDialog("Revoke key", h("p", {}, `Calls with “${k.name}” are refused from now on.`), "Revoke", { danger: true });
           if (!ok) return;
           try {

@@ -9,10 +9,32 @@ import { runPage } from "./runs.js";
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 
-/** Stops what the page on screen keeps doing (polling) when another is shown. */
-let leave = () => {};
+/**
+ * The page on screen. Each route gets a new one: a page still loading when the user moves
+ * on sees `alive()` turn false and draws nothing, and what it registered with `onLeave`
+ * (timers) stops when the next page is shown.
+ */
+let current = { alive: () => false, leave: () => {} };
 
-whenSignedOut(() => signIn("Your session ended. Sign in again."));
+function newPage() {
+  current.leave();
+  const cleanups = [];
+  let alive = true;
+  current = {
+    alive: () => alive,
+    onLeave: (fn) => cleanups.push(fn),
+    leave: () => {
+      alive = false;
+      cleanups.splice(0).forEach((fn) => fn());
+    },
+  };
+  return current;
+}
+
+whenSignedOut(() => {
+  if (current.signIn) return;
+  signIn("Your session ended. Sign in again.");
+});
 
 async function start() {
   let session = null;
@@ -29,24 +51,27 @@ async function start() {
 window.addEventListener("hashchange", route);
 
 function route() {
-  leave();
-  leave = () => {};
+  const page = newPage();
   fill(nav,
     h("a", { href: "#/" }, "Agents"),
     h("button", { type: "button", class: "link", onclick: signOut }, "Sign out"));
-  const path = decodeURIComponent(location.hash.replace(/^#/, "")) || "/";
+  let path = "/";
+  try {
+    path = decodeURIComponent(location.hash.replace(/^#/, "")) || "/";
+  } catch {
+    // A hand-typed `%` that is not an escape: the agents list.
+  }
   const run = path.match(/^\/agents\/([^/]+)\/runs\/([^/]+)$/);
   const agent = path.match(/^\/agents\/([^/]+)\/?$/);
-  const show = run ? runPage(main, run[1], run[2]) : agent ? agentPage(main, agent[1]) : agentsList(main);
-  Promise.resolve(show).then((stop) => {
-    if (typeof stop === "function") leave = stop;
-  });
+  if (run) runPage(main, page, run[1], run[2]);
+  else if (agent) agentPage(main, page, agent[1]);
+  else agentsList(main, page);
   main.focus({ preventScroll: true });
 }
 
 function signIn(message) {
-  leave();
-  leave = () => {};
+  const page = newPage();
+  page.signIn = true;
   fill(nav);
   document.title = "Sign in · gust";
   const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "current-password", required: true, autofocus: true });
@@ -83,7 +108,7 @@ async function signOut() {
   }
 }
 
-async function agentsList(root) {
+async function agentsList(root, page) {
   document.title = "Agents · gust";
   const body = h("div", { "aria-live": "polite" }, h("p", { class: "muted" }, "Loading…"));
   const name = h("input", { id: "new-agent", name: "agent", required: true, pattern: "[a-z0-9][a-z0-9\\-]{0,62}", placeholder: "my-agent", autocomplete: "off" });
@@ -101,9 +126,10 @@ async function agentsList(root) {
     try {
       answer = await api("GET", "/v1/agents");
     } catch (err) {
-      fill(body, notice("error", err.message));
+      if (page.alive()) fill(body, notice("error", err.message));
       return;
     }
+    if (!page.alive()) return;
     if (!answer.agents.length) {
       fill(body, h("div", { class: "card" },
         h("p", {}, "No agents yet. Name one above, then upload its component on its page, or run ",
@@ -119,15 +145,17 @@ async function agentsList(root) {
         h("td", {}, a.live ? `v${a.live.version}` : h("span", { class: "muted" }, "not deployed")),
         h("td", {}, a.mode ? h("span", { class: `badge ${a.mode}` }, a.mode === "async" ? "Async" : "Sync") : "—"),
         h("td", {}, when(a.deployed_at)),
-        h("td", {}, a.draft_pending ? h("span", { class: "badge warn" }, "redeploy needed") : "—"),
+        h("td", {}, a.live && (a.draft_pending || a.newest_version !== a.live.version)
+          ? h("span", { class: "badge warn" }, "redeploy needed") : "—"),
         h("td", { class: "num" }, a.calls),
         h("td", { class: "num" }, a.failures),
         h("td", { class: "num" }, a.runs_queued),
         h("td", { class: "num" }, a.runs_running)))))));
   };
   await load();
+  if (!page.alive()) return;
   const timer = setInterval(load, 5000);
-  return () => clearInterval(timer);
+  page.onLeave(() => clearInterval(timer));
 }
 
 start();

@@ -67,11 +67,12 @@ export function dialog(title, build, { wide = false } = {}) {
 
 /** Asks before doing something that cannot be undone; resolves true when confirmed. */
 export function confirmDialog(title, body, action = "Confirm", { danger = false } = {}) {
+  // What cannot be undone starts on Cancel, so Enter alone does not do it.
   return dialog(title, (close) =>
     h("div", {},
       h("div", { class: "dialog-body" }, body),
       h("div", { class: "actions" },
-        h("button", { type: "button", onclick: () => close(false) }, "Cancel"),
+        h("button", { type: "button", autofocus: danger, onclick: () => close(false) }, "Cancel"),
         h("button", { type: "button", class: danger ? "primary danger" : "primary", onclick: () => close(true) }, action))),
   ).then(Boolean);
 }

@@ -23,15 +23,18 @@ export function runsSection(root, agent) {
   root.classList.add("card");
 
   let stopped = false;
+  // A slow answer for the previous filter must not replace the current one's.
+  let latest = 0;
   async function load() {
+    const mine = ++latest;
     let answer;
     try {
       answer = await api("GET", `${agentPath(agent)}/runs?limit=50${status ? `&status=${status}` : ""}`);
     } catch (err) {
-      fill(table, notice("error", err.message));
+      if (!stopped && mine === latest) fill(table, notice("error", err.message));
       return;
     }
-    if (stopped) return;
+    if (stopped || mine !== latest) return;
     fill(refreshed, `updated ${new Date().toLocaleTimeString()}`);
     if (!answer.runs.length) {
       fill(table, h("p", { class: "muted" }, status ? `No ${status} runs.` : "No runs yet. Submit one with the Async push or poll code above."));
@@ -77,12 +80,12 @@ function payload(p) {
 }
 
 /** One run's page; refreshes while the run is active. */
-export async function runPage(root, agent, id) {
+export async function runPage(root, page, agent, id) {
   document.title = `Run ${id.slice(0, 12)} · ${agent} · gust`;
   const base = `${agentPath(agent)}/runs/${encodeURIComponent(id)}`;
   let message = null;
-  let stopped = false;
   let timer = null;
+  page.onLeave(() => clearTimeout(timer));
 
   const act = async (label, method, path, done) => {
     try {
@@ -95,7 +98,7 @@ export async function runPage(root, agent, id) {
     } catch (err) {
       message = notice("error", `${label}: ${err.message}`);
     }
-    render();
+    await render();
   };
 
   async function render() {
@@ -104,11 +107,12 @@ export async function runPage(root, agent, id) {
     try {
       [run, input] = await Promise.all([api("GET", base), api("GET", `${base}/input`).catch(() => null)]);
     } catch (err) {
-      fill(root, notice("error", err.message));
+      if (page.alive()) fill(root, notice("error", err.message));
       return;
     }
-    if (stopped) return;
+    if (!page.alive()) return;
     const active = ACTIVE.has(run.status);
+    const focused = document.activeElement && document.activeElement.id;
     fill(root,
       h("div", { class: "page-head" },
         h("div", {},
@@ -116,13 +120,13 @@ export async function runPage(root, agent, id) {
           h("h1", {}, "Run ", h("code", {}, id)),
           h("p", {}, statusBadge(run.status), ` version ${run.version} · deployment ${run.deployment} · ${run.attempts} attempt${run.attempts === 1 ? "" : "s"}`)),
         h("div", { class: "head-actions" },
-          active ? h("button", { type: "button", class: "danger", onclick: async () => {
+          active ? h("button", { type: "button", class: "danger", id: "cancel-run", onclick: async () => {
             if (await confirmDialog("Cancel run", h("p", {}, "Stop this run? A running guest is interrupted."), "Cancel run", { danger: true })) {
               act("Cancel", "POST", `${base}/cancel`, () => "Cancelled.");
             }
           } }, "Cancel") : null,
-          h("button", { type: "button", onclick: () => act("Rerun", "POST", `${base}/rerun`, (a) => `Queued again as ${a.run_id}.`) }, "Rerun"),
-          run.delivery && !active ? h("button", { type: "button", onclick: () => act("Redeliver", "POST", `${base}/redeliver`, () => "The push is being delivered again, with the same webhook-id.") }, "Redeliver") : null)),
+          h("button", { type: "button", id: "rerun", onclick: () => act("Rerun", "POST", `${base}/rerun`, (a) => `Queued again as ${a.run_id}.`) }, "Rerun"),
+          run.delivery && !active ? h("button", { type: "button", id: "redeliver", onclick: () => act("Redeliver", "POST", `${base}/redeliver`, () => "The push is being delivered again, with the same webhook-id.") }, "Redeliver") : null)),
       message,
       h("section", { class: "card" },
         h("dl", { class: "facts" },
@@ -150,9 +154,10 @@ export async function runPage(root, agent, id) {
           run.delivery.last_error ? [h("dt", {}, "Last error"), h("dd", {}, run.delivery.last_error)] : null,
           run.delivery.next_attempt_at ? [h("dt", {}, "Next attempt"), h("dd", {}, when(run.delivery.next_attempt_at))] : null)
           : h("p", { class: "muted" }, "This run is not pushed (its deployment is in Sync mode).")));
+    const again = focused && document.getElementById(focused);
+    if (again) again.focus({ preventScroll: true });
     clearTimeout(timer);
     if (active) timer = setTimeout(render, 1000);
   }
   await render();
-  return () => { stopped = true; clearTimeout(timer); };
 }
