@@ -294,7 +294,14 @@ try {
   step = "the deployed version, read-only, beside a newer draft";
   await page.getByRole("link", { name: agent }).click();
   await page.locator("#deployed-version").waitFor();
-  await page.setInputFiles("#upload-file", newer);
+  // This one is dropped on the page, as from a file manager.
+  const dropped = await page.evaluateHandle((bytes) => {
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([Uint8Array.from(atob(bytes), (c) => c.charCodeAt(0))], "probe-b.wasm", { type: "application/wasm" }));
+    return transfer;
+  }, readFileSync(newer).toString("base64"));
+  await page.dispatchEvent("#dropzone", "dragover", { dataTransfer: dropped });
+  await page.dispatchEvent("#dropzone", "drop", { dataTransfer: dropped });
   await page.getByText("Version 2 passed the check").waitFor();
   await page.locator("#redeploy-banner").getByText("Version 2 is not live yet").waitFor();
   const deployed = await page.locator("#deployed-version").textContent();
