@@ -126,6 +126,7 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
         listen: args.listen,
         data_dir: args.data_dir,
         public_url: args.public_url,
+        metrics_listen: args.metrics_listen,
         admin_token,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         limits: BodyLimits {

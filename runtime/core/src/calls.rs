@@ -10,12 +10,15 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
+use gust_model::{HostPattern, OutboundRequest};
 pub use gust_wasm::CallKind;
 use gust_wasm::{Call, CallInfo, CallSink, HostLog, Output, WasmEngine};
 
-use crate::deploy::{Admission, Admitted, Deployment, Registry, Slot};
+use crate::deploy::{Admission, Admitted, Deployment, Registry, Slot, refusal_bound};
 use crate::error::Error;
+use crate::metrics::Metrics;
 
 /// What to call.
 pub enum Target {
@@ -72,6 +75,7 @@ pub struct Calls {
     engine: Arc<WasmEngine>,
     registry: Arc<Registry>,
     admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
 }
 
 impl Calls {
@@ -79,12 +83,19 @@ impl Calls {
         engine: Arc<WasmEngine>,
         registry: Arc<Registry>,
         admission: Arc<Admission>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             engine,
             registry,
             admission,
+            metrics,
         }
+    }
+
+    /// The host's metrics (the run queue records into them too).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Calls `target` with the `input` (read only once the deployment is found).
@@ -115,6 +126,7 @@ impl Calls {
             }
         };
         let sync = request.kind == CallKind::Sync;
+        let started = Instant::now();
         let outcome = self.run(&deployment, input, request, admit).await;
         if sync {
             deployment.gate.calls.fetch_add(1, Ordering::Relaxed);
@@ -122,6 +134,24 @@ impl Calls {
                 deployment.gate.failures.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let kind = match &outcome {
+            Ok(_) => "ok",
+            Err(e) => {
+                if let Error::Overloaded { message, .. } = e
+                    && let Some(bound) = refusal_bound(message)
+                {
+                    self.metrics.refused(deployment.name(), bound);
+                }
+                e.kind()
+            }
+        };
+        self.metrics.called(
+            deployment.name(),
+            deployment.version(),
+            !sync,
+            kind,
+            started.elapsed(),
+        );
         Called {
             deployment: Some(deployment),
             outcome,
@@ -148,16 +178,27 @@ impl Calls {
             Admit::Slot(slot) => Some(self.admission.start(slot, None).await?),
             Admit::Skip => None,
         };
-        let instantiated = admitted
-            .as_mut()
-            .and_then(Admitted::starting)
-            .map(|started| Box::new(started) as Box<dyn FnOnce() + Send>);
+        let starting = admitted.as_mut().and_then(Admitted::starting);
+        let (metrics, admitted_at) = (Arc::clone(&self.metrics), Instant::now());
+        let instantiated: Box<dyn FnOnce() + Send> = Box::new(move || {
+            if let Some(starting) = starting {
+                starting();
+            }
+            metrics.instantiated(admitted_at.elapsed());
+        });
         let sink = request.sink.unwrap_or_else(|| {
             HostLog::new(CallInfo {
                 agent: Arc::clone(deployment.name()),
                 version: deployment.version(),
                 run_id: Arc::clone(&request.run_id),
             })
+        });
+        // Outgoing requests are counted on their way to the call's own sink.
+        let sink = Arc::new(CountOutbound {
+            inner: sink,
+            agent: Arc::clone(deployment.name()),
+            allowed: Arc::clone(&deployment.allowed),
+            metrics: Arc::clone(&self.metrics),
         });
         let call = Call {
             run_id: request.run_id,
@@ -167,10 +208,75 @@ impl Calls {
             attempt: request.attempt,
             timeout,
             sink,
-            instantiated,
+            instantiated: Some(instantiated),
         };
         let output = gust_wasm::invoke(&self.engine, &deployment.agent, call).await;
         drop(admitted);
         Ok(output?)
+    }
+}
+
+/// A call's sink that also counts each outgoing request by the allowed-host pattern that let
+/// it through (`denied` when none did): a guest can vary destinations without bound, not
+/// the patterns its deployment allows.
+struct CountOutbound {
+    inner: Arc<dyn CallSink>,
+    agent: Arc<str>,
+    allowed: Arc<[(HostPattern, Arc<str>)]>,
+    metrics: Arc<Metrics>,
+}
+
+impl CallSink for CountOutbound {
+    fn log(&self, level: gust_wasm::Level, message: &str) {
+        self.inner.log(level, message);
+    }
+
+    fn output(&self, stream: gust_wasm::Stream, line: &str) {
+        self.inner.output(stream, line);
+    }
+
+    fn progress(&self, fraction: f32, message: &str) {
+        self.inner.progress(fraction, message);
+    }
+
+    fn outbound(&self, request: OutboundRequest) {
+        let pattern = origin_parts(&request.host).and_then(|(scheme, host, port)| {
+            self.allowed
+                .iter()
+                .find(|(p, _)| p.matches(scheme, host, port))
+                .map(|(_, shown)| Arc::clone(shown))
+        });
+        let (pattern, outcome) = match (pattern, request.status, &request.error) {
+            (None, _, _) => (Arc::from("denied"), "denied"),
+            (Some(p), Some(status), _) if status < 400 => (p, "ok"),
+            (Some(p), Some(_), _) => (p, "http_error"),
+            (Some(p), None, _) => (p, "error"),
+        };
+        self.metrics.outbound(&self.agent, pattern, outcome);
+        self.inner.outbound(request);
+    }
+}
+
+/// `scheme://host[:port]` as scheme, host and port (the scheme's default when left out).
+fn origin_parts(origin: &str) -> Option<(&str, &str, u16)> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let default = match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            Some((
+                scheme,
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port.parse().ok()?,
+            ))
+        }
+        _ => Some((
+            scheme,
+            rest.trim_start_matches('[').trim_end_matches(']'),
+            default,
+        )),
     }
 }

@@ -80,7 +80,12 @@ impl LoadedAgent {
         // Calls here skip admission (`Admit::Skip`): the gates are never waited on.
         let admission = Arc::new(Admission::new(AdmissionLimits::default()));
         let deployment = Deployment::new(&record, linked, admission.gate(name), outbound);
-        let calls = Calls::new(engine, Arc::new(Registry::default()), admission);
+        let calls = Calls::new(
+            engine,
+            Arc::new(Registry::default()),
+            admission,
+            Arc::default(),
+        );
         Ok(Self { calls, deployment })
     }
 

@@ -14,6 +14,7 @@ use crate::calls::Calls;
 use crate::deploy::{Admission, Lifecycle, Limits, Loader, Registry};
 use crate::error::Error;
 use crate::locks::AgentLocks;
+use crate::metrics::Metrics;
 use crate::runs::{RunSettings, Runs};
 use crate::secrets::PushSecrets;
 
@@ -83,7 +84,13 @@ impl Host {
             settings.limits.admission.clone(),
             Box::new(move || pool.pool_reusable_bytes()),
         ));
-        let loader = Loader::new(Arc::clone(&engine), files, settings.limits.compile_budget);
+        let metrics = Arc::new(Metrics::new());
+        let loader = Loader::new(
+            Arc::clone(&engine),
+            files,
+            settings.limits.compile_budget,
+            Arc::clone(&metrics),
+        );
         let lifecycle = Arc::new(Lifecycle::new(
             store.clone(),
             loader,
@@ -94,7 +101,12 @@ impl Host {
             Arc::clone(&secrets),
             settings.limits.maxima,
         ));
-        let calls = Arc::new(Calls::new(Arc::clone(&engine), registry, admission));
+        let calls = Arc::new(Calls::new(
+            Arc::clone(&engine),
+            registry,
+            admission,
+            Arc::clone(&metrics),
+        ));
         let runs = Runs::start(
             store.clone(),
             Arc::clone(&lifecycle),

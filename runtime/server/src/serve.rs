@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     /// Base of endpoint URLs in answers; `http://<listen address>` when unset.
     pub public_url: Option<String>,
+    /// Where `/metrics` is also served without the admin token; `None`: nowhere else.
+    pub metrics_listen: Option<SocketAddr>,
     /// The admin token; generated and stored in the data folder when unset.
     pub admin_token: Option<String>,
     /// How long calls in flight may take to finish after a shutdown signal.
@@ -230,6 +232,27 @@ pub async fn serve(
             }
         }
     });
+
+    // `/metrics` without the token, for a scraper that reaches this address only (it stops
+    // with the intake, before runs drain).
+    if let Some(address) = options.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening for metrics on {address}"))?;
+        tracing::info!(address = %listener.local_addr()?, "serving /metrics without the admin token");
+        let app = api::metrics_router(Arc::clone(&state)).layer(SecurityHeaders);
+        background.spawn(
+            gust_core::background::Stage::Intake,
+            move |stop| async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!("serving metrics: {e}");
+                }
+            },
+        );
+    }
 
     // The one line a script or test waits for; stdout so it is not mixed with logs.
     println!("gust listening on {scheme}://{local}");

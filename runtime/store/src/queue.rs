@@ -228,3 +228,16 @@ pub struct Recovered {
     /// Of `queued`, how many were running when the host stopped.
     pub requeued: usize,
 }
+
+/// An agent's runs that have not ended.
+#[derive(Debug, Clone)]
+pub struct ActiveRuns {
+    /// The agent.
+    pub agent: String,
+    /// Runs waiting in the queue.
+    pub queued: u64,
+    /// Runs executing.
+    pub running: u64,
+    /// When the oldest queued run was accepted, ms since the epoch.
+    pub oldest_queued_at: Option<i64>,
+}

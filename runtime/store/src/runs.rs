@@ -2,7 +2,7 @@
 
 use gust_model::{RunRecord, RunStatus};
 
-use crate::queue::{Recovered, RunWrite, WriteOutcome};
+use crate::queue::{ActiveRuns, Recovered, RunWrite, WriteOutcome};
 
 use crate::{Store, StoreError};
 
@@ -50,11 +50,11 @@ impl Store {
         self.sqlite(move |db| db.queued_runs()).await
     }
 
-    /// Each agent with queued or running runs: `(agent, queued, running)`.
+    /// Each agent with queued or running runs.
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn active_runs(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+    pub async fn active_runs(&self) -> Result<Vec<ActiveRuns>, StoreError> {
         self.sqlite(move |db| db.active_runs()).await
     }
 

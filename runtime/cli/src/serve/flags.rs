@@ -31,6 +31,10 @@ pub(super) struct Flags {
     /// `http://<listen address>`.
     #[arg(long, env = "GUST_PUBLIC_URL")]
     pub(super) public_url: Option<String>,
+    /// Also serve `/metrics` (Prometheus) on this address, without the admin token: for a
+    /// scraper on a private network. `/metrics` on the main address needs the token.
+    #[arg(long, env = "GUST_METRICS_LISTEN")]
+    pub(super) metrics_listen: Option<SocketAddr>,
     /// Admin token; when neither this, `--admin-token-file` nor `GUST_ADMIN_TOKEN` is set,
     /// one is generated on first start and stored in the data folder. Prefer the file or the
     /// variable: a flag's value is visible to every user in `ps`.

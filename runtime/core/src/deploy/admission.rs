@@ -145,7 +145,7 @@ impl Admission {
         let agent = gate
             .enter_until(Some(deadline))
             .await
-            .ok_or_else(|| overloaded("this agent is running as many instances as it may"))?;
+            .ok_or_else(|| overloaded(AGENT_FULL))?;
         let slot = self.slot_after_agent(agent, Some(deadline)).await?;
         self.start(slot, Some(deadline)).await
     }
@@ -161,9 +161,11 @@ impl Admission {
         agent: OwnedSemaphorePermit,
         deadline: Option<Instant>,
     ) -> Result<Slot, Error> {
-        let server = self.server.enter_until(deadline).await.ok_or_else(|| {
-            overloaded("the host is running as many instances as it has slots for")
-        })?;
+        let server = self
+            .server
+            .enter_until(deadline)
+            .await
+            .ok_or_else(|| overloaded(HOST_FULL))?;
         Ok(Slot {
             _agent: agent,
             _server: server,
@@ -188,7 +190,7 @@ impl Admission {
             None => Some(acquire.await),
         }
         .and_then(Result::ok)
-        .ok_or_else(|| overloaded("the host is starting as many instances as it can"))?;
+        .ok_or_else(|| overloaded(STARTING_FULL))?;
         let (charged, memory_starting) = self.memory.charge();
         Ok(Admitted {
             _charged: charged,
@@ -206,7 +208,7 @@ impl Admission {
     pub(crate) async fn memory_until(&self, deadline: Option<Instant>) -> Result<(), Error> {
         while !self.memory.fits() {
             if deadline.is_some_and(|d| Instant::now() + SAMPLE_EVERY > d) {
-                return Err(overloaded("the host's memory budget is taken"));
+                return Err(overloaded(MEMORY_FULL));
             }
             tokio::time::sleep(SAMPLE_EVERY).await;
         }
@@ -223,6 +225,25 @@ impl Admission {
         let (resident, per_instance) = self.memory.reading();
         (self.memory.budget(), resident, per_instance)
     }
+}
+
+const AGENT_FULL: &str = "this agent is running as many instances as it may";
+const HOST_FULL: &str = "the host is running as many instances as it has slots for";
+const STARTING_FULL: &str = "the host is starting as many instances as it can";
+const MEMORY_FULL: &str = "the host's memory budget is taken";
+
+/// Which bound refused a call, from its 429 message (for the refusals metric): `agent`,
+/// `host`, `starting` or `memory`.
+pub fn refusal_bound(message: &str) -> Option<&'static str> {
+    [
+        (AGENT_FULL, "agent"),
+        (HOST_FULL, "host"),
+        (STARTING_FULL, "starting"),
+        (MEMORY_FULL, "memory"),
+    ]
+    .into_iter()
+    .find(|(what, _)| message.starts_with(what))
+    .map(|(_, bound)| bound)
 }
 
 fn overloaded(what: &str) -> Error {

@@ -585,7 +585,10 @@ impl Lifecycle {
             VersionDeletion::InUse => Err(Error::Conflict(format!(
                 "queued or running runs of `{agent}` will execute on version {n}; wait for them or cancel them first"
             ))),
-            VersionDeletion::Deleted { .. } => Ok(()),
+            VersionDeletion::Deleted { .. } => {
+                self.loader.metrics().forget_version(agent, n);
+                Ok(())
+            }
         }
     }
 
@@ -616,6 +619,8 @@ impl Lifecycle {
             return Err(no_agent(agent));
         }
         self.keys.remove_agent(agent);
+        // Its series go too: a deleted agent is not a zero in every dashboard.
+        self.loader.metrics().forget_agent(agent);
         tracing::info!(agent, "deleted");
         Ok(())
     }

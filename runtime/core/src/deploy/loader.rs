@@ -15,6 +15,7 @@ use gust_wasm::{Linked, WasmEngine};
 use tokio::sync::{OnceCell, OwnedMutexGuard, Semaphore};
 
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::tasks::blocking;
 
 /// One load of a stored component, shared by everyone who asks for it meanwhile; a failure
@@ -36,6 +37,8 @@ pub(crate) struct Loader {
     compile_budget: Duration,
     /// Loads in flight, per digest; see [`Loader::prepare`].
     inflight: Arc<Mutex<HashMap<String, Arc<Load>>>>,
+    /// Compile times go here.
+    metrics: Arc<Metrics>,
 }
 
 impl Loader {
@@ -43,6 +46,7 @@ impl Loader {
         engine: Arc<WasmEngine>,
         files: ComponentFiles,
         compile_budget: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
@@ -52,11 +56,16 @@ impl Loader {
             compile_slots: Arc::new(Semaphore::new(cores.max(1))),
             compile_budget,
             inflight: Arc::default(),
+            metrics,
         }
     }
 
     pub(crate) fn engine(&self) -> &Arc<WasmEngine> {
         &self.engine
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The files lock; see the field.
@@ -108,10 +117,13 @@ impl Loader {
             .await
             .map_err(|e| Arc::from(e.to_string()))?;
         let path = self.files.path(&digest);
-        blocking(move || check::load(&engine, &digest, &path))
+        let started = std::time::Instant::now();
+        let loaded = blocking(move || check::load(&engine, &digest, &path))
             .await
             .map_err(|e| Arc::from(e.to_string()))?
-            .map_err(failed)
+            .map_err(failed);
+        self.metrics.compiled(started.elapsed());
+        loaded
     }
 
     /// Compiles and checks an upload within the compile budget, then proves by a trial
@@ -145,9 +157,13 @@ impl Loader {
         let engine = Arc::clone(&self.engine);
         // The slot goes with the compile: one that outlives the budget keeps its slot until
         // it ends, so abandoned compiles cannot pile up beyond the bound.
+        let metrics = Arc::clone(&self.metrics);
         let compile = tokio::task::spawn_blocking(move || {
             let _slot = permit;
-            check::compile_and_check(&engine, &bytes)
+            let compiling = std::time::Instant::now();
+            let checked = check::compile_and_check(&engine, &bytes);
+            metrics.compiled(compiling.elapsed());
+            checked
         });
         let checked =
             match tokio::time::timeout(budget.saturating_sub(started.elapsed()), compile).await {

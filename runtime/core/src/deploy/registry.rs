@@ -14,7 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use gust_model::{DeliveryMode, DeploymentRecord, PushConfig};
+use gust_model::{DeliveryMode, DeploymentRecord, HostPattern, PushConfig};
 use gust_wasm::{Linked, OutboundPolicy, PreparedAgent};
 
 use super::admission::Gate;
@@ -34,6 +34,9 @@ pub struct Deployment {
     pub(crate) max_queue_wait: Duration,
     /// Where ended runs are pushed (async mode only).
     pub push: Option<PushConfig>,
+    /// The allowed-host patterns, parsed, with their text (outgoing requests are counted
+    /// by the pattern that allowed them).
+    pub(crate) allowed: Arc<[(HostPattern, Arc<str>)]>,
 }
 
 impl Deployment {
@@ -54,6 +57,11 @@ impl Deployment {
             async_timeout: config.async_timeout_s.map(Duration::from_secs),
             max_queue_wait: Duration::from_secs(config.max_queue_wait_s),
             push: config.push_target().cloned(),
+            allowed: config
+                .allowed_hosts
+                .iter()
+                .filter_map(|text| Some((HostPattern::parse(text).ok()?, Arc::from(text.as_str()))))
+                .collect(),
         })
     }
 

@@ -184,7 +184,7 @@ impl Runs {
         background: &Background,
     ) -> Result<Arc<Self>, Error> {
         let (dispatch, queue) = mpsc::unbounded_channel();
-        let state = Arc::new(QueueState::new(dispatch));
+        let state = Arc::new(QueueState::new(dispatch, Arc::clone(calls.metrics())));
         let writer = Writer::start(store.clone(), Arc::clone(&state), background);
         let pusher = push::Pusher::new(
             background.clone(),
@@ -193,6 +193,7 @@ impl Runs {
             writer.clone(),
             Arc::clone(&state.push),
             settings.push.clone(),
+            Arc::clone(calls.metrics()),
         )
         .map_err(Error::Internal)?;
         let admission = Arc::clone(lifecycle.admission());
@@ -368,7 +369,7 @@ impl Runs {
     ///
     /// # Errors
     /// When the store fails.
-    pub async fn active(&self) -> Result<Vec<(String, u64, u64)>, Error> {
+    pub async fn active(&self) -> Result<Vec<gust_store::queue::ActiveRuns>, Error> {
         Ok(self.store.active_runs().await?)
     }
 

@@ -11,6 +11,7 @@ use gust_store::queue::{RunWrite, WriteOutcome};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::queue::AgentQueue;
+use crate::metrics::Metrics;
 
 /// See the module docs.
 pub(super) struct QueueState {
@@ -29,11 +30,13 @@ pub(super) struct QueueState {
     pub(super) ended: AtomicU64,
     pub(super) commits: AtomicU64,
     pub(super) writes: AtomicU64,
+    /// Runs accepted and ended, for `/metrics`.
+    metrics: Arc<Metrics>,
 }
 
 impl QueueState {
     /// Empty state; `dispatch` wakes the dispatcher for an agent with waiting runs.
-    pub(super) fn new(dispatch: mpsc::UnboundedSender<String>) -> Self {
+    pub(super) fn new(dispatch: mpsc::UnboundedSender<String>, metrics: Arc<Metrics>) -> Self {
         Self {
             dispatch,
             known: Mutex::default(),
@@ -45,6 +48,7 @@ impl QueueState {
             ended: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -52,6 +56,7 @@ impl QueueState {
         match (write, outcome) {
             (RunWrite::Insert(run), WriteOutcome::Inserted) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
+                self.metrics.run_accepted(&run.agent);
                 // Its place in the agent's queue was reserved by `submit`.
                 self.enqueue(run.id.clone(), &run.agent, false);
             }
@@ -72,12 +77,16 @@ impl QueueState {
                 } else if let RunWrite::Cancel { agent, .. } = write {
                     self.unqueue(id, agent);
                 }
+                if let RunWrite::Cancel { agent, .. } = write {
+                    self.metrics.run_ended(agent, "cancelled");
+                }
                 self.ended(id, *delivery);
             }
             (_, WriteOutcome::Expired { ids, delivery }) => {
                 for (id, agent) in ids {
                     self.unqueue(id, agent);
                     self.ended(id, false);
+                    self.metrics.run_ended(agent, "expired");
                 }
                 if *delivery {
                     self.push.notify_one();
@@ -95,9 +104,10 @@ impl QueueState {
                     tracing::warn!(run_id = %id, "a run's lease ran out; queuing it again");
                     self.dispatch(id.clone(), agent);
                 }
-                for (id, _) in lost {
+                for (id, agent) in lost {
                     tracing::warn!(run_id = %id, "a run's lease ran out after its last attempt; it failed as lost");
                     self.ended(id, false);
+                    self.metrics.run_ended(agent, "failed");
                 }
                 if *delivery {
                     self.push.notify_one();

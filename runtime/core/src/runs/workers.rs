@@ -138,6 +138,7 @@ async fn execute(runs: &Runs, id: &str, room: Slot, shutdown: CancellationToken)
         runs.state.running().remove(id);
         return;
     };
+    let agent = started.agent.clone();
     let ended = attempt(runs, id, started, room, stopped, shutdown).await;
     runs.state.running().remove(id);
     match ended {
@@ -146,7 +147,16 @@ async fn execute(runs: &Runs, id: &str, room: Slot, shutdown: CancellationToken)
         // progress, and pollers and pushes are woken after the commit). If it fails, the
         // writer logs it, the lease lapses and the reconciler queues the run again
         // (at-least-once).
-        Ended::Outcome(finish) => runs.writer.write_detached(finish),
+        Ended::Outcome(finish) => {
+            if let RunWrite::Finish { outcome, .. } = &finish {
+                let status = match outcome {
+                    RunOutcome::Succeeded { .. } => "succeeded",
+                    RunOutcome::Failed { .. } => "failed",
+                };
+                runs.calls.metrics().run_ended(&agent, status);
+            }
+            runs.writer.write_detached(finish);
+        }
         Ended::Cancelled => {}
         Ended::Stopped => {
             tracing::warn!(run_id = %id, "stopping with the run unfinished; it goes back to the queue");

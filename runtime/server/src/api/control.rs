@@ -37,6 +37,54 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// `/metrics` behind the admin token (the same text `--metrics-listen` serves without one).
+pub(crate) async fn metrics(_: Admin, State(state): State<Arc<AppState>>) -> Answer {
+    metrics_text(&state).await
+}
+
+/// The Prometheus text exposition (OpenMetrics 1.0), with the state gauges read now.
+pub(crate) async fn metrics_text(state: &AppState) -> Answer {
+    let host = &state.host;
+    let stats = host.engine.stats().snapshot(0);
+    let admission = host.lifecycle.admission();
+    let (budget, resident, _) = admission.memory();
+    let now = gust_core::clock::now_ms();
+    let queues = host
+        .runs
+        .active()
+        .await?
+        .into_iter()
+        .map(|a| {
+            let age = a.oldest_queued_at.map(|at| {
+                std::time::Duration::from_millis(u64::try_from(now.saturating_sub(at)).unwrap_or(0))
+            });
+            (a.agent, a.queued, a.running, age)
+        })
+        .collect();
+    let snapshot = gust_core::metrics::Snapshot {
+        live_instances: stats.live_instances,
+        instances_admitted: admission.in_use() as u64,
+        deployments: host.lifecycle.registry().live_count() as u64,
+        memory_budget_bytes: budget,
+        resident_bytes: resident,
+        compiles_total: stats.compiles_total,
+        cache_loads_total: stats.cache_loads_total,
+        queues,
+    };
+    let text =
+        host.calls.metrics().encode(&snapshot).map_err(|e| {
+            gust_core::Error::Internal(anyhow::anyhow!("encoding the metrics: {e}"))
+        })?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
 pub(crate) async fn stats(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
     let host = &state.host;
     let deployments = host.lifecycle.registry().live_count() as u64;
@@ -66,7 +114,7 @@ pub(crate) async fn list_agents(_: Admin, State(state): State<Arc<AppState>>) ->
         .active()
         .await?
         .into_iter()
-        .map(|(agent, queued, running)| (agent, (queued, running)))
+        .map(|a| (a.agent, (a.queued, a.running)))
         .collect();
     let admission = host.lifecycle.admission();
     let agents: Vec<Value> = host

@@ -91,6 +91,21 @@ impl AppState {
     }
 }
 
+/// `--metrics-listen`'s router: `/metrics` without the token, nothing else.
+pub(crate) fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(
+                |axum::extract::State(state): axum::extract::State<Arc<AppState>>| async move {
+                    control::metrics_text(&state).await
+                },
+            ),
+        )
+        .fallback(|| async { ApiError(Error::NotFound("only /metrics is served here".into())) })
+        .with_state(state)
+}
+
 /// All routes, with `extra` (the console's) beside the API's. Unknown paths and methods
 /// answer in the same JSON error shape as the rest.
 pub(crate) fn router(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> Router {
@@ -99,6 +114,7 @@ pub(crate) fn router(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> Rout
         .route("/healthz", get(control::healthz))
         .route("/readyz", get(control::readyz))
         .route("/v1/stats", get(control::stats))
+        .route("/metrics", get(control::metrics))
         .route("/v1/agents", get(control::list_agents))
         .route(
             "/v1/agents/{agent}",

@@ -723,7 +723,7 @@ impl Sqlite {
         self.read(runs::queued)
     }
 
-    pub(crate) fn active_runs(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+    pub(crate) fn active_runs(&self) -> Result<Vec<crate::queue::ActiveRuns>, StoreError> {
         self.read(runs::active)
     }
 

@@ -9,7 +9,7 @@ use gust_model::{
 
 use super::{from_json, internal};
 use crate::StoreError;
-use crate::queue::{NewRun, Recovered, RunWrite, StartedRun, WriteOutcome};
+use crate::queue::{ActiveRuns, NewRun, Recovered, RunWrite, StartedRun, WriteOutcome};
 
 use crate::queue::IDEMPOTENCY_WINDOW_MS;
 
@@ -722,14 +722,22 @@ pub(super) fn queued(conn: &Connection) -> Result<Vec<(String, String)>, StoreEr
 
 /// Counted from the `runs_queue` index (status first): the ended runs, which are most of
 /// the table, are not read.
-pub(super) fn active(conn: &Connection) -> Result<Vec<(String, u64, u64)>, StoreError> {
+pub(super) fn active(conn: &Connection) -> Result<Vec<ActiveRuns>, StoreError> {
     conn.prepare_cached(
-        "SELECT agent, SUM(status = 'queued'), SUM(status = 'running') FROM runs
-         WHERE status IN ('queued', 'running') GROUP BY agent ORDER BY agent",
+        "SELECT agent, SUM(status = 'queued'), SUM(status = 'running'),
+                MIN(CASE WHEN status = 'queued' THEN created_at END)
+         FROM runs WHERE status IN ('queued', 'running') GROUP BY agent ORDER BY agent",
     )
     .and_then(|mut s| {
-        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect()
+        s.query_map([], |r| {
+            Ok(ActiveRuns {
+                agent: r.get(0)?,
+                queued: r.get(1)?,
+                running: r.get(2)?,
+                oldest_queued_at: r.get(3)?,
+            })
+        })?
+        .collect()
     })
     .map_err(internal)
 }

@@ -33,6 +33,7 @@ use super::writer::Writer;
 use crate::background::{Background, Stage};
 use crate::clock;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::secrets::{PushSecrets, signature};
 
 /// Server settings of push delivery.
@@ -86,11 +87,15 @@ struct Inner {
     secrets: Arc<PushSecrets>,
     writer: Writer,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
     settings: PushSettings,
     http: reqwest::Client,
     in_flight: Mutex<HashSet<String>>,
     slots: Arc<Semaphore>,
 }
+
+/// The highest attempt number the deliveries metric labels; later ones count under it.
+const MAX_ATTEMPT_LABEL: u32 = 16;
 
 /// What one attempt came to.
 enum Attempt {
@@ -109,6 +114,7 @@ impl Pusher {
         writer: Writer,
         wake: Arc<Notify>,
         settings: PushSettings,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let http = net::client(settings.allow_private_network, settings.timeout)?;
         Ok(Self {
@@ -118,6 +124,7 @@ impl Pusher {
                 secrets,
                 writer,
                 wake,
+                metrics,
                 slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
                 settings,
                 http,
@@ -232,6 +239,15 @@ impl Inner {
             }
         };
         tracing::debug!(run_id = %delivery.run_id, attempts, status = status.as_str(), "push attempt");
+        let outcome = match status {
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Pending => "retry",
+            _ => "failed",
+        };
+        // Attempt numbers above the schedule's length are one label, so redeliveries
+        // cannot grow the series without bound.
+        self.metrics
+            .push_attempt(&delivery.agent, outcome, attempts.min(MAX_ATTEMPT_LABEL));
         let write = RunWrite::Delivery {
             run_id: delivery.run_id.clone(),
             round: delivery.created_at,
