@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::support::Host;
 use crate::support::componentize::repo;
+use crate::support::receiver::Receiver;
 use crate::support::upstream::Upstream;
 
 /// Samples by name: each with its labels and value.
@@ -89,6 +90,8 @@ async fn metrics_move_with_the_traffic_and_parse_as_openmetrics() {
         dir.path().join("data"),
         &[
             "--allow-private-network",
+            "--push-retry-schedule",
+            "0.2",
             "--metrics-listen",
             &metrics_address,
         ],
@@ -210,6 +213,52 @@ async fn metrics_move_with_the_traffic_and_parse_as_openmetrics() {
     assert_eq!(value(&after, "gust_deployments", &[]), 1.0);
     assert!(after.contains_key("gust_live_instances"));
     assert!(value(&after, "gust_memory_budget_bytes", &[]) > 0.0);
+
+    // A pushed run: one delivery, on its first attempt.
+    let receiver = Receiver::start(vec![]).await;
+    host.set_config(
+        "probe",
+        json!({"allowed_hosts": [upstream.origin], "mode": "async",
+               "push": {"url": receiver.url, "access_token": "t"}}),
+    )
+    .await;
+    host.deploy("probe", None).await;
+    let (_, run) = host
+        .send(
+            host.request(Method::POST, "/v1/agents/probe/runs")
+                .json(&json!({})),
+        )
+        .await;
+    let id = run["run_id"].as_str().unwrap().to_owned();
+    let h = &host;
+    crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "the push was delivered",
+        || {
+            let id = id.clone();
+            async move {
+                let (_, run) = h
+                    .send(h.request(Method::GET, &format!("/v1/agents/probe/runs/{id}")))
+                    .await;
+                run["delivery"]["status"] == "delivered"
+            }
+        },
+    )
+    .await;
+    assert_eq!(receiver.received().len(), 1);
+    let pushed = scrape(&host).await;
+    assert_eq!(
+        value(
+            &pushed,
+            "gust_push_deliveries_total",
+            &[
+                ("agent", "probe"),
+                ("outcome", "delivered"),
+                ("attempt", "1")
+            ]
+        ),
+        1.0
+    );
 
     // Without the token: refused here, served on --metrics-listen.
     let anonymous = reqwest::get(format!("{}/metrics", host.url)).await.unwrap();
