@@ -321,6 +321,7 @@ async fn every_read_command_prints_json() {
         ("runs list", vec!["echo"], "runs"),
         ("keys list", vec!["echo"], "keys"),
         ("endpoint", vec!["echo"], "endpoints"),
+        ("logs", vec!["echo"], "lines"),
         ("stats", vec![], "calls_total"),
         ("whoami", vec![], "access"),
         ("health", vec![], "ready"),

@@ -13,6 +13,7 @@ mod http;
 mod isolation;
 mod languages;
 mod limits;
+mod logs;
 mod metrics;
 mod mutants;
 mod once;

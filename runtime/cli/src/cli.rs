@@ -203,6 +203,21 @@ The code reads the key from GUST_API_KEY (`gust keys create hello <name>` makes 
         #[arg(long, value_enum)]
         lang: Option<SnippetLang>,
     },
+    /// The guest log lines of an agent's recent sync calls; `--follow` keeps printing new
+    /// ones. (A queued run keeps its own: `gust runs get`.)
+    #[command(after_help = "Examples:
+  gust logs hello
+  gust logs hello --follow          # until Ctrl-C")]
+    Logs {
+        /// The agent's name.
+        agent: String,
+        /// Keep printing lines as calls log them.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the kept lines to print first (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Call an agent and print its output; with `--async`, queue a run and print its id.
     #[command(after_help = "\
 Examples:

@@ -31,16 +31,22 @@ pub fn command() -> clap::Command {
 /// Starts logging to stderr: the server's filter for `serve`, warnings only for client
 /// commands (whose output is for people and scripts).
 pub fn init_tracing(cli: &Cli) {
-    let filter = match &cli.command {
-        Command::Serve(args) => args.log.clone(),
-        _ => "warn".to_owned(),
+    let (filter, json) = match &cli.command {
+        Command::Serve(args) => (args.log.clone(), args.log_format == serve::LogFormat::Json),
+        _ => ("warn".to_owned(), false),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        // One object per line, the event's fields (agent, version, run_id) flattened beside
+        // `message`, for log pipelines.
+        log.json().flatten_event(true).init();
+    } else {
+        log.init();
+    }
 }
 
 /// Runs a parsed command line to its exit code (documented in `exit`).
@@ -99,6 +105,11 @@ async fn client_command(command: Command, c: &Ctx) -> anyhow::Result<()> {
         } => commands::deploy(c, agent, file, version, yes, dry_run).await,
         Command::Upload { agent, file } => commands::upload(c, &agent, &file).await.map(|_| ()),
         Command::Endpoint { agent, lang } => commands::endpoint(c, &agent, lang).await,
+        Command::Logs {
+            agent,
+            follow,
+            limit,
+        } => commands::logs(c, &agent, follow, limit).await,
         Command::Rollback { agent, to } => commands::rollback(c, &agent, to).await,
         Command::Agents { command } => match command.unwrap_or(AgentsCommand::List) {
             AgentsCommand::List => commands::agents_list(c).await,
@@ -180,6 +191,7 @@ fn check_names(command: &Command) -> anyhow::Result<()> {
         | Command::Agent { agent }
         | Command::Config { agent, .. }
         | Command::Endpoint { agent, .. }
+        | Command::Logs { agent, .. }
         | Command::Run { agent, .. } => (Some(agent), None),
         Command::Agents { command } => match command {
             Some(AgentsCommand::Show { agent } | AgentsCommand::Delete { agent, .. }) => {

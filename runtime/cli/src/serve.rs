@@ -16,6 +16,7 @@ use gust_server::options::{
     raise_open_files,
 };
 
+pub(crate) use flags::LogFormat;
 use flags::{EngineTuning, Flags};
 use layers::Setting;
 
@@ -27,6 +28,8 @@ pub(crate) struct ServeArgs {
     /// The log filter (`RUST_LOG` syntax); a field of its own because `init_tracing` reads
     /// it before `serve` runs.
     pub(crate) log: String,
+    /// Text or JSON lines; read by `init_tracing` too.
+    pub(crate) log_format: flags::LogFormat,
     flags: Flags,
     /// Each setting's value and where it came from, for `--print-config`.
     settings: Vec<Setting>,
@@ -51,6 +54,7 @@ impl FromArgMatches for ServeArgs {
         let resolved = layers::resolve(matches)?;
         Ok(Self {
             log: resolved.flags.log.clone(),
+            log_format: resolved.flags.log_format,
             flags: resolved.flags,
             settings: resolved.settings,
         })

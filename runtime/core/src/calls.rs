@@ -18,6 +18,7 @@ use gust_wasm::{Call, CallInfo, CallSink, HostLog, Output, WasmEngine};
 
 use crate::deploy::{Admission, Admitted, Deployment, Registry, Slot, refusal_bound};
 use crate::error::Error;
+use crate::logs::AgentLogs;
 use crate::metrics::Metrics;
 
 /// What to call.
@@ -76,6 +77,8 @@ pub struct Calls {
     registry: Arc<Registry>,
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
+    /// Guest lines of sync calls, per agent.
+    logs: Arc<AgentLogs>,
 }
 
 impl Calls {
@@ -90,7 +93,13 @@ impl Calls {
             registry,
             admission,
             metrics,
+            logs: Arc::default(),
         }
+    }
+
+    /// The guest lines of sync calls, per agent.
+    pub fn logs(&self) -> &Arc<AgentLogs> {
+        &self.logs
     }
 
     /// The host's metrics (the run queue records into them too).
@@ -186,6 +195,9 @@ impl Calls {
             }
             metrics.instantiated(admitted_at.elapsed());
         });
+        // A sync call's lines go to the host log and the agent's ring; a queued run keeps
+        // its own on the run.
+        let ring = request.sink.is_none().then(|| Arc::clone(&self.logs));
         let sink = request.sink.unwrap_or_else(|| {
             HostLog::new(CallInfo {
                 agent: Arc::clone(deployment.name()),
@@ -194,11 +206,14 @@ impl Calls {
             })
         });
         // Outgoing requests are counted on their way to the call's own sink.
-        let sink = Arc::new(CountOutbound {
+        let sink = Arc::new(Observed {
             inner: sink,
             agent: Arc::clone(deployment.name()),
+            version: deployment.version(),
+            run_id: Arc::clone(&request.run_id),
             allowed: Arc::clone(&deployment.allowed),
             metrics: Arc::clone(&self.metrics),
+            ring,
         });
         let call = Call {
             run_id: request.run_id,
@@ -216,22 +231,48 @@ impl Calls {
     }
 }
 
-/// A call's sink that also counts each outgoing request by the allowed-host pattern that let
-/// it through (`denied` when none did): a guest can vary destinations without bound, not
-/// the patterns its deployment allows.
-struct CountOutbound {
+/// A call's sink around the one the call asked for: it counts each outgoing request by the
+/// allowed-host pattern that let it through (`denied` when none did: a guest can vary
+/// destinations without bound, not the patterns its deployment allows), and keeps a sync
+/// call's lines in the agent's ring.
+struct Observed {
     inner: Arc<dyn CallSink>,
     agent: Arc<str>,
+    version: u32,
+    run_id: Arc<str>,
     allowed: Arc<[(HostPattern, Arc<str>)]>,
     metrics: Arc<Metrics>,
+    ring: Option<Arc<AgentLogs>>,
 }
 
-impl CallSink for CountOutbound {
+impl CallSink for Observed {
     fn log(&self, level: gust_wasm::Level, message: &str) {
+        if let Some(ring) = &self.ring {
+            let level = gust_wasm::host::level_name(level);
+            ring.push(
+                &self.agent,
+                level,
+                "log",
+                self.version,
+                &self.run_id,
+                message,
+            );
+        }
         self.inner.log(level, message);
     }
 
     fn output(&self, stream: gust_wasm::Stream, line: &str) {
+        if let Some(ring) = &self.ring {
+            let source = stream.as_str();
+            ring.push(
+                &self.agent,
+                "info",
+                source,
+                self.version,
+                &self.run_id,
+                line,
+            );
+        }
         self.inner.output(stream, line);
     }
 

@@ -22,6 +22,7 @@ pub mod embed;
 pub mod error;
 mod host;
 pub(crate) mod locks;
+pub mod logs;
 pub mod metrics;
 pub mod runs;
 pub mod secrets;

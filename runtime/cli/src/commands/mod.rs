@@ -5,6 +5,7 @@ mod access;
 mod agents;
 mod config;
 mod deploy;
+mod logs;
 mod runs;
 
 use std::io::IsTerminal as _;
@@ -28,6 +29,7 @@ pub(crate) use agents::{
 };
 pub(crate) use config::config;
 pub(crate) use deploy::{deploy, rollback, upload};
+pub(crate) use logs::logs;
 pub(crate) use runs::{run, run_action, runs_get, runs_list};
 
 /// What a client command works with: the server and how to print.

@@ -268,6 +268,17 @@ pub(super) struct Flags {
     /// Log filter (`RUST_LOG` syntax), e.g. `info` or `gust_runtime=debug`.
     #[arg(long, env = "GUST_LOG", default_value = "info")]
     pub(super) log: String,
+    /// Log lines as text for people, or as one JSON object per line for a log pipeline
+    /// (a call's lines carry `agent`, `version` and `run_id` as fields either way).
+    #[arg(long, env = "GUST_LOG_FORMAT", value_enum, default_value = "text")]
+    pub(super) log_format: LogFormat,
+}
+
+/// How the host writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

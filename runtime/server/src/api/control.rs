@@ -181,6 +181,8 @@ pub(crate) async fn delete_agent(
     AgentName(agent): AgentName,
 ) -> Answer {
     state.host.lifecycle.delete(&agent).await?;
+    // Its kept guest lines go too (followers see their stream end).
+    state.host.calls.logs().forget(&agent);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -5,6 +5,7 @@
 //! - `runs`: queued runs — submit, poll, list, cancel, re-run, redeliver — and push tests;
 //! - `keys`: invoke keys and the admin token's rotation;
 //! - `endpoints`: an agent's endpoints with the code to call each, as users copy it;
+//! - `logs`: the guest lines of an agent's sync calls, read or followed (SSE);
 //! - `auth`, `paths`, `body`: who is calling, the path's names, request bodies — each with
 //!   errors in the API's shape;
 //! - `error`: the one mapping from [`Error`] to a response.
@@ -16,6 +17,7 @@ mod data;
 mod endpoints;
 pub(crate) mod error;
 mod keys;
+mod logs;
 mod paths;
 mod runs;
 
@@ -135,6 +137,7 @@ pub(crate) fn router(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> Rout
         .route("/v1/agents/{agent}/deploy", post(control::deploy))
         .route("/v1/agents/{agent}/deploy/preview", get(control::preview))
         .route("/v1/agents/{agent}/endpoints", get(endpoints::endpoints))
+        .route("/v1/agents/{agent}/logs", get(logs::logs))
         .route("/v1/agents/{agent}/rollback", post(control::rollback))
         .route("/v1/agents/{agent}/run", post(data::run))
         .route(
