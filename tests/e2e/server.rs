@@ -1,6 +1,7 @@
 //! `gust serve` itself: the admin token's life cycle, probes, and what answers look like.
 
 use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -237,5 +238,59 @@ async fn the_admin_token_can_come_from_a_file() {
             .iter()
             .any(|l| l.contains("Generated")),
         "no token was generated"
+    );
+}
+
+/// `/readyz` for orchestrators: ready with the deployments loaded, the database reported
+/// beside it; on SIGTERM with `--drain-delay`, 503 `draining` while calls are still served,
+/// then the host stops.
+#[tokio::test]
+async fn readyz_reports_the_database_and_drains_before_the_listener_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = Host::start_on(dir.path().join("data"), &["--drain-delay", "3"]).await;
+    host.upload_file("echo", gust_test_guests::ECHO).await;
+    host.deploy("echo", None).await;
+    let readyz = || async {
+        let response = reqwest::get(format!("{}/readyz", host.url)).await.unwrap();
+        (
+            response.status(),
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    let (status, body) = readyz().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (
+            &body["status"],
+            &body["database"],
+            &body["deployments"],
+            &body["backend"]
+        ),
+        (&json!("ready"), &json!("ok"), &json!(1), &json!("sqlite")),
+        "{body}"
+    );
+
+    let signalled = std::time::Instant::now();
+    host.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "draining");
+    // Still serving while the load balancer takes it out.
+    let (status, _, answer) = host.call("echo", json!({"during": "drain"})).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "checked within the delay"
+    );
+    assert_eq!(
+        host.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        host.log()
+    );
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(3),
+        "the listener stayed open for the delay"
     );
 }

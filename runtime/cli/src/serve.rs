@@ -133,6 +133,7 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
         metrics_listen: args.metrics_listen,
         admin_token,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        drain_delay: Duration::from_secs(args.drain_delay),
         limits: BodyLimits {
             upload: args.max_upload_mib << 20,
             input: args.max_input_mib << 20,

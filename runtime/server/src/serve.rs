@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     /// How long calls in flight may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// How long `/readyz` answers 503 after SIGTERM before the listener closes.
+    pub drain_delay: Duration,
     /// Request body limits.
     pub limits: BodyLimits,
     /// The run queue.
@@ -192,6 +194,7 @@ pub async fn serve(
         limits: options.limits,
         body_budget: api::BodyBudget::new(options.limits.in_flight),
         tls: listening.tls.is_some(),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
 
     // Runs are refused before the disk fills: a full disk would fail every commit, the
@@ -260,9 +263,21 @@ pub async fn serve(
     tracing::info!(address = %local, data_dir = %data_dir.display(), "listening");
 
     let mut failure = None;
+    let draining = Arc::clone(&state);
     let stop = async {
         tokio::select! {
-            () = shutdown => {}
+            () = shutdown => {
+                // Still serving, but no longer ready: load balancers stop sending calls
+                // before the listener closes.
+                if !options.drain_delay.is_zero() {
+                    draining.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(
+                        "draining: /readyz answers 503 for {}s, then no new connections",
+                        options.drain_delay.as_secs()
+                    );
+                    tokio::time::sleep(options.drain_delay).await;
+                }
+            }
             Ok(e) = &mut on_load_failure => failure = Some(e),
         }
     };

@@ -126,6 +126,14 @@ impl Store {
 
     /// Runs `f` with the SQLite backend on the blocking pool. Once started it runs to the
     /// end even if the caller's future is dropped.
+    /// A trivial read: whether the database answers.
+    ///
+    /// # Errors
+    /// When it does not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.sqlite(sqlite::Sqlite::ping).await
+    }
+
     async fn sqlite<T: Send + 'static>(
         &self,
         f: impl FnOnce(&sqlite::Sqlite) -> Result<T, StoreError> + Send + 'static,

@@ -53,6 +53,16 @@ pub(super) struct Flags {
         value_name = "S"
     )]
     pub(super) shutdown_grace: u64,
+    /// On SIGTERM, first answer `/readyz` with 503 for this many seconds while still
+    /// serving, so a load balancer's health checks take the host out before it stops
+    /// accepting connections. 0: stop accepting at once.
+    #[arg(
+        long,
+        env = "GUST_DRAIN_DELAY",
+        default_value_t = 0,
+        value_name = "SECONDS"
+    )]
+    pub(super) drain_delay: u64,
     /// Seconds compiling one upload may take before it is refused (`limit_exceeded`).
     #[arg(
         long,

@@ -519,6 +519,14 @@ impl Lifecycle {
         .await
     }
 
+    /// Whether the store answers (for `/readyz`).
+    ///
+    /// # Errors
+    /// When it does not.
+    pub async fn ping_store(&self) -> Result<(), Error> {
+        Ok(self.store.ping().await?)
+    }
+
     /// Every agent.
     ///
     /// # Errors

@@ -25,15 +25,37 @@ pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Ready when the deployments are loaded and the host is not draining. The database is
+/// reported beside it, not in it: deployed agents answer sync calls without it (the hot path
+/// reads no database), so a load balancer should keep sending them.
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.host.lifecycle.registry().is_ready() {
-        Json(json!({"status": "ready"})).into_response()
+    let database = match tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.host.lifecycle.ping_store(),
+    )
+    .await
+    {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => format!("unavailable: {e}"),
+        Err(_) => "unavailable: no answer within 2 s".to_owned(),
+    };
+    let (ready, status) = if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        (false, "draining")
+    } else if state.host.lifecycle.registry().is_ready() {
+        (true, "ready")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "loading deployments"})),
-        )
-            .into_response()
+        (false, "loading deployments")
+    };
+    let body = Json(json!({
+        "status": status,
+        "deployments": state.host.lifecycle.registry().live_count(),
+        "database": database,
+        "backend": state.host.backend,
+    }));
+    if ready {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
 

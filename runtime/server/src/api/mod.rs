@@ -68,6 +68,8 @@ pub(crate) struct AppState {
     pub(crate) body_budget: body::BodyBudget,
     /// Whether this host serves TLS (the console's cookie is then `Secure`).
     pub(crate) tls: bool,
+    /// Set on SIGTERM during the drain delay: `/readyz` answers 503.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {

@@ -723,6 +723,10 @@ impl Sqlite {
         self.read(runs::queued)
     }
 
+    pub(crate) fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
+    }
+
     pub(crate) fn active_runs(&self) -> Result<Vec<crate::queue::ActiveRuns>, StoreError> {
         self.read(runs::active)
     }
