@@ -8,6 +8,7 @@ mod cli_habits;
 mod console;
 mod deploy;
 mod embed;
+mod events;
 mod guard;
 mod http;
 mod isolation;

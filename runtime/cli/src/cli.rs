@@ -390,7 +390,8 @@ pub(crate) enum AdminCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunsCommand {
-    /// Show a run; with `--wait`, follow it until it ends.
+    /// Show a run; with `--wait`, wait until it ends; with `--follow`, print its progress
+    /// and log lines as they come, then the run.
     Get {
         /// The agent's name.
         agent: String,
@@ -399,6 +400,9 @@ pub(crate) enum RunsCommand {
         /// Wait for the run to end.
         #[arg(long)]
         wait: bool,
+        /// Print status, progress and log lines live (the run's event stream), then the run.
+        #[arg(short, long, conflicts_with = "wait")]
+        follow: bool,
     },
     /// List an agent's runs, newest first.
     List {

@@ -136,7 +136,18 @@ async fn client_command(command: Command, c: &Ctx) -> anyhow::Result<()> {
             input,
         } => commands::run(c, &agent, &input, queued, wait).await,
         Command::Runs { command } => match command {
-            RunsCommand::Get { agent, id, wait } => commands::runs_get(c, &agent, &id, wait).await,
+            RunsCommand::Get {
+                agent,
+                id,
+                wait,
+                follow: false,
+            } => commands::runs_get(c, &agent, &id, wait).await,
+            RunsCommand::Get {
+                agent,
+                id,
+                follow: true,
+                ..
+            } => commands::runs_follow(c, &agent, &id).await,
             RunsCommand::List {
                 agent,
                 status,

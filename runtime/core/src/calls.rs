@@ -61,6 +61,9 @@ pub struct CallRequest {
     /// Where the guest's logs, output, progress and outgoing requests go; `None` for the
     /// host log.
     pub sink: Option<Arc<dyn CallSink>>,
+    /// Also told of each log line, output line and progress report as it comes (a sync
+    /// call streamed to its caller); `None` for no one.
+    pub watcher: Option<Arc<dyn CallSink>>,
 }
 
 /// How a call went, and on which deployment (`None` when none was found).
@@ -198,6 +201,7 @@ impl Calls {
         // A sync call's lines go to the host log and the agent's ring; a queued run keeps
         // its own on the run.
         let ring = request.sink.is_none().then(|| Arc::clone(&self.logs));
+        let watcher = request.watcher.clone();
         let sink = request.sink.unwrap_or_else(|| {
             HostLog::new(CallInfo {
                 agent: Arc::clone(deployment.name()),
@@ -214,6 +218,7 @@ impl Calls {
             allowed: Arc::clone(&deployment.allowed),
             metrics: Arc::clone(&self.metrics),
             ring,
+            watcher,
         });
         let call = Call {
             run_id: request.run_id,
@@ -243,10 +248,14 @@ struct Observed {
     allowed: Arc<[(HostPattern, Arc<str>)]>,
     metrics: Arc<Metrics>,
     ring: Option<Arc<AgentLogs>>,
+    watcher: Option<Arc<dyn CallSink>>,
 }
 
 impl CallSink for Observed {
     fn log(&self, level: gust_wasm::Level, message: &str) {
+        if let Some(watcher) = &self.watcher {
+            watcher.log(level, message);
+        }
         if let Some(ring) = &self.ring {
             let level = gust_wasm::host::level_name(level);
             ring.push(
@@ -262,6 +271,9 @@ impl CallSink for Observed {
     }
 
     fn output(&self, stream: gust_wasm::Stream, line: &str) {
+        if let Some(watcher) = &self.watcher {
+            watcher.output(stream, line);
+        }
         if let Some(ring) = &self.ring {
             let source = stream.as_str();
             ring.push(
@@ -277,6 +289,9 @@ impl CallSink for Observed {
     }
 
     fn progress(&self, fraction: f32, message: &str) {
+        if let Some(watcher) = &self.watcher {
+            watcher.progress(fraction, message);
+        }
         self.inner.progress(fraction, message);
     }
 

@@ -104,6 +104,7 @@ impl LoadedAgent {
             kind: CallKind::Sync,
             attempt: 1,
             sink: None,
+            watcher: None,
         };
         self.calls
             .call(

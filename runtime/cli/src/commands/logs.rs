@@ -1,11 +1,11 @@
 //! `gust logs <agent> [--follow]`: the guest lines of an agent's recent sync calls, and with
 //! `--follow` the new ones as they come (the API's Server-Sent Events).
 
-use futures::StreamExt as _;
 use reqwest::Method;
 use serde_json::Value;
 
 use super::Ctx;
+use super::sse::each_event;
 use crate::output::text;
 
 pub(crate) async fn logs(c: &Ctx, agent: &str, follow: bool, limit: usize) -> anyhow::Result<()> {
@@ -28,30 +28,21 @@ pub(crate) async fn logs(c: &Ctx, agent: &str, follow: bool, limit: usize) -> an
                 .header("accept", "text/event-stream"),
         )
         .await?;
-    let mut body = response.bytes_stream();
-    let mut pending = String::new();
-    let mut data = String::new();
-    while let Some(chunk) = body.next().await {
-        pending.push_str(&String::from_utf8_lossy(&chunk?));
-        // Server-Sent Events: `field: value` lines, an empty line ends an event.
-        while let Some(end) = pending.find('\n') {
-            let line = pending[..end].trim_end_matches('\r').to_owned();
-            pending.drain(..=end);
-            if let Some(value) = line.strip_prefix("data:") {
-                data.push_str(value.trim_start());
-            } else if line.is_empty() && !data.is_empty() {
-                let event: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                if c.out.json {
-                    println!("{event}");
-                } else if event.get("seq").is_some() {
-                    print_line(&event);
-                } else if let Some(missed) = event.get("lines") {
-                    eprintln!("gust: {missed} lines were missed (this terminal fell behind)");
-                }
-                data.clear();
-            }
+    let json = c.out.json;
+    each_event(response, |event, data| {
+        if json {
+            println!("{data}");
+        } else if event == "missed" {
+            eprintln!(
+                "gust: {} lines were missed (this terminal fell behind)",
+                data["lines"]
+            );
+        } else {
+            print_line(&data);
         }
-    }
+        true
+    })
+    .await?;
     eprintln!("gust: the stream ended (the agent was deleted, or the host stopped)");
     Ok(())
 }

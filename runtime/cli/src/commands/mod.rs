@@ -7,6 +7,7 @@ mod config;
 mod deploy;
 mod logs;
 mod runs;
+mod sse;
 
 use std::io::IsTerminal as _;
 
@@ -30,7 +31,7 @@ pub(crate) use agents::{
 pub(crate) use config::config;
 pub(crate) use deploy::{deploy, rollback, upload};
 pub(crate) use logs::logs;
-pub(crate) use runs::{run, run_action, runs_get, runs_list};
+pub(crate) use runs::{run, run_action, runs_follow, runs_get, runs_list};
 
 /// What a client command works with: the server and how to print.
 pub(crate) struct Ctx {

@@ -127,6 +127,41 @@ pub(crate) async fn runs_get(c: &Ctx, agent: &str, id: &str, wait: bool) -> anyh
     }
 }
 
+/// `gust runs get --follow`: the run's events as they come (on stderr, so stdout stays the
+/// run), then the run as `gust runs get` prints it, with its exit code.
+pub(crate) async fn runs_follow(c: &Ctx, agent: &str, id: &str) -> anyhow::Result<()> {
+    let response = c
+        .client
+        .send(
+            c.client
+                .request(Method::GET, &format!("/v1/agents/{agent}/runs/{id}/events"))
+                .header("accept", "text/event-stream"),
+        )
+        .await?;
+    let quiet = c.out.quiet;
+    super::sse::each_event(response, |event, data| {
+        if !quiet {
+            match event {
+                "status" => eprintln!("status   {}", text(&data["status"])),
+                "progress" => eprintln!(
+                    "progress {:>3.0}% {}",
+                    data["fraction"].as_f64().unwrap_or(0.0) * 100.0,
+                    text(&data["message"])
+                ),
+                "log" => eprintln!(
+                    "log      {} {}",
+                    text(&data["level"]),
+                    text(&data["message"])
+                ),
+                _ => {}
+            }
+        }
+        event != "end"
+    })
+    .await?;
+    runs_get(c, agent, id, false).await
+}
+
 /// A run for people: the facts on top, then the output as JSON, then logs.
 fn print_run(c: &Ctx, run: &Value) {
     let o = &c.out;

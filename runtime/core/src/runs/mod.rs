@@ -19,6 +19,7 @@
 //! - `push`: delivery of ended runs' events to the user's application, with retries;
 //! - `view`: a run as the API shows it.
 
+mod events;
 mod push;
 mod queue;
 mod recorder;
@@ -46,6 +47,7 @@ use crate::deploy::{Admission, Deployment, Lifecycle};
 use crate::error::Error;
 use crate::secrets::PushSecrets;
 
+pub use events::{RunEvent, RunEvents};
 pub use push::PushSettings;
 use state::QueueState;
 pub use view::{payload_json, run_json, run_summary_json};
@@ -167,6 +169,8 @@ pub struct Runs {
     pusher: push::Pusher,
     /// Set while the host's disk is almost full: submissions are refused.
     disk_low: AtomicBool,
+    /// Live events of the runs executing here.
+    events: Arc<RunEvents>,
 }
 
 impl Runs {
@@ -184,7 +188,12 @@ impl Runs {
         background: &Background,
     ) -> Result<Arc<Self>, Error> {
         let (dispatch, queue) = mpsc::unbounded_channel();
-        let state = Arc::new(QueueState::new(dispatch, Arc::clone(calls.metrics())));
+        let events = Arc::new(RunEvents::default());
+        let state = Arc::new(QueueState::new(
+            dispatch,
+            Arc::clone(calls.metrics()),
+            Arc::clone(&events),
+        ));
         let writer = Writer::start(store.clone(), Arc::clone(&state), background);
         let pusher = push::Pusher::new(
             background.clone(),
@@ -211,6 +220,7 @@ impl Runs {
             settings,
             pusher,
             disk_low: AtomicBool::new(false),
+            events,
         });
 
         let (max_attempts, now) = (runs.settings.max_attempts, clock::now_ms());
@@ -363,6 +373,11 @@ impl Runs {
 
     async fn read(&self, agent: &str, id: &str) -> Result<RunRecord, Error> {
         self.store.run(agent, id).await?.ok_or_else(|| no_run(id))
+    }
+
+    /// Live events of the runs executing here (`GET …/runs/{id}/events`).
+    pub fn events(&self) -> &Arc<RunEvents> {
+        &self.events
     }
 
     /// Queued and running runs per agent (agents with none are left out).

@@ -2,13 +2,14 @@
 //! captured output (bounded), and progress (written through the run writer, throttled).
 //! It is the run's [`CallSink`].
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gust_model::{LogLine, OutboundRequest};
 use gust_store::queue::RunWrite;
 use gust_wasm::{CallSink, Level, Stream, host::level_name};
 
+use super::events::RunEvents;
 use super::writer::Writer;
 use crate::clock;
 
@@ -35,14 +36,17 @@ pub(super) struct RunRecorder {
     id: String,
     writer: Writer,
     state: Mutex<State>,
+    /// Followers of the run see each line and report as it comes.
+    events: Arc<RunEvents>,
 }
 
 impl RunRecorder {
-    pub(super) fn new(id: String, writer: Writer) -> Self {
+    pub(super) fn new(id: String, writer: Writer, events: Arc<RunEvents>) -> Self {
         Self {
             id,
             writer,
             state: Mutex::default(),
+            events,
         }
     }
 
@@ -57,15 +61,19 @@ impl RunRecorder {
             return;
         }
         state.bytes += message.len();
-        state.lines.push(LogLine {
+        let line = LogLine {
             ts: clock::now_ms(),
             level: level.to_owned(),
             message: message.to_owned(),
-        });
+        };
+        state.lines.push(line.clone());
+        drop(state);
+        self.events.log(&self.id, line);
     }
 
     fn report(&self, fraction: f32, message: &str) {
         let fraction = f64::from(fraction.clamp(0.0, 1.0));
+        self.events.progress(&self.id, fraction, message);
         let mut state = self.state();
         let due = state
             .last_progress_write

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use gust_store::queue::{RunWrite, WriteOutcome};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::events::RunEvents;
 use super::queue::AgentQueue;
 use crate::metrics::Metrics;
 
@@ -32,11 +33,17 @@ pub(super) struct QueueState {
     pub(super) writes: AtomicU64,
     /// Runs accepted and ended, for `/metrics`.
     metrics: Arc<Metrics>,
+    /// Followers of a run learn of its end here, after the commit.
+    events: Arc<RunEvents>,
 }
 
 impl QueueState {
     /// Empty state; `dispatch` wakes the dispatcher for an agent with waiting runs.
-    pub(super) fn new(dispatch: mpsc::UnboundedSender<String>, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(
+        dispatch: mpsc::UnboundedSender<String>,
+        metrics: Arc<Metrics>,
+        events: Arc<RunEvents>,
+    ) -> Self {
         Self {
             dispatch,
             known: Mutex::default(),
@@ -49,6 +56,7 @@ impl QueueState {
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             metrics,
+            events,
         }
     }
 
@@ -186,6 +194,7 @@ impl QueueState {
 
     fn ended(&self, id: &str, delivery: bool) {
         self.ended.fetch_add(1, Ordering::Relaxed);
+        self.events.ended(id);
         if delivery {
             self.push.notify_one();
         }

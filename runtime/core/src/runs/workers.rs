@@ -180,7 +180,12 @@ async fn attempt(
     shutdown: CancellationToken,
 ) -> Ended {
     let lease = runs.settings.lease;
-    let recorder = Arc::new(RunRecorder::new(id.to_owned(), runs.writer.clone()));
+    runs.events.started(id);
+    let recorder = Arc::new(RunRecorder::new(
+        id.to_owned(),
+        runs.writer.clone(),
+        Arc::clone(&runs.events),
+    ));
     let work = async {
         let deployment = match runs
             .lifecycle
@@ -204,6 +209,7 @@ async fn attempt(
             kind: CallKind::Async,
             attempt: started.attempt,
             sink: Some(Arc::clone(&recorder) as _),
+            watcher: None,
         };
         // Room was taken before the run was claimed; the call gives it back when the
         // instance is gone, before the end is recorded.

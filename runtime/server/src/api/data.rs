@@ -9,10 +9,11 @@ use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use gust_core::Error;
 use gust_core::calls::{Admit, CallKind, CallRequest, Input, Target};
-use gust_core::runs::new_run_id;
+use gust_core::runs::{new_run_id, payload_json};
 
 use super::auth::Invoker;
 use super::error::ApiError;
@@ -36,11 +37,15 @@ pub(crate) async fn run(
 ) -> Response {
     let (Parts { headers, .. }, request_body) = request.into_parts();
     let run_id: Arc<str> = Arc::from(new_run_id());
+    if wants_events(&headers) {
+        return streamed(state, agent, headers, request_body, run_id);
+    }
     let call = CallRequest {
         run_id: Arc::clone(&run_id),
         kind: CallKind::Sync,
         attempt: 1,
         sink: None,
+        watcher: None,
     };
     let input = read_input(&state, headers, request_body);
     let called = state
@@ -95,4 +100,157 @@ async fn read_input(
         bytes: bytes.into(),
         content_type,
     })
+}
+
+/// Whether the caller asked for the call as Server-Sent Events.
+fn wants_events(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"))
+}
+
+/// Events a slow caller may fall behind by; past them, lines are dropped (and counted in a
+/// `dropped` event), never the output.
+const STREAM_BUFFER: usize = 256;
+
+/// A sync call as Server-Sent Events: its progress and log lines as the guest reports them,
+/// then `output` (or `error`, with the status a plain call would have answered) and `end`.
+/// The call runs inside the stream: a caller that goes away cancels it, as with a plain
+/// call.
+fn streamed(
+    state: Arc<AppState>,
+    agent: String,
+    headers: HeaderMap,
+    request_body: Body,
+    run_id: Arc<str>,
+) -> Response {
+    let (sender, events) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+    let watcher = Arc::new(Watcher {
+        events: sender,
+        dropped: std::sync::atomic::AtomicU64::new(0),
+    });
+    let call = CallRequest {
+        run_id: Arc::clone(&run_id),
+        kind: CallKind::Sync,
+        attempt: 1,
+        sink: None,
+        watcher: Some(Arc::clone(&watcher) as Arc<dyn gust_wasm::CallSink>),
+    };
+    let calling = async move {
+        let input = read_input(&state, headers, request_body);
+        state
+            .host
+            .calls
+            .call(Target::Live(agent), input, call, Admit::Wait)
+            .await
+    };
+    let stream = futures::stream::unfold(
+        (Some(Box::pin(calling)), events, watcher),
+        |(mut calling, mut events, watcher)| async move {
+            // `None` once the answer went out: the stream ends.
+            let call = calling.as_mut()?;
+            tokio::select! {
+                biased;
+                Some(event) = events.recv() => Some((vec![event], (calling, events, watcher))),
+                called = call => {
+                    // What the guest reported before it answered comes first.
+                    let mut batch = Vec::new();
+                    while let Ok(event) = events.try_recv() {
+                        batch.push(event);
+                    }
+                    let dropped = watcher.dropped.load(std::sync::atomic::Ordering::Relaxed);
+                    if dropped > 0 {
+                        batch.push(Event::default().event("dropped").data(serde_json::json!({"events": dropped}).to_string()));
+                    }
+                    batch.extend(answer_events(called));
+                    Some((batch, (None, events, watcher)))
+                }
+            }
+        },
+    );
+    let stream = futures::StreamExt::flat_map(stream, |batch| {
+        futures::stream::iter(batch.into_iter().map(Ok::<_, std::convert::Infallible>))
+    });
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response();
+    if let Ok(id) = HeaderValue::from_str(&run_id) {
+        response.headers_mut().insert(RUN_ID, id);
+    }
+    response
+}
+
+/// The output (or the error) of a streamed call, then `end`.
+fn answer_events(called: gust_core::calls::Called) -> Vec<Event> {
+    let deployment = called
+        .deployment
+        .as_ref()
+        .map(|d| serde_json::json!({"version": d.version(), "deployment": d.number}));
+    let mut events = Vec::new();
+    match called.outcome {
+        Ok(output) => {
+            let mut data = payload_json(&output.content_type, &output.bytes);
+            data["deployment"] = deployment.unwrap_or_default();
+            events.push(Event::default().event("output").data(data.to_string()));
+        }
+        Err(e) => {
+            if let Error::Internal(detail) = &e {
+                tracing::error!("internal error: {detail:#}");
+            }
+            // What a plain call's error answer says: its status, kind and message.
+            let status = super::error::status(&e).as_u16();
+            events.push(Event::default().event("error").data(
+                serde_json::json!({"status": status, "kind": e.kind(), "message": e.to_string()})
+                    .to_string(),
+            ));
+        }
+    }
+    events.push(Event::default().event("end").data("{}"));
+    events
+}
+
+/// Forwards what the guest reports to the stream, without ever waiting on the caller.
+struct Watcher {
+    events: tokio::sync::mpsc::Sender<Event>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Watcher {
+    fn send(&self, event: Event) {
+        if self.events.try_send(event).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl gust_wasm::CallSink for Watcher {
+    fn log(&self, level: gust_wasm::Level, message: &str) {
+        let level = gust_wasm::host::level_name(level);
+        self.send(
+            Event::default()
+                .event("log")
+                .data(serde_json::json!({"level": level, "message": message}).to_string()),
+        );
+    }
+
+    fn output(&self, stream: gust_wasm::Stream, line: &str) {
+        self.send(
+            Event::default().event("log").data(
+                serde_json::json!({"level": "info", "stream": stream.as_str(), "message": line})
+                    .to_string(),
+            ),
+        );
+    }
+
+    fn progress(&self, fraction: f32, message: &str) {
+        self.send(
+            Event::default()
+                .event("progress")
+                .data(serde_json::json!({"fraction": fraction, "message": message}).to_string()),
+        );
+    }
+
+    fn outbound(&self, _request: gust_model::OutboundRequest) {}
 }

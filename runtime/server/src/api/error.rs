@@ -22,7 +22,7 @@ impl From<Error> for ApiError {
     }
 }
 
-fn status(e: &Error) -> StatusCode {
+pub(crate) fn status(e: &Error) -> StatusCode {
     match e {
         Error::BadRequest(_) => StatusCode::BAD_REQUEST,
         Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,

@@ -6,6 +6,7 @@
 //! - `keys`: invoke keys and the admin token's rotation;
 //! - `endpoints`: an agent's endpoints with the code to call each, as users copy it;
 //! - `logs`: the guest lines of an agent's sync calls, read or followed (SSE);
+//! - `events`: one queued run as it goes, as Server-Sent Events;
 //! - `auth`, `paths`, `body`: who is calling, the path's names, request bodies — each with
 //!   errors in the API's shape;
 //! - `error`: the one mapping from [`Error`] to a response.
@@ -16,6 +17,7 @@ mod control;
 mod data;
 mod endpoints;
 pub(crate) mod error;
+mod events;
 mod keys;
 mod logs;
 mod paths;
@@ -148,6 +150,10 @@ pub(crate) fn router(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> Rout
         )
         .route("/v1/agents/{agent}/runs/{run_id}", get(runs::get))
         .route("/v1/agents/{agent}/runs/{run_id}/input", get(runs::input))
+        .route(
+            "/v1/agents/{agent}/runs/{run_id}/events",
+            get(events::events),
+        )
         .route(
             "/v1/agents/{agent}/runs/{run_id}/cancel",
             post(runs::cancel),

@@ -1,0 +1,37 @@
+//! Reading Server-Sent Events from the API (`gust logs --follow`, `gust runs get --follow`).
+
+use futures::StreamExt as _;
+use serde_json::Value;
+
+/// Calls `each(event, data)` for every event of `response` until the stream ends or `each`
+/// answers `false`. `event` is the event's name (`message` when it has none); `data` its
+/// JSON (`null` when it is not JSON).
+pub(crate) async fn each_event(
+    response: reqwest::Response,
+    mut each: impl FnMut(&str, Value) -> bool,
+) -> anyhow::Result<()> {
+    let mut body = response.bytes_stream();
+    let (mut pending, mut event, mut data) = (String::new(), String::new(), String::new());
+    while let Some(chunk) = body.next().await {
+        pending.push_str(&String::from_utf8_lossy(&chunk?));
+        // `field: value` lines; an empty line ends an event.
+        while let Some(end) = pending.find('\n') {
+            let line = pending[..end].trim_end_matches('\r').to_owned();
+            pending.drain(..=end);
+            if let Some(value) = line.strip_prefix("event:") {
+                event = value.trim().to_owned();
+            } else if let Some(value) = line.strip_prefix("data:") {
+                data.push_str(value.trim_start());
+            } else if line.is_empty() && !data.is_empty() {
+                let name = if event.is_empty() { "message" } else { &event };
+                let value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                if !each(name, value) {
+                    return Ok(());
+                }
+                event.clear();
+                data.clear();
+            }
+        }
+    }
+    Ok(())
+}
