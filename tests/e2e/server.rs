@@ -270,6 +270,15 @@ async fn readyz_reports_the_database_and_drains_before_the_listener_closes() {
         "{body}"
     );
 
+    // A follower of an agent's log lines (a stream that never ends by itself) must not hold
+    // the shutdown for the whole grace period.
+    let follower = host
+        .request(Method::GET, "/v1/agents/echo/logs?follow=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follower.status(), StatusCode::OK);
+
     let signalled = std::time::Instant::now();
     host.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -293,4 +302,10 @@ async fn readyz_reports_the_database_and_drains_before_the_listener_closes() {
         signalled.elapsed() >= Duration::from_secs(3),
         "the listener stayed open for the delay"
     );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "the open follower held the shutdown for the grace period: {:?}",
+        signalled.elapsed()
+    );
+    drop(follower);
 }

@@ -4,8 +4,8 @@
 //!
 //! Each line gets a sequence number, increasing per agent: a follower that reconnects asks
 //! for the lines after the last one it saw (`Last-Event-ID`), and gets those still in the
-//! ring. The ring holds the newest [`KEPT`] lines of each agent; lines are bounded in length
-//! by the Wasm layer already.
+//! ring. The ring holds the newest [`KEPT`] lines of each agent, at most [`KEPT_BYTES`] of
+//! messages.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,10 @@ use tokio::sync::broadcast;
 
 /// Lines kept per agent.
 pub const KEPT: usize = 1000;
+
+/// Bytes of messages kept per agent: a captured output line may be 64 KiB, and a thousand
+/// of them would be 64 MiB.
+pub const KEPT_BYTES: usize = 1 << 20;
 
 /// Lines a slow follower may fall behind by before it is told it missed some.
 const FOLLOW_BUFFER: usize = 1024;
@@ -43,6 +47,7 @@ fn as_str<S: serde::Serializer>(value: &Arc<str>, to: S) -> Result<S::Ok, S::Err
 struct Ring {
     next: u64,
     lines: VecDeque<Arc<LogLine>>,
+    bytes: usize,
     live: broadcast::Sender<Arc<LogLine>>,
 }
 
@@ -51,6 +56,7 @@ impl Ring {
         Self {
             next: 1,
             lines: VecDeque::new(),
+            bytes: 0,
             live: broadcast::channel(FOLLOW_BUFFER).0,
         }
     }
@@ -85,10 +91,13 @@ impl AgentLogs {
             message: message.to_owned(),
         });
         ring.next += 1;
-        if ring.lines.len() == KEPT {
-            ring.lines.pop_front();
-        }
+        ring.bytes += line.message.len();
         ring.lines.push_back(Arc::clone(&line));
+        while ring.lines.len() > KEPT || (ring.bytes > KEPT_BYTES && ring.lines.len() > 1) {
+            if let Some(old) = ring.lines.pop_front() {
+                ring.bytes -= old.message.len();
+            }
+        }
         // No follower is not an error.
         let _ = ring.live.send(line);
     }
@@ -130,6 +139,19 @@ impl AgentLogs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ring_is_bounded_in_bytes_too() {
+        let logs = AgentLogs::default();
+        let (agent, run): (Arc<str>, Arc<str>) = ("a".into(), "run_1".into());
+        let big = "x".repeat(64 * 1024);
+        for _ in 0..100 {
+            logs.push(&agent, "info", "stdout", 1, &run, &big);
+        }
+        let (kept, _) = logs.read("a", 0, usize::MAX);
+        assert_eq!(kept.len(), KEPT_BYTES / big.len());
+        assert_eq!(kept.last().unwrap().seq, 100);
+    }
 
     #[test]
     fn the_ring_keeps_the_newest_lines_and_resumes_after_a_sequence_number() {

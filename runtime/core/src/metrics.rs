@@ -464,6 +464,8 @@ impl Metrics {
     /// # Errors
     /// Only if formatting fails.
     pub fn encode(&self, now: &Snapshot) -> Result<String, std::fmt::Error> {
+        // Held throughout: two scrapes at once must not both add the engine's counts.
+        let registry = self.lock_registry();
         let gauge = |g: &Gauge, v: u64| {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         };
@@ -483,7 +485,6 @@ impl Metrics {
         catch_up(&self.cache_loads, now.cache_loads_total);
         // Queue gauges are refilled: an agent whose queue emptied (or that was deleted) has
         // no series.
-        let registry = self.lock_registry();
         self.runs_queued.clear();
         self.runs_running.clear();
         self.oldest_queued.clear();

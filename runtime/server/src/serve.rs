@@ -195,7 +195,39 @@ pub async fn serve(
         body_budget: api::BodyBudget::new(options.limits.in_flight),
         tls: listening.tls.is_some(),
         draining: std::sync::atomic::AtomicBool::new(false),
+        stopping: tokio_util::sync::CancellationToken::new(),
+        database: arc_swap::ArcSwap::from_pointee("not checked yet".to_owned()),
     });
+
+    // The database's health for `/readyz`, probed here every few seconds so that a probe
+    // never waits on the database (a busy store would make the host look unready).
+    let probed = Arc::clone(&state);
+    background.spawn(
+        gust_core::background::Stage::Intake,
+        move |stop| async move {
+            let mut tick = tokio::time::interval(DATABASE_PROBE_EVERY);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let health = match tokio::time::timeout(
+                    DATABASE_PROBE_EVERY,
+                    probed.host.lifecycle.ping_store(),
+                )
+                .await
+                {
+                    Ok(Ok(())) => "ok".to_owned(),
+                    Ok(Err(e)) => format!("unavailable: {e}"),
+                    Err(_) => format!(
+                        "unavailable: no answer within {}s",
+                        DATABASE_PROBE_EVERY.as_secs()
+                    ),
+                };
+                probed.database.store(Arc::new(health));
+            }
+        },
+    );
 
     // Runs are refused before the disk fills: a full disk would fail every commit, the
     // accepted runs' included.
@@ -264,6 +296,7 @@ pub async fn serve(
 
     let mut failure = None;
     let draining = Arc::clone(&state);
+    let stopping = state.stopping.clone();
     let stop = async {
         tokio::select! {
             () = shutdown => {
@@ -280,6 +313,7 @@ pub async fn serve(
             }
             Ok(e) = &mut on_load_failure => failure = Some(e),
         }
+        stopping.cancel();
     };
     let runs = Arc::clone(&state.host.runs);
     let drain_runs = |deadline| async move { runs.drain(deadline).await };
@@ -298,6 +332,9 @@ pub async fn serve(
     tracing::info!("stopped");
     failure.map_or(Ok(()), Err)
 }
+
+/// How often the database is probed for `/readyz`.
+const DATABASE_PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// The public URL goes into every endpoint URL and into the code the console and
 /// `gust endpoint` show, inside double quotes in shell, Python and JavaScript: it must be an

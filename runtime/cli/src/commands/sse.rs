@@ -11,13 +11,17 @@ pub(crate) async fn each_event(
     mut each: impl FnMut(&str, Value) -> bool,
 ) -> anyhow::Result<()> {
     let mut body = response.bytes_stream();
-    let (mut pending, mut event, mut data) = (String::new(), String::new(), String::new());
+    // Bytes, not text, until a line is whole: a character may be split between chunks.
+    let mut pending: Vec<u8> = Vec::new();
+    let (mut event, mut data) = (String::new(), String::new());
     while let Some(chunk) = body.next().await {
-        pending.push_str(&String::from_utf8_lossy(&chunk?));
+        pending.extend_from_slice(&chunk?);
         // `field: value` lines; an empty line ends an event.
-        while let Some(end) = pending.find('\n') {
-            let line = pending[..end].trim_end_matches('\r').to_owned();
-            pending.drain(..=end);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&raw[..end])
+                .trim_end_matches('\r')
+                .to_owned();
             if let Some(value) = line.strip_prefix("event:") {
                 event = value.trim().to_owned();
             } else if let Some(value) = line.strip_prefix("data:") {

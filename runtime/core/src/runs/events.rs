@@ -63,6 +63,14 @@ impl RunEvents {
         (channel.sender.subscribe(), channel.lines.clone())
     }
 
+    /// The lines the running attempt of `id` has logged so far.
+    pub fn lines(&self, id: &str) -> Vec<LogLine> {
+        self.lock()
+            .get(id)
+            .map(|c| c.lines.clone())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn started(&self, id: &str) {
         let mut runs = self.lock();
         let channel = Self::channel(&mut runs, id);
@@ -111,5 +119,50 @@ impl RunEvents {
         {
             runs.remove(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(message: &str) -> LogLine {
+        LogLine {
+            ts: 0,
+            level: "info".into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn channels_go_when_their_run_is_over_and_nobody_follows() {
+        let events = RunEvents::default();
+        // A follower of a run that is not running: gone when it leaves.
+        let (live, _) = events.subscribe("r1");
+        drop(live);
+        events.unsubscribe("r1");
+        assert!(events.lock().is_empty());
+
+        // A running run keeps its lines for followers that come later.
+        events.started("r2");
+        events.log("r2", line("one"));
+        let (mut live, lines) = events.subscribe("r2");
+        assert_eq!(lines.len(), 1);
+        events.log("r2", line("two"));
+        assert!(matches!(
+            live.try_recv(),
+            Ok(RunEvent::Log { index: 2, .. })
+        ));
+        drop(live);
+        events.unsubscribe("r2");
+        assert_eq!(events.lines("r2").len(), 2, "still running: kept");
+        events.ended("r2");
+        assert!(events.lock().is_empty(), "ended, nobody follows: gone");
+
+        // A new attempt starts its lines afresh.
+        events.started("r3");
+        events.log("r3", line("a"));
+        events.started("r3");
+        assert!(events.lines("r3").is_empty());
     }
 }

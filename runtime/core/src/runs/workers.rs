@@ -141,6 +141,9 @@ async fn execute(runs: &Runs, id: &str, room: Slot, shutdown: CancellationToken)
     let agent = started.agent.clone();
     let ended = attempt(runs, id, started, room, stopped, shutdown).await;
     runs.state.running().remove(id);
+    // The attempt is over whatever comes of its end: its event channel stops being a
+    // running one (followers re-read the store; the committed end tells them again).
+    runs.events.ended(id);
     match ended {
         // Not waited for: the worker slot is free for the next run while the end commits
         // (the writer keeps writes in order, so it lands after this run's start and

@@ -2,7 +2,8 @@
 //! progress, log lines, and at the end its output (or error) and delivery — ending when the
 //! run is final (with an `end` event, so a browser's EventSource does not reconnect).
 //!
-//! Log events have ids `log:N` (the Nth line of the attempt). A client that reconnects with
+//! Log events have ids `log:N` (the Nth line of the attempt; a retried run numbers its new
+//! attempt's lines from 1 again). A client that reconnects with
 //! `Last-Event-ID: log:N` gets the status and the latest progress again, then the lines after
 //! N that are kept: those of the attempt running now (kept in memory by `gust-core`'s
 //! `RunEvents`), or, once the run has ended, the ones stored with it. Earlier progress
@@ -39,13 +40,23 @@ pub(crate) async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let runs = Arc::clone(&state.host.runs);
-    // Subscribed before the store is read: nothing falls between the two.
+    // An unknown run is a 404 before any channel is made for it.
+    runs.get(&agent, &id, None).await?;
+    // Subscribed before the store is read again: nothing falls between the two.
     let (live, running_lines) = runs.events().subscribe(&id);
     let follower = Follower {
         events: Arc::clone(runs.events()),
         id: id.clone(),
     };
-    let run = run_json(&runs.get(&agent, &id, None).await?);
+    let run = match runs.get(&agent, &id, None).await {
+        Ok(run) => run_json(&run),
+        Err(e) => {
+            // The receiver goes before the follower, so the channel goes with them.
+            drop(live);
+            drop(follower);
+            return Err(e.into());
+        }
+    };
     let seen = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -84,6 +95,9 @@ pub(crate) async fn events(
             futures::StreamExt::flat_map(rest, |batch| stream::iter(batch.into_iter().map(Ok))),
         )) as EventStream
     };
+    // Followers end when the host shuts down, so they do not hold the shutdown for its
+    // whole grace period.
+    let stream = futures::StreamExt::take_until(stream, state.stopping.clone().cancelled_owned());
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -121,11 +135,15 @@ async fn next_events(mut s: Streaming) -> Option<(Vec<Event>, Streaming)> {
     }
     let event = tokio::time::timeout(RECHECK, s.live.recv()).await;
     let batch = match event {
-        Ok(Ok(RunEvent::Started)) => vec![
-            Event::default()
-                .event("status")
-                .data(json!({"status": "running"}).to_string()),
-        ],
+        Ok(Ok(RunEvent::Started)) => {
+            // A new attempt numbers its lines from 1 again.
+            s.seen = 0;
+            vec![
+                Event::default()
+                    .event("status")
+                    .data(json!({"status": "running"}).to_string()),
+            ]
+        }
         Ok(Ok(RunEvent::Progress { fraction, message })) => {
             vec![
                 Event::default()
@@ -156,7 +174,14 @@ async fn next_events(mut s: Streaming) -> Option<(Vec<Event>, Streaming)> {
                 s.done = true;
                 batch
             } else {
-                Vec::new()
+                // Lines missed while lagging are still kept beside the running attempt.
+                let lines = s.runs.events().lines(&s.follower.id);
+                let mut batch = Vec::new();
+                for (index, line) in lines.iter().enumerate().skip(s.seen) {
+                    batch.push(log_event(index + 1, &line_json(line)));
+                }
+                s.seen = s.seen.max(lines.len());
+                batch
             }
         }
         Ok(Err(RecvError::Closed)) => {

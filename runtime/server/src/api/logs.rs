@@ -47,7 +47,15 @@ pub(crate) async fn logs(
 ) -> Result<Response, ApiError> {
     // An unknown agent is a 404, not an empty ring made for it.
     state.host.lifecycle.get(&agent).await?;
-    let limit = params.limit.unwrap_or(DEFAULT_LINES);
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    // A client resuming wants every line it missed that is still kept, not the newest 100.
+    let resuming = resumed.is_some() || params.after.is_some();
+    let limit = params
+        .limit
+        .unwrap_or(if resuming { KEPT } else { DEFAULT_LINES });
     if !(1..=KEPT).contains(&limit) {
         return Err(Error::BadRequest(format!("`limit` is between 1 and {KEPT}")).into());
     }
@@ -58,10 +66,6 @@ pub(crate) async fn logs(
             return Err(Error::BadRequest(format!("`follow` is 1 or 0, not `{other}`")).into());
         }
     };
-    let resumed = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
     let after = resumed.or(params.after).unwrap_or(0);
     let (kept, live) = state.host.calls.logs().read(&agent, after, limit);
     if !follow {
@@ -69,7 +73,20 @@ pub(crate) async fn logs(
         return Ok(Json(json!({"agent": agent, "lines": lines})).into_response());
     }
     let last = kept.last().map_or(after, |l| l.seq);
-    let first = stream::iter(kept.into_iter().map(|line| Ok(event(&line))));
+    // Lines after `after` that the ring no longer has: say how many.
+    let gap = kept
+        .first()
+        .map_or(0, |l| l.seq.saturating_sub(after.saturating_add(1)));
+    let missed = (resuming && gap > 0).then(|| {
+        Ok(Event::default()
+            .event("missed")
+            .data(json!({"lines": gap}).to_string()))
+    });
+    let first = stream::iter(
+        missed
+            .into_iter()
+            .chain(kept.into_iter().map(|line| Ok(event(&line)))),
+    );
     let next = stream::unfold((live, last), |(mut live, last)| async move {
         loop {
             match live.recv().await {
@@ -90,8 +107,13 @@ pub(crate) async fn logs(
             }
         }
     });
-    let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> =
-        Box::pin(first.chain(next));
+    // Followers end when the host shuts down, so they do not hold the shutdown for its
+    // whole grace period.
+    let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
+        first
+            .chain(next)
+            .take_until(state.stopping.clone().cancelled_owned()),
+    );
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())

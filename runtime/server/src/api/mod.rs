@@ -72,6 +72,12 @@ pub(crate) struct AppState {
     pub(crate) tls: bool,
     /// Set on SIGTERM during the drain delay: `/readyz` answers 503.
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// Cancelled when the listener stops accepting: streams that only follow (logs, run
+    /// events) end, where calls in flight get the grace period.
+    pub(crate) stopping: tokio_util::sync::CancellationToken,
+    /// The database's health as a background probe last found it (`/readyz` reads this,
+    /// never the database itself: probes must answer at once).
+    pub(crate) database: arc_swap::ArcSwap<String>,
 }
 
 impl AppState {
