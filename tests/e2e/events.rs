@@ -3,64 +3,38 @@
 
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::Host;
+use crate::support::sse::{SseEvent, SseReader};
 
 /// The events of a stream until `end`: (event, id, data).
 async fn until_end(response: reqwest::Response) -> Vec<(String, String, Value)> {
     timed_until_end(response)
         .await
         .into_iter()
-        .map(|(event, id, data, _)| (event, id, data))
+        .map(|e| (e.event, e.id, e.data))
         .collect()
 }
 
 /// As [`until_end`], with when each event arrived.
-async fn timed_until_end(
-    response: reqwest::Response,
-) -> Vec<(String, String, Value, std::time::Instant)> {
+async fn timed_until_end(response: reqwest::Response) -> Vec<SseEvent> {
     assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.bytes_stream();
-    let (mut pending, mut events) = (String::new(), Vec::new());
-    let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+    let mut reader = SseReader::new(response);
     tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            while let Some(end) = pending.find('\n') {
-                let line = pending[..end].to_owned();
-                pending.drain(..=end);
-                if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                } else if line.is_empty() && !data.is_empty() {
-                    let value: Value = serde_json::from_str(&data).unwrap();
-                    let last = event == "end";
-                    events.push((
-                        std::mem::take(&mut event),
-                        std::mem::take(&mut id),
-                        value,
-                        std::time::Instant::now(),
-                    ));
-                    data.clear();
-                    if last {
-                        return;
-                    }
-                }
-            }
-            match body.next().await {
-                Some(chunk) => pending.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
-                None => return,
+        let mut events = Vec::new();
+        while let Some(event) = reader.next().await {
+            let last = event.event == "end";
+            events.push(event);
+            if last {
+                break;
             }
         }
+        events
     })
     .await
-    .expect("the stream ended within 30 s");
-    events
+    .expect("the stream ended within 30 s")
 }
 
 async fn submit(host: &Host, input: Value) -> String {
@@ -190,17 +164,17 @@ async fn a_sync_call_streams_its_progress_before_its_output() {
         .unwrap();
     assert!(response.headers().contains_key("gust-run-id"));
     let events = timed_until_end(response).await;
-    let kinds: Vec<&str> = events.iter().map(|(e, ..)| e.as_str()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(
         kinds,
         ["progress", "progress", "progress", "output", "end"],
         "{events:?}"
     );
-    let (_, _, output, answered) = &events[3];
+    let (output, answered) = (&events[3].data, events[3].at);
     assert_eq!(output["json"]["steps"], 3, "{output}");
     assert_eq!(output["deployment"]["version"], 1, "{output}");
     // Streamed as reported, not gathered at the end.
-    let first = events[0].3;
+    let first = events[0].at;
     assert!(
         answered.duration_since(first) >= Duration::from_millis(700),
         "the first progress came {:?} before the output",

@@ -306,17 +306,7 @@ async fn warm_standby_instances_serve_one_call_each_and_go_with_their_deployment
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // A standby instance takes the call's own context and sink.
-        let response = host
-            .request(reqwest::Method::POST, &format!("/v1/agents/{agent}/run"))
-            .json(&json!({"op": "context"}))
-            .send()
-            .await
-            .unwrap();
-        let run_id = response.headers()["gust-run-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let body: Value = response.json().await.unwrap();
+        let (_, run_id, body) = host.call_run(agent, json!({"op": "context"})).await;
         assert_eq!(body["run_id"], run_id.as_str(), "{agent}: {body}");
         let id = submit(&host, agent, json!({"op": "steps"})).await;
         let run = finished(&host, agent, &id).await;

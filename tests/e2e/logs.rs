@@ -6,61 +6,34 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::support::sse::SseReader;
 use crate::support::{Host, TOKEN};
 
 /// A sync call that logs, prints to stdout and stderr; its run id.
 async fn printing_call(host: &Host) -> String {
-    let response = host
-        .request(Method::POST, "/v1/agents/probe/run")
-        .json(&json!({"op": "print"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.headers()["gust-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned()
+    let (status, run_id, body) = host.call_run("probe", json!({"op": "print"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    run_id
 }
 
-/// Reads Server-Sent Events until `want` matches one's data; the events' ids and data.
-async fn until_event(
-    body: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
-    pending: &mut String,
-    want: impl Fn(&Value) -> bool,
-) -> Vec<(u64, Value)> {
-    let mut seen = Vec::new();
-    let (mut id, mut data) = (0, String::new());
+/// Reads events until `want` matches one's data; the events' ids and data.
+async fn until_event(events: &mut SseReader, want: impl Fn(&Value) -> bool) -> Vec<(u64, Value)> {
     tokio::time::timeout(Duration::from_secs(20), async {
+        let mut seen = Vec::new();
         loop {
-            while let Some(end) = pending.find('\n') {
-                let line = pending[..end].to_owned();
-                pending.drain(..=end);
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse().unwrap();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                } else if line.is_empty() && !data.is_empty() {
-                    let event: Value = serde_json::from_str(&data).unwrap();
-                    data.clear();
-                    let done = want(&event);
-                    seen.push((id, event));
-                    if done {
-                        return;
-                    }
-                }
+            let event = events.next().await.expect("the stream went on");
+            let done = want(&event.data);
+            seen.push((event.id.parse().unwrap(), event.data));
+            if done {
+                return seen;
             }
-            let chunk = body.next().await.expect("the stream went on").unwrap();
-            pending.push_str(&String::from_utf8_lossy(&chunk));
         }
     })
     .await
-    .expect("the event came");
-    seen
+    .expect("the event came")
 }
 
 #[tokio::test]
@@ -104,12 +77,11 @@ async fn sync_call_lines_are_kept_followed_and_resumed() {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let mut body = response.bytes_stream();
-    let mut pending = String::new();
-    let replayed = until_event(&mut body, &mut pending, |_| true).await;
+    let mut events = SseReader::new(response);
+    let replayed = until_event(&mut events, |_| true).await;
     assert_eq!(replayed[0].1["run_id"], first.as_str());
     let second = printing_call(&host).await;
-    let live = until_event(&mut body, &mut pending, |e| {
+    let live = until_event(&mut events, |e| {
         e["run_id"] == second.as_str() && e["source"] == "log"
     })
     .await;
@@ -123,10 +95,9 @@ async fn sync_call_lines_are_kept_followed_and_resumed() {
         .send()
         .await
         .unwrap();
-    let mut body = resumed.bytes_stream();
-    let mut pending = String::new();
+    let mut events = SseReader::new(resumed);
     let third = printing_call(&host).await;
-    let after = until_event(&mut body, &mut pending, |e| e["run_id"] == third.as_str()).await;
+    let after = until_event(&mut events, |e| e["run_id"] == third.as_str()).await;
     assert!(after.iter().all(|(id, _)| *id > last_seen), "{after:?}");
 
     // The host's own log: JSON lines, a call's lines with its agent, version and run id.

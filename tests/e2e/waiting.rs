@@ -43,17 +43,22 @@ async fn waiting_host(dir: &std::path::Path, upstream: &Upstream, extra: &[&str]
     host
 }
 
+/// The upstream's gate for [`AT_ONCE`] calls, and the probe input that waits at it: each
+/// call waits there until all of them are there, so only calls that wait together pass (in
+/// turns, each would wait out the gate's minute).
+fn gated(upstream: &Upstream) -> (String, serde_json::Value) {
+    let gate = format!("/gate?n={AT_ONCE}&ms=60000");
+    let input = json!({"op": "fetch", "key": format!("{}{gate}", upstream.origin)});
+    (gate, input)
+}
+
 #[tokio::test]
 async fn a_thousand_sync_calls_waiting_on_an_upstream_all_succeed_with_default_settings() {
     raise_open_files();
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let host = waiting_host(dir.path(), &upstream, &[]).await;
-    // Each call waits at the upstream until all of them are there: only calls that wait
-    // together pass (in turns, each would wait out the gate's minute).
-    let gate = format!("/gate?n={AT_ONCE}&ms=60000");
-    let url = format!("{}{gate}", upstream.origin);
-    let input = json!({"op": "fetch", "key": url});
+    let (gate, input) = gated(&upstream);
 
     let started = Instant::now();
     let calls: Vec<_> = (0..AT_ONCE)
@@ -97,11 +102,8 @@ async fn a_thousand_queued_runs_wait_together() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let host = waiting_host(dir.path(), &upstream, &[]).await;
-    // As above: the runs are released when all of them wait at the upstream, however long
-    // the 1,000 submissions took.
-    let gate = format!("/gate?n={AT_ONCE}&ms=60000");
-    let url = format!("{}{gate}", upstream.origin);
-    let input = json!({"op": "fetch", "key": url});
+    // Released when all of them wait at the upstream, however long the submissions took.
+    let (gate, input) = gated(&upstream);
     for _ in 0..AT_ONCE {
         let (status, body) = host
             .send(

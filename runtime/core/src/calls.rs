@@ -296,12 +296,11 @@ impl CallSink for Observed {
     }
 
     fn outbound(&self, request: OutboundRequest) {
-        let pattern = origin_parts(&request.host).and_then(|(scheme, host, port)| {
-            self.allowed
-                .iter()
-                .find(|(p, _)| p.matches(scheme, host, port))
-                .map(|(_, shown)| Arc::clone(shown))
-        });
+        let pattern = self
+            .allowed
+            .iter()
+            .find(|(p, _)| p.matches_origin(&request.host))
+            .map(|(_, shown)| Arc::clone(shown));
         let (pattern, outcome) = match (pattern, request.status, &request.error) {
             (None, _, _) => (Arc::from("denied"), "denied"),
             (Some(p), Some(status), _) if status < 400 => (p, "ok"),
@@ -310,29 +309,5 @@ impl CallSink for Observed {
         };
         self.metrics.outbound(&self.agent, pattern, outcome);
         self.inner.outbound(request);
-    }
-}
-
-/// `scheme://host[:port]` as scheme, host and port (the scheme's default when left out).
-fn origin_parts(origin: &str) -> Option<(&str, &str, u16)> {
-    let (scheme, rest) = origin.split_once("://")?;
-    let default = match scheme {
-        "https" => 443,
-        "http" => 80,
-        _ => return None,
-    };
-    match rest.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-            Some((
-                scheme,
-                host.trim_start_matches('[').trim_end_matches(']'),
-                port.parse().ok()?,
-            ))
-        }
-        _ => Some((
-            scheme,
-            rest.trim_start_matches('[').trim_end_matches(']'),
-            default,
-        )),
     }
 }

@@ -229,6 +229,12 @@ impl HostPattern {
         })
     }
 
+    /// Whether a request to `origin` (`scheme://host[:port]`, as outgoing requests are
+    /// recorded) matches; read with the same rules as a pattern.
+    pub fn matches_origin(&self, origin: &str) -> bool {
+        Self::parse(origin).is_ok_and(|o| !o.wildcard && self.matches(&o.scheme, &o.host, o.port))
+    }
+
     /// Whether a request to `scheme://host:port` matches.
     pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
         if !self.scheme.eq_ignore_ascii_case(scheme) || self.port != port {
@@ -285,6 +291,15 @@ mod pattern_tests {
         assert!(!local.matches("http", "127.0.0.1", 80));
         let v6 = HostPattern::parse("http://[::1]:9000").unwrap();
         assert!(v6.matches("http", "[::1]", 9000));
+        // Recorded origins, as outgoing requests name them.
+        assert!(wild.matches_origin("https://a.example.com"));
+        assert!(
+            !wild.matches_origin("https://*.example.com"),
+            "an origin is not a pattern"
+        );
+        assert!(local.matches_origin("http://127.0.0.1:8080"));
+        assert!(!local.matches_origin("http://127.0.0.1"));
+        assert!(v6.matches_origin("http://[::1]:9000"));
         for bad in [
             "api.openai.com",
             "ftp://x",

@@ -4,6 +4,7 @@
 
 pub(crate) mod componentize;
 pub(crate) mod receiver;
+pub(crate) mod sse;
 pub(crate) mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -264,6 +265,25 @@ impl Host {
             .and_then(|v| v.parse().ok());
         let body = response.json().await.unwrap_or(Value::Null);
         (status, version, body)
+    }
+
+    /// A sync call: status, its run id (`gust-run-id`), and the JSON body.
+    pub(crate) async fn call_run(&self, agent: &str, input: Value) -> (StatusCode, String, Value) {
+        let response = self
+            .request(Method::POST, &format!("/v1/agents/{agent}/run"))
+            .json(&input)
+            .send()
+            .await
+            .expect("call failed");
+        let status = response.status();
+        let run_id = response
+            .headers()
+            .get("gust-run-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, run_id, body)
     }
 
     pub(crate) async fn stats(&self) -> Value {

@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::Ctx;
-use super::sse::each_event;
+use super::sse::{self, each_event};
 use crate::output::text;
 
 pub(crate) async fn logs(c: &Ctx, agent: &str, follow: bool, limit: usize) -> anyhow::Result<()> {
@@ -20,14 +20,7 @@ pub(crate) async fn logs(c: &Ctx, agent: &str, follow: bool, limit: usize) -> an
         }
         return Ok(());
     }
-    let response = c
-        .client
-        .send(
-            c.client
-                .request(Method::GET, &format!("{path}&follow=1"))
-                .header("accept", "text/event-stream"),
-        )
-        .await?;
+    let response = sse::follow(c, &format!("{path}&follow=1")).await?;
     let json = c.out.json;
     each_event(response, |event, data| {
         if json {

@@ -130,14 +130,7 @@ pub(crate) async fn runs_get(c: &Ctx, agent: &str, id: &str, wait: bool) -> anyh
 /// `gust runs get --follow`: the run's events as they come (on stderr, so stdout stays the
 /// run), then the run as `gust runs get` prints it, with its exit code.
 pub(crate) async fn runs_follow(c: &Ctx, agent: &str, id: &str) -> anyhow::Result<()> {
-    let response = c
-        .client
-        .send(
-            c.client
-                .request(Method::GET, &format!("/v1/agents/{agent}/runs/{id}/events"))
-                .header("accept", "text/event-stream"),
-        )
-        .await?;
+    let response = super::sse::follow(c, &format!("/v1/agents/{agent}/runs/{id}/events")).await?;
     let quiet = c.out.quiet;
     super::sse::each_event(response, |event, data| {
         if !quiet {

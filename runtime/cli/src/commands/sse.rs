@@ -1,7 +1,19 @@
 //! Reading Server-Sent Events from the API (`gust logs --follow`, `gust runs get --follow`).
 
 use futures::StreamExt as _;
+use reqwest::Method;
 use serde_json::Value;
+
+use super::Ctx;
+
+/// Opens the event stream at `path`.
+pub(crate) async fn follow(c: &Ctx, path: &str) -> anyhow::Result<reqwest::Response> {
+    let request = c
+        .client
+        .request(Method::GET, path)
+        .header("accept", "text/event-stream");
+    c.client.send(request).await
+}
 
 /// Calls `each(event, data)` for every event of `response` until the stream ends or `each`
 /// answers `false`. `event` is the event's name (`message` when it has none); `data` its

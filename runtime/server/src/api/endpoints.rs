@@ -44,45 +44,44 @@ pub(crate) async fn endpoints(
 pub(crate) fn endpoint_list(state: &AppState, agent: &str, mode: DeliveryMode) -> Vec<Value> {
     let sync = state.sync_url(agent);
     let runs = state.runs_url(agent);
-    let mut list = vec![json!({
-        "name": "sync",
-        "title": "Sync",
-        "description": "Calls the agent and answers with its output.",
-        "method": "POST",
-        "url": sync,
-        "snippets": {
-            "curl": curl_call(&sync),
-            "python": python_call(&sync),
-            "node": node_call(&sync),
-        },
-    })];
+    let mut list = vec![endpoint(
+        ("sync", "Sync"),
+        "Calls the agent and answers with its output.",
+        ("POST", &sync),
+        [curl_call(&sync), python_call(&sync), node_call(&sync)],
+    )];
     if mode == DeliveryMode::Async {
-        list.push(json!({
-            "name": "async_push",
-            "title": "Async push",
-            "description": "Queues a run and answers 202 with its id at once; the result is pushed, signed, to your application.",
-            "method": "POST",
-            "url": runs,
-            "snippets": {
-                "curl": curl_call(&runs),
-                "python": python_call(&runs),
-                "node": node_call(&runs),
-            },
-        }));
-        list.push(json!({
-            "name": "async_poll",
-            "title": "Async poll",
-            "description": "Queues a run, then polls it until it ends and prints its output.",
-            "method": "GET",
-            "url": format!("{runs}/{{run_id}}"),
-            "snippets": {
-                "curl": curl_poll(&runs),
-                "python": python_poll(&runs),
-                "node": node_poll(&runs),
-            },
-        }));
+        list.push(endpoint(
+            ("async_push", "Async push"),
+            "Queues a run and answers 202 with its id at once; the result is pushed, signed, to your application.",
+            ("POST", &runs),
+            [curl_call(&runs), python_call(&runs), node_call(&runs)],
+        ));
+        list.push(endpoint(
+            ("async_poll", "Async poll"),
+            "Queues a run, then polls it until it ends and prints its output.",
+            ("GET", &format!("{runs}/{{run_id}}")),
+            [curl_poll(&runs), python_poll(&runs), node_poll(&runs)],
+        ));
     }
     list
+}
+
+/// One endpoint as the API shows it; `snippets` in the order curl, Python, Node.js.
+fn endpoint(
+    (name, title): (&str, &str),
+    description: &str,
+    (method, url): (&str, &str),
+    [curl, python, node]: [String; 3],
+) -> Value {
+    json!({
+        "name": name,
+        "title": title,
+        "description": description,
+        "method": method,
+        "url": url,
+        "snippets": {"curl": curl, "python": python, "node": node},
+    })
 }
 
 fn curl_call(url: &str) -> String {
