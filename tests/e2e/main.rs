@@ -18,6 +18,7 @@ mod logs;
 mod metrics;
 mod mutants;
 mod once;
+mod openapi;
 mod outbound;
 mod push;
 mod readme;

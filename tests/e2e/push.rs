@@ -499,3 +499,33 @@ async fn receivers_verify_pushes_with_the_standardwebhooks_libraries() {
         assert_eq!(got["event"]["type"], "push.test", "{script}: {got}");
     }
 }
+
+#[tokio::test]
+async fn a_push_test_reports_an_unreachable_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bound, then closed.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", free.local_addr().unwrap());
+    drop(free);
+    let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config(
+        "probe",
+        json!({"mode": "async", "push": {"url": url, "access_token": "t"}}),
+    )
+    .await;
+    host.deploy("probe", None).await;
+    // What the test found is the answer, not a failure of the host.
+    let (status, answer) = host
+        .send(host.request(Method::POST, "/v1/agents/probe/push/test"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["delivered"], false, "{answer}");
+    assert!(answer["status"].is_null(), "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("could not be reached")),
+        "{answer}"
+    );
+}

@@ -25,6 +25,7 @@ const FOLLOW_BUFFER: usize = 1024;
 
 /// One guest line of a sync call.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogLine {
     /// Increasing per agent, from 1.
     pub seq: u64,
@@ -34,9 +35,13 @@ pub struct LogLine {
     pub level: &'static str,
     /// `log`, or `stdout`/`stderr` for captured output.
     pub source: &'static str,
+    /// The version that logged it.
     pub version: u32,
+    /// The call's run id.
     #[serde(serialize_with = "as_str")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub run_id: Arc<str>,
+    /// The line.
     pub message: String,
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// pushed to their application. (Not to be confused with the kind of a call — a sync call
 /// answered inline or a queued run — which the guest sees as `invocation.mode`.)
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryMode {
     /// Sync calls answer inline; queued runs are polled.
@@ -22,6 +23,7 @@ pub enum DeliveryMode {
 
 /// Where the results of queued runs are pushed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PushConfig {
     /// The receiver: an `http` or `https` URL of the user's application.
@@ -29,6 +31,12 @@ pub struct PushConfig {
     /// Sent as `Authorization: Bearer …` with every push. Write-only: answers show
     /// [`REDACTED`].
     pub access_token: String,
+    /// The signing secret (`whsec_…`) the receiver verifies pushes with: made by the host
+    /// and shown once, in the answer that turned push on (or rotated it). Never stored
+    /// here and never accepted in a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(read_only))]
+    pub secret: Option<String>,
 }
 
 /// What answers show instead of an access token; sending it back in a `PUT` keeps the
@@ -37,6 +45,7 @@ pub const REDACTED: &str = "***";
 
 /// See the module docs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// `sync` or `async`; `async` requires `push`.
@@ -153,12 +162,12 @@ impl Default for AgentConfig {
 
 impl AgentConfig {
     /// The configuration as answers show it: the access token replaced by [`REDACTED`].
-    pub fn redacted(&self) -> serde_json::Value {
+    pub fn redacted(&self) -> AgentConfig {
         let mut shown = self.clone();
         if let Some(push) = &mut shown.push {
             push.access_token = REDACTED.to_owned();
         }
-        serde_json::to_value(shown).unwrap_or_default()
+        shown
     }
 
     /// The push target when runs of this configuration are pushed.

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 /// One problem with an uploaded component.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Diagnostic {
     /// Stable, machine-readable: `not_a_component`, `core_module`, `missing_export`,
     /// `export_type_mismatch`, `unknown_import`, `limit_exceeded`, `instantiation_failed`.

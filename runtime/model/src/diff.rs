@@ -11,11 +11,16 @@ use crate::config::{AgentConfig, REDACTED};
 /// means the field is absent there. Secrets are never shown: a changed access token and
 /// the values of `config` keys read `***`, with `secret` set.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfigChange {
+    /// The dotted path of the field.
     pub field: String,
+    /// The live value (`null`: absent).
     pub from: Value,
+    /// The value the deploy would make live (`null`: absent).
     pub to: Value,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    /// Whether the values are hidden (`***`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub secret: bool,
 }
 
@@ -23,8 +28,9 @@ pub struct ConfigChange {
 /// field of `to` counts as new), sorted by path.
 pub fn config_changes(from: Option<&AgentConfig>, to: &AgentConfig) -> Vec<ConfigChange> {
     let mut changes = Vec::new();
-    let before = from.map_or(Value::Null, AgentConfig::redacted);
-    walk("", &before, &to.redacted(), &mut changes);
+    let shown = |c: &AgentConfig| serde_json::to_value(c.redacted()).unwrap_or_default();
+    let before = from.map_or(Value::Null, shown);
+    walk("", &before, &shown(to), &mut changes);
     // Redaction hides a new token behind the same `***`: compare the tokens themselves.
     if let (Some(a), Some(b)) = (from.and_then(|c| c.push.as_ref()), to.push.as_ref())
         && a.access_token != b.access_token
@@ -118,6 +124,7 @@ mod tests {
         draft.push = Some(PushConfig {
             url: "https://app.example/hook".into(),
             access_token: "tok-123".into(),
+            secret: None,
         });
         draft.config.insert("MODEL".into(), "small".into());
         let changes = config_changes(Some(&live), &draft);
@@ -149,6 +156,7 @@ mod tests {
             push: Some(PushConfig {
                 url: "https://app.example/hook".into(),
                 access_token: "old".into(),
+                secret: None,
             }),
             ..AgentConfig::default()
         };

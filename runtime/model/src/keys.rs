@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// A key's rate limit: a token bucket refilled at `per_second`, holding at most `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Sustained requests per second.

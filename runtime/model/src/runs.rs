@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a run is in its life. `succeeded`, `failed`, `cancelled` and `expired` are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     /// Accepted and durable, waiting for a worker.

@@ -22,6 +22,7 @@ pub struct Stats {
 
 /// A point-in-time copy of [`Stats`], as served by the API.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatsSnapshot {
     /// Components compiled by this process (uploads, and cache misses at start or deploy).
     pub compiles_total: u64,

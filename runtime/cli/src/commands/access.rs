@@ -259,7 +259,10 @@ pub(crate) async fn push_test(c: &Ctx, agent: &str) -> anyhow::Result<()> {
     if c.out.json {
         c.out.json(&answer)?;
     } else {
-        println!("the push receiver answered {}", answer["status"]);
+        match answer["error"].as_str() {
+            Some(error) => println!("{error}"),
+            None => println!("the push receiver answered {}", answer["status"]),
+        }
     }
     if answer["delivered"] != json!(true) {
         anyhow::bail!("the push receiver did not accept the test event");

@@ -48,7 +48,7 @@ impl Keys {
         name: &str,
         rate_limit: Option<RateLimit>,
     ) -> Result<(String, KeyRecord), Error> {
-        if name.is_empty() || name.len() > 128 {
+        if name.is_empty() || name.chars().count() > 128 {
             return Err(Error::BadRequest(
                 "`name` must be 1 to 128 characters".into(),
             ));

@@ -276,6 +276,11 @@ impl Lifecycle {
         let _guard = self.locks.lock(agent).await;
         let current = self.store.draft(agent).await?;
         let has_secret = self.secrets.exists(agent).await?;
+        if draft.push.as_ref().is_some_and(|p| p.secret.is_some()) {
+            return Err(Error::BadRequest(
+                "`push.secret` is made by the host and shown once; it cannot be set (rotate it with POST …/push/rotate-secret)".into(),
+            ));
+        }
         if let Some(push) = &mut draft.push
             && push.access_token == REDACTED
         {

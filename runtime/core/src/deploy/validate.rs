@@ -158,7 +158,7 @@ mod tests {
         );
         validate(&ok, &Maxima::default()).unwrap();
         assert_eq!(ok.push_target().unwrap().url, "https://app.example/hook");
-        assert_eq!(ok.redacted()["push"]["access_token"], REDACTED);
+        assert_eq!(ok.redacted().push.unwrap().access_token, REDACTED);
         let ftp = parse(r#"{"push": {"url": "ftp://x/y", "access_token": "t"}}"#);
         assert!(validate(&ftp, &Maxima::default()).is_err());
         let sync_with_push = parse(r#"{"push": {"url": "http://x/y", "access_token": "t"}}"#);

@@ -50,7 +50,10 @@ use crate::secrets::PushSecrets;
 pub use events::{RunEvent, RunEvents};
 pub use push::PushSettings;
 use state::QueueState;
-pub use view::{payload_json, run_json, run_summary_json};
+pub use view::{
+    Delivery, Outbound, Payload, Progress, RunError, RunLog, RunSummary, RunView, payload_json,
+    run_json,
+};
 use writer::Writer;
 
 /// A new run id: `run_` and a UUIDv7 in hex, so ids sort by creation time (which keeps the
@@ -140,6 +143,7 @@ pub struct Submitted {
 
 /// Counters of the run queue for `/v1/stats`.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunStats {
     /// Runs accepted since start.
     pub runs_accepted_total: u64,
@@ -463,12 +467,13 @@ impl Runs {
     }
 
     /// Sends a `push.test` event to the live deployment's push target; answers with the
-    /// receiver's HTTP status.
+    /// receiver's HTTP status, or why it could not be reached (a test reports what happened:
+    /// an unreachable receiver is its finding, not the host failing).
     ///
     /// # Errors
-    /// [`Error::Conflict`] when the live deployment does not push, [`Error::Failed`] when the
-    /// receiver cannot be reached.
-    pub async fn push_test(&self, agent: &str) -> Result<u16, Error> {
+    /// [`Error::Conflict`] when the live deployment does not push, [`Error::BadRequest`]
+    /// when the push URL is refused.
+    pub async fn push_test(&self, agent: &str) -> Result<Result<u16, String>, Error> {
         let deployment = self.lifecycle.live(agent)?;
         let Some(push) = deployment.push.clone() else {
             return Err(Error::Conflict(format!(

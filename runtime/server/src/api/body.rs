@@ -137,8 +137,17 @@ async fn drain(mut body: Body) {
 ///
 /// # Errors
 /// [`Error::BadRequest`] when the body is not that JSON.
+/// A JSON object body as `T`. Only an object: serde would also fill a struct from an array
+/// of its fields in order, so `[]` would read as "all defaults".
 pub(crate) fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
+    let invalid = |e: serde_json::Error| Error::BadRequest(format!("invalid JSON body: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(invalid)?;
+    if !value.is_object() {
+        return Err(Error::BadRequest(
+            "invalid JSON body: expected an object".into(),
+        ));
+    }
+    serde_json::from_value(value).map_err(invalid)
 }
 
 pub(crate) fn human_bytes(n: usize) -> String {
@@ -172,4 +181,28 @@ pub(crate) fn mark_replayed(response: &mut axum::response::Response) {
         axum::http::HeaderName::from_static("idempotent-replayed"),
         axum::http::HeaderValue::from_static("true"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json;
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(default)]
+        n: u32,
+    }
+
+    #[test]
+    fn only_an_object_is_a_body() {
+        assert_eq!(json::<Body>(br#"{"n": 2}"#).unwrap().n, 2);
+        assert_eq!(json::<Body>(b"{}").unwrap().n, 0);
+        // serde alone would read these as a struct's fields in order.
+        for not_an_object in [&b"[]"[..], b"[3]", b"7", b"\"x\"", b"null"] {
+            let e = json::<Body>(not_an_object).unwrap_err().to_string();
+            assert!(e.contains("expected an object"), "{e}");
+        }
+        assert!(json::<Body>(br#"{"m": 1}"#).is_err());
+    }
 }

@@ -8,26 +8,61 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use gust_core::clock::rfc3339;
-use gust_model::{AgentConfig, AgentRecord, DeploymentRecord, VersionRecord};
+use gust_core::runs::RunStats;
+use gust_model::AgentConfig;
+use gust_wasm::StatsSnapshot;
 
+use super::answers::{
+    AgentList, AgentListed, AgentView, Deployed, DeploymentView, Endpoints, LiveRef, Preview,
+    SyncEndpoint, Uploaded, VersionDetail, VersionList, VersionView,
+};
 use super::auth::Admin;
 use super::error::ApiError;
+use super::openapi::{
+    AgentPath, AgentVersionPath, BINARY, ComponentBytes, OPENMETRICS, TAG_AGENTS, TAG_HOST,
+};
 use super::paths::{AgentName, AgentVersion, Params};
 use super::{AppState, body};
 
 type Answer = Result<Response, ApiError>;
 
-pub(crate) async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `/healthz`: the process answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Health {
+    /// `ok`.
+    status: &'static str,
+}
+
+/// The process is up (liveness).
+#[utoipa::path(get, path = "/healthz", tag = TAG_HOST,
+    responses((status = 200, description = "The process answers.", body = Health)))]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// `/readyz`: whether to send traffic here.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Readiness {
+    /// `ready`, `loading deployments` or `draining`.
+    status: &'static str,
+    /// Agents with a live deployment loaded.
+    deployments: usize,
+    /// The database's health as the last probe found it: `ok`, or what failed.
+    database: String,
+    /// The storage backend (`sqlite`).
+    backend: &'static str,
 }
 
 /// Ready when the deployments are loaded and the host is not draining. The database is
 /// reported beside it, not in it: deployed agents answer sync calls without it (the hot path
 /// reads no database), so a load balancer should keep sending them.
+#[utoipa::path(get, path = "/readyz", tag = TAG_HOST, responses(
+    (status = 200, description = "Ready: deployments loaded, not draining.", body = Readiness),
+    (status = 503, description = "Not ready (loading or draining).", body = Readiness)))]
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let database = state.database.load();
     let (ready, status) = if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
@@ -37,12 +72,12 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         (false, "loading deployments")
     };
-    let body = Json(json!({
-        "status": status,
-        "deployments": state.host.lifecycle.registry().live_count(),
-        "database": database.as_str(),
-        "backend": state.host.backend,
-    }));
+    let body = Json(Readiness {
+        status,
+        deployments: state.host.lifecycle.registry().live_count(),
+        database: database.as_str().to_owned(),
+        backend: state.host.backend,
+    });
     if ready {
         body.into_response()
     } else {
@@ -51,6 +86,8 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `/metrics` behind the admin token (the same text `--metrics-listen` serves without one).
+#[utoipa::path(get, path = "/metrics", tag = TAG_HOST, security(("admin" = [])), responses(
+    (status = 200, description = "Prometheus metrics (OpenMetrics text).", content_type = OPENMETRICS, body = String)))]
 pub(crate) async fn metrics(_: Admin, State(state): State<Arc<AppState>>) -> Answer {
     metrics_text(&state).await
 }
@@ -98,28 +135,46 @@ pub(crate) async fn metrics_text(state: &AppState) -> Answer {
         .into_response())
 }
 
-pub(crate) async fn stats(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
+/// `/v1/stats`: the engine's counters, the run queue's, and admission's.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Stats {
+    #[serde(flatten)]
+    engine: StatsSnapshot,
+    #[serde(flatten)]
+    runs: RunStats,
+    /// Admitted calls and runs (`live_instances` also counts upload checks).
+    instances_admitted: usize,
+    /// What admission weighs instances against (deploy/memory.rs).
+    memory_budget_bytes: u64,
+    /// The latest reading of the resident size.
+    resident_bytes: u64,
+    /// The estimate per instance learned from it.
+    memory_per_instance_bytes: u64,
+}
+
+/// The host's counters.
+#[utoipa::path(get, path = "/v1/stats", tag = TAG_HOST, security(("admin" = [])),
+    responses((status = 200, description = "Counters since start.", body = Stats)))]
+pub(crate) async fn stats(_: Admin, State(state): State<Arc<AppState>>) -> Json<Stats> {
     let host = &state.host;
     let deployments = host.lifecycle.registry().live_count() as u64;
-    let mut stats = json!(host.engine.stats().snapshot(deployments));
-    if let (Some(stats), Value::Object(runs)) = (stats.as_object_mut(), json!(host.runs.stats())) {
-        stats.extend(runs);
-    }
-    // Admitted calls and runs; `live_instances` also counts upload checks.
     let admission = host.lifecycle.admission();
-    stats["instances_admitted"] = json!(admission.in_use());
-    // What admission weighs instances against (deploy/memory.rs): the budget, the latest
-    // reading of the resident size, and the estimate per instance learned from it.
     let (budget, resident, per_instance) = admission.memory();
-    stats["memory_budget_bytes"] = json!(budget);
-    stats["resident_bytes"] = json!(resident);
-    stats["memory_per_instance_bytes"] = json!(per_instance);
-    Json(stats)
+    Json(Stats {
+        engine: host.engine.stats().snapshot(deployments),
+        runs: host.runs.stats(),
+        instances_admitted: admission.in_use(),
+        memory_budget_bytes: budget,
+        resident_bytes: resident,
+        memory_per_instance_bytes: per_instance,
+    })
 }
 
 /// Every agent, with what the console's list shows: the live deployment and its mode, whether
 /// the draft differs from it, sync calls and failures since this host started, and runs
 /// queued and running.
+#[utoipa::path(get, path = "/v1/agents", tag = TAG_AGENTS, security(("admin" = [])),
+    responses((status = 200, description = "Every agent.", body = AgentList)))]
 pub(crate) async fn list_agents(_: Admin, State(state): State<Arc<AppState>>) -> Answer {
     let host = &state.host;
     let active: HashMap<String, (u64, u64)> = host
@@ -130,7 +185,7 @@ pub(crate) async fn list_agents(_: Admin, State(state): State<Arc<AppState>>) ->
         .map(|a| (a.agent, (a.queued, a.running)))
         .collect();
     let admission = host.lifecycle.admission();
-    let agents: Vec<Value> = host
+    let agents: Vec<AgentListed> = host
         .lifecycle
         .list()
         .await?
@@ -138,26 +193,35 @@ pub(crate) async fn list_agents(_: Admin, State(state): State<Arc<AppState>>) ->
         .map(|a| {
             let (calls, failures) = admission.calls(&a.name);
             let (queued, running) = active.get(&a.name).copied().unwrap_or_default();
-            json!({
-                "agent": a.name,
-                "created_at": rfc3339(a.created_at),
-                "live": a.live.map(|(deployment, version)| json!({"deployment": deployment, "version": version})),
-                "mode": a.mode,
-                "deployed_at": a.deployed_at.map(rfc3339),
-                "draft_pending": a.draft_pending,
-                "newest_version": a.newest_version,
-                "versions": a.versions,
-                "calls": calls,
-                "failures": failures,
-                "runs_queued": queued,
-                "runs_running": running,
-                "endpoints": {"sync": state.sync_url(&a.name)},
-            })
+            AgentListed {
+                endpoints: SyncEndpoint {
+                    sync: state.sync_url(&a.name),
+                },
+                agent: a.name,
+                created_at: rfc3339(a.created_at),
+                live: a.live.map(|(deployment, version)| LiveRef {
+                    deployment,
+                    version,
+                }),
+                mode: a.mode,
+                deployed_at: a.deployed_at.map(rfc3339),
+                draft_pending: a.draft_pending,
+                newest_version: a.newest_version,
+                versions: a.versions,
+                calls,
+                failures,
+                runs_queued: queued,
+                runs_running: running,
+            }
         })
         .collect();
-    Ok(Json(json!({ "agents": agents })).into_response())
+    Ok(Json(AgentList { agents }).into_response())
 }
 
+/// An agent: its endpoints, live deployment, draft, versions and deployments.
+#[utoipa::path(get, path = "/v1/agents/{agent}", tag = TAG_AGENTS, params(AgentPath),
+    security(("admin" = [])),
+    responses((status = 200, description = "The agent.", body = AgentView)))]
 pub(crate) async fn get_agent(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -169,25 +233,32 @@ pub(crate) async fn get_agent(
         .live
         .as_ref()
         .is_some_and(|live| live.config != record.draft);
-    let versions = versions_json(&record);
-    let deployments: Vec<Value> = record
-        .deployments
-        .iter()
-        .map(|d| deployment_json(d, live_number == Some(d.deployment)))
-        .collect();
-    Ok(Json(json!({
-        "agent": record.name,
-        "created_at": rfc3339(record.created_at),
-        "endpoints": state.endpoints(&record.name, record.live.as_ref().map(|d| d.config.mode).unwrap_or_default()),
-        "live": record.live.as_ref().map(|d| deployment_json(d, true)),
-        "draft": record.draft.redacted(),
-        "draft_pending": draft_pending,
-        "versions": versions,
-        "deployments": deployments,
-    }))
+    let mode = record
+        .live
+        .as_ref()
+        .map(|d| d.config.mode)
+        .unwrap_or_default();
+    Ok(Json(AgentView {
+        agent: record.name.clone(),
+        created_at: rfc3339(record.created_at),
+        endpoints: Endpoints::new(&state, &record.name, mode),
+        live: record.live.as_ref().map(|d| DeploymentView::new(d, true)),
+        draft: record.draft.redacted(),
+        draft_pending,
+        versions: VersionView::all(&record),
+        deployments: record
+            .deployments
+            .iter()
+            .map(|d| DeploymentView::new(d, live_number == Some(d.deployment)))
+            .collect(),
+    })
     .into_response())
 }
 
+/// Deletes the agent: its versions, deployments, runs, keys and kept log lines.
+#[utoipa::path(delete, path = "/v1/agents/{agent}", tag = TAG_AGENTS, params(AgentPath),
+    security(("admin" = [])),
+    responses((status = 204, description = "Deleted.")))]
 pub(crate) async fn delete_agent(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -199,6 +270,21 @@ pub(crate) async fn delete_agent(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Uploads a component: checked against the agent world, stored as the agent's next version
+/// (the agent is created by its first upload). The same bytes again name the same version.
+#[utoipa::path(post, path = "/v1/agents/{agent}/versions", tag = TAG_AGENTS, params(AgentPath),
+    security(("admin" = [])),
+    request_body(content = ComponentBytes, content_type = BINARY, description = "The component's bytes (`.wasm`)."),
+    responses(
+        (status = 201, description = "A new version.", body = Uploaded, links(
+            ("deploy" = (operation_id = "deploy", parameters(("agent" = "$response.body#/agent")),
+                request_body = json!({"version": "$response.body#/version"}))),
+            ("get_version" = (operation_id = "get_version", parameters(("agent" = "$response.body#/agent"), ("version" = "$response.body#/version")))))),
+        (status = 200, description = "These bytes already are this version.", body = Uploaded, links(
+            ("deploy" = (operation_id = "deploy", parameters(("agent" = "$response.body#/agent")),
+                request_body = json!({"version": "$response.body#/version"}))),
+            ("get_version" = (operation_id = "get_version", parameters(("agent" = "$response.body#/agent"), ("version" = "$response.body#/version")))))),
+        (status = 422, description = "Not a component of the agent world: `diagnostics` say what is wrong.", body = super::error::ErrorBody)))]
 pub(crate) async fn upload(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -219,29 +305,41 @@ pub(crate) async fn upload(
     } else {
         StatusCode::OK
     };
-    let v = &uploaded.version;
+    let v = uploaded.version;
     Ok((
         status,
-        Json(json!({
-            "agent": v.agent,
-            "version": v.version,
-            "digest": v.digest,
-            "size": v.size,
-            "created_at": rfc3339(v.created_at),
-        })),
+        Json(Uploaded {
+            created_at: rfc3339(v.created_at),
+            agent: v.agent,
+            version: v.version,
+            digest: v.digest,
+            size: v.size,
+        }),
     )
         .into_response())
 }
 
+/// The agent's stored versions, the live one marked.
+#[utoipa::path(get, path = "/v1/agents/{agent}/versions", tag = TAG_AGENTS, params(AgentPath),
+    security(("admin" = [])),
+    responses((status = 200, description = "The versions, oldest first.", body = VersionList)))]
 pub(crate) async fn list_versions(
     _: Admin,
     State(state): State<Arc<AppState>>,
     AgentName(agent): AgentName,
 ) -> Answer {
     let record = state.host.lifecycle.get(&agent).await?;
-    Ok(Json(json!({"agent": agent, "versions": versions_json(&record)})).into_response())
+    Ok(Json(VersionList {
+        agent,
+        versions: VersionView::all(&record),
+    })
+    .into_response())
 }
 
+/// One version, with its component's imports and exports in WIT.
+#[utoipa::path(get, path = "/v1/agents/{agent}/versions/{version}", tag = TAG_AGENTS,
+    params(AgentVersionPath), security(("admin" = [])),
+    responses((status = 200, description = "The version.", body = VersionDetail)))]
 pub(crate) async fn get_version(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -254,12 +352,19 @@ pub(crate) async fn get_version(
         .registry()
         .get(&agent)
         .is_some_and(|d| d.version() == n);
-    let mut view = version_json(&version, live);
-    view["agent"] = json!(agent);
-    view["wit"] = json!(wit);
-    Ok(Json(view).into_response())
+    Ok(Json(VersionDetail {
+        agent,
+        version: VersionView::new(&version, live),
+        wit,
+    })
+    .into_response())
 }
 
+/// Deletes a version that no deployment runs now.
+#[utoipa::path(delete, path = "/v1/agents/{agent}/versions/{version}", tag = TAG_AGENTS,
+    params(AgentVersionPath), security(("admin" = [])),
+    responses((status = 204, description = "Deleted."),
+        (status = 409, description = "The live deployment runs it.", body = super::error::ErrorBody)))]
 pub(crate) async fn delete_version(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -269,6 +374,10 @@ pub(crate) async fn delete_version(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The draft configuration: what the next deploy freezes (the access token reads `***`).
+#[utoipa::path(get, path = "/v1/agents/{agent}/config", tag = TAG_AGENTS, params(AgentPath),
+    security(("admin" = [])),
+    responses((status = 200, description = "The draft.", body = AgentConfig)))]
 pub(crate) async fn get_config(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -280,6 +389,12 @@ pub(crate) async fn get_config(
 /// Small: a configuration is a few keys, not a data store.
 const CONFIG_BODY_LIMIT: usize = 1 << 20;
 
+/// Replaces the draft configuration; it takes effect at the next deploy. Turning push on for
+/// the first time answers the signing secret in `push.secret`, this once.
+#[utoipa::path(put, path = "/v1/agents/{agent}/config", tag = TAG_AGENTS, params(AgentPath),
+    security(("admin" = [])),
+    request_body(content = AgentConfig, description = "The whole draft; fields left out take their defaults. `push.access_token` may be `***` to keep the stored token (same URL only)."),
+    responses((status = 200, description = "The saved draft.", body = AgentConfig)))]
 pub(crate) async fn put_config(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -297,19 +412,32 @@ pub(crate) async fn put_config(
     let draft: AgentConfig = body::json(&bytes)?;
     let (saved, new_secret) = state.host.lifecycle.put_draft(&agent, draft).await?;
     let mut answer = saved.redacted();
-    if let Some(secret) = new_secret {
+    if let (Some(secret), Some(push)) = (new_secret, answer.push.as_mut()) {
         // Shown this once: the receiver needs it to verify signatures.
-        answer["push"]["secret"] = secret.into();
+        push.secret = Some(secret);
     }
     Ok(Json(answer).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DeployRequest {
+pub(crate) struct DeployRequest {
+    /// The version to make live; the newest when left out.
+    #[schema(minimum = 1, maximum = 4294967295_u32)]
     version: Option<u32>,
 }
 
+/// Makes a version live with the draft configuration frozen beside it: an atomic swap, the
+/// endpoint unchanged. An empty body deploys the newest version. Honours `Idempotency-Key`.
+#[utoipa::path(post, path = "/v1/agents/{agent}/deploy", tag = TAG_AGENTS, params(AgentPath,
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+            description = "Repeats of a deploy with the same key answer the first deploy again.")),
+    security(("admin" = [])),
+    request_body(content = Option<DeployRequest>),
+    responses((status = 200, description = "What is live now.", body = Deployed, links(
+        ("run" = (operation_id = "run", parameters(("agent" = "$response.body#/agent")))),
+        ("submit_run" = (operation_id = "submit_run", parameters(("agent" = "$response.body#/agent")))))),
+        (status = 409, description = "Not deployable (a version missing, an async mode without push).", body = super::error::ErrorBody)))]
 pub(crate) async fn deploy(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -325,21 +453,27 @@ pub(crate) async fn deploy(
         .lifecycle
         .deploy(&agent, request.version, key)
         .await?;
-    let mut response = Json(deploy_answer(&state, &deployed.record)).into_response();
+    let mut response = Json(Deployed::new(&state, &deployed.record)).into_response();
     if deployed.replayed {
         body::mark_replayed(&mut response);
     }
     Ok(response)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PreviewParams {
+    /// The version a deploy would make live; the newest when left out.
+    #[param(minimum = 1, maximum = 4294967295_u32)]
     version: Option<u32>,
 }
 
 /// What `POST …/deploy` with the same version would change, changing nothing: the console's
 /// Confirm dialog and `gust deploy --dry-run` show it.
+#[utoipa::path(get, path = "/v1/agents/{agent}/deploy/preview", tag = TAG_AGENTS,
+    params(AgentPath, PreviewParams), security(("admin" = [])),
+    responses((status = 200, description = "What the deploy would change.", body = Preview)))]
 pub(crate) async fn preview(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -348,25 +482,36 @@ pub(crate) async fn preview(
 ) -> Answer {
     let preview = state.host.lifecycle.preview(&agent, params.version).await?;
     let changes_anything = preview.changes_anything();
-    Ok(Json(json!({
-        "agent": agent,
-        "live": preview.live.as_ref().map(|d| deployment_json(d, true)),
-        "version": version_json(&preview.version, preview.live.as_ref().is_some_and(|l| l.version == preview.version.version)),
-        "config": preview.draft.redacted(),
-        "endpoints": state.endpoints(&agent, preview.draft.mode),
-        "changes": preview.changes,
-        "changes_anything": changes_anything,
-    }))
+    let live_version = preview.live.as_ref().map(|l| l.version);
+    Ok(Json(Preview {
+        endpoints: Endpoints::new(&state, &agent, preview.draft.mode),
+        agent,
+        live: preview.live.as_ref().map(|d| DeploymentView::new(d, true)),
+        version: VersionView::new(
+            &preview.version,
+            live_version == Some(preview.version.version),
+        ),
+        config: preview.draft.redacted(),
+        changes: preview.changes,
+        changes_anything,
+    })
     .into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RollbackRequest {
+pub(crate) struct RollbackRequest {
     /// The deployment to return to; without it, the previous one.
+    #[schema(minimum = 1, maximum = 4294967295_u32)]
     to: Option<u32>,
 }
 
+/// Makes an earlier deployment live again, with the configuration frozen in it.
+#[utoipa::path(post, path = "/v1/agents/{agent}/rollback", tag = TAG_AGENTS, params(AgentPath),
+    security(("admin" = [])),
+    request_body(content = Option<RollbackRequest>),
+    responses((status = 200, description = "What is live now.", body = Deployed),
+        (status = 409, description = "Nothing to roll back to.", body = super::error::ErrorBody)))]
 pub(crate) async fn rollback(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -376,7 +521,7 @@ pub(crate) async fn rollback(
 ) -> Answer {
     let request: RollbackRequest = optional_json(&state, &headers, request_body).await?;
     let record = state.host.lifecycle.rollback(&agent, request.to).await?;
-    Ok(Json(deploy_answer(&state, &record)).into_response())
+    Ok(Json(Deployed::new(&state, &record)).into_response())
 }
 
 /// A small control-plane JSON body that may be left empty (all defaults), read within the
@@ -387,54 +532,10 @@ async fn optional_json<T: Default + serde::de::DeserializeOwned>(
     request_body: Body,
 ) -> Result<T, ApiError> {
     let bytes = body::read(&state.body_budget, headers, request_body, CONFIG_BODY_LIMIT).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // `null` reads as no body: a client that serializes "nothing to say" as JSON sends it.
+    if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
         Ok(T::default())
     } else {
         Ok(body::json(&bytes)?)
     }
-}
-
-fn deploy_answer(state: &AppState, d: &DeploymentRecord) -> Value {
-    json!({
-        "agent": d.agent,
-        "deployment": d.deployment,
-        "version": d.version,
-        "digest": d.digest,
-        "deployed_at": rfc3339(d.deployed_at),
-        "config": d.config.redacted(),
-        "endpoints": state.endpoints(&d.agent, d.config.mode),
-    })
-}
-
-/// Every version of an agent, the live one marked.
-fn versions_json(record: &AgentRecord) -> Vec<Value> {
-    let live_version = record.live.as_ref().map(|d| d.version);
-    record
-        .versions
-        .iter()
-        .map(|v| version_json(v, live_version == Some(v.version)))
-        .collect()
-}
-
-fn version_json(v: &VersionRecord, live: bool) -> Value {
-    json!({
-        "version": v.version,
-        "digest": v.digest,
-        "size": v.size,
-        "created_at": rfc3339(v.created_at),
-        "last_deployed_at": v.last_deployed_at.map(rfc3339),
-        "live": live,
-    })
-}
-
-fn deployment_json(d: &DeploymentRecord, live: bool) -> Value {
-    json!({
-        "deployment": d.deployment,
-        "version": d.version,
-        "digest": d.digest,
-        "config": d.config.redacted(),
-        "deployed_at": rfc3339(d.deployed_at),
-        "rolled_back_at": d.rolled_back_at.map(rfc3339),
-        "live": live,
-    })
 }

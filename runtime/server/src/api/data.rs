@@ -29,6 +29,19 @@ const AGENT_VERSION: HeaderName = HeaderName::from_static("gust-agent-version");
 /// The deployment that answered (changes with every deploy and rollback).
 const DEPLOYMENT: HeaderName = HeaderName::from_static("gust-deployment");
 
+/// Calls the agent and answers with its output, as the agent labelled it. With
+/// `Accept: text/event-stream`, the call's progress and log lines stream as Server-Sent
+/// Events, then its `output` (or `error`) and `end`.
+#[utoipa::path(post, path = "/v1/agents/{agent}/run", tag = super::openapi::TAG_CALLS, operation_id = "run",
+    params(super::openapi::AgentPath), security(("admin" = []), ("api_key" = [])),
+    request_body(content = serde_json::Value, description = "The agent's input: any JSON, or any bytes with their `Content-Type`.",
+        content(("application/json"), ("*/*"))),
+    responses(
+        (status = 200, description = "The agent's output, with `gust-run-id`, `gust-agent-version` and `gust-deployment` headers.",
+            content((serde_json::Value = "*/*"), (super::openapi::CallEventStream = super::openapi::EVENT_STREAM))),
+        (status = 422, description = "The agent refused the input (`invalid_input`).", body = super::error::ErrorBody),
+        (status = 502, description = "The agent failed (`failed`), trapped, ran out of memory or answered too much.", body = super::error::ErrorBody),
+        (status = 504, description = "The call ran past its deployment's `sync_timeout_s`.", body = super::error::ErrorBody)))]
 pub(crate) async fn run(
     Invoker(agent): Invoker,
     State(state): State<Arc<AppState>>,

@@ -9,18 +9,59 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use gust_model::DeliveryMode;
 
 use super::AppState;
 use super::auth::Admin;
 use super::error::ApiError;
+use super::openapi::{AgentPath, TAG_AGENTS};
 use super::paths::AgentName;
 
 /// The input the snippets send; agents take any JSON, and this reads as an example.
 const EXAMPLE_INPUT: &str = r#"{"message": "Hello"}"#;
 
+/// The live deployment's endpoints, each with code to copy.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EndpointList {
+    agent: String,
+    deployment: u32,
+    version: u32,
+    mode: DeliveryMode,
+    /// The environment variable the snippets read the key from.
+    key_variable: &'static str,
+    endpoints: Vec<Endpoint>,
+}
+
+/// One endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Endpoint {
+    /// `sync`, `async_push` or `async_poll`.
+    name: &'static str,
+    title: &'static str,
+    description: &'static str,
+    method: &'static str,
+    url: String,
+    snippets: Snippets,
+}
+
+/// Code that calls an endpoint, as printed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Snippets {
+    /// bash with curl.
+    curl: String,
+    /// Python 3, standard library only.
+    python: String,
+    /// Node.js 18 or later.
+    node: String,
+}
+
+/// The live deployment's endpoints with curl, Python and Node.js code to call each.
+#[utoipa::path(get, path = "/v1/agents/{agent}/endpoints", tag = TAG_AGENTS, operation_id = "endpoints",
+    params(AgentPath), security(("admin" = [])),
+    responses((status = 200, description = "The endpoints.", body = EndpointList)))]
 pub(crate) async fn endpoints(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -28,20 +69,20 @@ pub(crate) async fn endpoints(
 ) -> Result<Response, ApiError> {
     let live = state.host.lifecycle.live(&agent)?;
     let mode = live.mode();
-    Ok(Json(json!({
-        "agent": agent,
-        "deployment": live.number,
-        "version": live.version(),
-        "mode": mode,
-        "key_variable": "GUST_API_KEY",
-        "endpoints": endpoint_list(&state, &agent, mode),
-    }))
+    Ok(Json(EndpointList {
+        endpoints: endpoint_list(&state, &agent, mode),
+        agent,
+        deployment: live.number,
+        version: live.version(),
+        mode,
+        key_variable: "GUST_API_KEY",
+    })
     .into_response())
 }
 
 /// Sync calls always; in async mode also submitting a run (its result pushed to the user's
 /// application) and polling one.
-pub(crate) fn endpoint_list(state: &AppState, agent: &str, mode: DeliveryMode) -> Vec<Value> {
+pub(crate) fn endpoint_list(state: &AppState, agent: &str, mode: DeliveryMode) -> Vec<Endpoint> {
     let sync = state.sync_url(agent);
     let runs = state.runs_url(agent);
     let mut list = vec![endpoint(
@@ -69,19 +110,19 @@ pub(crate) fn endpoint_list(state: &AppState, agent: &str, mode: DeliveryMode) -
 
 /// One endpoint as the API shows it; `snippets` in the order curl, Python, Node.js.
 fn endpoint(
-    (name, title): (&str, &str),
-    description: &str,
-    (method, url): (&str, &str),
+    (name, title): (&'static str, &'static str),
+    description: &'static str,
+    (method, url): (&'static str, &str),
     [curl, python, node]: [String; 3],
-) -> Value {
-    json!({
-        "name": name,
-        "title": title,
-        "description": description,
-        "method": method,
-        "url": url,
-        "snippets": {"curl": curl, "python": python, "node": node},
-    })
+) -> Endpoint {
+    Endpoint {
+        name,
+        title,
+        description,
+        method,
+        url: url.to_owned(),
+        snippets: Snippets { curl, python, node },
+    }
 }
 
 fn curl_call(url: &str) -> String {

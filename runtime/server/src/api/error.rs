@@ -8,9 +8,30 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use gust_core::Error;
+use gust_model::Diagnostic;
+
+/// Every error answer: `{"error": {"kind", "message"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// Stable, machine-readable: `bad_request`, `unauthorized`, `not_found`, `overloaded`,
+    /// `invalid_component`, `invalid_input`, `failed`, `trap`, `timeout`, …
+    kind: &'static str,
+    /// For a person.
+    message: String,
+    /// An invalid component's problems, one by one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diagnostics: Option<Vec<Diagnostic>>,
+}
 
 /// An [`Error`] on its way out as a response; `?` converts.
 #[derive(Debug)]
@@ -51,11 +72,18 @@ impl IntoResponse for ApiError {
             tracing::error!("internal error: {e:#}");
         }
         let status = status(&error);
-        let mut body = json!({"kind": error.kind(), "message": error.to_string()});
-        if let Error::InvalidComponent { diagnostics, .. } = &error {
-            body["diagnostics"] = json!(diagnostics);
-        }
-        let mut response = (status, Json(json!({ "error": body }))).into_response();
+        let diagnostics = match &error {
+            Error::InvalidComponent { diagnostics, .. } => Some(diagnostics.clone()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                kind: error.kind(),
+                message: error.to_string(),
+                diagnostics,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was never read, so this connection cannot carry another
             // request; say so, or a client's connection pool would reuse it and fail.

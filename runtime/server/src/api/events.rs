@@ -33,6 +33,13 @@ use super::paths::AgentRun;
 /// most this).
 const RECHECK: Duration = Duration::from_secs(2);
 
+/// The run as Server-Sent Events, ending when it is final.
+#[utoipa::path(get, path = "/v1/agents/{agent}/runs/{run_id}/events", tag = super::openapi::TAG_RUNS, operation_id = "run_events",
+    params(super::openapi::AgentRunPath,
+        ("Last-Event-ID" = Option<String>, Header, description = "`log:N`: resume after the Nth log line of the attempt.")),
+    security(("admin" = []), ("api_key" = [])),
+    responses((status = 200, description = "`status`, `progress`, `log`, `output`, `error`, `delivery` and a final `end` event.",
+        content((super::openapi::RunEventStream = super::openapi::EVENT_STREAM)))))]
 pub(crate) async fn events(
     _: Invoker,
     State(state): State<Arc<AppState>>,

@@ -13,9 +13,10 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream, StreamExt as _};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
 
 use gust_core::Error;
 use gust_core::logs::{KEPT, LogLine};
@@ -23,21 +24,41 @@ use gust_core::logs::{KEPT, LogLine};
 use super::AppState;
 use super::auth::Admin;
 use super::error::ApiError;
+use super::openapi::{AgentPath, EVENT_STREAM, LogEventStream, TAG_AGENTS};
 use super::paths::{AgentName, Params};
 
 const DEFAULT_LINES: usize = 100;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LogParams {
     /// Stream new lines as they come (`1` or `true`).
+    #[param(pattern = "^(0|1|true|false)$")]
     follow: Option<String>,
     /// The most kept lines answered first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Only lines after this sequence number.
     after: Option<u64>,
 }
 
+/// The kept lines.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Logs {
+    agent: String,
+    /// Oldest first.
+    lines: Vec<LogLine>,
+}
+
+/// The guest lines of the agent's recent sync calls; with `follow=1`, as Server-Sent Events
+/// (`log` events whose ids are the lines' `seq`, `missed` when lines were dropped).
+#[utoipa::path(get, path = "/v1/agents/{agent}/logs", tag = TAG_AGENTS, operation_id = "logs",
+    params(AgentPath, LogParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume a follow after this line.")),
+    security(("admin" = [])),
+    responses((status = 200, description = "The kept lines, or (with `follow=1`) a stream of them.",
+        content((Logs = "application/json"), (LogEventStream = EVENT_STREAM)))))]
 pub(crate) async fn logs(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -69,8 +90,8 @@ pub(crate) async fn logs(
     let after = resumed.or(params.after).unwrap_or(0);
     let (kept, live) = state.host.calls.logs().read(&agent, after, limit);
     if !follow {
-        let lines: Vec<&LogLine> = kept.iter().map(|l| &**l).collect();
-        return Ok(Json(json!({"agent": agent, "lines": lines})).into_response());
+        let lines = kept.iter().map(|l| LogLine::clone(l)).collect();
+        return Ok(Json(Logs { agent, lines }).into_response());
     }
     let last = kept.last().map_or(after, |l| l.seq);
     // Lines after `after` that the ring no longer has: say how many.

@@ -9,8 +9,11 @@
 //! - `events`: one queued run as it goes, as Server-Sent Events;
 //! - `auth`, `paths`, `body`: who is calling, the path's names, request bodies — each with
 //!   errors in the API's shape;
-//! - `error`: the one mapping from [`Error`] to a response.
+//! - `error`: the one mapping from [`Error`] to a response;
+//! - `openapi`: the OpenAPI document, from the handlers' annotations and answer types
+//!   (`answers`: the control plane's).
 
+mod answers;
 pub(crate) mod auth;
 pub(crate) mod body;
 mod control;
@@ -20,16 +23,19 @@ pub(crate) mod error;
 mod events;
 mod keys;
 mod logs;
+mod openapi;
 mod paths;
 mod runs;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use gust_core::auth::AdminToken;
 use gust_core::{Error, Host};
-use gust_model::DeliveryMode;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use error::ApiError;
 
@@ -88,19 +94,6 @@ impl AppState {
     pub(crate) fn runs_url(&self, agent: &str) -> String {
         format!("{}/v1/agents/{agent}/runs", self.public_url)
     }
-
-    /// The endpoints of a deployment: sync calls; submitting queued runs whose results are
-    /// pushed (async mode only); and where a queued run is polled.
-    pub(crate) fn endpoints(&self, agent: &str, mode: DeliveryMode) -> serde_json::Value {
-        let mut endpoints = serde_json::json!({
-            "sync": self.sync_url(agent),
-            "async_poll": format!("{}/{{run_id}}", self.runs_url(agent)),
-        });
-        if mode == DeliveryMode::Async {
-            endpoints["async_push"] = self.runs_url(agent).into();
-        }
-        endpoints
-    }
 }
 
 /// `--metrics-listen`'s router: `/metrics` without the token, nothing else.
@@ -121,65 +114,10 @@ pub(crate) fn metrics_router(state: Arc<AppState>) -> Router {
 /// All routes, with `extra` (the console's) beside the API's. Unknown paths and methods
 /// answer in the same JSON error shape as the rest.
 pub(crate) fn router(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> Router {
+    let (api, _) = api_routes().split_for_parts();
     Router::new()
         .merge(extra)
-        .route("/healthz", get(control::healthz))
-        .route("/readyz", get(control::readyz))
-        .route("/v1/stats", get(control::stats))
-        .route("/metrics", get(control::metrics))
-        .route("/v1/agents", get(control::list_agents))
-        .route(
-            "/v1/agents/{agent}",
-            get(control::get_agent).delete(control::delete_agent),
-        )
-        .route(
-            "/v1/agents/{agent}/versions",
-            post(control::upload).get(control::list_versions),
-        )
-        .route(
-            "/v1/agents/{agent}/versions/{version}",
-            get(control::get_version).delete(control::delete_version),
-        )
-        .route(
-            "/v1/agents/{agent}/config",
-            get(control::get_config).put(control::put_config),
-        )
-        .route("/v1/agents/{agent}/deploy", post(control::deploy))
-        .route("/v1/agents/{agent}/deploy/preview", get(control::preview))
-        .route("/v1/agents/{agent}/endpoints", get(endpoints::endpoints))
-        .route("/v1/agents/{agent}/logs", get(logs::logs))
-        .route("/v1/agents/{agent}/rollback", post(control::rollback))
-        .route("/v1/agents/{agent}/run", post(data::run))
-        .route(
-            "/v1/agents/{agent}/runs",
-            post(runs::submit).get(runs::list),
-        )
-        .route("/v1/agents/{agent}/runs/{run_id}", get(runs::get))
-        .route("/v1/agents/{agent}/runs/{run_id}/input", get(runs::input))
-        .route(
-            "/v1/agents/{agent}/runs/{run_id}/events",
-            get(events::events),
-        )
-        .route(
-            "/v1/agents/{agent}/runs/{run_id}/cancel",
-            post(runs::cancel),
-        )
-        .route("/v1/agents/{agent}/runs/{run_id}/rerun", post(runs::rerun))
-        .route(
-            "/v1/agents/{agent}/runs/{run_id}/redeliver",
-            post(runs::redeliver),
-        )
-        .route("/v1/agents/{agent}/push/test", post(runs::push_test))
-        .route(
-            "/v1/agents/{agent}/keys",
-            post(keys::create).get(keys::list),
-        )
-        .route("/v1/agents/{agent}/keys/{key_id}", delete(keys::revoke))
-        .route("/v1/admin/rotate-token", post(keys::rotate_admin_token))
-        .route(
-            "/v1/agents/{agent}/push/rotate-secret",
-            post(runs::rotate_secret),
-        )
+        .merge(api)
         .fallback(|| async { ApiError(Error::NotFound("no such route".into())) })
         .method_not_allowed_fallback(|| async {
             ApiError(Error::MethodNotAllowed(
@@ -188,4 +126,38 @@ pub(crate) fn router(state: Arc<AppState>, extra: Router<Arc<AppState>>) -> Rout
         })
         .layer(auth::RefuseCredentialsInQuery::new(Arc::clone(&state)))
         .with_state(state)
+}
+
+/// The API's routes with their OpenAPI operations: one list for both, so neither can miss
+/// a route the other has.
+pub(crate) fn api_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::Frame::openapi())
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(control::healthz))
+        .routes(routes!(control::readyz))
+        .routes(routes!(control::stats))
+        .routes(routes!(control::metrics))
+        .routes(routes!(control::list_agents))
+        .routes(routes!(control::get_agent, control::delete_agent))
+        .routes(routes!(control::upload, control::list_versions))
+        .routes(routes!(control::get_version, control::delete_version))
+        .routes(routes!(control::get_config, control::put_config))
+        .routes(routes!(control::deploy))
+        .routes(routes!(control::preview))
+        .routes(routes!(endpoints::endpoints))
+        .routes(routes!(logs::logs))
+        .routes(routes!(control::rollback))
+        .routes(routes!(data::run))
+        .routes(routes!(runs::submit, runs::list))
+        .routes(routes!(runs::get))
+        .routes(routes!(runs::input))
+        .routes(routes!(events::events))
+        .routes(routes!(runs::cancel))
+        .routes(routes!(runs::rerun))
+        .routes(routes!(runs::redeliver))
+        .routes(routes!(runs::push_test))
+        .routes(routes!(runs::rotate_secret))
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(keys::rotate_admin_token))
 }

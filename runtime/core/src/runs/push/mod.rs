@@ -142,7 +142,11 @@ impl Pusher {
     }
 
     /// Sends a `push.test` event to `push`, answering the receiver's status.
-    pub(super) async fn test(&self, agent: &str, push: &PushConfig) -> Result<u16, Error> {
+    pub(super) async fn test(
+        &self,
+        agent: &str,
+        push: &PushConfig,
+    ) -> Result<Result<u16, String>, Error> {
         let inner = &self.inner;
         let body = serde_json::to_vec(&envelope(
             "push.test",
@@ -152,19 +156,19 @@ impl Pusher {
         .map_err(|e| Error::Internal(e.into()))?;
         let event_id = format!("msg_{}", uuid::Uuid::now_v7().simple());
         let secrets = inner.secrets.signing(agent).await?;
-        let response = inner
+        match inner
             .post(&push.url, &push.access_token, &event_id, &secrets, body)
             .await
-            .map_err(|e| match e {
-                PostError::Refused(refused) => {
-                    Error::BadRequest(format!("the push URL is refused: {refused}"))
-                }
-                PostError::Http(e) => Error::Failed(format!(
-                    "the push receiver could not be reached: {}",
-                    describe(e)
-                )),
-            })?;
-        Ok(response.status().as_u16())
+        {
+            Ok(response) => Ok(Ok(response.status().as_u16())),
+            Err(PostError::Refused(refused)) => Err(Error::BadRequest(format!(
+                "the push URL is refused: {refused}"
+            ))),
+            Err(PostError::Http(e)) => Ok(Err(format!(
+                "the push receiver could not be reached: {}",
+                describe(e)
+            ))),
+        }
     }
 }
 
