@@ -2,6 +2,7 @@
 //! readings.
 
 pub mod resident;
+pub mod wrk;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -42,6 +43,31 @@ impl Host {
         data: &Path,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::spawn(cpu, gust, data, args, false)
+    }
+
+    /// As [`Host::start_on`], with the host logging at its own level (`args` may set
+    /// `--log` and `--log-format`) into nothing: for measuring what writing the log costs
+    /// without a screen to fill.
+    ///
+    /// # Errors
+    /// When it does not start.
+    pub fn start_logging(
+        cpu: Option<&str>,
+        gust: &Path,
+        data: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn(cpu, gust, data, args, true)
+    }
+
+    fn spawn(
+        cpu: Option<&str>,
+        gust: &Path,
+        data: &Path,
+        args: &[&str],
+        logging: bool,
+    ) -> anyhow::Result<Self> {
         let mut command = match cpu {
             Some(cpu) => {
                 let mut taskset = Command::new("taskset");
@@ -51,10 +77,14 @@ impl Host {
             None => Command::new(gust),
         };
         gust_testkit::serve_args(&mut command, data)
-            .args(["--log", "warn"])
+            .args(if logging { &[][..] } else { &["--log", "warn"] })
             .args(args)
             .env("GUST_ADMIN_TOKEN", TOKEN)
-            .stderr(Stdio::inherit());
+            .stderr(if logging {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            });
         let serving = gust_testkit::spawn(&mut command, Duration::from_secs(120))
             .with_context(|| format!("starting {}", gust.display()))?;
         let http = reqwest::Client::builder()

@@ -29,6 +29,7 @@ mod scaffold;
 mod serve_config;
 mod server;
 mod support;
+mod traces;
 mod triage;
 mod uploads;
 mod waiting;

@@ -23,12 +23,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use gust_bench::wrk::{LOAD_CPU, Reading, SERVER_CPU, Target, wrk};
 use gust_bench::{Host, Process, median, spread};
 use serde_json::json;
 
 const INPUT: &str = r#"{"say":"hi"}"#;
-const SERVER_CPU: &str = "0";
-const LOAD_CPU: &str = "1";
 
 struct Options {
     gust: PathBuf,
@@ -79,22 +78,6 @@ fn options() -> anyhow::Result<Options> {
     Ok(options)
 }
 
-/// A server under load: where to send requests, with which headers.
-struct Target {
-    name: &'static str,
-    url: String,
-    headers: Vec<(&'static str, String)>,
-}
-
-/// What one wrk run measured.
-#[derive(Debug, Clone, Copy)]
-struct Reading {
-    requests_per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = options()?;
@@ -140,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Warm-up: compile caches, connection pools, the allocators' warm slots.
     for target in &targets {
-        wrk(target, scratch.path(), options.connections, 2)?;
+        wrk(target, INPUT, scratch.path(), options.connections, 2)?;
     }
     let mut readings: Vec<Vec<Reading>> = vec![Vec::new(); targets.len()];
     for round in 0..options.rounds {
@@ -152,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         for i in order {
             let reading = wrk(
                 &targets[i],
+                INPUT,
                 scratch.path(),
                 options.connections,
                 options.seconds,
@@ -322,73 +306,4 @@ async fn check_answer(http: &reqwest::Client, target: &Target) -> anyhow::Result
         target.name
     );
     Ok(())
-}
-
-/// One wrk run against `target`, on the load CPU.
-fn wrk(
-    target: &Target,
-    scratch: &Path,
-    connections: usize,
-    seconds: u64,
-) -> anyhow::Result<Reading> {
-    let mut script = format!(
-        "wrk.method = \"POST\"\nwrk.body = '{INPUT}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
-    );
-    for (name, value) in &target.headers {
-        script.push_str(&format!("wrk.headers[\"{name}\"] = \"{value}\"\n"));
-    }
-    let script_path = scratch.join("post.lua");
-    std::fs::write(&script_path, script)?;
-    let output = Command::new("taskset")
-        .args(["-c", LOAD_CPU, "wrk", "-t1", "--latency"])
-        .arg(format!("-c{connections}"))
-        .arg(format!("-d{seconds}s"))
-        .arg("-s")
-        .arg(&script_path)
-        .arg(&target.url)
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    ensure!(output.status.success(), "wrk failed: {text}");
-    parse_wrk(&text).with_context(|| format!("reading wrk's report:\n{text}"))
-}
-
-fn parse_wrk(text: &str) -> anyhow::Result<Reading> {
-    let field = |prefix: &str| {
-        text.lines()
-            .map(str::trim)
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(str::trim)
-    };
-    let requests_per_s: f64 = field("Requests/sec:").context("no Requests/sec")?.parse()?;
-    let latency = |q: &str| -> anyhow::Result<f64> { duration_ms(field(q).context("no latency")?) };
-    // wrk reports non-2xx answers and socket errors only when there are any.
-    let non_2xx = field("Non-2xx or 3xx responses:").map_or(Ok(0), str::parse::<u64>)?;
-    let socket_errors = field("Socket errors:").map_or(0, |s| {
-        s.split(',')
-            .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum()
-    });
-    Ok(Reading {
-        requests_per_s,
-        p50_ms: latency("50%")?,
-        p99_ms: latency("99%")?,
-        errors: non_2xx + socket_errors,
-    })
-}
-
-/// wrk's "1.23ms", "456.00us", "1.02s" in milliseconds.
-fn duration_ms(text: &str) -> anyhow::Result<f64> {
-    let (number, unit) = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map(|i| text.split_at(i))
-        .context("a duration without a unit")?;
-    let value: f64 = number.parse()?;
-    Ok(match unit {
-        "us" => value / 1000.0,
-        "ms" => value,
-        "s" => value * 1000.0,
-        "m" => value * 60_000.0,
-        other => bail!("unknown unit {other}"),
-    })
 }

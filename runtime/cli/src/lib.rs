@@ -11,6 +11,7 @@ mod output;
 mod project;
 mod serve;
 mod target;
+pub mod telemetry;
 
 use std::process::ExitCode;
 
@@ -26,27 +27,6 @@ use output::Out;
 pub fn command() -> clap::Command {
     use clap::CommandFactory as _;
     Cli::command()
-}
-
-/// Starts logging to stderr: the server's filter for `serve`, warnings only for client
-/// commands (whose output is for people and scripts).
-pub fn init_tracing(cli: &Cli) {
-    let (filter, json) = match &cli.command {
-        Command::Serve(args) => (args.log.clone(), args.log_format == serve::LogFormat::Json),
-        _ => ("warn".to_owned(), false),
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let log = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        // One object per line, the event's fields (agent, version, run_id) flattened beside
-        // `message`, for log pipelines.
-        log.json().flatten_event(true).init();
-    } else {
-        log.init();
-    }
 }
 
 /// Runs a parsed command line to its exit code (documented in `exit`).

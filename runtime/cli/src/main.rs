@@ -6,7 +6,6 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = gust_cli::Cli::parse();
-    gust_cli::init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -17,5 +16,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(gust_cli::run(cli))
+    // Inside the runtime: the trace exporter sends through it.
+    let telemetry = {
+        let _inside = runtime.enter();
+        match gust_cli::telemetry::init(&cli) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("gust: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let code = runtime.block_on(gust_cli::run(cli));
+    // The last spans leave while the runtime still runs.
+    drop(telemetry);
+    code
 }

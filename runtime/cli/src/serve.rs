@@ -22,14 +22,16 @@ use layers::Setting;
 
 /// `gust serve`'s settings with every layer applied: clap hands over the command line, and
 /// the `--config` file is merged in while the arguments are read, so that a bad file stops
-/// `gust` like a bad flag does, and the file's `log` reaches `init_tracing`.
+/// `gust` like a bad flag does, and the file's `log` reaches `telemetry::init`.
 #[derive(Debug)]
 pub(crate) struct ServeArgs {
-    /// The log filter (`RUST_LOG` syntax); a field of its own because `init_tracing` reads
+    /// The log filter (`RUST_LOG` syntax); a field of its own because `telemetry::init` reads
     /// it before `serve` runs.
     pub(crate) log: String,
-    /// Text or JSON lines; read by `init_tracing` too.
+    /// Text or JSON lines; read by `telemetry::init` too.
     pub(crate) log_format: flags::LogFormat,
+    /// Where traces go, if anywhere; read by `telemetry::init`.
+    pub(crate) otlp_endpoint: Option<String>,
     flags: Flags,
     /// Each setting's value and where it came from, for `--print-config`.
     settings: Vec<Setting>,
@@ -55,6 +57,7 @@ impl FromArgMatches for ServeArgs {
         Ok(Self {
             log: resolved.flags.log.clone(),
             log_format: resolved.flags.log_format,
+            otlp_endpoint: resolved.flags.otlp_endpoint.clone(),
             flags: resolved.flags,
             settings: resolved.settings,
         })
@@ -148,6 +151,7 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
                 .max(1),
         },
         min_free_disk: args.min_free_disk_mib.saturating_mul(1 << 20),
+        metrics: !args.no_metrics,
         tuning: match args.engine_tuning {
             // The pool holds every instance admission may let run.
             EngineTuning::Gust => Tuning {
@@ -361,7 +365,7 @@ mod tests {
             Schedule(vec![Duration::from_secs(1), Duration::from_millis(2500)])
         );
         assert!(args.flags.allow_private_network);
-        // The file's log filter is the one `init_tracing` sees.
+        // The file's log filter is the one `telemetry::init` sees.
         assert_eq!(args.log, "debug");
         assert_eq!(args.flags.max_attempts, 3);
         assert_eq!(source(&args, "max-attempts"), Source::Default);

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use gust_model::{HostPattern, OutboundRequest};
 pub use gust_wasm::CallKind;
@@ -64,6 +65,9 @@ pub struct CallRequest {
     /// Also told of each log line, output line and progress report as it comes (a sync
     /// call streamed to its caller); `None` for no one.
     pub watcher: Option<Arc<dyn CallSink>>,
+    /// The trace the caller's request belongs to (W3C `traceparent`), if it sent one: the
+    /// call's span continues it.
+    pub trace: Option<gust_model::TraceContext>,
 }
 
 /// How a call went, and on which deployment (`None` when none was found).
@@ -139,7 +143,30 @@ impl Calls {
         };
         let sync = request.kind == CallKind::Sync;
         let started = Instant::now();
-        let outcome = self.run(&deployment, input, request, admit).await;
+        let span = tracing::info_span!(
+            target: gust_wasm::trace::TARGET,
+            "call",
+            agent = %deployment.name(),
+            // i64: the OpenTelemetry layer writes unsigned numbers as text.
+            version = i64::from(deployment.version()),
+            deployment = i64::from(deployment.number),
+            run_id = %request.run_id,
+            kind = if sync { "sync" } else { "async" },
+            attempt = i64::from(request.attempt),
+            otel.status_code = tracing::field::Empty,
+            error.kind = tracing::field::Empty,
+        );
+        if let Some(incoming) = &request.trace {
+            gust_wasm::trace::set_parent(&span, incoming);
+        }
+        let outcome = self
+            .run(&deployment, input, request, admit)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &outcome {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.kind", e.kind());
+        }
         if sync {
             deployment.gate.calls.fetch_add(1, Ordering::Relaxed);
             if outcome.is_err() {
@@ -185,11 +212,16 @@ impl Calls {
         if request.kind == CallKind::Sync {
             self.engine.stats().called();
         }
-        let mut admitted = match admit {
-            Admit::Wait => Some(self.admission.admit_sync(&deployment.gate).await?),
-            Admit::Slot(slot) => Some(self.admission.start(slot, None).await?),
-            Admit::Skip => None,
-        };
+        let admission = tracing::info_span!(target: gust_wasm::trace::TARGET, "admission");
+        let mut admitted = async {
+            Ok::<_, Error>(match admit {
+                Admit::Wait => Some(self.admission.admit_sync(&deployment.gate).await?),
+                Admit::Slot(slot) => Some(self.admission.start(slot, None).await?),
+                Admit::Skip => None,
+            })
+        }
+        .instrument(admission)
+        .await?;
         let starting = admitted.as_mut().and_then(Admitted::starting);
         let (metrics, admitted_at) = (Arc::clone(&self.metrics), Instant::now());
         let instantiated: Box<dyn FnOnce() + Send> = Box::new(move || {

@@ -100,6 +100,7 @@ impl LoadedAgent {
             content_type: "application/json".to_owned(),
         };
         let request = CallRequest {
+            trace: None,
             run_id: Arc::from(new_run_id()),
             kind: CallKind::Sync,
             attempt: 1,

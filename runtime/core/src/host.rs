@@ -28,6 +28,9 @@ pub struct HostSettings {
     pub limits: Limits,
     /// The run queue.
     pub runs: RunSettings,
+    /// Whether calls, runs and pushes are counted for `/metrics` (off only to measure what
+    /// counting costs).
+    pub metrics: bool,
 }
 
 /// See the module docs.
@@ -84,7 +87,7 @@ impl Host {
             settings.limits.admission.clone(),
             Box::new(move || pool.pool_reusable_bytes()),
         ));
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::recording(settings.metrics));
         let loader = Loader::new(
             Arc::clone(&engine),
             files,

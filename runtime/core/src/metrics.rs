@@ -183,6 +183,9 @@ pub struct Snapshot {
 
 /// See the module docs.
 pub struct Metrics {
+    /// Off only for the benchmark that measures what recording costs (`--no-metrics`):
+    /// the families stay registered, at zero.
+    recording: bool,
     registry: Mutex<Registry>,
     calls: Tracked<CallLabels, Counter>,
     call_seconds: Tracked<KindLabels, Histogram>,
@@ -214,7 +217,14 @@ impl Default for Metrics {
 impl Metrics {
     /// Every metric, registered under the `gust_` prefix.
     pub fn new() -> Self {
+        Self::recording(true)
+    }
+
+    /// Every metric; with `recording` false, calls, runs, pushes, outbound requests and
+    /// compiles are not counted (the state gauges still are, when scraped).
+    pub fn recording(recording: bool) -> Self {
         let metrics = Self {
+            recording,
             registry: Mutex::new(Registry::with_prefix("gust")),
             calls: Tracked::new(Counter::default),
             call_seconds: Tracked::new(call_buckets),
@@ -352,6 +362,9 @@ impl Metrics {
         outcome: &'static str,
         took: Duration,
     ) {
+        if !self.recording {
+            return;
+        }
         let kind = if queued { "queued" } else { "sync" };
         self.calls.with(
             CallLabels {
@@ -374,10 +387,16 @@ impl Metrics {
     }
 
     pub(crate) fn instantiated(&self, took: Duration) {
+        if !self.recording {
+            return;
+        }
         self.instantiation_seconds.observe(took.as_secs_f64());
     }
 
     pub(crate) fn refused(&self, agent: &Agent, bound: &'static str) {
+        if !self.recording {
+            return;
+        }
         self.refusals.with(
             BoundLabels {
                 agent: Arc::clone(agent),
@@ -390,6 +409,9 @@ impl Metrics {
     }
 
     pub(crate) fn run_accepted(&self, agent: &str) {
+        if !self.recording {
+            return;
+        }
         self.runs_accepted.with(
             AgentLabels {
                 agent: agent.into(),
@@ -401,6 +423,9 @@ impl Metrics {
     }
 
     pub(crate) fn run_ended(&self, agent: &str, status: &str) {
+        if !self.recording {
+            return;
+        }
         self.runs_ended.with(
             StatusLabels {
                 agent: agent.into(),
@@ -413,6 +438,9 @@ impl Metrics {
     }
 
     pub(crate) fn push_attempt(&self, agent: &str, outcome: &'static str, attempt: u32) {
+        if !self.recording {
+            return;
+        }
         self.deliveries.with(
             DeliveryLabels {
                 agent: agent.into(),
@@ -426,6 +454,9 @@ impl Metrics {
     }
 
     pub(crate) fn outbound(&self, agent: &Agent, host_pattern: Arc<str>, outcome: &'static str) {
+        if !self.recording {
+            return;
+        }
         self.outbound.with(
             OutboundLabels {
                 agent: Arc::clone(agent),
@@ -439,6 +470,9 @@ impl Metrics {
     }
 
     pub(crate) fn compiled(&self, took: Duration) {
+        if !self.recording {
+            return;
+        }
         self.compile_seconds.observe(took.as_secs_f64());
     }
 
@@ -545,6 +579,22 @@ mod tests {
         let text = metrics.encode(&Snapshot::default()).unwrap();
         assert!(!text.contains(r#"agent="alpha""#), "{text}");
         assert!(text.contains(r#"agent="beta""#), "{text}");
+    }
+
+    #[test]
+    fn a_host_that_does_not_record_counts_nothing() {
+        let metrics = Metrics::recording(false);
+        let a: Agent = "alpha".into();
+        metrics.called(&a, 1, false, "ok", Duration::from_millis(3));
+        metrics.outbound(&a, "https://*.example.com".into(), "ok");
+        metrics.run_accepted("alpha");
+        let text = metrics.encode(&Snapshot::default()).unwrap();
+        assert!(!text.contains(r#"agent="alpha""#), "{text}");
+        // A recording host would have counted them.
+        let recording = Metrics::new();
+        recording.called(&a, 1, false, "ok", Duration::from_millis(3));
+        let text = recording.encode(&Snapshot::default()).unwrap();
+        assert!(text.contains(r#"agent="alpha""#), "{text}");
     }
 
     #[test]

@@ -32,5 +32,5 @@ pub use name::valid_agent_name;
 pub use records::{AgentRecord, AgentSummary, DeploymentRecord, VersionRecord};
 pub use runs::{
     DeliveryRecord, DeliveryStatus, LogLine, OutboundRequest, PushSecrets, RunOutcome, RunRecord,
-    RunStatus,
+    RunStatus, TraceContext,
 };

@@ -81,6 +81,16 @@ pub struct OutboundRequest {
     pub error: Option<String>,
 }
 
+/// The W3C Trace Context a request carried: kept with a queued run, so that its attempts and
+/// pushes continue the trace of the request that submitted it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `traceparent`.
+    pub traceparent: String,
+    /// `tracestate`, if any.
+    pub tracestate: Option<String>,
+}
+
 /// How a run's execution ended.
 #[derive(Debug, Clone)]
 pub enum RunOutcome {
@@ -133,6 +143,8 @@ pub struct RunRecord {
     pub outbound: Vec<OutboundRequest>,
     /// Push delivery, when the run's deployment pushes.
     pub delivery: Option<DeliveryRecord>,
+    /// The trace of the request that submitted it.
+    pub trace: Option<TraceContext>,
 }
 
 /// Where a push delivery is.

@@ -15,6 +15,8 @@ mod data_dir;
 mod headers;
 mod listen;
 pub mod options;
+/// Trace context helpers and the spans' target (`gust serve --otlp-endpoint`).
+pub use gust_wasm::trace;
 mod os;
 mod serve;
 mod stall;

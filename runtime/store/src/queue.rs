@@ -1,7 +1,7 @@
 //! The run queue's writes: what the writer batches into one transaction (group commit),
 //! and what each write did.
 
-use gust_model::{DeliveryStatus, LogLine, OutboundRequest, RunOutcome, RunStatus};
+use gust_model::{DeliveryStatus, LogLine, OutboundRequest, RunOutcome, RunStatus, TraceContext};
 
 /// How long an `Idempotency-Key` names its run, in milliseconds.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
@@ -33,6 +33,8 @@ pub struct NewRun {
     /// The bytes the agent's stored runs may take: past it the run is refused
     /// ([`WriteOutcome::StorageFull`]).
     pub max_stored_bytes: u64,
+    /// The trace of the request that submitted it.
+    pub trace: Option<TraceContext>,
 }
 
 /// One write of the run queue. The writer applies many in one transaction.
@@ -215,6 +217,10 @@ pub struct StartedRun {
     pub input: Vec<u8>,
     /// Its content type.
     pub content_type: String,
+    /// Acceptance time, ms since the epoch (the attempt's trace shows the wait since).
+    pub created_at: i64,
+    /// The trace of the request that submitted it.
+    pub trace: Option<TraceContext>,
 }
 
 /// What start-up recovery did.

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use gust_model::{AgentConfig, clock};
 use wasmtime::PoolConcurrencyLimitError;
@@ -204,19 +205,27 @@ pub async fn invoke(
 
     let mut instantiated = call.instantiated;
     let run = async {
-        let instance = match instance {
-            Some(warm) => Ok(warm),
-            None => {
-                let started = std::time::Instant::now();
-                let instance = agent.pre.instantiate_async(&mut store).await;
-                agent.standby.instantiated_in(started.elapsed());
-                instance
+        let warm = instance.is_some();
+        let instance = async {
+            match instance {
+                Some(warm) => Ok(warm),
+                None => {
+                    let started = std::time::Instant::now();
+                    let instance = agent.pre.instantiate_async(&mut store).await;
+                    agent.standby.instantiated_in(started.elapsed());
+                    instance
+                }
             }
-        };
+        }
+        .instrument(tracing::info_span!(target: crate::trace::TARGET, "instantiate", warm))
+        .await;
         if let Some(tell) = instantiated.take() {
             tell();
         }
-        instance?.call_run(&mut store, &request).await
+        instance?
+            .call_run(&mut store, &request)
+            .instrument(tracing::info_span!(target: crate::trace::TARGET, "guest.run"))
+            .await
     };
     let outcome = match timeout {
         Some(timeout) => tokio::time::timeout(timeout, run).await,

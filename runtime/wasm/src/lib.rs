@@ -24,6 +24,7 @@ pub mod invoke;
 pub mod net;
 pub mod standby;
 pub mod stats;
+pub mod trace;
 
 pub use bindings::{CallKind, Level};
 pub use check::{CheckError, Compiled, Linked};

@@ -7,6 +7,9 @@
 //! for a model's answer; the scale benchmark points it at a slow server in another process.
 //! An upstream that fails fails the call, so a benchmark counts it.
 //!
+//! With `log` (a string) in its input it logs that line once: the observability benchmark
+//! measures what a call's log line, metrics and traces cost.
+//!
 //! The wait is `std::thread::sleep`, which a wasm32-wasip2 guest makes with
 //! `wasi:clocks/monotonic-clock.subscribe-duration` and `wasi:io/poll.poll`: the host
 //! parks the call on a timer and the instance waits without a thread.
@@ -27,6 +30,9 @@ struct Echo {
 
 #[gust_sdk::agent]
 fn run(input: Value, ctx: &Context) -> Result<Echo, Error> {
+    if let Some(line) = input.get("log").and_then(Value::as_str) {
+        ctx.info(line);
+    }
     let wait_ms = input.get("wait_ms").and_then(Value::as_u64).unwrap_or(0);
     std::thread::sleep(Duration::from_millis(wait_ms));
     let mut upstream_bytes = None;

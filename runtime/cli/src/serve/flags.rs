@@ -275,6 +275,10 @@ pub(super) struct Flags {
     /// No instances made ahead of demand: for the benchmark that measures what they buy.
     #[arg(long, hide = true)]
     pub(super) no_warm_standby: bool,
+    /// Calls, runs and pushes not counted for `/metrics`: for the benchmark that measures
+    /// what counting costs.
+    #[arg(long, hide = true)]
+    pub(super) no_metrics: bool,
     /// Log filter (`RUST_LOG` syntax), e.g. `info` or `gust_runtime=debug`.
     #[arg(long, env = "GUST_LOG", default_value = "info")]
     pub(super) log: String,
@@ -282,6 +286,20 @@ pub(super) struct Flags {
     /// (a call's lines carry `agent`, `version` and `run_id` as fields either way).
     #[arg(long, env = "GUST_LOG_FORMAT", value_enum, default_value = "text")]
     pub(super) log_format: LogFormat,
+    /// Export traces (OpenTelemetry, OTLP over HTTP with protobuf) to this collector, e.g.
+    /// `http://127.0.0.1:4318` (`/v1/traces` is added): a span per call and per run
+    /// attempt, with the queue wait, admission, instantiation, the guest's run, each
+    /// outbound request and each push attempt under it.
+    #[arg(long, env = "GUST_OTLP_ENDPOINT", value_name = "URL", value_parser = otlp_endpoint)]
+    pub(super) otlp_endpoint: Option<String>,
+}
+
+fn otlp_endpoint(value: &str) -> Result<String, String> {
+    match url::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(value.to_owned()),
+        Ok(_) => Err("an http or https URL, such as http://127.0.0.1:4318".into()),
+        Err(e) => Err(format!("not a URL ({e})")),
+    }
 }
 
 /// How the host writes its log.

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use gust_model::{RunRecord, RunStatus};
+use gust_model::{RunRecord, RunStatus, TraceContext};
 use gust_store::Store;
 use gust_store::queue::{IDEMPOTENCY_WINDOW_MS, NewRun, RunWrite, WriteOutcome};
 use sha2::{Digest as _, Sha256};
@@ -264,6 +264,7 @@ impl Runs {
         input: Vec<u8>,
         content_type: String,
         idempotency_key: Option<String>,
+        trace: Option<TraceContext>,
     ) -> Result<Submitted, Error> {
         let idempotency = match idempotency_key {
             Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY => {
@@ -312,6 +313,7 @@ impl Runs {
             idempotency,
             push: deployment.push.is_some(),
             max_stored_bytes: self.settings.max_stored_bytes_per_agent,
+            trace,
         };
         let id = run.id.clone();
         let outcome = self.writer.write(RunWrite::Insert(run)).await;
@@ -435,14 +437,20 @@ impl Runs {
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown run or when nothing is deployed.
-    pub async fn rerun(&self, agent: &str, id: &str) -> Result<Submitted, Error> {
+    pub async fn rerun(
+        &self,
+        agent: &str,
+        id: &str,
+        trace: Option<TraceContext>,
+    ) -> Result<Submitted, Error> {
         let (input, content_type) = self
             .store
             .run_input(agent, id)
             .await?
             .ok_or_else(|| no_run(id))?;
         let deployment = self.lifecycle.live(agent)?;
-        self.submit(&deployment, input, content_type, None).await
+        self.submit(&deployment, input, content_type, None, trace)
+            .await
     }
 
     /// Pushes an ended run's event again, with the same `webhook-id`.

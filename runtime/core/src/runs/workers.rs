@@ -4,12 +4,14 @@
 //! deployment through [`Calls::call`](crate::calls::Calls::call), and finished in the store.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gust_model::{RunOutcome, clock};
 use gust_store::queue::{RunWrite, StartedRun, WriteOutcome};
 use gust_wasm::CallKind;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::Runs;
 use super::queue::AgentQueue;
@@ -105,7 +107,7 @@ async fn drain(runs: Arc<Runs>, agent: String, queue: Arc<AgentQueue>) {
 /// How an attempt ended.
 enum Ended {
     /// It ran to an outcome, to be recorded with its logs and outgoing requests.
-    Outcome(RunWrite),
+    Outcome(Box<RunWrite>),
     /// A cancel interrupted it, and already recorded the run's end.
     Cancelled,
     /// The host is shutting down: the run goes back to the queue.
@@ -139,7 +141,27 @@ async fn execute(runs: &Runs, id: &str, room: Slot, shutdown: CancellationToken)
         return;
     };
     let agent = started.agent.clone();
-    let ended = attempt(runs, id, started, room, stopped, shutdown).await;
+    // The attempt's span continues the trace of the request that submitted the run; its
+    // first child is the wait in the queue, from acceptance to this start.
+    let span = tracing::info_span!(
+        target: gust_wasm::trace::TARGET,
+        "run.attempt",
+        agent = %agent,
+        run_id = %id,
+        // i64: the OpenTelemetry layer writes unsigned numbers as text.
+        attempt = i64::from(started.attempt),
+    );
+    if let Some(trace) = &started.trace {
+        gust_wasm::trace::set_parent(&span, trace);
+    }
+    if started.attempt == 1 {
+        let accepted = std::time::UNIX_EPOCH
+            + Duration::from_millis(u64::try_from(started.created_at).unwrap_or(0));
+        gust_wasm::trace::elapsed_span(&span, "queue.wait", accepted);
+    }
+    let ended = attempt(runs, id, started, room, stopped, shutdown)
+        .instrument(span)
+        .await;
     runs.state.running().remove(id);
     // The attempt is over whatever comes of its end: its event channel stops being a
     // running one (followers re-read the store; the committed end tells them again).
@@ -151,14 +173,14 @@ async fn execute(runs: &Runs, id: &str, room: Slot, shutdown: CancellationToken)
         // writer logs it, the lease lapses and the reconciler queues the run again
         // (at-least-once).
         Ended::Outcome(finish) => {
-            if let RunWrite::Finish { outcome, .. } = &finish {
+            if let RunWrite::Finish { outcome, .. } = &*finish {
                 let status = match outcome {
                     RunOutcome::Succeeded { .. } => "succeeded",
                     RunOutcome::Failed { .. } => "failed",
                 };
                 runs.calls.metrics().run_ended(&agent, status);
             }
-            runs.writer.write_detached(finish);
+            runs.writer.write_detached(*finish);
         }
         Ended::Cancelled => {}
         Ended::Stopped => {
@@ -213,6 +235,8 @@ async fn attempt(
             attempt: started.attempt,
             sink: Some(Arc::clone(&recorder) as _),
             watcher: None,
+            // The call's span is a child of this attempt's, which holds the trace.
+            trace: None,
         };
         // Room was taken before the run was claimed; the call gives it back when the
         // instance is gone, before the end is recorded.
@@ -256,11 +280,11 @@ async fn attempt(
         Err(failed) => failed,
     };
     let (logs, outbound) = recorder.finish();
-    Ended::Outcome(RunWrite::Finish {
+    Ended::Outcome(Box::new(RunWrite::Finish {
         id: id.to_owned(),
         now: clock::now_ms(),
         outcome,
         logs,
         outbound,
-    })
+    }))
 }

@@ -59,6 +59,7 @@ pub(crate) async fn run(
         attempt: 1,
         sink: None,
         watcher: None,
+        trace: super::trace_of(&headers),
     };
     let input = read_input(&state, headers, request_body);
     let called = state
@@ -149,6 +150,7 @@ fn streamed(
         attempt: 1,
         sink: None,
         watcher: Some(Arc::clone(&watcher) as Arc<dyn gust_wasm::CallSink>),
+        trace: super::trace_of(&headers),
     };
     let calling = async move {
         let input = read_input(&state, headers, request_body);

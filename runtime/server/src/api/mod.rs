@@ -96,6 +96,15 @@ impl AppState {
     }
 }
 
+/// The trace a request belongs to (W3C Trace Context headers), if it says.
+pub(crate) fn trace_of(headers: &axum::http::HeaderMap) -> Option<gust_model::TraceContext> {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    Some(gust_model::TraceContext {
+        traceparent: value("traceparent")?.to_owned(),
+        tracestate: value("tracestate").map(str::to_owned),
+    })
+}
+
 /// `--metrics-listen`'s router: `/metrics` without the token, nothing else.
 pub(crate) fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()

@@ -81,7 +81,13 @@ pub(crate) async fn submit(
     let submitted = state
         .host
         .runs
-        .submit(&deployment, input.into(), content_type, idempotency_key)
+        .submit(
+            &deployment,
+            input.into(),
+            content_type,
+            idempotency_key,
+            super::trace_of(&headers),
+        )
         .await?;
     submitted_answer(&state, &agent, submitted).await
 }
@@ -236,9 +242,14 @@ pub(crate) async fn rerun(
     _: Invoker,
     State(state): State<Arc<AppState>>,
     AgentRun(agent, id): AgentRun,
+    headers: HeaderMap,
 ) -> Answer {
     state.host.lifecycle.registry().wait_ready().await;
-    let submitted = state.host.runs.rerun(&agent, &id).await?;
+    let submitted = state
+        .host
+        .runs
+        .rerun(&agent, &id, super::trace_of(&headers))
+        .await?;
     submitted_answer(&state, &agent, submitted).await
 }
 

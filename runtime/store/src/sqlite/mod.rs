@@ -80,6 +80,9 @@ const MIGRATIONS: &[&str] = &[
         + coalesce(length(logs), 0) + coalesce(length(outbound), 0);
     UPDATE agents SET run_bytes =
         (SELECT coalesce(sum(stored_bytes), 0) FROM runs WHERE runs.agent = agents.name);",
+    // 7: the trace (W3C Trace Context) of the request that submitted a run.
+    "ALTER TABLE runs ADD COLUMN traceparent TEXT;
+    ALTER TABLE runs ADD COLUMN tracestate TEXT;",
 ];
 
 /// The SQLite backend: blocking calls, run on the blocking pool by [`crate::Store`].

@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use gust_model::{
     AgentConfig, DeliveryRecord, DeliveryStatus, LogLine, OutboundRequest, RunOutcome, RunRecord,
-    RunStatus,
+    RunStatus, TraceContext,
 };
 
 use super::{from_json, internal};
@@ -277,8 +277,8 @@ fn insert(tx: &Connection, run: &NewRun) -> Result<WriteOutcome, StoreError> {
     .map_err(internal)?;
     let (key, hash) = run.idempotency.clone().unzip();
     exec(tx,
-        "INSERT INTO runs (id, agent, deployment, version, status, input, content_type, created_at, expires_at, idempotency_key, request_hash, push, stored_bytes)
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, length(?5))",
+        "INSERT INTO runs (id, agent, deployment, version, status, input, content_type, created_at, expires_at, idempotency_key, request_hash, push, stored_bytes, traceparent, tracestate)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, length(?5), ?12, ?13)",
         params![
             run.id,
             run.agent,
@@ -290,7 +290,9 @@ fn insert(tx: &Connection, run: &NewRun) -> Result<WriteOutcome, StoreError> {
             run.expires_at,
             key,
             hash,
-            run.push
+            run.push,
+            run.trace.as_ref().map(|t| &t.traceparent),
+            run.trace.as_ref().and_then(|t| t.tracestate.as_ref()),
         ],
     )
     .map_err(internal)?;
@@ -303,15 +305,36 @@ fn start(
     now: i64,
     lease_until: i64,
 ) -> Result<WriteOutcome, StoreError> {
-    type Row = (String, i64, String, u32, u32, Vec<u8>, String);
+    type Row = (
+        String,
+        i64,
+        String,
+        u32,
+        u32,
+        Vec<u8>,
+        String,
+        i64,
+        Option<TraceContext>,
+    );
     let found: Option<Row> = row(tx,
-            "SELECT status, expires_at, agent, deployment, attempts, input, content_type FROM runs WHERE id = ?1",
+            "SELECT status, expires_at, agent, deployment, attempts, input, content_type, created_at, traceparent, tracestate FROM runs WHERE id = ?1",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, trace(r, 8)?)),
         )
         .optional()
         .map_err(internal)?;
-    let Some((status, expires_at, agent, deployment, attempts, input, content_type)) = found else {
+    let Some((
+        status,
+        expires_at,
+        agent,
+        deployment,
+        attempts,
+        input,
+        content_type,
+        created_at,
+        trace,
+    )) = found
+    else {
         return Ok(WriteOutcome::NotStarted(None));
     };
     let status = RunStatus::parse(&status);
@@ -339,6 +362,8 @@ fn start(
         attempt: attempts + 1,
         input,
         content_type,
+        created_at,
+        trace,
     }))
 }
 
@@ -559,7 +584,7 @@ const RUN_COLUMNS: &str =
     r.finished_at, r.attempts, r.output_type, r.output, r.error_kind, r.error_message,
     r.progress_fraction, r.progress_message, r.logs, r.outbound,
     d.event_id, d.event_type, d.url, d.access_token, d.status, d.attempts, d.last_error,
-    d.next_attempt_at, d.created_at";
+    d.next_attempt_at, d.created_at, r.traceparent, r.tracestate";
 
 /// [`RUN_COLUMNS`] without the output, log lines and outgoing requests (read as none).
 const SUMMARY_COLUMNS: &str =
@@ -567,7 +592,19 @@ const SUMMARY_COLUMNS: &str =
     r.finished_at, r.attempts, NULL, NULL, r.error_kind, r.error_message,
     r.progress_fraction, r.progress_message, NULL, NULL,
     d.event_id, d.event_type, d.url, d.access_token, d.status, d.attempts, d.last_error,
-    d.next_attempt_at, d.created_at";
+    d.next_attempt_at, d.created_at, r.traceparent, r.tracestate";
+
+/// The trace context kept in columns `at` (`traceparent`) and `at + 1` (`tracestate`).
+fn trace(row: &Row<'_>, at: usize) -> rusqlite::Result<Option<TraceContext>> {
+    let traceparent: Option<String> = row.get(at)?;
+    Ok(match traceparent {
+        Some(traceparent) => Some(TraceContext {
+            traceparent,
+            tracestate: row.get(at + 1)?,
+        }),
+        None => None,
+    })
+}
 
 fn run_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     let id: String = row.get(0)?;
@@ -618,6 +655,7 @@ fn run_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
             .and_then(|o| serde_json::from_str(&o).ok())
             .unwrap_or_default(),
         delivery,
+        trace: trace(row, 26)?,
     })
 }
 
@@ -780,6 +818,7 @@ mod tests {
             idempotency: key.map(|(k, h)| (k.into(), h.into())),
             push: false,
             max_stored_bytes: u64::MAX,
+            trace: None,
         })
     }
 

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -115,164 +116,193 @@ impl WasiHttpHooks for Outbound {
         let policy = self.policy.clone();
         let sink = Arc::clone(&self.sink);
         let buffered = self.buffered.clone();
-        Box::new(async move {
-            let started = Instant::now();
-            let method = request.method().to_string();
-            let uri = request.uri().clone();
-            let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
-            let host = uri.host().unwrap_or("").to_owned();
-            let port = uri
-                .port_u16()
-                .unwrap_or(if scheme == "https" { 443 } else { 80 });
-            // Scheme, host and port only: userinfo (`user:password@`) is a credential and
-            // is never recorded.
-            let origin = match uri.port_u16() {
-                Some(port) => format!("{scheme}://{host}:{port}"),
-                None => format!("{scheme}://{host}"),
-            };
-            let record = |status: Option<u16>, error: Option<String>| {
-                let entry = OutboundRequest {
-                    ts: clock::now_ms(),
-                    method: method.clone(),
-                    host: origin.clone(),
-                    status,
-                    duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    error,
+        // Made here, inside the guest's run, so it is that span's child: the request itself
+        // is driven elsewhere.
+        let span = tracing::info_span!(
+            target: crate::trace::TARGET,
+            "outbound",
+            http.request.method = %request.method(),
+            server.address = request.uri().host().unwrap_or(""),
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let propagate = crate::trace::headers(&span);
+        let traced = span.clone();
+        Box::new(
+            async move {
+                let started = Instant::now();
+                let method = request.method().to_string();
+                let uri = request.uri().clone();
+                let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+                let host = uri.host().unwrap_or("").to_owned();
+                let port = uri
+                    .port_u16()
+                    .unwrap_or(if scheme == "https" { 443 } else { 80 });
+                // Scheme, host and port only: userinfo (`user:password@`) is a credential and
+                // is never recorded.
+                let origin = match uri.port_u16() {
+                    Some(port) => format!("{scheme}://{host}:{port}"),
+                    None => format!("{scheme}://{host}"),
                 };
-                sink.outbound(entry);
-            };
-
-            // The body is taken whole before anything is decided: a guest writes it after
-            // `handle` returns, and an answer that closed the body under it (a refusal) would
-            // make those writes fail instead of the request, which some guests (the
-            // JavaScript engine) do not survive.
-            // Decided before a byte of the body is taken: a refused request costs the host
-            // no memory, whatever the guest writes.
-            let (parts, body) = request.into_parts();
-            let refusal = if !policy
-                .allowed
-                .iter()
-                .any(|p| p.matches(&scheme, &host, port))
-            {
-                Some((
-                    format!("denied: {origin} is not in this deployment's allowed_hosts"),
-                    Error::HttpRequestDenied,
-                ))
-            } else {
-                match reqwest::Url::parse(&uri.to_string()) {
-                    Err(e) => Some((format!("invalid URL: {e}"), Error::HttpRequestUriInvalid)),
-                    Ok(url) => match net::check_url(&url, policy.allow_private_network) {
-                        Err(refused) => {
-                            Some((format!("denied: {refused}"), Error::DestinationIpProhibited))
+                let record = |status: Option<u16>, error: Option<String>| {
+                    match (status, &error) {
+                        (Some(status), _) => {
+                            traced.record("http.response.status_code", i64::from(status))
                         }
-                        Ok(()) => None,
-                    },
-                }
-            };
-            if let Some((why, code)) = refusal {
-                record(None, Some(why));
-                // The guest writes its body after `handle` returns; a body closed under it
-                // would make those writes fail, which some guests (the JavaScript engine)
-                // do not survive. So it is read and thrown away, for a bounded time.
-                drain(body, policy.timeout).await;
-                return Err(code);
-            }
-            let url =
-                reqwest::Url::parse(&uri.to_string()).map_err(|_| Error::HttpRequestUriInvalid)?;
-            let guest_body = body;
-
-            // The guest may ask for shorter timeouts, never a longer one.
-            let timeout = options
-                .and_then(|o| o.first_byte_timeout)
-                .map_or(policy.timeout, |t| t.min(policy.timeout));
-            // Held until the answer's body is dropped: the connection is busy until then.
-            // Keyed by scheme, lowercased host and the port in effect, so spellings of one
-            // origin share its bound.
-            let key = format!("{scheme}://{}:{port}", host.to_ascii_lowercase());
-            let Some(slot) = policy.origins.enter(&key, started + timeout).await else {
-                record(
-                    None,
-                    Some(format!(
-                        "timed out after {}s waiting for one of the {} connections to {origin}",
-                        timeout.as_secs_f64(),
-                        policy.origins.per_origin
-                    )),
-                );
-                // As for a refusal: the guest may still be writing the body.
-                drain(guest_body, policy.timeout).await;
-                return Err(Error::ConnectionReadTimeout);
-            };
-            // The wait for a connection counts against the request's timeout.
-            let timeout = timeout
-                .saturating_sub(started.elapsed())
-                .max(Duration::from_millis(1));
-            let body = reqwest::Body::wrap_stream(streamed(guest_body, buffered));
-            let mut outgoing = policy
-                .client
-                .request(parts.method, url)
-                .timeout(timeout)
-                .body(body);
-            for (name, value) in &parts.headers {
-                if name != http::header::HOST {
-                    outgoing = outgoing.header(name, value);
-                }
-            }
-            let response = match outgoing.send().await {
-                Ok(response) => response,
-                Err(e) => {
-                    let (code, why) = match net::refusal(&e) {
-                        Some(refused) => {
-                            (Error::DestinationIpProhibited, format!("denied: {refused}"))
-                        }
-                        None if let Some(refused) = body_refusal(&e) => {
-                            (Error::HttpRequestBodySize(None), refused)
-                        }
-                        None if e.is_timeout() => (
-                            Error::ConnectionReadTimeout,
-                            format!("timed out after {}s", timeout.as_secs_f64()),
-                        ),
-                        None if e.is_connect() => {
-                            (Error::ConnectionRefused, "could not connect".to_owned())
-                        }
-                        None => (Error::HttpProtocolError, e.without_url().to_string()),
+                        (None, Some(error)) => traced.record("error.type", error.as_str()),
+                        (None, None) => &traced,
                     };
+                    let entry = OutboundRequest {
+                        ts: clock::now_ms(),
+                        method: method.clone(),
+                        host: origin.clone(),
+                        status,
+                        duration_ms: u64::try_from(started.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                        error,
+                    };
+                    sink.outbound(entry);
+                };
+
+                // The body is taken whole before anything is decided: a guest writes it after
+                // `handle` returns, and an answer that closed the body under it (a refusal) would
+                // make those writes fail instead of the request, which some guests (the
+                // JavaScript engine) do not survive.
+                // Decided before a byte of the body is taken: a refused request costs the host
+                // no memory, whatever the guest writes.
+                let (parts, body) = request.into_parts();
+                let refusal = if !policy
+                    .allowed
+                    .iter()
+                    .any(|p| p.matches(&scheme, &host, port))
+                {
+                    Some((
+                        format!("denied: {origin} is not in this deployment's allowed_hosts"),
+                        Error::HttpRequestDenied,
+                    ))
+                } else {
+                    match reqwest::Url::parse(&uri.to_string()) {
+                        Err(e) => Some((format!("invalid URL: {e}"), Error::HttpRequestUriInvalid)),
+                        Ok(url) => match net::check_url(&url, policy.allow_private_network) {
+                            Err(refused) => {
+                                Some((format!("denied: {refused}"), Error::DestinationIpProhibited))
+                            }
+                            Ok(()) => None,
+                        },
+                    }
+                };
+                if let Some((why, code)) = refusal {
                     record(None, Some(why));
+                    // The guest writes its body after `handle` returns; a body closed under it
+                    // would make those writes fail, which some guests (the JavaScript engine)
+                    // do not survive. So it is read and thrown away, for a bounded time.
+                    drain(body, policy.timeout).await;
                     return Err(code);
                 }
-            };
-            let status = response.status();
-            record(Some(status.as_u16()), None);
+                let url = reqwest::Url::parse(&uri.to_string())
+                    .map_err(|_| Error::HttpRequestUriInvalid)?;
+                let guest_body = body;
 
-            let mut answer = http::Response::builder().status(status);
-            for (name, value) in response.headers() {
-                answer = answer.header(name, value);
-            }
-            let limit = policy.max_response_bytes;
-            let mut seen = 0usize;
-            let frames = response.bytes_stream().map(move |chunk| {
-                let _in_flight = &slot;
-                match chunk {
-                    Ok(bytes) => {
-                        seen += bytes.len();
-                        if seen > limit {
-                            Err(Error::HttpResponseBodySize(Some(limit as u64)))
-                        } else {
-                            Ok(Frame::data(bytes))
-                        }
+                // The guest may ask for shorter timeouts, never a longer one.
+                let timeout = options
+                    .and_then(|o| o.first_byte_timeout)
+                    .map_or(policy.timeout, |t| t.min(policy.timeout));
+                // Held until the answer's body is dropped: the connection is busy until then.
+                // Keyed by scheme, lowercased host and the port in effect, so spellings of one
+                // origin share its bound.
+                let key = format!("{scheme}://{}:{port}", host.to_ascii_lowercase());
+                let Some(slot) = policy.origins.enter(&key, started + timeout).await else {
+                    record(
+                        None,
+                        Some(format!(
+                            "timed out after {}s waiting for one of the {} connections to {origin}",
+                            timeout.as_secs_f64(),
+                            policy.origins.per_origin
+                        )),
+                    );
+                    // As for a refusal: the guest may still be writing the body.
+                    drain(guest_body, policy.timeout).await;
+                    return Err(Error::ConnectionReadTimeout);
+                };
+                // The wait for a connection counts against the request's timeout.
+                let timeout = timeout
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1));
+                let body = reqwest::Body::wrap_stream(streamed(guest_body, buffered));
+                let mut outgoing = policy
+                    .client
+                    .request(parts.method, url)
+                    .timeout(timeout)
+                    .body(body);
+                for (name, value) in &parts.headers {
+                    if name != http::header::HOST {
+                        outgoing = outgoing.header(name, value);
                     }
-                    Err(e) if e.is_timeout() => Err(Error::ConnectionReadTimeout),
-                    Err(_) => Err(Error::HttpResponseIncomplete),
                 }
-            });
-            let body: WasiBody = StreamBody::new(frames).boxed_unsync();
-            let answer = answer
-                .body(body)
-                .map_err(|e| Error::InternalError(Some(e.to_string())))?;
-            Ok((
-                answer,
-                Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
+                // The next hop joins the call's trace, unless the guest set a context itself.
+                if !parts.headers.contains_key("traceparent") {
+                    for (name, value) in propagate {
+                        outgoing = outgoing.header(name, value);
+                    }
+                }
+                let response = match outgoing.send().await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        let (code, why) = match net::refusal(&e) {
+                            Some(refused) => {
+                                (Error::DestinationIpProhibited, format!("denied: {refused}"))
+                            }
+                            None if let Some(refused) = body_refusal(&e) => {
+                                (Error::HttpRequestBodySize(None), refused)
+                            }
+                            None if e.is_timeout() => (
+                                Error::ConnectionReadTimeout,
+                                format!("timed out after {}s", timeout.as_secs_f64()),
+                            ),
+                            None if e.is_connect() => {
+                                (Error::ConnectionRefused, "could not connect".to_owned())
+                            }
+                            None => (Error::HttpProtocolError, e.without_url().to_string()),
+                        };
+                        record(None, Some(why));
+                        return Err(code);
+                    }
+                };
+                let status = response.status();
+                record(Some(status.as_u16()), None);
+
+                let mut answer = http::Response::builder().status(status);
+                for (name, value) in response.headers() {
+                    answer = answer.header(name, value);
+                }
+                let limit = policy.max_response_bytes;
+                let mut seen = 0usize;
+                let frames = response.bytes_stream().map(move |chunk| {
+                    let _in_flight = &slot;
+                    match chunk {
+                        Ok(bytes) => {
+                            seen += bytes.len();
+                            if seen > limit {
+                                Err(Error::HttpResponseBodySize(Some(limit as u64)))
+                            } else {
+                                Ok(Frame::data(bytes))
+                            }
+                        }
+                        Err(e) if e.is_timeout() => Err(Error::ConnectionReadTimeout),
+                        Err(_) => Err(Error::HttpResponseIncomplete),
+                    }
+                });
+                let body: WasiBody = StreamBody::new(frames).boxed_unsync();
+                let answer = answer
+                    .body(body)
+                    .map_err(|e| Error::InternalError(Some(e.to_string())))?;
+                Ok((
+                    answer,
+                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                ))
+            }
+            .instrument(span),
+        )
     }
 }
 

@@ -22,11 +22,12 @@ use serde_json::json;
 
 use tokio::sync::{Notify, Semaphore};
 
-use gust_model::{DeliveryRecord, DeliveryStatus, PushConfig};
+use gust_model::{DeliveryRecord, DeliveryStatus, PushConfig, TraceContext};
 use gust_store::Store;
 use gust_store::queue::RunWrite;
 use gust_wasm::net;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::view::run_json;
 use super::writer::Writer;
@@ -219,11 +220,29 @@ impl Inner {
 
     async fn deliver(&self, delivery: DeliveryRecord) {
         let attempts = delivery.attempts + 1;
+        // Each attempt is a span in the trace of the request that submitted the run.
+        let span = tracing::info_span!(
+            target: gust_wasm::trace::TARGET,
+            "push.attempt",
+            run_id = %delivery.run_id,
+            webhook_id = %delivery.event_id,
+            attempt = i64::from(attempts),
+            outcome = tracing::field::Empty,
+        );
         let attempt = match self.event_body(&delivery).await {
-            Ok(body) => match self.secrets.signing(&delivery.agent).await {
-                Ok(secrets) => self.attempt(&delivery, &secrets, body).await,
-                Err(e) => Attempt::GiveUp(format!("cannot sign: {e}")),
-            },
+            Ok((body, trace)) => {
+                if let Some(trace) = &trace {
+                    gust_wasm::trace::set_parent(&span, trace);
+                }
+                match self.secrets.signing(&delivery.agent).await {
+                    Ok(secrets) => {
+                        self.attempt(&delivery, &secrets, body)
+                            .instrument(span.clone())
+                            .await
+                    }
+                    Err(e) => Attempt::GiveUp(format!("cannot sign: {e}")),
+                }
+            }
             Err(e) => Attempt::GiveUp(e),
         };
         let now = clock::now_ms();
@@ -248,6 +267,7 @@ impl Inner {
             DeliveryStatus::Pending => "retry",
             _ => "failed",
         };
+        span.record("outcome", outcome);
         // Attempt numbers above the schedule's length are one label, so redeliveries
         // cannot grow the series without bound.
         self.metrics
@@ -265,8 +285,11 @@ impl Inner {
         }
     }
 
-    /// The event as it is sent now: the run as a poller would see it.
-    async fn event_body(&self, delivery: &DeliveryRecord) -> Result<Vec<u8>, String> {
+    /// The event as it is sent now: the run as a poller would see it; and the run's trace.
+    async fn event_body(
+        &self,
+        delivery: &DeliveryRecord,
+    ) -> Result<(Vec<u8>, Option<TraceContext>), String> {
         let run = self
             .store
             .run(&delivery.agent, &delivery.run_id)
@@ -282,7 +305,7 @@ impl Inner {
         let event = |data| envelope(&delivery.event_type, delivery.created_at, data);
         let body = serde_json::to_vec(&event(data)).map_err(|e| e.to_string())?;
         if body.len() <= self.settings.max_body_bytes {
-            return Ok(body);
+            return Ok((body, run.trace));
         }
         let poll_url = format!(
             "{}/v1/agents/{}/runs/{}",
@@ -295,7 +318,8 @@ impl Inner {
             "poll_url": poll_url,
             "thin": true,
         });
-        serde_json::to_vec(&event(thin)).map_err(|e| e.to_string())
+        let body = serde_json::to_vec(&event(thin)).map_err(|e| e.to_string())?;
+        Ok((body, run.trace))
     }
 
     async fn attempt(
@@ -362,8 +386,12 @@ impl Inner {
         let timestamp = clock::now_ms() / 1000;
         let keys: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let signature = signature::signature(&keys, event_id, timestamp, &body);
-        self.http
-            .post(url)
+        // The receiver joins the trace of the push attempt this is sent in, if any.
+        let mut request = self.http.post(url);
+        for (name, value) in gust_wasm::trace::headers(&tracing::Span::current()) {
+            request = request.header(name, value);
+        }
+        request
             .bearer_auth(access_token)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", event_id)

@@ -1,0 +1,101 @@
+//! Load with wrk from the load CPU: a server's req/s and latency percentiles, as the HTTP
+//! benchmarks read them.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, bail, ensure};
+
+/// The CPU the servers run on, alone.
+pub const SERVER_CPU: &str = "0";
+/// The CPU wrk runs on, alone.
+pub const LOAD_CPU: &str = "1";
+
+/// A server under load: where to send requests, with which headers.
+pub struct Target {
+    pub name: &'static str,
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    pub requests_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// One wrk run against `target`, on the load CPU, posting `input` (JSON).
+///
+/// # Errors
+/// When wrk fails or its report cannot be read.
+pub fn wrk(
+    target: &Target,
+    input: &str,
+    scratch: &Path,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<Reading> {
+    let mut script = format!(
+        "wrk.method = \"POST\"\nwrk.body = '{input}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
+    );
+    for (name, value) in &target.headers {
+        script.push_str(&format!("wrk.headers[\"{name}\"] = \"{value}\"\n"));
+    }
+    let script_path = scratch.join("post.lua");
+    std::fs::write(&script_path, script)?;
+    let output = Command::new("taskset")
+        .args(["-c", LOAD_CPU, "wrk", "-t1", "--latency"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("-s")
+        .arg(&script_path)
+        .arg(&target.url)
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "wrk failed: {text}");
+    parse_wrk(&text).with_context(|| format!("reading wrk's report:\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> anyhow::Result<Reading> {
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let requests_per_s: f64 = field("Requests/sec:").context("no Requests/sec")?.parse()?;
+    let latency = |q: &str| -> anyhow::Result<f64> { duration_ms(field(q).context("no latency")?) };
+    // wrk reports non-2xx answers and socket errors only when there are any.
+    let non_2xx = field("Non-2xx or 3xx responses:").map_or(Ok(0), str::parse::<u64>)?;
+    let socket_errors = field("Socket errors:").map_or(0, |s| {
+        s.split(',')
+            .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    });
+    Ok(Reading {
+        requests_per_s,
+        p50_ms: latency("50%")?,
+        p99_ms: latency("99%")?,
+        errors: non_2xx + socket_errors,
+    })
+}
+
+/// wrk's "1.23ms", "456.00us", "1.02s" in milliseconds.
+fn duration_ms(text: &str) -> anyhow::Result<f64> {
+    let (number, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| text.split_at(i))
+        .context("a duration without a unit")?;
+    let value: f64 = number.parse()?;
+    Ok(match unit {
+        "us" => value / 1000.0,
+        "ms" => value,
+        "s" => value * 1000.0,
+        "m" => value * 60_000.0,
+        other => bail!("unknown unit {other}"),
+    })
+}
