@@ -28,7 +28,7 @@ import {
   config as hostConfig,
   log as hostLog,
   progress as hostProgress,
-} from 'gust:agent/host@0.1.0';
+} from 'gust:agent/host@0.1.1';
 
 // The host keeps the first 4 KiB of an error message; of a long stack, the top matters most
 // for JavaScript (the throwing frame comes first), so the SDK cuts the end.

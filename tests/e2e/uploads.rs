@@ -173,7 +173,7 @@ async fn same_bytes_are_one_version_and_failures_do_not_add_versions() {
     assert_eq!(status, StatusCode::OK, "{view}");
     let wit = view["wit"].as_str().unwrap();
     assert!(wit.contains("export run: func("), "{wit}");
-    assert!(wit.contains("import gust:agent/host@0.1.0"), "{wit}");
+    assert!(wit.contains("import gust:agent/host@0.1.1"), "{wit}");
     let (status, body) = host
         .send(host.request(Method::GET, "/v1/agents/probe/versions/7"))
         .await;

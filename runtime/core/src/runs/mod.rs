@@ -47,10 +47,10 @@ use crate::deploy::{Admission, Deployment, Lifecycle};
 use crate::error::Error;
 use crate::secrets::PushSecrets;
 
-pub use events::{RunEvent, RunEvents};
+pub use events::{Kept, RunEvent, RunEvents, Seen};
 pub use push::PushSettings;
 use state::QueueState;
-pub use view::{payload_json, run_json, run_summary_json};
+pub use view::{chunk_json, payload_json, run_json, run_summary_json};
 use writer::Writer;
 
 /// A new run id: `run_` and a UUIDv7 in hex, so ids sort by creation time (which keeps the
