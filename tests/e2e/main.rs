@@ -27,6 +27,7 @@ mod runs;
 mod scaffold;
 mod serve_config;
 mod server;
+mod streaming;
 mod support;
 mod triage;
 mod uploads;
