@@ -74,17 +74,15 @@ export class HttpError extends Error {
 }
 
 /** What the host tells a run about itself, and the host functions it may call. */
+// The contexts that emitted a chunk: a run that streamed and returns nothing answers its
+// chunks alone.
+const emitted = new WeakSet();
+
 export class Context {
   #request;
-  #emitted = false;
 
   constructor(request) {
     this.#request = request;
-  }
-
-  /** Whether a chunk was emitted (the SDK's own business). */
-  static emitted(ctx) {
-    return ctx.#emitted;
   }
 
   /** The agent's name, as in the endpoint URL. */
@@ -180,7 +178,7 @@ export class Context {
       throw new TypeError(`emit takes a string or bytes, not ${safeString(chunk)}`);
     }
     if (bytes.length === 0) return;
-    this.#emitted = true;
+    emitted.add(this);
     hostEmit(bytes);
   }
 }
@@ -223,7 +221,7 @@ export function agent(fn) {
     try {
       let result = await fn(input, ctx);
       if (isGenerator(result)) result = await drain(result, ctx);
-      if (Context.emitted(ctx) && (result === undefined || result === null)) {
+      if (emitted.has(ctx) && (result === undefined || result === null)) {
         // A streamed answer is its chunks; a trailing `null` would only corrupt it.
         return { output: new Uint8Array(0), contentType: TEXT };
       }

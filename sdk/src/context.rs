@@ -1,4 +1,4 @@
-use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::__private::bindings::gust::agent::{host, invocation};
@@ -41,8 +41,8 @@ pub struct Context {
     deadline_ms: Option<u64>,
     content_type: String,
     /// Whether [`Context::emit`] sent a chunk: a run that streamed and returns nothing
-    /// answers its chunks alone.
-    emitted: Cell<bool>,
+    /// answers its chunks alone. (Atomic, not a `Cell`, so a `Context` stays `Sync`.)
+    emitted: AtomicBool,
 }
 
 impl Context {
@@ -58,13 +58,13 @@ impl Context {
             attempt: request.attempt,
             deadline_ms: request.deadline_ms,
             content_type: request.content_type.clone(),
-            emitted: Cell::new(false),
+            emitted: AtomicBool::new(false),
         }
     }
 
     /// Whether a chunk was emitted.
     pub(crate) fn emitted(&self) -> bool {
-        self.emitted.get()
+        self.emitted.load(Ordering::Relaxed)
     }
 
     /// The agent's name, as in its endpoint URL.
@@ -168,7 +168,7 @@ impl Context {
         if chunk.is_empty() {
             return;
         }
-        self.emitted.set(true);
+        self.emitted.store(true, Ordering::Relaxed);
         host::emit(chunk);
     }
 }
