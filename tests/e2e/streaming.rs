@@ -365,22 +365,44 @@ async fn gust_runs_get_follow_prints_the_chunks_as_they_come() {
     let mut gates = Gates::start().await;
     let host = host_with(dir.path(), &[("probe", gust_test_guests::PROBE_A)], &gates).await;
     let id = submit(&host, "probe", json!({"op": "stream", "key": gates.next()})).await;
-    let (url, token) = (host.url.clone(), crate::support::TOKEN);
-    let follow = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_gust"))
-            .args(["runs", "get", "probe", &id, "--follow"])
-            .env("GUST_URL", url)
-            .env("GUST_TOKEN", token)
-            .output()
-            .unwrap()
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gust"))
+        .args(["runs", "get", "probe", &id, "--follow"])
+        .env("GUST_URL", &host.url)
+        .env("GUST_TOKEN", crate::support::TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its stderr as it comes; told once the first chunk is printed.
+    let mut stderr = child.stderr.take().unwrap();
+    let (printed, first_printed) = tokio::sync::oneshot::channel();
+    let reading = tokio::task::spawn_blocking(move || {
+        let (mut all, mut buf, mut printed) = (Vec::new(), [0u8; 4096], Some(printed));
+        loop {
+            let n = std::io::Read::read(&mut stderr, &mut buf).unwrap();
+            if n == 0 {
+                return String::from_utf8_lossy(&all).into_owned();
+            }
+            all.extend_from_slice(&buf[..n]);
+            if all.windows(6).any(|w| w == b"first ")
+                && let Some(printed) = printed.take()
+            {
+                let _ = printed.send(());
+            }
+        }
     });
+    // Printed while the guest still waits at the gate.
+    tokio::time::timeout(Duration::from_secs(30), first_printed)
+        .await
+        .expect("the first chunk printed within 30 s")
+        .unwrap();
     gates.guest_waits().await;
     gates.open().await;
-    let out = follow.await.unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let stderr = reading.await.unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     // The chunks read as the text they make, on a line of their own.
     assert!(stderr.lines().any(|l| l == "first second"), "{stderr}");
