@@ -24,7 +24,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 // The agent world, typed, for the bare embedding (gust's own bindings are private to its
 // runtime).
 wasmtime::component::bindgen!({
-    world: "gust:agent/agent@0.1.0",
+    world: "gust:agent/agent@0.1.1",
     path: "../wit",
     exports: { default: async },
 });
@@ -188,6 +188,8 @@ impl gust::agent::host::Host for Bare {
     }
 
     fn progress(&mut self, _fraction: f32, _message: String) {}
+
+    fn emit(&mut self, _chunk: Vec<u8>) {}
 }
 
 impl gust::agent::invocation::Host for Bare {}

@@ -20,20 +20,34 @@
 // - HTTP: use `fetch` (from this module for clearer errors, or the global one). Only hosts
 //   in the deployment's `allowed_hosts` are reachable.
 // - Every call runs on a fresh instance: module-level state does not carry between calls.
+// - Streamed output: `ctx.emit(chunk)` sends a chunk (a string or bytes) at once, and a
+//   generator function (async or not) has each value it yields emitted:
+//
+//     export const run = agent(async function* (input, ctx) {
+//       for await (const token of chat(input.question)) yield token;
+//     });
+//
+//   Callers that stream the call get each chunk as it is emitted; the output (what a plain
+//   call answers, what a poll shows) is the chunks followed by what the function returns.
+//   Returning nothing after emitting answers the chunks alone, as `text/plain;
+//   charset=utf-8`; returning a value answers the chunks then its JSON.
 //
 // The component is built with componentize-js against the agent world (`wit/`); `gust build`
 // runs it for you.
 
 import {
   config as hostConfig,
+  emit as hostEmit,
   log as hostLog,
   progress as hostProgress,
-} from 'gust:agent/host@0.1.0';
+} from 'gust:agent/host@0.1.1';
 
 // The host keeps the first 4 KiB of an error message; of a long stack, the top matters most
 // for JavaScript (the throwing frame comes first), so the SDK cuts the end.
 const MAX_ERROR_CHARS = 4000;
 const LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error']);
+// What a function that emitted its output and returns nothing answers.
+const TEXT = 'text/plain; charset=utf-8';
 
 /** The caller's input is not acceptable: answered as HTTP 422 `invalid_input`. */
 export class InvalidInput extends Error {
@@ -60,6 +74,10 @@ export class HttpError extends Error {
 }
 
 /** What the host tells a run about itself, and the host functions it may call. */
+// The contexts that emitted a chunk: a run that streamed and returns nothing answers its
+// chunks alone.
+const emitted = new WeakSet();
+
 export class Context {
   #request;
 
@@ -138,6 +156,31 @@ export class Context {
   progress(fraction, message = '') {
     hostProgress(Number(fraction), String(message));
   }
+
+  /**
+   * Sends the next chunk of the output now: a string (as UTF-8) or bytes (a `Uint8Array`,
+   * another typed array or an `ArrayBuffer`). Callers that stream the call, and followers of
+   * a queued run, get it at once; the output is every chunk followed by what the function
+   * returns. Past the deployment's output limit the run ends here (`output_too_large`). An
+   * empty chunk sends nothing.
+   */
+  emit(chunk) {
+    let bytes;
+    if (typeof chunk === 'string') {
+      bytes = new TextEncoder().encode(chunk);
+    } else if (chunk instanceof Uint8Array) {
+      bytes = chunk;
+    } else if (ArrayBuffer.isView(chunk)) {
+      bytes = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    } else if (chunk instanceof ArrayBuffer) {
+      bytes = new Uint8Array(chunk);
+    } else {
+      throw new TypeError(`emit takes a string or bytes, not ${safeString(chunk)}`);
+    }
+    if (bytes.length === 0) return;
+    emitted.add(this);
+    hostEmit(bytes);
+  }
 }
 
 /**
@@ -173,9 +216,16 @@ export function agent(fn) {
     } catch (e) {
       throw { tag: 'invalid-input', val: `the input is not valid JSON: ${e.message}` };
     }
+    const ctx = new Context(request);
     let output;
     try {
-      output = JSON.stringify(await fn(input, new Context(request)));
+      let result = await fn(input, ctx);
+      if (isGenerator(result)) result = await drain(result, ctx);
+      if (emitted.has(ctx) && (result === undefined || result === null)) {
+        // A streamed answer is its chunks; a trailing `null` would only corrupt it.
+        return { output: new Uint8Array(0), contentType: TEXT };
+      }
+      output = JSON.stringify(result);
     } catch (e) {
       if (e instanceof InvalidInput) throw { tag: 'invalid-input', val: e.message };
       if (e instanceof Failed) throw { tag: 'failed', val: e.message };
@@ -187,6 +237,21 @@ export function agent(fn) {
       contentType: 'application/json',
     };
   };
+}
+
+/** A generator object (async or not): not any iterable, since an array is an answer. */
+function isGenerator(value) {
+  const tag = Object.prototype.toString.call(value);
+  return tag === '[object AsyncGenerator]' || tag === '[object Generator]';
+}
+
+/** Emits every value `generator` yields; answers what it returns. */
+async function drain(generator, ctx) {
+  for (;;) {
+    const { value, done } = await generator.next();
+    if (done) return value;
+    ctx.emit(value);
+  }
 }
 
 function describe(e) {

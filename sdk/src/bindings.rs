@@ -7,7 +7,7 @@
 )]
 
 wit_bindgen::generate!({
-    world: "gust:agent/agent@0.1.0",
+    world: "gust:agent/agent@0.1.1",
     path: "../wit",
     generate_all,
     pub_export_macro: true,

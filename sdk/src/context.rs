@@ -1,3 +1,4 @@
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::__private::bindings::gust::agent::{host, invocation};
@@ -39,6 +40,9 @@ pub struct Context {
     attempt: u32,
     deadline_ms: Option<u64>,
     content_type: String,
+    /// Whether [`Context::emit`] sent a chunk: a run that streamed and returns nothing
+    /// answers its chunks alone. (Atomic, not a `Cell`, so a `Context` stays `Sync`.)
+    emitted: AtomicBool,
 }
 
 impl Context {
@@ -54,7 +58,13 @@ impl Context {
             attempt: request.attempt,
             deadline_ms: request.deadline_ms,
             content_type: request.content_type.clone(),
+            emitted: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a chunk was emitted.
+    pub(crate) fn emitted(&self) -> bool {
+        self.emitted.load(Ordering::Relaxed)
     }
 
     /// The agent's name, as in its endpoint URL.
@@ -130,5 +140,35 @@ impl Context {
     /// run see it; for sync calls the host ignores it.
     pub fn progress(&self, fraction: f32, message: impl AsRef<str>) {
         host::progress(fraction.clamp(0.0, 1.0), message.as_ref());
+    }
+
+    /// Sends the next chunk of the output now, before the function returns: a chat agent
+    /// streams tokens as the model produces them.
+    ///
+    /// A caller streaming the call (`Accept: text/event-stream`) and the followers of a
+    /// queued run's events get each chunk as it is emitted. The output of the run — what a
+    /// plain call answers and a poll shows — is the chunks in order, followed by what the
+    /// function returns. A function that emitted and returns `()` (or `None`) answers the
+    /// chunks alone, as `text/plain; charset=utf-8`; one that returns a value answers the
+    /// chunks followed by that value's JSON, as `application/json`.
+    ///
+    /// The chunks count against the deployment's output limit with the returned value: the
+    /// chunk that would pass it ends the run (`output_too_large`) without returning here.
+    /// An empty chunk sends nothing.
+    ///
+    /// ```no_run
+    /// # fn example(ctx: &gust_sdk::Context) {
+    /// for token in ["Hello", ", ", "world"] {
+    ///     ctx.emit(token);
+    /// }
+    /// # }
+    /// ```
+    pub fn emit(&self, chunk: impl AsRef<[u8]>) {
+        let chunk = chunk.as_ref();
+        if chunk.is_empty() {
+            return;
+        }
+        self.emitted.store(true, Ordering::Relaxed);
+        host::emit(chunk);
     }
 }

@@ -9,6 +9,8 @@ pub use bindings::Guest;
 use bindings::gust::agent::invocation::{Request, Response, RunError};
 
 const JSON: &str = "application/json";
+/// The type of a run that emitted its output and returned nothing.
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Decodes the input, runs the author's function and encodes its answer.
 pub fn dispatch<I, O, F>(request: Request, handler: F) -> Result<Response, RunError>
@@ -32,6 +34,13 @@ where
             let output = serde_json::to_vec(&output).map_err(|e| {
                 RunError::Failed(format!("could not encode the output as JSON: {e}"))
             })?;
+            // A streamed answer is its chunks; a trailing `null` would only corrupt it.
+            if ctx.emitted() && output == b"null" {
+                return Ok(Response {
+                    output: Vec::new(),
+                    content_type: TEXT.to_owned(),
+                });
+            }
             Ok(Response {
                 output,
                 content_type: JSON.to_owned(),

@@ -38,6 +38,9 @@
 //! - [`Error::Failed`] becomes HTTP 502 `failed` with your message; a panic becomes a `trap`
 //!   (HTTP 502, no detail), so return errors rather than panicking.
 //! - Every call runs on a fresh instance: globals and statics do not survive between calls.
+//! - [`Context::emit`] streams output as it is produced (a chat agent's tokens): callers that
+//!   stream the call see each chunk at once; the output is the chunks followed by what the
+//!   function returns (`()` returns nothing more, and the answer is `text/plain`).
 //!
 //! Raw bindings stay private; the WIT contract lives in the repository's `wit/` folder.
 

@@ -28,6 +28,7 @@ mod runs;
 mod scaffold;
 mod serve_config;
 mod server;
+mod streaming;
 mod support;
 mod traces;
 mod triage;

@@ -206,9 +206,31 @@ async fn a_call_and_a_run_are_exported_as_span_trees() {
     let attempt = child(&spans, submitter, "run.attempt");
     assert_eq!(attempt["attributes"]["attempt"], 1);
     let wait = child(&spans, id(attempt), "queue.wait");
+    // From the run's acceptance (its `created_at`, to the millisecond) to the attempt.
+    let (_, run) = host
+        .send(host.request(
+            Method::GET,
+            &format!(
+                "/v1/agents/probe/runs/{}",
+                accepted["run_id"].as_str().unwrap()
+            ),
+        ))
+        .await;
+    let created_ms = chrono::DateTime::parse_from_rfc3339(run["created_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    let (wait_start, wait_end) = (
+        wait["start"].as_u64().unwrap(),
+        wait["end"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        i64::try_from(wait_start / 1_000_000).unwrap(),
+        created_ms,
+        "{wait}"
+    );
     assert!(
-        wait["start"].as_u64() <= attempt["start"].as_u64(),
-        "{wait} {attempt}"
+        wait_end >= wait_start && wait_end <= attempt["end"].as_u64().unwrap(),
+        "{wait}"
     );
     let call = child(&spans, id(attempt), "call");
     assert_eq!(call["attributes"]["kind"], "async");
@@ -221,6 +243,13 @@ async fn a_call_and_a_run_are_exported_as_span_trees() {
         format!("00-{run_trace}-{}-01", id(push)),
         "the push carries its span"
     );
+
+    // Spans stay out of the log lines.
+    let log = host.log();
+    assert!(log.contains("probe"), "{log}");
+    for span in ["call{", "run.attempt", "guest.run"] {
+        assert!(!log.contains(span), "{span} in the log:\n{log}");
+    }
 }
 
 /// Without `--otlp-endpoint` nothing is traced, and nothing is sent on: a caller's

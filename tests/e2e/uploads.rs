@@ -2,8 +2,9 @@
 //! stable code, and leaves no version behind.
 
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::runs::{finished, submit};
 use crate::support::{Host, error_kind};
 
 fn codes(body: &Value) -> Vec<(String, String)> {
@@ -173,12 +174,48 @@ async fn same_bytes_are_one_version_and_failures_do_not_add_versions() {
     assert_eq!(status, StatusCode::OK, "{view}");
     let wit = view["wit"].as_str().unwrap();
     assert!(wit.contains("export run: func("), "{wit}");
-    assert!(wit.contains("import gust:agent/host@0.1.0"), "{wit}");
+    assert!(wit.contains("import gust:agent/host@0.1.1"), "{wit}");
     let (status, body) = host
         .send(host.request(Method::GET, "/v1/agents/probe/versions/7"))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     error_kind(&body, "not_found");
+}
+
+/// The host serves gust:agent 0.1.1; a guest built against 0.1.0, before `emit`, still
+/// passes the check, and its host calls (`log`, `config`, `progress`) still work, sync and
+/// queued.
+#[tokio::test]
+async fn a_guest_built_against_the_0_1_0_world_still_uploads_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    host.upload_file("old", gust_test_guests::AGENT_0_1_0).await;
+    let (_, view) = host
+        .send(host.request(Method::GET, "/v1/agents/old/versions/1"))
+        .await;
+    let wit = view["wit"].as_str().unwrap();
+    assert!(wit.contains("import gust:agent/host@0.1.0"), "{wit}");
+    assert!(!wit.contains("@0.1.1"), "{wit}");
+    host.set_config("old", json!({"config": {"marker": "kept"}}))
+        .await;
+    host.deploy("old", None).await;
+
+    let (status, _, body) = host.call("old", json!({"hi": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"world": "gust:agent@0.1.0", "input": {"hi": 1}, "marker": "kept"})
+    );
+    let id = submit(&host, "old", json!({"hi": 2})).await;
+    let run = finished(&host, "old", &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"]["json"]["input"], json!({"hi": 2}));
+    assert_eq!(run["progress"], json!({"fraction": 1.0, "message": "done"}));
+    assert_eq!(
+        run["logs"][0]["message"],
+        format!("0.1.0 guest ran {id}"),
+        "{run}"
+    );
 }
 
 #[tokio::test]

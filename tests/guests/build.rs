@@ -14,12 +14,20 @@ const GUESTS: &[(&str, &str, &str, &str)] = &[
     ("TRIAGE", "triage", "", "triage"),
     ("PROBE_A", "gust-probe", "", "gust_probe"),
     ("PROBE_B", "gust-probe", "marker-b", "gust_probe"),
+    ("AGENT_0_1_0", "gust-guest-0-1-0", "", "gust_guest_0_1_0"),
 ];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.join("../..");
-    for watched in ["sdk", "wit", "examples", "tests/guests/probe", "Cargo.lock"] {
+    for watched in [
+        "sdk",
+        "wit",
+        "examples",
+        "tests/guests/probe",
+        "tests/guests/agent-0-1-0",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());

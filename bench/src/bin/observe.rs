@@ -195,16 +195,18 @@ async fn otlp_sink() -> anyhow::Result<(String, Arc<AtomicU64>)> {
         while let Ok((stream, _)) = listener.accept().await {
             let counted = Arc::clone(&counted);
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let counted = Arc::clone(&counted);
-                    async move {
-                        let body = request.into_body().collect().await?.to_bytes();
-                        counted.fetch_add(body.len() as u64, Ordering::Relaxed);
-                        Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::new(),
-                        )))
-                    }
-                });
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let counted = Arc::clone(&counted);
+                        async move {
+                            let body = request.into_body().collect().await?.to_bytes();
+                            counted.fetch_add(body.len() as u64, Ordering::Relaxed);
+                            Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::new(),
+                            )))
+                        }
+                    },
+                );
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, service)

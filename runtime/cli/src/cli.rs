@@ -390,8 +390,8 @@ pub(crate) enum AdminCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunsCommand {
-    /// Show a run; with `--wait`, wait until it ends; with `--follow`, print its progress
-    /// and log lines as they come, then the run.
+    /// Show a run; with `--wait`, wait until it ends; with `--follow`, print its progress,
+    /// log lines and output chunks as they come, then the run.
     Get {
         /// The agent's name.
         agent: String,
@@ -400,7 +400,8 @@ pub(crate) enum RunsCommand {
         /// Wait for the run to end.
         #[arg(long)]
         wait: bool,
-        /// Print status, progress and log lines live (the run's event stream), then the run.
+        /// Print status, progress, log lines and output chunks live (the run's event stream),
+        /// then the run.
         #[arg(short, long, conflicts_with = "wait")]
         follow: bool,
     },

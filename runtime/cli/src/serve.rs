@@ -151,7 +151,7 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
                 .max(1),
         },
         min_free_disk: args.min_free_disk_mib.saturating_mul(1 << 20),
-        metrics: !args.no_metrics,
+        skip_metrics: args.no_metrics,
         tuning: match args.engine_tuning {
             // The pool holds every instance admission may let run.
             EngineTuning::Gust => Tuning {

@@ -11,7 +11,9 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{FilterExt as _, LevelFilter, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -53,49 +55,43 @@ pub fn init(cli: &Cli) -> anyhow::Result<Telemetry> {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Events only: spans would turn into prefixes on every line.
-    let events_only = tracing_subscriber::filter::filter_fn(|meta| meta.is_event());
+    // Events only: spans would turn into prefixes on every line. One filter, decided per call
+    // site and carrying the level hint, so that a disabled `debug!` (wasmtime's WASI
+    // bindings make trace events on every call) costs a cached check, as without this layer.
+    let hint = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let events_only = filter_fn(|meta| meta.is_event()).with_max_level_hint(hint);
+    let logged = filter.and(events_only);
     let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let log = if json {
         // One object per line, the event's fields (agent, version, run_id) flattened beside
         // `message`, for log pipelines.
-        log.json()
-            .flatten_event(true)
-            .with_filter(filter)
-            .with_filter(events_only)
-            .boxed()
+        log.json().flatten_event(true).with_filter(logged).boxed()
     } else {
-        log.with_filter(filter).with_filter(events_only).boxed()
+        log.with_filter(logged).boxed()
     };
-    let (provider, traces) = match endpoint {
-        Some(endpoint) => {
-            let provider = provider(&endpoint)?;
-            let tracer = provider.tracer("gust");
-            let layer = tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_filter(
-                    tracing_subscriber::filter::Targets::new()
-                        .with_target(gust_server::trace::TARGET, tracing::Level::TRACE),
-                );
-            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-            opentelemetry::global::set_tracer_provider(provider.clone());
-            (Some(provider), Some(layer))
-        }
-        None => (None, None),
+    let Some(endpoint) = endpoint else {
+        // No layer takes spans: the host's spans are disabled where they are made.
+        tracing_subscriber::registry().with(log).init();
+        return Ok(Telemetry { provider: None });
     };
+    let provider = provider(&endpoint)?;
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("gust"))
+        .with_filter(Targets::new().with_target(gust_server::trace::TARGET, Level::INFO));
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    opentelemetry::global::set_tracer_provider(provider.clone());
     tracing_subscriber::registry().with(log).with(traces).init();
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
 }
 
 /// The tracer provider exporting to `endpoint` (a collector's OTLP/HTTP base URL;
 /// `/v1/traces` is added unless it is there).
 fn provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-    let url = url::Url::parse(endpoint)
-        .map_err(|e| anyhow::anyhow!("--otlp-endpoint `{endpoint}` is not a URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        anyhow::bail!("--otlp-endpoint must be an http or https URL, not `{endpoint}`");
-    }
+    // Checked to be an http(s) URL when the flag was read.
+    let url = url::Url::parse(endpoint)?;
     let traces = if url.path().ends_with("/v1/traces") {
         url.to_string()
     } else {

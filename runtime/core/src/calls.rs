@@ -62,8 +62,8 @@ pub struct CallRequest {
     /// Where the guest's logs, output, progress and outgoing requests go; `None` for the
     /// host log.
     pub sink: Option<Arc<dyn CallSink>>,
-    /// Also told of each log line, output line and progress report as it comes (a sync
-    /// call streamed to its caller); `None` for no one.
+    /// Also told of each log line, output line, progress report and emitted chunk as it
+    /// comes (a sync call streamed to its caller); `None` for no one.
     pub watcher: Option<Arc<dyn CallSink>>,
     /// The trace the caller's request belongs to (W3C `traceparent`), if it sent one: the
     /// call's span continues it.
@@ -325,6 +325,13 @@ impl CallSink for Observed {
             watcher.progress(fraction, message);
         }
         self.inner.progress(fraction, message);
+    }
+
+    fn emit(&self, chunk: &[u8]) {
+        if let Some(watcher) = &self.watcher {
+            watcher.emit(chunk);
+        }
+        self.inner.emit(chunk);
     }
 
     fn outbound(&self, request: OutboundRequest) {

@@ -28,9 +28,9 @@ pub struct HostSettings {
     pub limits: Limits,
     /// The run queue.
     pub runs: RunSettings,
-    /// Whether calls, runs and pushes are counted for `/metrics` (off only to measure what
-    /// counting costs).
-    pub metrics: bool,
+    /// Calls, runs and pushes not counted for `/metrics` (only to measure what counting
+    /// costs; the default counts).
+    pub skip_metrics: bool,
 }
 
 /// See the module docs.
@@ -87,7 +87,7 @@ impl Host {
             settings.limits.admission.clone(),
             Box::new(move || pool.pool_reusable_bytes()),
         ));
-        let metrics = Arc::new(Metrics::recording(settings.metrics));
+        let metrics = Arc::new(Metrics::recording(!settings.skip_metrics));
         let loader = Loader::new(
             Arc::clone(&engine),
             files,

@@ -56,9 +56,9 @@ pub struct ServeOptions {
     pub tuning: Tuning,
     /// Free bytes below which the data folder's disk counts as full: new runs are refused.
     pub min_free_disk: u64,
-    /// Whether calls, runs and pushes are counted for `/metrics` (off only to measure what
-    /// counting costs).
-    pub metrics: bool,
+    /// Calls, runs and pushes not counted for `/metrics` (only to measure what counting
+    /// costs).
+    pub skip_metrics: bool,
 }
 
 /// Connection handling of `gust serve`.
@@ -182,7 +182,7 @@ pub async fn serve(
     let settings = HostSettings {
         limits: options.host_limits.clone(),
         runs,
-        metrics: options.metrics,
+        skip_metrics: options.skip_metrics,
     };
     let host = match Host::start(store, engine, files, settings, &background).await {
         Ok(host) => host,

@@ -2,7 +2,7 @@
 //! wasmtime-wasi and wasmtime-wasi-http, so their resources are the ones those crates manage.
 
 wasmtime::component::bindgen!({
-    world: "gust:agent/agent@0.1.0",
+    world: "gust:agent/agent@0.1.1",
     path: "../../wit",
     imports: { default: async | trappable },
     exports: { default: async },

@@ -217,7 +217,7 @@ pub fn check(wasm: &WasmEngine, component: &Component) -> Result<Linked, Vec<Dia
         None => diagnostics.push(Diagnostic::new(
             "missing_export",
             "run",
-            "the component does not export `run`; it must target the world `gust:agent/agent@0.1.0`",
+            "the component does not export `run`; it must target the world `gust:agent/agent` (0.1.x)",
         )),
         Some((_, item))
             if matches!(item.ty, wasmtime::component::types::ComponentItem::ComponentFunc(_)) => {}
@@ -242,7 +242,7 @@ pub fn check(wasm: &WasmEngine, component: &Component) -> Result<Linked, Vec<Dia
         vec![Diagnostic::new(
             "export_type_mismatch",
             "run",
-            format!("`run` does not have the type of `gust:agent/agent@0.1.0`: {e:#}"),
+            format!("`run` does not have the type of `gust:agent/agent` (0.1.x): {e:#}"),
         )]
     })
 }
@@ -268,7 +268,11 @@ pub async fn trial_instantiate(
     });
     let state = CallState::new(
         Arc::new(BTreeMap::new()),
-        CallLimits { memory_bytes },
+        CallLimits {
+            memory_bytes,
+            // Nothing is called, so nothing is emitted.
+            output_bytes: 0,
+        },
         engine.stats().live_instance(),
         sink,
         outbound,
@@ -347,6 +351,8 @@ mod tests {
         assert!(provided("wasi:io/streams@0.2.0").is_ok());
         assert!(provided("wasi:http/outgoing-handler@0.2.12").is_ok());
         assert!(provided("gust:agent/host@0.1.0").is_ok());
+        assert!(provided("gust:agent/host@0.1.1").is_ok());
+        assert!(provided("gust:agent/host@0.2.0").is_err());
         assert!(provided("wasi:io/streams@0.3.0").is_err());
         assert!(provided("wasi:io/streams@0.20.1").is_err());
         assert!(provided("wasi:keyvalue/store@0.2.0").is_err());
@@ -376,5 +382,36 @@ mod tests {
         };
         assert!(links("config"));
         assert!(!links("no-such-function"));
+    }
+
+    /// The host serves the newest 0.1.x: guests built against 0.1.0 (before `emit`) and
+    /// against 0.1.1 both link, each through the version it names.
+    #[test]
+    fn guests_of_every_0_1_version_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = WasmEngine::new(
+            dir.path(),
+            Default::default(),
+            256 << 20,
+            Default::default(),
+            &Default::default(),
+        )
+        .unwrap();
+        let links = |version: &str, func: &str, ty: &str| {
+            let wat = format!(
+                r#"(component (import "gust:agent/host@{version}" (instance (export "{func}" (func {ty})))))"#
+            );
+            let bytes = wat::parse_str(&wat).unwrap();
+            let component = Component::from_binary(runtime.engine(), &bytes).unwrap();
+            runtime.linker().instantiate_pre(&component).map(|_| ())
+        };
+        let progress = r#"(param "fraction" f32) (param "message" string)"#;
+        let emit = r#"(param "chunk" (list u8))"#;
+        links("0.1.0", "progress", progress).unwrap();
+        links("0.1.1", "progress", progress).unwrap();
+        links("0.1.1", "emit", emit).unwrap();
+        // A function's type is checked whatever the version.
+        assert!(links("0.1.1", "emit", r#"(param "chunk" string)"#).is_err());
+        assert!(links("0.2.0", "progress", progress).is_err());
     }
 }

@@ -32,7 +32,7 @@ pub struct PreparedAgent {
     outbound: OutboundPolicy,
     /// Largest linear memory of an instance.
     memory_bytes: usize,
-    /// Largest output of a call.
+    /// Largest output of a call: the chunks it emits and what it returns, together.
     output_bytes: usize,
     /// Values the guest reads through `config`; shared by every call.
     config: Arc<BTreeMap<String, String>>,
@@ -74,6 +74,7 @@ impl PreparedAgent {
         let (config, outbound) = (Arc::clone(&self.config), self.outbound.clone());
         let limits = CallLimits {
             memory_bytes: self.memory_bytes,
+            output_bytes: self.output_bytes,
         };
         let info = CallInfo {
             agent: Arc::clone(&self.agent),
@@ -137,7 +138,7 @@ pub enum CallError {
     /// The guest tried to grow its memory past the deployment's limit.
     #[error("the agent ran out of memory: {0}")]
     MemoryLimit(String),
-    /// The guest answered more bytes than the deployment allows.
+    /// The guest answered (or emitted, and answered) more bytes than the deployment allows.
     #[error("{0}")]
     OutputTooLarge(String),
     /// The guest trapped (the detail is in the host log).
@@ -183,6 +184,7 @@ pub async fn invoke(
                 Arc::clone(&agent.config),
                 CallLimits {
                     memory_bytes: agent.memory_bytes,
+                    output_bytes: agent.output_bytes,
                 },
                 engine.stats().live_instance(),
                 call.sink,
@@ -236,18 +238,21 @@ pub async fn invoke(
     let log_trap = |e: &wasmtime::Error| {
         tracing::warn!(agent = %agent.agent, version = agent.version, run_id = %call.run_id, "the agent trapped: {e:#}");
     };
+    let too_large = |did: &str, bytes: usize| {
+        CallError::OutputTooLarge(format!(
+            "the agent {did} {bytes} bytes; this deployment allows at most {} MiB",
+            agent.output_bytes >> 20
+        ))
+    };
     match outcome {
-        Ok(Ok(Ok(response))) if response.output.len() > agent.output_bytes => {
-            Err(CallError::OutputTooLarge(format!(
-                "the agent answered {} bytes; this deployment allows at most {} MiB",
-                response.output.len(),
-                agent.output_bytes >> 20
-            )))
-        }
-        Ok(Ok(Ok(response))) => Ok(Output {
-            bytes: response.output,
-            content_type: bounded_content_type(response.content_type),
-        }),
+        // The output is what the guest emitted, then what it returned.
+        Ok(Ok(Ok(response))) => match store.data_mut().emitted.complete(response.output) {
+            Ok(bytes) => Ok(Output {
+                bytes,
+                content_type: bounded_content_type(response.content_type),
+            }),
+            Err(total) => Err(too_large("answered", total)),
+        },
         Ok(Ok(Err(RunError::InvalidInput(message)))) => {
             Err(CallError::InvalidInput(bounded_message(message)))
         }
@@ -260,6 +265,11 @@ pub async fn invoke(
                 .refused()
                 .unwrap_or_default()
                 .to_owned(),
+        )),
+        // Stopped at the chunk that took it past the limit.
+        Ok(Err(_)) if store.data().emitted.refused().is_some() => Err(too_large(
+            "emitted",
+            store.data().emitted.refused().unwrap_or_default(),
         )),
         Ok(Err(trap)) if is_pool_exhausted(&trap) => Err(CallError::PoolExhausted),
         Ok(Err(trap)) => {

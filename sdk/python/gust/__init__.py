@@ -19,6 +19,17 @@ An agent is one function from a JSON input to a JSON output, marked with ``@gust
   Any other exception becomes a ``failed`` error carrying its type, message and traceback.
 - Every call runs on a fresh instance: module-level state does not carry from one call to the
   next.
+- Streamed output: ``ctx.emit(chunk)`` sends a chunk (``str`` or ``bytes``) at once, and a
+  function that returns a generator has each value it yields emitted::
+
+      @gust.agent
+      def run(input, ctx):
+          return chat(input["question"])     # a generator: each token goes out as it comes
+
+  Callers that stream the call get each chunk as it is emitted; the output (what a plain
+  call answers, what a poll shows) is the chunks followed by what the function (or the
+  generator) returns. Returning ``None`` after emitting answers the chunks alone, as
+  ``text/plain; charset=utf-8``; returning a value answers the chunks then its JSON.
 - Import everything at module level. componentize-py runs your module once at build time and
   snapshots the result; a running agent has no file system to import from.
 
@@ -26,10 +37,11 @@ The component is built with componentize-py against the agent world (``wit/``); 
 runs it for you.
 """
 
+import inspect
 import json
 import sys
 import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Generator, Optional, Union
 
 import wit_world
 from componentize_py_types import Err
@@ -38,6 +50,9 @@ from wit_world.imports import host, invocation
 from . import http
 
 __all__ = ["agent", "Context", "InvalidInput", "Failed", "http"]
+
+# What a function that emitted its output and returns nothing answers.
+_TEXT = "text/plain; charset=utf-8"
 
 # The host keeps the first 4 KiB of an error message; of a long traceback, the tail (where it
 # failed) matters most, so the SDK shortens it before the host would cut it.
@@ -67,6 +82,7 @@ class Context:
 
     def __init__(self, request: invocation.Request):
         self._request = request
+        self._emitted = False
 
     @property
     def agent(self) -> str:
@@ -132,6 +148,23 @@ class Context:
         """Reports how far a queued run has come (0.0 to 1.0); pollers see it."""
         host.progress(float(fraction), str(message))
 
+    def emit(self, chunk: Union[str, bytes]) -> None:
+        """Sends the next chunk of the output now (``str`` as UTF-8, or ``bytes``).
+
+        Callers that stream the call, and followers of a queued run, get it at once; the
+        output is every chunk followed by what the function returns. Past the deployment's
+        output limit the run ends here (``output_too_large``). An empty chunk sends nothing.
+        """
+        if isinstance(chunk, str):
+            data = chunk.encode()
+        elif isinstance(chunk, (bytes, bytearray, memoryview)):
+            data = bytes(chunk)
+        else:
+            raise TypeError(f"emit takes str or bytes, not {type(chunk).__name__}")
+        if data:
+            self._emitted = True
+            host.emit(data)
+
 
 def agent(fn: Callable[[Any, Context], Any]) -> Callable[[Any, Context], Any]:
     """Marks the function that handles each run: ``fn(input, ctx)`` returns the output.
@@ -157,8 +190,15 @@ def _run(fn: Callable[[Any, Context], Any], request: invocation.Request) -> invo
         value = json.loads(raw) if raw.strip() else None
     except ValueError as e:
         raise Err(invocation.RunError_InvalidInput(f"the input is not valid JSON: {e}"))
+    ctx = Context(request)
     try:
-        output = json.dumps(fn(value, Context(request))).encode()
+        result = fn(value, ctx)
+        if inspect.isgenerator(result):
+            result = _drain(result, ctx)
+        if ctx._emitted and result is None:
+            # A streamed answer is its chunks; a trailing `null` would only corrupt it.
+            return invocation.Response(output=b"", content_type=_TEXT)
+        output = json.dumps(result).encode()
     except InvalidInput as e:
         raise Err(invocation.RunError_InvalidInput(str(e)))
     except Failed as e:
@@ -166,6 +206,16 @@ def _run(fn: Callable[[Any, Context], Any], request: invocation.Request) -> invo
     except BaseException as e:  # noqa: BLE001 - every escape becomes an answer, never a trap
         raise Err(invocation.RunError_Failed(_describe(e)))
     return invocation.Response(output=output, content_type="application/json")
+
+
+def _drain(generator: Generator[Any, None, Any], ctx: Context) -> Any:
+    """Emits every value ``generator`` yields; answers what it returns."""
+    while True:
+        try:
+            chunk = next(generator)
+        except StopIteration as stop:
+            return stop.value
+        ctx.emit(chunk)
 
 
 def _describe(e: BaseException) -> str:

@@ -129,6 +129,11 @@ impl Upstream {
         }
     }
 
+    /// The `/hold` and `/gate` requests held now.
+    pub(crate) fn held(&self) -> usize {
+        self.holding.0.load(Ordering::SeqCst)
+    }
+
     /// The most `/hold` and `/gate` requests held at once so far.
     pub(crate) fn most_held(&self) -> usize {
         self.holding.1.load(Ordering::SeqCst)

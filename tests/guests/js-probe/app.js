@@ -7,6 +7,14 @@ function explode(depth) {
   explode(depth - 1);
 }
 
+// The streaming form: yields chunks around a wait on `url`, then returns `tail`.
+async function* tokens(url, tail) {
+  yield 'first ';
+  await fetch(url);
+  yield 'second';
+  return tail;
+}
+
 // Counts the calls this instance served: every call gets a fresh instance, so always 1.
 let served = 0;
 
@@ -42,6 +50,14 @@ export const run = agent(async (input, ctx) => {
         ctx.progress(step / 3, `step ${step} of 3`);
       }
       return { steps: 3 };
+    case 'stream':
+      // Emits, waits on `url` (a gate the test holds), emits again.
+      ctx.emit('first ');
+      await fetch(input.url);
+      ctx.emit(new TextEncoder().encode('second'));
+      return undefined;
+    case 'generate':
+      return tokens(input.url, input.tail);
     case 'fetch':
       try {
         const answer = await fetch(input.url);

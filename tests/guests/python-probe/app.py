@@ -10,6 +10,14 @@ def explode(depth):
     explode(depth - 1)
 
 
+def tokens(url, tail):
+    """The streaming form: yields chunks around a wait on `url`, then returns `tail`."""
+    yield "first "
+    http.get(url)
+    yield "second"
+    return tail
+
+
 # Counts the calls this instance served: every call gets a fresh instance, so always 1.
 served = 0
 
@@ -45,6 +53,14 @@ def run(input, ctx):
             ctx.info(f"step {step}")
             ctx.progress(step / 3, f"step {step} of 3")
         return {"steps": 3}
+    if op == "stream":
+        # Emits, waits on `url` (a gate the test holds), emits again.
+        ctx.emit("first ")
+        http.get(input["url"])
+        ctx.emit(b"second")
+        return None
+    if op == "generate":
+        return tokens(input["url"], input.get("tail"))
     if op == "fetch":
         try:
             answer = http.get(input["url"])

@@ -128,12 +128,29 @@ pub(crate) async fn runs_get(c: &Ctx, agent: &str, id: &str, wait: bool) -> anyh
 }
 
 /// `gust runs get --follow`: the run's events as they come (on stderr, so stdout stays the
-/// run), then the run as `gust runs get` prints it, with its exit code.
+/// run), then the run as `gust runs get` prints it, with its exit code. Emitted chunks of
+/// output are written as they are, one after the other, so streamed text reads as text.
 pub(crate) async fn runs_follow(c: &Ctx, agent: &str, id: &str) -> anyhow::Result<()> {
     let response = super::sse::follow(c, &format!("/v1/agents/{agent}/runs/{id}/events")).await?;
     let quiet = c.out.quiet;
+    // Whether chunks left the cursor inside a line, where another event's line must not
+    // start.
+    let mut mid_line = false;
     super::sse::each_event(response, |event, data| {
         if !quiet {
+            if event == "chunk" {
+                let bytes = chunk_bytes(&data);
+                let mut stderr = std::io::stderr().lock();
+                let _ = stderr.write_all(&bytes).and_then(|()| stderr.flush());
+                if let Some(last) = bytes.last() {
+                    mid_line = *last != b'\n';
+                }
+                return true;
+            }
+            if mid_line && matches!(event, "status" | "progress" | "log") {
+                eprintln!();
+                mid_line = false;
+            }
             match event {
                 "status" => eprintln!("status   {}", text(&data["status"])),
                 "progress" => eprintln!(
@@ -152,7 +169,22 @@ pub(crate) async fn runs_follow(c: &Ctx, agent: &str, id: &str) -> anyhow::Resul
         event != "end"
     })
     .await?;
+    if mid_line {
+        eprintln!();
+    }
     runs_get(c, agent, id, false).await
+}
+
+/// The bytes of a `chunk` event: `{"text"}` or `{"base64"}`.
+fn chunk_bytes(data: &Value) -> Vec<u8> {
+    use base64::Engine as _;
+    if let Some(text) = data["text"].as_str() {
+        return text.as_bytes().to_vec();
+    }
+    data["base64"]
+        .as_str()
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .unwrap_or_default()
 }
 
 /// A run for people: the facts on top, then the output as JSON, then logs.

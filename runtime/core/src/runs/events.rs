@@ -1,14 +1,15 @@
 //! Live events of the runs executing here, for `GET …/runs/{id}/events`: the recorder hands
-//! over each log line and progress report as it sees them, the worker says when an attempt
-//! starts, and the writer says when the run's end is committed. A follower subscribes, then
-//! reads the stored run, so it misses nothing between the two.
+//! over each log line, progress report and emitted chunk of output as it sees them, the
+//! worker says when an attempt starts, and the writer says when the run's end is committed.
+//! A follower subscribes, then reads the stored run, so it misses nothing between the two.
 //!
-//! The lines of the attempt running now are kept here too (as the recorder keeps them, the
-//! same bound): a follower that reconnects mid-run gets them again, which the store cannot
-//! give before the run ends.
+//! The lines and the emitted output of the attempt running now are kept here too (the lines
+//! within the recorder's bound, the output within the deployment's output limit, which the
+//! host enforces as the guest emits): a follower that reconnects mid-run gets what it missed,
+//! which the store cannot give before the run ends.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use gust_model::LogLine;
 use tokio::sync::broadcast;
@@ -26,6 +27,9 @@ pub enum RunEvent {
     /// The guest logged a line (or wrote one to stdout or stderr); `index` counts the
     /// attempt's lines from 1.
     Log { index: usize, line: LogLine },
+    /// The guest emitted a chunk of output; `offset` is where it starts in the attempt's
+    /// output (the bytes emitted before it).
+    Chunk { offset: usize, bytes: Arc<[u8]> },
     /// The run's end is committed: read the store.
     Stored,
 }
@@ -33,8 +37,29 @@ pub enum RunEvent {
 struct Channel {
     sender: broadcast::Sender<RunEvent>,
     lines: Vec<LogLine>,
-    /// An attempt runs now (its lines are kept here until its end is stored).
+    /// The chunks the attempt emitted, one after the other.
+    emitted: Vec<u8>,
+    /// An attempt runs now (its lines and output are kept here until its end is stored).
     running: bool,
+}
+
+/// How far a follower has come in the running attempt: the log lines and the bytes of
+/// emitted output it has had.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Log lines, counted from the attempt's first.
+    pub lines: usize,
+    /// Bytes of output, from the attempt's first chunk.
+    pub bytes: usize,
+}
+
+/// What the running attempt of a run has reported past a [`Seen`].
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// The lines after `Seen::lines`: the first is line `Seen::lines + 1`.
+    pub lines: Vec<LogLine>,
+    /// The output emitted after `Seen::bytes`.
+    pub emitted: Vec<u8>,
 }
 
 /// See the module docs.
@@ -52,22 +77,24 @@ impl RunEvents {
         runs.entry(id.to_owned()).or_insert_with(|| Channel {
             sender: broadcast::channel(BUFFER).0,
             lines: Vec::new(),
+            emitted: Vec::new(),
             running: false,
         })
     }
 
-    /// Events of run `id` from now on, and the lines its running attempt has logged so far.
-    pub fn subscribe(&self, id: &str) -> (broadcast::Receiver<RunEvent>, Vec<LogLine>) {
+    /// Events of run `id` from now on, and what its running attempt has reported so far
+    /// past `seen`.
+    pub fn subscribe(&self, id: &str, seen: Seen) -> (broadcast::Receiver<RunEvent>, Kept) {
         let mut runs = self.lock();
         let channel = Self::channel(&mut runs, id);
-        (channel.sender.subscribe(), channel.lines.clone())
+        (channel.sender.subscribe(), channel.kept(seen))
     }
 
-    /// The lines the running attempt of `id` has logged so far.
-    pub fn lines(&self, id: &str) -> Vec<LogLine> {
+    /// What the running attempt of `id` has reported so far past `seen`.
+    pub fn kept(&self, id: &str, seen: Seen) -> Kept {
         self.lock()
             .get(id)
-            .map(|c| c.lines.clone())
+            .map(|c| c.kept(seen))
             .unwrap_or_default()
     }
 
@@ -75,6 +102,7 @@ impl RunEvents {
         let mut runs = self.lock();
         let channel = Self::channel(&mut runs, id);
         channel.lines.clear();
+        channel.emitted.clear();
         channel.running = true;
         let _ = channel.sender.send(RunEvent::Started);
     }
@@ -93,6 +121,17 @@ impl RunEvents {
             channel.lines.push(line.clone());
             let index = channel.lines.len();
             let _ = channel.sender.send(RunEvent::Log { index, line });
+        }
+    }
+
+    pub(crate) fn chunk(&self, id: &str, chunk: &[u8]) {
+        if let Some(channel) = self.lock().get_mut(id) {
+            let offset = channel.emitted.len();
+            channel.emitted.extend_from_slice(chunk);
+            let _ = channel.sender.send(RunEvent::Chunk {
+                offset,
+                bytes: Arc::from(chunk),
+            });
         }
     }
 
@@ -122,6 +161,15 @@ impl RunEvents {
     }
 }
 
+impl Channel {
+    fn kept(&self, seen: Seen) -> Kept {
+        Kept {
+            lines: self.lines.iter().skip(seen.lines).cloned().collect(),
+            emitted: self.emitted.get(seen.bytes..).unwrap_or_default().to_vec(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +186,7 @@ mod tests {
     fn channels_go_when_their_run_is_over_and_nobody_follows() {
         let events = RunEvents::default();
         // A follower of a run that is not running: gone when it leaves.
-        let (live, _) = events.subscribe("r1");
+        let (live, _) = events.subscribe("r1", Seen::default());
         drop(live);
         events.unsubscribe("r1");
         assert!(events.lock().is_empty());
@@ -146,8 +194,8 @@ mod tests {
         // A running run keeps its lines for followers that come later.
         events.started("r2");
         events.log("r2", line("one"));
-        let (mut live, lines) = events.subscribe("r2");
-        assert_eq!(lines.len(), 1);
+        let (mut live, kept) = events.subscribe("r2", Seen::default());
+        assert_eq!(kept.lines.len(), 1);
         events.log("r2", line("two"));
         assert!(matches!(
             live.try_recv(),
@@ -155,14 +203,46 @@ mod tests {
         ));
         drop(live);
         events.unsubscribe("r2");
-        assert_eq!(events.lines("r2").len(), 2, "still running: kept");
+        assert_eq!(
+            events.kept("r2", Seen::default()).lines.len(),
+            2,
+            "still running: kept"
+        );
         events.ended("r2");
         assert!(events.lock().is_empty(), "ended, nobody follows: gone");
 
         // A new attempt starts its lines afresh.
         events.started("r3");
         events.log("r3", line("a"));
+        events.chunk("r3", b"old");
         events.started("r3");
-        assert!(events.lines("r3").is_empty());
+        let kept = events.kept("r3", Seen::default());
+        assert!(kept.lines.is_empty() && kept.emitted.is_empty());
+    }
+
+    #[test]
+    fn the_running_attempt_s_output_is_kept_for_followers_that_come_later() {
+        let events = RunEvents::default();
+        events.started("r");
+        events.chunk("r", b"Hello, ");
+        let (mut live, kept) = events.subscribe("r", Seen::default());
+        assert_eq!(kept.emitted, b"Hello, ");
+        events.chunk("r", b"world");
+        match live.try_recv() {
+            Ok(RunEvent::Chunk { offset, bytes }) => {
+                assert_eq!((offset, &*bytes), (7, &b"world"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A follower that had the first 9 bytes gets the rest only.
+        let seen = Seen { lines: 0, bytes: 9 };
+        assert_eq!(events.kept("r", seen).emitted, b"rld");
+        // One that claims more than there is gets nothing, not a panic.
+        let seen = Seen {
+            lines: 5,
+            bytes: 99,
+        };
+        let kept = events.kept("r", seen);
+        assert!(kept.lines.is_empty() && kept.emitted.is_empty());
     }
 }

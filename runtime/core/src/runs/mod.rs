@@ -47,12 +47,12 @@ use crate::deploy::{Admission, Deployment, Lifecycle};
 use crate::error::Error;
 use crate::secrets::PushSecrets;
 
-pub use events::{RunEvent, RunEvents};
+pub use events::{Kept, RunEvent, RunEvents, Seen};
 pub use push::PushSettings;
 use state::QueueState;
 pub use view::{
-    Delivery, Outbound, Payload, Progress, RunError, RunLog, RunSummary, RunView, payload_json,
-    run_json,
+    Delivery, Outbound, Payload, Progress, RunError, RunLog, RunSummary, RunView, chunk_json,
+    payload_json, run_json,
 };
 use writer::Writer;
 

@@ -1,5 +1,6 @@
 //! What a queued run's guest logs and reports, kept on the run for pollers: log lines and
 //! captured output (bounded), and progress (written through the run writer, throttled).
+//! Emitted chunks go to the run's followers; the output stored at the end holds them.
 //! It is the run's [`CallSink`].
 
 use std::sync::{Arc, Mutex};
@@ -134,6 +135,10 @@ impl CallSink for RunRecorder {
 
     fn progress(&self, fraction: f32, message: &str) {
         self.report(fraction, message);
+    }
+
+    fn emit(&self, chunk: &[u8]) {
+        self.events.chunk(&self.id, chunk);
     }
 
     fn outbound(&self, request: OutboundRequest) {

@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::clock::rfc3339;
 use gust_model::{DeliveryStatus, RunRecord, RunStatus};
@@ -232,6 +232,15 @@ pub fn payload_json(content_type: &str, bytes: &[u8]) -> Value {
     serde_json::to_value(Payload::new(content_type, bytes)).unwrap_or_default()
 }
 
+/// A chunk of emitted output as event streams carry it: `{"text"}` when it is UTF-8,
+/// `{"base64"}` otherwise (a chunk that splits a character is not text on its own).
+pub fn chunk_json(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => json!({"text": text}),
+        Err(_) => json!({"base64": STANDARD.encode(bytes)}),
+    }
+}
+
 fn is_json(content_type: &str) -> bool {
     let media = content_type
         .split(';')
@@ -245,7 +254,13 @@ fn is_json(content_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    #[test]
+    fn chunks_are_text_when_they_can_be() {
+        assert_eq!(chunk_json("héllo".as_bytes()), json!({"text": "héllo"}));
+        // The first byte of "é" alone is not UTF-8.
+        assert_eq!(chunk_json(&[b'h', 0xc3]), json!({"base64": "aMM="}));
+    }
 
     #[test]
     fn json_answers_stay_json_and_others_are_base64() {

@@ -13,7 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use gust_core::Error;
 use gust_core::calls::{Admit, CallKind, CallRequest, Input, Target};
-use gust_core::runs::{new_run_id, payload_json};
+use gust_core::runs::{chunk_json, new_run_id, payload_json};
 
 use super::auth::Invoker;
 use super::error::ApiError;
@@ -125,13 +125,13 @@ fn wants_events(headers: &HeaderMap) -> bool {
 }
 
 /// Events a slow caller may fall behind by; past them, lines are dropped (and counted in a
-/// `dropped` event), never the output.
+/// `dropped` event), never the output: emitted chunks wait, joined, for the caller.
 const STREAM_BUFFER: usize = 256;
 
-/// A sync call as Server-Sent Events: its progress and log lines as the guest reports them,
-/// then `output` (or `error`, with the status a plain call would have answered) and `end`.
-/// The call runs inside the stream: a caller that goes away cancels it, as with a plain
-/// call.
+/// A sync call as Server-Sent Events: its progress, log lines and emitted chunks of output
+/// as the guest reports them, then `output` (the whole output, chunks included; or `error`,
+/// with the status a plain call would have answered) and `end`. The call runs inside the
+/// stream: a caller that goes away cancels it, as with a plain call.
 fn streamed(
     state: Arc<AppState>,
     agent: String,
@@ -143,6 +143,7 @@ fn streamed(
     let watcher = Arc::new(Watcher {
         events: sender,
         dropped: std::sync::atomic::AtomicU64::new(0),
+        emitted: std::sync::Mutex::default(),
     });
     let call = CallRequest {
         run_id: Arc::clone(&run_id),
@@ -167,13 +168,25 @@ fn streamed(
             let call = calling.as_mut()?;
             tokio::select! {
                 biased;
-                Some(event) = events.recv() => Some((vec![event], (calling, events, watcher))),
+                Some(item) = events.recv() => {
+                    let mut batch = Vec::new();
+                    if let Watched::Event(event) = item {
+                        batch.push(event);
+                    }
+                    // Chunks go out after any event received, not only after their own
+                    // wake-up, which a full channel may not have taken.
+                    batch.extend(watcher.take_emitted());
+                    Some((batch, (calling, events, watcher)))
+                }
                 called = call => {
                     // What the guest reported before it answered comes first.
                     let mut batch = Vec::new();
-                    while let Ok(event) = events.try_recv() {
-                        batch.push(event);
+                    while let Ok(item) = events.try_recv() {
+                        if let Watched::Event(event) = item {
+                            batch.push(event);
+                        }
                     }
+                    batch.extend(watcher.take_emitted());
                     let dropped = watcher.dropped.load(std::sync::atomic::Ordering::Relaxed);
                     if dropped > 0 {
                         batch.push(Event::default().event("dropped").data(serde_json::json!({"events": dropped}).to_string()));
@@ -225,18 +238,45 @@ fn answer_events(called: gust_core::calls::Called) -> Vec<Event> {
     events
 }
 
+/// What the watcher hands the stream.
+enum Watched {
+    /// A progress report or a log line.
+    Event(Event),
+    /// Chunks are waiting in [`Watcher::emitted`].
+    Emitted,
+}
+
 /// Forwards what the guest reports to the stream, without ever waiting on the caller.
 struct Watcher {
-    events: tokio::sync::mpsc::Sender<Event>,
+    events: tokio::sync::mpsc::Sender<Watched>,
     dropped: std::sync::atomic::AtomicU64,
+    /// Chunks emitted and not sent yet. They are part of the output, so they are never
+    /// dropped: behind a slow caller they pile up here as one, within the output limit the
+    /// host enforces as they are emitted (a channel of one event per chunk would not be
+    /// bounded by it).
+    emitted: std::sync::Mutex<Vec<u8>>,
 }
 
 impl Watcher {
     fn send(&self, event: Event) {
-        if self.events.try_send(event).is_err() {
+        if self.events.try_send(Watched::Event(event)).is_err() {
             self.dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.emitted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The chunks waiting, as one `chunk` event.
+    fn take_emitted(&self) -> Option<Event> {
+        let bytes = std::mem::take(&mut *self.pending());
+        (!bytes.is_empty()).then(|| {
+            Event::default()
+                .event("chunk")
+                .data(chunk_json(&bytes).to_string())
+        })
     }
 }
 
@@ -267,5 +307,49 @@ impl gust_wasm::CallSink for Watcher {
         );
     }
 
+    fn emit(&self, chunk: &[u8]) {
+        let mut pending = self.pending();
+        let wake = pending.is_empty();
+        pending.extend_from_slice(chunk);
+        drop(pending);
+        // One wake-up for chunks that pile up. When the channel is full, none is needed:
+        // the stream takes the chunks after the next event it receives.
+        if wake {
+            let _ = self.events.try_send(Watched::Emitted);
+        }
+    }
+
     fn outbound(&self, _request: gust_model::OutboundRequest) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use gust_wasm::CallSink as _;
+
+    use super::*;
+
+    /// Emitted chunks are the output: behind a caller too slow for the channel they wait,
+    /// joined, and are never dropped; log lines past the channel are dropped and counted.
+    #[test]
+    fn chunks_behind_a_full_channel_wait_and_lines_are_dropped() {
+        let (sender, mut events) = tokio::sync::mpsc::channel(1);
+        let watcher = Watcher {
+            events: sender,
+            dropped: Default::default(),
+            emitted: Default::default(),
+        };
+        // The first chunk's wake-up takes the channel's one place.
+        watcher.emit(b"one ");
+        watcher.log(gust_wasm::Level::Info, "no room for this line");
+        watcher.emit(b"two");
+        assert_eq!(watcher.dropped.load(Ordering::Relaxed), 1);
+        assert!(matches!(events.try_recv(), Ok(Watched::Emitted)));
+        assert!(events.try_recv().is_err());
+        assert_eq!(*watcher.pending(), b"one two");
+        assert!(watcher.take_emitted().is_some());
+        assert!(watcher.pending().is_empty());
+        assert!(watcher.take_emitted().is_none());
+    }
 }

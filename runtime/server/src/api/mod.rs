@@ -98,11 +98,7 @@ impl AppState {
 
 /// The trace a request belongs to (W3C Trace Context headers), if it says.
 pub(crate) fn trace_of(headers: &axum::http::HeaderMap) -> Option<gust_model::TraceContext> {
-    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    Some(gust_model::TraceContext {
-        traceparent: value("traceparent")?.to_owned(),
-        tracestate: value("tracestate").map(str::to_owned),
-    })
+    gust_wasm::trace::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()))
 }
 
 /// `--metrics-listen`'s router: `/metrics` without the token, nothing else.

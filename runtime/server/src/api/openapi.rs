@@ -84,9 +84,9 @@ pub(crate) struct RunEventStream;
 impl utoipa::PartialSchema for RunEventStream {
     fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
         event_stream(
-            "`status` and `progress` as they change, `log` lines (ids `log:N`), then `output` or `error`, `delivery` when the run pushes, and `end`.",
+            "`status` and `progress` as they change, `log` lines and emitted `chunk`s (ids `log:N` or `log:N,out:K`), then `output` or `error`, `delivery` when the run pushes, and `end`.",
             &[
-                "status", "progress", "log", "output", "error", "delivery", "end",
+                "status", "progress", "log", "chunk", "output", "error", "delivery", "end",
             ],
         )
     }
@@ -100,8 +100,10 @@ pub(crate) struct CallEventStream;
 impl utoipa::PartialSchema for CallEventStream {
     fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
         event_stream(
-            "`progress` and `log` as the guest reports them, `dropped` if a slow reader missed some, then `output` or `error`, and `end`.",
-            &["progress", "log", "dropped", "output", "error", "end"],
+            "`progress`, `log` and emitted `chunk`s as the guest reports them, `dropped` if a slow reader missed log lines, then `output` or `error`, and `end`.",
+            &[
+                "progress", "log", "chunk", "dropped", "output", "error", "end",
+            ],
         )
     }
 }
@@ -255,6 +257,9 @@ impl Modify for Rules {
                 }
                 if operation.request_body.is_some() {
                     errors.insert("413", "The body is larger than the host takes.");
+                    errors.entry("429").or_insert(
+                        "The host is reading as many request bodies as its memory allows; retry after `Retry-After`.",
+                    );
                 }
                 if matches!(method, HttpMethod::Post | HttpMethod::Put) && path.contains("{agent}")
                 {

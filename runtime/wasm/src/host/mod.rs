@@ -22,7 +22,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::stats::LiveInstance;
 
-pub(crate) use agent::truncate;
+pub(crate) use agent::{Emitted, truncate};
 pub(crate) use limits::Limiter;
 pub(crate) use outbound::OriginSlots;
 pub use outbound::OutboundPolicy;
@@ -38,6 +38,8 @@ const MAX_RESOURCES: usize = 10_000;
 pub(crate) struct CallLimits {
     /// Largest linear memory an instance may grow to, in bytes.
     pub(crate) memory_bytes: usize,
+    /// Largest output of a call (emitted chunks and the returned output together), in bytes.
+    pub(crate) output_bytes: usize,
 }
 
 /// The data of one call's `Store`. Built fresh for every call and dropped with it.
@@ -50,6 +52,8 @@ pub struct CallState {
     table: ResourceTable,
     outbound: outbound::Outbound,
     pub(crate) limiter: Limiter,
+    /// The chunks of output the guest emitted so far.
+    pub(crate) emitted: Emitted,
     config: Arc<BTreeMap<String, String>>,
     /// Where the guest's logs, output, progress and outgoing requests go.
     sink: Arc<dyn CallSink>,
@@ -78,6 +82,7 @@ impl CallState {
                 buffered: outbound::Buffered::new(live.stats()),
             },
             limiter: Limiter::new(limits.memory_bytes),
+            emitted: Emitted::new(limits.output_bytes),
             config,
             sink,
             cpu: cpu::Turn::default(),

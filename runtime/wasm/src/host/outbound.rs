@@ -240,7 +240,9 @@ impl WasiHttpHooks for Outbound {
                     }
                 }
                 // The next hop joins the call's trace, unless the guest set a context itself.
-                if !parts.headers.contains_key("traceparent") {
+                if !parts.headers.contains_key(crate::trace::TRACEPARENT)
+                    && !parts.headers.contains_key(crate::trace::TRACESTATE)
+                {
                     for (name, value) in propagate {
                         outgoing = outgoing.header(name, value);
                     }

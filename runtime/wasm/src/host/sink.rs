@@ -1,5 +1,5 @@
 //! Where what a guest reports during a call goes: its log lines, its stdout and stderr, its
-//! progress, and a record of each outgoing HTTP request. The Wasm layer only hands these to
+//! progress, the chunks of output it emits, and a record of each outgoing HTTP request. The Wasm layer only hands these to
 //! a [`CallSink`]; the caller decides what becomes of them — a sync call writes them to the
 //! host log ([`HostLog`]), a queued run keeps them on the run (the run queue's recorder).
 
@@ -52,6 +52,10 @@ pub trait CallSink: Send + Sync {
     fn output(&self, stream: Stream, line: &str);
     /// A progress report (`gust:agent/host.progress`), as the guest sent it.
     fn progress(&self, fraction: f32, message: &str);
+    /// A chunk of output the guest emitted (`gust:agent/host.emit`), never empty, within
+    /// the output limit. The call's output already holds it (before what `run` returns):
+    /// a sink only passes it on to whoever follows the call as it runs.
+    fn emit(&self, chunk: &[u8]);
     /// An outgoing HTTP request, allowed or denied (method, origin, status; never headers
     /// or bodies).
     fn outbound(&self, request: OutboundRequest);
@@ -71,7 +75,8 @@ pub struct CallInfo {
 /// The sink of a sync call (and an upload's trial instantiation): everything goes to the
 /// host log, tagged with the call; log lines and outgoing-request lines together are
 /// bounded by [`MAX_HOST_LOG_LINES`];
-/// progress has nowhere to go (the caller is waiting for the answer) and is dropped.
+/// progress has nowhere to go (the caller is waiting for the answer) and is dropped, and
+/// emitted chunks reach the caller with the output.
 pub struct HostLog {
     info: CallInfo,
     logged: AtomicUsize,
@@ -132,6 +137,8 @@ impl CallSink for HostLog {
     }
 
     fn progress(&self, _fraction: f32, _message: &str) {}
+
+    fn emit(&self, _chunk: &[u8]) {}
 
     fn outbound(&self, entry: OutboundRequest) {
         // Bounded with the log lines: a guest that sends requests in a loop must not flood

@@ -1,6 +1,7 @@
 //! A test guest that does what its input asks, so end-to-end tests can drive every path of
 //! the host: `{"op": "echo" | "fail" | "invalid" | "panic" | "spin" | "sleep" | "steps" | "print" |
-//! "alloc" | "recurse" | "big" | "sandbox" | "fetch" | "fetch-many" | "post-big" | "hold-bodies"}`. Its answers carry a marker compiled in (`a`, or `b` with the `marker-b`
+//! "alloc" | "recurse" | "big" | "sandbox" | "fetch" | "fetch-many" | "post-big" | "hold-bodies" |
+//! "stream" | "emit-many"}`. Its answers carry a marker compiled in (`a`, or `b` with the `marker-b`
 //! feature), so a test can tell two builds apart.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -80,6 +81,30 @@ fn run(input: Value, ctx: &Context) -> Result<Value, Error> {
                 Ok(response) => json!({"status": response.status, "body": response.text()}),
                 Err(e) => json!({"error": e.to_string()}),
             })
+        }
+        "stream" => {
+            // Emits, waits on `key` (a gate the test holds), emits again: a streaming caller
+            // gets the first chunk while the guest is still waiting. Returns nothing (the
+            // answer is the chunks alone), or with `n: 1` a JSON value after them.
+            ctx.emit("first ");
+            let url = parsed.key.as_deref().unwrap_or_default();
+            if let Err(e) = gust_sdk::http::Request::get(url).send() {
+                return Err(Error::failed(format!("waiting on {url}: {e}")));
+            }
+            ctx.emit("second");
+            Ok(if parsed.n == 1 {
+                json!({"done": true})
+            } else {
+                Value::Null
+            })
+        }
+        "emit-many" => {
+            // `n` chunks of 256 KiB, for the output limit.
+            let chunk = vec![b'z'; 256 << 10];
+            for _ in 0..parsed.n {
+                ctx.emit(&chunk);
+            }
+            Ok(Value::Null)
         }
         "fetch-many" => {
             // The same request `n` times, for the bounds on what one call may record.
