@@ -6,6 +6,8 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail, ensure};
 
+use crate::{median, spread};
+
 /// The CPU the servers run on, alone.
 pub const SERVER_CPU: &str = "0";
 /// The CPU wrk runs on, alone.
@@ -25,6 +27,69 @@ pub struct Reading {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
+}
+
+/// A short warm-up of every target (compile caches, connection pools, the allocators' warm
+/// slots), then `rounds` rounds over all of them, the order reversed every other round so
+/// that no target always runs right after the same one. Each reading is printed on stderr
+/// as it comes; the readings are returned per target.
+///
+/// # Errors
+/// When a wrk run fails.
+pub fn rounds(
+    targets: &[Target],
+    input: &str,
+    scratch: &Path,
+    connections: usize,
+    seconds: u64,
+    rounds: usize,
+) -> anyhow::Result<Vec<Vec<Reading>>> {
+    for target in targets {
+        wrk(target, input, scratch, connections, 2)?;
+    }
+    let mut readings: Vec<Vec<Reading>> = vec![Vec::new(); targets.len()];
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let reading = wrk(&targets[i], input, scratch, connections, seconds)?;
+            eprintln!(
+                "round {}: {:<32} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  errors {}",
+                round + 1,
+                targets[i].name,
+                reading.requests_per_s,
+                reading.p50_ms,
+                reading.p99_ms,
+                reading.errors
+            );
+            readings[i].push(reading);
+        }
+    }
+    Ok(readings)
+}
+
+/// Prints the Markdown table of the rounds, a row per target headed `what`, and returns
+/// each target's median req/s.
+pub fn table(what: &str, targets: &[Target], readings: &[Vec<Reading>]) -> Vec<f64> {
+    println!("| {what} | req/s median [min – max] | p50 ms | p99 ms | errors |");
+    println!("|---|---|---|---|---|");
+    for (target, rounds) in targets.iter().zip(readings) {
+        let rates: Vec<f64> = rounds.iter().map(|x| x.requests_per_s).collect();
+        println!(
+            "| {} | {} | {:.3} | {:.3} | {} |",
+            target.name,
+            spread(&rates),
+            median(rounds.iter().map(|x| x.p50_ms).collect()),
+            median(rounds.iter().map(|x| x.p99_ms).collect()),
+            rounds.iter().map(|x| x.errors).sum::<u64>(),
+        );
+    }
+    readings
+        .iter()
+        .map(|r| median(r.iter().map(|x| x.requests_per_s).collect()))
+        .collect()
 }
 
 /// One wrk run against `target`, on the load CPU, posting `input` (JSON).

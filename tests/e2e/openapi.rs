@@ -11,6 +11,7 @@ use std::path::Path;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::runs::submit;
 use crate::support::componentize::repo;
 use crate::support::receiver::Receiver;
 use crate::support::{Host, TOKEN};
@@ -109,17 +110,6 @@ async fn operations(host: &Host) -> BTreeSet<String> {
         .flat_map(|item| item.as_object().unwrap().values())
         .map(|op| op["operationId"].as_str().unwrap().to_owned())
         .collect()
-}
-
-async fn submit(host: &Host, agent: &str, input: Value) -> String {
-    let (status, body) = host
-        .send(
-            host.request(Method::POST, &format!("/v1/agents/{agent}/runs"))
-                .json(&input),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    body["run_id"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]

@@ -23,8 +23,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use gust_bench::wrk::{LOAD_CPU, Reading, SERVER_CPU, Target, wrk};
-use gust_bench::{Host, Process, median, spread};
+use gust_bench::wrk::{LOAD_CPU, SERVER_CPU, Target, rounds, table};
+use gust_bench::{Host, Process};
 use serde_json::json;
 
 const INPUT: &str = r#"{"say":"hi"}"#;
@@ -121,60 +121,21 @@ async fn main() -> anyhow::Result<()> {
         check_answer(&http, target).await?;
     }
 
-    // Warm-up: compile caches, connection pools, the allocators' warm slots.
-    for target in &targets {
-        wrk(target, INPUT, scratch.path(), options.connections, 2)?;
-    }
-    let mut readings: Vec<Vec<Reading>> = vec![Vec::new(); targets.len()];
-    for round in 0..options.rounds {
-        // Alternate the order too, so no server always runs right after the same one.
-        let mut order: Vec<usize> = (0..targets.len()).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
-            let reading = wrk(
-                &targets[i],
-                INPUT,
-                scratch.path(),
-                options.connections,
-                options.seconds,
-            )?;
-            eprintln!(
-                "round {}: {:<32} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  errors {}",
-                round + 1,
-                targets[i].name,
-                reading.requests_per_s,
-                reading.p50_ms,
-                reading.p99_ms,
-                reading.errors
-            );
-            readings[i].push(reading);
-        }
-    }
+    let readings = rounds(
+        &targets,
+        INPUT,
+        scratch.path(),
+        options.connections,
+        options.seconds,
+        options.rounds,
+    )?;
     let gust_rss = gust_bench::process_usage(gust_host.pid()).0;
 
     println!(
         "{} rounds of {} s, {} connections; servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}",
         options.rounds, options.seconds, options.connections
     );
-    println!("| server | req/s median [min – max] | p50 ms | p99 ms | errors |");
-    println!("|---|---|---|---|---|");
-    let medians: Vec<f64> = readings
-        .iter()
-        .map(|r| median(r.iter().map(|x| x.requests_per_s).collect()))
-        .collect();
-    for (target, rounds) in targets.iter().zip(&readings) {
-        let rates: Vec<f64> = rounds.iter().map(|x| x.requests_per_s).collect();
-        println!(
-            "| {} | {} | {:.3} | {:.3} | {} |",
-            target.name,
-            spread(&rates),
-            median(rounds.iter().map(|x| x.p50_ms).collect()),
-            median(rounds.iter().map(|x| x.p99_ms).collect()),
-            rounds.iter().map(|x| x.errors).sum::<u64>(),
-        );
-    }
+    let medians = table("server", &targets, &readings);
     println!();
     println!(
         "gust / gust with wasmtime defaults: {:.2}",

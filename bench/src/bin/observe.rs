@@ -3,6 +3,7 @@
 //! the guest log one line per call:
 //!
 //! - **off**: `--no-metrics` (calls not counted) and text logs;
+//! - metrics alone, and JSON logs alone, to tell their costs apart;
 //! - **on**: metrics counted and JSON logs (`--log-format json`), as an operator runs it;
 //! - **traced**: as *on*, and every call's spans exported with `--otlp-endpoint` to a local
 //!   OTLP/HTTP sink (in this process, answering 200 to each batch).
@@ -21,8 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, ensure};
-use gust_bench::wrk::{LOAD_CPU, Reading, SERVER_CPU, Target, wrk};
-use gust_bench::{Host, median, spread};
+use gust_bench::Host;
+use gust_bench::wrk::{LOAD_CPU, SERVER_CPU, Target, rounds, table};
 use serde_json::json;
 
 /// The guest logs this once per call, then answers.
@@ -30,7 +31,7 @@ const INPUT: &str = r#"{"log":"one line per call, as agents log a step"}"#;
 
 const USAGE: &str = "\
 usage: observe [--gust PATH] [--echo PATH] [--rounds N] [--seconds N] [--connections N]
-Sync throughput with metrics and JSON logs off, on, and on with traces exported; paths
+Sync throughput with metrics and JSON logs off, each alone, on, and on with traces exported; paths
 default to the release builds under target/.";
 
 struct Options {
@@ -68,8 +69,13 @@ async fn main() -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let (sink, exported) = otlp_sink().await?;
 
-    let configurations: [(&'static str, Vec<String>); 3] = [
+    let configurations: [(&'static str, Vec<String>); 5] = [
         ("off: no metrics, text logs", vec!["--no-metrics".into()]),
+        ("metrics, text logs", vec![]),
+        (
+            "no metrics, JSON logs",
+            vec!["--no-metrics".into(), "--log-format".into(), "json".into()],
+        ),
         (
             "on: metrics, JSON logs",
             vec!["--log-format".into(), "json".into()],
@@ -113,64 +119,32 @@ async fn main() -> anyhow::Result<()> {
         hosts.push(host);
     }
 
-    for target in &targets {
-        wrk(target, INPUT, scratch.path(), options.connections, 2)?;
-    }
-    let mut readings: Vec<Vec<Reading>> = vec![Vec::new(); targets.len()];
-    for round in 0..options.rounds {
-        let mut order: Vec<usize> = (0..targets.len()).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
-            let reading = wrk(
-                &targets[i],
-                INPUT,
-                scratch.path(),
-                options.connections,
-                options.seconds,
-            )?;
-            eprintln!(
-                "round {}: {:<28} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  errors {}",
-                round + 1,
-                targets[i].name,
-                reading.requests_per_s,
-                reading.p50_ms,
-                reading.p99_ms,
-                reading.errors
-            );
-            readings[i].push(reading);
-        }
-    }
+    let readings = rounds(
+        &targets,
+        INPUT,
+        scratch.path(),
+        options.connections,
+        options.seconds,
+        options.rounds,
+    )?;
 
     println!(
         "{} rounds of {} s, {} connections; servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; \
          the guest logs one line per call",
         options.rounds, options.seconds, options.connections
     );
-    println!("| configuration | req/s median [min – max] | p50 ms | p99 ms | errors |");
-    println!("|---|---|---|---|---|");
-    let medians: Vec<f64> = readings
-        .iter()
-        .map(|r| median(r.iter().map(|x| x.requests_per_s).collect()))
-        .collect();
-    for (target, rounds) in targets.iter().zip(&readings) {
-        let rates: Vec<f64> = rounds.iter().map(|x| x.requests_per_s).collect();
-        println!(
-            "| {} | {} | {:.3} | {:.3} | {} |",
-            target.name,
-            spread(&rates),
-            median(rounds.iter().map(|x| x.p50_ms).collect()),
-            median(rounds.iter().map(|x| x.p99_ms).collect()),
-            rounds.iter().map(|x| x.errors).sum::<u64>(),
-        );
-    }
+    let medians = table("configuration", &targets, &readings);
     println!();
     println!(
-        "on / off: {:.3} (goal ≥ 0.97: metrics and JSON logs within 3 %)",
-        medians[1] / medians[0]
+        "metrics alone / off: {:.3}; JSON logs alone / off: {:.3}",
+        medians[1] / medians[0],
+        medians[2] / medians[0]
     );
-    println!("traced / off: {:.3}", medians[2] / medians[0]);
+    println!(
+        "on / off: {:.3} (goal ≥ 0.97: metrics and JSON logs within 3 %)",
+        medians[3] / medians[0]
+    );
+    println!("traced / off: {:.3}", medians[4] / medians[0]);
     println!(
         "OTLP bytes the sink received: {} MiB",
         exported.load(Ordering::Relaxed) >> 20

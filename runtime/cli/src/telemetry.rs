@@ -65,7 +65,13 @@ pub fn init(cli: &Cli) -> anyhow::Result<Telemetry> {
     let log = if json {
         // One object per line, the event's fields (agent, version, run_id) flattened beside
         // `message`, for log pipelines.
-        log.json().flatten_event(true).with_filter(logged).boxed()
+        // No span fields: the log layer sees no spans, so there is nothing to look up.
+        log.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_filter(logged)
+            .boxed()
     } else {
         log.with_filter(logged).boxed()
     };

@@ -359,10 +359,8 @@ mod tests {
         assert!(provided("bare-function").is_err());
     }
 
-    /// The linker, not the package list, decides within a provided package: a real host
-    /// function links, a function the interface lacks does not.
-    #[test]
-    fn linker_judges_interfaces_within_provided_packages() {
+    /// An engine with the default settings, its cache in a folder dropped with it.
+    fn engine() -> (tempfile::TempDir, WasmEngine) {
         let dir = tempfile::tempdir().unwrap();
         let runtime = WasmEngine::new(
             dir.path(),
@@ -372,6 +370,14 @@ mod tests {
             &Default::default(),
         )
         .unwrap();
+        (dir, runtime)
+    }
+
+    /// The linker, not the package list, decides within a provided package: a real host
+    /// function links, a function the interface lacks does not.
+    #[test]
+    fn linker_judges_interfaces_within_provided_packages() {
+        let (_dir, runtime) = engine();
         let links = |func: &str| {
             let wat = format!(
                 r#"(component (import "gust:agent/host@0.1.0" (instance (export "{func}" (func (param "key" string) (result (option string)))))))"#
@@ -388,15 +394,7 @@ mod tests {
     /// against 0.1.1 both link, each through the version it names.
     #[test]
     fn guests_of_every_0_1_version_link() {
-        let dir = tempfile::tempdir().unwrap();
-        let runtime = WasmEngine::new(
-            dir.path(),
-            Default::default(),
-            256 << 20,
-            Default::default(),
-            &Default::default(),
-        )
-        .unwrap();
+        let (_dir, runtime) = engine();
         let links = |version: &str, func: &str, ty: &str| {
             let wat = format!(
                 r#"(component (import "gust:agent/host@{version}" (instance (export "{func}" (func {ty})))))"#
