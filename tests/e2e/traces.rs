@@ -167,17 +167,32 @@ async fn a_call_and_a_run_are_exported_as_span_trees() {
     .await;
     let push_header = traceparent(&receiver, |h| h.contains_key("webhook-id"));
 
+    // A queued run without a caller's trace: a trace of its own, still one tree.
+    let (status, untraced) = host
+        .send(
+            host.request(Method::POST, "/v1/agents/probe/runs")
+                .json(&json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{untraced}");
+    let untraced = untraced["run_id"].as_str().unwrap().to_owned();
+
     // Exported in batches: within a few seconds.
-    let c = &collector;
+    let (c, untraced_id) = (&collector, untraced.as_str());
     eventually(
         Duration::from_secs(30),
         "the spans of both traces",
         || async move {
             let call = c.trace(call_trace);
             let run = c.trace(run_trace);
+            let own =
+                c.spans.lock().unwrap().iter().any(|s| {
+                    s["name"] == "push.attempt" && s["attributes"]["run_id"] == untraced_id
+                });
             call.iter().any(|s| s["name"] == "outbound")
                 && run.iter().any(|s| s["name"] == "push.attempt")
                 && run.iter().any(|s| s["name"] == "outbound")
+                && own
         },
     )
     .await;
@@ -200,10 +215,12 @@ async fn a_call_and_a_run_are_exported_as_span_trees() {
         "the guest's request carries its span"
     );
 
-    // The run: the attempt under the submitter's span, the queue wait and the call under
-    // the attempt; the push in the same trace, its request carrying the push's span.
+    // The run: its own span under the submitter's; under it the attempt (with the queue
+    // wait and the call) and the push, whose request carries the push's span.
     let spans = collector.trace(run_trace);
-    let attempt = child(&spans, submitter, "run.attempt");
+    let root = child(&spans, submitter, "run");
+    assert_eq!(root["attributes"]["run_id"], accepted["run_id"]);
+    let attempt = child(&spans, id(root), "run.attempt");
     assert_eq!(attempt["attributes"]["attempt"], 1);
     let wait = child(&spans, id(attempt), "queue.wait");
     // From the run's acceptance (its `created_at`, to the millisecond) to the attempt.
@@ -236,13 +253,28 @@ async fn a_call_and_a_run_are_exported_as_span_trees() {
     assert_eq!(call["attributes"]["kind"], "async");
     let guest = child(&spans, id(call), "guest.run");
     child(&spans, id(guest), "outbound");
-    let push = child(&spans, submitter, "push.attempt");
+    let push = child(&spans, id(root), "push.attempt");
     assert_eq!(push["attributes"]["outcome"], "delivered");
     assert_eq!(
         push_header,
         format!("00-{run_trace}-{}-01", id(push)),
         "the push carries its span"
     );
+
+    // The run submitted without a trace: its `run` span is a root, with its attempt and
+    // its push under it.
+    let root = collector
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "run" && s["attributes"]["run_id"] == untraced.as_str())
+        .cloned()
+        .expect("the untraced run's span");
+    assert_eq!(root["parent_span_id"], "", "{root}");
+    let spans = collector.trace(root["trace_id"].as_str().unwrap());
+    child(&spans, id(&root), "run.attempt");
+    child(&spans, id(&root), "push.attempt");
 
     // Spans stay out of the log lines.
     let log = host.log();

@@ -120,6 +120,23 @@ pub fn headers(span: &tracing::Span) -> Vec<(&'static str, String)> {
     headers.0
 }
 
+/// The context of `span`, to keep with a queued run (its attempts and pushes are then its
+/// children); `None` when tracing is off.
+pub fn context(span: &tracing::Span) -> Option<TraceContext> {
+    let mut context: Option<TraceContext> = None;
+    for (name, value) in headers(span) {
+        match name {
+            TRACEPARENT => {
+                context
+                    .get_or_insert_with(TraceContext::default)
+                    .traceparent = value;
+            }
+            _ => context.get_or_insert_with(TraceContext::default).tracestate = Some(value),
+        }
+    }
+    context.filter(|c| !c.traceparent.is_empty())
+}
+
 /// Records, under `parent`, a span that began at `started` and ends now: time spent before
 /// any code of this host ran for it (a run waiting in the queue).
 pub fn elapsed_span(parent: &tracing::Span, name: &'static str, started: SystemTime) {

@@ -287,9 +287,9 @@ pub(super) struct Flags {
     #[arg(long, env = "GUST_LOG_FORMAT", value_enum, default_value = "text")]
     pub(super) log_format: LogFormat,
     /// Export traces (OpenTelemetry, OTLP over HTTP with protobuf) to this collector, e.g.
-    /// `http://127.0.0.1:4318` (`/v1/traces` is added): a span per call and per run
-    /// attempt, with the queue wait, admission, instantiation, the guest's run, each
-    /// outbound request and each push attempt under it.
+    /// `http://127.0.0.1:4318` (`/v1/traces` is added): a span per call (with admission,
+    /// instantiation, the guest's run and each outbound request under it) and per queued
+    /// run (with its attempts, their queue wait, and its push attempts under it).
     #[arg(long, env = "GUST_OTLP_ENDPOINT", value_name = "URL", value_parser = otlp_endpoint)]
     pub(super) otlp_endpoint: Option<String>,
 }

@@ -32,6 +32,7 @@ mod writer;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use gust_model::{RunRecord, RunStatus, TraceContext};
 use gust_store::Store;
@@ -301,8 +302,22 @@ impl Runs {
         }
         let now = clock::now_ms();
         let wait = i64::try_from(deployment.max_queue_wait.as_millis()).unwrap_or(i64::MAX);
+        let id = new_run_id();
+        // The run's own span: its acceptance (up to the commit), under the caller's span when
+        // the request named one. It is the context the run keeps, so every attempt and every
+        // push is its child: one run, one tree.
+        let span = tracing::info_span!(
+            target: gust_wasm::trace::TARGET,
+            "run",
+            agent = %deployment.name(),
+            run_id = %id,
+        );
+        if let Some(caller) = &trace {
+            gust_wasm::trace::set_parent(&span, caller);
+        }
+        let trace = gust_wasm::trace::context(&span).or(trace);
         let run = NewRun {
-            id: new_run_id(),
+            id: id.clone(),
             agent: deployment.name().to_string(),
             deployment: deployment.number,
             version: deployment.version(),
@@ -315,8 +330,11 @@ impl Runs {
             max_stored_bytes: self.settings.max_stored_bytes_per_agent,
             trace,
         };
-        let id = run.id.clone();
-        let outcome = self.writer.write(RunWrite::Insert(run)).await;
+        let outcome = self
+            .writer
+            .write(RunWrite::Insert(run))
+            .instrument(span)
+            .await;
         if !matches!(outcome, Ok(WriteOutcome::Inserted)) {
             queue.release();
         }
