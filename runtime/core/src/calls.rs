@@ -17,7 +17,7 @@ use gust_model::{HostPattern, OutboundRequest};
 pub use gust_wasm::CallKind;
 use gust_wasm::{Call, CallInfo, CallSink, HostLog, Output, WasmEngine};
 
-use crate::deploy::{Admission, Admitted, Deployment, Registry, Slot, refusal_bound};
+use crate::deploy::{Admission, Admitted, Deployment, Registry, Slot};
 use crate::error::Error;
 use crate::logs::AgentLogs;
 use crate::metrics::Metrics;
@@ -176,8 +176,9 @@ impl Calls {
         let kind = match &outcome {
             Ok(_) => "ok",
             Err(e) => {
-                if let Error::Overloaded { message, .. } = e
-                    && let Some(bound) = refusal_bound(message)
+                if let Error::Overloaded {
+                    bound: Some(bound), ..
+                } = e
                 {
                     self.metrics.refused(deployment.name(), bound);
                 }

@@ -49,6 +49,9 @@ pub enum Error {
         message: String,
         /// When to retry, sent as `Retry-After`.
         retry_after: Option<std::time::Duration>,
+        /// Which of admission's bounds was full (`agent`, `host`, `starting`, `memory`),
+        /// for the refusals metric; `None` for other limits (a key's rate, the body budget).
+        bound: Option<&'static str>,
     },
     /// 507: the agent's stored runs are at their bound, or the host's disk is almost full;
     /// nothing is evicted to make room.
@@ -121,6 +124,7 @@ impl From<CallError> for Error {
             CallError::PoolExhausted => Self::Overloaded {
                 message: CallError::PoolExhausted.to_string(),
                 retry_after: Some(std::time::Duration::from_secs(1)),
+                bound: None,
             },
         }
     }

@@ -123,18 +123,17 @@ pub fn headers(span: &tracing::Span) -> Vec<(&'static str, String)> {
 /// The context of `span`, to keep with a queued run (its attempts and pushes are then its
 /// children); `None` when tracing is off.
 pub fn context(span: &tracing::Span) -> Option<TraceContext> {
-    let mut context: Option<TraceContext> = None;
-    for (name, value) in headers(span) {
-        match name {
-            TRACEPARENT => {
-                context
-                    .get_or_insert_with(TraceContext::default)
-                    .traceparent = value;
-            }
-            _ => context.get_or_insert_with(TraceContext::default).tracestate = Some(value),
-        }
-    }
-    context.filter(|c| !c.traceparent.is_empty())
+    let headers = headers(span);
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    };
+    Some(TraceContext {
+        traceparent: value(TRACEPARENT)?,
+        tracestate: value(TRACESTATE),
+    })
 }
 
 /// Records, under `parent`, a span that began at `started` and ends now: time spent before

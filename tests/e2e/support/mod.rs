@@ -251,24 +251,23 @@ impl Host {
 
     /// A sync call: status, the `gust-agent-version` header, and the JSON body.
     pub(crate) async fn call(&self, agent: &str, input: Value) -> (StatusCode, Option<u32>, Value) {
-        let response = self
-            .request(Method::POST, &format!("/v1/agents/{agent}/run"))
-            .json(&input)
-            .send()
-            .await
-            .expect("call failed");
-        let status = response.status();
-        let version = response
-            .headers()
-            .get("gust-agent-version")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let body = response.json().await.unwrap_or(Value::Null);
-        (status, version, body)
+        let (status, version, body) = self.sync_call(agent, input, "gust-agent-version").await;
+        (status, version.and_then(|v| v.parse().ok()), body)
     }
 
     /// A sync call: status, its run id (`gust-run-id`), and the JSON body.
     pub(crate) async fn call_run(&self, agent: &str, input: Value) -> (StatusCode, String, Value) {
+        let (status, run_id, body) = self.sync_call(agent, input, "gust-run-id").await;
+        (status, run_id.unwrap_or_default(), body)
+    }
+
+    /// A sync call: status, the answer's `header`, and the JSON body (`Null` when not JSON).
+    async fn sync_call(
+        &self,
+        agent: &str,
+        input: Value,
+        header: &str,
+    ) -> (StatusCode, Option<String>, Value) {
         let response = self
             .request(Method::POST, &format!("/v1/agents/{agent}/run"))
             .json(&input)
@@ -276,14 +275,13 @@ impl Host {
             .await
             .expect("call failed");
         let status = response.status();
-        let run_id = response
+        let value = response
             .headers()
-            .get("gust-run-id")
+            .get(header)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+            .map(str::to_owned);
         let body = response.json().await.unwrap_or(Value::Null);
-        (status, run_id, body)
+        (status, value, body)
     }
 
     pub(crate) async fn stats(&self) -> Value {

@@ -227,29 +227,24 @@ impl Admission {
     }
 }
 
-const AGENT_FULL: &str = "this agent is running as many instances as it may";
-const HOST_FULL: &str = "the host is running as many instances as it has slots for";
-const STARTING_FULL: &str = "the host is starting as many instances as it can";
-const MEMORY_FULL: &str = "the host's memory budget is taken";
+/// Each of admission's bounds: its name in the refusals metric, and what a refused caller is
+/// told.
+const AGENT_FULL: (&str, &str) = ("agent", "this agent is running as many instances as it may");
+const HOST_FULL: (&str, &str) = (
+    "host",
+    "the host is running as many instances as it has slots for",
+);
+const STARTING_FULL: (&str, &str) = (
+    "starting",
+    "the host is starting as many instances as it can",
+);
+const MEMORY_FULL: (&str, &str) = ("memory", "the host's memory budget is taken");
 
-/// Which bound refused a call, from its 429 message (for the refusals metric): `agent`,
-/// `host`, `starting` or `memory`.
-pub fn refusal_bound(message: &str) -> Option<&'static str> {
-    [
-        (AGENT_FULL, "agent"),
-        (HOST_FULL, "host"),
-        (STARTING_FULL, "starting"),
-        (MEMORY_FULL, "memory"),
-    ]
-    .into_iter()
-    .find(|(what, _)| message.starts_with(what))
-    .map(|(_, bound)| bound)
-}
-
-fn overloaded(what: &str) -> Error {
+fn overloaded((bound, what): (&'static str, &str)) -> Error {
     Error::Overloaded {
         message: format!("{what}; retry shortly"),
         retry_after: Some(Duration::from_secs(1)),
+        bound: Some(bound),
     }
 }
 

@@ -151,6 +151,7 @@ impl Loader {
                     return Err(Error::Overloaded {
                         message: "every compile slot is busy; retry later".into(),
                         retry_after: Some(Duration::from_secs(10)),
+                        bound: None,
                     });
                 }
             };

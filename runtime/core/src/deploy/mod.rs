@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use gust_model::Maxima;
 
-pub use admission::{Admission, AdmissionLimits, DEFAULT_MAX_INSTANCES, refusal_bound};
+pub use admission::{Admission, AdmissionLimits, DEFAULT_MAX_INSTANCES};
 pub use admission::{Admitted, Slot};
 pub use lifecycle::{DeployPreview, Deployed, Lifecycle, Uploaded};
 pub(crate) use loader::Loader;

@@ -298,6 +298,7 @@ impl Runs {
                     self.settings.max_queued_per_agent
                 ),
                 retry_after: Some(Duration::from_secs(1)),
+                bound: None,
             });
         }
         let now = clock::now_ms();

@@ -261,6 +261,7 @@ impl FromRequestParts<Arc<AppState>> for Invoker {
                 return Err(Error::Overloaded {
                     message: "this key's rate limit is exhausted".into(),
                     retry_after: Some(wait.max(Duration::from_millis(1))),
+                    bound: None,
                 }
                 .into());
             }

@@ -52,6 +52,7 @@ impl BodyBudget {
                 message: "the host is reading as many request bodies as it may hold; retry shortly"
                     .into(),
                 retry_after: Some(Duration::from_secs(1)),
+                bound: None,
             }),
         }
     }

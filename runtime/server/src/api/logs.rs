@@ -45,10 +45,10 @@ pub(crate) struct LogParams {
 
 /// The kept lines.
 #[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct Logs {
+pub(crate) struct Logs<'a> {
     agent: String,
     /// Oldest first.
-    lines: Vec<LogLine>,
+    lines: Vec<&'a LogLine>,
 }
 
 /// The guest lines of the agent's recent sync calls; with `follow=1`, as Server-Sent Events
@@ -58,7 +58,7 @@ pub(crate) struct Logs {
         ("Last-Event-ID" = Option<String>, Header, description = "Resume a follow after this line.")),
     security(("admin" = [])),
     responses((status = 200, description = "The kept lines, or (with `follow=1`) a stream of them.",
-        content((Logs = "application/json"), (LogEventStream = EVENT_STREAM)))))]
+        content((Logs<'static> = "application/json"), (LogEventStream = EVENT_STREAM)))))]
 pub(crate) async fn logs(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -90,7 +90,7 @@ pub(crate) async fn logs(
     let after = resumed.or(params.after).unwrap_or(0);
     let (kept, live) = state.host.calls.logs().read(&agent, after, limit);
     if !follow {
-        let lines = kept.iter().map(|l| LogLine::clone(l)).collect();
+        let lines = kept.iter().map(|l| &**l).collect();
         return Ok(Json(Logs { agent, lines }).into_response());
     }
     let last = kept.last().map_or(after, |l| l.seq);
