@@ -132,6 +132,7 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
     let options = ServeOptions {
         listen: args.listen,
         data_dir: args.data_dir,
+        database: args.database,
         public_url: args.public_url,
         metrics_listen: args.metrics_listen,
         admin_token,

@@ -53,6 +53,10 @@ pub enum Error {
         /// for the refusals metric; `None` for other limits (a key's rate, the body budget).
         bound: Option<&'static str>,
     },
+    /// 503: the database cannot be reached (several hosts sharing PostgreSQL); nothing was
+    /// committed, so the request may be retried as it is.
+    #[error("{0}")]
+    Unavailable(String),
     /// 507: the agent's stored runs are at their bound, or the host's disk is almost full;
     /// nothing is evicted to make room.
     #[error("{0}")]
@@ -92,6 +96,7 @@ impl Error {
             Self::InvalidComponent { .. } => "invalid_component",
             Self::InvalidInput(_) => "invalid_input",
             Self::StorageFull(_) => "storage_full",
+            Self::Unavailable(_) => "unavailable",
             Self::Failed(_) => "failed",
             Self::Trap => "trap",
             Self::MemoryLimit(_) => "memory_limit",
@@ -108,6 +113,7 @@ impl From<StoreError> for Error {
             StoreError::NotFound(m) => Self::NotFound(m),
             StoreError::Conflict(m) => Self::Conflict(m),
             StoreError::Internal(e) => Self::Internal(e),
+            StoreError::Unavailable(m) => Self::Unavailable(m),
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::background::{Background, Stage};
 use crate::calls::Calls;
 use crate::deploy::{Admission, Lifecycle, Limits, Loader, Registry};
 use crate::error::Error;
+use crate::follow::Follower;
 use crate::locks::AgentLocks;
 use crate::metrics::Metrics;
 use crate::runs::{RunSettings, Runs};
@@ -73,6 +74,9 @@ impl Host {
                 })
                 .map_err(|e| Error::Internal(e.into()))?;
         }
+        // Subscribed before anything is read, so no change made by another host after
+        // those reads is missed.
+        let changes = store.changes();
         let ring = Arc::new(KeyRing::load(store.all_keys().await?));
         let locks = Arc::new(AgentLocks::default());
         let secrets = Arc::new(PushSecrets::new(store.clone(), Arc::clone(&locks)));
@@ -91,6 +95,7 @@ impl Host {
         let loader = Loader::new(
             Arc::clone(&engine),
             files,
+            changes.is_some().then(|| store.clone()),
             settings.limits.compile_budget,
             Arc::clone(&metrics),
         );
@@ -133,6 +138,15 @@ impl Host {
             }
             flusher.flush_use().await;
         });
+
+        if let Some(changes) = changes {
+            let follower = Arc::new(Follower {
+                lifecycle: Arc::clone(&lifecycle),
+                keys: Arc::clone(&keys),
+                runs: Arc::clone(&runs),
+            });
+            background.spawn(Stage::Intake, move |stop| follower.run(changes, stop));
+        }
 
         Ok(Self {
             lifecycle,

@@ -20,6 +20,7 @@ pub mod clock;
 pub mod deploy;
 pub mod embed;
 pub mod error;
+mod follow;
 mod host;
 pub(crate) mod locks;
 pub mod logs;

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gust_core::auth::AdminToken;
+use gust_core::auth::{ADMIN_TOKEN_SETTING, AdminToken};
 use gust_core::background::Background;
 use gust_core::deploy::Limits;
 use gust_core::runs::RunSettings;
 use gust_core::{Host, HostSettings};
-use gust_store::Store;
+use gust_store::{Change, Store};
 use gust_store::components::ComponentFiles;
 use gust_wasm::{OutboundSettings, Stats, Tuning, WasmEngine};
 
@@ -32,6 +32,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Where the database, components, cache and generated admin token live.
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL shared with other hosts; `None`: SQLite in the data folder.
+    pub database: Option<String>,
     /// Base of endpoint URLs in answers; `http://<listen address>` when unset.
     pub public_url: Option<String>,
     /// Where `/metrics` is also served without the admin token; `None`: nowhere else.
@@ -113,9 +115,25 @@ pub async fn serve(
     let _lock = data_dir::lock(data_dir)?;
     let (admin_token, admin_token_file) =
         data_dir::admin_token(options.admin_token.clone(), data_dir)?;
-    let database = data_dir.join("gust.db");
-    data_dir::private_file(&database)?;
-    let store = Store::open_sqlite(&database)?;
+    let store = match &options.database {
+        // Several hosts on one database: the data folder keeps only what is this host's own
+        // (the compiled cache, component files fetched from the database, its lock).
+        Some(url) => Store::open_postgres(url)
+            .await
+            .context("opening the database given with --database")?,
+        None => {
+            let database = data_dir.join("gust.db");
+            data_dir::private_file(&database)?;
+            Store::open_sqlite(&database)?
+        }
+    };
+    let admin = match options.database {
+        Some(_) => AdminToken::shared(&admin_token, admin_token_file, store.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => AdminToken::new(&admin_token, admin_token_file),
+    };
+    drop(admin_token);
     let max_memory = (options.host_limits.maxima.memory_mib as usize) << 20;
     let engine = Arc::new(WasmEngine::new(
         &data_dir.join("cache"),
@@ -184,6 +202,7 @@ pub async fn serve(
         runs,
         skip_metrics: options.skip_metrics,
     };
+    let changes = store.changes();
     let host = match Host::start(store, engine, files, settings, &background).await {
         Ok(host) => host,
         Err(e) => {
@@ -193,7 +212,7 @@ pub async fn serve(
     };
     let state = Arc::new(AppState {
         host,
-        admin: AdminToken::new(admin_token, admin_token_file),
+        admin,
         public_url,
         limits: options.limits,
         body_budget: api::BodyBudget::new(options.limits.in_flight),
@@ -232,6 +251,31 @@ pub async fn serve(
             }
         },
     );
+
+    // With several hosts, a token rotated on another one holds here too.
+    if let Some(mut changes) = changes {
+        let followed = Arc::clone(&state);
+        background.spawn(
+            gust_core::background::Stage::Intake,
+            move |stop| async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    let reload = tokio::select! {
+                        () = stop.cancelled() => break,
+                        change = changes.recv() => match change {
+                            Ok(Change::Setting { name }) => name == ADMIN_TOKEN_SETTING,
+                            Ok(Change::Resync) | Err(RecvError::Lagged(_)) => true,
+                            Ok(_) => false,
+                            Err(RecvError::Closed) => break,
+                        },
+                    };
+                    if reload {
+                        followed.admin.reload().await;
+                    }
+                }
+            },
+        );
+    }
 
     // Runs are refused before the disk fills: a full disk would fail every commit, the
     // accepted runs' included.

@@ -21,6 +21,13 @@ pub(super) struct Flags {
     /// exit without starting.
     #[arg(long)]
     pub(super) print_config: bool,
+    /// A PostgreSQL database shared by several hosts behind a load balancer, e.g.
+    /// `postgres://gust:secret@db.internal/gust?sslmode=verify-full&sslrootcert=ca.pem`
+    /// (`sslmode`: disable, prefer, require, verify-full). Unset: SQLite in the data folder,
+    /// for one host. Each host still keeps its compiled cache in its own data folder.
+    #[arg(long = "database", env = "GUST_DATABASE_URL", hide_env_values = true,
+          value_name = "URL", value_parser = database_url)]
+    pub(super) database: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "GUST_LISTEN", default_value = "127.0.0.1:8080")]
     pub(super) listen: SocketAddr,
@@ -292,6 +299,18 @@ pub(super) struct Flags {
     /// run (with its attempts, their queue wait, and its push attempts under it).
     #[arg(long, env = "GUST_OTLP_ENDPOINT", value_name = "URL", value_parser = otlp_endpoint)]
     pub(super) otlp_endpoint: Option<String>,
+}
+
+/// Only the scheme is checked here; the rest (and the value's `sslmode`) when the host
+/// connects. The value is never repeated back: it may hold a password.
+fn database_url(value: &str) -> Result<String, String> {
+    if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+        Ok(value.to_owned())
+    } else {
+        Err("a PostgreSQL URL, such as postgres://user@host/gust (without it the \
+             host keeps its data in SQLite in the data folder)"
+            .into())
+    }
 }
 
 fn otlp_endpoint(value: &str) -> Result<String, String> {

@@ -242,7 +242,7 @@ fn parse(text: &str, cmd: &Command) -> Result<BTreeMap<String, FileValue>, Strin
         };
         let checked = check(kind(arg), &value).map_err(|expected| {
             // A secret's value is never repeated back (logs keep what a service prints).
-            let shown = if name == "admin-token" {
+            let shown = if arg.is_hide_env_values_set() {
                 String::new()
             } else {
                 format!(" `{value}`")
@@ -355,7 +355,11 @@ mod tests {
             if arg.is_hide_set() {
                 continue;
             }
-            let expected = format!("GUST_{}", long.replace('-', "_").to_uppercase());
+            // `--database` takes the name platforms give a database's URL.
+            let expected = match long {
+                "database" => "GUST_DATABASE_URL".to_owned(),
+                _ => format!("GUST_{}", long.replace('-', "_").to_uppercase()),
+            };
             assert_eq!(
                 arg.get_env().and_then(|e| e.to_str()),
                 Some(expected.as_str()),

@@ -92,6 +92,35 @@ impl Keys {
         Ok(())
     }
 
+    /// Takes `agent`'s keys from the store again (another host created or revoked one);
+    /// every agent's, with `None`. Under each agent's lock, like a create or a revoke, so
+    /// a key made here meanwhile is not dropped by an older read.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub(crate) async fn follow(&self, agent: Option<&str>) -> Result<(), Error> {
+        let agents: Vec<String> = match agent {
+            Some(agent) => vec![agent.to_owned()],
+            None => {
+                let mut agents: std::collections::BTreeSet<String> = self
+                    .store
+                    .all_keys()
+                    .await?
+                    .into_iter()
+                    .map(|k| k.agent)
+                    .collect();
+                agents.extend(self.ring.agents());
+                agents.into_iter().collect()
+            }
+        };
+        for agent in agents {
+            let _guard = self.locks.lock(&agent).await;
+            let records = self.store.list_keys(&agent).await?;
+            self.ring.replace(&agent, records);
+        }
+        Ok(())
+    }
+
     /// Writes the keys' last-use times gathered in memory.
     pub(crate) async fn flush_use(&self) {
         let used = self.ring.take_last_used();
@@ -213,6 +242,37 @@ impl KeyRing {
             map.retain(|_, k| k.id != id);
             map
         });
+    }
+
+    /// Makes the ring hold exactly `records` for `agent`: what another host created or
+    /// revoked, read back from the shared database. A key already held keeps its entry,
+    /// and with it its rate-limit bucket and last use.
+    fn replace(&self, agent: &str, records: Vec<KeyRecord>) {
+        let ours = |key: &Key| &*key.agent == agent;
+        self.by_hash.rcu(|map| {
+            let mut next: HashMap<String, Arc<Key>> = map
+                .iter()
+                .filter(|(_, k)| !ours(k))
+                .map(|(h, k)| (h.clone(), Arc::clone(k)))
+                .collect();
+            for record in &records {
+                let key = map
+                    .get(&record.hash)
+                    .filter(|k| k.id == record.id)
+                    .map_or_else(|| Arc::new(entry(record.clone())), Arc::clone);
+                next.insert(record.hash.clone(), key);
+            }
+            next
+        });
+    }
+
+    /// The agents that have keys here.
+    fn agents(&self) -> Vec<String> {
+        let mut agents: Vec<String> =
+            self.by_hash.load().values().map(|k| k.agent.to_string()).collect();
+        agents.sort_unstable();
+        agents.dedup();
+        agents
     }
 
     pub(crate) fn remove_agent(&self, agent: &str) {

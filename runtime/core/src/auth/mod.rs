@@ -6,7 +6,7 @@ mod admin;
 mod keys;
 mod sessions;
 
-pub use admin::{AdminToken, new_admin_token};
+pub use admin::{ADMIN_TOKEN_SETTING, AdminToken, new_admin_token};
 pub use keys::{Key, KeyRing, Keys};
 pub use sessions::{IDLE as SESSION_IDLE, LIFETIME as SESSION_LIFETIME, Sessions};
 

@@ -524,6 +524,85 @@ impl Lifecycle {
         .await
     }
 
+    /// Makes what is live here what the shared database says is live for `agent`, after
+    /// another host deployed, rolled back or deleted it. The component is compiled (or
+    /// loaded from this host's cache) before the agent's lock is taken, so calls keep
+    /// reaching the deployment live here until the new one is ready, and local changes wait
+    /// only for the swap.
+    ///
+    /// # Errors
+    /// When the store fails or the component cannot be prepared.
+    pub(crate) async fn follow(&self, agent: &str) -> Result<(), Error> {
+        self.registry.wait_ready().await;
+        if let Some(live) = self.store.agent(agent).await?.and_then(|a| a.live) {
+            if self.registry.get(agent).is_some_and(|d| d.number == live.deployment) {
+                return Ok(());
+            }
+            // Warms the cache; the second prepare below is then a load.
+            self.loader.prepare(&live.digest).await?;
+        }
+        let guard = self.locks.lock(agent).await;
+        // Read again under the lock: a change made here (or a newer one announced) since
+        // the read above wins over that read.
+        let record = self.store.agent(agent).await?;
+        let Some(live) = record.as_ref().and_then(|a| a.live.clone()) else {
+            if self.registry.get(agent).is_some() {
+                self.registry.remove(agent);
+                tracing::info!(agent, "the agent was deleted or taken down on another host");
+            }
+            if record.is_none() {
+                self.keys.remove_agent(agent);
+                self.loader.metrics().forget_agent(agent);
+            }
+            return Ok(());
+        };
+        if self.registry.get(agent).is_some_and(|d| d.number == live.deployment) {
+            return Ok(());
+        }
+        let linked = self.loader.prepare(&live.digest).await?;
+        let outbound = self.outbound(&live.config)?;
+        let record = live.clone();
+        self.commit_then_swap(guard, agent, linked, outbound, async move { Ok(record) })
+            .await?;
+        tracing::info!(
+            agent,
+            deployment = live.deployment,
+            version = live.version,
+            "serving the deployment made live on another host"
+        );
+        Ok(())
+    }
+
+    /// [`Lifecycle::follow`] for every agent live here or in the store: after a missed
+    /// announcement (the database connection was lost) and now and then.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub(crate) async fn follow_all(&self) -> Result<(), Error> {
+        let mut agents: std::collections::BTreeSet<String> = self
+            .store
+            .live_deployments()
+            .await?
+            .into_iter()
+            .map(|d| d.agent)
+            .collect();
+        agents.extend(self.registry.agents());
+        for agent in agents {
+            if let Err(e) = self.follow(&agent).await {
+                tracing::error!(agent, "following a change made on another host: {e:#}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Compiles a version uploaded on another host ahead of its deploy, so the deploy
+    /// there finds this host ready to swap.
+    pub(crate) async fn precompile(&self, digest: &str) {
+        if let Err(e) = self.loader.prepare(digest).await {
+            tracing::warn!(%digest, "compiling a version uploaded on another host: {e:#}");
+        }
+    }
+
     /// Whether the store answers (for `/readyz`).
     ///
     /// # Errors

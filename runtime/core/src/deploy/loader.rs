@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gust_model::Diagnostic;
 use gust_store::Store;
-use gust_store::components::ComponentFiles;
+use gust_store::components::{ComponentFiles, digest_of};
 use gust_wasm::check::{self, CheckError, Compiled};
 use gust_wasm::{Linked, WasmEngine};
 use tokio::sync::{OnceCell, OwnedMutexGuard, Semaphore};
@@ -27,6 +27,9 @@ type Load = OnceCell<Result<Linked, Arc<str>>>;
 pub(crate) struct Loader {
     engine: Arc<WasmEngine>,
     files: ComponentFiles,
+    /// With several hosts on one database, the bytes live there (every host must reach
+    /// every version); the files are then this host's copies, fetched on first need.
+    shared: Option<Store>,
     /// Held while component files are written with their version row, or removed with
     /// theirs: an upload of the same bytes cannot slip in between a deletion's commit and
     /// the removal of the file it orphaned.
@@ -45,6 +48,7 @@ impl Loader {
     pub(crate) fn new(
         engine: Arc<WasmEngine>,
         files: ComponentFiles,
+        shared: Option<Store>,
         compile_budget: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -52,6 +56,7 @@ impl Loader {
         Self {
             engine,
             files,
+            shared,
             files_lock: Arc::default(),
             compile_slots: Arc::new(Semaphore::new(cores.max(1))),
             compile_budget,
@@ -112,6 +117,9 @@ impl Loader {
         if let Some(cached) = cached {
             return cached.map_err(failed);
         }
+        self.fetch(&digest)
+            .await
+            .map_err(|e| Arc::from(e.to_string()))?;
         let _slot = Arc::clone(&self.compile_slots)
             .acquire_owned()
             .await
@@ -210,6 +218,9 @@ impl Loader {
             Arc::clone(&self.engine),
             digest.to_owned(),
         );
+        if let Some(store) = &self.shared {
+            store.put_component(&digest, &bytes).await?;
+        }
         blocking(move || {
             files.write(&digest, &bytes).map_err(Error::Internal)?;
             if let Err(e) = compiled.cache(&engine, &digest) {
@@ -241,8 +252,34 @@ impl Loader {
     /// # Errors
     /// When the file cannot be read.
     pub(crate) async fn read(&self, digest: &str) -> Result<Vec<u8>, Error> {
+        self.fetch(digest).await?;
         let (files, digest) = (self.files.clone(), digest.to_owned());
         blocking(move || files.read(&digest).map_err(Error::Internal)).await?
+    }
+
+    /// With a shared database, copies the component's bytes from it into this host's
+    /// files unless they are there already (another host uploaded them).
+    async fn fetch(&self, digest: &str) -> Result<(), Error> {
+        let Some(store) = &self.shared else {
+            return Ok(());
+        };
+        if self.files.path(digest).exists() {
+            return Ok(());
+        }
+        let bytes = store.component(digest).await?.ok_or_else(|| {
+            Error::internal(format!("the database holds no component {digest}"))
+        })?;
+        // Stored under its digest: bytes that do not hash to it are refused, not kept.
+        let (files, digest) = (self.files.clone(), digest.to_owned());
+        blocking(move || {
+            anyhow::ensure!(
+                digest_of(&bytes) == digest,
+                "the database's component {digest} does not match its digest"
+            );
+            files.write(&digest, &bytes)
+        })
+        .await?
+        .map_err(Error::Internal)
     }
 
     /// Removes component files and cached artifacts that no version refers to: what an

@@ -172,6 +172,11 @@ impl Registry {
         retired.retain(|d| &**d.name() != agent);
     }
 
+    /// The agents with a live deployment.
+    pub(crate) fn agents(&self) -> Vec<String> {
+        self.live.load().keys().map(ToString::to_string).collect()
+    }
+
     /// Agents with a live deployment.
     pub fn live_count(&self) -> usize {
         self.live.load().len()

@@ -400,6 +400,18 @@ impl Runs {
         self.store.run(agent, id).await?.ok_or_else(|| no_run(id))
     }
 
+    /// Applies what another host sharing the database did to a run; see `crate::follow`.
+    pub(crate) fn follow(&self, change: &gust_store::Change) {
+        use gust_store::Change;
+        match change {
+            // Every host may take it: the start is a claim only one wins.
+            Change::RunQueued { agent, id } => self.state.dispatch(id.clone(), agent),
+            Change::RunCancelled { agent, id, .. } => self.state.cancelled_elsewhere(id, agent),
+            Change::RunEnded { id, .. } => self.state.ended_elsewhere(id),
+            _ => {}
+        }
+    }
+
     /// Live events of the runs executing here (`GET …/runs/{id}/events`).
     pub fn events(&self) -> &Arc<RunEvents> {
         &self.events

@@ -208,6 +208,28 @@ impl QueueState {
         }
     }
 
+    /// Another host cancelled run `id`: stop it if it executes here, drop it if it waits
+    /// here, and tell its pollers and followers.
+    pub(super) fn cancelled_elsewhere(&self, id: &str, agent: &str) {
+        self.interrupt(id);
+        self.unqueue(id, agent);
+        self.ended_elsewhere(id);
+    }
+
+    /// Another host ended run `id` (it executed there, or expired or failed there): its
+    /// pollers and followers here learn of it. Not counted: that host counted it.
+    pub(super) fn ended_elsewhere(&self, id: &str) {
+        self.events.ended(id);
+        let waiting = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Some(notify) = waiting {
+            notify.notify_waiters();
+        }
+    }
+
     /// The notifier pollers of `id` wait on, registered until the guard drops.
     pub(super) fn waiter<'a>(&'a self, id: &'a str) -> Waiter<'a> {
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());

@@ -16,6 +16,15 @@ pub(super) async fn sweep(runs: Arc<Runs>, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_purge = tokio::time::Instant::now();
     let mut last_reconcile = tokio::time::Instant::now();
+    // Alone, a lapsed lease means a failed write here: rare, so looking every 10 s is
+    // plenty. With several hosts it means a host died, and its runs should move to another
+    // within about a second of the lease's end.
+    let reclaim_every = if runs.store.changes().is_some() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(10)
+    };
+    let mut last_reclaim = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -23,9 +32,13 @@ pub(super) async fn sweep(runs: Arc<Runs>, stop: CancellationToken) {
         }
         let now = clock::now_ms();
         runs.writer.write_detached(RunWrite::ExpireDue { now });
+        if last_reclaim.elapsed() >= reclaim_every {
+            last_reclaim = tokio::time::Instant::now();
+            reclaim(&runs, now).await;
+        }
         if last_reconcile.elapsed() >= Duration::from_secs(10) {
             last_reconcile = tokio::time::Instant::now();
-            reconcile(&runs, now).await;
+            redispatch(&runs).await;
         }
         if last_purge.elapsed() >= Duration::from_secs(60) {
             last_purge = tokio::time::Instant::now();
@@ -37,11 +50,9 @@ pub(super) async fn sweep(runs: Arc<Runs>, stop: CancellationToken) {
     }
 }
 
-/// Repairs what a failed write could leave behind: running runs whose worker is gone (their
-/// lease ran out) go back to the queue, and queued runs that nothing will pick up (their
-/// start was lost) are dispatched again. A run dispatched twice starts once: the start is a
-/// conditional update.
-async fn reconcile(runs: &Runs, now: i64) {
+/// Running runs whose worker is gone (their lease ran out: a failed write here, or a host
+/// that died) go back to the queue.
+async fn reclaim(runs: &Runs, now: i64) {
     let running_here = runs.state.running().keys().cloned().collect();
     if let Err(e) = runs
         .writer
@@ -54,6 +65,12 @@ async fn reconcile(runs: &Runs, now: i64) {
     {
         tracing::error!("reclaiming runs with lapsed leases: {e:#}");
     }
+}
+
+/// Queued runs that nothing here will pick up (their start was lost, or another host's
+/// announcement of them was missed) are dispatched again. A run dispatched twice starts
+/// once: the start is a conditional update.
+async fn redispatch(runs: &Runs) {
     match runs.store.queued_runs().await {
         Ok(queued) => {
             for (id, agent) in queued {

@@ -59,6 +59,7 @@ pub(crate) fn status(e: &Error) -> StatusCode {
         }
         Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         Error::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         // The use cases' errors grow with new kinds; until this mapping names one, it is
         // an internal error, which says nothing.
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -92,11 +93,16 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("close"),
             );
         }
-        if let Error::Overloaded {
-            retry_after: Some(after),
-            ..
-        } = &error
-        {
+        let retry_after = match &error {
+            Error::Overloaded {
+                retry_after: Some(after),
+                ..
+            } => Some(*after),
+            // The database is reconnected with backoff; a second is a fair first retry.
+            Error::Unavailable(_) => Some(std::time::Duration::from_secs(1)),
+            _ => None,
+        };
+        if let Some(after) = retry_after {
             let seconds = after
                 .as_secs()
                 .saturating_add(u64::from(after.subsec_nanos() > 0));

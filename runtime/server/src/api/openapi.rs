@@ -236,6 +236,10 @@ impl Modify for Rules {
                     "Malformed: a bad path, query, header or body, or a credential in the query string.",
                 );
                 errors.insert("500", "Something broke inside the host (logged there).");
+                errors.insert(
+                    "503",
+                    "The database shared by several hosts cannot be reached; nothing was committed: retry after `Retry-After`.",
+                );
                 if !schemes.is_empty() {
                     errors.insert("401", "No valid credentials.");
                     errors.insert(
