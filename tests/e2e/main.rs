@@ -3,6 +3,7 @@
 //! Python and JavaScript guests by `componentize` (with the code behind `gust build`).
 
 mod calls;
+mod cluster;
 mod cli;
 mod cli_habits;
 mod console;

@@ -20,6 +20,9 @@ pub(crate) struct Upstream {
     hits: Arc<Mutex<HashMap<String, usize>>>,
     /// `/hold` and `/gate` requests being held now, and the most held at once.
     holding: Arc<(AtomicUsize, AtomicUsize)>,
+    /// `/hold` requests answered in full, by path and query: one whose client went away
+    /// (a host killed mid-run) is dropped before it counts.
+    completed: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Upstream {
@@ -34,6 +37,8 @@ impl Upstream {
         let seen = Arc::clone(&hits);
         let holding = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
         let held = Arc::clone(&holding);
+        let completed = Arc::new(Mutex::new(HashMap::new()));
+        let finished = Arc::clone(&completed);
         let gate_held = Arc::clone(&holding);
         let arrived = Arc::new(tokio::sync::watch::Sender::new(0usize));
         let app =
@@ -59,7 +64,8 @@ impl Upstream {
                 .route(
                     "/hold",
                     axum::routing::get(
-                        move |axum::extract::Query(q): axum::extract::Query<
+                        move |uri: axum::http::Uri,
+                              axum::extract::Query(q): axum::extract::Query<
                             HashMap<String, u64>,
                         >| async move {
                             let now = held.0.fetch_add(1, Ordering::SeqCst) + 1;
@@ -67,6 +73,7 @@ impl Upstream {
                             let ms = q.get("ms").copied().unwrap_or(0);
                             tokio::time::sleep(Duration::from_millis(ms)).await;
                             held.0.fetch_sub(1, Ordering::SeqCst);
+                            *finished.lock().unwrap().entry(uri.to_string()).or_insert(0) += 1;
                             "held"
                         },
                     ),
@@ -126,6 +133,7 @@ impl Upstream {
             requests,
             hits,
             holding,
+            completed,
         }
     }
 
@@ -147,6 +155,16 @@ impl Upstream {
     /// How often `path_and_query` (e.g. `/hello?run=3`) was asked for.
     pub(crate) fn hits(&self, path_and_query: &str) -> usize {
         self.hits
+            .lock()
+            .unwrap()
+            .get(path_and_query)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// How often a `/hold` request for `path_and_query` was answered in full.
+    pub(crate) fn completed(&self, path_and_query: &str) -> usize {
+        self.completed
             .lock()
             .unwrap()
             .get(path_and_query)

@@ -53,7 +53,7 @@ pub(crate) struct Readiness {
     deployments: usize,
     /// The database's health as the last probe found it: `ok`, or what failed.
     database: String,
-    /// The storage backend (`sqlite`).
+    /// The database: `sqlite` or `postgres`.
     backend: &'static str,
 }
 
@@ -150,6 +150,9 @@ pub(crate) struct Stats {
     resident_bytes: u64,
     /// The estimate per instance learned from it.
     memory_per_instance_bytes: u64,
+    /// The database: `sqlite` (in the data folder, one host) or `postgres` (shared by
+    /// several hosts).
+    backend: &'static str,
 }
 
 /// The host's counters.
@@ -167,6 +170,7 @@ pub(crate) async fn stats(_: Admin, State(state): State<Arc<AppState>>) -> Json<
         memory_budget_bytes: budget,
         resident_bytes: resident,
         memory_per_instance_bytes: per_instance,
+        backend: host.backend,
     })
 }
 

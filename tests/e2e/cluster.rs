@@ -1,0 +1,536 @@
+//! Several hosts on one PostgreSQL: deploys reach every host without a failed call, runs
+//! survive a host's kill -9, an idempotency key holds across hosts, pushes go out once,
+//! credentials changed on one host hold on all, and the database may restart under load.
+//!
+//! Each test starts its own throwaway PostgreSQL (Debian's, on a free loopback port) and two
+//! or three `gust serve` processes on it. They run one at a time: each is several
+//! processes on a two-core machine.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::receiver::{Answer, Receiver};
+use crate::support::upstream::Upstream;
+use crate::support::{Host, eventually};
+
+/// The cluster tests take turns (see the module docs).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A PostgreSQL of the test's own and hosts on one database of it.
+struct Cluster {
+    postgres: gust_testkit::postgres::PgCluster,
+    url: String,
+    dir: tempfile::TempDir,
+    hosts: Vec<Host>,
+}
+
+impl Cluster {
+    async fn start(hosts: usize) -> Self {
+        let postgres = gust_testkit::postgres::PgCluster::start()
+            .expect("a throwaway PostgreSQL (scripts/setup installs it)");
+        let url = postgres.create_database("gust").expect("creating the database");
+        let mut cluster = Self {
+            postgres,
+            url,
+            dir: tempfile::tempdir().unwrap(),
+            hosts: Vec::new(),
+        };
+        for _ in 0..hosts {
+            cluster.add_host(&[]).await;
+        }
+        cluster
+    }
+
+    /// One more host on the database, with a data folder of its own.
+    async fn add_host(&mut self, extra: &[&str]) -> &Host {
+        let n = self.hosts.len();
+        let mut args = vec!["--database", self.url.as_str()];
+        args.extend_from_slice(extra);
+        let host = Host::spawn(
+            self.dir.path().join(format!("host-{n}")),
+            &args,
+            Some(crate::support::TOKEN),
+        )
+        .await;
+        self.hosts.push(host);
+        &self.hosts[n]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deploy_on_one_host_reaches_every_host_without_a_failed_call() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(3).await;
+    let [a, b, c] = [&cluster.hosts[0], &cluster.hosts[1], &cluster.hosts[2]];
+    for host in [a, b, c] {
+        assert_eq!(host.stats().await["backend"], "postgres");
+    }
+    assert_eq!(a.upload_file("flip", gust_test_guests::PROBE_A).await, 1);
+    // Uploaded on B: numbered after A's, and compiled by every host when it arrives.
+    assert_eq!(b.upload_file("flip", gust_test_guests::PROBE_B).await, 2);
+    a.deploy("flip", Some(1)).await;
+    for host in [b, c] {
+        let h = host;
+        eventually(Duration::from_secs(10), "version 1 to be live on every host", || async move {
+            h.call("flip", json!({"op": "echo"})).await.1 == Some(1)
+        })
+        .await;
+    }
+
+    // Calls spread over the three hosts while A redeploys back and forth.
+    let hosts: Arc<Vec<(String, reqwest::Client)>> = Arc::new(
+        cluster
+            .hosts
+            .iter()
+            .map(|h| (h.url.clone(), h.http.clone()))
+            .collect(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for client in 0..6 {
+        let (hosts, stop, failures, calls) = (
+            Arc::clone(&hosts),
+            Arc::clone(&stop),
+            Arc::clone(&failures),
+            Arc::clone(&calls),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut i = client;
+            while !stop.load(Ordering::Relaxed) {
+                let (url, http) = &hosts[i % hosts.len()];
+                i += 1;
+                let answer = http
+                    .post(format!("{url}/v1/agents/flip/run"))
+                    .bearer_auth(crate::support::TOKEN)
+                    .json(&json!({"op": "echo"}))
+                    .send()
+                    .await;
+                calls.fetch_add(1, Ordering::Relaxed);
+                match answer {
+                    Ok(r) if r.status() == StatusCode::OK => {}
+                    Ok(r) => failures.lock().unwrap().push(format!(
+                        "{url}: {} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
+                    Err(e) => failures.lock().unwrap().push(format!("{url}: {e}")),
+                }
+            }
+        }));
+    }
+    for round in 0..4 {
+        let (version, marker) = if round % 2 == 0 { (2, "b") } else { (1, "a") };
+        let deployed = a.deploy("flip", Some(version)).await;
+        let deployment = deployed["deployment"].as_u64().unwrap().to_string();
+        // Every host serves it within a few seconds, and says which deployment answered.
+        for host in [a, b, c] {
+            eventually(
+                Duration::from_secs(10),
+                "every host to serve the new deployment",
+                || {
+                    let deployment = deployment.clone();
+                    async move {
+                        let response = host
+                            .request(Method::POST, "/v1/agents/flip/run")
+                            .json(&json!({"op": "echo"}))
+                            .send()
+                            .await
+                            .unwrap();
+                        let answered = response.headers()["gust-deployment"]
+                            .to_str()
+                            .unwrap()
+                            .to_owned();
+                        let body: Value = response.json().await.unwrap();
+                        answered == deployment && body["marker"] == marker
+                    }
+                },
+            )
+            .await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failures.len(),
+        calls.load(Ordering::Relaxed),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(calls.load(Ordering::Relaxed) > 100);
+
+    // A rollback and a delete on C hold on A.
+    let (status, body) = c
+        .send(c.request(Method::POST, "/v1/agents/flip/rollback").json(&json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let back = body["deployment"].as_u64().unwrap().to_string();
+    eventually(Duration::from_secs(10), "A to serve the rollback", || {
+        let back = back.clone();
+        async move {
+            let r = a
+                .request(Method::POST, "/v1/agents/flip/run")
+                .json(&json!({"op": "echo"}))
+                .send()
+                .await
+                .unwrap();
+            r.headers()["gust-deployment"].to_str().unwrap() == back
+        }
+    })
+    .await;
+    let (status, _) = c.send(c.request(Method::DELETE, "/v1/agents/flip")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    eventually(Duration::from_secs(10), "A to stop serving the deleted agent", || async {
+        a.call("flip", json!({"op": "echo"})).await.0 == StatusCode::NOT_FOUND
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_of_a_killed_host_finish_once_on_the_others() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // A short lease, so the test does not wait out the default 30 s.
+    let mut cluster = Cluster::start(0).await;
+    for _ in 0..3 {
+        cluster.add_host(&["--lease", "3", "--allow-private-network"]).await;
+    }
+    let upstream = Upstream::start().await;
+    let a = &cluster.hosts[0];
+    a.upload_file("worker", gust_test_guests::PROBE_A).await;
+    a.set_config("worker", json!({"allowed_hosts": [upstream.origin.clone()]}))
+        .await;
+    a.deploy("worker", None).await;
+
+    // Thirty runs, each holding its upstream request for 2 s, submitted to every host.
+    const RUNS: usize = 30;
+    let mut ids = Vec::new();
+    for n in 0..RUNS {
+        let host = &cluster.hosts[n % 3];
+        let url = format!("{}/hold?ms=2000&run={n}", upstream.origin);
+        let (status, body) = host
+            .send(
+                host.request(Method::POST, "/v1/agents/worker/runs")
+                    .json(&json!({"op": "fetch", "key": url})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        ids.push(body["run_id"].as_str().unwrap().to_owned());
+    }
+    // Kill A while runs are executing on it.
+    eventually(Duration::from_secs(20), "runs to be executing", || async {
+        upstream.held() >= 3
+    })
+    .await;
+    let a = cluster.hosts.remove(0);
+    a.kill9();
+
+    let b = &cluster.hosts[0];
+    for id in &ids {
+        let run = id.clone();
+        eventually(Duration::from_secs(60), "every run to end", || {
+            let run = run.clone();
+            async move {
+                let (_, body) = b
+                    .send(b.request(Method::GET, &format!("/v1/agents/worker/runs/{run}")))
+                    .await;
+                body["status"] == "succeeded"
+            }
+        })
+        .await;
+    }
+    // Each finished exactly once, as the upstream counts what it completed (a request cut
+    // off by the kill never completes).
+    for n in 0..RUNS {
+        let path = format!("/hold?ms=2000&run={n}");
+        assert_eq!(upstream.completed(&path), 1, "run {n} completed {} times", upstream.completed(&path));
+    }
+    let (_, body) = b
+        .send(b.request(Method::GET, "/v1/agents/worker/runs?status=running"))
+        .await;
+    assert_eq!(body["runs"].as_array().map(Vec::len), Some(0), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_sent_to_two_hosts_at_once_is_one_run() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(2).await;
+    let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
+    a.upload_file("once", gust_test_guests::PROBE_A).await;
+    a.deploy("once", None).await;
+    eventually(Duration::from_secs(10), "B to serve the agent", || async {
+        b.call("once", json!({"op": "echo"})).await.0 == StatusCode::OK
+    })
+    .await;
+    for round in 0..20 {
+        let key = format!("key-{round}");
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let submit = |host: &Host| {
+            let request = host
+                .request(Method::POST, "/v1/agents/once/runs")
+                .header("idempotency-key", key.clone())
+                .json(&json!({"op": "echo", "n": round}));
+            let barrier = Arc::clone(&barrier);
+            async move {
+                barrier.wait().await;
+                let response = request.send().await.unwrap();
+                let status = response.status();
+                let body: Value = response.json().await.unwrap();
+                (status, body)
+            }
+        };
+        let (first, second) = tokio::join!(submit(a), submit(b));
+        assert!(first.0.is_success() && second.0.is_success(), "{first:?} {second:?}");
+        assert_eq!(first.1["run_id"], second.1["run_id"], "round {round}: two runs for one key");
+    }
+    let (_, body) = a
+        .send(a.request(Method::GET, "/v1/agents/once/runs?limit=100"))
+        .await;
+    assert_eq!(body["runs"].as_array().unwrap().len(), 20, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_run_is_pushed_once_whichever_host_ran_it() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(2).await;
+    let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
+    let receiver = Receiver::start(Vec::new()).await;
+    a.upload_file("pushed", gust_test_guests::PROBE_A).await;
+    a.set_config(
+        "pushed",
+        json!({"mode": "async", "push": {"url": receiver.url, "access_token": "app-token"}}),
+    )
+    .await;
+    a.deploy("pushed", None).await;
+    eventually(Duration::from_secs(10), "B to serve the agent", || async {
+        b.stats().await["deployments"].as_u64() == Some(1)
+    })
+    .await;
+    const RUNS: usize = 40;
+    let mut ids = Vec::new();
+    for n in 0..RUNS {
+        let host = [a, b][n % 2];
+        let (status, body) = host
+            .send(
+                host.request(Method::POST, "/v1/agents/pushed/runs")
+                    .json(&json!({"op": "echo", "n": n})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        ids.push(body["run_id"].as_str().unwrap().to_owned());
+    }
+    eventually(Duration::from_secs(30), "every run to be pushed", || async {
+        receiver.received().len() >= RUNS
+    })
+    .await;
+    // Give a second delivery the time to happen, if one would.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut by_webhook_id: HashMap<String, usize> = HashMap::new();
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for received in receiver.received() {
+        *by_webhook_id.entry(received.header("webhook-id")).or_default() += 1;
+        let run = received.json()["data"]["run_id"].as_str().unwrap_or_default().to_owned();
+        *runs.entry(run).or_default() += 1;
+    }
+    assert!(by_webhook_id.values().all(|&n| n == 1), "{by_webhook_id:?}");
+    for id in &ids {
+        assert_eq!(runs.get(id), Some(&1), "run {id} pushed {:?} times", runs.get(id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_rotated_or_a_key_revoked_on_one_host_is_refused_on_the_other() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(2).await;
+    let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
+    a.upload_file("keyed", gust_test_guests::PROBE_A).await;
+    a.deploy("keyed", None).await;
+    let (status, body) = a
+        .send(
+            a.request(Method::POST, "/v1/agents/keyed/keys")
+                .json(&json!({"name": "app"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (key, key_id) = (
+        body["key"].as_str().unwrap().to_owned(),
+        body["id"].as_str().unwrap().to_owned(),
+    );
+    let with_key = |host: &Host| {
+        host.http
+            .post(format!("{}/v1/agents/keyed/run", host.url))
+            .header("x-api-key", key.clone())
+            .json(&json!({"op": "echo"}))
+            .send()
+    };
+    eventually(Duration::from_secs(10), "B to take the key made on A", || async {
+        with_key(b).await.unwrap().status() == StatusCode::OK
+    })
+    .await;
+    let (status, _) = a
+        .send(a.request(Method::DELETE, &format!("/v1/agents/keyed/keys/{key_id}")))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    eventually(Duration::from_secs(10), "B to refuse the key revoked on A", || async {
+        with_key(b).await.unwrap().status() == StatusCode::UNAUTHORIZED
+    })
+    .await;
+
+    let (status, body) = a.send(a.request(Method::POST, "/v1/admin/rotate-token")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rotated = body["admin_token"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(10), "B to refuse the old token", || async {
+        b.request(Method::GET, "/v1/agents").send().await.unwrap().status()
+            == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    let status = b
+        .http
+        .get(format!("{}/v1/agents", b.url))
+        .bearer_auth(&rotated)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+
+    // A host started with the old token refuses to start, and says why.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gust"));
+    gust_testkit::serve_args(&mut command, &cluster.dir.path().join("late"))
+        .args(["--database", &cluster.url])
+        .env("GUST_ADMIN_TOKEN", crate::support::TOKEN);
+    let output = command.output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another admin token"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_database_restarting_under_load_loses_no_accepted_run() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(2).await;
+    let a = &cluster.hosts[0];
+    a.upload_file("steady", gust_test_guests::PROBE_A).await;
+    a.deploy("steady", None).await;
+    let b = &cluster.hosts[1];
+    eventually(Duration::from_secs(10), "B to serve the agent", || async {
+        b.call("steady", json!({"op": "echo"})).await.0 == StatusCode::OK
+    })
+    .await;
+
+    let hosts: Arc<Vec<(String, reqwest::Client)>> = Arc::new(
+        cluster
+            .hosts
+            .iter()
+            .map(|h| (h.url.clone(), h.http.clone()))
+            .collect(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::<(usize, String)>::new()));
+    let unavailable = Arc::new(AtomicUsize::new(0));
+    let sync_failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut load = Vec::new();
+    for client in 0..4 {
+        let (hosts, stop, accepted, unavailable, sync_failures) = (
+            Arc::clone(&hosts),
+            Arc::clone(&stop),
+            Arc::clone(&accepted),
+            Arc::clone(&unavailable),
+            Arc::clone(&sync_failures),
+        );
+        load.push(tokio::spawn(async move {
+            let mut i = client;
+            while !stop.load(Ordering::Relaxed) {
+                let at = i % hosts.len();
+                let (url, http) = &hosts[at];
+                i += 1;
+                let submitted = http
+                    .post(format!("{url}/v1/agents/steady/runs"))
+                    .bearer_auth(crate::support::TOKEN)
+                    .timeout(Duration::from_secs(20))
+                    .json(&json!({"op": "echo", "n": i}))
+                    .send()
+                    .await;
+                match submitted {
+                    Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                        let body: Value = r.json().await.unwrap();
+                        accepted
+                            .lock()
+                            .unwrap()
+                            .push((at, body["run_id"].as_str().unwrap().to_owned()));
+                    }
+                    Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                        assert!(r.headers().contains_key("retry-after"));
+                        let body: Value = r.json().await.unwrap();
+                        assert_eq!(body["error"]["kind"], "unavailable", "{body}");
+                        unavailable.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => panic!("a submission answered {} {}", r.status(), r.text().await.unwrap()),
+                    Err(e) => panic!("a submission failed: {e}"),
+                }
+                // Sync calls touch no database: they are answered throughout.
+                let call = http
+                    .post(format!("{url}/v1/agents/steady/run"))
+                    .bearer_auth(crate::support::TOKEN)
+                    .json(&json!({"op": "echo"}))
+                    .send()
+                    .await;
+                match call {
+                    Ok(r) if r.status() == StatusCode::OK => {}
+                    Ok(r) => sync_failures.lock().unwrap().push(r.status().to_string()),
+                    Err(e) => sync_failures.lock().unwrap().push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.postgres.stop().expect("stopping PostgreSQL");
+    let stopped_at = Instant::now();
+    eventually(Duration::from_secs(20), "submissions to be refused with 503", || async {
+        unavailable.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(stopped_at.elapsed())).await;
+    cluster.postgres.start_again().expect("starting PostgreSQL again");
+    // Without restarting gust, submissions are accepted again.
+    let before = accepted.lock().unwrap().len();
+    eventually(Duration::from_secs(30), "submissions to be accepted again", || async {
+        accepted.lock().unwrap().len() > before + 10
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(
+        sync_failures.lock().unwrap().is_empty(),
+        "sync calls failed while the database was away: {:?}",
+        sync_failures.lock().unwrap()
+    );
+    // Every accepted run is there and ends.
+    let accepted = accepted.lock().unwrap().clone();
+    for (at, id) in &accepted {
+        let host = &cluster.hosts[*at];
+        let id = id.clone();
+        eventually(Duration::from_secs(30), "every accepted run to succeed", || {
+            let id = id.clone();
+            async move {
+                let (status, body) = host
+                    .send(host.request(Method::GET, &format!("/v1/agents/steady/runs/{id}")))
+                    .await;
+                status == StatusCode::OK && body["status"] == "succeeded"
+            }
+        })
+        .await;
+    }
+}
