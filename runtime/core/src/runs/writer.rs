@@ -107,10 +107,17 @@ async fn run(
                 }
             }
             Err(e) => {
+                // A database out of reach is the client's 503 (retry later: nothing was
+                // committed); anything else is an internal error.
+                let unavailable = matches!(e, gust_store::StoreError::Unavailable(_));
                 let e = anyhow::Error::new(e);
                 tracing::error!("a batch of {count} run writes failed: {e:#}");
                 for reply in replies.into_iter().flatten() {
-                    let _ = reply.send(Err(Error::internal(format!("{e:#}"))));
+                    let _ = reply.send(Err(if unavailable {
+                        Error::Unavailable(format!("{e:#}"))
+                    } else {
+                        Error::internal(format!("{e:#}"))
+                    }));
                 }
             }
         }
