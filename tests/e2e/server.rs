@@ -309,3 +309,17 @@ async fn readyz_reports_the_database_and_drains_before_the_listener_closes() {
     );
     drop(follower);
 }
+
+/// The suite runs twice (`scripts/test`): on SQLite, and with `GUST_TEST_BACKEND=postgres`
+/// on PostgreSQL. Each pass proves it ran where it says.
+#[tokio::test]
+async fn the_suite_runs_on_the_backend_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let backend = crate::support::suite_backend();
+    assert_eq!(host.stats().await["backend"], backend);
+    let (_, ready) = host.send(host.request(Method::GET, "/readyz")).await;
+    assert_eq!(ready["backend"], backend);
+    // SQLite keeps the database in the data folder; PostgreSQL leaves none there.
+    assert_eq!(host.data_dir.join("gust.db").exists(), backend == "sqlite");
+}

@@ -98,6 +98,7 @@ impl Host {
             }
         };
         gust_testkit::serve_args(&mut command, &data_dir)
+            .args(suite_database(&data_dir, extra))
             .args(if extra.contains(&"--log") {
                 &[][..]
             } else {
@@ -307,6 +308,48 @@ impl Drop for Host {
             );
         }
     }
+}
+
+/// The backend the suite runs on: `sqlite` (the default), or `postgres` with
+/// `GUST_TEST_BACKEND=postgres` (`scripts/test` runs the suite both ways).
+pub(crate) fn suite_backend() -> &'static str {
+    match std::env::var("GUST_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("" | "sqlite") => "sqlite",
+        Ok("postgres") => "postgres",
+        Ok(other) => panic!("GUST_TEST_BACKEND={other}: the backends are sqlite and postgres"),
+    }
+}
+
+/// On the PostgreSQL pass, `--database` for a host on `data_dir`: one throwaway PostgreSQL
+/// for the test process (gone with it), one database per data folder — so a host started
+/// again on its folder finds its data, as it would in SQLite — unless the test gives its own.
+fn suite_database(data_dir: &Path, extra: &[&str]) -> Vec<String> {
+    static POSTGRES: std::sync::OnceLock<gust_testkit::postgres::PgCluster> =
+        std::sync::OnceLock::new();
+    static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    if suite_backend() != "postgres" || extra.contains(&"--database") {
+        return Vec::new();
+    }
+    let postgres = POSTGRES.get_or_init(|| {
+        gust_testkit::postgres::PgCluster::start()
+            .expect("the PostgreSQL the suite's second pass runs on (scripts/setup installs it)")
+    });
+    let name = {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+        format!("gust_{}", hex::encode(&digest[..8]))
+    };
+    let mut created = CREATED.lock().unwrap();
+    let url = if created.contains(&name) {
+        postgres.url(&name)
+    } else {
+        let url = postgres
+            .create_database(&name)
+            .expect("creating a test host's database");
+        created.push(name);
+        url
+    };
+    vec!["--database".to_owned(), url]
 }
 
 /// Asserts the API's error shape and kind, and returns the message.
