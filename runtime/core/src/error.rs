@@ -108,6 +108,9 @@ impl From<StoreError> for Error {
             StoreError::NotFound(m) => Self::NotFound(m),
             StoreError::Conflict(m) => Self::Conflict(m),
             StoreError::Internal(e) => Self::Internal(e),
+            // The database is out of reach (a shared PostgreSQL). A 500 for now; a 503 with
+            // `Retry-After` needs an error of its own here and at the HTTP edge.
+            StoreError::Unavailable(m) => Self::Internal(anyhow::anyhow!(m)),
         }
     }
 }

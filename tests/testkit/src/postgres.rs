@@ -88,7 +88,17 @@ impl PgClusterBuilder {
         let data = dir.path().join("data");
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
-            .args(["-A", "trust", "-U", USER, "-E", "UTF8", "--locale=C", "--no-sync", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                USER,
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data);
         let output = as_owner(&mut initdb, owner)
             .stdin(Stdio::null())
@@ -262,7 +272,10 @@ impl PgCluster {
             .stderr(log)
             .spawn()
             .context("starting PostgreSQL")?;
-        let stop = shell.stdin.take().context("the shell's stdin is not piped")?;
+        let stop = shell
+            .stdin
+            .take()
+            .context("the shell's stdin is not piped")?;
         self.server = Some(Server { shell, stop });
         self.wait_ready(&log_path)
     }
@@ -354,10 +367,9 @@ fn server_owner() -> anyhow::Result<Option<(u32, u32)>> {
                 .flatten()
         })
     };
-    ids("postgres")
-        .or_else(|| ids("nobody"))
-        .map(Some)
-        .context("running as root, and neither a `postgres` nor a `nobody` user exists to run PostgreSQL as")
+    ids("postgres").or_else(|| ids("nobody")).map(Some).context(
+        "running as root, and neither a `postgres` nor a `nobody` user exists to run PostgreSQL as",
+    )
 }
 
 fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) -> &mut Command {
