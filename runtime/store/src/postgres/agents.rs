@@ -1,10 +1,13 @@
 //! Agents, versions and deployments.
 //!
 //! Numbers are handed out from the agent's row (`next_version`, `next_deployment`), and every
-//! transaction that numbers something, or decides from what is live, first takes that row
-//! `FOR UPDATE`. Two hosts uploading or deploying the same agent at once are so put one after
-//! the other: numbers stay gap-free and unique, an upload of bytes another host just uploaded
-//! finds that version, and a version cannot become live while it is being deleted.
+//! transaction that numbers something, or decides from what is live, first locks that row
+//! (`FOR NO KEY UPDATE`: the strength of the update that follows, which still lets other
+//! transactions insert rows that refer to the agent). Two hosts uploading or deploying the
+//! same agent at once are so put one after the other: numbers stay gap-free and unique (a
+//! transaction that rolls back takes its number back with it), an upload of bytes another
+//! host just uploaded finds that version, and a version cannot become live while it is
+//! being deleted.
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
@@ -94,7 +97,7 @@ async fn lock_agent<C: GenericClient>(
 ) -> Result<Option<Option<u32>>, StoreError> {
     row(
         c,
-        "SELECT live_deployment FROM agents WHERE name = $1 FOR UPDATE",
+        "SELECT live_deployment FROM agents WHERE name = $1 FOR NO KEY UPDATE",
         &[&agent],
     )
     .await?

@@ -98,7 +98,8 @@ async fn apply_batch(
 }
 
 /// Locks, in name order, the rows of the agents whose stored bytes the batch changes: those
-/// it accepts runs for, and those of the runs it ends.
+/// it accepts runs for, and those of the runs it ends. (`NO KEY UPDATE`, the strength of the
+/// updates to come: inserts that merely refer to the agent are not held up.)
 async fn lock_agents(tx: &Transaction<'_>, writes: &[RunWrite]) -> Result<(), StoreError> {
     let mut agents: Vec<&str> = Vec::new();
     let mut ending: Vec<&str> = Vec::new();
@@ -116,7 +117,7 @@ async fn lock_agents(tx: &Transaction<'_>, writes: &[RunWrite]) -> Result<(), St
         tx,
         "SELECT name FROM agents
          WHERE name = ANY($1) OR name IN (SELECT agent FROM runs WHERE id = ANY($2))
-         ORDER BY name FOR UPDATE",
+         ORDER BY name FOR NO KEY UPDATE",
         &[&agents, &ending],
     )
     .await

@@ -155,6 +155,95 @@ async fn two_hosts_accepting_one_idempotency_key_make_one_run() {
     assert_eq!(runs.len(), 20, "one run per key");
 }
 
+/// Waits until a session of the store (application `gust`) waits for a lock another
+/// transaction holds.
+async fn store_waits_for_a_lock(observer: &tokio_postgres::Client) {
+    eventually("the store waiting for the lock", || async {
+        let waiting: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'gust' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        waiting > 0
+    })
+    .await;
+}
+
+/// The case the unique index is for: another host's run with the key is inserted but not
+/// yet committed when this host looks for it. The insert waits for that transaction, then
+/// answers its run, and counts no bytes of its own.
+#[tokio::test]
+async fn an_idempotency_key_committed_meanwhile_names_the_run() {
+    let Some(url) = database("idempotent_race") else {
+        return;
+    };
+    let store = Store::open_postgres(&url).await.unwrap();
+    deployed(&store).await;
+    let mut other_host = connect(&url).await;
+    let observer = connect(&url).await;
+    let tx = other_host.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO runs (id, agent, deployment, version, status, input, content_type,
+            created_at, expires_at, idempotency_key, request_hash)
+         VALUES ('theirs', 'a', 1, 1, 'queued', '\\x7b7d', 'application/json', 10, 1010, 'k', 'h')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let insert = tokio::spawn({
+        let store = store.clone();
+        async move { apply(&store, new_run("ours", 10, Some(("k", "h")))).await }
+    });
+    store_waits_for_a_lock(&observer).await;
+    tx.commit().await.unwrap();
+    assert_eq!(
+        insert.await.unwrap(),
+        WriteOutcome::Replayed {
+            id: "theirs".into()
+        }
+    );
+    let bytes: i64 = observer
+        .query_one("SELECT run_bytes FROM agents WHERE name = 'a'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bytes, 0, "the replay counted nothing");
+    assert!(store.run("a", "ours").await.unwrap().is_none());
+}
+
+/// A start skips a run another host's transaction holds, at once, rather than queueing
+/// behind it.
+#[tokio::test]
+async fn a_start_does_not_wait_behind_another_hosts_claim() {
+    let Some(url) = database("start_skips") else {
+        return;
+    };
+    let store = Store::open_postgres(&url).await.unwrap();
+    deployed(&store).await;
+    apply(&store, new_run("r1", 10, None)).await;
+    let mut other_host = connect(&url).await;
+    let tx = other_host.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM runs WHERE id = 'r1' FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        apply(&store, start("r1", 20, 99)),
+    )
+    .await
+    .expect("the start waited for the other transaction");
+    assert_eq!(outcome, WriteOutcome::NotStarted(Some(RunStatus::Queued)));
+    tx.rollback().await.unwrap();
+    assert!(matches!(
+        apply(&store, start("r1", 20, 99)).await,
+        WriteOutcome::Started(_)
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_uploads_and_deploys_are_numbered_without_gaps() {
     let Some((a, b, _)) = two_hosts("numbering").await else {
