@@ -2,7 +2,7 @@
 
 use gust_model::{AgentConfig, AgentRecord, AgentSummary};
 
-use crate::{Store, StoreError};
+use crate::{Backend, Store, StoreError, blocking, detached};
 
 impl Store {
     /// All agents, by name.
@@ -10,7 +10,12 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn list_agents(&self) -> Result<Vec<AgentSummary>, StoreError> {
-        self.sqlite(move |db| db.list_agents()).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.list_agents()).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.list_agents().await }).await
+            }
+        }
     }
 
     /// One agent with its history, or `None`.
@@ -19,7 +24,12 @@ impl Store {
     /// When the database fails.
     pub async fn agent(&self, name: &str) -> Result<Option<AgentRecord>, StoreError> {
         let name = name.to_owned();
-        self.sqlite(move |db| db.agent(&name)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.agent(&name)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.agent(&name).await }).await
+            }
+        }
     }
 
     /// The agent's draft configuration, or `None` when the agent does not exist.
@@ -28,7 +38,12 @@ impl Store {
     /// When the database fails.
     pub async fn draft(&self, agent: &str) -> Result<Option<AgentConfig>, StoreError> {
         let agent = agent.to_owned();
-        self.sqlite(move |db| db.draft(&agent)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.draft(&agent)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.draft(&agent).await }).await
+            }
+        }
     }
 
     /// Replaces the draft, creating the agent if needed.
@@ -43,8 +58,15 @@ impl Store {
     ) -> Result<(), StoreError> {
         let agent = agent.to_owned();
         let draft = draft.clone();
-        self.sqlite(move |db| db.put_draft(&agent, &draft, now))
-            .await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.put_draft(&agent, &draft, now)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move {
+                    db.put_draft(&agent, &draft, now).await
+                })
+                .await
+            }
+        }
     }
 
     /// Deletes an agent with its versions and deployments. Returns `None` when there was no
@@ -54,7 +76,12 @@ impl Store {
     /// When the database fails.
     pub async fn delete_agent(&self, agent: &str) -> Result<Option<Vec<String>>, StoreError> {
         let agent = agent.to_owned();
-        self.sqlite(move |db| db.delete_agent(&agent)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.delete_agent(&agent)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.delete_agent(&agent).await }).await
+            }
+        }
     }
 
     /// Every digest some version of some agent refers to.
@@ -64,6 +91,11 @@ impl Store {
     pub async fn referenced_digests(
         &self,
     ) -> Result<std::collections::HashSet<String>, StoreError> {
-        self.sqlite(move |db| db.referenced_digests()).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.referenced_digests()).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.referenced_digests().await }).await
+            }
+        }
     }
 }

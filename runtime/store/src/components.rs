@@ -1,6 +1,10 @@
 //! Component bytes as files in `<data>/components/`, named by their sha256 digest. Writing
 //! the same bytes twice is harmless, and two agents uploading the same component share one
 //! file.
+//!
+//! A host's files are its own. When hosts share a PostgreSQL database, the bytes are also
+//! kept in it, once per digest ([`Store::put_component`]), so a host can fetch a version
+//! another host uploaded; its files are then a cache.
 
 use std::path::PathBuf;
 
@@ -8,6 +12,8 @@ use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 
 use gust_model::fs;
+
+use crate::{Backend, Store, StoreError, detached};
 
 /// `sha256:<hex>` of `bytes`.
 pub fn digest_of(bytes: &[u8]) -> String {
@@ -52,5 +58,65 @@ impl ComponentFiles {
 
     pub fn remove(&self, digest: &str) {
         let _ = std::fs::remove_file(self.path(digest));
+    }
+}
+
+impl Store {
+    /// Whether the database keeps component bytes for every host (PostgreSQL). When it does
+    /// not (SQLite: one host, whose data folder has the files), the methods below store
+    /// nothing and find nothing.
+    pub fn keeps_components(&self) -> bool {
+        match self.backend {
+            Backend::Sqlite(_) => false,
+            Backend::Postgres(_) => true,
+        }
+    }
+
+    /// Keeps `bytes` under `digest` (nothing is sent when they are there already). Call it
+    /// after [`Store::add_version`] has recorded a version with the digest: a host that
+    /// deletes the last other version of the same bytes meanwhile then either sees the new
+    /// version and keeps them, or has dropped them before this call stores them again.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn put_component(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(db) => {
+                let (digest, bytes) = (digest.to_owned(), bytes.to_vec());
+                detached(db, move |db| async move {
+                    db.put_component(&digest, &bytes).await
+                })
+                .await
+            }
+        }
+    }
+
+    /// The bytes kept under `digest`, if the database keeps them.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(db) => {
+                let digest = digest.to_owned();
+                detached(db, move |db| async move { db.component(&digest).await }).await
+            }
+        }
+    }
+
+    /// Whether the database keeps the bytes of `digest`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn has_component(&self, digest: &str) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(false),
+            Backend::Postgres(db) => {
+                let digest = digest.to_owned();
+                detached(db, move |db| async move { db.has_component(&digest).await }).await
+            }
+        }
     }
 }

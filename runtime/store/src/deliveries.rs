@@ -2,7 +2,7 @@
 
 use gust_model::{DeliveryRecord, PushSecrets};
 
-use crate::{Store, StoreError};
+use crate::{Backend, Store, StoreError, blocking, detached};
 
 impl Store {
     /// Pending deliveries due by `now`, oldest first.
@@ -14,7 +14,16 @@ impl Store {
         now: i64,
         limit: usize,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.sqlite(move |db| db.due_deliveries(now, limit)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.due_deliveries(now, limit)).await,
+            Backend::Postgres(db) => {
+                detached(
+                    db,
+                    move |db| async move { db.due_deliveries(now, limit).await },
+                )
+                .await
+            }
+        }
     }
 
     /// The earliest `next_attempt_at` of any pending delivery.
@@ -22,7 +31,12 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn next_delivery_at(&self) -> Result<Option<i64>, StoreError> {
-        self.sqlite(move |db| db.next_delivery_at()).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.next_delivery_at()).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.next_delivery_at().await }).await
+            }
+        }
     }
 
     /// The agent's push signing secrets, if it has any.
@@ -31,7 +45,12 @@ impl Store {
     /// When the database fails.
     pub async fn push_secrets(&self, agent: &str) -> Result<Option<PushSecrets>, StoreError> {
         let agent = agent.to_owned();
-        self.sqlite(move |db| db.push_secrets(&agent)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.push_secrets(&agent)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.push_secrets(&agent).await }).await
+            }
+        }
     }
 
     /// Gives the agent a new current secret; the old one (if any) keeps signing until
@@ -47,7 +66,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         let agent = agent.to_owned();
         let secret = secret.to_owned();
-        self.sqlite(move |db| db.set_push_secret(&agent, &secret, previous_until))
-            .await
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| {
+                    db.set_push_secret(&agent, &secret, previous_until)
+                })
+                .await
+            }
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move {
+                    db.set_push_secret(&agent, &secret, previous_until).await
+                })
+                .await
+            }
+        }
     }
 }

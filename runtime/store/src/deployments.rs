@@ -2,7 +2,7 @@
 
 use gust_model::{AgentConfig, DeploymentRecord};
 
-use crate::{DeployKey, RollbackPlan, Store, StoreError};
+use crate::{Backend, DeployKey, RollbackPlan, Store, StoreError, blocking, detached};
 
 impl Store {
     /// Makes a new deployment of `version` with `config` and sets it live, in one
@@ -20,8 +20,20 @@ impl Store {
     ) -> Result<DeploymentRecord, StoreError> {
         let agent = agent.to_owned();
         let config = config.clone();
-        self.sqlite(move |db| db.deploy(&agent, version, &config, now, key.as_ref()))
-            .await
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| {
+                    db.deploy(&agent, version, &config, now, key.as_ref())
+                })
+                .await
+            }
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move {
+                    db.deploy(&agent, version, &config, now, key.as_ref()).await
+                })
+                .await
+            }
+        }
     }
 
     /// The newest deployment of `agent` made with the idempotency `key` at or after `since`,
@@ -36,8 +48,17 @@ impl Store {
         since: i64,
     ) -> Result<Option<(DeploymentRecord, String)>, StoreError> {
         let (agent, key) = (agent.to_owned(), key.to_owned());
-        self.sqlite(move |db| db.deployment_by_key(&agent, &key, since))
-            .await
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| db.deployment_by_key(&agent, &key, since)).await
+            }
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move {
+                    db.deployment_by_key(&agent, &key, since).await
+                })
+                .await
+            }
+        }
     }
 
     /// One deployment of an agent, live or not.
@@ -50,7 +71,16 @@ impl Store {
         number: u32,
     ) -> Result<Option<DeploymentRecord>, StoreError> {
         let agent = agent.to_owned();
-        self.sqlite(move |db| db.deployment(&agent, number)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.deployment(&agent, number)).await,
+            Backend::Postgres(db) => {
+                detached(
+                    db,
+                    move |db| async move { db.deployment(&agent, number).await },
+                )
+                .await
+            }
+        }
     }
 
     /// Works out what a rollback would do, without changing anything: to deployment `to`
@@ -65,7 +95,16 @@ impl Store {
         to: Option<u32>,
     ) -> Result<RollbackPlan, StoreError> {
         let agent = agent.to_owned();
-        self.sqlite(move |db| db.plan_rollback(&agent, to)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.plan_rollback(&agent, to)).await,
+            Backend::Postgres(db) => {
+                detached(
+                    db,
+                    move |db| async move { db.plan_rollback(&agent, to).await },
+                )
+                .await
+            }
+        }
     }
 
     /// Carries out a plan: marks `from` rolled back and makes `to` live, provided `from` is
@@ -81,8 +120,15 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let agent = agent.to_owned();
-        self.sqlite(move |db| db.rollback(&agent, from, to, now))
-            .await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.rollback(&agent, from, to, now)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move {
+                    db.rollback(&agent, from, to, now).await
+                })
+                .await
+            }
+        }
     }
 
     /// Every live deployment: what the registry is rebuilt from at start.
@@ -90,6 +136,11 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn live_deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
-        self.sqlite(move |db| db.live_deployments()).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.live_deployments()).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.live_deployments().await }).await
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use gust_model::KeyRecord;
 
-use crate::{Store, StoreError};
+use crate::{Backend, Store, StoreError, blocking, detached};
 
 impl Store {
     /// Stores a new invoke key (its hash, never the key).
@@ -11,7 +11,12 @@ impl Store {
     /// [`StoreError::NotFound`] for an unknown agent.
     pub async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         let key = key.clone();
-        self.sqlite(move |db| db.create_key(&key)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.create_key(&key)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.create_key(&key).await }).await
+            }
+        }
     }
 
     /// The keys of an agent.
@@ -20,7 +25,12 @@ impl Store {
     /// When the database fails.
     pub async fn list_keys(&self, agent: &str) -> Result<Vec<KeyRecord>, StoreError> {
         let agent = agent.to_owned();
-        self.sqlite(move |db| db.list_keys(&agent)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.list_keys(&agent)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.list_keys(&agent).await }).await
+            }
+        }
     }
 
     /// Every key, for the in-memory key ring at start.
@@ -28,7 +38,12 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn all_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        self.sqlite(|db| db.all_keys()).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.all_keys()).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.all_keys().await }).await
+            }
+        }
     }
 
     /// Deletes a key; `false` when the agent has no such key.
@@ -37,7 +52,16 @@ impl Store {
     /// When the database fails.
     pub async fn delete_key(&self, agent: &str, id: &str) -> Result<bool, StoreError> {
         let (agent, id) = (agent.to_owned(), id.to_owned());
-        self.sqlite(move |db| db.delete_key(&agent, &id)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.delete_key(&agent, &id)).await,
+            Backend::Postgres(db) => {
+                detached(
+                    db,
+                    move |db| async move { db.delete_key(&agent, &id).await },
+                )
+                .await
+            }
+        }
     }
 
     /// Records last-use times.
@@ -45,6 +69,11 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn touch_keys(&self, used: Vec<(String, i64)>) -> Result<(), StoreError> {
-        self.sqlite(move |db| db.touch_keys(&used)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.touch_keys(&used)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.touch_keys(&used).await }).await
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@ use gust_model::{RunRecord, RunStatus};
 
 use crate::queue::{ActiveRuns, Recovered, RunWrite, WriteOutcome};
 
-use crate::{Store, StoreError};
+use crate::{Backend, Store, StoreError, blocking, detached};
 
 /// One outcome per write of a batch, in order; `Err` when the batch did not commit.
 pub type Applied = Result<Vec<Result<WriteOutcome, StoreError>>, StoreError>;
@@ -19,12 +19,22 @@ impl Store {
     /// # Errors
     /// When the commit fails; then none of the batch was applied.
     pub async fn apply_run_writes(&self, writes: Vec<RunWrite>) -> (Vec<RunWrite>, Applied) {
-        let applied = self
-            .sqlite(move |db| {
-                let outcomes = db.apply_run_writes(&writes);
-                Ok((writes, outcomes))
-            })
-            .await;
+        let applied = match &self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| {
+                    let outcomes = db.apply_run_writes(&writes);
+                    Ok((writes, outcomes))
+                })
+                .await
+            }
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move {
+                    let outcomes = db.apply_run_writes(&writes).await;
+                    Ok((writes, outcomes))
+                })
+                .await
+            }
+        };
         match applied {
             Ok((writes, outcomes)) => (writes, outcomes),
             // The task failed before it gave the writes back; nothing was committed.
@@ -35,11 +45,21 @@ impl Store {
     /// At start: runs that were running when the host stopped are queued again, or failed as
     /// `lost` when they used up `max_attempts`; returns every run to execute.
     ///
+    /// With PostgreSQL other hosts may be running runs: only runs whose lease lapsed before
+    /// `now` are taken back; the others are left to their hosts.
+    ///
     /// # Errors
     /// When the database fails.
     pub async fn recover_runs(&self, now: i64, max_attempts: u32) -> Result<Recovered, StoreError> {
-        self.sqlite(move |db| db.recover_runs(now, max_attempts))
-            .await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.recover_runs(now, max_attempts)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move {
+                    db.recover_runs(now, max_attempts).await
+                })
+                .await
+            }
+        }
     }
 
     /// Every queued run, oldest first, with its agent.
@@ -47,7 +67,12 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn queued_runs(&self) -> Result<Vec<(String, String)>, StoreError> {
-        self.sqlite(move |db| db.queued_runs()).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.queued_runs()).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.queued_runs().await }).await
+            }
+        }
     }
 
     /// Each agent with queued or running runs.
@@ -55,7 +80,12 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn active_runs(&self) -> Result<Vec<ActiveRuns>, StoreError> {
-        self.sqlite(move |db| db.active_runs()).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.active_runs()).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.active_runs().await }).await
+            }
+        }
     }
 
     /// One run of `agent` with its delivery, or `None`.
@@ -65,7 +95,12 @@ impl Store {
     pub async fn run(&self, agent: &str, id: &str) -> Result<Option<RunRecord>, StoreError> {
         let agent = agent.to_owned();
         let id = id.to_owned();
-        self.sqlite(move |db| db.run(&agent, &id)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.run(&agent, &id)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.run(&agent, &id).await }).await
+            }
+        }
     }
 
     /// The input a run was submitted with, and its content type.
@@ -79,7 +114,12 @@ impl Store {
     ) -> Result<Option<(Vec<u8>, String)>, StoreError> {
         let agent = agent.to_owned();
         let id = id.to_owned();
-        self.sqlite(move |db| db.run_input(&agent, &id)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.run_input(&agent, &id)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.run_input(&agent, &id).await }).await
+            }
+        }
     }
 
     /// Runs of `agent`, newest first, optionally of one status, older than the run `before`:
@@ -96,7 +136,19 @@ impl Store {
     ) -> Result<Vec<RunRecord>, StoreError> {
         let agent = agent.to_owned();
         let before = before.map(str::to_owned);
-        self.sqlite(move |db| db.list_runs(&agent, status, limit, before.as_deref()))
-            .await
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| {
+                    db.list_runs(&agent, status, limit, before.as_deref())
+                })
+                .await
+            }
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move {
+                    db.list_runs(&agent, status, limit, before.as_deref()).await
+                })
+                .await
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@ use gust_model::VersionRecord;
 
 use crate::VersionDeletion;
 
-use crate::{Store, StoreError};
+use crate::{Backend, Store, StoreError, blocking, detached};
 
 impl Store {
     /// One version of an agent, or `None`.
@@ -17,7 +17,16 @@ impl Store {
         version: u32,
     ) -> Result<Option<VersionRecord>, StoreError> {
         let agent = agent.to_owned();
-        self.sqlite(move |db| db.version(&agent, version)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.version(&agent, version)).await,
+            Backend::Postgres(db) => {
+                detached(
+                    db,
+                    move |db| async move { db.version(&agent, version).await },
+                )
+                .await
+            }
+        }
     }
 
     /// The newest version of an agent, or `None`.
@@ -26,7 +35,12 @@ impl Store {
     /// When the database fails.
     pub async fn latest_version(&self, agent: &str) -> Result<Option<VersionRecord>, StoreError> {
         let agent = agent.to_owned();
-        self.sqlite(move |db| db.latest_version(&agent)).await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.latest_version(&agent)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move { db.latest_version(&agent).await }).await
+            }
+        }
     }
 
     /// The version of `agent` with these bytes, if they were uploaded before.
@@ -40,8 +54,17 @@ impl Store {
     ) -> Result<Option<VersionRecord>, StoreError> {
         let agent = agent.to_owned();
         let digest = digest.to_owned();
-        self.sqlite(move |db| db.version_by_digest(&agent, &digest))
-            .await
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| db.version_by_digest(&agent, &digest)).await
+            }
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move {
+                    db.version_by_digest(&agent, &digest).await
+                })
+                .await
+            }
+        }
     }
 
     /// Records a new version (creating the agent if needed) and returns it with `true`, or
@@ -58,8 +81,17 @@ impl Store {
     ) -> Result<(VersionRecord, bool), StoreError> {
         let agent = agent.to_owned();
         let digest = digest.to_owned();
-        self.sqlite(move |db| db.add_version(&agent, &digest, size, now))
-            .await
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| db.add_version(&agent, &digest, size, now)).await
+            }
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move {
+                    db.add_version(&agent, &digest, size, now).await
+                })
+                .await
+            }
+        }
     }
 
     /// Deletes a version unless it is live.
@@ -72,7 +104,14 @@ impl Store {
         version: u32,
     ) -> Result<VersionDeletion, StoreError> {
         let agent = agent.to_owned();
-        self.sqlite(move |db| db.delete_version(&agent, version))
-            .await
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.delete_version(&agent, version)).await,
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move {
+                    db.delete_version(&agent, version).await
+                })
+                .await
+            }
+        }
     }
 }

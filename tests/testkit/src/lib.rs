@@ -1,6 +1,10 @@
 //! Starting `gust serve` from a test or a benchmark: one way for both, so they start hosts
 //! alike (a free loopback port, the data folder given) and wait for the same sign that the
 //! host listens — the `gust listening on <url>` line it prints on stdout.
+//!
+//! [`postgres`]: a throwaway PostgreSQL server, for tests of the store's PostgreSQL backend.
+
+pub mod postgres;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;

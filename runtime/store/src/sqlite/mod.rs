@@ -19,6 +19,7 @@ use crate::queue::{Recovered, RunWrite, WriteOutcome};
 use crate::{DeployKey, RollbackPlan, StoreError, VersionDeletion};
 
 mod runs;
+mod settings;
 
 /// Schema migrations, applied in order; the database's `user_version` is how many have run.
 /// Append only: a released migration never changes.
@@ -83,6 +84,11 @@ const MIGRATIONS: &[&str] = &[
     // 7: the trace (W3C Trace Context) of the request that submitted a run.
     "ALTER TABLE runs ADD COLUMN traceparent TEXT;
     ALTER TABLE runs ADD COLUMN tracestate TEXT;",
+    // 8: host settings (the admin token's hash), as PostgreSQL keeps them.
+    "CREATE TABLE settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// The SQLite backend: blocking calls, run on the blocking pool by [`crate::Store`].
@@ -913,163 +919,8 @@ impl Sqlite {
 mod tests {
     use super::*;
 
-    fn open() -> (tempfile::TempDir, Sqlite) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Sqlite::open(&dir.path().join("gust.db")).unwrap();
-        (dir, db)
-    }
-
-    #[test]
-    fn versions_are_numbered_per_agent_and_never_reused() {
-        let (_dir, db) = open();
-        let (v1, new) = db.add_version("a", "sha256:1", 10, 1).unwrap();
-        assert!(new);
-        assert_eq!(v1.version, 1);
-        let (again, new) = db.add_version("a", "sha256:1", 10, 2).unwrap();
-        assert!(!new);
-        assert_eq!(again.version, 1);
-        let (v2, _) = db.add_version("a", "sha256:2", 10, 3).unwrap();
-        assert_eq!(v2.version, 2);
-        assert_eq!(db.add_version("b", "sha256:2", 10, 3).unwrap().0.version, 1);
-        assert_eq!(
-            db.delete_version("a", 2).unwrap(),
-            VersionDeletion::Deleted { orphaned: None },
-            "agent b still uses the bytes"
-        );
-        assert_eq!(db.add_version("a", "sha256:3", 10, 4).unwrap().0.version, 3);
-    }
-
-    #[test]
-    fn rollback_walks_back_and_skips_rolled_back_deployments() {
-        let (_dir, db) = open();
-        for (i, d) in ["sha256:1", "sha256:2", "sha256:3"].iter().enumerate() {
-            db.add_version("a", d, 1, i as i64).unwrap();
-        }
-        let mut cfg = AgentConfig::default();
-        for v in 1..=3 {
-            cfg.config.insert("v".into(), v.to_string());
-            db.deploy("a", v, &cfg, 10 + i64::from(v), None).unwrap();
-        }
-        let step = |expect_from: u32, expect_to: u32| match db.plan_rollback("a", None).unwrap() {
-            RollbackPlan::To { from, to } => {
-                assert_eq!((from, to.deployment), (expect_from, expect_to));
-                assert_eq!(
-                    to.config.config["v"],
-                    to.version.to_string(),
-                    "frozen config comes back"
-                );
-                db.rollback("a", from, to.deployment, 100).unwrap();
-            }
-            other => panic!("expected a rollback, got {other:?}"),
-        };
-        step(3, 2);
-        step(2, 1);
-        assert!(matches!(
-            db.plan_rollback("a", None).unwrap(),
-            RollbackPlan::NothingToRollBackTo
-        ));
-        // A new deployment after rollbacks goes back to 1, skipping the rolled-back 2 and 3.
-        db.deploy("a", 3, &cfg, 200, None).unwrap();
-        step(4, 1);
-        assert_eq!(db.live_deployments().unwrap()[0].deployment, 1);
-        assert!(matches!(
-            db.plan_rollback("nope", None).unwrap(),
-            RollbackPlan::NoAgent
-        ));
-        assert!(matches!(
-            db.rollback("a", 4, 1, 0),
-            Err(StoreError::Conflict(_))
-        ));
-    }
-
-    /// A rollback that names its target is safe to repeat: the second time the target is
-    /// live already, and nothing changes.
-    #[test]
-    fn named_rollbacks_go_to_their_target_once() {
-        let (_dir, db) = open();
-        for v in 1..=3 {
-            db.add_version("a", &format!("sha256:{v}"), 1, 0).unwrap();
-            db.deploy("a", v, &AgentConfig::default(), i64::from(v), None)
-                .unwrap();
-        }
-        let RollbackPlan::To { from, to } = db.plan_rollback("a", Some(1)).unwrap() else {
-            panic!("a rollback to 1");
-        };
-        assert_eq!((from, to.deployment), (3, 1));
-        db.rollback("a", from, to.deployment, 10).unwrap();
-        assert!(matches!(
-            db.plan_rollback("a", Some(1)).unwrap(),
-            RollbackPlan::AlreadyLive(live) if live.deployment == 1
-        ));
-        assert!(matches!(
-            db.plan_rollback("a", Some(9)).unwrap(),
-            RollbackPlan::NoSuchDeployment
-        ));
-        // Back to 3 (rolled back earlier) is allowed by name; to 2 once its version is gone,
-        // not.
-        assert!(matches!(
-            db.plan_rollback("a", Some(3)).unwrap(),
-            RollbackPlan::To { from: 1, .. }
-        ));
-        assert_eq!(
-            db.delete_version("a", 2).unwrap(),
-            VersionDeletion::Deleted {
-                orphaned: Some("sha256:2".into())
-            }
-        );
-        assert!(matches!(
-            db.plan_rollback("a", Some(2)).unwrap(),
-            RollbackPlan::VersionDeleted
-        ));
-    }
-
-    #[test]
-    fn deploys_are_found_by_their_idempotency_key() {
-        let (_dir, db) = open();
-        db.add_version("a", "sha256:1", 1, 0).unwrap();
-        let key = DeployKey {
-            key: "release-7".into(),
-            request_hash: "h1".into(),
-        };
-        let made = db
-            .deploy("a", 1, &AgentConfig::default(), 100, Some(&key))
-            .unwrap();
-        let (found, hash) = db.deployment_by_key("a", "release-7", 50).unwrap().unwrap();
-        assert_eq!((found.deployment, hash.as_str()), (made.deployment, "h1"));
-        assert!(
-            db.deployment_by_key("a", "release-7", 101)
-                .unwrap()
-                .is_none(),
-            "too old"
-        );
-        assert!(db.deployment_by_key("a", "other", 0).unwrap().is_none());
-        assert!(db.deployment_by_key("b", "release-7", 0).unwrap().is_none());
-    }
-
-    #[test]
-    fn live_version_cannot_be_deleted_and_agent_delete_reports_orphans() {
-        let (_dir, db) = open();
-        db.add_version("a", "sha256:1", 1, 0).unwrap();
-        db.add_version("a", "sha256:2", 1, 0).unwrap();
-        db.deploy("a", 1, &AgentConfig::default(), 0, None).unwrap();
-        assert_eq!(db.delete_version("a", 1).unwrap(), VersionDeletion::Live);
-        assert_eq!(
-            db.delete_version("a", 9).unwrap(),
-            VersionDeletion::NotFound
-        );
-        assert_eq!(
-            db.delete_version("a", 2).unwrap(),
-            VersionDeletion::Deleted {
-                orphaned: Some("sha256:2".into())
-            }
-        );
-        assert_eq!(
-            db.delete_agent("a").unwrap(),
-            Some(vec!["sha256:1".to_owned()])
-        );
-        assert_eq!(db.delete_agent("a").unwrap(), None);
-        assert!(db.agent("a").unwrap().is_none());
-    }
+    // The behaviour both backends share is tested through `Store`, on each of them, in
+    // tests/store/; here what only SQLite has: its file, and its migrations.
 
     #[test]
     fn reopening_keeps_everything_and_refuses_a_newer_schema() {

@@ -1,0 +1,343 @@
+//! The run queue's writes, on both backends.
+
+use gust_model::{DeliveryStatus, RunOutcome, RunStatus};
+use gust_store::queue::{RunWrite, WriteOutcome};
+
+use crate::support::{apply, both, deployed, new_run, pushing, start};
+
+fn succeed(id: &str, now: i64) -> RunWrite {
+    RunWrite::Finish {
+        id: id.into(),
+        now,
+        outcome: RunOutcome::Succeeded {
+            content_type: "text/plain".into(),
+            output: b"ok".to_vec(),
+        },
+        logs: vec![],
+        outbound: vec![],
+    }
+}
+
+both! {
+    async fn a_run_goes_from_queued_to_succeeded_once(db: Store) {
+        deployed(&db).await;
+        assert_eq!(apply(&db, new_run("r1", 10, None)).await, WriteOutcome::Inserted);
+        assert!(matches!(
+            apply(&db, start("r1", 20, 99)).await,
+            WriteOutcome::Started(s) if s.attempt == 1 && s.input == b"{}"
+        ));
+        assert_eq!(
+            apply(&db, start("r1", 20, 99)).await,
+            WriteOutcome::NotStarted(Some(RunStatus::Running))
+        );
+        assert_eq!(
+            apply(&db, RunWrite::Progress { id: "r1".into(), fraction: 0.5, message: "half".into() }).await,
+            WriteOutcome::Done
+        );
+        assert_eq!(
+            db.run("a", "r1").await.unwrap().unwrap().progress,
+            Some((0.5, "half".into()))
+        );
+        assert_eq!(
+            apply(&db, succeed("r1", 30)).await,
+            WriteOutcome::Finished { delivery: false }
+        );
+        assert_eq!(apply(&db, succeed("r1", 31)).await, WriteOutcome::NotRunning, "a run ends once");
+        let run = db.run("a", "r1").await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded);
+        assert_eq!(run.output, Some(("text/plain".into(), b"ok".to_vec())));
+        assert!(
+            db.run("other-agent", "r1").await.unwrap().is_none(),
+            "runs are scoped by agent"
+        );
+        assert_eq!(
+            db.run_input("a", "r1").await.unwrap(),
+            Some((b"{}".to_vec(), "application/json".into()))
+        );
+        assert_eq!(apply(&db, start("nope", 20, 99)).await, WriteOutcome::NotStarted(None));
+    }
+}
+
+both! {
+    async fn idempotency_keys_replay_conflict_and_expire_after_a_day(db: Store) {
+        deployed(&db).await;
+        assert_eq!(
+            apply(&db, new_run("r1", 10, Some(("k", "h1")))).await,
+            WriteOutcome::Inserted
+        );
+        assert_eq!(
+            apply(&db, new_run("r2", 20, Some(("k", "h1")))).await,
+            WriteOutcome::Replayed { id: "r1".into() }
+        );
+        assert_eq!(
+            apply(&db, new_run("r3", 30, Some(("k", "h2")))).await,
+            WriteOutcome::IdempotencyConflict
+        );
+        let day = 24 * 3600 * 1000;
+        assert_eq!(
+            apply(&db, new_run("r4", 11 + day, Some(("k", "h2")))).await,
+            WriteOutcome::Inserted
+        );
+        assert_eq!(
+            apply(&db, new_run("r5", 12 + day, Some(("k", "h2")))).await,
+            WriteOutcome::Replayed { id: "r4".into() }
+        );
+    }
+}
+
+both! {
+    /// A batch is one transaction whose writes succeed or fail alone, with one outcome each,
+    /// in order.
+    async fn a_batch_answers_each_write(db: Store) {
+        deployed(&db).await;
+        let writes = vec![
+            new_run("r1", 10, None),
+            start("r1", 11, 99),
+            new_run("r2", 10, Some(("k", "h"))),
+            new_run("r3", 10, Some(("k", "h"))),
+            RunWrite::Cancel { agent: "a".into(), id: "r2".into(), now: 12 },
+        ];
+        let (back, applied) = db.apply_run_writes(writes).await;
+        assert_eq!(back.len(), 5, "the writes come back");
+        let outcomes: Vec<WriteOutcome> =
+            applied.unwrap().into_iter().map(Result::unwrap).collect();
+        assert!(matches!(outcomes[1], WriteOutcome::Started(_)));
+        assert_eq!(outcomes[3], WriteOutcome::Replayed { id: "r2".into() });
+        assert_eq!(
+            outcomes[4],
+            WriteOutcome::Cancelled { was_running: false, delivery: false }
+        );
+        let active = db.active_runs().await.unwrap();
+        assert_eq!((active.len(), active[0].running, active[0].queued), (1, 1, 0));
+    }
+}
+
+both! {
+    async fn recovery_requeues_or_fails_runs_that_were_running(db: Store) {
+        deployed(&db).await;
+        for id in ["r1", "r2", "r3"] {
+            apply(&db, new_run(id, 10, None)).await;
+        }
+        // Leases end at 20: by 21 they lapsed, on either backend.
+        for _ in 0..3 {
+            // r1 is started three times (two crashes), r2 once; r3 stays queued.
+            apply(&db, start("r1", 20, 20)).await;
+            db.recover_runs(21, 99).await.unwrap();
+        }
+        apply(&db, start("r1", 20, 20)).await;
+        apply(&db, start("r2", 20, 20)).await;
+        let recovered = db.recover_runs(30, 3).await.unwrap();
+        assert_eq!((recovered.lost, recovered.requeued), (1, 1));
+        assert_eq!(
+            recovered.queued,
+            [("r2".to_owned(), "a".to_owned()), ("r3".to_owned(), "a".to_owned())]
+        );
+        assert_eq!(db.queued_runs().await.unwrap(), recovered.queued);
+        let lost = db.run("a", "r1").await.unwrap().unwrap();
+        assert_eq!((lost.status, lost.attempts), (RunStatus::Failed, 4));
+        assert_eq!(lost.error.unwrap().0, "lost");
+    }
+}
+
+both! {
+    async fn expiry_cancel_and_purge(db: Store) {
+        deployed(&db).await;
+        apply(&db, new_run("r1", 10, None)).await;
+        apply(&db, new_run("r2", 10, None)).await;
+        assert_eq!(
+            apply(&db, RunWrite::Cancel { agent: "a".into(), id: "r2".into(), now: 20 }).await,
+            WriteOutcome::Cancelled { was_running: false, delivery: false }
+        );
+        assert_eq!(
+            apply(&db, RunWrite::Cancel { agent: "a".into(), id: "r2".into(), now: 21 }).await,
+            WriteOutcome::AlreadyFinished(RunStatus::Cancelled)
+        );
+        assert_eq!(
+            apply(&db, RunWrite::Cancel { agent: "b".into(), id: "r2".into(), now: 21 }).await,
+            WriteOutcome::NotFound
+        );
+        assert_eq!(
+            apply(&db, RunWrite::ExpireDue { now: 2000 }).await,
+            WriteOutcome::Expired { ids: vec![("r1".into(), "a".into())], delivery: false }
+        );
+        apply(&db, RunWrite::Purge { before: 1000 }).await;
+        assert!(
+            db.run("a", "r2").await.unwrap().is_none(),
+            "ended before the cut-off: purged"
+        );
+        assert!(
+            db.run("a", "r1").await.unwrap().is_some(),
+            "ended after the cut-off: kept"
+        );
+        let listed = db.list_runs("a", Some(RunStatus::Expired), 10, None).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(db.list_runs("a", None, 10, Some("r1")).await.unwrap().is_empty());
+    }
+}
+
+both! {
+    /// A run that waited past its limit expires when a worker tries to start it.
+    async fn a_start_past_the_queue_wait_expires_the_run(db: Store) {
+        deployed(&db).await;
+        apply(&db, new_run("r1", 10, None)).await;
+        assert_eq!(
+            apply(&db, start("r1", 5000, 6000)).await,
+            WriteOutcome::Expired { ids: vec![("r1".into(), "a".into())], delivery: false }
+        );
+        assert_eq!(db.run("a", "r1").await.unwrap().unwrap().status, RunStatus::Expired);
+    }
+}
+
+both! {
+    /// A run whose push has not finished is kept past retention; once delivered, it goes.
+    async fn purge_keeps_runs_whose_push_is_pending(db: Store) {
+        deployed(&db).await;
+        db.deploy("a", 1, &pushing(), 0, None).await.unwrap();
+        let mut run = new_run("r1", 10, None);
+        if let RunWrite::Insert(new) = &mut run {
+            new.deployment = 2;
+            new.push = true;
+        }
+        apply(&db, run).await;
+        apply(&db, start("r1", 11, 1000)).await;
+        assert_eq!(
+            apply(&db, succeed("r1", 12)).await,
+            WriteOutcome::Finished { delivery: true }
+        );
+        assert_eq!(db.next_delivery_at().await.unwrap(), Some(12));
+        let due = db.due_deliveries(12, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].event_type.as_str(), due[0].status), ("run.succeeded", DeliveryStatus::Pending));
+        apply(&db, RunWrite::Purge { before: 10_000 }).await;
+        assert!(
+            db.run("a", "r1").await.unwrap().is_some(),
+            "its push is pending: kept past retention"
+        );
+        apply(
+            &db,
+            RunWrite::Delivery {
+                run_id: "r1".into(),
+                round: 12,
+                status: DeliveryStatus::Delivered,
+                attempts: 1,
+                last_error: None,
+                next_attempt_at: None,
+            },
+        )
+        .await;
+        assert_eq!(db.next_delivery_at().await.unwrap(), None);
+        let delivered = db.run("a", "r1").await.unwrap().unwrap().delivery.unwrap();
+        assert_eq!(delivered.event_id, due[0].event_id, "one webhook-id per event");
+        assert_eq!(
+            apply(&db, RunWrite::Redeliver { agent: "a".into(), id: "r1".into(), now: 50 }).await,
+            WriteOutcome::Redelivering
+        );
+        let again = db.due_deliveries(50, 10).await.unwrap();
+        assert_eq!(again[0].event_id, due[0].event_id, "a redelivery keeps the webhook-id");
+        apply(
+            &db,
+            RunWrite::Delivery {
+                run_id: "r1".into(),
+                round: 50,
+                status: DeliveryStatus::Delivered,
+                attempts: 1,
+                last_error: None,
+                next_attempt_at: None,
+            },
+        )
+        .await;
+        apply(&db, RunWrite::Purge { before: 10_000 }).await;
+        assert!(db.run("a", "r1").await.unwrap().is_none(), "delivered: purged");
+    }
+}
+
+both! {
+    /// A lease that lapsed by the wall clock (a clock step, or a renewal not yet written) is
+    /// not reclaimed from under a worker of this host that is still running the run.
+    async fn reclaim_leaves_runs_this_host_is_running(db: Store) {
+        deployed(&db).await;
+        for id in ["r1", "r2", "r3"] {
+            apply(&db, new_run(id, 10, None)).await;
+            apply(&db, start(id, 11, 20)).await;
+        }
+        apply(&db, RunWrite::Renew { id: "r3".into(), lease_until: 2_000_000 }).await;
+        let reclaimed = apply(
+            &db,
+            RunWrite::Reclaim {
+                now: 1_000_000,
+                running_here: vec!["r1".into()],
+                max_attempts: 3,
+            },
+        )
+        .await;
+        assert_eq!(
+            reclaimed,
+            WriteOutcome::Reclaimed {
+                ids: vec![("r2".into(), "a".into())],
+                lost: Vec::new(),
+                delivery: false,
+            }
+        );
+        assert_eq!(db.run("a", "r1").await.unwrap().unwrap().status, RunStatus::Running);
+        assert_eq!(db.run("a", "r3").await.unwrap().unwrap().status, RunStatus::Running, "renewed");
+        apply(&db, RunWrite::Release { id: "r1".into() }).await;
+        let released = db.run("a", "r1").await.unwrap().unwrap();
+        assert_eq!((released.status, released.attempts), (RunStatus::Queued, 0));
+    }
+}
+
+both! {
+    /// A run whose lease lapsed after its last allowed attempt fails as `lost` instead of
+    /// being queued for one attempt more than the maximum.
+    async fn reclaim_fails_runs_that_used_up_their_attempts(db: Store) {
+        deployed(&db).await;
+        apply(&db, new_run("r1", 10, None)).await;
+        for attempt in 1..=2 {
+            apply(&db, start("r1", 10 + attempt, 20)).await;
+            let reclaimed = apply(
+                &db,
+                RunWrite::Reclaim { now: 100, running_here: Vec::new(), max_attempts: 2 },
+            )
+            .await;
+            let WriteOutcome::Reclaimed { ids, lost, .. } = reclaimed else {
+                panic!("{reclaimed:?}");
+            };
+            if attempt == 1 {
+                assert_eq!((ids.len(), lost.len()), (1, 0), "queued again");
+            } else {
+                assert_eq!((ids.len(), lost.len()), (0, 1), "lost after its second attempt");
+            }
+        }
+        let run = db.run("a", "r1").await.unwrap().unwrap();
+        assert_eq!((run.status, run.attempts), (RunStatus::Failed, 2));
+        assert_eq!(run.error.unwrap().0, "lost");
+    }
+}
+
+both! {
+    /// An agent's stored runs stay within their bound: a run that would pass it is refused,
+    /// and purging ended runs makes room again.
+    async fn stored_run_bytes_are_bounded_per_agent(db: Store) {
+        deployed(&db).await;
+        let bounded = |id: &str, created_at: i64| {
+            let mut run = new_run(id, created_at, None);
+            if let RunWrite::Insert(new) = &mut run {
+                new.max_stored_bytes = 5;
+            }
+            run
+        };
+        // Each input is `{}`: two bytes.
+        assert_eq!(apply(&db, bounded("r1", 10)).await, WriteOutcome::Inserted);
+        assert_eq!(apply(&db, bounded("r2", 10)).await, WriteOutcome::Inserted);
+        assert_eq!(apply(&db, bounded("r3", 10)).await, WriteOutcome::StorageFull);
+        assert!(db.run("a", "r3").await.unwrap().is_none());
+        apply(&db, RunWrite::Cancel { agent: "a".into(), id: "r1".into(), now: 20 }).await;
+        apply(&db, RunWrite::Purge { before: 100 }).await;
+        assert_eq!(apply(&db, bounded("r3", 10)).await, WriteOutcome::Inserted);
+        let mut orphan = new_run("r4", 10, None);
+        if let RunWrite::Insert(new) = &mut orphan {
+            new.agent = "nobody".into();
+        }
+        assert_eq!(apply(&db, orphan).await, WriteOutcome::NotFound);
+    }
+}
