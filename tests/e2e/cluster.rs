@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::receiver::{Answer, Receiver};
+use crate::support::receiver::Receiver;
 use crate::support::upstream::Upstream;
 use crate::support::{Host, eventually};
 
@@ -31,16 +31,23 @@ fn first_pass() -> bool {
     first
 }
 
-/// A PostgreSQL of the test's own and hosts on one database of it.
+/// A PostgreSQL of the test's own and hosts on one database of it. Fields drop in order:
+/// the hosts stop (and show their logs when the test failed), then their folders go, then
+/// PostgreSQL.
 struct Cluster {
-    postgres: gust_testkit::postgres::PgCluster,
-    url: String,
-    dir: tempfile::TempDir,
     hosts: Vec<Host>,
+    dir: tempfile::TempDir,
+    url: String,
+    postgres: gust_testkit::postgres::PgCluster,
 }
 
 impl Cluster {
     async fn start(hosts: usize) -> Self {
+        Self::start_with(hosts, &[]).await
+    }
+
+    /// `hosts` hosts started with `extra` arguments.
+    async fn start_with(hosts: usize, extra: &[&str]) -> Self {
         let postgres = gust_testkit::postgres::PgCluster::start()
             .expect("a throwaway PostgreSQL (scripts/setup installs it)");
         let url = postgres.create_database("gust").expect("creating the database");
@@ -51,7 +58,7 @@ impl Cluster {
             hosts: Vec::new(),
         };
         for _ in 0..hosts {
-            cluster.add_host(&[]).await;
+            cluster.add_host(extra).await;
         }
         cluster
     }
@@ -128,11 +135,11 @@ async fn a_deploy_on_one_host_reaches_every_host_without_a_failed_call() {
                 calls.fetch_add(1, Ordering::Relaxed);
                 match answer {
                     Ok(r) if r.status() == StatusCode::OK => {}
-                    Ok(r) => failures.lock().unwrap().push(format!(
-                        "{url}: {} {}",
-                        r.status(),
-                        r.text().await.unwrap_or_default()
-                    )),
+                    Ok(r) => {
+                        let failure =
+                            format!("{url}: {} {}", r.status(), r.text().await.unwrap_or_default());
+                        failures.lock().unwrap().push(failure);
+                    }
                     Err(e) => failures.lock().unwrap().push(format!("{url}: {e}")),
                 }
             }
@@ -226,6 +233,13 @@ async fn runs_of_a_killed_host_finish_once_on_the_others() {
     a.set_config("worker", json!({"allowed_hosts": [upstream.origin.clone()]}))
         .await;
     a.deploy("worker", None).await;
+    // The deploying host answers after its own swap; the others follow within moments.
+    for host in &cluster.hosts {
+        eventually(Duration::from_secs(10), "every host to serve the agent", || async {
+            host.call("worker", json!({"op": "echo"})).await.0 == StatusCode::OK
+        })
+        .await;
+    }
 
     // Thirty runs, each holding its upstream request for 2 s, submitted to every host.
     const RUNS: usize = 30;
@@ -251,6 +265,7 @@ async fn runs_of_a_killed_host_finish_once_on_the_others() {
     a.kill9();
 
     let b = &cluster.hosts[0];
+    let mut retried = 0;
     for id in &ids {
         let run = id.clone();
         eventually(Duration::from_secs(60), "every run to end", || {
@@ -263,7 +278,15 @@ async fn runs_of_a_killed_host_finish_once_on_the_others() {
             }
         })
         .await;
+        let (_, body) = b
+            .send(b.request(Method::GET, &format!("/v1/agents/worker/runs/{id}")))
+            .await;
+        if body["attempts"].as_u64() > Some(1) {
+            retried += 1;
+        }
     }
+    // Some were executing on A when it died: they took a second attempt elsewhere.
+    assert!(retried > 0, "no run was executing on the killed host");
     // Each finished exactly once, as the upstream counts what it completed (a request cut
     // off by the kill never completes).
     for n in 0..RUNS {
@@ -323,7 +346,8 @@ async fn every_run_is_pushed_once_whichever_host_ran_it() {
         return;
     }
     let _turn = ONE_AT_A_TIME.lock().await;
-    let cluster = Cluster::start(2).await;
+    // Pushes go to a receiver on loopback.
+    let cluster = Cluster::start_with(2, &["--allow-private-network"]).await;
     let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
     let receiver = Receiver::start(Vec::new()).await;
     a.upload_file("pushed", gust_test_guests::PROBE_A).await;

@@ -96,6 +96,9 @@ impl Follower {
             }
             // Settings (the admin token's hash) are the server's to follow.
             Change::Setting { .. } => {}
+            // A kind of change this host's version does not act on (announced by a newer
+            // host during a rolling upgrade): the reconcile catches what it implies.
+            _ => {}
         }
     }
 }

@@ -95,7 +95,7 @@ impl Host {
         let loader = Loader::new(
             Arc::clone(&engine),
             files,
-            changes.is_some().then(|| store.clone()),
+            store.keeps_components().then(|| store.clone()),
             settings.limits.compile_budget,
             Arc::clone(&metrics),
         );

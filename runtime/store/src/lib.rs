@@ -152,6 +152,13 @@ impl Store {
         })
     }
 
+    /// Whether other hosts may share this database (PostgreSQL): then what they change is
+    /// announced by [`Store::changes`], runs may execute on any host, and leases, not this
+    /// process's start, decide which running runs were abandoned.
+    pub fn shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
     /// The backend's name, for operators (`sqlite`, `postgres`).
     pub fn backend_name(&self) -> &'static str {
         match self.backend {

@@ -236,10 +236,13 @@ impl Lifecycle {
             (self.loader.clone(), self.store.clone(), agent.to_owned());
         let kept = digest.clone();
         let keep = async move { loader.keep(&kept, bytes, compiled).await };
+        let record_loader = self.loader.clone();
         let (version, created) = keep_then_record(files, keep, async move {
-            Ok(store
+            let added = store
                 .add_version(&agent_name, &digest, size, clock::now_ms())
-                .await?)
+                .await?;
+            record_loader.keep_shared(&digest).await?;
+            Ok(added)
         })
         .await?;
         if created {

@@ -218,6 +218,8 @@ impl Loader {
             Arc::clone(&self.engine),
             digest.to_owned(),
         );
+        // With a shared database, the bytes go there first too; `keep_shared` checks again
+        // once the version row exists.
         if let Some(store) = &self.shared {
             store.put_component(&digest, &bytes).await?;
         }
@@ -229,6 +231,23 @@ impl Loader {
             Ok(())
         })
         .await?
+    }
+
+    /// After an upload's version row is recorded: makes sure the shared database still
+    /// has its bytes. Another host deleting the last other version with this digest between
+    /// [`Loader::keep`] and the record would have removed them as an orphan.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub(crate) async fn keep_shared(&self, digest: &str) -> Result<(), Error> {
+        let Some(store) = &self.shared else {
+            return Ok(());
+        };
+        if store.has_component(digest).await? {
+            return Ok(());
+        }
+        let bytes = self.read(digest).await?;
+        Ok(store.put_component(digest, &bytes).await?)
     }
 
     /// Removes the component files and cached artifacts of `digests`, which no version

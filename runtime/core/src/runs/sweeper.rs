@@ -19,7 +19,7 @@ pub(super) async fn sweep(runs: Arc<Runs>, stop: CancellationToken) {
     // Alone, a lapsed lease means a failed write here: rare, so looking every 10 s is
     // plenty. With several hosts it means a host died, and its runs should move to another
     // within about a second of the lease's end.
-    let reclaim_every = if runs.store.changes().is_some() {
+    let reclaim_every = if runs.store.shared() {
         Duration::from_secs(1)
     } else {
         Duration::from_secs(10)
