@@ -53,6 +53,14 @@ pub fn init(cli: &Cli) -> anyhow::Result<Telemetry> {
         ),
         _ => ("warn".to_owned(), false, None),
     };
+    // PostgreSQL's notices (such as "relation … already exists, skipping" from the
+    // migrations' `IF NOT EXISTS`) reach tokio-postgres's log at `info`: they are for a
+    // database's administrator, not the host's log, unless asked for by name.
+    let filter = if filter.contains("tokio_postgres") {
+        filter
+    } else {
+        format!("{filter},tokio_postgres=warn")
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Events only: spans would turn into prefixes on every line. One filter, decided per call
