@@ -18,6 +18,20 @@ use crate::support::componentize::repo;
 /// stand-in, when given, runs in the block's place (what the block would have made).
 const EXCLUDED: &[Excluded] = &[
     Excluded {
+        heading: "Several hosts",
+        first_line: "gust serve --database",
+        reason: "names the reader's database server and secrets; tests/e2e/cluster.rs runs \
+                 hosts on a PostgreSQL of its own",
+        stand_in: None,
+    },
+    Excluded {
+        heading: "Several hosts",
+        first_line: "scripts/cluster",
+        reason: "serves in the foreground until Ctrl-C; tests/e2e/cluster.rs covers several \
+                 hosts on one PostgreSQL",
+        stand_in: None,
+    },
+    Excluded {
         heading: "Quick start",
         first_line: "scripts/quickstart",
         reason: "builds the host in release mode and serves in the foreground; `scripts/test` \

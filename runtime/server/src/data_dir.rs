@@ -150,21 +150,13 @@ pub(crate) fn admin_token(
     given: Option<String>,
     data_dir: &Path,
 ) -> anyhow::Result<(String, Option<std::path::PathBuf>)> {
-    if let Some(token) = given {
-        let token = token.trim().to_owned();
-        anyhow::ensure!(!token.is_empty(), "the admin token is empty");
+    if let Some(token) = given_admin_token(given)? {
         return Ok((token, None));
     }
-    let path = data_dir.join("admin-token");
-    match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => return Ok((token.trim().to_owned(), Some(path))),
-        Ok(_) => anyhow::bail!(
-            "{} is empty; delete it to generate a new token",
-            path.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    if let Some((token, path)) = stored_admin_token(data_dir)? {
+        return Ok((token, Some(path)));
     }
+    let path = data_dir.join("admin-token");
     let token = new_admin_token();
     // The temporary file `write_atomic` renames into place is created with mode 0600.
     gust_model::fs::write_atomic(&path, token.as_bytes())?;
@@ -173,6 +165,30 @@ pub(crate) fn admin_token(
         path.display()
     );
     Ok((token, Some(path)))
+}
+
+/// The admin token given with a flag, a file or the environment, trimmed.
+pub(crate) fn given_admin_token(given: Option<String>) -> anyhow::Result<Option<String>> {
+    let Some(token) = given else { return Ok(None) };
+    let token = token.trim().to_owned();
+    anyhow::ensure!(!token.is_empty(), "the admin token is empty");
+    Ok(Some(token))
+}
+
+/// The admin token stored in the data folder by an earlier start, with its file.
+pub(crate) fn stored_admin_token(
+    data_dir: &Path,
+) -> anyhow::Result<Option<(String, std::path::PathBuf)>> {
+    let path = data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => Ok(Some((token.trim().to_owned(), path))),
+        Ok(_) => anyhow::bail!(
+            "{} is empty; delete it to generate a new token",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// Bytes free for gust in the file system of `data_dir` (what an unprivileged user may

@@ -94,6 +94,49 @@ impl Default for HttpSettings {
     }
 }
 
+/// The admin token of a host sharing its database with others, where the token's hash is
+/// kept for all of them. A token given on start must be that one (else the host refuses to
+/// start); without one, the host takes the stored hash — it needs no token of its own — and
+/// only the first host of a new database makes one (stored in its data folder and printed,
+/// as a single host does). A token left in the data folder by an earlier start that no
+/// longer matches was rotated on another host: the stored hash wins.
+async fn shared_admin_token(
+    given: Option<String>,
+    data_dir: &std::path::Path,
+    store: &Store,
+) -> anyhow::Result<AdminToken> {
+    let refused = |e: gust_core::Error| anyhow::anyhow!("{e}");
+    if let Some(token) = data_dir::given_admin_token(given)? {
+        return AdminToken::shared(&token, None, store.clone())
+            .await
+            .map_err(refused);
+    }
+    let stored = store.setting(ADMIN_TOKEN_SETTING).await?;
+    match (stored, data_dir::stored_admin_token(data_dir)?) {
+        // The folder's token is current: kept, so a rotation here updates the file too.
+        (Some(hash), Some((token, file))) if AdminToken::hashes_to(&token, &hash) => {
+            AdminToken::shared(&token, Some(file), store.clone())
+                .await
+                .map_err(refused)
+        }
+        (Some(hash), kept) => {
+            if kept.is_some() {
+                tracing::warn!(
+                    "the admin token in the data folder was rotated on another host since; \
+                     this host takes the database's"
+                );
+            }
+            AdminToken::from_hash(&hash, store.clone()).map_err(refused)
+        }
+        (None, _) => {
+            let (token, file) = data_dir::admin_token(None, data_dir)?;
+            AdminToken::shared(&token, file, store.clone())
+                .await
+                .map_err(refused)
+        }
+    }
+}
+
 /// Runs the server until `shutdown` resolves, then stops accepting, lets calls in flight
 /// finish within the grace period, and returns.
 ///
@@ -113,8 +156,6 @@ pub async fn serve(
     let data_dir = &options.data_dir;
     data_dir::prepare(data_dir)?;
     let _lock = data_dir::lock(data_dir)?;
-    let (admin_token, admin_token_file) =
-        data_dir::admin_token(options.admin_token.clone(), data_dir)?;
     let store = match &options.database {
         // Several hosts on one database: the data folder keeps only what is this host's own
         // (the compiled cache, component files fetched from the database, its lock).
@@ -127,13 +168,12 @@ pub async fn serve(
             Store::open_sqlite(&database)?
         }
     };
-    let admin = match options.database {
-        Some(_) => AdminToken::shared(&admin_token, admin_token_file, store.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => AdminToken::new(&admin_token, admin_token_file),
+    let admin = if store.shared() {
+        shared_admin_token(options.admin_token.clone(), data_dir, &store).await?
+    } else {
+        let (token, file) = data_dir::admin_token(options.admin_token.clone(), data_dir)?;
+        AdminToken::new(&token, file)
     };
-    drop(admin_token);
     let max_memory = (options.host_limits.maxima.memory_mib as usize) << 20;
     let engine = Arc::new(WasmEngine::new(
         &data_dir.join("cache"),

@@ -17,6 +17,7 @@
 pub mod changes;
 pub mod components;
 pub mod queue;
+pub mod sessions;
 
 pub use changes::Change;
 pub use runs::Applied;

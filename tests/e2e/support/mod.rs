@@ -323,7 +323,7 @@ pub(crate) fn suite_backend() -> &'static str {
 /// On the PostgreSQL pass, `--database` for a host on `data_dir`: one throwaway PostgreSQL
 /// for the test process (gone with it), one database per data folder — so a host started
 /// again on its folder finds its data, as it would in SQLite — unless the test gives its own.
-fn suite_database(data_dir: &Path, extra: &[&str]) -> Vec<String> {
+pub(crate) fn suite_database(data_dir: &Path, extra: &[&str]) -> Vec<String> {
     static POSTGRES: std::sync::OnceLock<gust_testkit::postgres::PgCluster> =
         std::sync::OnceLock::new();
     static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());

@@ -67,8 +67,31 @@ impl AdminToken {
             ));
         }
         let mut admin = Self::new(token, file);
+        admin.sessions = Sessions::shared(store.clone());
         admin.shared = Some(store);
         Ok(admin)
+    }
+
+    /// A host sharing `store` that was given no token: it checks requests against the hash
+    /// the database holds (`hash`, hex), and has no token file of its own.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the stored hash is malformed.
+    pub fn from_hash(hash: &str, store: Store) -> Result<Self, Error> {
+        let hash = parse_hash(hash)
+            .ok_or_else(|| Error::internal("the database holds a malformed admin token hash"))?;
+        Ok(Self {
+            current: ArcSwap::from_pointee(hash),
+            file: None,
+            sessions: Sessions::shared(store.clone()),
+            shared: Some(store),
+            rotation: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether `token` is the one whose hash (hex) this is.
+    pub fn hashes_to(token: &str, hash: &str) -> bool {
+        parse_hash(hash).is_some_and(|h| super::constant_time_eq(&digest(token.as_bytes()), &h))
     }
 
     /// The console sessions opened with this token.
@@ -117,7 +140,7 @@ impl AdminToken {
                 (Err(e), None) => return Err(Error::Internal(e.into())),
             }
         }
-        self.replace(hash);
+        self.replace(hash).await;
         tracing::info!("the admin token was rotated; console sessions ended");
         Ok(token)
     }
@@ -134,22 +157,27 @@ impl AdminToken {
                 return;
             }
         };
-        let Some(hash) = hex::decode(&stored).ok().and_then(|h| <[u8; 32]>::try_from(h).ok())
-        else {
+        let Some(hash) = parse_hash(&stored) else {
             tracing::error!("the database holds a malformed admin token hash; keeping the current token");
             return;
         };
         if hash != **self.current.load() {
-            self.replace(hash);
+            self.replace(hash).await;
             tracing::info!("the admin token was rotated on another host; console sessions ended");
         }
     }
 
-    fn replace(&self, hash: [u8; 32]) {
+    async fn replace(&self, hash: [u8; 32]) {
         self.current.store(Arc::new(hash));
         // A session is the token's stand-in: whoever signed in with the old token is out.
-        self.sessions.end_all();
+        self.sessions.end_all().await;
     }
+}
+
+fn parse_hash(hex_text: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_text)
+        .ok()
+        .and_then(|h| <[u8; 32]>::try_from(h).ok())
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {

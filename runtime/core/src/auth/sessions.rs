@@ -4,14 +4,21 @@
 //! Only the SHA-256 of an id is held (a memory dump or a log of the map shows no usable
 //! cookie); a session ends after [`IDLE`] without a request, [`LIFETIME`] after sign-in
 //! however busy (an open page polls, which alone would keep it forever), at sign-out, and —
-//! all of them — when the admin token is rotated. Sessions live in this process: a restart signs everyone
-//! out, which costs a sign-in and keeps no credential on disk.
+//! all of them — when the admin token is rotated. A single host keeps sessions in this
+//! process: a restart signs everyone out, which costs a sign-in and keeps no credential on
+//! disk. Hosts sharing a database keep them there (hashes only), since a load balancer may
+//! send a browser's next request to any of them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use gust_store::Store;
+use gust_store::sessions::SessionTimes;
 use sha2::{Digest, Sha256};
+
+use crate::clock;
+use crate::error::Error;
 
 /// How long a session lasts without a request.
 pub const IDLE: Duration = Duration::from_secs(30 * 60);
@@ -35,6 +42,8 @@ pub struct Sessions {
     by_hash: Mutex<HashMap<[u8; 32], Times>>,
     idle: Duration,
     lifetime: Duration,
+    /// The database several hosts share, which keeps the sessions instead of the map.
+    shared: Option<Store>,
 }
 
 impl Default for Sessions {
@@ -50,6 +59,24 @@ impl Sessions {
             by_hash: Mutex::new(HashMap::new()),
             idle,
             lifetime,
+            shared: None,
+        }
+    }
+
+    /// Sessions kept in `store`, which other hosts share.
+    pub(crate) fn shared(store: Store) -> Self {
+        Self {
+            shared: Some(store),
+            ..Self::default()
+        }
+    }
+
+    fn times(&self) -> SessionTimes {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        SessionTimes {
+            idle_ms: ms(self.idle),
+            lifetime_ms: ms(self.lifetime),
+            max: MAX_SESSIONS,
         }
     }
 
@@ -59,8 +86,17 @@ impl Sessions {
     }
 
     /// A new session; its id, returned here only, goes in the cookie.
-    pub fn create(&self) -> String {
+    ///
+    /// # Errors
+    /// When the shared database cannot record it.
+    pub async fn create(&self) -> Result<String, Error> {
         let id = format!("gust_session_{}", hex::encode(rand::random::<[u8; 32]>()));
+        if let Some(store) = &self.shared {
+            store
+                .create_session(&hex::encode(hash(&id)), clock::now_ms(), self.times())
+                .await?;
+            return Ok(id);
+        }
         let now = Instant::now();
         let mut sessions = self.lock();
         sessions.retain(|_, times| self.open_at(*times, now));
@@ -79,12 +115,25 @@ impl Sessions {
                 seen: now,
             },
         );
-        id
+        Ok(id)
     }
 
-    /// Whether `id` is an open session; a valid one counts as used now.
-    pub fn touch(&self, id: &str) -> bool {
+    /// Whether `id` is an open session; a valid one counts as used now. When the shared
+    /// database cannot say, it is not (the console asks to sign in again).
+    pub async fn touch(&self, id: &str) -> bool {
         let key = hash(id);
+        if let Some(store) = &self.shared {
+            return match store
+                .touch_session(&hex::encode(key), clock::now_ms(), self.times())
+                .await
+            {
+                Ok(open) => open,
+                Err(e) => {
+                    tracing::warn!("checking a console session: {e}");
+                    false
+                }
+            };
+        }
         let now = Instant::now();
         let mut sessions = self.lock();
         match sessions.get_mut(&key) {
@@ -101,12 +150,27 @@ impl Sessions {
     }
 
     /// Ends one session (sign-out).
-    pub fn end(&self, id: &str) {
-        self.lock().remove(&hash(id));
+    ///
+    /// # Errors
+    /// When the shared database cannot record it.
+    pub async fn end(&self, id: &str) -> Result<(), Error> {
+        let key = hash(id);
+        if let Some(store) = &self.shared {
+            store.end_sessions(Some(&hex::encode(key))).await?;
+        }
+        self.lock().remove(&key);
+        Ok(())
     }
 
     /// Ends every session (the admin token was rotated).
-    pub fn end_all(&self) {
+    pub async fn end_all(&self) {
+        if let Some(store) = &self.shared
+            && let Err(e) = store.end_sessions(None).await
+        {
+            // The token they stood in for no longer holds anywhere; what is left of them
+            // lapses by itself (and a rotation elsewhere ends them again).
+            tracing::warn!("ending the console sessions: {e}");
+        }
         self.lock().clear();
     }
 
@@ -123,43 +187,43 @@ fn hash(id: &str) -> [u8; 32] {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_session_is_open_until_it_ends_or_idles_out() {
+    #[tokio::test]
+    async fn a_session_is_open_until_it_ends_or_idles_out() {
         let sessions = Sessions::new(Duration::from_millis(200), LIFETIME);
-        let a = sessions.create();
-        let b = sessions.create();
+        let a = sessions.create().await.unwrap();
+        let b = sessions.create().await.unwrap();
         assert_ne!(a, b);
-        assert!(sessions.touch(&a) && sessions.touch(&b));
-        assert!(!sessions.touch("gust_session_forged"));
-        sessions.end(&a);
-        assert!(!sessions.touch(&a));
-        assert!(sessions.touch(&b));
+        assert!(sessions.touch(&a).await && sessions.touch(&b).await);
+        assert!(!sessions.touch("gust_session_forged").await);
+        sessions.end(&a).await.unwrap();
+        assert!(!sessions.touch(&a).await);
+        assert!(sessions.touch(&b).await);
         std::thread::sleep(Duration::from_millis(300));
-        assert!(!sessions.touch(&b), "idle past the limit");
-        let c = sessions.create();
-        sessions.end_all();
-        assert!(!sessions.touch(&c));
+        assert!(!sessions.touch(&b).await, "idle past the limit");
+        let c = sessions.create().await.unwrap();
+        sessions.end_all().await;
+        assert!(!sessions.touch(&c).await);
     }
 
-    #[test]
-    fn a_busy_session_still_ends_at_its_lifetime() {
+    #[tokio::test]
+    async fn a_busy_session_still_ends_at_its_lifetime() {
         let sessions = Sessions::new(Duration::from_secs(60), Duration::from_millis(300));
-        let id = sessions.create();
+        let id = sessions.create().await.unwrap();
         for _ in 0..2 {
             std::thread::sleep(Duration::from_millis(100));
-            assert!(sessions.touch(&id));
+            assert!(sessions.touch(&id).await);
         }
         std::thread::sleep(Duration::from_millis(150));
         assert!(
-            !sessions.touch(&id),
+            !sessions.touch(&id).await,
             "used all along, but past its lifetime"
         );
     }
 
-    #[test]
-    fn only_hashes_are_kept() {
+    #[tokio::test]
+    async fn only_hashes_are_kept() {
         let sessions = Sessions::default();
-        let id = sessions.create();
+        let id = sessions.create().await.unwrap();
         let kept = sessions.lock();
         assert!(kept.contains_key(&hash(&id)));
         assert!(!kept.keys().any(|k| hex::encode(k).contains(&id[13..])));

@@ -114,7 +114,7 @@ enum Caller {
     Key(Arc<Key>),
 }
 
-fn caller(parts: &Parts, state: &AppState) -> Result<Caller, Error> {
+async fn caller(parts: &Parts, state: &AppState) -> Result<Caller, Error> {
     let bearer = match parts.headers.get(AUTHORIZATION) {
         Some(value) => Some(
             value
@@ -137,7 +137,7 @@ fn caller(parts: &Parts, state: &AppState) -> Result<Caller, Error> {
                 // The origin first: a refused cross-site request must not keep a session
                 // alive.
                 same_origin(parts, state)?;
-                if state.admin.sessions().touch(id) {
+                if state.admin.sessions().touch(id).await {
                     Ok(Caller::Admin)
                 } else {
                     Err(Error::Unauthorized(
@@ -227,7 +227,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        match caller(parts, state)? {
+        match caller(parts, state).await? {
             Caller::Admin => Ok(Admin),
             Caller::Key(_) => Err(Error::Forbidden(
                 "an invoke key only calls its own agent; this route needs the admin token".into(),
@@ -248,7 +248,7 @@ impl FromRequestParts<Arc<AppState>> for Invoker {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let who = caller(parts, state)?;
+        let who = caller(parts, state).await?;
         let agent = paths::agent(parts, state).await?;
         if let Caller::Key(key) = who {
             if *key.agent != *agent {

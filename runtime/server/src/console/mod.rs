@@ -106,18 +106,23 @@ fn file(content_type: &'static str, text: &'static str) -> Response {
 
 /// Whether this browser is signed in, and what the page needs to know about the host.
 async fn session(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    match session_cookie(&headers) {
-        Some(id) if state.admin.sessions().touch(id) => Json(json!({
+    let open = match session_cookie(&headers) {
+        Some(id) => state.admin.sessions().touch(id).await,
+        None => false,
+    };
+    if open {
+        Json(json!({
             "signed_in": true,
             "idle_timeout_s": SESSION_IDLE.as_secs(),
             "lifetime_s": SESSION_LIFETIME.as_secs(),
             "public_url": state.public_url,
             "version": env!("CARGO_PKG_VERSION"),
         }))
-        .into_response(),
+        .into_response()
+    } else {
         // Not an error: every visit starts by asking, and the answer decides which page
         // shows.
-        _ => Json(json!({"signed_in": false})).into_response(),
+        Json(json!({"signed_in": false})).into_response()
     }
 }
 
@@ -163,7 +168,7 @@ async fn open_session(
     if !state.admin.matches(token.trim().as_bytes()) {
         return Err(Error::Unauthorized("that is not the admin token".into()));
     }
-    Ok(state.admin.sessions().create())
+    state.admin.sessions().create().await
 }
 
 async fn sign_out(State(state): State<Arc<AppState>>, parts: Parts) -> Response {
@@ -171,7 +176,9 @@ async fn sign_out(State(state): State<Arc<AppState>>, parts: Parts) -> Response 
         return ApiError(e).into_response();
     }
     if let Some(id) = session_cookie(&parts.headers) {
-        state.admin.sessions().end(id);
+        if let Err(e) = state.admin.sessions().end(id).await {
+            return ApiError(e).into_response();
+        }
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response

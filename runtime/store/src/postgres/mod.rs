@@ -21,6 +21,7 @@ mod notify;
 mod reads;
 mod runs;
 mod schema;
+mod sessions;
 mod tls;
 
 use std::sync::Arc;

@@ -122,6 +122,14 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
+    // 2: console sessions, so a browser signed in on one host is signed in on all (a load
+    // balancer may send each request elsewhere). Only the SHA-256 of a session id is kept.
+    "CREATE TABLE console_sessions (
+        hash TEXT PRIMARY KEY,
+        opened_at BIGINT NOT NULL,
+        seen_at BIGINT NOT NULL
+    );
+    CREATE INDEX console_sessions_seen ON console_sessions(seen_at);",
 ];
 
 /// The advisory lock migrations run under (an arbitrary constant: "gust" in ASCII).
