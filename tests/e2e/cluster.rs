@@ -50,7 +50,9 @@ impl Cluster {
     async fn start_with(hosts: usize, extra: &[&str]) -> Self {
         let postgres = gust_testkit::postgres::PgCluster::start()
             .expect("a throwaway PostgreSQL (scripts/setup installs it)");
-        let url = postgres.create_database("gust").expect("creating the database");
+        let url = postgres
+            .create_database("gust")
+            .expect("creating the database");
         let mut cluster = Self {
             postgres,
             url,
@@ -96,9 +98,11 @@ async fn a_deploy_on_one_host_reaches_every_host_without_a_failed_call() {
     a.deploy("flip", Some(1)).await;
     for host in [b, c] {
         let h = host;
-        eventually(Duration::from_secs(10), "version 1 to be live on every host", || async move {
-            h.call("flip", json!({"op": "echo"})).await.1 == Some(1)
-        })
+        eventually(
+            Duration::from_secs(10),
+            "version 1 to be live on every host",
+            || async move { h.call("flip", json!({"op": "echo"})).await.1 == Some(1) },
+        )
         .await;
     }
 
@@ -136,8 +140,11 @@ async fn a_deploy_on_one_host_reaches_every_host_without_a_failed_call() {
                 match answer {
                     Ok(r) if r.status() == StatusCode::OK => {}
                     Ok(r) => {
-                        let failure =
-                            format!("{url}: {} {}", r.status(), r.text().await.unwrap_or_default());
+                        let failure = format!(
+                            "{url}: {} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        );
                         failures.lock().unwrap().push(failure);
                     }
                     Err(e) => failures.lock().unwrap().push(format!("{url}: {e}")),
@@ -191,7 +198,10 @@ async fn a_deploy_on_one_host_reaches_every_host_without_a_failed_call() {
 
     // A rollback and a delete on C hold on A.
     let (status, body) = c
-        .send(c.request(Method::POST, "/v1/agents/flip/rollback").json(&json!({})))
+        .send(
+            c.request(Method::POST, "/v1/agents/flip/rollback")
+                .json(&json!({})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let back = body["deployment"].as_u64().unwrap().to_string();
@@ -210,9 +220,11 @@ async fn a_deploy_on_one_host_reaches_every_host_without_a_failed_call() {
     .await;
     let (status, _) = c.send(c.request(Method::DELETE, "/v1/agents/flip")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    eventually(Duration::from_secs(10), "A to stop serving the deleted agent", || async {
-        a.call("flip", json!({"op": "echo"})).await.0 == StatusCode::NOT_FOUND
-    })
+    eventually(
+        Duration::from_secs(10),
+        "A to stop serving the deleted agent",
+        || async { a.call("flip", json!({"op": "echo"})).await.0 == StatusCode::NOT_FOUND },
+    )
     .await;
 }
 
@@ -225,19 +237,26 @@ async fn runs_of_a_killed_host_finish_once_on_the_others() {
     // A short lease, so the test does not wait out the default 30 s.
     let mut cluster = Cluster::start(0).await;
     for _ in 0..3 {
-        cluster.add_host(&["--lease", "3", "--allow-private-network"]).await;
+        cluster
+            .add_host(&["--lease", "3", "--allow-private-network"])
+            .await;
     }
     let upstream = Upstream::start().await;
     let a = &cluster.hosts[0];
     a.upload_file("worker", gust_test_guests::PROBE_A).await;
-    a.set_config("worker", json!({"allowed_hosts": [upstream.origin.clone()]}))
-        .await;
+    a.set_config(
+        "worker",
+        json!({"allowed_hosts": [upstream.origin.clone()]}),
+    )
+    .await;
     a.deploy("worker", None).await;
     // The deploying host answers after its own swap; the others follow within moments.
     for host in &cluster.hosts {
-        eventually(Duration::from_secs(10), "every host to serve the agent", || async {
-            host.call("worker", json!({"op": "echo"})).await.0 == StatusCode::OK
-        })
+        eventually(
+            Duration::from_secs(10),
+            "every host to serve the agent",
+            || async { host.call("worker", json!({"op": "echo"})).await.0 == StatusCode::OK },
+        )
         .await;
     }
 
@@ -291,7 +310,12 @@ async fn runs_of_a_killed_host_finish_once_on_the_others() {
     // off by the kill never completes).
     for n in 0..RUNS {
         let path = format!("/hold?ms=2000&run={n}");
-        assert_eq!(upstream.completed(&path), 1, "run {n} completed {} times", upstream.completed(&path));
+        assert_eq!(
+            upstream.completed(&path),
+            1,
+            "run {n} completed {} times",
+            upstream.completed(&path)
+        );
     }
     let (_, body) = b
         .send(b.request(Method::GET, "/v1/agents/worker/runs?status=running"))
@@ -331,8 +355,14 @@ async fn one_idempotency_key_sent_to_two_hosts_at_once_is_one_run() {
             }
         };
         let (first, second) = tokio::join!(submit(a), submit(b));
-        assert!(first.0.is_success() && second.0.is_success(), "{first:?} {second:?}");
-        assert_eq!(first.1["run_id"], second.1["run_id"], "round {round}: two runs for one key");
+        assert!(
+            first.0.is_success() && second.0.is_success(),
+            "{first:?} {second:?}"
+        );
+        assert_eq!(
+            first.1["run_id"], second.1["run_id"],
+            "round {round}: two runs for one key"
+        );
     }
     let (_, body) = a
         .send(a.request(Method::GET, "/v1/agents/once/runs?limit=100"))
@@ -374,22 +404,34 @@ async fn every_run_is_pushed_once_whichever_host_ran_it() {
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         ids.push(body["run_id"].as_str().unwrap().to_owned());
     }
-    eventually(Duration::from_secs(30), "every run to be pushed", || async {
-        receiver.received().len() >= RUNS
-    })
+    eventually(
+        Duration::from_secs(30),
+        "every run to be pushed",
+        || async { receiver.received().len() >= RUNS },
+    )
     .await;
     // Give a second delivery the time to happen, if one would.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut by_webhook_id: HashMap<String, usize> = HashMap::new();
     let mut runs: HashMap<String, usize> = HashMap::new();
     for received in receiver.received() {
-        *by_webhook_id.entry(received.header("webhook-id")).or_default() += 1;
-        let run = received.json()["data"]["run_id"].as_str().unwrap_or_default().to_owned();
+        *by_webhook_id
+            .entry(received.header("webhook-id"))
+            .or_default() += 1;
+        let run = received.json()["data"]["run_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         *runs.entry(run).or_default() += 1;
     }
     assert!(by_webhook_id.values().all(|&n| n == 1), "{by_webhook_id:?}");
     for id in &ids {
-        assert_eq!(runs.get(id), Some(&1), "run {id} pushed {:?} times", runs.get(id));
+        assert_eq!(
+            runs.get(id),
+            Some(&1),
+            "run {id} pushed {:?} times",
+            runs.get(id)
+        );
     }
 }
 
@@ -421,26 +463,40 @@ async fn a_token_rotated_or_a_key_revoked_on_one_host_is_refused_on_the_other() 
             .json(&json!({"op": "echo"}))
             .send()
     };
-    eventually(Duration::from_secs(10), "B to take the key made on A", || async {
-        with_key(b).await.unwrap().status() == StatusCode::OK
-    })
+    eventually(
+        Duration::from_secs(10),
+        "B to take the key made on A",
+        || async { with_key(b).await.unwrap().status() == StatusCode::OK },
+    )
     .await;
     let (status, _) = a
         .send(a.request(Method::DELETE, &format!("/v1/agents/keyed/keys/{key_id}")))
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    eventually(Duration::from_secs(10), "B to refuse the key revoked on A", || async {
-        with_key(b).await.unwrap().status() == StatusCode::UNAUTHORIZED
-    })
+    eventually(
+        Duration::from_secs(10),
+        "B to refuse the key revoked on A",
+        || async { with_key(b).await.unwrap().status() == StatusCode::UNAUTHORIZED },
+    )
     .await;
 
-    let (status, body) = a.send(a.request(Method::POST, "/v1/admin/rotate-token")).await;
+    let (status, body) = a
+        .send(a.request(Method::POST, "/v1/admin/rotate-token"))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let rotated = body["admin_token"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(10), "B to refuse the old token", || async {
-        b.request(Method::GET, "/v1/agents").send().await.unwrap().status()
-            == StatusCode::UNAUTHORIZED
-    })
+    eventually(
+        Duration::from_secs(10),
+        "B to refuse the old token",
+        || async {
+            b.request(Method::GET, "/v1/agents")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == StatusCode::UNAUTHORIZED
+        },
+    )
     .await;
     let status = b
         .http
@@ -526,7 +582,11 @@ async fn the_database_restarting_under_load_loses_no_accepted_run() {
                         assert_eq!(body["error"]["kind"], "unavailable", "{body}");
                         unavailable.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(r) => panic!("a submission answered {} {}", r.status(), r.text().await.unwrap()),
+                    Ok(r) => panic!(
+                        "a submission answered {} {}",
+                        r.status(),
+                        r.text().await.unwrap()
+                    ),
                     Err(e) => panic!("a submission failed: {e}"),
                 }
                 // Sync calls touch no database: they are answered throughout.
@@ -548,17 +608,24 @@ async fn the_database_restarting_under_load_loses_no_accepted_run() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.postgres.stop().expect("stopping PostgreSQL");
     let stopped_at = Instant::now();
-    eventually(Duration::from_secs(20), "submissions to be refused with 503", || async {
-        unavailable.load(Ordering::Relaxed) > 0
-    })
+    eventually(
+        Duration::from_secs(20),
+        "submissions to be refused with 503",
+        || async { unavailable.load(Ordering::Relaxed) > 0 },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2).saturating_sub(stopped_at.elapsed())).await;
-    cluster.postgres.start_again().expect("starting PostgreSQL again");
+    cluster
+        .postgres
+        .start_again()
+        .expect("starting PostgreSQL again");
     // Without restarting gust, submissions are accepted again.
     let before = accepted.lock().unwrap().len();
-    eventually(Duration::from_secs(30), "submissions to be accepted again", || async {
-        accepted.lock().unwrap().len() > before + 10
-    })
+    eventually(
+        Duration::from_secs(30),
+        "submissions to be accepted again",
+        || async { accepted.lock().unwrap().len() > before + 10 },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     for task in load {
@@ -574,15 +641,142 @@ async fn the_database_restarting_under_load_loses_no_accepted_run() {
     for (at, id) in &accepted {
         let host = &cluster.hosts[*at];
         let id = id.clone();
-        eventually(Duration::from_secs(30), "every accepted run to succeed", || {
-            let id = id.clone();
-            async move {
-                let (status, body) = host
-                    .send(host.request(Method::GET, &format!("/v1/agents/steady/runs/{id}")))
-                    .await;
-                status == StatusCode::OK && body["status"] == "succeeded"
-            }
-        })
+        eventually(
+            Duration::from_secs(30),
+            "every accepted run to succeed",
+            || {
+                let id = id.clone();
+                async move {
+                    let (status, body) = host
+                        .send(host.request(Method::GET, &format!("/v1/agents/steady/runs/{id}")))
+                        .await;
+                    status == StatusCode::OK && body["status"] == "succeeded"
+                }
+            },
+        )
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_console_session_opened_on_one_host_holds_on_the_others_until_signed_out() {
+    if !first_pass() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(2).await;
+    let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
+    let signed_in = a
+        .http
+        .post(format!("{}/console/session", a.url))
+        .header("origin", &a.url)
+        .json(&json!({"token": crate::support::TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::NO_CONTENT);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let agents = |host: &Host| {
+        host.http
+            .get(format!("{}/v1/agents", host.url))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    // A balancer may send the next request anywhere: the session holds on B.
+    assert_eq!(agents(b).await.unwrap().status(), StatusCode::OK);
+    // Signed out on B: over on A as well.
+    let signed_out = b
+        .http
+        .delete(format!("{}/console/session", b.url))
+        .header("cookie", cookie.clone())
+        .header("origin", &b.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status(), StatusCode::NO_CONTENT);
+    assert_eq!(agents(a).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_is_followed_and_cancelled_from_any_host() {
+    if !first_pass() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(2).await;
+    let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
+    a.upload_file("sleeper", gust_test_guests::PROBE_A).await;
+    a.deploy("sleeper", None).await;
+    for host in [a, b] {
+        eventually(
+            Duration::from_secs(10),
+            "every host to serve the agent",
+            || async { host.call("sleeper", json!({"op": "echo"})).await.0 == StatusCode::OK },
+        )
+        .await;
+    }
+    let submit = |input: Value| async move {
+        let (status, body) = a
+            .send(
+                a.request(Method::POST, "/v1/agents/sleeper/runs")
+                    .json(&input),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["run_id"].as_str().unwrap().to_owned()
+    };
+
+    // Pollers on both hosts learn of the end when it happens, wherever the run executed.
+    let id = submit(json!({"op": "sleep", "ms": 2000})).await;
+    let asked = Instant::now();
+    let (on_a, on_b) = tokio::join!(
+        crate::runs::poll(a, "sleeper", &id, 30),
+        crate::runs::poll(b, "sleeper", &id, 30)
+    );
+    assert_eq!(
+        (on_a["status"].as_str(), on_b["status"].as_str()),
+        (Some("succeeded"), Some("succeeded"))
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "a poller waited out its wait: {:?}",
+        asked.elapsed()
+    );
+
+    // A cancel sent to the other host stops the run where it executes.
+    let id = submit(json!({"op": "sleep", "ms": 60_000})).await;
+    let mut runner = None;
+    eventually(
+        Duration::from_secs(10),
+        "the run to execute on one host",
+        || async { crate::runs::poll(a, "sleeper", &id, 0).await["status"] == "running" },
+    )
+    .await;
+    for (i, host) in [a, b].into_iter().enumerate() {
+        if host.stats().await["runs_running"] == 1 {
+            runner = Some(i);
+        }
+    }
+    let runner = runner.expect("one host runs it");
+    let (running_host, other) = if runner == 0 { (a, b) } else { (b, a) };
+    let (status, body) = other
+        .send(other.request(
+            Method::POST,
+            &format!("/v1/agents/sleeper/runs/{id}/cancel"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    eventually(
+        Duration::from_secs(10),
+        "the executing host to stop the run",
+        || async { running_host.stats().await["runs_running"] == 0 },
+    )
+    .await;
 }

@@ -3,9 +3,9 @@
 //! Python and JavaScript guests by `componentize` (with the code behind `gust build`).
 
 mod calls;
-mod cluster;
 mod cli;
 mod cli_habits;
+mod cluster;
 mod console;
 mod deploy;
 mod embed;

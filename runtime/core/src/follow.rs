@@ -79,7 +79,10 @@ impl Follower {
                 let follower = Arc::clone(self);
                 tokio::spawn(async move {
                     if let Err(e) = follower.keys.follow(Some(&agent)).await {
-                        tracing::error!(agent, "following a key change made on another host: {e:#}");
+                        tracing::error!(
+                            agent,
+                            "following a key change made on another host: {e:#}"
+                        );
                     }
                 });
             }

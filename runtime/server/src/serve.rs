@@ -14,8 +14,8 @@ use gust_core::background::Background;
 use gust_core::deploy::Limits;
 use gust_core::runs::RunSettings;
 use gust_core::{Host, HostSettings};
-use gust_store::{Change, Store};
 use gust_store::components::ComponentFiles;
+use gust_store::{Change, Store};
 use gust_wasm::{OutboundSettings, Stats, Tuning, WasmEngine};
 
 use crate::api::{self, AppState, BodyLimits};

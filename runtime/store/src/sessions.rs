@@ -30,8 +30,10 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => Err(in_memory()),
             Backend::Postgres(db) => {
-                detached(db, move |db| async move { db.create_session(&hash, now, times).await })
-                    .await
+                detached(db, move |db| async move {
+                    db.create_session(&hash, now, times).await
+                })
+                .await
             }
         }
     }
@@ -50,8 +52,10 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => Err(in_memory()),
             Backend::Postgres(db) => {
-                detached(db, move |db| async move { db.touch_session(&hash, now, times).await })
-                    .await
+                detached(db, move |db| async move {
+                    db.touch_session(&hash, now, times).await
+                })
+                .await
             }
         }
     }
@@ -65,8 +69,10 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => Err(in_memory()),
             Backend::Postgres(db) => {
-                detached(db, move |db| async move { db.end_sessions(hash.as_deref()).await })
-                    .await
+                detached(db, move |db| async move {
+                    db.end_sessions(hash.as_deref()).await
+                })
+                .await
             }
         }
     }

@@ -307,9 +307,11 @@ fn database_url(value: &str) -> Result<String, String> {
     if value.starts_with("postgres://") || value.starts_with("postgresql://") {
         Ok(value.to_owned())
     } else {
-        Err("a PostgreSQL URL, such as postgres://user@host/gust (without it the \
+        Err(
+            "a PostgreSQL URL, such as postgres://user@host/gust (without it the \
              host keeps its data in SQLite in the data folder)"
-            .into())
+                .into(),
+        )
     }
 }
 

@@ -135,7 +135,9 @@ impl AdminToken {
             match (written, &self.shared) {
                 (Ok(()), _) => {}
                 (Err(e), Some(_)) => {
-                    tracing::error!("the rotated admin token is in effect, but the data folder's copy could not be written: {e}");
+                    tracing::error!(
+                        "the rotated admin token is in effect, but the data folder's copy could not be written: {e}"
+                    );
                 }
                 (Err(e), None) => return Err(Error::Internal(e.into())),
             }
@@ -158,7 +160,9 @@ impl AdminToken {
             }
         };
         let Some(hash) = parse_hash(&stored) else {
-            tracing::error!("the database holds a malformed admin token hash; keeping the current token");
+            tracing::error!(
+                "the database holds a malformed admin token hash; keeping the current token"
+            );
             return;
         };
         if hash != **self.current.load() {

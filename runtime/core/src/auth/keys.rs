@@ -268,8 +268,12 @@ impl KeyRing {
 
     /// The agents that have keys here.
     fn agents(&self) -> Vec<String> {
-        let mut agents: Vec<String> =
-            self.by_hash.load().values().map(|k| k.agent.to_string()).collect();
+        let mut agents: Vec<String> = self
+            .by_hash
+            .load()
+            .values()
+            .map(|k| k.agent.to_string())
+            .collect();
         agents.sort_unstable();
         agents.dedup();
         agents

@@ -538,7 +538,11 @@ impl Lifecycle {
     pub(crate) async fn follow(&self, agent: &str) -> Result<(), Error> {
         self.registry.wait_ready().await;
         if let Some(live) = self.store.agent(agent).await?.and_then(|a| a.live) {
-            if self.registry.get(agent).is_some_and(|d| d.number == live.deployment) {
+            if self
+                .registry
+                .get(agent)
+                .is_some_and(|d| d.number == live.deployment)
+            {
                 return Ok(());
             }
             // Warms the cache; the second prepare below is then a load.
@@ -559,7 +563,11 @@ impl Lifecycle {
             }
             return Ok(());
         };
-        if self.registry.get(agent).is_some_and(|d| d.number == live.deployment) {
+        if self
+            .registry
+            .get(agent)
+            .is_some_and(|d| d.number == live.deployment)
+        {
             return Ok(());
         }
         let linked = self.loader.prepare(&live.digest).await?;

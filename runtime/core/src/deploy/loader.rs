@@ -285,9 +285,10 @@ impl Loader {
         if self.files.path(digest).exists() {
             return Ok(());
         }
-        let bytes = store.component(digest).await?.ok_or_else(|| {
-            Error::internal(format!("the database holds no component {digest}"))
-        })?;
+        let bytes = store
+            .component(digest)
+            .await?
+            .ok_or_else(|| Error::internal(format!("the database holds no component {digest}")))?;
         // Stored under its digest: bytes that do not hash to it are refused, not kept.
         let (files, digest) = (self.files.clone(), digest.to_owned());
         blocking(move || {

@@ -66,7 +66,14 @@ impl Postgres {
     pub(crate) async fn end_sessions(&self, hash: Option<&str>) -> Result<(), StoreError> {
         let client = self.client().await?;
         match hash {
-            Some(hash) => exec(&client, "DELETE FROM console_sessions WHERE hash = $1", &[&hash]).await?,
+            Some(hash) => {
+                exec(
+                    &client,
+                    "DELETE FROM console_sessions WHERE hash = $1",
+                    &[&hash],
+                )
+                .await?
+            }
             None => exec(&client, "DELETE FROM console_sessions", &[]).await?,
         };
         Ok(())
