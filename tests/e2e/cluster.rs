@@ -186,7 +186,7 @@ async fn a_deploy_on_one_host_reaches_every_host_without_a_failed_call() {
     for client in clients {
         client.await.unwrap();
     }
-    let failures = failures.lock().unwrap();
+    let failures = failures.lock().unwrap().clone();
     assert!(
         failures.is_empty(),
         "{} of {} calls failed: {:?}",

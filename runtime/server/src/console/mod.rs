@@ -175,10 +175,10 @@ async fn sign_out(State(state): State<Arc<AppState>>, parts: Parts) -> Response 
     if let Err(e) = same_origin(&parts, &state) {
         return ApiError(e).into_response();
     }
-    if let Some(id) = session_cookie(&parts.headers) {
-        if let Err(e) = state.admin.sessions().end(id).await {
-            return ApiError(e).into_response();
-        }
+    if let Some(id) = session_cookie(&parts.headers)
+        && let Err(e) = state.admin.sessions().end(id).await
+    {
+        return ApiError(e).into_response();
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
