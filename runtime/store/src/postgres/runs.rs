@@ -29,6 +29,9 @@ use super::{Postgres, col, db, exec, num, retryable, row, rows};
 use crate::queue::{IDEMPOTENCY_WINDOW_MS, NewRun, RunWrite, StartedRun, WriteOutcome};
 use crate::{Change, StoreError};
 
+/// The advisory lock a retention purge runs under ("gust" + 1, beside the migrations' lock).
+const PURGE_LOCK: i64 = 0x6775_7375;
+
 /// How many times a batch that lost a deadlock is applied again; after that, the write that
 /// deadlocked fails alone, like any failing write.
 const DEADLOCK_RETRIES: u32 = 3;
@@ -225,6 +228,17 @@ async fn apply(
         }
         RunWrite::Redeliver { agent, id, now } => redeliver(tx, agent, id, *now).await,
         RunWrite::Purge { before } => {
+            // One host purges at a time: every host sweeps every minute, and two deleting
+            // the same rows would only wait on each other. The lock lasts to the batch's
+            // commit; a host that does not get it leaves this round to the one that did.
+            let ours = row(tx, "SELECT pg_try_advisory_xact_lock($1)", &[&PURGE_LOCK])
+                .await?
+                .map(|r| col::<bool>(&r, 0))
+                .transpose()?
+                .unwrap_or(false);
+            if !ours {
+                return Ok(WriteOutcome::Done);
+            }
             // A run whose push is still pending stays until its delivery ends: purging it
             // would lose the event (its delivery row goes with it).
             exec(

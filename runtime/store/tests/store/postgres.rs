@@ -292,6 +292,50 @@ async fn concurrent_uploads_and_deploys_are_numbered_without_gaps() {
 }
 
 #[tokio::test]
+async fn one_host_purges_at_a_time() {
+    let Some((a, _b, url)) = two_hosts("purge_lock").await else {
+        return;
+    };
+    deployed(&a).await;
+    apply(&a, new_run("old", 10, None)).await;
+    apply(&a, start("old", 20, 1_000)).await;
+    let finish = RunWrite::Finish {
+        id: "old".into(),
+        now: 30,
+        outcome: RunOutcome::Succeeded {
+            content_type: "text/plain".into(),
+            output: b"ok".to_vec(),
+        },
+        logs: vec![],
+        outbound: vec![],
+    };
+    apply(&a, finish).await;
+    // Another host is purging (it holds the purge lock): this one leaves the round to it.
+    let mut other = connect(&url).await;
+    let purging = other.transaction().await.unwrap();
+    let held: bool = purging
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&0x6775_7375_i64])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(held);
+    assert_eq!(
+        apply(&a, RunWrite::Purge { before: 1_000 }).await,
+        WriteOutcome::Done
+    );
+    assert!(
+        a.run("a", "old").await.unwrap().is_some(),
+        "purged beside the other host"
+    );
+    purging.rollback().await.unwrap();
+    apply(&a, RunWrite::Purge { before: 1_000 }).await;
+    assert!(
+        a.run("a", "old").await.unwrap().is_none(),
+        "purged once the lock was free"
+    );
+}
+
+#[tokio::test]
 async fn recovery_leaves_runs_whose_lease_is_alive() {
     let Some((a, b, _)) = two_hosts("recover_leases").await else {
         return;
