@@ -2,8 +2,10 @@
 //! runs, percentiles, process readings.
 //!
 //! - [`resident`]: resident memory per mapping, from `smaps`;
-//! - [`wrk`]: sync throughput with wrk.
+//! - [`wrk`]: sync throughput with wrk;
+//! - [`pg_floor`]: the run queue's statements straight to PostgreSQL, without gust.
 
+pub mod pg_floor;
 pub mod resident;
 pub mod wrk;
 
