@@ -1,12 +1,19 @@
-//! Helpers the benchmark programs share: starting a host, deploying, percentiles, process
-//! readings.
+//! Helpers the benchmark programs share: starting a host, deploying, submitting queued
+//! runs, percentiles, process readings.
+//!
+//! - [`resident`]: resident memory per mapping, from `smaps`;
+//! - [`wrk`]: sync throughput with wrk;
+//! - [`pg_floor`]: the run queue's statements straight to PostgreSQL, without gust.
 
+pub mod pg_floor;
 pub mod resident;
 pub mod wrk;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -100,6 +107,16 @@ impl Host {
     /// The host's process id.
     pub fn pid(&self) -> u32 {
         self.serving.child.id()
+    }
+
+    /// Kills the host with SIGKILL (no shutdown, nothing handed back) and reaps it.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.serving.child.kill().context("killing the host")?;
+        let _ = self.serving.child.wait();
+        Ok(())
     }
 
     /// Uploads `component` as `agent`, sets `config` and deploys it.
@@ -245,19 +262,142 @@ impl Drop for Process {
 /// # Errors
 /// When the last flag has no value.
 pub fn flags(usage: &str) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(flags_and_switches(usage, &[])?.0)
+}
+
+/// `--flag value` pairs, in the order given.
+pub type Pairs = Vec<(String, String)>;
+
+/// As [`flags`], but the flags named in `switches` take no value: they are answered apart,
+/// in the order given on the command line.
+///
+/// # Errors
+/// When a flag other than a switch has no value.
+pub fn flags_and_switches(usage: &str, switches: &[&str]) -> anyhow::Result<(Pairs, Vec<String>)> {
     let mut args = std::env::args().skip(1);
     let mut pairs = Vec::new();
+    let mut given = Vec::new();
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
             println!("{}", usage.trim());
             std::process::exit(0);
+        }
+        if switches.contains(&flag.as_str()) {
+            given.push(flag);
+            continue;
         }
         let value = args
             .next()
             .with_context(|| format!("{flag} needs a value (--help lists the flags)"))?;
         pairs.push((flag, value));
     }
-    Ok(pairs)
+    Ok((pairs, given))
+}
+
+/// Submits `total` queued runs of `agent` with `input` (JSON) from `clients` concurrent
+/// HTTP/1.1 keep-alive clients, client `i` to `urls[i % urls.len()]`, each sending its next
+/// run as soon as its last one is accepted; answers each submission's latency (send → 202).
+///
+/// # Errors
+/// When a submission fails or is answered other than 202.
+pub async fn submit_runs(
+    http: &reqwest::Client,
+    urls: &[String],
+    agent: &str,
+    clients: usize,
+    total: usize,
+    input: bytes::Bytes,
+) -> anyhow::Result<Vec<Duration>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (http, next, input) = (http.clone(), Arc::clone(&next), input.clone());
+        let url = format!("{}/v1/agents/{agent}/runs", urls[client % urls.len()]);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let sent = Instant::now();
+                let response = http
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/json")
+                    .body(input.clone())
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    response.status().as_u16() == 202,
+                    "submit answered {}",
+                    response.status()
+                );
+                latencies.push(sent.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(latencies)
+}
+
+/// Waits until `hosts` together have ended `target` runs since they started
+/// (`runs_ended_total` in `/v1/stats`: each host counts the runs it ended), polling every
+/// 5 ms; answers each host's stats then.
+///
+/// # Errors
+/// When a host does not answer, or the runs are not all ended within `within`.
+pub async fn wait_ended(
+    hosts: &[&Host],
+    target: u64,
+    within: Duration,
+) -> anyhow::Result<Vec<Value>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut stats = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            stats.push(host.stats().await?);
+        }
+        let ended: u64 = stats
+            .iter()
+            .map(|s| s["runs_ended_total"].as_u64().unwrap_or(0))
+            .sum();
+        if ended >= target {
+            return Ok(stats);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "runs did not finish: {ended} of {target} ended within {}s",
+            within.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `bytes` (a component) with a custom section naming `tag` appended: the same code, another
+/// digest, so it is another version with its own compiled artifact.
+pub fn tagged(bytes: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"gust-bench";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
 }
 
 /// The `q` quantile of sorted `values`.

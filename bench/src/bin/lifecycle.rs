@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use gust_bench::resident::{self, Resident};
-use gust_bench::{Host, median, process_usage, spread};
+use gust_bench::{Host, median, process_usage, spread, tagged};
 use serde_json::json;
 use tokio::sync::Mutex;
 
@@ -108,31 +108,6 @@ async fn main() -> anyhow::Result<()> {
         in_flight(&options, scratch.path()).await?;
     }
     Ok(())
-}
-
-/// `bytes` with a custom section naming `tag` appended: the same code, another digest.
-fn tagged(bytes: &[u8], tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"gust-bench";
-    let mut payload = Vec::new();
-    leb(name.len(), &mut payload);
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    let mut out = bytes.to_vec();
-    out.push(0); // custom section
-    leb(payload.len(), &mut out);
-    out.extend_from_slice(&payload);
-    out
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

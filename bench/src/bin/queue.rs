@@ -12,12 +12,10 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use gust_bench::{Host, TOKEN, median};
+use gust_bench::{Host, median};
 use serde_json::json;
 /// The input of every job: 17 bytes, as in the issue's reference figures.
 const INPUT: &[u8] = br#"{"job":"1234567"}"#;
@@ -124,52 +122,22 @@ async fn gust_round(options: &Options) -> anyhow::Result<GustRound> {
         json!({"max_instances": options.workers}),
     )
     .await?;
-    let (http, url) = (host.http.clone(), host.url.clone());
-
     let before = host.stats().await?;
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut clients = Vec::new();
-    for _ in 0..options.clients {
-        let (http, url, next, total) = (http.clone(), url.clone(), Arc::clone(&next), options.runs);
-        clients.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let sent = Instant::now();
-                let response = http
-                    .post(format!("{url}/v1/agents/echo/runs"))
-                    .bearer_auth(TOKEN)
-                    .header("content-type", "application/json")
-                    .body(INPUT)
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    response.status().as_u16() == 202,
-                    "submit answered {}",
-                    response.status()
-                );
-                latencies.push(sent.elapsed());
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(options.runs);
-    for client in clients {
-        latencies.extend(client.await??);
-    }
+    let mut latencies = gust_bench::submit_runs(
+        &host.http,
+        std::slice::from_ref(&host.url),
+        "echo",
+        options.clients,
+        options.runs,
+        bytes::Bytes::from_static(INPUT),
+    )
+    .await?;
     // End to end: until every accepted run has reached a final state.
     let target = before["runs_ended_total"].as_u64().unwrap_or(0) + options.runs as u64;
-    let after = loop {
-        let now = host.stats().await?;
-        if now["runs_ended_total"].as_u64().unwrap_or(0) >= target {
-            break now;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "runs did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let after = gust_bench::wait_ended(&[&host], target, Duration::from_secs(600))
+        .await?
+        .remove(0);
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
