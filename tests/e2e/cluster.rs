@@ -260,12 +260,13 @@ async fn runs_of_a_killed_host_finish_once_on_the_others() {
         .await;
     }
 
-    // Thirty runs, each holding its upstream request for 2 s, submitted to every host.
+    // Thirty runs, each holding its upstream request for 8 s (none ends before the kill),
+    // submitted to every host.
     const RUNS: usize = 30;
     let mut ids = Vec::new();
     for n in 0..RUNS {
         let host = &cluster.hosts[n % 3];
-        let url = format!("{}/hold?ms=2000&run={n}", upstream.origin);
+        let url = format!("{}/hold?ms=8000&run={n}", upstream.origin);
         let (status, body) = host
             .send(
                 host.request(Method::POST, "/v1/agents/worker/runs")
@@ -309,7 +310,7 @@ async fn runs_of_a_killed_host_finish_once_on_the_others() {
     // Each finished exactly once, as the upstream counts what it completed (a request cut
     // off by the kill never completes).
     for n in 0..RUNS {
-        let path = format!("/hold?ms=2000&run={n}");
+        let path = format!("/hold?ms=8000&run={n}");
         assert_eq!(
             upstream.completed(&path),
             1,
@@ -513,9 +514,7 @@ async fn a_token_rotated_or_a_key_revoked_on_one_host_is_refused_on_the_other() 
     gust_testkit::serve_args(&mut command, &cluster.dir.path().join("late"))
         .args(["--database", &cluster.url])
         .env("GUST_ADMIN_TOKEN", crate::support::TOKEN);
-    let output = command.output().unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused(&mut command);
     assert!(stderr.contains("another admin token"), "{stderr}");
 }
 
@@ -732,13 +731,40 @@ async fn a_run_is_followed_and_cancelled_from_any_host() {
         body["run_id"].as_str().unwrap().to_owned()
     };
 
-    // Pollers on both hosts learn of the end when it happens, wherever the run executed.
+    // Pollers and event streams on both hosts learn of the end when it happens, wherever
+    // the run executed.
     let id = submit(json!({"op": "sleep", "ms": 2000})).await;
     let asked = Instant::now();
-    let (on_a, on_b) = tokio::join!(
+    let follow = |host: &'static str, h: &Host| {
+        let events = h.request(Method::GET, &format!("/v1/agents/sleeper/runs/{id}/events"));
+        async move {
+            let mut reader = crate::support::sse::SseReader::new(events.send().await.unwrap());
+            let mut seen = Vec::new();
+            while let Some(event) = reader.next().await {
+                seen.push((event.event.clone(), event.data.clone()));
+                if event.event == "end" {
+                    break;
+                }
+            }
+            (host, seen)
+        }
+    };
+    let (on_a, on_b, streamed_a, streamed_b) = tokio::join!(
         crate::runs::poll(a, "sleeper", &id, 30),
-        crate::runs::poll(b, "sleeper", &id, 30)
+        crate::runs::poll(b, "sleeper", &id, 30),
+        follow("a", a),
+        follow("b", b)
     );
+    for (host, seen) in [streamed_a, streamed_b] {
+        let last = seen
+            .last()
+            .map(|(event, data)| (event.as_str(), data["status"].clone()));
+        assert_eq!(
+            last,
+            Some(("end", json!("succeeded"))),
+            "the stream on {host}: {seen:?}"
+        );
+    }
     assert_eq!(
         (on_a["status"].as_str(), on_b["status"].as_str()),
         (Some("succeeded"), Some("succeeded"))
@@ -756,6 +782,19 @@ async fn a_run_is_followed_and_cancelled_from_any_host() {
         Duration::from_secs(10),
         "the run to execute on one host",
         || async { crate::runs::poll(a, "sleeper", &id, 0).await["status"] == "running" },
+    )
+    .await;
+    // Exactly one host executes it (a losing claim shows for a moment on the other).
+    eventually(
+        Duration::from_secs(10),
+        "one host, and one only, to execute the run",
+        || async {
+            let running = [
+                a.stats().await["runs_running"].clone(),
+                b.stats().await["runs_running"].clone(),
+            ];
+            running == [json!(1), json!(0)] || running == [json!(0), json!(1)]
+        },
     )
     .await;
     for (i, host) in [a, b].into_iter().enumerate() {
@@ -779,4 +818,35 @@ async fn a_run_is_followed_and_cancelled_from_any_host() {
         || async { running_host.stats().await["runs_running"] == 0 },
     )
     .await;
+}
+
+/// Runs `command` (a `gust serve` that must refuse to start) and answers what it printed on
+/// stderr; a host that starts after all is killed and fails the test instead of hanging it.
+pub(crate) fn refused(command: &mut std::process::Command) -> String {
+    use std::io::Read as _;
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gust serve did not refuse to start within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success(), "it started: {stderr}");
+    stderr
 }

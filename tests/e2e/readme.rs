@@ -19,7 +19,7 @@ use crate::support::componentize::repo;
 const EXCLUDED: &[Excluded] = &[
     Excluded {
         heading: "Several hosts",
-        first_line: "gust serve --database",
+        first_line: "GUST_DATABASE_URL=",
         reason: "names the reader's database server and secrets; tests/e2e/cluster.rs runs \
                  hosts on a PostgreSQL of its own",
         stand_in: None,

@@ -101,15 +101,13 @@ async fn a_generated_admin_token_is_stored_privately_and_printed_once() {
     // Hosts sharing PostgreSQL share the token kept there: another one given on start is
     // refused, and the host says why.
     if crate::support::suite_backend() == "postgres" {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_gust"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .args(crate::support::suite_database(&data_dir, &[]))
-            .env("GUST_ADMIN_TOKEN", "given-token-abcdefghijklmnop")
-            .output()
-            .unwrap();
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = crate::cluster::refused(
+            std::process::Command::new(env!("CARGO_BIN_EXE_gust"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(&data_dir)
+                .args(crate::support::suite_database(&data_dir, &[]))
+                .env("GUST_ADMIN_TOKEN", "given-token-abcdefghijklmnop"),
+        );
         assert!(stderr.contains("another admin token"), "{stderr}");
         return;
     }

@@ -53,8 +53,9 @@ pub enum Error {
         /// for the refusals metric; `None` for other limits (a key's rate, the body budget).
         bound: Option<&'static str>,
     },
-    /// 503: the database cannot be reached (several hosts sharing PostgreSQL); nothing was
-    /// committed, so the request may be retried as it is.
+    /// 503: the database cannot be reached (several hosts sharing PostgreSQL). Nothing was
+    /// committed, unless the connection was lost during the commit itself: a submission is
+    /// retried safely with its `Idempotency-Key`.
     #[error("{0}")]
     Unavailable(String),
     /// 507: the agent's stored runs are at their bound, or the host's disk is almost full;

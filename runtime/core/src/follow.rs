@@ -2,12 +2,15 @@
 //!
 //! The store announces every committed change that other hosts must act on
 //! ([`gust_store::Change`], PostgreSQL's LISTEN/NOTIFY). Announcements can be missed — the
-//! connection that listens drops, a burst overflows the channel — so this also reconciles
-//! everything after a reconnect ([`Change::Resync`]) and every [`RECONCILE_EVERY`], and the
-//! sweeper lists queued runs now and then: an announcement makes a change arrive within a
-//! second, the reconcile makes it arrive at all.
+//! connection that listens drops, a burst overflows the channel — so what is live and the
+//! keys are also reconciled after a reconnect ([`Change::Resync`]) and every
+//! [`RECONCILE_EVERY`]; the sweeper lists queued runs every 10 s; and a run cancelled (or
+//! taken over) elsewhere is stopped at its next lease renewal even when its announcement was
+//! missed (`runs/workers.rs`). An announcement makes a change arrive within a second, the
+//! rest makes it arrive at all.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gust_store::Change;
@@ -26,6 +29,8 @@ pub(crate) struct Follower {
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) keys: Arc<Keys>,
     pub(crate) runs: Arc<Runs>,
+    /// A reconcile is under way.
+    pub(crate) reconciling: AtomicBool,
 }
 
 impl Follower {
@@ -87,6 +92,11 @@ impl Follower {
                 });
             }
             Change::Resync => {
+                // One reconcile at a time: under a burst of missed announcements, another
+                // one started meanwhile would only repeat the work.
+                if self.reconciling.swap(true, Ordering::AcqRel) {
+                    return;
+                }
                 let follower = Arc::clone(self);
                 tokio::spawn(async move {
                     if let Err(e) = follower.lifecycle.follow_all().await {
@@ -95,6 +105,7 @@ impl Follower {
                     if let Err(e) = follower.keys.follow(None).await {
                         tracing::error!("reconciling invoke keys with the database: {e:#}");
                     }
+                    follower.reconciling.store(false, Ordering::Release);
                 });
             }
             // Settings (the admin token's hash) are the server's to follow.

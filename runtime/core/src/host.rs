@@ -144,6 +144,7 @@ impl Host {
                 lifecycle: Arc::clone(&lifecycle),
                 keys: Arc::clone(&keys),
                 runs: Arc::clone(&runs),
+                reconciling: std::sync::atomic::AtomicBool::new(false),
             });
             background.spawn(Stage::Intake, move |stop| follower.run(changes, stop));
         }

@@ -230,7 +230,21 @@ where
     F: FnOnce(Arc<postgres::Postgres>) -> Fut,
     Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
 {
-    tokio::spawn(f(Arc::clone(db)))
-        .await
-        .map_err(|e| StoreError::Internal(anyhow::anyhow!("a database task failed: {e}")))?
+    // Bounded, so a database that stopped answering (without closing the connection) makes
+    // a caller's request fail with 503 rather than hang; the statement itself goes on, and
+    // TCP's keepalives and user timeout (postgres/config.rs) end it.
+    match tokio::time::timeout(CALL_LIMIT, tokio::spawn(f(Arc::clone(db)))).await {
+        Ok(done) => {
+            done.map_err(|e| StoreError::Internal(anyhow::anyhow!("a database task failed: {e}")))?
+        }
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "database unavailable: no answer within {}s",
+            CALL_LIMIT.as_secs()
+        ))),
+    }
 }
+
+/// The longest a call to a shared database may take before its caller is told the
+/// database is unavailable. Generous: a batch of runs or a large component takes far less
+/// on a database that answers.
+const CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -122,11 +122,15 @@ impl AdminToken {
         let token = new_admin_token();
         let hash = digest(token.as_bytes());
         if let Some(store) = &self.shared {
-            // The database first: it is what every host checks against. Should the file
-            // below fail, the new token still holds everywhere, and it is returned.
+            // The sessions opened with the old token end first (if that fails, nothing has
+            // changed), then the database's hash, which every host checks against, then
+            // the sessions again: one opened with the old token in between ends too. Should
+            // the file below fail, the new token still holds everywhere, and it is returned.
+            store.end_sessions(None).await?;
             store
                 .set_setting(ADMIN_TOKEN_SETTING, &hex::encode(hash))
                 .await?;
+            self.sessions.end_all().await;
         }
         if let Some(file) = self.file.clone() {
             let stored = token.clone();
@@ -142,7 +146,11 @@ impl AdminToken {
                 (Err(e), None) => return Err(Error::Internal(e.into())),
             }
         }
-        self.replace(hash).await;
+        self.current.store(Arc::new(hash));
+        if self.shared.is_none() {
+            // A session is the token's stand-in: whoever signed in with the old token is out.
+            self.sessions.end_all().await;
+        }
         tracing::info!("the admin token was rotated; console sessions ended");
         Ok(token)
     }
@@ -151,6 +159,8 @@ impl AdminToken {
     /// rotated it. A no-op for a single host.
     pub async fn reload(&self) {
         let Some(store) = &self.shared else { return };
+        // Not beside a rotation here: a read from before it must not bring the old hash back.
+        let _rotating = self.rotation.lock().await;
         let stored = match store.setting(ADMIN_TOKEN_SETTING).await {
             Ok(Some(stored)) => stored,
             Ok(None) => return,
@@ -165,16 +175,12 @@ impl AdminToken {
             );
             return;
         };
+        // The rotating host ended the sessions, in the database they live in; ending them
+        // here too could end ones signed in with the new token since.
         if hash != **self.current.load() {
-            self.replace(hash).await;
-            tracing::info!("the admin token was rotated on another host; console sessions ended");
+            self.current.store(Arc::new(hash));
+            tracing::info!("the admin token was rotated on another host");
         }
-    }
-
-    async fn replace(&self, hash: [u8; 32]) {
-        self.current.store(Arc::new(hash));
-        // A session is the token's stand-in: whoever signed in with the old token is out.
-        self.sessions.end_all().await;
     }
 }
 

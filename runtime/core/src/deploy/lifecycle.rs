@@ -538,11 +538,7 @@ impl Lifecycle {
     pub(crate) async fn follow(&self, agent: &str) -> Result<(), Error> {
         self.registry.wait_ready().await;
         if let Some(live) = self.store.agent(agent).await?.and_then(|a| a.live) {
-            if self
-                .registry
-                .get(agent)
-                .is_some_and(|d| d.number == live.deployment)
-            {
+            if self.registry.get(agent).is_some_and(|d| d.is(&live)) {
                 return Ok(());
             }
             // Warms the cache; the second prepare below is then a load.
@@ -563,11 +559,7 @@ impl Lifecycle {
             }
             return Ok(());
         };
-        if self
-            .registry
-            .get(agent)
-            .is_some_and(|d| d.number == live.deployment)
-        {
+        if self.registry.get(agent).is_some_and(|d| d.is(&live)) {
             return Ok(());
         }
         let linked = self.loader.prepare(&live.digest).await?;
@@ -590,14 +582,26 @@ impl Lifecycle {
     /// # Errors
     /// When the store cannot be read.
     pub(crate) async fn follow_all(&self) -> Result<(), Error> {
-        let mut agents: std::collections::BTreeSet<String> = self
-            .store
-            .live_deployments()
-            .await?
-            .into_iter()
-            .map(|d| d.agent)
+        // One read of what is live; only the agents where this host differs are followed.
+        let live = self.store.live_deployments().await?;
+        let mut agents: std::collections::BTreeSet<String> = live
+            .iter()
+            .filter(|record| {
+                !self
+                    .registry
+                    .get(&record.agent)
+                    .is_some_and(|d| d.is(record))
+            })
+            .map(|record| record.agent.clone())
             .collect();
-        agents.extend(self.registry.agents());
+        let live: std::collections::HashSet<&str> =
+            live.iter().map(|record| record.agent.as_str()).collect();
+        agents.extend(
+            self.registry
+                .agents()
+                .into_iter()
+                .filter(|agent| !live.contains(agent.as_str())),
+        );
         for agent in agents {
             if let Err(e) = self.follow(&agent).await {
                 tracing::error!(agent, "following a change made on another host: {e:#}");

@@ -243,9 +243,8 @@ impl Loader {
         let Some(store) = &self.shared else {
             return Ok(());
         };
-        if store.has_component(digest).await? {
-            return Ok(());
-        }
+        // `put_component` looks for the digest under the database's lock, so a deletion
+        // committing meanwhile cannot slip between a look here and the write.
         let bytes = self.read(digest).await?;
         Ok(store.put_component(digest, &bytes).await?)
     }

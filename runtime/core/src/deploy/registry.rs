@@ -23,6 +23,9 @@ use super::admission::Gate;
 pub struct Deployment {
     /// Numbered from 1 per agent; changes with every deploy and rollback.
     pub number: u32,
+    /// When it was made, ms since the epoch: with `number`, what tells it apart from a
+    /// deployment of a deleted agent of the same name (whose numbers started at 1 too).
+    pub(crate) deployed_at: i64,
     /// The component, prepared for calls (it carries the agent's name and the version).
     pub agent: PreparedAgent,
     /// The agent's admission gate (shared with its other deployments).
@@ -51,6 +54,7 @@ impl Deployment {
         let config = &record.config;
         Arc::new(Self {
             number: record.deployment,
+            deployed_at: record.deployed_at,
             agent: PreparedAgent::new(&record.agent, record.version, linked, config, outbound),
             gate,
             sync_timeout: Duration::from_secs(config.sync_timeout_s),
@@ -63,6 +67,11 @@ impl Deployment {
                 .filter_map(|text| Some((HostPattern::parse(text).ok()?, Arc::from(text.as_str()))))
                 .collect(),
         })
+    }
+
+    /// Whether this is the deployment `record` describes.
+    pub(crate) fn is(&self, record: &DeploymentRecord) -> bool {
+        self.number == record.deployment && self.deployed_at == record.deployed_at
     }
 
     /// The agent's name.

@@ -407,7 +407,7 @@ impl Runs {
             // Every host may take it: the start is a claim only one wins.
             Change::RunQueued { agent, id } => self.state.dispatch(id.clone(), agent),
             Change::RunCancelled { agent, id, .. } => self.state.cancelled_elsewhere(id, agent),
-            Change::RunEnded { id, .. } => self.state.ended_elsewhere(id),
+            Change::RunEnded { agent, id } => self.state.ended_elsewhere(id, agent),
             _ => {}
         }
     }

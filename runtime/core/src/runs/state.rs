@@ -212,13 +212,15 @@ impl QueueState {
     /// here, and tell its pollers and followers.
     pub(super) fn cancelled_elsewhere(&self, id: &str, agent: &str) {
         self.interrupt(id);
-        self.unqueue(id, agent);
-        self.ended_elsewhere(id);
+        self.ended_elsewhere(id, agent);
     }
 
-    /// Another host ended run `id` (it executed there, or expired or failed there): its
-    /// pollers and followers here learn of it. Not counted: that host counted it.
-    pub(super) fn ended_elsewhere(&self, id: &str) {
+    /// Another host ended run `id` (it executed there, or expired or failed there): it
+    /// leaves this host's queue (where its announcement put it) and its place under the
+    /// agent's bound, and its pollers and followers here learn of it. Not counted: that host
+    /// counted it.
+    pub(super) fn ended_elsewhere(&self, id: &str, agent: &str) {
+        self.unqueue(id, agent);
         self.events.ended(id);
         let waiting = self
             .waiters

@@ -254,16 +254,31 @@ async fn attempt(
     tokio::pin!(work);
     let mut renew = tokio::time::interval(lease / 3);
     renew.tick().await;
+    // A renewal that finds the run no longer running (cancelled on another host whose
+    // announcement this host missed, or taken over after its lease lapsed) stops it here:
+    // whoever ended or took it records it. Renewals are written beside the run, not waited
+    // for in its way.
+    let (lost, mut was_lost) = tokio::sync::mpsc::unbounded_channel::<()>();
     let done = loop {
         tokio::select! {
             done = &mut work => break done,
             _ = &mut cancelled => return Ended::Cancelled,
             () = shutdown.cancelled() => return Ended::Stopped,
+            Some(()) = was_lost.recv() => {
+                tracing::warn!(run_id = %id, "the run is no longer this host's (cancelled or taken over elsewhere); stopping it");
+                return Ended::Cancelled;
+            }
             _ = renew.tick() => {
                 let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-                runs.writer.write_detached(RunWrite::Renew {
+                let renewal = RunWrite::Renew {
                     id: id.to_owned(),
                     lease_until: clock::now_ms().saturating_add(lease_ms),
+                };
+                let (writer, lost) = (runs.writer.clone(), lost.clone());
+                tokio::spawn(async move {
+                    if let Ok(WriteOutcome::NotRunning) = writer.write(renewal).await {
+                        let _ = lost.send(());
+                    }
                 });
             }
         }

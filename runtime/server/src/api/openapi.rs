@@ -238,7 +238,7 @@ impl Modify for Rules {
                 errors.insert("500", "Something broke inside the host (logged there).");
                 errors.insert(
                     "503",
-                    "The database shared by several hosts cannot be reached; nothing was committed: retry after `Retry-After`.",
+                    "The database shared by several hosts cannot be reached: retry after `Retry-After`. Nothing was committed, unless the connection was lost during the commit: retry a submission with the same `Idempotency-Key`.",
                 );
                 if !schemes.is_empty() {
                     errors.insert("401", "No valid credentials.");

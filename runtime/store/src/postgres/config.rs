@@ -22,6 +22,10 @@ const DEFAULT_POOL_SIZE: usize = 16;
 /// How long a connection attempt may take, unless the URL says (`connect_timeout`).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long data sent to the database may stay unacknowledged before the connection is
+/// given up (Linux's `TCP_USER_TIMEOUT`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Where the database is and how to reach it.
 #[derive(Debug)]
 pub(crate) struct Target {
@@ -77,6 +81,14 @@ impl Target {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A database that vanishes without closing its connections (a cut network, a
+        // machine powered off) must not hold a statement for TCP's minutes-long give-up:
+        // probe idle connections soon, and give up on unacknowledged data after a while.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
         if config.get_application_name().is_none() {
             config.application_name("gust");
         }

@@ -140,13 +140,19 @@ async fn apply(
             lease_until,
         } => start(tx, id, *now, *lease_until, heard).await,
         RunWrite::Renew { id, lease_until } => {
-            exec(
+            let renewed = exec(
                 tx,
                 "UPDATE runs SET lease_until = $2 WHERE id = $1 AND status = 'running'",
                 &[id, lease_until],
             )
             .await?;
-            Ok(WriteOutcome::Done)
+            // Not running any more (cancelled on another host whose announcement was
+            // missed, or taken over after a lapse): its worker stops.
+            Ok(if renewed == 0 {
+                WriteOutcome::NotRunning
+            } else {
+                WriteOutcome::Done
+            })
         }
         RunWrite::Progress {
             id,

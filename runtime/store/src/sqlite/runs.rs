@@ -87,13 +87,18 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
             lease_until,
         } => start(tx, id, *now, *lease_until),
         RunWrite::Renew { id, lease_until } => {
-            exec(
+            let renewed = exec(
                 tx,
                 "UPDATE runs SET lease_until = ?2 WHERE id = ?1 AND status = 'running'",
                 params![id, lease_until],
             )
             .map_err(internal)?;
-            Ok(WriteOutcome::Done)
+            // Not running any more (cancelled, or taken over after a lapse): its worker stops.
+            Ok(if renewed == 0 {
+                WriteOutcome::NotRunning
+            } else {
+                WriteOutcome::Done
+            })
         }
         RunWrite::Progress {
             id,

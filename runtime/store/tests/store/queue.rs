@@ -260,7 +260,10 @@ both! {
             apply(&db, new_run(id, 10, None)).await;
             apply(&db, start(id, 11, 20)).await;
         }
-        apply(&db, RunWrite::Renew { id: "r3".into(), lease_until: 2_000_000 }).await;
+        assert_eq!(
+            apply(&db, RunWrite::Renew { id: "r3".into(), lease_until: 2_000_000 }).await,
+            WriteOutcome::Done
+        );
         let reclaimed = apply(
             &db,
             RunWrite::Reclaim {
@@ -283,6 +286,11 @@ both! {
         apply(&db, RunWrite::Release { id: "r1".into() }).await;
         let released = db.run("a", "r1").await.unwrap().unwrap();
         assert_eq!((released.status, released.attempts), (RunStatus::Queued, 0));
+        // A renewal of a run no longer running tells its worker to stop.
+        assert_eq!(
+            apply(&db, RunWrite::Renew { id: "r1".into(), lease_until: 3_000_000 }).await,
+            WriteOutcome::NotRunning
+        );
     }
 }
 
