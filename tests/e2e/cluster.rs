@@ -850,3 +850,53 @@ pub(crate) fn refused(command: &mut std::process::Command) -> String {
     assert!(!status.success(), "it started: {stderr}");
     stderr
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_ended_behind_a_hosts_back_stops_at_its_next_renewal() {
+    if !first_pass() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // A lease of 3 s: renewals every second.
+    let cluster = Cluster::start_with(1, &["--lease", "3"]).await;
+    let a = &cluster.hosts[0];
+    a.upload_file("sleeper", gust_test_guests::PROBE_A).await;
+    a.deploy("sleeper", None).await;
+    let (status, body) = a
+        .send(
+            a.request(Method::POST, "/v1/agents/sleeper/runs")
+                .json(&json!({"op": "sleep", "ms": 60_000})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["run_id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(10), "the run to execute", || async {
+        a.stats().await["runs_running"] == 1
+    })
+    .await;
+    // Cancelled by someone whose announcement never arrives (here: straight in the
+    // database, announcing nothing), as when the listening connection was down.
+    let bin = gust_testkit::postgres::postgres_bin()
+        .unwrap()
+        .expect("PostgreSQL");
+    let sql = format!(
+        "UPDATE runs SET status = 'cancelled', finished_at = 1 WHERE id = '{id}' AND status = 'running'"
+    );
+    let output = std::process::Command::new(bin.join("psql"))
+        .args([cluster.url.as_str(), "-v", "ON_ERROR_STOP=1", "-c", &sql])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("UPDATE 1"));
+    eventually(
+        Duration::from_secs(10),
+        "the host to stop the run",
+        || async { a.stats().await["runs_running"] == 0 },
+    )
+    .await;
+    assert!(a.log().contains("no longer this host's"), "{}", a.log());
+}
