@@ -900,3 +900,36 @@ async fn a_run_ended_behind_a_hosts_back_stops_at_its_next_renewal() {
     .await;
     assert!(a.log().contains("no longer this host's"), "{}", a.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_joining_needs_no_admin_token_of_its_own() {
+    if !first_pass() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let postgres = gust_testkit::postgres::PgCluster::start().expect("a throwaway PostgreSQL");
+    let url = postgres.create_database("gust").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--database", url.as_str()];
+    // The first host of a new database makes the token, keeps it and shows it once.
+    let a = Host::spawn(dir.path().join("a"), &args, None).await;
+    let token = std::fs::read_to_string(dir.path().join("a/admin-token")).unwrap();
+    assert!(a.stdout.lock().unwrap().join("\n").contains(token.trim()));
+    // The next one takes its hash from the database: no token of its own, none printed.
+    let b = Host::spawn(dir.path().join("b"), &args, None).await;
+    assert!(!dir.path().join("b/admin-token").exists());
+    assert!(!b.stdout.lock().unwrap().join("\n").contains("Generated"));
+    for host in [&a, &b] {
+        let status = host
+            .http
+            .get(format!("{}/v1/agents", host.url))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::OK, "{}", host.url);
+    }
+    drop((a, b));
+    drop(postgres);
+}

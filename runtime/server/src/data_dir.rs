@@ -156,15 +156,24 @@ pub(crate) fn admin_token(
     if let Some((token, path)) = stored_admin_token(data_dir)? {
         return Ok((token, Some(path)));
     }
-    let path = data_dir.join("admin-token");
     let token = new_admin_token();
+    let path = keep_new_admin_token(data_dir, &token)?;
+    Ok((token, Some(path)))
+}
+
+/// Stores a newly made admin token in the data folder (mode 0600) and prints it this once.
+pub(crate) fn keep_new_admin_token(
+    data_dir: &Path,
+    token: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = data_dir.join("admin-token");
     // The temporary file `write_atomic` renames into place is created with mode 0600.
     gust_model::fs::write_atomic(&path, token.as_bytes())?;
     println!(
         "Generated an admin token, stored in {} (it is shown only this once):\n  {token}",
         path.display()
     );
-    Ok((token, Some(path)))
+    Ok(path)
 }
 
 /// The admin token given with a flag, a file or the environment, trimmed.

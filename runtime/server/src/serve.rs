@@ -128,11 +128,26 @@ async fn shared_admin_token(
             }
             AdminToken::from_hash(&hash, store.clone()).map_err(refused)
         }
-        (None, _) => {
-            let (token, file) = data_dir::admin_token(None, data_dir)?;
-            AdminToken::shared(&token, file, store.clone())
-                .await
-                .map_err(refused)
+        (None, Some((token, file))) => AdminToken::shared(&token, Some(file), store.clone())
+            .await
+            .map_err(refused),
+        // A new database: this host makes the token, and keeps and shows it only if its
+        // hash is the one stored — of hosts starting together, one wins, and the others
+        // take the winner's hash instead of printing a token that would not work.
+        (None, None) => {
+            let token = gust_core::auth::new_admin_token();
+            let hash = AdminToken::hash_of(&token);
+            let stored = store
+                .put_setting_if_absent(ADMIN_TOKEN_SETTING, &hash)
+                .await?;
+            if stored == hash {
+                let file = data_dir::keep_new_admin_token(data_dir, &token)?;
+                AdminToken::shared(&token, Some(file), store.clone())
+                    .await
+                    .map_err(refused)
+            } else {
+                AdminToken::from_hash(&stored, store.clone()).map_err(refused)
+            }
         }
     }
 }

@@ -54,7 +54,7 @@ impl AdminToken {
     /// # Errors
     /// [`Error::Conflict`] when the database holds another token's hash.
     pub async fn shared(token: &str, file: Option<PathBuf>, store: Store) -> Result<Self, Error> {
-        let hash = hex::encode(digest(token.as_bytes()));
+        let hash = Self::hash_of(token);
         let stored = store
             .put_setting_if_absent(ADMIN_TOKEN_SETTING, &hash)
             .await?;
@@ -87,6 +87,11 @@ impl AdminToken {
             shared: Some(store),
             rotation: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The hash (hex) the database keeps for `token`.
+    pub fn hash_of(token: &str) -> String {
+        hex::encode(digest(token.as_bytes()))
     }
 
     /// Whether `token` is the one whose hash (hex) this is.
