@@ -55,6 +55,9 @@ pub enum RunWrite {
     Renew {
         /// The run.
         id: String,
+        /// The attempt renewing: an earlier one (its lease lapsed and the run was taken
+        /// over) renews nothing and is told [`WriteOutcome::NotRunning`].
+        attempt: u32,
         /// New lease end, ms.
         lease_until: i64,
     },
@@ -62,15 +65,21 @@ pub enum RunWrite {
     Progress {
         /// The run.
         id: String,
+        /// The attempt reporting it (an earlier attempt's report is ignored).
+        attempt: u32,
         /// 0.0 to 1.0.
         fraction: f64,
         /// What the agent said.
         message: String,
     },
-    /// End a running run (ignored if it is no longer running, e.g. cancelled meanwhile).
+    /// End a running run (ignored if it is no longer running, e.g. cancelled meanwhile, or
+    /// runs another attempt now: a host whose lease lapsed while it was still running the
+    /// run does not overwrite the attempt that took it over).
     Finish {
         /// The run.
         id: String,
+        /// The attempt that ended.
+        attempt: u32,
         /// Now, ms.
         now: i64,
         /// How it ended.

@@ -35,6 +35,8 @@ struct State {
 /// The recorder of one attempt of one run.
 pub(super) struct RunRecorder {
     id: String,
+    /// The attempt it records (its progress reports name it).
+    attempt: u32,
     writer: Writer,
     state: Mutex<State>,
     /// Followers of the run see each line and report as it comes.
@@ -42,9 +44,10 @@ pub(super) struct RunRecorder {
 }
 
 impl RunRecorder {
-    pub(super) fn new(id: String, writer: Writer, events: Arc<RunEvents>) -> Self {
+    pub(super) fn new(id: String, attempt: u32, writer: Writer, events: Arc<RunEvents>) -> Self {
         Self {
             id,
+            attempt,
             writer,
             state: Mutex::default(),
             events,
@@ -85,6 +88,7 @@ impl RunRecorder {
             drop(state);
             self.writer.write_detached(RunWrite::Progress {
                 id: self.id.clone(),
+                attempt: self.attempt,
                 fraction,
                 message: message.to_owned(),
             });
@@ -108,6 +112,7 @@ impl RunRecorder {
         if let Some((fraction, message)) = state.unwritten_progress.take() {
             self.writer.write_detached(RunWrite::Progress {
                 id: self.id.clone(),
+                attempt: self.attempt,
                 fraction,
                 message,
             });

@@ -205,9 +205,12 @@ async fn attempt(
     shutdown: CancellationToken,
 ) -> Ended {
     let lease = runs.settings.lease;
+    // Every write of this attempt names it, so none lands on another attempt of the run.
+    let number = started.attempt;
     runs.events.started(id);
     let recorder = Arc::new(RunRecorder::new(
         id.to_owned(),
+        number,
         runs.writer.clone(),
         Arc::clone(&runs.events),
     ));
@@ -272,6 +275,7 @@ async fn attempt(
                 let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
                 let renewal = RunWrite::Renew {
                     id: id.to_owned(),
+                    attempt: number,
                     lease_until: clock::now_ms().saturating_add(lease_ms),
                 };
                 let (writer, lost) = (runs.writer.clone(), lost.clone());
@@ -297,6 +301,7 @@ async fn attempt(
     let (logs, outbound) = recorder.finish();
     Ended::Outcome(Box::new(RunWrite::Finish {
         id: id.to_owned(),
+        attempt: number,
         now: clock::now_ms(),
         outcome,
         logs,

@@ -139,11 +139,16 @@ async fn apply(
             now,
             lease_until,
         } => start(tx, id, *now, *lease_until, heard).await,
-        RunWrite::Renew { id, lease_until } => {
+        RunWrite::Renew {
+            id,
+            attempt,
+            lease_until,
+        } => {
             let renewed = exec(
                 tx,
-                "UPDATE runs SET lease_until = $2 WHERE id = $1 AND status = 'running'",
-                &[id, lease_until],
+                "UPDATE runs SET lease_until = $2
+                 WHERE id = $1 AND status = 'running' AND attempts = $3",
+                &[id, lease_until, &i64::from(*attempt)],
             )
             .await?;
             // Not running any more (cancelled on another host whose announcement was
@@ -156,25 +161,27 @@ async fn apply(
         }
         RunWrite::Progress {
             id,
+            attempt,
             fraction,
             message,
         } => {
             exec(
                 tx,
                 "UPDATE runs SET progress_fraction = $2, progress_message = $3
-                 WHERE id = $1 AND status = 'running'",
-                &[id, fraction, message],
+                 WHERE id = $1 AND status = 'running' AND attempts = $4",
+                &[id, fraction, message, &i64::from(*attempt)],
             )
             .await?;
             Ok(WriteOutcome::Done)
         }
         RunWrite::Finish {
             id,
+            attempt,
             now,
             outcome,
             logs,
             outbound,
-        } => finish(tx, id, *now, outcome, logs, outbound, heard).await,
+        } => finish(tx, id, *attempt, *now, outcome, logs, outbound, heard).await,
         RunWrite::Cancel { agent, id, now } => cancel(tx, agent, id, *now, heard).await,
         RunWrite::ExpireDue { now } => expire_due(tx, *now, heard).await,
         RunWrite::Delivery {
@@ -465,9 +472,14 @@ async fn start(
     Ok(WriteOutcome::NotStarted(status))
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the fields of one `RunWrite::Finish`, and the batch's transaction and notices"
+)]
 async fn finish(
     tx: &Transaction<'_>,
     id: &str,
+    attempt: u32,
     now: i64,
     outcome: &RunOutcome,
     logs: &[LogLine],
@@ -506,7 +518,7 @@ async fn finish(
                 error_kind = $6, error_message = $7, logs = $8, outbound = $9, lease_until = NULL,
                 stored_bytes = octet_length(input)::BIGINT + coalesce(octet_length($4::BYTEA), 0)
                     + octet_length($8::TEXT) + coalesce(octet_length($9::TEXT), 0)
-            WHERE id = $1 AND status = 'running'
+            WHERE id = $1 AND status = 'running' AND attempts = $10
             RETURNING push, agent, coalesce(octet_length($4::BYTEA), 0)::BIGINT
                 + octet_length($8::TEXT) + coalesce(octet_length($9::TEXT), 0) AS added
          ), counted AS (
@@ -523,6 +535,7 @@ async fn finish(
             &error_message,
             &logs,
             &outbound,
+            &i64::from(attempt),
         ],
     )
     .await?;

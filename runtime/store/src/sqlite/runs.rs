@@ -86,11 +86,15 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
             now,
             lease_until,
         } => start(tx, id, *now, *lease_until),
-        RunWrite::Renew { id, lease_until } => {
+        RunWrite::Renew {
+            id,
+            attempt,
+            lease_until,
+        } => {
             let renewed = exec(
                 tx,
-                "UPDATE runs SET lease_until = ?2 WHERE id = ?1 AND status = 'running'",
-                params![id, lease_until],
+                "UPDATE runs SET lease_until = ?2 WHERE id = ?1 AND status = 'running' AND attempts = ?3",
+                params![id, lease_until, attempt],
             )
             .map_err(internal)?;
             // Not running any more (cancelled, or taken over after a lapse): its worker stops.
@@ -102,23 +106,25 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
         }
         RunWrite::Progress {
             id,
+            attempt,
             fraction,
             message,
         } => {
             exec(tx,
-                "UPDATE runs SET progress_fraction = ?2, progress_message = ?3 WHERE id = ?1 AND status = 'running'",
-                params![id, fraction, message],
+                "UPDATE runs SET progress_fraction = ?2, progress_message = ?3 WHERE id = ?1 AND status = 'running' AND attempts = ?4",
+                params![id, fraction, message, attempt],
             )
             .map_err(internal)?;
             Ok(WriteOutcome::Done)
         }
         RunWrite::Finish {
             id,
+            attempt,
             now,
             outcome,
             logs,
             outbound,
-        } => finish(tx, id, *now, outcome, logs, outbound),
+        } => finish(tx, id, *attempt, *now, outcome, logs, outbound),
         RunWrite::Cancel { agent, id, now } => cancel(tx, agent, id, *now),
         RunWrite::ExpireDue { now } => expire_due(tx, *now),
         RunWrite::Delivery {
@@ -375,6 +381,7 @@ fn start(
 fn finish(
     tx: &Connection,
     id: &str,
+    attempt: u32,
     now: i64,
     outcome: &RunOutcome,
     logs: &[LogLine],
@@ -410,9 +417,9 @@ fn finish(
             error_message = ?7, logs = ?8, outbound = ?9, lease_until = NULL,
             stored_bytes = length(input) + coalesce(length(?4), 0) + length(?8)
                 + coalesce(length(?9), 0)
-         WHERE id = ?1 AND status = 'running'
+         WHERE id = ?1 AND status = 'running' AND attempts = ?10
          RETURNING push, agent, coalesce(length(?4), 0) + length(?8) + coalesce(length(?9), 0)",
-        params![id, status.as_str(), now, output, output_type, error_kind, error_message, logs, outbound],
+        params![id, status.as_str(), now, output, output_type, error_kind, error_message, logs, outbound, attempt],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )
     .optional()

@@ -301,6 +301,7 @@ async fn one_host_purges_at_a_time() {
     apply(&a, start("old", 20, 1_000)).await;
     let finish = RunWrite::Finish {
         id: "old".into(),
+        attempt: 1,
         now: 30,
         outcome: RunOutcome::Succeeded {
             content_type: "text/plain".into(),
@@ -392,6 +393,7 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
     apply(&a, start("r1", 11, 1_000)).await;
     let finish = RunWrite::Finish {
         id: "r1".into(),
+        attempt: 1,
         now: 12,
         outcome: RunOutcome::Failed {
             kind: "failed".into(),
@@ -538,6 +540,7 @@ async fn changes_reach_the_other_host() {
         &b,
         RunWrite::Finish {
             id: "r2".into(),
+            attempt: 1,
             now: 12,
             outcome: RunOutcome::Succeeded {
                 content_type: "text/plain".into(),

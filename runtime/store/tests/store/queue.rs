@@ -8,6 +8,7 @@ use crate::support::{apply, both, deployed, new_run, pushing, start};
 fn succeed(id: &str, now: i64) -> RunWrite {
     RunWrite::Finish {
         id: id.into(),
+        attempt: 1,
         now,
         outcome: RunOutcome::Succeeded {
             content_type: "text/plain".into(),
@@ -31,7 +32,7 @@ both! {
             WriteOutcome::NotStarted(Some(RunStatus::Running))
         );
         assert_eq!(
-            apply(&db, RunWrite::Progress { id: "r1".into(), fraction: 0.5, message: "half".into() }).await,
+            apply(&db, RunWrite::Progress { id: "r1".into(), attempt: 1, fraction: 0.5, message: "half".into() }).await,
             WriteOutcome::Done
         );
         assert_eq!(
@@ -252,6 +253,43 @@ both! {
 }
 
 both! {
+    /// An attempt whose lease lapsed and whose run was taken over by another attempt (on
+    /// another host) writes nothing more: its renewals are refused, its progress and its end
+    /// ignored; the attempt that took over records the run.
+    async fn a_superseded_attempt_writes_nothing(db: Store) {
+        deployed(&db).await;
+        apply(&db, new_run("r1", 10, None)).await;
+        assert!(matches!(apply(&db, start("r1", 11, 20)).await, WriteOutcome::Started(s) if s.attempt == 1));
+        let reclaimed = apply(
+            &db,
+            RunWrite::Reclaim { now: 1_000, running_here: Vec::new(), max_attempts: 3 },
+        )
+        .await;
+        assert!(matches!(reclaimed, WriteOutcome::Reclaimed { .. }), "{reclaimed:?}");
+        assert!(matches!(apply(&db, start("r1", 1_001, 9_000)).await, WriteOutcome::Started(s) if s.attempt == 2));
+        assert_eq!(
+            apply(&db, RunWrite::Renew { id: "r1".into(), attempt: 1, lease_until: 99_000 }).await,
+            WriteOutcome::NotRunning
+        );
+        apply(&db, RunWrite::Progress { id: "r1".into(), attempt: 1, fraction: 0.9, message: "old".into() }).await;
+        let mut first = succeed("r1", 1_500);
+        if let RunWrite::Finish { attempt, .. } = &mut first {
+            *attempt = 1;
+        }
+        assert_eq!(apply(&db, first).await, WriteOutcome::NotRunning);
+        let run = db.run("a", "r1").await.unwrap().unwrap();
+        assert_eq!((run.status, run.attempts), (RunStatus::Running, 2));
+        assert!(run.progress.is_none(), "{:?}", run.progress);
+        let mut second = succeed("r1", 2_000);
+        if let RunWrite::Finish { attempt, .. } = &mut second {
+            *attempt = 2;
+        }
+        assert!(matches!(apply(&db, second).await, WriteOutcome::Finished { .. }));
+        assert_eq!(db.run("a", "r1").await.unwrap().unwrap().status, RunStatus::Succeeded);
+    }
+}
+
+both! {
     /// A lease that lapsed by the wall clock (a clock step, or a renewal not yet written) is
     /// not reclaimed from under a worker of this host that is still running the run.
     async fn reclaim_leaves_runs_this_host_is_running(db: Store) {
@@ -261,7 +299,7 @@ both! {
             apply(&db, start(id, 11, 20)).await;
         }
         assert_eq!(
-            apply(&db, RunWrite::Renew { id: "r3".into(), lease_until: 2_000_000 }).await,
+            apply(&db, RunWrite::Renew { id: "r3".into(), attempt: 1, lease_until: 2_000_000 }).await,
             WriteOutcome::Done
         );
         let reclaimed = apply(
@@ -288,7 +326,7 @@ both! {
         assert_eq!((released.status, released.attempts), (RunStatus::Queued, 0));
         // A renewal of a run no longer running tells its worker to stop.
         assert_eq!(
-            apply(&db, RunWrite::Renew { id: "r1".into(), lease_until: 3_000_000 }).await,
+            apply(&db, RunWrite::Renew { id: "r1".into(), attempt: 1, lease_until: 3_000_000 }).await,
             WriteOutcome::NotRunning
         );
     }
