@@ -20,6 +20,22 @@ pub struct Target {
     pub headers: Vec<(&'static str, String)>,
 }
 
+impl Target {
+    /// `host`'s echo agent, called with an invoke key made for it (the way applications
+    /// call it).
+    ///
+    /// # Errors
+    /// When the key cannot be made.
+    pub async fn keyed_echo(name: &'static str, host: &crate::Host) -> anyhow::Result<Self> {
+        let key = host.create_key("echo").await?;
+        Ok(Self {
+            name,
+            url: format!("{}/v1/agents/echo/run", host.url),
+            headers: vec![("Authorization", format!("Bearer {key}"))],
+        })
+    }
+}
+
 /// What one wrk run measured.
 #[derive(Debug, Clone, Copy)]
 pub struct Reading {

@@ -65,6 +65,29 @@ impl Cluster {
         cluster
     }
 
+    /// Each host's URL and client, for load spread over all of them.
+    fn endpoints(&self) -> Arc<Vec<(String, reqwest::Client)>> {
+        Arc::new(
+            self.hosts
+                .iter()
+                .map(|h| (h.url.clone(), h.http.clone()))
+                .collect(),
+        )
+    }
+
+    /// Waits until every host answers a sync call of `agent`: the deploying host answers
+    /// after its own swap, the others follow within moments.
+    async fn serving_everywhere(&self, agent: &str) {
+        for host in &self.hosts {
+            eventually(
+                Duration::from_secs(10),
+                "every host to serve the agent",
+                || async { host.call(agent, json!({"op": "echo"})).await.0 == StatusCode::OK },
+            )
+            .await;
+        }
+    }
+
     /// One more host on the database, with a data folder of its own.
     async fn add_host(&mut self, extra: &[&str]) -> &Host {
         let n = self.hosts.len();
@@ -107,13 +130,7 @@ async fn a_deploy_on_one_host_reaches_every_host_without_a_failed_call() {
     }
 
     // Calls spread over the three hosts while A redeploys back and forth.
-    let hosts: Arc<Vec<(String, reqwest::Client)>> = Arc::new(
-        cluster
-            .hosts
-            .iter()
-            .map(|h| (h.url.clone(), h.http.clone()))
-            .collect(),
-    );
+    let hosts = cluster.endpoints();
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let calls = Arc::new(AtomicUsize::new(0));
@@ -250,15 +267,7 @@ async fn runs_of_a_killed_host_finish_once_on_the_others() {
     )
     .await;
     a.deploy("worker", None).await;
-    // The deploying host answers after its own swap; the others follow within moments.
-    for host in &cluster.hosts {
-        eventually(
-            Duration::from_secs(10),
-            "every host to serve the agent",
-            || async { host.call("worker", json!({"op": "echo"})).await.0 == StatusCode::OK },
-        )
-        .await;
-    }
+    cluster.serving_everywhere("worker").await;
 
     // Thirty runs, each holding its upstream request for 8 s (none ends before the kill),
     // submitted to every host.
@@ -334,10 +343,7 @@ async fn one_idempotency_key_sent_to_two_hosts_at_once_is_one_run() {
     let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
     a.upload_file("once", gust_test_guests::PROBE_A).await;
     a.deploy("once", None).await;
-    eventually(Duration::from_secs(10), "B to serve the agent", || async {
-        b.call("once", json!({"op": "echo"})).await.0 == StatusCode::OK
-    })
-    .await;
+    cluster.serving_everywhere("once").await;
     for round in 0..20 {
         let key = format!("key-{round}");
         let barrier = Arc::new(tokio::sync::Barrier::new(2));
@@ -528,19 +534,9 @@ async fn the_database_restarting_under_load_loses_no_accepted_run() {
     let a = &cluster.hosts[0];
     a.upload_file("steady", gust_test_guests::PROBE_A).await;
     a.deploy("steady", None).await;
-    let b = &cluster.hosts[1];
-    eventually(Duration::from_secs(10), "B to serve the agent", || async {
-        b.call("steady", json!({"op": "echo"})).await.0 == StatusCode::OK
-    })
-    .await;
+    cluster.serving_everywhere("steady").await;
 
-    let hosts: Arc<Vec<(String, reqwest::Client)>> = Arc::new(
-        cluster
-            .hosts
-            .iter()
-            .map(|h| (h.url.clone(), h.http.clone()))
-            .collect(),
-    );
+    let hosts = cluster.endpoints();
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(std::sync::Mutex::new(Vec::<(usize, String)>::new()));
     let unavailable = Arc::new(AtomicUsize::new(0));
@@ -712,14 +708,7 @@ async fn a_run_is_followed_and_cancelled_from_any_host() {
     let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
     a.upload_file("sleeper", gust_test_guests::PROBE_A).await;
     a.deploy("sleeper", None).await;
-    for host in [a, b] {
-        eventually(
-            Duration::from_secs(10),
-            "every host to serve the agent",
-            || async { host.call("sleeper", json!({"op": "echo"})).await.0 == StatusCode::OK },
-        )
-        .await;
-    }
+    cluster.serving_everywhere("sleeper").await;
     let submit = |input: Value| async move {
         let (status, body) = a
             .send(

@@ -734,12 +734,7 @@ async fn sync(options: &Options, scratch: &Path, url: &str) -> anyhow::Result<()
         // As `http`: the echo takes microseconds, so as many calls in as connections.
         host.deploy("echo", &options.echo, json!({"max_instances": 64}))
             .await?;
-        let key = host.create_key("echo").await?;
-        targets.push(Target {
-            name,
-            url: format!("{}/v1/agents/echo/run", host.url),
-            headers: vec![("Authorization", format!("Bearer {key}"))],
-        });
+        targets.push(Target::keyed_echo(name, &host).await?);
         hosts.push(host);
     }
     let readings = rounds(

@@ -187,12 +187,7 @@ async fn start_gust(
     // per-agent default, one below the core count, is for agents that burn CPU).
     host.deploy("echo", &options.echo, json!({ "max_instances": 64 }))
         .await?;
-    let key = host.create_key("echo").await?;
-    let target = Target {
-        name: "gust",
-        url: format!("{}/v1/agents/echo/run", host.url),
-        headers: vec![("Authorization", format!("Bearer {key}"))],
-    };
+    let target = Target::keyed_echo("gust", &host).await?;
     Ok((target, host))
 }
 

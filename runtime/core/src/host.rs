@@ -95,7 +95,7 @@ impl Host {
         let loader = Loader::new(
             Arc::clone(&engine),
             files,
-            store.keeps_components().then(|| store.clone()),
+            store.shared().then(|| store.clone()),
             settings.limits.compile_budget,
             Arc::clone(&metrics),
         );

@@ -62,16 +62,6 @@ impl ComponentFiles {
 }
 
 impl Store {
-    /// Whether the database keeps component bytes for every host (PostgreSQL). When it does
-    /// not (SQLite: one host, whose data folder has the files), the methods below store
-    /// nothing and find nothing.
-    pub fn keeps_components(&self) -> bool {
-        match self.backend {
-            Backend::Sqlite(_) => false,
-            Backend::Postgres(_) => true,
-        }
-    }
-
     /// Keeps `bytes` under `digest` (nothing is sent when they are there already). Call it
     /// after [`Store::add_version`] has recorded a version with the digest: a host that
     /// deletes the last other version of the same bytes meanwhile then either sees the new

@@ -154,8 +154,10 @@ impl Store {
     }
 
     /// Whether other hosts may share this database (PostgreSQL): then what they change is
-    /// announced by [`Store::changes`], runs may execute on any host, and leases, not this
-    /// process's start, decide which running runs were abandoned.
+    /// announced by [`Store::changes`], runs may execute on any host, leases, not this
+    /// process's start, decide which running runs were abandoned, and the database keeps
+    /// component bytes for every host (SQLite leaves them as files in the data folder, and
+    /// the component methods then store and find nothing).
     pub fn shared(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))
     }

@@ -235,13 +235,13 @@ impl Lifecycle {
         let (loader, store, agent_name) =
             (self.loader.clone(), self.store.clone(), agent.to_owned());
         let kept = digest.clone();
+        let (record_loader, recorded_bytes) = (self.loader.clone(), bytes.clone());
         let keep = async move { loader.keep(&kept, bytes, compiled).await };
-        let record_loader = self.loader.clone();
         let (version, created) = keep_then_record(files, keep, async move {
             let added = store
                 .add_version(&agent_name, &digest, size, clock::now_ms())
                 .await?;
-            record_loader.keep_shared(&digest).await?;
+            record_loader.keep_shared(&digest, &recorded_bytes).await?;
             Ok(added)
         })
         .await?;

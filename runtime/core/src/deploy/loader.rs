@@ -239,14 +239,14 @@ impl Loader {
     ///
     /// # Errors
     /// When the database fails.
-    pub(crate) async fn keep_shared(&self, digest: &str) -> Result<(), Error> {
+    pub(crate) async fn keep_shared(&self, digest: &str, bytes: &Bytes) -> Result<(), Error> {
         let Some(store) = &self.shared else {
             return Ok(());
         };
-        // `put_component` looks for the digest under the database's lock, so a deletion
-        // committing meanwhile cannot slip between a look here and the write.
-        let bytes = self.read(digest).await?;
-        Ok(store.put_component(digest, &bytes).await?)
+        // `put_component` looks for the digest under the database's lock (and sends no bytes
+        // when it is there), so a deletion committing meanwhile cannot slip between a look
+        // here and the write.
+        Ok(store.put_component(digest, bytes).await?)
     }
 
     /// Removes the component files and cached artifacts of `digests`, which no version

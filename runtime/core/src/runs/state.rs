@@ -194,10 +194,15 @@ impl QueueState {
 
     fn ended(&self, id: &str, delivery: bool) {
         self.ended.fetch_add(1, Ordering::Relaxed);
-        self.events.ended(id);
         if delivery {
             self.push.notify_one();
         }
+        self.wake(id);
+    }
+
+    /// Tells the followers and pollers of run `id` that it ended (its end is committed).
+    fn wake(&self, id: &str) {
+        self.events.ended(id);
         let waiting = self
             .waiters
             .lock()
@@ -221,15 +226,7 @@ impl QueueState {
     /// counted it.
     pub(super) fn ended_elsewhere(&self, id: &str, agent: &str) {
         self.unqueue(id, agent);
-        self.events.ended(id);
-        let waiting = self
-            .waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        if let Some(notify) = waiting {
-            notify.notify_waiters();
-        }
+        self.wake(id);
     }
 
     /// The notifier pollers of `id` wait on, registered until the guard drops.

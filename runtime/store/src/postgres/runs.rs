@@ -560,17 +560,7 @@ async fn cancel(
     heard: &mut Vec<Change>,
 ) -> Result<WriteOutcome, StoreError> {
     // Waits for a host that is starting or ending the run, then decides on what it did.
-    let status = row(
-        tx,
-        "SELECT status FROM runs WHERE id = $1 AND agent = $2 FOR UPDATE",
-        &[&id, &agent],
-    )
-    .await?;
-    let Some(status) = status
-        .map(|r| col::<String>(&r, 0))
-        .transpose()?
-        .and_then(|s| RunStatus::parse(&s))
-    else {
+    let Some(status) = run_status(tx, agent, id, Lock::ForUpdate).await? else {
         return Ok(WriteOutcome::NotFound);
     };
     if status.is_final() {
@@ -683,23 +673,37 @@ pub(super) async fn reclaim(
     Ok((queued, lost, delivery))
 }
 
+/// Whether [`run_status`] locks the run's row (to act on it after the others are done).
+enum Lock {
+    None,
+    ForUpdate,
+}
+
+/// The status of `agent`'s run `id`, or `None` when it has no such run.
+async fn run_status(
+    tx: &Transaction<'_>,
+    agent: &str,
+    id: &str,
+    lock: Lock,
+) -> Result<Option<RunStatus>, StoreError> {
+    let sql = match lock {
+        Lock::None => "SELECT status FROM runs WHERE id = $1 AND agent = $2",
+        Lock::ForUpdate => "SELECT status FROM runs WHERE id = $1 AND agent = $2 FOR UPDATE",
+    };
+    Ok(row(tx, sql, &[&id, &agent])
+        .await?
+        .map(|r| col::<String>(&r, 0))
+        .transpose()?
+        .and_then(|s| RunStatus::parse(&s)))
+}
+
 async fn redeliver(
     tx: &Transaction<'_>,
     agent: &str,
     id: &str,
     now: i64,
 ) -> Result<WriteOutcome, StoreError> {
-    let status = row(
-        tx,
-        "SELECT status FROM runs WHERE id = $1 AND agent = $2",
-        &[&id, &agent],
-    )
-    .await?;
-    let Some(status) = status
-        .map(|r| col::<String>(&r, 0))
-        .transpose()?
-        .and_then(|s| RunStatus::parse(&s))
-    else {
+    let Some(status) = run_status(tx, agent, id, Lock::None).await? else {
         return Ok(WriteOutcome::NotFound);
     };
     if !status.is_final() {

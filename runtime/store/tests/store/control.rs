@@ -269,7 +269,7 @@ both! {
         db.put_component("sha256:1", b"one").await.unwrap();
         db.put_component("sha256:1", b"one").await.unwrap();
         db.put_component("sha256:2", b"two").await.unwrap();
-        if !db.keeps_components() {
+        if !db.shared() {
             assert_eq!(db.component("sha256:1").await.unwrap(), None);
             assert!(!db.has_component("sha256:1").await.unwrap());
             return;
