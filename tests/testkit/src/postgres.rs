@@ -248,11 +248,20 @@ impl PgCluster {
         }
         // The shell starts the server in the background (its stdin is then /dev/null, so
         // the server does not hold the pipe) and waits for a line or the end of the pipe.
+        // A line is `stop` (the folder is kept, for `start_again`, and removed by `Drop`);
+        // the end of the pipe is this process ending without a drop (a `static` cluster, a
+        // panic that aborts): then the shell removes the folder too, else every such run
+        // would leave its server's data (1–2 GB after the end-to-end suite) in /tmp.
         let mut command = Command::new("sh");
         command
             .arg("-c")
-            .arg(r#"pg="$1"; shift; "$pg" "$@" & pid=$!; read -r _; kill -INT "$pid"; wait "$pid""#)
+            .arg(concat!(
+                r#"dir="$1"; pg="$2"; shift 2; "$pg" "$@" & pid=$!; "#,
+                r#"if read -r _; then kill -INT "$pid"; wait "$pid"; "#,
+                r#"else kill -INT "$pid"; wait "$pid"; rm -rf "$dir"; fi"#
+            ))
             .arg("sh")
+            .arg(self.dir.path())
             .arg(self.bin.join("postgres"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
@@ -411,5 +420,57 @@ mod tests {
         let folder = cluster.dir.path().to_owned();
         drop(cluster);
         assert!(!folder.exists(), "the folder goes with the cluster");
+    }
+
+    /// A cluster held in a `static` is never dropped: the process ends with it running. The
+    /// server must still stop and its folder go, or every test run leaves gigabytes in /tmp.
+    #[test]
+    fn a_cluster_never_dropped_goes_when_its_process_ends() {
+        if postgres_bin().unwrap().is_none() {
+            eprintln!("skipping: {NOT_INSTALLED}");
+            return;
+        }
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "postgres::tests::exits_holding_a_cluster"])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env(HOLDER, "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let folder = stdout
+            .lines()
+            .find_map(|line| line.split_once("cluster folder: ").map(|(_, path)| path))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the child printed no folder ({}):\n{stdout}\n{}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            });
+        let folder = PathBuf::from(folder);
+        let deadline = Instant::now() + PATIENCE;
+        while folder.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} is still there a minute after its process ended",
+                folder.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    const HOLDER: &str = "GUST_TEST_EXIT_HOLDING_A_CLUSTER";
+
+    /// The child of the test above: starts a cluster and exits without dropping it.
+    #[test]
+    #[ignore = "run by a_cluster_never_dropped_goes_when_its_process_ends"]
+    fn exits_holding_a_cluster() {
+        if std::env::var_os(HOLDER).is_none() {
+            return;
+        }
+        let cluster = PgCluster::start().unwrap();
+        println!("cluster folder: {}", cluster.dir.path().display());
+        std::process::exit(0);
     }
 }
