@@ -2,16 +2,18 @@
 //! run — its insert, its claim and its finish — sent by a plain program over tokio-postgres,
 //! with nothing of gust around it (no HTTP, no Wasm, no admission).
 //!
-//! Everything that shapes the database's work is copied from gust, so the floor is what gust
-//! on PostgreSQL could reach if the rest of it cost nothing:
+//! Everything that shapes the database's work is gust's, so the floor is what gust on
+//! PostgreSQL could reach if the rest of it cost nothing:
 //!
-//! - **the statements**, verbatim from `runtime/store/src/postgres/runs.rs` (`apply_batch`,
-//!   `lock_agents`, `insert`, `start`, `finish`), each prepared once per connection and sent
-//!   one after another as gust's store sends them, on the tables of `schema.rs`;
-//! - **the batch shape**: one transaction per batch; the agents' rows locked first; a
-//!   savepoint per write (`RELEASE SAVEPOINT write; SAVEPOINT write` between writes, one
-//!   round trip); every run queued and ended announced with one `pg_notify` statement per
-//!   batch; a host's listener connection `LISTEN`ing meanwhile;
+//! - **the tables**, made by gust's own migrations (the store is opened once on the
+//!   database, then closed);
+//! - **the statements**, the very text gust's store sends (`gust_store::postgres_queue_sql`),
+//!   prepared once per connection and sent one after another as the store sends them;
+//! - **the batch shape** (`runtime/store/src/postgres/runs.rs`, `grouped.rs`): one
+//!   transaction per batch; the agents' rows locked first; every insert of the batch in one
+//!   statement, every claim in one, every finish in one; every run queued and ended
+//!   announced with one `pg_notify` statement; a host's listener connection `LISTEN`ing
+//!   meanwhile;
 //! - **the batching**: one writer task (`runtime/core/src/runs/writer.rs`) takes the first
 //!   write waiting and whatever else is already queued, up to 1024, so batches grow with
 //!   the load by themselves;
@@ -53,92 +55,7 @@ const QUEUE_WAIT_MS: i64 = 3_600_000;
 /// A run's lease (gust's default, 30 s).
 const LEASE_MS: i64 = 30_000;
 
-/// The tables a run touches, as migration 1 of `runtime/store/src/postgres/schema.rs` makes
-/// them (with their indexes: each is maintained on every insert).
-const SCHEMA: &str = "
-    CREATE TABLE agents (
-        name TEXT PRIMARY KEY,
-        created_at BIGINT NOT NULL,
-        draft TEXT NOT NULL,
-        live_deployment BIGINT,
-        next_version BIGINT NOT NULL DEFAULT 1,
-        next_deployment BIGINT NOT NULL DEFAULT 1,
-        push_secret TEXT,
-        push_secret_prev TEXT,
-        push_secret_prev_until BIGINT,
-        run_bytes BIGINT NOT NULL DEFAULT 0
-    );
-    CREATE TABLE runs (
-        id TEXT PRIMARY KEY,
-        agent TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
-        deployment BIGINT NOT NULL,
-        version BIGINT NOT NULL,
-        status TEXT NOT NULL,
-        input BYTEA NOT NULL,
-        content_type TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        expires_at BIGINT NOT NULL,
-        started_at BIGINT,
-        finished_at BIGINT,
-        attempts BIGINT NOT NULL DEFAULT 0,
-        lease_until BIGINT,
-        output BYTEA,
-        output_type TEXT,
-        error_kind TEXT,
-        error_message TEXT,
-        progress_fraction DOUBLE PRECISION,
-        progress_message TEXT,
-        logs TEXT,
-        idempotency_key TEXT,
-        request_hash TEXT,
-        push BOOLEAN NOT NULL DEFAULT FALSE,
-        outbound TEXT,
-        stored_bytes BIGINT NOT NULL DEFAULT 0,
-        traceparent TEXT,
-        tracestate TEXT
-    );
-    CREATE INDEX runs_agent ON runs(agent, id);
-    CREATE INDEX runs_queue ON runs(status, expires_at);
-    CREATE INDEX runs_finished ON runs(finished_at);
-    CREATE UNIQUE INDEX runs_idempotency ON runs(agent, idempotency_key)
-        WHERE idempotency_key IS NOT NULL;";
-
-// The statements, as gust's store sends them.
-
-const LOCK_AGENTS: &str = "SELECT name FROM agents
-         WHERE name = ANY($1) OR name IN (SELECT agent FROM runs WHERE id = ANY($2))
-         ORDER BY name FOR NO KEY UPDATE";
-
-const COUNT_BYTES: &str = "UPDATE agents SET run_bytes = run_bytes + $2 WHERE name = $1 AND run_bytes <= $3::BIGINT - $2::BIGINT";
-
-const INSERT: &str =
-    "INSERT INTO runs (id, agent, deployment, version, status, input, content_type, created_at,
-            expires_at, idempotency_key, request_hash, push, stored_bytes, traceparent, tracestate)
-         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-         ON CONFLICT (agent, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
-
-const CLAIM: &str = "UPDATE runs SET status = 'running', attempts = attempts + 1, started_at = $2,
-            lease_until = $3
-         WHERE id = (SELECT id FROM runs WHERE id = $1 AND status = 'queued'
-                       AND NOT (attempts = 0 AND expires_at < $2)
-                     FOR UPDATE SKIP LOCKED)
-         RETURNING agent, deployment, attempts, input, content_type, created_at, traceparent,
-            tracestate";
-
-const FINISH: &str = "WITH ended AS (
-            UPDATE runs SET status = $2, finished_at = $3, output = $4, output_type = $5,
-                error_kind = $6, error_message = $7, logs = $8, outbound = $9, lease_until = NULL,
-                stored_bytes = octet_length(input)::BIGINT + coalesce(octet_length($4::BYTEA), 0)
-                    + octet_length($8::TEXT) + coalesce(octet_length($9::TEXT), 0)
-            WHERE id = $1 AND status = 'running'
-            RETURNING push, agent, coalesce(octet_length($4::BYTEA), 0)::BIGINT
-                + octet_length($8::TEXT) + coalesce(octet_length($9::TEXT), 0) AS added
-         ), counted AS (
-            UPDATE agents a SET run_bytes = a.run_bytes + e.added FROM ended e WHERE a.name = e.agent
-         )
-         SELECT push, agent FROM ended";
-
-const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
+use gust_store::postgres_queue_sql as sql;
 
 /// What the floor is asked to do.
 pub struct Load {
@@ -241,11 +158,11 @@ pub async fn commits_per_s(url: &str, n: usize) -> anyhow::Result<f64> {
 /// # Errors
 /// When the database fails, or a statement does not do what gust's would.
 pub async fn run(load: &Load) -> anyhow::Result<Reading> {
-    let client = connect(&load.url).await?;
-    client
-        .batch_execute(SCHEMA)
+    let store = gust_store::Store::open_postgres(&load.url)
         .await
-        .context("creating the tables")?;
+        .context("creating gust's tables")?;
+    store.close();
+    let client = connect(&load.url).await?;
     client
         .execute(
             "INSERT INTO agents (name, created_at, draft, live_deployment) VALUES ($1, $2, '{}', 1)",
@@ -378,9 +295,8 @@ type Reply = Option<oneshot::Sender<anyhow::Result<()>>>;
 
 struct Statements {
     lock_agents: Statement,
-    count_bytes: Statement,
     insert: Statement,
-    claim: Statement,
+    start: Statement,
     finish: Statement,
     notify: Statement,
 }
@@ -388,12 +304,11 @@ struct Statements {
 impl Statements {
     async fn prepare(client: &Client) -> anyhow::Result<Self> {
         Ok(Self {
-            lock_agents: client.prepare(LOCK_AGENTS).await?,
-            count_bytes: client.prepare(COUNT_BYTES).await?,
-            insert: client.prepare(INSERT).await?,
-            claim: client.prepare(CLAIM).await?,
-            finish: client.prepare(FINISH).await?,
-            notify: client.prepare(NOTIFY).await?,
+            lock_agents: client.prepare(sql::LOCK_AGENTS).await?,
+            insert: client.prepare(sql::INSERT).await?,
+            start: client.prepare(sql::START).await?,
+            finish: client.prepare(sql::FINISH).await?,
+            notify: client.prepare(sql::NOTIFY).await?,
         })
     }
 }
@@ -496,114 +411,113 @@ async fn send_batch(
     writes: &[(Write, Reply)],
     pipelined: bool,
 ) -> anyhow::Result<()> {
-    let mut agents: Vec<&str> = Vec::new();
+    let now = now_ms();
+    let mut inserts = Inserts::default();
+    let mut starts: Vec<&str> = Vec::new();
     let mut ending: Vec<&str> = Vec::new();
-    for (write, _) in writes {
-        match write {
-            Write::Insert { .. } => agents.push(AGENT),
-            Write::Finish { id } => ending.push(id),
-            Write::Start { .. } => {}
-        }
-    }
-    let mut ops: Vec<Op<'_>> = Vec::with_capacity(writes.len() * 4 + 3);
-    if !agents.is_empty() || !ending.is_empty() {
-        ops.push(Box::pin(async move {
-            tx.query(&statements.lock_agents, &[&agents, &ending])
-                .await?;
-            Ok(())
-        }));
-    }
     let mut payloads: Vec<String> = Vec::new();
-    ops.push(Box::pin(async move {
-        tx.batch_execute("SAVEPOINT write").await?;
-        Ok(())
-    }));
-    for (i, (write, _)) in writes.iter().enumerate() {
+    for (write, _) in writes {
         match write {
             Write::Insert {
                 id,
                 input,
                 created_at,
             } => {
-                let size = input.len() as i64;
-                ops.push(Box::pin(async move {
-                    let counted = tx
-                        .execute(&statements.count_bytes, &[&AGENT, &size, &MAX_STORED_BYTES])
-                        .await?;
-                    ensure!(counted == 1, "the agent's stored bytes were not counted");
-                    Ok(())
-                }));
-                ops.push(Box::pin(async move {
-                    let none: Option<&str> = None;
-                    let inserted = tx
-                        .execute(
-                            &statements.insert,
-                            &[
-                                id,
-                                &AGENT,
-                                &1_i64,
-                                &1_i64,
-                                input,
-                                &"application/json",
-                                created_at,
-                                &(created_at + QUEUE_WAIT_MS),
-                                &none,
-                                &none,
-                                &false,
-                                &size,
-                                &none,
-                                &none,
-                            ],
-                        )
-                        .await?;
-                    ensure!(inserted == 1, "run {id} was not inserted");
-                    Ok(())
-                }));
+                inserts.id.push(id);
+                inserts.input.push(input);
+                inserts.created_at.push(*created_at);
+                inserts.expires_at.push(created_at + QUEUE_WAIT_MS);
                 payloads.push(json!({"kind": "run_queued", "agent": AGENT, "id": id}).to_string());
             }
-            Write::Start { id } => {
-                let now = now_ms();
-                ops.push(Box::pin(async move {
-                    let claimed = tx
-                        .query_opt(&statements.claim, &[id, &now, &(now + LEASE_MS)])
-                        .await?;
-                    ensure!(claimed.is_some(), "run {id} was not claimed");
-                    Ok(())
-                }));
-            }
+            Write::Start { id } => starts.push(id),
             Write::Finish { id } => {
-                let now = now_ms();
-                ops.push(Box::pin(async move {
-                    let none: Option<&str> = None;
-                    let ended = tx
-                        .query_opt(
-                            &statements.finish,
-                            &[
-                                id,
-                                &"succeeded",
-                                &now,
-                                &Some(OUTPUT),
-                                &Some("application/json"),
-                                &none,
-                                &none,
-                                &"[]",
-                                &none,
-                            ],
-                        )
-                        .await?;
-                    ensure!(ended.is_some(), "run {id} was not running");
-                    Ok(())
-                }));
+                ending.push(id);
                 payloads.push(json!({"kind": "run_ended", "agent": AGENT, "id": id}).to_string());
             }
         }
-        if i + 1 < writes.len() {
-            ops.push(Box::pin(async move {
-                tx.batch_execute("RELEASE SAVEPOINT write; SAVEPOINT write")
-                    .await?;
-                Ok(())
-            }));
-        }
+    }
+    let agents: Vec<&str> = if inserts.id.is_empty() {
+        vec![]
+    } else {
+        vec![AGENT]
+    };
+    let mut ops: Vec<Op<'_>> = Vec::with_capacity(5);
+    if !agents.is_empty() || !ending.is_empty() {
+        let ending = ending.clone();
+        ops.push(Box::pin(async move {
+            tx.query(&statements.lock_agents, &[&agents, &ending])
+                .await?;
+            Ok(())
+        }));
+    }
+    if !inserts.id.is_empty() {
+        ops.push(Box::pin(async move {
+            let n = inserts.id.len();
+            let none: Vec<Option<&str>> = vec![None; n];
+            let inserted = tx
+                .query(
+                    &statements.insert,
+                    &[
+                        &inserts.id,
+                        &vec![AGENT; n],
+                        &vec![1_i64; n],
+                        &vec![1_i64; n],
+                        &inserts.input,
+                        &vec!["application/json"; n],
+                        &inserts.created_at,
+                        &inserts.expires_at,
+                        &vec![false; n],
+                        &vec![MAX_STORED_BYTES; n],
+                        &none,
+                        &none,
+                    ],
+                )
+                .await?;
+            ensure!(
+                inserted.len() == n,
+                "{} of {n} runs inserted",
+                inserted.len()
+            );
+            Ok(())
+        }));
+    }
+    if !starts.is_empty() {
+        ops.push(Box::pin(async move {
+            let n = starts.len();
+            let claimed = tx
+                .query(
+                    &statements.start,
+                    &[&starts, &vec![now; n], &vec![now + LEASE_MS; n]],
+                )
+                .await?;
+            ensure!(claimed.len() == n, "{} of {n} runs claimed", claimed.len());
+            Ok(())
+        }));
+    }
+    if !ending.is_empty() {
+        ops.push(Box::pin(async move {
+            let n = ending.len();
+            let none: Vec<Option<&str>> = vec![None; n];
+            let ended = tx
+                .query(
+                    &statements.finish,
+                    &[
+                        &ending,
+                        &vec![1_i64; n],
+                        &vec!["succeeded"; n],
+                        &vec![now; n],
+                        &vec![Some(OUTPUT); n],
+                        &vec![Some("application/json"); n],
+                        &none,
+                        &none,
+                        &vec!["[]"; n],
+                        &none,
+                    ],
+                )
+                .await?;
+            ensure!(ended.len() == n, "{} of {n} runs ended", ended.len());
+            Ok(())
+        }));
     }
     if !payloads.is_empty() {
         ops.push(Box::pin(async move {
@@ -620,6 +534,15 @@ async fn send_batch(
         }
     }
     Ok(())
+}
+
+/// The columns of a batch's inserts that differ from run to run.
+#[derive(Default)]
+struct Inserts<'a> {
+    id: Vec<&'a str>,
+    input: Vec<&'a [u8]>,
+    created_at: Vec<i64>,
+    expires_at: Vec<i64>,
 }
 
 /// Claims each committed insert with one of `workers` workers: the claim waits for its

@@ -20,6 +20,7 @@ pub mod queue;
 pub mod sessions;
 
 pub use changes::Change;
+pub use postgres::sql as postgres_queue_sql;
 pub use runs::Applied;
 
 mod agents;

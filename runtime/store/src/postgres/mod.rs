@@ -16,12 +16,14 @@
 
 mod agents;
 mod config;
+mod grouped;
 mod keys;
 mod notify;
 mod reads;
 mod runs;
 mod schema;
 mod sessions;
+pub mod sql;
 mod tls;
 
 use std::sync::Arc;

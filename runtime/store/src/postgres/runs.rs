@@ -1,7 +1,9 @@
 //! The run queue's writes, when several hosts share the queue.
 //!
-//! A batch is one transaction; each write runs in a savepoint, so one that fails is undone
-//! alone and the rest commit (as with SQLite). What several writers change:
+//! A batch is one transaction. Its common writes (plain inserts, starts, finishes, renewals)
+//! are applied a kind at a time, in one statement each (see [`grouped`]); the others one by
+//! one, each in a savepoint, so one that fails is undone alone and the rest commit (as with
+//! SQLite). What several writers change:
 //!
 //! - **Claims skip, they do not wait.** Starting a run, expiring queued runs, and reclaiming
 //!   runs whose lease lapsed each pick their rows with `FOR UPDATE SKIP LOCKED`: of two hosts
@@ -25,7 +27,7 @@ use tokio_postgres::Row;
 
 use gust_model::{LogLine, OutboundRequest, RunOutcome, RunStatus, TraceContext};
 
-use super::{Postgres, col, db, exec, num, retryable, row, rows};
+use super::{Postgres, col, db, exec, grouped, num, retryable, row, rows, sql};
 use crate::queue::{IDEMPOTENCY_WINDOW_MS, NewRun, RunWrite, StartedRun, WriteOutcome};
 use crate::{Change, StoreError};
 
@@ -43,43 +45,81 @@ impl Postgres {
     ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
         let mut client = self.client().await?;
         let mut retries = DEADLOCK_RETRIES;
+        let mut grouped = true;
         loop {
-            match apply_batch(&mut client, writes, retries > 0).await {
-                Err(e) if retryable(&e) && retries > 0 => retries -= 1,
-                applied => return applied,
+            match apply_batch(&mut client, writes, retries > 0, grouped).await {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(Failed::Batch(e)) if retryable(&e) && retries > 0 => retries -= 1,
+                Err(Failed::Batch(e)) => return Err(e),
+                // Applied again one write at a time: the write that fails is undone alone.
+                Err(Failed::Grouped(e)) => {
+                    tracing::warn!(
+                        "a batch's grouped writes failed; applying them one by one: {e:#}"
+                    );
+                    grouped = false;
+                }
             }
         }
     }
 }
 
-/// One attempt at a batch. With `may_retry`, a write that deadlocks fails the batch (to be
-/// applied again); without, it fails alone.
+/// Why an attempt at a batch committed nothing.
+enum Failed {
+    /// The batch failed (a deadlock to retry, the database away, a failing commit).
+    Batch(StoreError),
+    /// A set-based statement of [`grouped`] failed, aborting the transaction.
+    Grouped(StoreError),
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Failed::Batch(e)
+    }
+}
+
+/// One attempt at a batch. With `grouped`, the common writes are applied a kind at a time
+/// first ([`grouped`]); the rest, one by one, each in a savepoint. With `may_retry`, a write
+/// that deadlocks fails the batch (to be applied again); without, it fails alone.
 async fn apply_batch(
     client: &mut Object,
     writes: &[RunWrite],
     may_retry: bool,
-) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+    grouped: bool,
+) -> Result<Vec<Result<WriteOutcome, StoreError>>, Failed> {
     let tx = client.transaction().await.map_err(db)?;
     lock_agents(&tx, writes).await?;
-    let mut outcomes = Vec::with_capacity(writes.len());
+    let mut decided: grouped::Decided = vec![None; writes.len()];
     let mut changes = Vec::new();
-    tx.batch_execute("SAVEPOINT write").await.map_err(db)?;
-    for (i, write) in writes.iter().enumerate() {
+    if grouped {
+        match grouped::apply(&tx, writes, &mut decided, &mut changes).await {
+            Ok(()) => {}
+            Err(e @ StoreError::Unavailable(_)) => return Err(Failed::Batch(e)),
+            Err(e) if retryable(&e) => return Err(Failed::Batch(e)),
+            Err(e) => return Err(Failed::Grouped(e)),
+        }
+    }
+    let mut outcomes = Vec::with_capacity(writes.len());
+    let mut savepoint = false;
+    for (write, decided) in writes.iter().zip(decided) {
+        if let Some(outcome) = decided {
+            outcomes.push(Ok(outcome));
+            continue;
+        }
+        // A fresh savepoint for each write, in one round trip with the release of the last.
+        let sql = if savepoint {
+            "RELEASE SAVEPOINT write; SAVEPOINT write"
+        } else {
+            "SAVEPOINT write"
+        };
+        tx.batch_execute(sql).await.map_err(db)?;
+        savepoint = true;
         let mut heard = Vec::new();
         let outcome = apply(&tx, write, &mut heard).await;
         match &outcome {
-            Ok(_) => {
-                changes.append(&mut heard);
-                // A fresh savepoint for the next write, in the same round trip.
-                if i + 1 < writes.len() {
-                    tx.batch_execute("RELEASE SAVEPOINT write; SAVEPOINT write")
-                        .await
-                        .map_err(db)?;
-                }
-            }
-            Err(e) if may_retry && retryable(e) => return Err(outcome.unwrap_err()),
-            Err(StoreError::Unavailable(_)) => return Err(outcome.unwrap_err()),
-            // Undone alone; the savepoint stays, ready for the next write.
+            Ok(_) => changes.append(&mut heard),
+            Err(e) if may_retry && retryable(e) => return Err(Failed::Batch(outcome.unwrap_err())),
+            Err(StoreError::Unavailable(_)) => return Err(Failed::Batch(outcome.unwrap_err())),
+            // Undone alone.
             Err(_) => tx
                 .batch_execute("ROLLBACK TO SAVEPOINT write")
                 .await
@@ -89,12 +129,7 @@ async fn apply_batch(
     }
     if !changes.is_empty() {
         let payloads: Vec<String> = changes.iter().map(super::notify::payload).collect();
-        exec(
-            &tx,
-            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-            &[&super::notify::CHANNEL, &payloads],
-        )
-        .await?;
+        exec(&tx, sql::NOTIFY, &[&super::notify::CHANNEL, &payloads]).await?;
     }
     tx.commit().await.map_err(db)?;
     Ok(outcomes)
@@ -116,15 +151,9 @@ async fn lock_agents(tx: &Transaction<'_>, writes: &[RunWrite]) -> Result<(), St
     if agents.is_empty() && ending.is_empty() {
         return Ok(());
     }
-    rows(
-        tx,
-        "SELECT name FROM agents
-         WHERE name = ANY($1) OR name IN (SELECT agent FROM runs WHERE id = ANY($2))
-         ORDER BY name FOR NO KEY UPDATE",
-        &[&agents, &ending],
-    )
-    .await
-    .map(drop)
+    rows(tx, sql::LOCK_AGENTS, &[&agents, &ending])
+        .await
+        .map(drop)
 }
 
 async fn apply(
@@ -486,30 +515,15 @@ async fn finish(
     outbound: &[OutboundRequest],
     heard: &mut Vec<Change>,
 ) -> Result<WriteOutcome, StoreError> {
-    let logs = serde_json::to_string(logs).map_err(|e| StoreError::Internal(e.into()))?;
-    let outbound = (!outbound.is_empty())
-        .then(|| serde_json::to_string(outbound))
-        .transpose()
-        .map_err(|e| StoreError::Internal(e.into()))?;
-    let (status, output, output_type, error_kind, error_message) = match outcome {
-        RunOutcome::Succeeded {
-            content_type,
-            output,
-        } => (
-            RunStatus::Succeeded,
-            Some(output.as_slice()),
-            Some(content_type.as_str()),
-            None,
-            None,
-        ),
-        RunOutcome::Failed { kind, message } => (
-            RunStatus::Failed,
-            None,
-            None,
-            Some(kind.as_str()),
-            Some(message.as_str()),
-        ),
-    };
+    let Ending {
+        status,
+        output,
+        output_type,
+        error_kind,
+        error_message,
+        logs,
+        outbound,
+    } = Ending::of(outcome, logs, outbound)?;
     // Ends the run and counts the bytes it now keeps in one statement.
     let ended = row(
         tx,
@@ -550,6 +564,56 @@ async fn finish(
     // Most runs do not push: skip reading their deployment's configuration.
     let delivery = push && create_delivery(tx, id, status, now).await?;
     Ok(WriteOutcome::Finished { delivery })
+}
+
+/// The columns a run's end writes, from what its attempt reported.
+pub(super) struct Ending<'a> {
+    pub status: RunStatus,
+    pub output: Option<&'a [u8]>,
+    pub output_type: Option<&'a str>,
+    pub error_kind: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+    /// The log lines, as JSON.
+    pub logs: String,
+    /// The outgoing requests, as JSON; `None` when there were none.
+    pub outbound: Option<String>,
+}
+
+impl<'a> Ending<'a> {
+    pub(super) fn of(
+        outcome: &'a RunOutcome,
+        logs: &[LogLine],
+        outbound: &[OutboundRequest],
+    ) -> Result<Self, StoreError> {
+        let logs = serde_json::to_string(logs).map_err(|e| StoreError::Internal(e.into()))?;
+        let outbound = (!outbound.is_empty())
+            .then(|| serde_json::to_string(outbound))
+            .transpose()
+            .map_err(|e| StoreError::Internal(e.into()))?;
+        Ok(match outcome {
+            RunOutcome::Succeeded {
+                content_type,
+                output,
+            } => Ending {
+                status: RunStatus::Succeeded,
+                output: Some(output.as_slice()),
+                output_type: Some(content_type.as_str()),
+                error_kind: None,
+                error_message: None,
+                logs,
+                outbound,
+            },
+            RunOutcome::Failed { kind, message } => Ending {
+                status: RunStatus::Failed,
+                output: None,
+                output_type: None,
+                error_kind: Some(kind.as_str()),
+                error_message: Some(message.as_str()),
+                logs,
+                outbound,
+            },
+        })
+    }
 }
 
 async fn cancel(

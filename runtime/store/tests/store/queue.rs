@@ -387,3 +387,124 @@ both! {
         assert_eq!(apply(&db, orphan).await, WriteOutcome::NotFound);
     }
 }
+
+both! {
+    /// Large batches of every kind, mixed, decide each write as it would be decided alone:
+    /// an agent near its bound takes what fits, a run named twice is decided in the batch's
+    /// order, stale attempts change nothing, pushing runs get their events, and a write that
+    /// fails (a run id taken) fails alone. (PostgreSQL applies the common kinds of a batch in
+    /// one statement each; this holds it to what SQLite does one write at a time.)
+    async fn big_mixed_batches_decide_each_write_as_alone(db: Store) {
+        deployed(&db).await;
+        db.deploy("a", 1, &pushing(), 0, None).await.unwrap();
+        let ids: Vec<String> = (0..60).map(|i| format!("r{i:02}")).collect();
+        // Inputs are `{}`, two bytes: a bound of 101 takes 50 of the 60.
+        let mut writes: Vec<RunWrite> = ids
+            .iter()
+            .map(|id| {
+                let mut run = new_run(id, 10, None);
+                if let RunWrite::Insert(new) = &mut run {
+                    new.max_stored_bytes = 101;
+                    new.deployment = 2;
+                    new.push = true;
+                }
+                run
+            })
+            .collect();
+        let mut orphan = new_run("orphan", 10, None);
+        if let RunWrite::Insert(new) = &mut orphan {
+            new.agent = "nobody".into();
+        }
+        writes.push(orphan);
+        let outcomes = applied(&db, writes).await;
+        assert!(outcomes[..50].iter().all(|o| *o == Ok(WriteOutcome::Inserted)), "{outcomes:?}");
+        assert!(outcomes[50..60].iter().all(|o| *o == Ok(WriteOutcome::StorageFull)), "{outcomes:?}");
+        assert_eq!(outcomes[60], Ok(WriteOutcome::NotFound));
+
+        // Starts: r00..r49, r01 twice, one unknown run, and a taken run id inserted again.
+        let mut writes: Vec<RunWrite> = ids[..50].iter().map(|id| start(id, 20, 1000)).collect();
+        writes.push(start("r01", 20, 1000));
+        writes.push(start("nope", 20, 1000));
+        let mut taken = new_run("r02", 20, None);
+        if let RunWrite::Insert(new) = &mut taken {
+            new.max_stored_bytes = u64::MAX;
+        }
+        writes.push(taken);
+        writes.push(new_run("fresh", 20, None));
+        let outcomes = applied(&db, writes).await;
+        for (id, outcome) in ids.iter().zip(&outcomes[..50]) {
+            assert!(
+                matches!(outcome, Ok(WriteOutcome::Started(s)) if s.attempt == 1 && s.deployment == 2 && s.input == b"{}"),
+                "{id}: {outcome:?}"
+            );
+        }
+        assert_eq!(outcomes[50], Ok(WriteOutcome::NotStarted(Some(RunStatus::Running))));
+        assert_eq!(outcomes[51], Ok(WriteOutcome::NotStarted(None)));
+        assert!(outcomes[52].is_err(), "a run id taken fails alone: {:?}", outcomes[52]);
+        assert_eq!(outcomes[53], Ok(WriteOutcome::Inserted), "and the rest commit");
+
+        // Ends and renewals: r00..r39 succeed; r40 ends as attempt 2 (stale);
+        // r41..r49 renew, r49 as attempt 3 (stale); r45 is cancelled, then renews.
+        let mut writes: Vec<RunWrite> = ids[..40].iter().map(|id| succeed(id, 30)).collect();
+        let mut stale = succeed("r40", 30);
+        if let RunWrite::Finish { attempt, .. } = &mut stale {
+            *attempt = 2;
+        }
+        writes.push(stale);
+        for id in &ids[41..50] {
+            writes.push(RunWrite::Renew {
+                id: id.clone(),
+                attempt: if id == "r49" { 3 } else { 1 },
+                lease_until: 2000,
+            });
+        }
+        writes.insert(40, RunWrite::Cancel { agent: "a".into(), id: "r45".into(), now: 30 });
+        let outcomes = applied(&db, writes).await;
+        for (i, outcome) in outcomes[..40].iter().enumerate() {
+            assert_eq!(*outcome, Ok(WriteOutcome::Finished { delivery: true }), "r{i:02}");
+        }
+        assert_eq!(
+            outcomes[40],
+            Ok(WriteOutcome::Cancelled { was_running: true, delivery: true })
+        );
+        assert_eq!(outcomes[41], Ok(WriteOutcome::NotRunning), "a stale attempt ends nothing");
+        let renewals = &outcomes[42..];
+        for (id, outcome) in ids[41..50].iter().zip(renewals) {
+            let expected = if id == "r45" || id == "r49" {
+                WriteOutcome::NotRunning
+            } else {
+                WriteOutcome::Done
+            };
+            assert_eq!(*outcome, Ok(expected), "{id}");
+        }
+
+        let run = db.run("a", "r07").await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded);
+        assert_eq!(run.output, Some(("text/plain".into(), b"ok".to_vec())));
+        assert_eq!(db.run("a", "r40").await.unwrap().unwrap().status, RunStatus::Running);
+        assert_eq!(db.run("a", "r45").await.unwrap().unwrap().status, RunStatus::Cancelled);
+        // The deployment pushes: every run that ended has its event, each with its own id.
+        let due = db.due_deliveries(30, 100).await.unwrap();
+        assert_eq!(due.len(), 41, "40 succeeded and 1 cancelled");
+        let mut events: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
+        events.sort_unstable();
+        events.dedup();
+        assert_eq!(events.len(), 41);
+        let active = db.active_runs().await.unwrap();
+        assert_eq!((active[0].running, active[0].queued), (9, 1), "r40..r49 but r45; `fresh`");
+    }
+}
+
+/// Applies `writes` in one batch and answers each outcome, with failed writes as their
+/// message.
+async fn applied(
+    db: &gust_store::Store,
+    writes: Vec<RunWrite>,
+) -> Vec<Result<WriteOutcome, String>> {
+    let (_, applied) = db.apply_run_writes(writes).await;
+    applied
+        .unwrap()
+        .into_iter()
+        .map(|outcome| outcome.map_err(|e| e.to_string()))
+        .collect()
+}

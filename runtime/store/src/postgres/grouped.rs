@@ -1,0 +1,386 @@
+//! The common writes of a batch, applied a kind at a time: every plain insert in one
+//! statement, every start in one, every finish in one, every renewal in one.
+//!
+//! Applied one by one, each write costs a round trip and a savepoint (so that one failing
+//! write is undone alone); a batch of a thousand writes then waits on two thousand round
+//! trips, each a context switch on the database's side, and the queue runs at a fraction of
+//! what PostgreSQL can commit. Here a batch costs a few statements whatever its size.
+//!
+//! What stays as it was:
+//!
+//! - **Each write's outcome** is what it would have been alone. A write the set-based
+//!   statement cannot decide — an insert whose agent is near its storage bound or is gone, a
+//!   start whose run is queued yet not claimable (held by another transaction, or past its
+//!   queue wait) — is left to the one-by-one path, which decides it and says why. A start
+//!   whose run is not queued is told what it is now. (A finish or a renewal not applied is `NotRunning`: the only reason.)
+//! - **Order.** Writes of one batch come from tasks that did not wait for each other, so any
+//!   order of them is one they could have had — except for writes that name the same run
+//!   (one task's progress then its finish). A write whose run another write of the batch
+//!   names is left, with that other, to the one-by-one path, in the batch's order.
+//! - **Failure.** These statements have no savepoint of their own: one that fails aborts the
+//!   transaction, and the batch is applied again one write at a time (see
+//!   `runs::apply_run_writes`), where a failing write is undone alone. Savepoints cost only
+//!   on that path.
+
+use std::collections::HashMap;
+
+use deadpool_postgres::Transaction;
+
+use super::runs::{Ending, create_delivery, trace};
+use super::{col, num, rows, sql};
+use gust_model::RunStatus;
+
+use crate::queue::{RunWrite, StartedRun, WriteOutcome};
+use crate::{Change, StoreError};
+
+/// The outcome of each write, by its place in the batch; `None` for those left to the
+/// one-by-one path.
+pub(super) type Decided = Vec<Option<WriteOutcome>>;
+
+/// Applies the plain inserts, starts, finishes and renewals of `writes` a kind at a time,
+/// recording what each did in `decided` and what other hosts must hear in `heard`.
+///
+/// # Errors
+/// When a statement fails: the transaction is then aborted.
+pub(super) async fn apply(
+    tx: &Transaction<'_>,
+    writes: &[RunWrite],
+    decided: &mut Decided,
+    heard: &mut Vec<Change>,
+) -> Result<(), StoreError> {
+    let alone = named_once(writes);
+    let mut inserts = Vec::new();
+    let mut starts = Vec::new();
+    let mut finishes = Vec::new();
+    let mut renewals = Vec::new();
+    for (at, write) in writes.iter().enumerate() {
+        if !alone[at] {
+            continue;
+        }
+        match write {
+            // A key may name an earlier run: that is a read and a decision, one by one.
+            RunWrite::Insert(run) if run.idempotency.is_none() => inserts.push(at),
+            RunWrite::Start { .. } => starts.push(at),
+            RunWrite::Finish { .. } => finishes.push(at),
+            RunWrite::Renew { .. } => renewals.push(at),
+            _ => {}
+        }
+    }
+    if !inserts.is_empty() {
+        insert(tx, writes, &inserts, decided, heard).await?;
+    }
+    if !starts.is_empty() {
+        start(tx, writes, &starts, decided).await?;
+    }
+    if !finishes.is_empty() {
+        finish(tx, writes, &finishes, decided, heard).await?;
+    }
+    if !renewals.is_empty() {
+        renew(tx, writes, &renewals, decided).await?;
+    }
+    Ok(())
+}
+
+/// For each write, whether it is the only one of the batch that names its run (writes that
+/// name no single run — an expiry sweep, a reclaim, a purge — count as not alone).
+fn named_once(writes: &[RunWrite]) -> Vec<bool> {
+    let mut named: HashMap<&str, u32> = HashMap::with_capacity(writes.len());
+    for write in writes {
+        if let Some(id) = run_of(write) {
+            *named.entry(id).or_default() += 1;
+        }
+    }
+    writes
+        .iter()
+        .map(|write| run_of(write).is_some_and(|id| named[id] == 1))
+        .collect()
+}
+
+/// The run a write names, if it names one.
+fn run_of(write: &RunWrite) -> Option<&str> {
+    match write {
+        RunWrite::Insert(run) => Some(&run.id),
+        RunWrite::Start { id, .. }
+        | RunWrite::Renew { id, .. }
+        | RunWrite::Progress { id, .. }
+        | RunWrite::Finish { id, .. }
+        | RunWrite::Cancel { id, .. }
+        | RunWrite::Redeliver { id, .. }
+        | RunWrite::Release { id } => Some(id),
+        RunWrite::Delivery { run_id, .. } => Some(run_id),
+        RunWrite::ExpireDue { .. } | RunWrite::Purge { .. } | RunWrite::Reclaim { .. } => None,
+    }
+}
+
+/// Accepts runs without idempotency keys: the bytes of each agent's new runs are counted
+/// against its bound together, and the runs of every agent within it inserted together. An
+/// agent whose new runs would pass its bound (some may fit), or that is gone, is left to the
+/// one-by-one path, which accepts what fits and refuses the rest, run by run.
+async fn insert(
+    tx: &Transaction<'_>,
+    writes: &[RunWrite],
+    at: &[usize],
+    decided: &mut Decided,
+    heard: &mut Vec<Change>,
+) -> Result<(), StoreError> {
+    let n = at.len();
+    let mut id = Vec::with_capacity(n);
+    let mut agent = Vec::with_capacity(n);
+    let mut deployment = Vec::with_capacity(n);
+    let mut version = Vec::with_capacity(n);
+    let mut input = Vec::with_capacity(n);
+    let mut content_type = Vec::with_capacity(n);
+    let mut created_at = Vec::with_capacity(n);
+    let mut expires_at = Vec::with_capacity(n);
+    let mut push = Vec::with_capacity(n);
+    let mut bound = Vec::with_capacity(n);
+    let mut traceparent = Vec::with_capacity(n);
+    let mut tracestate = Vec::with_capacity(n);
+    for &i in at {
+        let RunWrite::Insert(run) = &writes[i] else {
+            unreachable!("grouped with the inserts")
+        };
+        id.push(run.id.as_str());
+        agent.push(run.agent.as_str());
+        deployment.push(i64::from(run.deployment));
+        version.push(i64::from(run.version));
+        input.push(run.input.as_slice());
+        content_type.push(run.content_type.as_str());
+        created_at.push(run.created_at);
+        expires_at.push(run.expires_at);
+        push.push(run.push);
+        bound.push(i64::try_from(run.max_stored_bytes).unwrap_or(i64::MAX));
+        let trace = run.trace.as_ref();
+        traceparent.push(trace.map(|t| t.traceparent.as_str()));
+        tracestate.push(trace.and_then(|t| t.tracestate.as_deref()));
+    }
+    let inserted = rows(
+        tx,
+        sql::INSERT,
+        &[
+            &id,
+            &agent,
+            &deployment,
+            &version,
+            &input,
+            &content_type,
+            &created_at,
+            &expires_at,
+            &push,
+            &bound,
+            &traceparent,
+            &tracestate,
+        ],
+    )
+    .await?;
+    let place = places(&id);
+    for row in &inserted {
+        let i = at[place_of(&place, col(row, 0)?)?];
+        let RunWrite::Insert(run) = &writes[i] else {
+            unreachable!("grouped with the inserts")
+        };
+        decided[i] = Some(WriteOutcome::Inserted);
+        heard.push(Change::RunQueued {
+            agent: run.agent.clone(),
+            id: run.id.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The claims: every named run that is queued (and not past its queue wait) becomes running
+/// with a lease, skipping runs another transaction holds.
+async fn start(
+    tx: &Transaction<'_>,
+    writes: &[RunWrite],
+    at: &[usize],
+    decided: &mut Decided,
+) -> Result<(), StoreError> {
+    let mut id = Vec::with_capacity(at.len());
+    let mut now = Vec::with_capacity(at.len());
+    let mut lease = Vec::with_capacity(at.len());
+    for &i in at {
+        let RunWrite::Start {
+            id: run,
+            now: at_time,
+            lease_until,
+        } = &writes[i]
+        else {
+            unreachable!("grouped with the starts")
+        };
+        id.push(run.as_str());
+        now.push(*at_time);
+        lease.push(*lease_until);
+    }
+    let claimed = rows(tx, sql::START, &[&id, &now, &lease]).await?;
+    let place = places(&id);
+    for row in &claimed {
+        decided[at[place_of(&place, col(row, 0)?)?]] = Some(WriteOutcome::Started(StartedRun {
+            agent: col(row, 1)?,
+            deployment: num(row, 2)?,
+            attempt: num(row, 3)?,
+            input: col(row, 4)?,
+            content_type: col(row, 5)?,
+            created_at: col(row, 6)?,
+            trace: trace(row, 7)?,
+        }));
+    }
+    // The rest, most often runs another host claimed first (every host tries every run it
+    // hears of), are told what they are now in one read. Those still queued — held by a
+    // transaction that may yet give them back, or past their queue wait — are decided one by
+    // one.
+    let unclaimed: Vec<&str> = at
+        .iter()
+        .zip(&id)
+        .filter(|(i, _)| decided[**i].is_none())
+        .map(|(_, id)| *id)
+        .collect();
+    if unclaimed.is_empty() {
+        return Ok(());
+    }
+    let found = rows(tx, sql::STATUS, &[&unclaimed]).await?;
+    let mut status: HashMap<&str, RunStatus> = HashMap::with_capacity(found.len());
+    for row in &found {
+        if let Some(now) = RunStatus::parse(col(row, 1)?) {
+            status.insert(col(row, 0)?, now);
+        }
+    }
+    for (&i, run) in at.iter().zip(&id) {
+        if decided[i].is_some() {
+            continue;
+        }
+        decided[i] = match status.get(run) {
+            None => Some(WriteOutcome::NotStarted(None)),
+            Some(RunStatus::Queued) => None,
+            Some(now) => Some(WriteOutcome::NotStarted(Some(*now))),
+        };
+    }
+    Ok(())
+}
+
+/// Ends running runs (each only if it still runs the attempt that ended) and counts the
+/// bytes each agent's runs now keep; creates the push events of those whose deployments push.
+async fn finish(
+    tx: &Transaction<'_>,
+    writes: &[RunWrite],
+    at: &[usize],
+    decided: &mut Decided,
+    heard: &mut Vec<Change>,
+) -> Result<(), StoreError> {
+    let n = at.len();
+    let mut id = Vec::with_capacity(n);
+    let mut attempt = Vec::with_capacity(n);
+    let mut now = Vec::with_capacity(n);
+    let mut endings = Vec::with_capacity(n);
+    for &i in at {
+        let RunWrite::Finish {
+            id: run,
+            attempt: of,
+            now: at_time,
+            outcome,
+            logs,
+            outbound,
+        } = &writes[i]
+        else {
+            unreachable!("grouped with the finishes")
+        };
+        id.push(run.as_str());
+        attempt.push(i64::from(*of));
+        now.push(*at_time);
+        endings.push(Ending::of(outcome, logs, outbound)?);
+    }
+    let status: Vec<&str> = endings.iter().map(|e| e.status.as_str()).collect();
+    let output: Vec<Option<&[u8]>> = endings.iter().map(|e| e.output).collect();
+    let output_type: Vec<Option<&str>> = endings.iter().map(|e| e.output_type).collect();
+    let error_kind: Vec<Option<&str>> = endings.iter().map(|e| e.error_kind).collect();
+    let error_message: Vec<Option<&str>> = endings.iter().map(|e| e.error_message).collect();
+    let logs: Vec<&str> = endings.iter().map(|e| e.logs.as_str()).collect();
+    let outbound: Vec<Option<&str>> = endings.iter().map(|e| e.outbound.as_deref()).collect();
+    let ended = rows(
+        tx,
+        sql::FINISH,
+        &[
+            &id,
+            &attempt,
+            &status,
+            &now,
+            &output,
+            &output_type,
+            &error_kind,
+            &error_message,
+            &logs,
+            &outbound,
+        ],
+    )
+    .await?;
+    let place = places(&id);
+    for row in &ended {
+        let run: &str = col(row, 0)?;
+        let push: bool = col(row, 1)?;
+        let k = place_of(&place, run)?;
+        // Most runs do not push: skip reading their deployment's configuration.
+        let delivery = push && create_delivery(tx, run, endings[k].status, now[k]).await?;
+        heard.push(Change::RunEnded {
+            agent: col(row, 2)?,
+            id: run.to_owned(),
+        });
+        decided[at[k]] = Some(WriteOutcome::Finished { delivery });
+    }
+    // Not running that attempt any more (cancelled, or taken over after its lease lapsed).
+    for &i in at {
+        decided[i].get_or_insert(WriteOutcome::NotRunning);
+    }
+    Ok(())
+}
+
+/// Extends the leases of runs still running the attempt that renews; the others are told
+/// their run is not running any more (their workers stop).
+async fn renew(
+    tx: &Transaction<'_>,
+    writes: &[RunWrite],
+    at: &[usize],
+    decided: &mut Decided,
+) -> Result<(), StoreError> {
+    let mut id = Vec::with_capacity(at.len());
+    let mut attempt = Vec::with_capacity(at.len());
+    let mut lease = Vec::with_capacity(at.len());
+    for &i in at {
+        let RunWrite::Renew {
+            id: run,
+            attempt: of,
+            lease_until,
+        } = &writes[i]
+        else {
+            unreachable!("grouped with the renewals")
+        };
+        id.push(run.as_str());
+        attempt.push(i64::from(*of));
+        lease.push(*lease_until);
+    }
+    let renewed = rows(tx, sql::RENEW, &[&id, &attempt, &lease]).await?;
+    let place = places(&id);
+    for row in &renewed {
+        decided[at[place_of(&place, col(row, 0)?)?]] = Some(WriteOutcome::Done);
+    }
+    for &i in at {
+        decided[i].get_or_insert(WriteOutcome::NotRunning);
+    }
+    Ok(())
+}
+
+/// Where in its group each run's write is: `ids[k]` is the run of the group's `k`th write.
+fn places<'a>(ids: &[&'a str]) -> HashMap<&'a str, usize> {
+    ids.iter()
+        .copied()
+        .enumerate()
+        .map(|(k, id)| (id, k))
+        .collect()
+}
+
+/// The place in its group of the write of run `id`, which a statement returned.
+fn place_of(places: &HashMap<&str, usize>, id: &str) -> Result<usize, StoreError> {
+    places
+        .get(id)
+        .copied()
+        .ok_or_else(|| super::internal(format!("a statement returned run {id}, not asked for")))
+}
