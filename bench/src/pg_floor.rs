@@ -10,7 +10,7 @@
 //! - **the statements**, the very text gust's store sends (`gust_store::postgres_queue_sql`),
 //!   prepared once per connection and sent one after another as the store sends them;
 //! - **the batch shape** (`runtime/store/src/postgres/runs.rs`, `grouped.rs`): one
-//!   transaction per batch; the agents' rows locked first; every insert of the batch in one
+//!   transaction per batch, under gust's settings; the agents' rows locked first; every insert of the batch in one
 //!   statement, every claim in one, every finish in one; every run queued and ended
 //!   announced with one `pg_notify` statement; a host's listener connection `LISTEN`ing
 //!   meanwhile;
@@ -399,6 +399,7 @@ async fn apply_batch(
     pipelined: bool,
 ) -> anyhow::Result<()> {
     let tx = client.transaction().await?;
+    tx.batch_execute(sql::BATCH_SETTINGS).await?;
     send_batch(&tx, statements, writes, pipelined).await?;
     tx.commit().await?;
     Ok(())

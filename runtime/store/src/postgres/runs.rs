@@ -87,6 +87,7 @@ async fn apply_batch(
     grouped: bool,
 ) -> Result<Vec<Result<WriteOutcome, StoreError>>, Failed> {
     let tx = client.transaction().await.map_err(db)?;
+    tx.batch_execute(sql::BATCH_SETTINGS).await.map_err(db)?;
     lock_agents(&tx, writes).await?;
     let mut decided: grouped::Decided = vec![None; writes.len()];
     let mut changes = Vec::new();

@@ -1,6 +1,20 @@
 //! The statements of the run queue's hot path on PostgreSQL, in one place: the store sends
 //! them (`runs.rs`, `grouped.rs`), and the benchmark's raw floor (`bench/src/pg_floor.rs`)
 //! sends the very same text, so the floor measures what gust asks of PostgreSQL.
+//!
+//! Each statement names its runs by id and must find them through the primary key: one
+//! lookup per run, whatever the tables hold. The plans PostgreSQL caches for prepared
+//! statements are made from statistics gathered when the table was young, and kept until
+//! the next analyze; two plans they then favour cost a batch the square of the queue:
+//!
+//! - a sequential scan of `runs` for each run named (a table of a few pages looks cheaper to
+//!   read whole) — so each batch runs under [`BATCH_SETTINGS`];
+//! - a scan of every queued (or running) run through the queue's index (`runs_queue`, on
+//!   status) for each run named (when few were queued at the last analyze) — so the status
+//!   tests are written `status || ''`, which that index cannot serve.
+
+/// The settings of a batch's transaction: index scans wherever one serves (see above).
+pub const BATCH_SETTINGS: &str = "SET LOCAL enable_seqscan = off";
 
 /// Locks, in name order, the rows of the agents a batch accepts runs for (`$1`) and of the
 /// agents of the runs it ends (`$2`).
@@ -36,7 +50,7 @@ pub const START: &str = "WITH t AS (
             SELECT * FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[]) AS t(id, now, lease)
          ), claimable AS (
             SELECT r.id FROM runs r JOIN t ON t.id = r.id
-            WHERE r.status = 'queued' AND NOT (r.attempts = 0 AND r.expires_at < t.now)
+            WHERE r.status || '' = 'queued' AND NOT (r.attempts = 0 AND r.expires_at < t.now)
             FOR UPDATE OF r SKIP LOCKED
          )
          UPDATE runs r SET status = 'running', attempts = r.attempts + 1, started_at = t.now,
@@ -62,7 +76,7 @@ pub const FINISH: &str = "WITH t AS (
                 lease_until = NULL,
                 stored_bytes = octet_length(r.input)::BIGINT + coalesce(octet_length(t.output), 0)
                     + octet_length(t.logs) + coalesce(octet_length(t.outbound), 0)
-            FROM t WHERE r.id = t.id AND r.status = 'running' AND r.attempts = t.attempt
+            FROM t WHERE r.id = t.id AND r.status || '' = 'running' AND r.attempts = t.attempt
             RETURNING r.id, r.push, r.agent, coalesce(octet_length(t.output), 0)::BIGINT
                 + octet_length(t.logs) + coalesce(octet_length(t.outbound), 0) AS added
          ), counted AS (
@@ -75,7 +89,7 @@ pub const FINISH: &str = "WITH t AS (
 /// Extends the leases of the named runs still running the attempt that renews.
 pub const RENEW: &str = "UPDATE runs r SET lease_until = t.lease
          FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[]) AS t(id, attempt, lease)
-         WHERE r.id = t.id AND r.status = 'running' AND r.attempts = t.attempt
+         WHERE r.id = t.id AND r.status || '' = 'running' AND r.attempts = t.attempt
          RETURNING r.id";
 
 /// Announces a batch's changes (`$2`, payloads) on the channel `$1`, at its commit.
