@@ -19,7 +19,8 @@ pub const BATCH_SETTINGS: &str = "SET LOCAL enable_seqscan = off";
 /// Locks, in name order, the rows of the agents a batch accepts runs for (`$1`) and of the
 /// agents of the runs it ends (`$2`).
 pub const LOCK_AGENTS: &str = "SELECT name FROM agents
-         WHERE name = ANY($1) OR name IN (SELECT agent FROM runs WHERE id = ANY($2))
+         WHERE name = ANY($1)
+            OR name IN (SELECT r.agent FROM unnest($2::TEXT[]) AS n(id) JOIN runs r ON r.id = n.id)
          ORDER BY name FOR NO KEY UPDATE";
 
 /// Counts the new runs' bytes per agent against its bound and inserts the runs of every

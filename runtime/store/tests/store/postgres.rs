@@ -624,3 +624,85 @@ async fn join_all<T>(
     }
     out
 }
+
+/// The statements of a batch find the runs they name through the primary key, even with the
+/// statistics of a young table, under the plans PostgreSQL caches for prepared statements.
+/// (Such plans read the whole table, or every queued run through the queue's index, for each
+/// run named: a batch then cost the square of the queue, and queued runs/s fell by half as
+/// the table grew.)
+#[tokio::test]
+async fn batch_statements_find_their_runs_by_primary_key() {
+    use gust_store::postgres_queue_sql as sql;
+    let Some(url) = database("batch_plans") else {
+        return;
+    };
+    let db = Store::open_postgres(&url).await.unwrap();
+    deployed(&db).await;
+    for i in 0..20 {
+        apply(&db, new_run(&format!("r{i}"), 10, None)).await;
+    }
+    let client = connect(&url).await;
+    // What autovacuum would have gathered early: a small table, every run queued.
+    client.batch_execute("ANALYZE").await.unwrap();
+    let named = "'{r1,r2}'::TEXT[]";
+    let statements = [
+        (
+            "LOCK_AGENTS",
+            sql::LOCK_AGENTS,
+            format!("'{{a}}'::TEXT[], {named}"),
+        ),
+        (
+            "START",
+            sql::START,
+            format!("{named}, '{{1,1}}', '{{2,2}}'"),
+        ),
+        (
+            "FINISH",
+            sql::FINISH,
+            format!(
+                "{named}, '{{1,1}}', '{{succeeded,succeeded}}', '{{5,5}}', \
+                 ARRAY['\\x7b7d', '\\x7b7d']::BYTEA[], '{{text/plain,text/plain}}', \
+                 ARRAY[NULL, NULL]::TEXT[], ARRAY[NULL, NULL]::TEXT[], '{{[],[]}}', \
+                 ARRAY[NULL, NULL]::TEXT[]"
+            ),
+        ),
+        (
+            "RENEW",
+            sql::RENEW,
+            format!("{named}, '{{1,1}}', '{{5,5}}'"),
+        ),
+        ("STATUS", sql::STATUS, named.to_owned()),
+    ];
+    for (name, statement, arguments) in statements {
+        client
+            .batch_execute(&format!(
+                "BEGIN; {}; SET LOCAL plan_cache_mode = force_generic_plan; PREPARE p AS {statement}",
+                sql::BATCH_SETTINGS
+            ))
+            .await
+            .unwrap();
+        let plan: Vec<String> = client
+            .simple_query(&format!("EXPLAIN EXECUTE p({arguments})"))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        client
+            .batch_execute("ROLLBACK; DEALLOCATE p")
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("runs_pkey"),
+            "{name} looks runs up by id:\n{plan}"
+        );
+        assert!(
+            !plan.contains("Seq Scan on runs") && !plan.contains("runs_queue"),
+            "{name} reads no other runs than those it names:\n{plan}"
+        );
+    }
+}
