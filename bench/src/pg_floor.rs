@@ -10,10 +10,10 @@
 //! - **the statements**, the very text gust's store sends (`gust_store::postgres_queue_sql`),
 //!   prepared once per connection and sent one after another as the store sends them;
 //! - **the batch shape** (`runtime/store/src/postgres/runs.rs`, `grouped.rs`): one
-//!   transaction per batch, under gust's settings; the agents' rows locked first; every insert of the batch in one
-//!   statement, every claim in one, every finish in one; every run queued and ended
-//!   announced with one `pg_notify` statement; a host's listener connection `LISTEN`ing
-//!   meanwhile;
+//!   transaction per batch, under gust's settings; the agents' rows locked first; every
+//!   insert of the batch in one statement, every claim in one, every finish in one, all
+//!   sent together; then every run queued and ended announced with one `pg_notify`
+//!   statement; a host's listener connection `LISTEN`ing meanwhile;
 //! - **the batching**: one writer task (`runtime/core/src/runs/writer.rs`) takes the first
 //!   write waiting and whatever else is already queued, up to 1024, so batches grow with
 //!   the load by themselves;
@@ -69,9 +69,9 @@ pub struct Load {
     pub workers: usize,
     /// The run's input.
     pub input: &'static [u8],
-    /// Send each batch's statements without waiting for each answer (not what gust does:
-    /// what it would gain).
-    pub pipelined: bool,
+    /// Send each batch's statements one at a time, each after the last one's answer (not
+    /// what gust does: what sending them together gains).
+    pub one_at_a_time: bool,
 }
 
 /// What the floor measured.
@@ -192,7 +192,7 @@ pub async fn run(load: &Load) -> anyhow::Result<Reading> {
             total: load.runs,
             done: Some(done),
             stats: Arc::clone(&stats),
-            pipelined: load.pipelined,
+            one_at_a_time: load.one_at_a_time,
         }
         .run(queued),
     );
@@ -330,7 +330,7 @@ struct Writer {
     total: usize,
     done: Option<oneshot::Sender<()>>,
     stats: Arc<WriterStats>,
-    pipelined: bool,
+    one_at_a_time: bool,
 }
 
 impl Writer {
@@ -341,8 +341,8 @@ impl Writer {
         mut self,
         mut queued: mpsc::UnboundedReceiver<(Write, Reply)>,
     ) -> anyhow::Result<()> {
-        let (claims, total, stats, pipelined) =
-            (self.claims, self.total, self.stats, self.pipelined);
+        let (claims, total, stats, one_at_a_time) =
+            (self.claims, self.total, self.stats, self.one_at_a_time);
         let (client, statements) = (&mut self.client, &self.statements);
         let mut done = self.done;
         let mut finished = 0;
@@ -356,7 +356,7 @@ impl Writer {
                 }
             }
             let began = Instant::now();
-            apply_batch(client, statements, &batch, pipelined).await?;
+            apply_batch(client, statements, &batch, one_at_a_time).await?;
             stats
                 .busy_ns
                 .fetch_add(began.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -389,18 +389,18 @@ impl Writer {
 /// A statement of a batch, with the check of its answer.
 type Op<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
 
-/// One batch, as gust's `apply_batch` sends it: with `pipelined`, the same statements are
-/// sent without waiting for each answer before the next (the connection keeps them in
-/// order), then every answer is checked.
+/// One batch, as gust's `apply_batch` sends it: the settings, the agent lock and the
+/// statements of each kind sent together (the connection keeps them in order), then the
+/// announcements. With `one_at_a_time`, each statement waits for the last one's answer (not
+/// what gust does: what sending them together gains).
 async fn apply_batch(
     client: &mut Client,
     statements: &Statements,
     writes: &[(Write, Reply)],
-    pipelined: bool,
+    one_at_a_time: bool,
 ) -> anyhow::Result<()> {
     let tx = client.transaction().await?;
-    tx.batch_execute(sql::BATCH_SETTINGS).await?;
-    send_batch(&tx, statements, writes, pipelined).await?;
+    send_batch(&tx, statements, writes, one_at_a_time).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -410,7 +410,7 @@ async fn send_batch(
     tx: &Transaction<'_>,
     statements: &Statements,
     writes: &[(Write, Reply)],
-    pipelined: bool,
+    one_at_a_time: bool,
 ) -> anyhow::Result<()> {
     let now = now_ms();
     let mut inserts = Inserts::default();
@@ -443,6 +443,10 @@ async fn send_batch(
         vec![AGENT]
     };
     let mut ops: Vec<Op<'_>> = Vec::with_capacity(5);
+    ops.push(Box::pin(async move {
+        tx.batch_execute(sql::BATCH_SETTINGS).await?;
+        Ok(())
+    }));
     if !agents.is_empty() || !ending.is_empty() {
         let ending = ending.clone();
         ops.push(Box::pin(async move {
@@ -520,19 +524,17 @@ async fn send_batch(
             Ok(())
         }));
     }
-    if !payloads.is_empty() {
-        ops.push(Box::pin(async move {
-            tx.query(&statements.notify, &[&CHANNEL, &payloads]).await?;
-            Ok(())
-        }));
-    }
-    if pipelined {
-        futures::future::try_join_all(ops).await?;
-    } else {
+    if one_at_a_time {
         // An op sends nothing until it is awaited: one statement, one answer, the next.
         for op in ops {
             op.await?;
         }
+    } else {
+        futures::future::try_join_all(ops).await?;
+    }
+    // The announcements name what the statements did, so they follow the answers.
+    if !payloads.is_empty() {
+        tx.query(&statements.notify, &[&CHANNEL, &payloads]).await?;
     }
     Ok(())
 }

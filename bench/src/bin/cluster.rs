@@ -42,8 +42,8 @@ use serde_json::{Value, json};
 const INPUT: &[u8] = br#"{"job":"1234567"}"#;
 
 /// The two floors: gust's statements as gust sends them (the floor of the goal), and the
-/// same statements pipelined (what sending them that way would gain).
-const FLOORS: [&str; 2] = ["raw PostgreSQL floor", "floor, statements pipelined"];
+/// same statements sent one at a time (what sending them together gains).
+const FLOORS: [&str; 2] = ["raw PostgreSQL floor", "floor, one statement at a time"];
 
 /// The input of the sync calls under wrk, as the `http` benchmark sends.
 const SYNC_INPUT: &str = r#"{"say":"hi"}"#;
@@ -272,7 +272,7 @@ async fn queue(
                 submitters: options.clients,
                 workers: options.workers,
                 input: INPUT,
-                pipelined: i == 1,
+                one_at_a_time: i == 1,
             })
             .await?;
             println!(

@@ -25,8 +25,9 @@
 use std::collections::HashMap;
 
 use deadpool_postgres::Transaction;
+use tokio_postgres::Row;
 
-use super::runs::{Ending, create_delivery, trace};
+use super::runs::{Ending, create_delivery, status_of, trace};
 use super::{col, num, rows, sql};
 use gust_model::RunStatus;
 
@@ -66,19 +67,37 @@ pub(super) async fn apply(
             _ => {}
         }
     }
-    if !inserts.is_empty() {
-        insert(tx, writes, &inserts, decided, heard).await?;
-    }
-    if !starts.is_empty() {
-        start(tx, writes, &starts, decided).await?;
-    }
-    if !finishes.is_empty() {
-        finish(tx, writes, &finishes, decided, heard).await?;
-    }
-    if !renewals.is_empty() {
-        renew(tx, writes, &renewals, decided).await?;
-    }
+    // Sent together, answered in order: the batch's settings, its agent locks, and one
+    // statement per kind. Each names other runs, so none depends on another's answer.
+    let (settings, locked, inserted, claimed, ended, renewed) = tokio::join!(
+        tx.batch_execute(sql::BATCH_SETTINGS),
+        super::runs::lock_agents(tx, writes),
+        unless_none(&inserts, insert(tx, writes, &inserts)),
+        unless_none(&starts, start(tx, writes, &starts)),
+        unless_none(&finishes, finish(tx, writes, &finishes)),
+        unless_none(&renewals, renew(tx, writes, &renewals)),
+    );
+    // The first failure is the cause; those after it only saw the transaction aborted.
+    settings.map_err(super::db)?;
+    locked?;
+    let (inserted, claimed, ended, renewed) = (inserted?, claimed?, ended?, renewed?);
+    record_inserts(writes, &inserts, &inserted, decided, heard)?;
+    record_starts(tx, writes, &starts, &claimed, decided).await?;
+    record_finishes(tx, writes, &finishes, &ended, decided, heard).await?;
+    record_renewals(writes, &renewals, &renewed, decided)?;
     Ok(())
+}
+
+/// The rows of `statement`, or none when no write is of its kind (nothing is sent).
+async fn unless_none(
+    at: &[usize],
+    statement: impl Future<Output = Result<Vec<Row>, StoreError>>,
+) -> Result<Vec<Row>, StoreError> {
+    if at.is_empty() {
+        Ok(Vec::new())
+    } else {
+        statement.await
+    }
 }
 
 /// For each write, whether it is the only one of the batch that names its run (writes that
@@ -120,9 +139,7 @@ async fn insert(
     tx: &Transaction<'_>,
     writes: &[RunWrite],
     at: &[usize],
-    decided: &mut Decided,
-    heard: &mut Vec<Change>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Row>, StoreError> {
     let n = at.len();
     let mut id = Vec::with_capacity(n);
     let mut agent = Vec::with_capacity(n);
@@ -154,7 +171,7 @@ async fn insert(
         traceparent.push(trace.map(|t| t.traceparent.as_str()));
         tracestate.push(trace.and_then(|t| t.tracestate.as_deref()));
     }
-    let inserted = rows(
+    rows(
         tx,
         sql::INSERT,
         &[
@@ -172,9 +189,19 @@ async fn insert(
             &tracestate,
         ],
     )
-    .await?;
-    let place = places(&id);
-    for row in &inserted {
+    .await
+}
+
+/// What the inserts did: the runs returned were accepted.
+fn record_inserts(
+    writes: &[RunWrite],
+    at: &[usize],
+    inserted: &[Row],
+    decided: &mut Decided,
+    heard: &mut Vec<Change>,
+) -> Result<(), StoreError> {
+    let place = places(writes, at);
+    for row in inserted {
         let i = at[place_of(&place, col(row, 0)?)?];
         let RunWrite::Insert(run) = &writes[i] else {
             unreachable!("grouped with the inserts")
@@ -194,8 +221,7 @@ async fn start(
     tx: &Transaction<'_>,
     writes: &[RunWrite],
     at: &[usize],
-    decided: &mut Decided,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Row>, StoreError> {
     let mut id = Vec::with_capacity(at.len());
     let mut now = Vec::with_capacity(at.len());
     let mut lease = Vec::with_capacity(at.len());
@@ -212,9 +238,19 @@ async fn start(
         now.push(*at_time);
         lease.push(*lease_until);
     }
-    let claimed = rows(tx, sql::START, &[&id, &now, &lease]).await?;
-    let place = places(&id);
-    for row in &claimed {
+    rows(tx, sql::START, &[&id, &now, &lease]).await
+}
+
+/// What the starts did: the runs returned were claimed; the others are read.
+async fn record_starts(
+    tx: &Transaction<'_>,
+    writes: &[RunWrite],
+    at: &[usize],
+    claimed: &[Row],
+    decided: &mut Decided,
+) -> Result<(), StoreError> {
+    let place = places(writes, at);
+    for row in claimed {
         decided[at[place_of(&place, col(row, 0)?)?]] = Some(WriteOutcome::Started(StartedRun {
             agent: col(row, 1)?,
             deployment: num(row, 2)?,
@@ -231,9 +267,8 @@ async fn start(
     // one.
     let unclaimed: Vec<&str> = at
         .iter()
-        .zip(&id)
-        .filter(|(i, _)| decided[**i].is_none())
-        .map(|(_, id)| *id)
+        .filter(|&&i| decided[i].is_none())
+        .filter_map(|&i| run_of(&writes[i]))
         .collect();
     if unclaimed.is_empty() {
         return Ok(());
@@ -245,11 +280,11 @@ async fn start(
             status.insert(col(row, 0)?, now);
         }
     }
-    for (&i, run) in at.iter().zip(&id) {
+    for &i in at {
         if decided[i].is_some() {
             continue;
         }
-        decided[i] = match status.get(run) {
+        decided[i] = match run_of(&writes[i]).and_then(|run| status.get(run)) {
             None => Some(WriteOutcome::NotStarted(None)),
             Some(RunStatus::Queued) => None,
             Some(now) => Some(WriteOutcome::NotStarted(Some(*now))),
@@ -264,9 +299,7 @@ async fn finish(
     tx: &Transaction<'_>,
     writes: &[RunWrite],
     at: &[usize],
-    decided: &mut Decided,
-    heard: &mut Vec<Change>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Row>, StoreError> {
     let n = at.len();
     let mut id = Vec::with_capacity(n);
     let mut attempt = Vec::with_capacity(n);
@@ -296,7 +329,7 @@ async fn finish(
     let error_message: Vec<Option<&str>> = endings.iter().map(|e| e.error_message).collect();
     let logs: Vec<&str> = endings.iter().map(|e| e.logs.as_str()).collect();
     let outbound: Vec<Option<&str>> = endings.iter().map(|e| e.outbound.as_deref()).collect();
-    let ended = rows(
+    rows(
         tx,
         sql::FINISH,
         &[
@@ -312,14 +345,29 @@ async fn finish(
             &outbound,
         ],
     )
-    .await?;
-    let place = places(&id);
-    for row in &ended {
+    .await
+}
+
+/// What the finishes did: the runs returned ended (their push events are created now); the
+/// others were not running that attempt any more.
+async fn record_finishes(
+    tx: &Transaction<'_>,
+    writes: &[RunWrite],
+    at: &[usize],
+    ended: &[Row],
+    decided: &mut Decided,
+    heard: &mut Vec<Change>,
+) -> Result<(), StoreError> {
+    let place = places(writes, at);
+    for row in ended {
         let run: &str = col(row, 0)?;
         let push: bool = col(row, 1)?;
         let k = place_of(&place, run)?;
+        let RunWrite::Finish { now, outcome, .. } = &writes[at[k]] else {
+            unreachable!("grouped with the finishes")
+        };
         // Most runs do not push: skip reading their deployment's configuration.
-        let delivery = push && create_delivery(tx, run, endings[k].status, now[k]).await?;
+        let delivery = push && create_delivery(tx, run, status_of(outcome), *now).await?;
         heard.push(Change::RunEnded {
             agent: col(row, 2)?,
             id: run.to_owned(),
@@ -339,8 +387,7 @@ async fn renew(
     tx: &Transaction<'_>,
     writes: &[RunWrite],
     at: &[usize],
-    decided: &mut Decided,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Row>, StoreError> {
     let mut id = Vec::with_capacity(at.len());
     let mut attempt = Vec::with_capacity(at.len());
     let mut lease = Vec::with_capacity(at.len());
@@ -357,9 +404,19 @@ async fn renew(
         attempt.push(i64::from(*of));
         lease.push(*lease_until);
     }
-    let renewed = rows(tx, sql::RENEW, &[&id, &attempt, &lease]).await?;
-    let place = places(&id);
-    for row in &renewed {
+    rows(tx, sql::RENEW, &[&id, &attempt, &lease]).await
+}
+
+/// What the renewals did: the runs returned were extended; the others are not running that
+/// attempt any more.
+fn record_renewals(
+    writes: &[RunWrite],
+    at: &[usize],
+    renewed: &[Row],
+    decided: &mut Decided,
+) -> Result<(), StoreError> {
+    let place = places(writes, at);
+    for row in renewed {
         decided[at[place_of(&place, col(row, 0)?)?]] = Some(WriteOutcome::Done);
     }
     for &i in at {
@@ -368,12 +425,11 @@ async fn renew(
     Ok(())
 }
 
-/// Where in its group each run's write is: `ids[k]` is the run of the group's `k`th write.
-fn places<'a>(ids: &[&'a str]) -> HashMap<&'a str, usize> {
-    ids.iter()
-        .copied()
+/// Where in its group each run's write is: the run of write `at[k]` maps to `k`.
+fn places<'a>(writes: &'a [RunWrite], at: &[usize]) -> HashMap<&'a str, usize> {
+    at.iter()
         .enumerate()
-        .map(|(k, id)| (id, k))
+        .filter_map(|(k, &i)| Some((run_of(&writes[i])?, k)))
         .collect()
 }
 

@@ -87,17 +87,19 @@ async fn apply_batch(
     grouped: bool,
 ) -> Result<Vec<Result<WriteOutcome, StoreError>>, Failed> {
     let tx = client.transaction().await.map_err(db)?;
-    tx.batch_execute(sql::BATCH_SETTINGS).await.map_err(db)?;
-    lock_agents(&tx, writes).await?;
     let mut decided: grouped::Decided = vec![None; writes.len()];
     let mut changes = Vec::new();
     if grouped {
+        // The batch's settings and agent locks go with the grouped statements.
         match grouped::apply(&tx, writes, &mut decided, &mut changes).await {
             Ok(()) => {}
             Err(e @ StoreError::Unavailable(_)) => return Err(Failed::Batch(e)),
             Err(e) if retryable(&e) => return Err(Failed::Batch(e)),
             Err(e) => return Err(Failed::Grouped(e)),
         }
+    } else {
+        tx.batch_execute(sql::BATCH_SETTINGS).await.map_err(db)?;
+        lock_agents(&tx, writes).await?;
     }
     let mut outcomes = Vec::with_capacity(writes.len());
     let mut savepoint = false;
@@ -139,7 +141,10 @@ async fn apply_batch(
 /// Locks, in name order, the rows of the agents whose stored bytes the batch changes: those
 /// it accepts runs for, and those of the runs it ends. (`NO KEY UPDATE`, the strength of the
 /// updates to come: inserts that merely refer to the agent are not held up.)
-async fn lock_agents(tx: &Transaction<'_>, writes: &[RunWrite]) -> Result<(), StoreError> {
+pub(super) async fn lock_agents(
+    tx: &Transaction<'_>,
+    writes: &[RunWrite],
+) -> Result<(), StoreError> {
     let mut agents: Vec<&str> = Vec::new();
     let mut ending: Vec<&str> = Vec::new();
     for write in writes {
@@ -565,6 +570,14 @@ async fn finish(
     // Most runs do not push: skip reading their deployment's configuration.
     let delivery = push && create_delivery(tx, id, status, now).await?;
     Ok(WriteOutcome::Finished { delivery })
+}
+
+/// The status a run ends in with `outcome`.
+pub(super) fn status_of(outcome: &RunOutcome) -> RunStatus {
+    match outcome {
+        RunOutcome::Succeeded { .. } => RunStatus::Succeeded,
+        RunOutcome::Failed { .. } => RunStatus::Failed,
+    }
 }
 
 /// The columns a run's end writes, from what its attempt reported.
