@@ -8,7 +8,9 @@
 //! - **the tables**, made by gust's own migrations (the store is opened once on the
 //!   database, then closed);
 //! - **the statements**, the very text gust's store sends (`gust_store::postgres_queue_sql`),
-//!   prepared once per connection and sent one after another as the store sends them;
+//!   prepared once per connection. An echo run needs no more than the lock, the insert, the
+//!   claim and the finish: every claim here wins, so the read that tells losing starts
+//!   their run's status is never sent, nor are renewals (runs end long before their lease);
 //! - **the batch shape** (`runtime/store/src/postgres/runs.rs`, `grouped.rs`): one
 //!   transaction per batch, under gust's settings; the agents' rows locked first; every
 //!   insert of the batch in one statement, every claim in one, every finish in one, all

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
-use super::runs::{Ending, create_delivery, status_of, trace};
+use super::batch::{Ending, create_delivery, lock_agents, status_of, trace};
 use super::{col, num, rows, sql};
 use gust_model::RunStatus;
 
@@ -67,11 +67,30 @@ pub(super) async fn apply(
             _ => {}
         }
     }
+    // Two writers that lock the same rows in one order cannot deadlock on them: the agents
+    // are locked in name order first, and runs are updated in id order.
+    let by_run = |a: &usize, b: &usize| run_of(&writes[*a]).cmp(&run_of(&writes[*b]));
+    finishes.sort_unstable_by(by_run);
+    renewals.sort_unstable_by(by_run);
     // Sent together, answered in order: the batch's settings, its agent locks, and one
-    // statement per kind. Each names other runs, so none depends on another's answer.
+    // statement per kind. Each names other runs, so none depends on another's answer. The
+    // order they run in is the order they are sent in, so the agent locks go first: every
+    // statement is parsed beforehand (once per connection: a statement not yet parsed would
+    // send its execution only after its parse is answered, behind the others), and the
+    // futures are polled in the order written.
+    for statement in [
+        sql::LOCK_AGENTS,
+        sql::INSERT,
+        sql::START,
+        sql::FINISH,
+        sql::RENEW,
+    ] {
+        tx.prepare_cached(statement).await.map_err(super::db)?;
+    }
     let (settings, locked, inserted, claimed, ended, renewed) = tokio::join!(
+        biased;
         tx.batch_execute(sql::BATCH_SETTINGS),
-        super::runs::lock_agents(tx, writes),
+        lock_agents(tx, writes),
         unless_none(&inserts, insert(tx, writes, &inserts)),
         unless_none(&starts, start(tx, writes, &starts)),
         unless_none(&finishes, finish(tx, writes, &finishes)),

@@ -15,6 +15,7 @@
 //! - `notify`: changes announced with `pg_notify`, heard by a listener of each host.
 
 mod agents;
+mod batch;
 mod config;
 mod grouped;
 mod keys;

@@ -5,7 +5,8 @@ use tokio_postgres::Row;
 
 use gust_model::{DeliveryRecord, DeliveryStatus, RunRecord, RunStatus};
 
-use super::runs::{pairs, reclaim, trace};
+use super::batch::{pairs, trace};
+use super::runs::reclaim;
 use super::{Postgres, col, db, num, row, rows};
 use crate::StoreError;
 use crate::queue::{ActiveRuns, Recovered};

@@ -1,0 +1,159 @@
+//! What the run queue's batches share, applied one by one or grouped: the agent lock a batch takes
+//! first, the columns of a run's end, its push event, and the rows' trace contexts.
+
+use deadpool_postgres::{GenericClient, Transaction};
+use tokio_postgres::Row;
+
+use gust_model::{LogLine, OutboundRequest, RunOutcome, RunStatus, TraceContext};
+
+use super::{col, exec, row, rows, sql};
+use crate::StoreError;
+use crate::queue::RunWrite;
+
+/// Locks, in name order, the rows of the agents whose stored bytes the batch changes: those
+/// it accepts runs for, and those of the runs it ends. (`NO KEY UPDATE`, the strength of the
+/// updates to come: inserts that merely refer to the agent are not held up.)
+pub(super) async fn lock_agents(
+    tx: &Transaction<'_>,
+    writes: &[RunWrite],
+) -> Result<(), StoreError> {
+    let mut agents: Vec<&str> = Vec::new();
+    let mut ending: Vec<&str> = Vec::new();
+    for write in writes {
+        match write {
+            RunWrite::Insert(run) => agents.push(&run.agent),
+            RunWrite::Finish { id, .. } => ending.push(id),
+            _ => {}
+        }
+    }
+    if agents.is_empty() && ending.is_empty() {
+        return Ok(());
+    }
+    agents.sort_unstable();
+    agents.dedup();
+    rows(tx, sql::LOCK_AGENTS, &[&agents, &ending])
+        .await
+        .map(drop)
+}
+
+/// The status a run ends in with `outcome`.
+pub(super) fn status_of(outcome: &RunOutcome) -> RunStatus {
+    match outcome {
+        RunOutcome::Succeeded { .. } => RunStatus::Succeeded,
+        RunOutcome::Failed { .. } => RunStatus::Failed,
+    }
+}
+
+/// The columns a run's end writes, from what its attempt reported.
+pub(super) struct Ending<'a> {
+    pub status: RunStatus,
+    pub output: Option<&'a [u8]>,
+    pub output_type: Option<&'a str>,
+    pub error_kind: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+    /// The log lines, as JSON.
+    pub logs: String,
+    /// The outgoing requests, as JSON; `None` when there were none.
+    pub outbound: Option<String>,
+}
+
+impl<'a> Ending<'a> {
+    pub(super) fn of(
+        outcome: &'a RunOutcome,
+        logs: &[LogLine],
+        outbound: &[OutboundRequest],
+    ) -> Result<Self, StoreError> {
+        let logs = serde_json::to_string(logs).map_err(|e| StoreError::Internal(e.into()))?;
+        let outbound = (!outbound.is_empty())
+            .then(|| serde_json::to_string(outbound))
+            .transpose()
+            .map_err(|e| StoreError::Internal(e.into()))?;
+        Ok(match outcome {
+            RunOutcome::Succeeded {
+                content_type,
+                output,
+            } => Ending {
+                status: RunStatus::Succeeded,
+                output: Some(output.as_slice()),
+                output_type: Some(content_type.as_str()),
+                error_kind: None,
+                error_message: None,
+                logs,
+                outbound,
+            },
+            RunOutcome::Failed { kind, message } => Ending {
+                status: RunStatus::Failed,
+                output: None,
+                output_type: None,
+                error_kind: Some(kind.as_str()),
+                error_message: Some(message.as_str()),
+                logs,
+                outbound,
+            },
+        })
+    }
+}
+
+/// Creates the push event of a run that just ended, when its deployment pushes. Its
+/// `event_id` (the `webhook-id`) is made here once and stored, so every host that delivers
+/// it sends the same one.
+pub(super) async fn create_delivery<C: GenericClient>(
+    tx: &C,
+    run_id: &str,
+    status: RunStatus,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let found = row(
+        tx,
+        "SELECT r.agent, d.config FROM runs r
+         JOIN deployments d ON d.agent = r.agent AND d.deployment = r.deployment
+         WHERE r.id = $1",
+        &[&run_id],
+    )
+    .await?;
+    let Some(found) = found else {
+        return Ok(false);
+    };
+    let agent: String = col(&found, 0)?;
+    let config = super::agents::from_json(col(&found, 1)?)?;
+    let Some(push) = config.push_target() else {
+        return Ok(false);
+    };
+    let event_id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    exec(
+        tx,
+        "INSERT INTO deliveries (run_id, agent, event_id, event_type, url, access_token, status,
+            next_attempt_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7)
+         ON CONFLICT (run_id) DO NOTHING",
+        &[
+            &run_id,
+            &agent,
+            &event_id,
+            &format!("run.{}", status.as_str()),
+            &push.url,
+            &push.access_token,
+            &now,
+        ],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// `(id, agent)` from rows whose first two columns are those.
+pub(super) fn pairs(rows: Vec<Row>) -> Result<Vec<(String, String)>, StoreError> {
+    rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?))).collect()
+}
+
+/// The trace context kept in columns `at` (`traceparent`) and `at + 1` (`tracestate`).
+pub(super) fn trace(row: &Row, at: usize) -> Result<Option<TraceContext>, StoreError> {
+    let traceparent: Option<String> = col(row, at)?;
+    traceparent
+        .map(|traceparent| {
+            Ok(TraceContext {
+                traceparent,
+                tracestate: col(row, at + 1)?,
+            })
+        })
+        .transpose()
+}
