@@ -1,10 +1,10 @@
 //! What the run queue's batches share, applied one by one or grouped: the agent lock a batch takes
-//! first, the columns of a run's end, its push event, and the rows' trace contexts.
+//! first, a run's push event, and the rows' trace contexts.
 
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 
-use gust_model::{LogLine, OutboundRequest, RunOutcome, RunStatus, TraceContext};
+use gust_model::{RunStatus, TraceContext};
 
 use super::{col, exec, row, rows, sql};
 use crate::StoreError;
@@ -34,64 +34,6 @@ pub(super) async fn lock_agents(
     rows(tx, sql::LOCK_AGENTS, &[&agents, &ending])
         .await
         .map(drop)
-}
-
-/// The status a run ends in with `outcome`.
-pub(super) fn status_of(outcome: &RunOutcome) -> RunStatus {
-    match outcome {
-        RunOutcome::Succeeded { .. } => RunStatus::Succeeded,
-        RunOutcome::Failed { .. } => RunStatus::Failed,
-    }
-}
-
-/// The columns a run's end writes, from what its attempt reported.
-pub(super) struct Ending<'a> {
-    pub status: RunStatus,
-    pub output: Option<&'a [u8]>,
-    pub output_type: Option<&'a str>,
-    pub error_kind: Option<&'a str>,
-    pub error_message: Option<&'a str>,
-    /// The log lines, as JSON.
-    pub logs: String,
-    /// The outgoing requests, as JSON; `None` when there were none.
-    pub outbound: Option<String>,
-}
-
-impl<'a> Ending<'a> {
-    pub(super) fn of(
-        outcome: &'a RunOutcome,
-        logs: &[LogLine],
-        outbound: &[OutboundRequest],
-    ) -> Result<Self, StoreError> {
-        let logs = serde_json::to_string(logs).map_err(|e| StoreError::Internal(e.into()))?;
-        let outbound = (!outbound.is_empty())
-            .then(|| serde_json::to_string(outbound))
-            .transpose()
-            .map_err(|e| StoreError::Internal(e.into()))?;
-        Ok(match outcome {
-            RunOutcome::Succeeded {
-                content_type,
-                output,
-            } => Ending {
-                status: RunStatus::Succeeded,
-                output: Some(output.as_slice()),
-                output_type: Some(content_type.as_str()),
-                error_kind: None,
-                error_message: None,
-                logs,
-                outbound,
-            },
-            RunOutcome::Failed { kind, message } => Ending {
-                status: RunStatus::Failed,
-                output: None,
-                output_type: None,
-                error_kind: Some(kind.as_str()),
-                error_message: Some(message.as_str()),
-                logs,
-                outbound,
-            },
-        })
-    }
 }
 
 /// Creates the push event of a run that just ended, when its deployment pushes. Its

@@ -27,9 +27,9 @@ use std::collections::HashMap;
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
-use super::batch::{Ending, create_delivery, lock_agents, status_of, trace};
+use super::batch::{create_delivery, lock_agents, trace};
 use super::{col, num, rows, sql};
-use gust_model::RunStatus;
+use gust_model::{LogLine, OutboundRequest, RunOutcome, RunStatus};
 
 use crate::queue::{RunWrite, StartedRun, WriteOutcome};
 use crate::{Change, StoreError};
@@ -105,6 +105,33 @@ pub(super) async fn apply(
     record_finishes(tx, writes, &finishes, &ended, decided, heard).await?;
     record_renewals(writes, &renewals, &renewed, decided)?;
     Ok(())
+}
+
+/// Applies one renewal or finish by itself (the one-by-one path: its run is named twice in
+/// the batch, or the batch is applied again write by write), with the statement a batch
+/// uses for all of them, so each is written once.
+pub(super) async fn alone(
+    tx: &Transaction<'_>,
+    write: &RunWrite,
+    heard: &mut Vec<Change>,
+) -> Result<WriteOutcome, StoreError> {
+    let writes = std::slice::from_ref(write);
+    let mut decided: Decided = vec![None];
+    match write {
+        RunWrite::Renew { .. } => {
+            let renewed = renew(tx, writes, &[0]).await?;
+            record_renewals(writes, &[0], &renewed, &mut decided)?;
+        }
+        RunWrite::Finish { .. } => {
+            let ended = finish(tx, writes, &[0]).await?;
+            record_finishes(tx, writes, &[0], &ended, &mut decided, heard).await?;
+        }
+        _ => {}
+    }
+    decided
+        .pop()
+        .flatten()
+        .ok_or_else(|| super::internal("only a renewal or a finish is applied alone".into()))
 }
 
 /// The rows of `statement`, or none when no write is of its kind (nothing is sent).
@@ -442,6 +469,64 @@ fn record_renewals(
         decided[i].get_or_insert(WriteOutcome::NotRunning);
     }
     Ok(())
+}
+
+/// The status a run ends in with `outcome`.
+fn status_of(outcome: &RunOutcome) -> RunStatus {
+    match outcome {
+        RunOutcome::Succeeded { .. } => RunStatus::Succeeded,
+        RunOutcome::Failed { .. } => RunStatus::Failed,
+    }
+}
+
+/// The columns a run's end writes, from what its attempt reported.
+struct Ending<'a> {
+    status: RunStatus,
+    output: Option<&'a [u8]>,
+    output_type: Option<&'a str>,
+    error_kind: Option<&'a str>,
+    error_message: Option<&'a str>,
+    /// The log lines, as JSON.
+    logs: String,
+    /// The outgoing requests, as JSON; `None` when there were none.
+    outbound: Option<String>,
+}
+
+impl<'a> Ending<'a> {
+    fn of(
+        outcome: &'a RunOutcome,
+        logs: &[LogLine],
+        outbound: &[OutboundRequest],
+    ) -> Result<Self, StoreError> {
+        let logs = serde_json::to_string(logs).map_err(|e| StoreError::Internal(e.into()))?;
+        let outbound = (!outbound.is_empty())
+            .then(|| serde_json::to_string(outbound))
+            .transpose()
+            .map_err(|e| StoreError::Internal(e.into()))?;
+        Ok(match outcome {
+            RunOutcome::Succeeded {
+                content_type,
+                output,
+            } => Ending {
+                status: RunStatus::Succeeded,
+                output: Some(output.as_slice()),
+                output_type: Some(content_type.as_str()),
+                error_kind: None,
+                error_message: None,
+                logs,
+                outbound,
+            },
+            RunOutcome::Failed { kind, message } => Ending {
+                status: RunStatus::Failed,
+                output: None,
+                output_type: None,
+                error_kind: Some(kind.as_str()),
+                error_message: Some(message.as_str()),
+                logs,
+                outbound,
+            },
+        })
+    }
 }
 
 /// Where in its group each run's write is: the run of write `at[k]` maps to `k`.

@@ -24,9 +24,9 @@
 
 use deadpool_postgres::{GenericClient, Object, Transaction};
 
-use gust_model::{LogLine, OutboundRequest, RunOutcome, RunStatus};
+use gust_model::RunStatus;
 
-use super::batch::{Ending, create_delivery, lock_agents, pairs, trace};
+use super::batch::{create_delivery, lock_agents, pairs, trace};
 use super::{Postgres, col, db, exec, grouped, num, retryable, row, rows, sql};
 use crate::queue::{IDEMPOTENCY_WINDOW_MS, NewRun, RunWrite, StartedRun, WriteOutcome};
 use crate::{Change, StoreError};
@@ -152,26 +152,8 @@ async fn apply(
             now,
             lease_until,
         } => start(tx, id, *now, *lease_until, heard).await,
-        RunWrite::Renew {
-            id,
-            attempt,
-            lease_until,
-        } => {
-            let renewed = exec(
-                tx,
-                "UPDATE runs SET lease_until = $2
-                 WHERE id = $1 AND status = 'running' AND attempts = $3",
-                &[id, lease_until, &i64::from(*attempt)],
-            )
-            .await?;
-            // Not running any more (cancelled on another host whose announcement was
-            // missed, or taken over after a lapse): its worker stops.
-            Ok(if renewed == 0 {
-                WriteOutcome::NotRunning
-            } else {
-                WriteOutcome::Done
-            })
-        }
+        // The statements a batch uses for all its renewals and finishes, for one.
+        RunWrite::Renew { .. } | RunWrite::Finish { .. } => grouped::alone(tx, write, heard).await,
         RunWrite::Progress {
             id,
             attempt,
@@ -187,14 +169,6 @@ async fn apply(
             .await?;
             Ok(WriteOutcome::Done)
         }
-        RunWrite::Finish {
-            id,
-            attempt,
-            now,
-            outcome,
-            logs,
-            outbound,
-        } => finish(tx, id, *attempt, *now, outcome, logs, outbound, heard).await,
         RunWrite::Cancel { agent, id, now } => cancel(tx, agent, id, *now, heard).await,
         RunWrite::ExpireDue { now } => expire_due(tx, *now, heard).await,
         RunWrite::Delivery {
@@ -483,71 +457,6 @@ async fn start(
         .transpose()?
         .and_then(|s| RunStatus::parse(&s));
     Ok(WriteOutcome::NotStarted(status))
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the fields of one `RunWrite::Finish`, and the batch's transaction and notices"
-)]
-async fn finish(
-    tx: &Transaction<'_>,
-    id: &str,
-    attempt: u32,
-    now: i64,
-    outcome: &RunOutcome,
-    logs: &[LogLine],
-    outbound: &[OutboundRequest],
-    heard: &mut Vec<Change>,
-) -> Result<WriteOutcome, StoreError> {
-    let Ending {
-        status,
-        output,
-        output_type,
-        error_kind,
-        error_message,
-        logs,
-        outbound,
-    } = Ending::of(outcome, logs, outbound)?;
-    // Ends the run and counts the bytes it now keeps in one statement.
-    let ended = row(
-        tx,
-        "WITH ended AS (
-            UPDATE runs SET status = $2, finished_at = $3, output = $4, output_type = $5,
-                error_kind = $6, error_message = $7, logs = $8, outbound = $9, lease_until = NULL,
-                stored_bytes = octet_length(input)::BIGINT + coalesce(octet_length($4::BYTEA), 0)
-                    + octet_length($8::TEXT) + coalesce(octet_length($9::TEXT), 0)
-            WHERE id = $1 AND status = 'running' AND attempts = $10
-            RETURNING push, agent, coalesce(octet_length($4::BYTEA), 0)::BIGINT
-                + octet_length($8::TEXT) + coalesce(octet_length($9::TEXT), 0) AS added
-         ), counted AS (
-            UPDATE agents a SET run_bytes = a.run_bytes + e.added FROM ended e WHERE a.name = e.agent
-         )
-         SELECT push, agent FROM ended",
-        &[
-            &id,
-            &status.as_str(),
-            &now,
-            &output,
-            &output_type,
-            &error_kind,
-            &error_message,
-            &logs,
-            &outbound,
-            &i64::from(attempt),
-        ],
-    )
-    .await?;
-    let Some(ended) = ended else {
-        return Ok(WriteOutcome::NotRunning);
-    };
-    let push: bool = col(&ended, 0)?;
-    heard.push(Change::RunEnded {
-        agent: col(&ended, 1)?,
-        id: id.to_owned(),
-    });
-    // Most runs do not push: skip reading their deployment's configuration.
-    let delivery = push && create_delivery(tx, id, status, now).await?;
-    Ok(WriteOutcome::Finished { delivery })
 }
 
 async fn cancel(

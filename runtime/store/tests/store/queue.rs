@@ -508,3 +508,31 @@ async fn applied(
         .map(|outcome| outcome.map_err(|e| e.to_string()))
         .collect()
 }
+
+both! {
+    /// Writes that name one run in one batch apply in the batch's order: a renewal, the
+    /// finish, and a renewal after it that finds the run ended.
+    async fn writes_of_one_run_in_one_batch_apply_in_order(db: Store) {
+        deployed(&db).await;
+        apply(&db, new_run("r1", 10, None)).await;
+        apply(&db, start("r1", 11, 99)).await;
+        let outcomes = applied(
+            &db,
+            vec![
+                RunWrite::Renew { id: "r1".into(), attempt: 1, lease_until: 500 },
+                succeed("r1", 30),
+                RunWrite::Renew { id: "r1".into(), attempt: 1, lease_until: 600 },
+            ],
+        )
+        .await;
+        assert_eq!(
+            outcomes,
+            vec![
+                Ok(WriteOutcome::Done),
+                Ok(WriteOutcome::Finished { delivery: false }),
+                Ok(WriteOutcome::NotRunning)
+            ]
+        );
+        assert_eq!(db.run("a", "r1").await.unwrap().unwrap().status, RunStatus::Succeeded);
+    }
+}
