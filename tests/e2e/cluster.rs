@@ -21,16 +21,6 @@ use crate::support::{Host, eventually};
 /// The cluster tests take turns (see the module docs).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Whether to run: the suite's PostgreSQL pass would repeat these tests exactly (they
-/// start their own PostgreSQL either way), so they run on the first pass only.
-fn first_pass() -> bool {
-    let first = crate::support::suite_backend() == "sqlite";
-    if !first {
-        eprintln!("ran on the suite's first pass: each cluster test starts its own PostgreSQL");
-    }
-    first
-}
-
 /// A PostgreSQL of the test's own and hosts on one database of it. Fields drop in order:
 /// the hosts stop (and show their logs when the test failed), then their folders go, then
 /// PostgreSQL.
@@ -106,9 +96,6 @@ impl Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deploy_on_one_host_reaches_every_host_without_a_failed_call() {
-    if !first_pass() {
-        return;
-    }
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(3).await;
     let [a, b, c] = [&cluster.hosts[0], &cluster.hosts[1], &cluster.hosts[2]];
@@ -247,9 +234,6 @@ async fn a_deploy_on_one_host_reaches_every_host_without_a_failed_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn runs_of_a_killed_host_finish_once_on_the_others() {
-    if !first_pass() {
-        return;
-    }
     let _turn = ONE_AT_A_TIME.lock().await;
     // A short lease, so the test does not wait out the default 30 s.
     let mut cluster = Cluster::start(0).await;
@@ -335,9 +319,6 @@ async fn runs_of_a_killed_host_finish_once_on_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_idempotency_key_sent_to_two_hosts_at_once_is_one_run() {
-    if !first_pass() {
-        return;
-    }
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(2).await;
     let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
@@ -379,9 +360,6 @@ async fn one_idempotency_key_sent_to_two_hosts_at_once_is_one_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_run_is_pushed_once_whichever_host_ran_it() {
-    if !first_pass() {
-        return;
-    }
     let _turn = ONE_AT_A_TIME.lock().await;
     // Pushes go to a receiver on loopback.
     let cluster = Cluster::start_with(2, &["--allow-private-network"]).await;
@@ -444,9 +422,6 @@ async fn every_run_is_pushed_once_whichever_host_ran_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_token_rotated_or_a_key_revoked_on_one_host_is_refused_on_the_other() {
-    if !first_pass() {
-        return;
-    }
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(2).await;
     let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
@@ -526,9 +501,6 @@ async fn a_token_rotated_or_a_key_revoked_on_one_host_is_refused_on_the_other() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_database_restarting_under_load_loses_no_accepted_run() {
-    if !first_pass() {
-        return;
-    }
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(2).await;
     let a = &cluster.hosts[0];
@@ -655,9 +627,6 @@ async fn the_database_restarting_under_load_loses_no_accepted_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_console_session_opened_on_one_host_holds_on_the_others_until_signed_out() {
-    if !first_pass() {
-        return;
-    }
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(2).await;
     let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
@@ -700,9 +669,6 @@ async fn a_console_session_opened_on_one_host_holds_on_the_others_until_signed_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_is_followed_and_cancelled_from_any_host() {
-    if !first_pass() {
-        return;
-    }
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(2).await;
     let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
@@ -842,9 +808,6 @@ pub(crate) fn refused(command: &mut std::process::Command) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_ended_behind_a_hosts_back_stops_at_its_next_renewal() {
-    if !first_pass() {
-        return;
-    }
     let _turn = ONE_AT_A_TIME.lock().await;
     // A lease of 3 s: renewals every second.
     let cluster = Cluster::start_with(1, &["--lease", "3"]).await;
@@ -892,9 +855,6 @@ async fn a_run_ended_behind_a_hosts_back_stops_at_its_next_renewal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_host_joining_needs_no_admin_token_of_its_own() {
-    if !first_pass() {
-        return;
-    }
     let _turn = ONE_AT_A_TIME.lock().await;
     let postgres = gust_testkit::postgres::PgCluster::start().expect("a throwaway PostgreSQL");
     let url = postgres.create_database("gust").unwrap();
