@@ -129,6 +129,26 @@ impl Host {
         self.deploy_bytes(agent, bytes, config).await
     }
 
+    /// Deploys `agent`'s `version` (a redeploy or a rollback) and answers the new deployment's
+    /// number.
+    ///
+    /// # Errors
+    /// When the deploy is refused or its answer has no deployment number.
+    pub async fn deploy_version(&self, agent: &str, version: u32) -> anyhow::Result<u32> {
+        let answer = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/agents/{agent}/deploy"),
+                None,
+                Some(serde_json::json!({ "version": version })),
+            )
+            .await?;
+        let deployment = answer["deployment"]
+            .as_u64()
+            .context("no deployment number in the deploy answer")?;
+        Ok(u32::try_from(deployment)?)
+    }
+
     /// Uploads the component `bytes` as `agent`, sets `config` and deploys it.
     ///
     /// # Errors

@@ -505,18 +505,8 @@ async fn deploys(options: &Options, scratch: &Path, url: &str) -> anyhow::Result
     for i in 0..options.deploys {
         let version = if i % 2 == 0 { 2 } else { 1 };
         let sent = Instant::now();
-        let answer = a
-            .admin(
-                reqwest::Method::POST,
-                "/v1/agents/echo/deploy",
-                None,
-                Some(json!({ "version": version })),
-            )
-            .await?;
+        let deployment = a.deploy_version("echo", version).await?;
         let answered = Instant::now();
-        let deployment = answer["deployment"]
-            .as_u64()
-            .context("no deployment number in the deploy answer")? as u32;
         let mut polls = 0;
         let reached = loop {
             let poll = Instant::now();

@@ -157,18 +157,8 @@ async fn redeploy(options: &Options, scratch: &Path) -> anyhow::Result<()> {
     for i in 0..options.redeploys {
         let version = if i % 2 == 0 { 2 } else { 1 };
         let sent = Instant::now();
-        let answer = host
-            .admin(
-                reqwest::Method::POST,
-                "/v1/agents/echo/deploy",
-                None,
-                Some(json!({ "version": version })),
-            )
-            .await?;
+        let deployment = host.deploy_version("echo", version).await?;
         let answered = Instant::now();
-        let deployment = answer["deployment"]
-            .as_u64()
-            .context("no deployment number in the deploy answer")? as u32;
         let (status, served_by) = host.call("echo", &json!({"say": "next"})).await?;
         let first_call = answered.elapsed();
         ensure!(status == 200, "the call after deploy {i} answered {status}");
