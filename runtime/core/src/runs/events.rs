@@ -35,7 +35,10 @@ pub enum RunEvent {
 }
 
 struct Channel {
-    sender: broadcast::Sender<RunEvent>,
+    /// Made for the first follower: most runs have none, and a channel's buffer costs an
+    /// allocation of [`BUFFER`] slots (a broadcast has nothing to give a receiver that
+    /// subscribes later anyway: it gets what is kept here).
+    sender: Option<broadcast::Sender<RunEvent>>,
     lines: Vec<LogLine>,
     /// The chunks the attempt emitted, one after the other.
     emitted: Vec<u8>,
@@ -75,7 +78,7 @@ impl RunEvents {
 
     fn channel<'a>(runs: &'a mut HashMap<String, Channel>, id: &str) -> &'a mut Channel {
         runs.entry(id.to_owned()).or_insert_with(|| Channel {
-            sender: broadcast::channel(BUFFER).0,
+            sender: None,
             lines: Vec::new(),
             emitted: Vec::new(),
             running: false,
@@ -87,7 +90,11 @@ impl RunEvents {
     pub fn subscribe(&self, id: &str, seen: Seen) -> (broadcast::Receiver<RunEvent>, Kept) {
         let mut runs = self.lock();
         let channel = Self::channel(&mut runs, id);
-        (channel.sender.subscribe(), channel.kept(seen))
+        let live = channel
+            .sender
+            .get_or_insert_with(|| broadcast::channel(BUFFER).0)
+            .subscribe();
+        (live, channel.kept(seen))
     }
 
     /// What the running attempt of `id` has reported so far past `seen`.
@@ -104,12 +111,12 @@ impl RunEvents {
         channel.lines.clear();
         channel.emitted.clear();
         channel.running = true;
-        let _ = channel.sender.send(RunEvent::Started);
+        channel.send(|| RunEvent::Started);
     }
 
     pub(crate) fn progress(&self, id: &str, fraction: f64, message: &str) {
         if let Some(channel) = self.lock().get(id) {
-            let _ = channel.sender.send(RunEvent::Progress {
+            channel.send(|| RunEvent::Progress {
                 fraction,
                 message: message.to_owned(),
             });
@@ -118,9 +125,12 @@ impl RunEvents {
 
     pub(crate) fn log(&self, id: &str, line: LogLine) {
         if let Some(channel) = self.lock().get_mut(id) {
-            channel.lines.push(line.clone());
+            channel.lines.push(line);
             let index = channel.lines.len();
-            let _ = channel.sender.send(RunEvent::Log { index, line });
+            channel.send(|| RunEvent::Log {
+                index,
+                line: channel.lines[index - 1].clone(),
+            });
         }
     }
 
@@ -128,7 +138,7 @@ impl RunEvents {
         if let Some(channel) = self.lock().get_mut(id) {
             let offset = channel.emitted.len();
             channel.emitted.extend_from_slice(chunk);
-            let _ = channel.sender.send(RunEvent::Chunk {
+            channel.send(|| RunEvent::Chunk {
                 offset,
                 bytes: Arc::from(chunk),
             });
@@ -141,8 +151,8 @@ impl RunEvents {
         let mut runs = self.lock();
         if let Some(channel) = runs.get_mut(id) {
             channel.running = false;
-            let _ = channel.sender.send(RunEvent::Stored);
-            if channel.sender.receiver_count() == 0 {
+            channel.send(|| RunEvent::Stored);
+            if channel.followers() == 0 {
                 runs.remove(id);
             }
         }
@@ -154,7 +164,7 @@ impl RunEvents {
         let mut runs = self.lock();
         if runs
             .get(id)
-            .is_some_and(|c| !c.running && c.sender.receiver_count() == 0)
+            .is_some_and(|c| !c.running && c.followers() == 0)
         {
             runs.remove(id);
         }
@@ -162,6 +172,19 @@ impl RunEvents {
 }
 
 impl Channel {
+    /// Sends the event `make` makes to the followers, if there are any.
+    fn send(&self, make: impl FnOnce() -> RunEvent) {
+        if let Some(sender) = self.sender.as_ref().filter(|s| s.receiver_count() > 0) {
+            let _ = sender.send(make());
+        }
+    }
+
+    fn followers(&self) -> usize {
+        self.sender
+            .as_ref()
+            .map_or(0, broadcast::Sender::receiver_count)
+    }
+
     fn kept(&self, seen: Seen) -> Kept {
         Kept {
             lines: self.lines.iter().skip(seen.lines).cloned().collect(),
