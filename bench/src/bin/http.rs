@@ -129,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
         options.seconds,
         options.rounds,
     )?;
-    let gust_rss = gust_bench::process_usage(gust_host.pid()).0;
+    let gust_rss = gust_bench::resident_kib(gust_host.pid());
 
     println!(
         "{} rounds of {} s, {} connections; servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}",

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use gust_bench::resident::{self, Resident};
-use gust_bench::{Host, median, process_usage, spread, tagged};
+use gust_bench::{Host, median, process_usage, resident_kib, spread, tagged};
 use serde_json::json;
 use tokio::sync::Mutex;
 
@@ -284,7 +284,7 @@ async fn restart(options: &Options, scratch: &Path) -> anyhow::Result<()> {
             "the restart compiled components: {stats}"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss = process_usage(host.pid()).0;
+        let rss = resident_kib(host.pid());
         eprintln!(
             "restart {}: listening after {:.0} ms, every agent served after {:.0} ms, RSS idle {} MiB",
             round + 1,

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use gust_bench::{Host, Process, TOKEN, process_usage, quantile};
+use gust_bench::{Host, Process, TOKEN, quantile, resident_kib};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -179,7 +179,7 @@ async fn languages(
         let input = input.clone();
         async move {
             let connections = connect(&host.url, n).await?;
-            let before = process_usage(host.pid()).0;
+            let before = resident_kib(host.pid());
             let sampler = Sampler::start(host);
             let calls = send_all(connections, "probe", &input, Instant::now())?;
             let statuses = futures(calls).await;
@@ -398,7 +398,7 @@ async fn burst_of(
     burst: &str,
 ) -> anyhow::Result<()> {
     let connections = connect(&host.url, n).await?;
-    let before_kib = process_usage(host.pid()).0;
+    let before_kib = resident_kib(host.pid());
     let answered_before = upstream.answered();
 
     let cpu_before = cpu_seconds(host.pid());
@@ -728,7 +728,7 @@ impl Sampler {
             let mut peak = Peak::default();
             let started = Instant::now();
             loop {
-                peak.rss_kib = peak.rss_kib.max(process_usage(pid).0);
+                peak.rss_kib = peak.rss_kib.max(resident_kib(pid));
                 let stats = async {
                     http.get(format!("{url}/v1/stats"))
                         .bearer_auth(TOKEN)
