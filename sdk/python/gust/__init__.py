@@ -37,6 +37,7 @@ The component is built with componentize-py against the agent world (``wit/``); 
 runs it for you.
 """
 
+import gc
 import inspect
 import json
 import sys
@@ -181,6 +182,19 @@ def agent(fn: Callable[[Any, Context], Any]) -> Callable[[Any, Context], Any]:
             return _run(fn, request)
 
     module.WitWorld = WitWorld
+    # This runs at build time, while componentize-py imports the app before it snapshots the
+    # heap; every call then starts on a copy-on-write mapping of that snapshot. A cyclic
+    # collection during a call (CPython 3.14 starts one after about 2,000 new tracked
+    # objects, and its incremental collector also scans the old generation) writes to the GC
+    # header of each object it visits, so the pages of the snapshot it walks become private
+    # copies in that instance. Freezing moves everything imported so far out of the
+    # collector's reach (as for `fork()`: the gc docs recommend freeze and no collection
+    # first, which would leave holes that calls then fill). Measured on a call that builds
+    # 20,000 dicts and then waits on a fetch (100 in flight, two runs each): private memory
+    # per waiting call 7.8-8.3 MiB before, 5.9-6.4 MiB after; within 50 KiB on a call that
+    # allocates little (the test probe's fetch, where no collection runs). Freezing at the
+    # start of each call is worse: 3.14's freeze walks the young generation, dirtying it.
+    gc.freeze()
     return fn
 
 
