@@ -441,6 +441,16 @@ pub fn spread(values: &[f64]) -> String {
     )
 }
 
+/// Private resident memory of process `pid`, in KiB: `RssAnon`, its resident size less the
+/// pages of files and shared memory it maps. What the host's memory budget weighs
+/// (`runtime/core/src/deploy/memory.rs`), and what its instances add to the machine's memory:
+/// `VmRSS` counts a page of page cache once per mapping of it, and every instance of a
+/// component maps the component's memory image, so a page of the image read by 200 instances
+/// counts 200 times in `VmRSS` while the machine holds it once.
+pub fn private_kib(pid: u32) -> u64 {
+    status_field(pid, "RssAnon:")
+}
+
 /// Resident memory (KiB), threads and open file descriptors of process `pid`.
 ///
 /// Counting descriptors lists `/proc/{pid}/fd`, which costs milliseconds of CPU once a host

@@ -4,8 +4,9 @@
 //! A deployment's `memory_mib` is a ceiling its guests rarely reach: an agent waiting on a
 //! model holds tens of KiB (the memory benchmark in BENCHMARKS.md), while reserving its
 //! 256 MiB for each of 10,000 waiting calls would take 2.5 TiB. So the budget is checked
-//! against the process's resident size, read from `/proc/self/statm` at most once per
-//! [`SAMPLE_EVERY`], less the pages the instance pool keeps in freed slots for reuse.
+//! against the process's private resident size (its anonymous pages, see `own_private`),
+//! read from `/proc/self/statm` at most once per [`SAMPLE_EVERY`], less the pages the
+//! instance pool keeps in freed slots for reuse.
 //! Instances the reading cannot show yet — admitted since it was taken, or still
 //! instantiating — count at the resident size per started instance seen so far, so a burst
 //! admits against the budget, not against a stale reading. What an instance grows to after
@@ -67,14 +68,14 @@ struct Reading {
 }
 
 impl MemoryBudget {
-    /// A budget of `budget` bytes against this process's resident size, less what
+    /// A budget of `budget` bytes against this process's private resident size, less what
     /// `reusable` says is kept resident for reuse (the instance pool's freed slots keep
     /// their pages, up to `keep_resident`: a new instance reuses them rather than adding to
     /// them, so they must not close the gate after a burst).
     pub(crate) fn new(budget: u64, reusable: Box<dyn Fn() -> u64 + Send + Sync>) -> Self {
         Self::with_source(
             budget,
-            Box::new(move || Some(own_resident()?.saturating_sub(reusable()))),
+            Box::new(move || Some(own_private()?.saturating_sub(reusable()))),
         )
     }
 
@@ -172,11 +173,24 @@ impl Drop for Starting {
     }
 }
 
-/// This process's resident size (Linux), in bytes.
-fn own_resident() -> Option<u64> {
+/// This process's private resident memory (Linux), in bytes: its resident size less its
+/// resident pages of files and shared memory (`statm`'s `resident - shared`, `RssAnon`).
+///
+/// The resident size counts a page once per mapping it is mapped into. A guest's memory
+/// image is mapped copy-on-write from the compiled artifact into every slot an instance of it
+/// uses, so each page of the image a guest reads counts again for every instance, though it is
+/// one page of page cache, held once for all of them (and left outside the budget by
+/// [`default_budget`]). A waiting componentize-py call reads about 6.8 MiB of its 12 MiB
+/// image and writes 1.4 MiB of it: its resident size grew by 8.7 MiB, while the machine's
+/// memory grew by about 2 MiB (the written pages, its tables, its share of the host's heap).
+/// Pages a guest writes are private copies, anonymous, and counted here, as are tables,
+/// stacks and the host's heap: what instances commit.
+fn own_private() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * rustix::param::page_size() as u64)
+    let mut fields = statm.split_whitespace().skip(1);
+    let resident: u64 = fields.next()?.parse().ok()?;
+    let shared: u64 = fields.next()?.parse().ok()?;
+    Some(resident.saturating_sub(shared) * rustix::param::page_size() as u64)
 }
 
 fn meminfo_total() -> Option<u64> {
@@ -244,6 +258,6 @@ mod tests {
         let total = meminfo_total().expect("Linux has /proc/meminfo");
         let budget = default_budget();
         assert!(budget > 0 && budget <= total / 4 * 3, "{budget} of {total}");
-        assert!(own_resident().is_some_and(|r| r > 0));
+        assert!(own_private().is_some_and(|r| r > 0));
     }
 }
