@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
+use crate::support::componentize::component;
 use crate::support::upstream::Upstream;
 use crate::support::{Host, error_kind, eventually};
 
@@ -163,6 +164,93 @@ async fn a_full_memory_budget_answers_429_and_queued_runs_wait() {
         ))
         .await;
     assert_eq!(run["status"], "queued", "{run}");
+}
+
+/// A waiting CPython instance reads about 7 MiB of its component's memory image and writes
+/// about 1.5: the pages it reads are page cache, mapped from the compiled artifact into every
+/// instance's slot and held once, though the resident size counts them once per instance.
+/// The budget weighs what instances commit (private memory), so these calls, whose resident
+/// size passes the budget while their private memory stays well within it, are all admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_python_calls_weigh_on_the_budget_by_what_they_write_not_the_image_they_share() {
+    const CALLS: usize = 200;
+    const BUDGET_MIB: u64 = 1024;
+    raise_open_files();
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let budget = BUDGET_MIB.to_string();
+    let host = Host::start_on(
+        dir.path().join("data"),
+        &["--allow-private-network", "--memory-budget-mib", &budget],
+    )
+    .await;
+    let probe = component("tests/guests/python-probe").await;
+    host.upload_file("py", &probe).await;
+    host.set_config(
+        "py",
+        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120}),
+    )
+    .await;
+    host.deploy("py", None).await;
+
+    // The gate opens for one more than the calls: the test's own request, sent once the
+    // host's memory has been read with every call waiting.
+    let gate = format!("/gate?n={}&ms=90000", CALLS + 1);
+    let input = json!({"op": "fetch", "url": format!("{}{gate}", upstream.origin)});
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let request = host
+                .request(reqwest::Method::POST, "/v1/agents/py/run")
+                .json(&input);
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                let status = response.status();
+                (status, response.json::<serde_json::Value>().await.unwrap())
+            })
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(90),
+        "every call waiting at the gate (a call the budget refuses never comes)",
+        || async { upstream.held() == CALLS },
+    )
+    .await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", host.pid())).unwrap();
+    let kib = |field: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    let (resident_mib, private_mib) = (kib("VmRSS:") / 1024, kib("RssAnon:") / 1024);
+    // What a budget of the resident size would have refused long before.
+    assert!(
+        resident_mib > BUDGET_MIB,
+        "resident {resident_mib} MiB, private {private_mib} MiB"
+    );
+    assert!(
+        private_mib < BUDGET_MIB,
+        "resident {resident_mib} MiB, private {private_mib} MiB"
+    );
+    let opened = reqwest::get(format!("{}{gate}", upstream.origin)).await.unwrap();
+    assert_eq!(opened.status(), StatusCode::OK);
+
+    let mut failed = Vec::new();
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        if status != StatusCode::OK || body["body"] != "opened" {
+            failed.push(format!("{status} {body}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {CALLS} calls failed (resident {resident_mib} MiB, private {private_mib} MiB), \
+         e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(upstream.hits(&gate), CALLS + 1);
 }
 
 #[tokio::test]
