@@ -47,8 +47,9 @@ pub struct OutboundSettings {
     pub allow_private_network: bool,
     /// Largest answer a guest may read, in bytes.
     pub max_response_bytes: usize,
-    /// Requests in flight to one origin (scheme, host, port) at once, host-wide, and so
-    /// HTTP/1.1 connections to it; more wait for one to finish, within their timeout.
+    /// Requests in flight to one origin (scheme, host, port) at once, host-wide; more wait
+    /// for one to finish, within their timeout. The client's connections to the origin can
+    /// outnumber it: see `OriginSlots`.
     pub connections_per_host: usize,
 }
 
