@@ -441,14 +441,16 @@ pub fn spread(values: &[f64]) -> String {
     )
 }
 
-/// Private resident memory of process `pid`, in KiB: `RssAnon`, its resident size less the
-/// pages of files and shared memory it maps. What the host's memory budget weighs
+/// `VmRSS` and private resident memory of process `pid`, in KiB, read at the same instant.
+/// Private is `RssAnon`, its resident size less the pages of files and shared memory it
+/// maps: what the host's memory budget weighs, with the page tables
 /// (`runtime/core/src/deploy/memory.rs`), and what its instances add to the machine's memory:
 /// `VmRSS` counts a page of page cache once per mapping of it, and every instance of a
 /// component maps the component's memory image, so a page of the image read by 200 instances
 /// counts 200 times in `VmRSS` while the machine holds it once.
-pub fn private_kib(pid: u32) -> u64 {
-    status_field(pid, "RssAnon:")
+pub fn resident_and_private_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    (field(&status, "VmRSS:"), field(&status, "RssAnon:"))
 }
 
 /// Resident memory (KiB), threads and open file descriptors of process `pid`.
@@ -467,8 +469,15 @@ pub fn resident_kib(pid: u32) -> u64 {
 }
 
 fn status_field(pid: u32, name: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
+    field(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default(),
+        name,
+    )
+}
+
+/// A KiB field of a `/proc/PID/status` text (0 when missing).
+fn field(status: &str, name: &str) -> u64 {
+    status
         .lines()
         .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())

@@ -166,15 +166,17 @@ async fn a_full_memory_budget_answers_429_and_queued_runs_wait() {
     assert_eq!(run["status"], "queued", "{run}");
 }
 
-/// A waiting CPython instance reads about 7 MiB of its component's memory image and writes
-/// about 1.5: the pages it reads are page cache, mapped from the compiled artifact into every
+/// A waiting CPython instance reads about 7 MiB of its component's memory image without
+/// writing it, and writes about 1.5: the pages it only reads are page cache, mapped from the compiled artifact into every
 /// instance's slot and held once, though the resident size counts them once per instance.
 /// The budget weighs what instances commit (private memory), so these calls, whose resident
 /// size passes the budget while their private memory stays well within it, are all admitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_python_calls_weigh_on_the_budget_by_what_they_write_not_the_image_they_share() {
     const CALLS: usize = 200;
-    const BUDGET_MIB: u64 = 1024;
+    // The calls' resident size passes it by about 500 MiB, their private memory stays as far
+    // below it (measured: 2,048 and 667 MiB at the peak, in a debug build).
+    const BUDGET_MIB: u64 = 1536;
     raise_open_files();
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -188,7 +190,7 @@ async fn waiting_python_calls_weigh_on_the_budget_by_what_they_write_not_the_ima
     host.upload_file("py", &probe).await;
     host.set_config(
         "py",
-        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120}),
+        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120, "outbound_timeout_s": 120}),
     )
     .await;
     host.deploy("py", None).await;
@@ -233,7 +235,9 @@ async fn waiting_python_calls_weigh_on_the_budget_by_what_they_write_not_the_ima
         private_mib < BUDGET_MIB,
         "resident {resident_mib} MiB, private {private_mib} MiB"
     );
-    let opened = reqwest::get(format!("{}{gate}", upstream.origin)).await.unwrap();
+    let opened = reqwest::get(format!("{}{gate}", upstream.origin))
+        .await
+        .unwrap();
     assert_eq!(opened.status(), StatusCode::OK);
 
     let mut failed = Vec::new();

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use gust_bench::{Host, Process, TOKEN, private_kib, quantile, resident_kib};
+use gust_bench::{Host, Process, TOKEN, quantile, resident_and_private_kib, resident_kib};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -155,9 +155,9 @@ async fn benchmarks(options: Options) -> anyhow::Result<()> {
 /// Python and JavaScript guests waiting on the upstream: memory per waiting call (200 in
 /// flight), then as many calls at once as that says fit a host whose memory budget is
 /// 8 GiB (at most 3,000), all expected to succeed. Memory is the host's private resident
-/// memory (`private_kib`), which the budget weighs; the resident size (`VmRSS`) is printed
+/// memory (`RssAnon`), which the budget weighs; the resident size (`VmRSS`) is printed
 /// beside it, though it counts the pages of a guest's memory image that every instance reads
-/// (page cache, held once) again for each instance.
+/// (held once) again for each instance.
 async fn languages(
     gust: &Path,
     upstream: &Upstream,
@@ -182,7 +182,8 @@ async fn languages(
         let input = input.clone();
         async move {
             let connections = connect(&host.url, n).await?;
-            let before = (private_kib(host.pid()), resident_kib(host.pid()));
+            let (rss, private) = resident_and_private_kib(host.pid());
+            let before = (private, rss);
             let sampler = Sampler::start(host);
             let calls = send_all(connections, "probe", &input, Instant::now())?;
             let statuses = futures(calls).await;
@@ -722,7 +723,7 @@ struct Sampler {
 #[derive(Default)]
 struct Peak {
     rss_kib: u64,
-    /// See [`private_kib`].
+    /// `RssAnon`: see [`resident_and_private_kib`].
     private_kib: u64,
     live_instances: u64,
     /// When `live_instances` last grew, from the sampler's start.
@@ -738,8 +739,9 @@ impl Sampler {
             let mut peak = Peak::default();
             let started = Instant::now();
             loop {
-                peak.rss_kib = peak.rss_kib.max(resident_kib(pid));
-                peak.private_kib = peak.private_kib.max(private_kib(pid));
+                let (rss, private) = resident_and_private_kib(pid);
+                peak.rss_kib = peak.rss_kib.max(rss);
+                peak.private_kib = peak.private_kib.max(private);
                 let stats = async {
                     http.get(format!("{url}/v1/stats"))
                         .bearer_auth(TOKEN)

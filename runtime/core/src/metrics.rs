@@ -325,7 +325,7 @@ impl Metrics {
             );
             r.register_with_unit(
                 "resident_memory",
-                "The process's private resident memory (anonymous pages) at the budget's latest reading",
+                "The memory the process commits (private resident pages and page tables) at the budget's latest reading",
                 Unit::Bytes,
                 metrics.resident.clone(),
             );

@@ -113,7 +113,7 @@ pub struct Call {
     /// Where the guest's logs, output, progress and outgoing requests go.
     pub sink: Arc<dyn CallSink>,
     /// Told when instantiation is over (however it went): from then on the instance's
-    /// memory shows in the process's resident size, which admission budgets.
+    /// memory shows in the process's committed memory, which admission budgets.
     pub instantiated: Option<Box<dyn FnOnce() + Send>>,
 }
 

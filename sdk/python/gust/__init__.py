@@ -183,9 +183,10 @@ def agent(fn: Callable[[Any, Context], Any]) -> Callable[[Any, Context], Any]:
 
     module.WitWorld = WitWorld
     # This runs at build time, while componentize-py imports the app before it snapshots the
-    # heap; every call then starts on a copy-on-write mapping of that snapshot. A cyclic
-    # collection during a call (CPython 3.14 starts one after about 2,000 new tracked
-    # objects, and its incremental collector also scans the old generation) writes to the GC
+    # heap (so what the module defines below the decorated function is not frozen); every
+    # call then starts on a copy-on-write mapping of that snapshot. A cyclic collection
+    # during a call (in CPython 3.14.0, which componentize-py 0.25.1 bundles, one starts
+    # after about 2,000 new tracked objects and also scans the old generation) writes to the GC
     # header of each object it visits, so the pages of the snapshot it walks become private
     # copies in that instance. Freezing moves everything imported so far out of the
     # collector's reach (as for `fork()`: the gc docs recommend freeze and no collection

@@ -170,8 +170,9 @@ pub(super) struct Flags {
     /// (default: seven eighths of --max-instances, so other agents keep the rest).
     #[arg(long, env = "GUST_AGENT_INSTANCES", value_name = "N")]
     pub(super) agent_instances: Option<usize>,
-    /// MiB of resident memory past which no more instances are admitted (default: three
-    /// quarters of the machine's memory, or of the cgroup's limit).
+    /// MiB of committed memory (private resident pages and page tables; not the pages of
+    /// the components' images that instances only read) past which no more instances are
+    /// admitted (default: three quarters of the machine's memory, or of the cgroup's limit).
     #[arg(long, env = "GUST_MEMORY_BUDGET_MIB", value_name = "MIB")]
     pub(super) memory_budget_mib: Option<u64>,
     /// Milliseconds a sync call waits for room before it is answered 429.

@@ -4,11 +4,11 @@
 //! A deployment's `memory_mib` is a ceiling its guests rarely reach: an agent waiting on a
 //! model holds tens of KiB (the memory benchmark in BENCHMARKS.md), while reserving its
 //! 256 MiB for each of 10,000 waiting calls would take 2.5 TiB. So the budget is checked
-//! against the process's private resident size (its anonymous pages, see `own_private`),
-//! read from `/proc/self/statm` at most once per [`SAMPLE_EVERY`], less the pages the
-//! instance pool keeps in freed slots for reuse.
+//! against the memory the process commits (its private resident pages and page tables, see
+//! `own_committed`), read from `/proc/self/status` at most once per [`SAMPLE_EVERY`], less
+//! the pages the instance pool keeps in freed slots for reuse.
 //! Instances the reading cannot show yet — admitted since it was taken, or still
-//! instantiating — count at the resident size per started instance seen so far, so a burst
+//! instantiating — count at the committed memory per started instance seen so far, so a burst
 //! admits against the budget, not against a stale reading. What an instance grows to after
 //! it starts shows in the next reading; the overshoot is what admitted instances grow by
 //! within 10 ms.
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How stale a resident-size reading may be.
+/// How stale a reading of the committed memory may be.
 pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
 /// Instances admitted and still instantiating, at most. Instantiation is CPU work (15 µs for
@@ -40,7 +40,7 @@ pub fn default_budget() -> u64 {
     limit / 4 * 3
 }
 
-/// Where the resident size comes from: the process's own in `gust serve`, a script in
+/// Where the committed memory is read from: the process's own in `gust serve`, a script in
 /// tests.
 pub(crate) type ResidentSource = Box<dyn Fn() -> Option<u64> + Send + Sync>;
 
@@ -62,20 +62,20 @@ struct Reading {
     resident: u64,
     /// `admissions` when it was read.
     admissions: u64,
-    /// The resident size with no instance started: what the host holds by itself.
+    /// The committed memory with no instance started: what the host holds by itself.
     baseline: u64,
     per_instance: u64,
 }
 
 impl MemoryBudget {
-    /// A budget of `budget` bytes against this process's private resident size, less what
+    /// A budget of `budget` bytes against the memory this process commits, less what
     /// `reusable` says is kept resident for reuse (the instance pool's freed slots keep
     /// their pages, up to `keep_resident`: a new instance reuses them rather than adding to
     /// them, so they must not close the gate after a burst).
     pub(crate) fn new(budget: u64, reusable: Box<dyn Fn() -> u64 + Send + Sync>) -> Self {
         Self::with_source(
             budget,
-            Box::new(move || Some(own_private()?.saturating_sub(reusable()))),
+            Box::new(move || Some(own_committed()?.saturating_sub(reusable()))),
         )
     }
 
@@ -100,7 +100,7 @@ impl MemoryBudget {
         self.budget
     }
 
-    /// Whether one more instance fits: the resident size, plus the instances still
+    /// Whether one more instance fits: the committed memory, plus the instances still
     /// instantiating and this one at the estimate per instance, is within the budget.
     pub(crate) fn fits(&self) -> bool {
         let mut reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
@@ -147,7 +147,7 @@ impl MemoryBudget {
         (Charged(Arc::clone(self)), Starting(Arc::clone(self)))
     }
 
-    /// The latest reading of the resident size and the estimate per instance, in bytes.
+    /// The latest reading of the committed memory and the estimate per instance, in bytes.
     pub(crate) fn reading(&self) -> (u64, u64) {
         let reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
         (reading.resident, reading.per_instance)
@@ -164,7 +164,7 @@ impl Drop for Charged {
 }
 
 /// One admitted instance not yet instantiated: dropped once it is, when its memory starts
-/// to show in the resident size.
+/// to show in the committed memory.
 pub(crate) struct Starting(Arc<MemoryBudget>);
 
 impl Drop for Starting {
@@ -173,24 +173,35 @@ impl Drop for Starting {
     }
 }
 
-/// This process's private resident memory (Linux), in bytes: its resident size less its
-/// resident pages of files and shared memory (`statm`'s `resident - shared`, `RssAnon`).
+/// The memory this process commits (Linux), in bytes: its private resident pages
+/// (`RssAnon`) and its page tables (`VmPTE`), from `/proc/self/status`.
 ///
-/// The resident size counts a page once per mapping it is mapped into. A guest's memory
-/// image is mapped copy-on-write from the compiled artifact into every slot an instance of it
-/// uses, so each page of the image a guest reads counts again for every instance, though it is
-/// one page of page cache, held once for all of them (and left outside the budget by
-/// [`default_budget`]). A waiting componentize-py call reads about 6.8 MiB of its 12 MiB
-/// image and writes 1.4 MiB of it: its resident size grew by 8.7 MiB, while the machine's
-/// memory grew by about 2 MiB (the written pages, its tables, its share of the host's heap).
-/// Pages a guest writes are private copies, anonymous, and counted here, as are tables,
-/// stacks and the host's heap: what instances commit.
-fn own_private() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let mut fields = statm.split_whitespace().skip(1);
-    let resident: u64 = fields.next()?.parse().ok()?;
-    let shared: u64 = fields.next()?.parse().ok()?;
-    Some(resident.saturating_sub(shared) * rustix::param::page_size() as u64)
+/// Not its resident size: that counts a page once per mapping it is mapped into. A guest's
+/// memory image is mapped copy-on-write into every slot an instance of it uses, so each page
+/// of the image a guest reads without writing counts again for every instance, though the
+/// machine holds it once, whether as page cache of the compiled artifact or as the
+/// component's one sealed memfd (made when the host compiled it and kept it loaded); those
+/// pages are bounded by the components deployed, not by calls, and are left to the quarter
+/// of memory [`default_budget`] keeps outside the budget. A waiting componentize-py call
+/// reads about 6.8 MiB of its 12 MiB image without writing it and writes 1.4 MiB: its
+/// resident size grew by 8.7 MiB, while the machine's memory grew by about 2 MiB (the
+/// written pages, its tables, its share of the host's heap). Pages a guest writes are
+/// private copies, counted here, as are tables, stacks and the host's heap. The page tables
+/// are counted because the reads cost them per mapping (8 bytes a page): a guest that reads
+/// a large image and waits commits page tables and little else. Guests cannot grow shared
+/// memory: linear memories, tables and stacks are private anonymous mappings.
+fn own_committed() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((kib("RssAnon:")? + kib("VmPTE:")?) << 10)
 }
 
 fn meminfo_total() -> Option<u64> {
@@ -258,6 +269,6 @@ mod tests {
         let total = meminfo_total().expect("Linux has /proc/meminfo");
         let budget = default_budget();
         assert!(budget > 0 && budget <= total / 4 * 3, "{budget} of {total}");
-        assert!(own_private().is_some_and(|r| r > 0));
+        assert!(own_committed().is_some_and(|r| r > 0));
     }
 }

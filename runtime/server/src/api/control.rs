@@ -146,7 +146,8 @@ pub(crate) struct Stats {
     instances_admitted: usize,
     /// What admission weighs instances against (deploy/memory.rs).
     memory_budget_bytes: u64,
-    /// The latest reading of the private resident size (anonymous pages; deploy/memory.rs).
+    /// The latest reading of the memory the process commits: private resident pages and page
+    /// tables (deploy/memory.rs).
     resident_bytes: u64,
     /// The estimate per instance learned from it.
     memory_per_instance_bytes: u64,
