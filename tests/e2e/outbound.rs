@@ -251,3 +251,49 @@ async fn request_bodies_are_streamed_to_allowed_upstreams() {
     assert!(body["error"].is_string(), "{body}");
     assert_eq!(host.stats().await["outbound_buffered_bytes"], 0);
 }
+
+/// `--outbound-connections-per-host` bounds the connections to one upstream, counted by the
+/// upstream (what it accepted), not only the requests in flight: with 400 calls following
+/// each other through 8 places, a request that took a place freed a moment before its
+/// connection was back in the pool used to open one more (10 connections for 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_one_upstream_stay_within_the_bound() {
+    const BOUND: usize = 8;
+    const CALLS: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let bound = BOUND.to_string();
+    let host = Host::start_on(
+        dir.path().join("data"),
+        &[
+            "--allow-private-network",
+            "--outbound-connections-per-host",
+            &bound,
+        ],
+    )
+    .await;
+    let upstream = Upstream::start().await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config(
+        "probe",
+        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120, "outbound_timeout_s": 120}),
+    )
+    .await;
+    host.deploy("probe", None).await;
+
+    let url = format!("{}/hold?ms=50", upstream.origin);
+    let calls = (0..CALLS).map(|_| fetch(&host, &url));
+    for answer in futures::future::join_all(calls).await {
+        assert_eq!(answer["status"], 200, "{answer}");
+    }
+    assert_eq!(upstream.hits("/hold?ms=50"), CALLS);
+    assert!(
+        upstream.most_held() <= BOUND,
+        "{} held at once",
+        upstream.most_held()
+    );
+    assert!(
+        upstream.connections() <= BOUND,
+        "{} connections for a bound of {BOUND}",
+        upstream.connections()
+    );
+}

@@ -33,11 +33,9 @@ pub struct WasmEngine {
     cache: ArtifactCache,
     stats: Arc<Stats>,
     outbound: OutboundSettings,
-    /// The client every guest request goes through (see `net`): shared, so connections to
-    /// the same model or tool API are reused across calls.
-    outbound_client: reqwest::Client,
-    /// The bound on requests in flight per origin, shared by every call.
-    origins: Arc<OriginSlots>,
+    /// The client every guest request goes through (see `host::client`): shared, so
+    /// connections to the same model or tool API are reused across calls.
+    outbound_client: crate::host::GuestClient,
 }
 
 /// Host-wide settings of guests' outgoing HTTP.
@@ -47,9 +45,8 @@ pub struct OutboundSettings {
     pub allow_private_network: bool,
     /// Largest answer a guest may read, in bytes.
     pub max_response_bytes: usize,
-    /// Requests in flight to one origin (scheme, host, port) at once, host-wide; more wait
-    /// for one to finish, within their timeout. The client's connections to the origin can
-    /// outnumber it: see `OriginSlots`.
+    /// Connections to one origin (scheme, host, port), host-wide, idle ones in the pool
+    /// included; a request waits for one within its timeout.
     pub connections_per_host: usize,
 }
 
@@ -120,8 +117,11 @@ impl WasmEngine {
             .context("linking gust:agent/invocation")?;
 
         let cache = ArtifactCache::open(cache_root, &engine)?;
-        let outbound_client =
-            crate::net::client(outbound.allow_private_network, Duration::from_secs(600))?;
+        // The bound on connections per origin lives in the client's connector.
+        let outbound_client = crate::host::guest_client(
+            outbound.allow_private_network,
+            Arc::new(OriginSlots::new(outbound.connections_per_host)),
+        )?;
         Ok(Self {
             engine,
             epoch_interruption,
@@ -129,7 +129,6 @@ impl WasmEngine {
             linker,
             cache,
             stats,
-            origins: Arc::new(OriginSlots::new(outbound.connections_per_host)),
             outbound,
             outbound_client,
         })
@@ -186,7 +185,6 @@ impl WasmEngine {
             max_response_bytes: self.outbound.max_response_bytes,
             allow_private_network: self.outbound.allow_private_network,
             client: self.outbound_client.clone(),
-            origins: Arc::clone(&self.origins),
         })
     }
 

@@ -4,7 +4,7 @@
 //! By default only public unicast addresses: loopback, private (RFC 1918), shared (RFC 6598),
 //! link-local, unique-local, IPv4-mapped and -compatible IPv6, NAT64, unspecified, multicast,
 //! broadcast and reserved addresses are refused, and so are host names that resolve to any
-//! of them. Names are resolved once, by [`SafeResolver`], and the connection goes to the
+//! of them. Names are resolved once, by [`resolve_checked`], and the connection goes to the
 //! addresses that were checked, so a second lookup cannot swap in another address (DNS
 //! rebinding). `--allow-private-network` lifts all of this for development and tests.
 
@@ -76,7 +76,7 @@ impl fmt::Display for Refused {
 impl std::error::Error for Refused {}
 
 /// Checks a URL before a request: `http` or `https`, and a host that is not a refused
-/// address literal (host names are checked when they are resolved, by [`SafeResolver`]).
+/// address literal (host names are checked when they are resolved, by [`resolve_checked`]).
 ///
 /// # Errors
 /// [`Refused`] saying why.
@@ -115,22 +115,33 @@ impl Resolve for SafeResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let allow_private = self.allow_private;
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if !allow_private
-                && let Some((ip, why)) = addrs
-                    .iter()
-                    .find_map(|a| refused(a.ip()).map(|w| (a.ip(), w)))
-            {
-                return Err(Box::new(Refused(format!(
-                    "the destination {host} is not allowed: it resolves to {ip} ({why} address)"
-                )))
-                    as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let addrs = resolve_checked(name.as_str(), allow_private).await?;
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
     }
+}
+
+/// Resolves `host` once and refuses it if any of its addresses is refused (so a name cannot
+/// point partly inside): the resolver of both outbound clients (push deliveries through
+/// [`SafeResolver`], guests' requests through `host::client`).
+///
+/// # Errors
+/// The lookup's error, or [`Refused`].
+pub(crate) async fn resolve_checked(
+    host: &str,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+    if !allow_private
+        && let Some((ip, why)) = addrs
+            .iter()
+            .find_map(|a| refused(a.ip()).map(|w| (a.ip(), w)))
+    {
+        return Err(Box::new(Refused(format!(
+            "the destination {host} is not allowed: it resolves to {ip} ({why} address)"
+        ))));
+    }
+    Ok(addrs)
 }
 
 /// The HTTP client for requests made on a user's behalf: no proxy from the environment (a

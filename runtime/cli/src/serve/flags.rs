@@ -254,10 +254,9 @@ pub(super) struct Flags {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "GUST_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
     pub(super) tls_key: Option<PathBuf>,
-    /// Requests guests have in flight to one origin (scheme, host, port) at once,
-    /// host-wide; more wait for a place within their timeout (default: 16,384, or two
-    /// fifths of the open-file limit when that is lower). Connections to the origin can
-    /// outnumber it while requests follow each other (README, "Descriptors and backlog").
+    /// Connections guests' requests may hold to one origin (scheme, host, port), host-wide,
+    /// idle ones included; a request waits for one within its timeout (default: 16,384, or
+    /// two fifths of the open-file limit when that is lower).
     #[arg(long, env = "GUST_OUTBOUND_CONNECTIONS_PER_HOST", value_name = "N")]
     pub(super) outbound_connections_per_host: Option<usize>,
     /// Largest answer a guest may read from one outgoing HTTP request, in MiB.

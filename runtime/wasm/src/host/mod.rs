@@ -6,6 +6,7 @@
 //! stdin closed. Stdout and stderr are captured (bounded) and become log lines.
 
 mod agent;
+mod client;
 pub mod cpu;
 mod limits;
 mod outbound;
@@ -23,6 +24,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::stats::LiveInstance;
 
 pub(crate) use agent::{Emitted, truncate};
+pub(crate) use client::{GuestClient, guest_client};
 pub(crate) use limits::Limiter;
 pub(crate) use outbound::OriginSlots;
 pub use outbound::OutboundPolicy;

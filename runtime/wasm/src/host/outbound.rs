@@ -23,6 +23,7 @@ use gust_model::clock;
 use gust_model::{HostPattern, OutboundRequest};
 
 use super::CallSink;
+use super::client::{self, BoxError, GuestBody};
 use crate::net;
 use crate::stats::Stats;
 
@@ -45,21 +46,13 @@ pub struct OutboundPolicy {
     pub(crate) timeout: Duration,
     pub(crate) max_response_bytes: usize,
     pub(crate) allow_private_network: bool,
-    pub(crate) client: reqwest::Client,
-    pub(crate) origins: Arc<OriginSlots>,
+    pub(crate) client: client::GuestClient,
 }
 
-/// A bound on requests in flight per origin, host-wide: one semaphore per origin, made on
-/// first use and forgotten once idle (guests with a wildcard in `allowed_hosts` could
-/// otherwise grow the map without end).
-///
-/// It bounds requests, not the client's connections: a place is given back when the answer
-/// is dropped, and the pool takes that answer's connection back in a task of its own; a
-/// request that takes the place first finds no idle connection and opens one more, which
-/// the pool keeps (measured: 9,923 connections for a bound of 7,896 after 10,000 waiting
-/// calls; BENCHMARKS.md, "Agents that wait"). Bounding connections needs a connector that
-/// holds the place for the connection's life, which reqwest's opaque connection type does
-/// not allow.
+/// The bound on connections per origin, host-wide (`--outbound-connections-per-host`): one
+/// semaphore per origin, made on first use and forgotten once no connection holds a place
+/// in it (guests with a wildcard in `allowed_hosts` could otherwise grow the map without
+/// end). The guests' client takes a place for each connection it opens (`client::Counted`).
 pub(crate) struct OriginSlots {
     per_origin: usize,
     slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
@@ -76,8 +69,11 @@ impl OriginSlots {
         }
     }
 
-    /// A request's place among those in flight to `origin`, waiting until `deadline`.
-    async fn enter(&self, origin: &str, deadline: Instant) -> Option<OwnedSemaphorePermit> {
+    /// A place among the connections to `origin` (a key of `client::origin_key`), when one
+    /// is free. The wait has no end of its own: the request that asked for the connection
+    /// stops waiting at its timeout (and the client, if an idle connection came back first,
+    /// lets the connection it started be made in the background, once a place is free).
+    pub(crate) async fn connection(&self, origin: &str) -> OwnedSemaphorePermit {
         let semaphore = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             if slots.len() >= ORIGINS_KEPT && !slots.contains_key(origin) {
@@ -91,10 +87,10 @@ impl OriginSlots {
                     .or_insert_with(|| Arc::new(Semaphore::new(self.per_origin))),
             )
         };
-        tokio::time::timeout_at(deadline.into(), semaphore.acquire_owned())
+        semaphore
+            .acquire_owned()
             .await
-            .ok()?
-            .ok()
+            .expect("the semaphore is never closed")
     }
 }
 
@@ -211,68 +207,48 @@ impl WasiHttpHooks for Outbound {
                     .map_err(|_| Error::HttpRequestUriInvalid)?;
                 let guest_body = body;
 
-                // The guest may ask for shorter timeouts, never a longer one.
+                // The guest may ask for shorter timeouts, never a longer one. The wait for a
+                // connection to the origin (the client's connector holds one of
+                // `--outbound-connections-per-host` places for each, see `client`) counts
+                // against it, and so does reading the answer.
                 let timeout = options
                     .and_then(|o| o.first_byte_timeout)
                     .map_or(policy.timeout, |t| t.min(policy.timeout));
-                // Held until the answer's body is dropped: the connection is busy until then.
-                // Keyed by scheme, lowercased host and the port in effect, so spellings of one
-                // origin share its bound.
-                let key = format!("{scheme}://{}:{port}", host.to_ascii_lowercase());
-                let Some(slot) = policy.origins.enter(&key, started + timeout).await else {
-                    record(
-                        None,
-                        Some(format!(
-                            "timed out after {}s waiting for one of the {} connections to {origin}",
-                            timeout.as_secs_f64(),
-                            policy.origins.per_origin
-                        )),
-                    );
-                    // As for a refusal: the guest may still be writing the body.
-                    drain(guest_body, policy.timeout).await;
-                    return Err(Error::ConnectionReadTimeout);
+                let deadline = tokio::time::Instant::from_std(started + timeout);
+                let timed_out = || format!("timed out after {}s", timeout.as_secs_f64());
+                let body: GuestBody = StreamBody::new(
+                    streamed(guest_body, buffered)
+                        .map(|chunk| chunk.map(Frame::data).map_err(BoxError::from)),
+                )
+                .boxed_unsync();
+                let outgoing = match outgoing(parts, &url, propagate, body) {
+                    Ok(outgoing) => outgoing,
+                    Err(why) => {
+                        record(None, Some(why));
+                        return Err(Error::HttpRequestUriInvalid);
+                    }
                 };
-                // The wait for a connection counts against the request's timeout.
-                let timeout = timeout
-                    .saturating_sub(started.elapsed())
-                    .max(Duration::from_millis(1));
-                let body = reqwest::Body::wrap_stream(streamed(guest_body, buffered));
-                let mut outgoing = policy
-                    .client
-                    .request(parts.method, url)
-                    .timeout(timeout)
-                    .body(body);
-                for (name, value) in &parts.headers {
-                    if name != http::header::HOST {
-                        outgoing = outgoing.header(name, value);
-                    }
-                }
-                // The next hop joins the call's trace, unless the guest set a context itself.
-                if !parts.headers.contains_key(crate::trace::TRACEPARENT)
-                    && !parts.headers.contains_key(crate::trace::TRACESTATE)
+                let response = match tokio::time::timeout_at(
+                    deadline,
+                    policy.client.request(outgoing),
+                )
+                .await
                 {
-                    for (name, value) in propagate {
-                        outgoing = outgoing.header(name, value);
+                    Ok(Ok(response)) => response,
+                    Err(_) => {
+                        record(None, Some(timed_out()));
+                        return Err(Error::ConnectionReadTimeout);
                     }
-                }
-                let response = match outgoing.send().await {
-                    Ok(response) => response,
-                    Err(e) => {
-                        let (code, why) = match net::refusal(&e) {
-                            Some(refused) => {
-                                (Error::DestinationIpProhibited, format!("denied: {refused}"))
-                            }
-                            None if let Some(refused) = body_refusal(&e) => {
-                                (Error::HttpRequestBodySize(None), refused)
-                            }
-                            None if e.is_timeout() => (
-                                Error::ConnectionReadTimeout,
-                                format!("timed out after {}s", timeout.as_secs_f64()),
-                            ),
-                            None if e.is_connect() => {
-                                (Error::ConnectionRefused, "could not connect".to_owned())
-                            }
-                            None => (Error::HttpProtocolError, e.without_url().to_string()),
+                    Ok(Err(e)) => {
+                        let (code, why) = if let Some(refused) = client::cause::<net::Refused>(&e) {
+                            (Error::DestinationIpProhibited, format!("denied: {refused}"))
+                        } else if let Some(BodyRefused(refused)) = client::cause::<BodyRefused>(&e)
+                        {
+                            (Error::HttpRequestBodySize(None), refused)
+                        } else if e.is_connect() {
+                            (Error::ConnectionRefused, "could not connect".to_owned())
+                        } else {
+                            (Error::HttpProtocolError, described(&e))
                         };
                         record(None, Some(why));
                         return Err(code);
@@ -281,27 +257,12 @@ impl WasiHttpHooks for Outbound {
                 let status = response.status();
                 record(Some(status.as_u16()), None);
 
+                let (head, incoming) = response.into_parts();
                 let mut answer = http::Response::builder().status(status);
-                for (name, value) in response.headers() {
+                for (name, value) in &head.headers {
                     answer = answer.header(name, value);
                 }
-                let limit = policy.max_response_bytes;
-                let mut seen = 0usize;
-                let frames = response.bytes_stream().map(move |chunk| {
-                    let _in_flight = &slot;
-                    match chunk {
-                        Ok(bytes) => {
-                            seen += bytes.len();
-                            if seen > limit {
-                                Err(Error::HttpResponseBodySize(Some(limit as u64)))
-                            } else {
-                                Ok(Frame::data(bytes))
-                            }
-                        }
-                        Err(e) if e.is_timeout() => Err(Error::ConnectionReadTimeout),
-                        Err(_) => Err(Error::HttpResponseIncomplete),
-                    }
-                });
+                let frames = answer_frames(incoming, deadline, policy.max_response_bytes);
                 let body: WasiBody = StreamBody::new(frames).boxed_unsync();
                 let answer = answer
                     .body(body)
@@ -314,6 +275,118 @@ impl WasiHttpHooks for Outbound {
             .instrument(span),
         )
     }
+}
+
+/// The request to send: the guest's method, headers and body to `url`, without the URL's
+/// userinfo, which goes as basic credentials (as browsers and curl send it) unless the guest
+/// set `Authorization` itself; the client sets `Host`. The call's trace context goes along
+/// unless the guest set one, and gust's `User-Agent` unless the guest set one.
+fn outgoing(
+    parts: http::request::Parts,
+    url: &reqwest::Url,
+    propagate: Vec<(&'static str, String)>,
+    body: GuestBody,
+) -> Result<http::Request<GuestBody>, String> {
+    let mut bare = url.clone();
+    let credentials = (!url.username().is_empty() || url.password().is_some()).then(|| {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let user = decode(url.username());
+        let password = url.password().map(decode).unwrap_or_default();
+        let _ = bare.set_username("");
+        let _ = bare.set_password(None);
+        format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{user}:{password}")
+            )
+        )
+    });
+    let uri: http::Uri = bare
+        .as_str()
+        .parse()
+        .map_err(|e| format!("invalid URL: {e}"))?;
+    let mut request = http::Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .body(body)
+        .map_err(|e| format!("invalid request: {e}"))?;
+    let headers = request.headers_mut();
+    for (name, value) in &parts.headers {
+        if name != http::header::HOST {
+            headers.append(name, value.clone());
+        }
+    }
+    if let Some(credentials) = credentials
+        && !headers.contains_key(http::header::AUTHORIZATION)
+        && let Ok(mut value) = http::HeaderValue::from_str(&credentials)
+    {
+        value.set_sensitive(true);
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
+    if !headers.contains_key(http::header::USER_AGENT) {
+        headers.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(concat!("gust/", env!("CARGO_PKG_VERSION"))),
+        );
+    }
+    // The next hop joins the call's trace, unless the guest set a context itself.
+    if !parts.headers.contains_key(crate::trace::TRACEPARENT)
+        && !parts.headers.contains_key(crate::trace::TRACESTATE)
+    {
+        for (name, value) in propagate {
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    Ok(request)
+}
+
+/// An error of the client with its causes, for the call's record.
+fn described(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The answer's body for the guest: its data frames, cut at `limit` bytes, and ended with
+/// an error at `deadline` (the request's timeout covers reading the answer) or when the
+/// connection breaks off.
+fn answer_frames(
+    incoming: hyper::body::Incoming,
+    deadline: tokio::time::Instant,
+    limit: usize,
+) -> impl futures::Stream<Item = Result<Frame<Bytes>, Error>> + Send {
+    futures::stream::unfold(Some((incoming, 0usize)), move |state| async move {
+        let (mut body, mut seen) = state?;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => return Some((Err(Error::ConnectionReadTimeout), None)),
+                Ok(None) => return None,
+                Ok(Some(Err(_))) => return Some((Err(Error::HttpResponseIncomplete), None)),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            // Trailers are not passed on.
+            let Ok(bytes) = frame.into_data() else {
+                continue;
+            };
+            seen += bytes.len();
+            if seen > limit {
+                return Some((Err(Error::HttpResponseBodySize(Some(limit as u64))), None));
+            }
+            return Some((Ok(Frame::data(bytes)), Some((body, seen))));
+        }
+    })
 }
 
 /// Bytes of request bodies the host holds for a guest: counted per call (bounded by
@@ -373,7 +446,7 @@ impl Drop for Held {
 }
 
 /// Why a request body could not be streamed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct BodyRefused(String);
 
 impl std::fmt::Display for BodyRefused {
@@ -423,18 +496,6 @@ fn streamed(
             }
         }
     })
-}
-
-/// What stopped the body, when it was this host's bound (found in the error's sources).
-fn body_refusal(error: &reqwest::Error) -> Option<String> {
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(refused) = cause.downcast_ref::<BodyRefused>() {
-            return Some(refused.0.clone());
-        }
-        source = cause.source();
-    }
-    None
 }
 
 /// Reads a refused request's body to its end and throws it away, within `within`.

@@ -1,0 +1,221 @@
+//! The HTTP client of guests' requests: hyper-util's pooled client, over TLS (rustls, the
+//! webpki roots, HTTP/2 when the server offers it by ALPN), names resolved by the address
+//! policy's resolver (`net`), and a connector that counts connections.
+//!
+//! The count is `--outbound-connections-per-host`: a connection takes a place among those
+//! to its origin before it is opened and gives it back when it closes, idle time in the pool
+//! included. A request reuses an idle connection when there is one; otherwise it waits for a
+//! place, or for a connection to come back, whichever comes first. Counting requests instead
+//! (a place per request, given back when its answer was dropped) let the client open more:
+//! a request that took a freed place before the pool had taken that answer's connection back
+//! opened a new one, and the pool kept both (9,923 connections for a bound of 7,896 after
+//! 10,000 waiting calls, which then ran the host out of descriptors). reqwest, which the
+//! host used before, cannot count them: its connection type is opaque to a connector layer.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::Uri;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::outbound::OriginSlots;
+use crate::net;
+
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// What a guest's request body is sent as.
+pub(crate) type GuestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The client every guest request goes through, shared by every call so that connections
+/// to the same model or tool API are reused across calls.
+pub(crate) type GuestClient = hyper_util::client::legacy::Client<Counted, GuestBody>;
+
+/// How long an idle connection stays in the pool (and keeps its place).
+const IDLE: Duration = Duration::from_secs(90);
+
+/// The guests' client: connections to one origin bounded by `origins`, names resolved and
+/// checked by the address policy (`allow_private` lifts it).
+///
+/// # Errors
+/// When the TLS configuration cannot be built.
+pub(crate) fn guest_client(
+    allow_private: bool,
+    origins: Arc<OriginSlots>,
+) -> anyhow::Result<GuestClient> {
+    let mut http = HttpConnector::new_with_resolver(SafeDns { allow_private });
+    // The TLS layer above takes `https` URLs; this one only opens the TCP connection.
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| anyhow::anyhow!("building the outbound TLS configuration: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(IDLE)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(Counted {
+                inner: https,
+                origins,
+            }),
+    )
+}
+
+/// Resolves names for the guests' client with the address policy (`net::resolve_checked`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SafeDns {
+    allow_private: bool,
+}
+
+impl tower_service::Service<Name> for SafeDns {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            net::resolve_checked(name.as_str(), allow_private)
+                .await
+                .map(Vec::into_iter)
+        })
+    }
+}
+
+type Inner = HttpsConnector<HttpConnector<SafeDns>>;
+
+/// The connector that takes a place among the connections to the URL's origin before it
+/// connects, and hands it to the connection.
+#[derive(Clone)]
+pub(crate) struct Counted {
+    inner: Inner,
+    origins: Arc<OriginSlots>,
+}
+
+impl tower_service::Service<Uri> for Counted {
+    type Response = CountedIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The inner connector is always ready; it is cloned per connection below, once
+        // the place is taken.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let origins = Arc::clone(&self.origins);
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let place = origins.connection(&origin_key(&uri)).await;
+            let io = tower_service::Service::call(&mut inner, uri).await?;
+            Ok(CountedIo { io, _place: place })
+        })
+    }
+}
+
+/// The scheme, lowercased host and the port in effect: spellings of one origin share its
+/// bound.
+pub(crate) fn origin_key(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    format!(
+        "{scheme}://{}:{port}",
+        uri.host().unwrap_or("").to_ascii_lowercase()
+    )
+}
+
+/// A connection with its place among the connections to its origin: the place is given back
+/// when the connection is dropped (closed, or let go by the pool).
+pub(crate) struct CountedIo<T> {
+    io: T,
+    _place: OwnedSemaphorePermit,
+}
+
+impl<T: Connection> Connection for CountedIo<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl<T: Read + Unpin> Read for CountedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: Write + Unpin> Write for CountedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// The cause of a client error that is one of `E` (a policy refusal, a refused body), found
+/// in its sources.
+pub(crate) fn cause<E: StdError + Clone + 'static>(error: &(dyn StdError + 'static)) -> Option<E> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found.clone());
+        }
+        source = e.source();
+    }
+    None
+}
