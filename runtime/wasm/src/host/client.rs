@@ -28,9 +28,8 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::outbound::OriginSlots;
 use crate::net;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -82,6 +81,51 @@ pub(crate) fn guest_client(
                 origins,
             }),
     )
+}
+
+/// The bound on connections per origin, host-wide (`--outbound-connections-per-host`): one
+/// semaphore per origin, made on first use and forgotten once no connection holds a place
+/// in it (guests with a wildcard in `allowed_hosts` could otherwise grow the map without
+/// end). The guests' client takes a place for each connection it opens ([`Counted`]).
+pub(crate) struct OriginSlots {
+    per_origin: usize,
+    slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+}
+
+/// Idle origins are forgotten when the map passes this size.
+const ORIGINS_KEPT: usize = 1024;
+
+impl OriginSlots {
+    pub(crate) fn new(per_origin: usize) -> Self {
+        Self {
+            per_origin: per_origin.max(1),
+            slots: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A place among the connections to `origin` (a key of [`origin_key`]), when one
+    /// is free. The wait has no end of its own: the request that asked for the connection
+    /// stops waiting at its timeout (and the client, if an idle connection came back first,
+    /// lets the connection it started be made in the background, once a place is free).
+    pub(crate) async fn connection(&self, origin: &str) -> OwnedSemaphorePermit {
+        let semaphore = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            if slots.len() >= ORIGINS_KEPT && !slots.contains_key(origin) {
+                slots.retain(|_, s| {
+                    Arc::strong_count(s) > 1 || s.available_permits() < self.per_origin
+                });
+            }
+            Arc::clone(
+                slots
+                    .entry(origin.to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_origin))),
+            )
+        };
+        semaphore
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
 }
 
 /// Resolves names for the guests' client with the address policy (`net::resolve_checked`).

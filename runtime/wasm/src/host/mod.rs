@@ -24,9 +24,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::stats::LiveInstance;
 
 pub(crate) use agent::{Emitted, truncate};
-pub(crate) use client::{GuestClient, guest_client};
+pub(crate) use client::{GuestClient, OriginSlots, guest_client};
 pub(crate) use limits::Limiter;
-pub(crate) use outbound::OriginSlots;
 pub use outbound::OutboundPolicy;
 pub use sink::{CallInfo, CallSink, HostLog, MAX_HOST_LOG_LINES, Stream, level_name};
 use stdio::Captured;
