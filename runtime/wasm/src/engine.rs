@@ -36,6 +36,8 @@ pub struct WasmEngine {
     /// The client every guest request goes through (see `host::client`): shared, so
     /// connections to the same model or tool API are reused across calls.
     outbound_client: crate::host::GuestClient,
+    /// The client's bound on connections per origin.
+    origins: Arc<OriginSlots>,
 }
 
 /// Host-wide settings of guests' outgoing HTTP.
@@ -118,10 +120,9 @@ impl WasmEngine {
 
         let cache = ArtifactCache::open(cache_root, &engine)?;
         // The bound on connections per origin lives in the client's connector.
-        let outbound_client = crate::host::guest_client(
-            outbound.allow_private_network,
-            Arc::new(OriginSlots::new(outbound.connections_per_host)),
-        )?;
+        let origins = Arc::new(OriginSlots::new(outbound.connections_per_host));
+        let outbound_client =
+            crate::host::guest_client(outbound.allow_private_network, Arc::clone(&origins))?;
         Ok(Self {
             engine,
             epoch_interruption,
@@ -131,6 +132,7 @@ impl WasmEngine {
             stats,
             outbound,
             outbound_client,
+            origins,
         })
     }
 
@@ -185,6 +187,7 @@ impl WasmEngine {
             max_response_bytes: self.outbound.max_response_bytes,
             allow_private_network: self.outbound.allow_private_network,
             client: self.outbound_client.clone(),
+            origins: Arc::clone(&self.origins),
         })
     }
 

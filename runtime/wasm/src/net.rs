@@ -8,7 +8,6 @@
 //! addresses that were checked, so a second lookup cannot swap in another address (DNS
 //! rebinding). `--allow-private-network` lifts all of this for development and tests.
 
-use std::error::Error as _;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -104,8 +103,7 @@ pub fn check_url(url: &reqwest::Url, allow_private: bool) -> Result<(), Refused>
     Ok(())
 }
 
-/// The resolver outbound clients use: resolves once and refuses a name if any of its
-/// addresses is refused (so a name cannot point partly inside).
+/// The resolver of push deliveries' client (reqwest): [`resolve_checked`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SafeResolver {
     pub(crate) allow_private: bool,
@@ -144,7 +142,7 @@ pub(crate) async fn resolve_checked(
     Ok(addrs)
 }
 
-/// The HTTP client for requests made on a user's behalf: no proxy from the environment (a
+/// The HTTP client of push deliveries: no proxy from the environment (a
 /// proxy would resolve names where this host cannot check them), no redirects, every name
 /// resolved by [`SafeResolver`].
 ///
@@ -166,10 +164,18 @@ pub fn client(
 
 /// The policy refusal behind a request error, if that is what it was.
 pub fn refusal(error: &reqwest::Error) -> Option<Refused> {
-    let mut source = error.source();
+    cause(error)
+}
+
+/// The cause of an error that is an `E` (a policy refusal, a refused body), found in the
+/// error or its sources.
+pub(crate) fn cause<E: std::error::Error + Clone + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> Option<E> {
+    let mut source = Some(error);
     while let Some(e) = source {
-        if let Some(refused) = e.downcast_ref::<Refused>() {
-            return Some(refused.clone());
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found.clone());
         }
         source = e.source();
     }

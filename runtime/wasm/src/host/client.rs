@@ -57,6 +57,13 @@ pub(crate) fn guest_client(
     // The TLS layer above takes `https` URLs; this one only opens the TCP connection.
     http.enforce_http(false);
     http.set_nodelay(true);
+    // As reqwest set them: a peer that vanished without closing is found within about a
+    // minute, idle or not, and its connection gives its place back.
+    http.set_keepalive(Some(Duration::from_secs(15)));
+    http.set_keepalive_interval(Some(Duration::from_secs(15)));
+    http.set_keepalive_retries(Some(3));
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
     let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -104,9 +111,7 @@ impl OriginSlots {
     }
 
     /// A place among the connections to `origin` (a key of [`origin_key`]), when one
-    /// is free. The wait has no end of its own: the request that asked for the connection
-    /// stops waiting at its timeout (and the client, if an idle connection came back first,
-    /// lets the connection it started be made in the background, once a place is free).
+    /// is free.
     pub(crate) async fn connection(&self, origin: &str) -> OwnedSemaphorePermit {
         let semaphore = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -126,6 +131,33 @@ impl OriginSlots {
             .await
             .expect("the semaphore is never closed")
     }
+
+    /// Whether every place to `origin` is taken: a request that timed out says so.
+    pub(crate) fn full(&self, origin: &str) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .get(origin)
+            .is_some_and(|s| s.available_permits() == 0)
+    }
+
+    pub(crate) fn per_origin(&self) -> usize {
+        self.per_origin
+    }
+}
+
+tokio::task_local! {
+    /// The deadline of the request being sent on this task (see [`before`]).
+    static DEADLINE: tokio::time::Instant;
+}
+
+/// Sends with the client within `deadline`: a connection the client starts for this request
+/// waits for a place no longer than the request does. The client starts the connector on the
+/// request's own task, so the connector reads the deadline there; when an idle connection
+/// comes back first, the client lets the connect it started go on in the background, and
+/// without the deadline that connect would wait for a place for as long as it took (places
+/// free as connections close), then open a connection nobody asked for.
+pub(crate) async fn before<F: Future>(deadline: tokio::time::Instant, send: F) -> F::Output {
+    DEADLINE.scope(deadline, send).await
 }
 
 /// Resolves names for the guests' client with the address policy (`net::resolve_checked`).
@@ -177,8 +209,17 @@ impl tower_service::Service<Uri> for Counted {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let origins = Arc::clone(&self.origins);
         let mut inner = self.inner.clone();
+        // Read here, on the request's task; outside `before` (no request of a guest),
+        // there is no deadline.
+        let deadline = DEADLINE.try_with(|d| *d).ok();
         Box::pin(async move {
-            let place = origins.connection(&origin_key(&uri)).await;
+            let key = origin_key(&uri);
+            let place = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, origins.connection(&key))
+                    .await
+                    .map_err(|_| "timed out waiting for a connection to the origin")?,
+                None => origins.connection(&key).await,
+            };
             let io = tower_service::Service::call(&mut inner, uri).await?;
             Ok(CountedIo { io, _place: place })
         })
@@ -249,17 +290,4 @@ impl<T: Write + Unpin> Write for CountedIo<T> {
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
-}
-
-/// The cause of a client error that is one of `E` (a policy refusal, a refused body), found
-/// in its sources.
-pub(crate) fn cause<E: StdError + Clone + 'static>(error: &(dyn StdError + 'static)) -> Option<E> {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if let Some(found) = e.downcast_ref::<E>() {
-            return Some(found.clone());
-        }
-        source = e.source();
-    }
-    None
 }

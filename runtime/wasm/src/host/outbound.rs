@@ -46,6 +46,8 @@ pub struct OutboundPolicy {
     pub(crate) max_response_bytes: usize,
     pub(crate) allow_private_network: bool,
     pub(crate) client: client::GuestClient,
+    /// The client's bound on connections per origin, asked why a request timed out.
+    pub(crate) origins: Arc<client::OriginSlots>,
 }
 
 /// The hooks of one call.
@@ -171,8 +173,14 @@ impl WasiHttpHooks for Outbound {
                 let deadline = tokio::time::Instant::from_std(started + timeout);
                 let timed_out = || format!("timed out after {}s", timeout.as_secs_f64());
                 let body: GuestBody = StreamBody::new(
-                    streamed(guest_body, buffered)
-                        .map(|chunk| chunk.map(Frame::data).map_err(BoxError::from)),
+                    streamed(
+                        Drained {
+                            body: Some(guest_body),
+                            within: policy.timeout,
+                        },
+                        buffered,
+                    )
+                    .map(|chunk| chunk.map(Frame::data).map_err(BoxError::from)),
                 )
                 .boxed_unsync();
                 let outgoing = match outgoing(parts, &url, propagate, body) {
@@ -182,22 +190,30 @@ impl WasiHttpHooks for Outbound {
                         return Err(Error::HttpRequestUriInvalid);
                     }
                 };
-                let response = match tokio::time::timeout_at(
+                let key = client::origin_key(outgoing.uri());
+                let sent = client::before(
                     deadline,
-                    policy.client.request(outgoing),
-                )
-                .await
-                {
+                    tokio::time::timeout_at(deadline, policy.client.request(outgoing)),
+                );
+                let response = match sent.await {
                     Ok(Ok(response)) => response,
                     Err(_) => {
-                        record(None, Some(timed_out()));
+                        let why = if policy.origins.full(&key) {
+                            format!(
+                                "{} waiting for one of the {} connections to {origin}",
+                                timed_out(),
+                                policy.origins.per_origin()
+                            )
+                        } else {
+                            timed_out()
+                        };
+                        record(None, Some(why));
                         return Err(Error::ConnectionReadTimeout);
                     }
                     Ok(Err(e)) => {
-                        let (code, why) = if let Some(refused) = client::cause::<net::Refused>(&e) {
+                        let (code, why) = if let Some(refused) = net::cause::<net::Refused>(&e) {
                             (Error::DestinationIpProhibited, format!("denied: {refused}"))
-                        } else if let Some(BodyRefused(refused)) = client::cause::<BodyRefused>(&e)
-                        {
+                        } else if let Some(BodyRefused(refused)) = net::cause::<BodyRefused>(&e) {
                             (Error::HttpRequestBodySize(None), refused)
                         } else if e.is_connect() {
                             (Error::ConnectionRefused, "could not connect".to_owned())
@@ -234,7 +250,8 @@ impl WasiHttpHooks for Outbound {
 /// The request to send: the guest's method, headers and body to `url`, without the URL's
 /// userinfo, which goes as basic credentials (as browsers and curl send it) unless the guest
 /// set `Authorization` itself; the client sets `Host`. The call's trace context goes along
-/// unless the guest set one, and gust's `User-Agent` unless the guest set one.
+/// unless the guest set one, and `Accept: */*` and gust's `User-Agent` unless the guest set
+/// them (as reqwest, which sent guests' requests before, did).
 fn outgoing(
     parts: http::request::Parts,
     url: &reqwest::Url,
@@ -281,6 +298,9 @@ fn outgoing(
     {
         value.set_sensitive(true);
         headers.insert(http::header::AUTHORIZATION, value);
+    }
+    if !headers.contains_key(http::header::ACCEPT) {
+        headers.insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
     }
     if !headers.contains_key(http::header::USER_AGENT) {
         headers.insert(
@@ -415,7 +435,7 @@ impl std::error::Error for BodyRefused {}
 /// each chunk; an error ends it when the body passes [`MAX_REQUEST_BYTES`] or the call's
 /// bound, or breaks off.
 fn streamed(
-    body: WasiBody,
+    body: Drained,
     buffered: Buffered,
 ) -> impl futures::Stream<Item = Result<Bytes, BodyRefused>> + Send {
     futures::stream::try_unfold((body, 0usize), move |(mut body, sent)| {
@@ -450,6 +470,52 @@ fn streamed(
             }
         }
     })
+}
+
+/// The guest's request body as the client reads it. If the client lets it go before its end
+/// (the request timed out waiting for a connection, or could not connect), the rest is read
+/// and thrown away in the background, within `within`, as for a refusal: the guest may still
+/// be writing it, and a body closed under it makes those writes fail, which some guests (the
+/// JavaScript engine) do not survive.
+struct Drained {
+    body: Option<WasiBody>,
+    within: Duration,
+}
+
+impl hyper::body::Body for Drained {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let Some(body) = self.body.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = std::pin::Pin::new(body).poll_frame(cx);
+        if let std::task::Poll::Ready(None | Some(Err(_))) = polled {
+            self.body = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body
+            .as_ref()
+            .is_none_or(hyper::body::Body::is_end_stream)
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        if let Some(body) = self.body.take()
+            && !hyper::body::Body::is_end_stream(&body)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(drain(body, self.within));
+        }
+    }
 }
 
 /// Reads a refused request's body to its end and throws it away, within `within`.
