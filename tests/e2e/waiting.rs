@@ -53,6 +53,41 @@ fn gated(upstream: &Upstream) -> (String, serde_json::Value) {
     (gate, input)
 }
 
+/// Sends `n` sync calls of `agent` with `input` at once, each on its own task.
+fn send_at_once(
+    host: &Host,
+    agent: &str,
+    input: &serde_json::Value,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(StatusCode, serde_json::Value)>> {
+    (0..n)
+        .map(|_| {
+            let request = host
+                .request(reqwest::Method::POST, &format!("/v1/agents/{agent}/run"))
+                .json(input);
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                let status = response.status();
+                (status, response.json::<serde_json::Value>().await.unwrap())
+            })
+        })
+        .collect()
+}
+
+/// The calls that did not pass the upstream's gate (`"opened"`), as `status body`.
+async fn not_opened(
+    calls: Vec<tokio::task::JoinHandle<(StatusCode, serde_json::Value)>>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        if status != StatusCode::OK || body["body"] != "opened" {
+            failed.push(format!("{status} {body}"));
+        }
+    }
+    failed
+}
+
 #[tokio::test]
 async fn a_thousand_sync_calls_waiting_on_an_upstream_all_succeed_with_default_settings() {
     raise_open_files();
@@ -62,25 +97,8 @@ async fn a_thousand_sync_calls_waiting_on_an_upstream_all_succeed_with_default_s
     let (gate, input) = gated(&upstream);
 
     let started = Instant::now();
-    let calls: Vec<_> = (0..AT_ONCE)
-        .map(|_| {
-            let request = host
-                .request(reqwest::Method::POST, "/v1/agents/waiting/run")
-                .json(&input);
-            tokio::spawn(async move {
-                let response = request.send().await.unwrap();
-                let status = response.status();
-                (status, response.json::<serde_json::Value>().await.unwrap())
-            })
-        })
-        .collect();
-    let mut refused = Vec::new();
-    for call in calls {
-        let (status, body) = call.await.unwrap();
-        if status != StatusCode::OK || body["body"] != "opened" {
-            refused.push(format!("{status} {body}"));
-        }
-    }
+    let calls = send_at_once(&host, "waiting", &input, AT_ONCE);
+    let refused = not_opened(calls).await;
     assert!(
         refused.is_empty(),
         "{} of {AT_ONCE} calls failed, e.g. {:?}",
@@ -199,18 +217,7 @@ async fn waiting_python_calls_weigh_on_the_budget_by_what_they_write_not_the_ima
     // host's memory has been read with every call waiting.
     let gate = format!("/gate?n={}&ms=90000", CALLS + 1);
     let input = json!({"op": "fetch", "url": format!("{}{gate}", upstream.origin)});
-    let calls: Vec<_> = (0..CALLS)
-        .map(|_| {
-            let request = host
-                .request(reqwest::Method::POST, "/v1/agents/py/run")
-                .json(&input);
-            tokio::spawn(async move {
-                let response = request.send().await.unwrap();
-                let status = response.status();
-                (status, response.json::<serde_json::Value>().await.unwrap())
-            })
-        })
-        .collect();
+    let calls = send_at_once(&host, "py", &input, CALLS);
     eventually(
         Duration::from_secs(90),
         "every call waiting at the gate (a call the budget refuses never comes)",
@@ -240,13 +247,7 @@ async fn waiting_python_calls_weigh_on_the_budget_by_what_they_write_not_the_ima
         .unwrap();
     assert_eq!(opened.status(), StatusCode::OK);
 
-    let mut failed = Vec::new();
-    for call in calls {
-        let (status, body) = call.await.unwrap();
-        if status != StatusCode::OK || body["body"] != "opened" {
-            failed.push(format!("{status} {body}"));
-        }
-    }
+    let failed = not_opened(calls).await;
     assert!(
         failed.is_empty(),
         "{} of {CALLS} calls failed (resident {resident_mib} MiB, private {private_mib} MiB), \

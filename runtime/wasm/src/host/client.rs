@@ -233,10 +233,12 @@ pub(crate) fn origin_key(uri: &Uri) -> String {
     let port = uri
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    format!(
-        "{scheme}://{}:{port}",
-        uri.host().unwrap_or("").to_ascii_lowercase()
-    )
+    key(&scheme, uri.host().unwrap_or(""), port)
+}
+
+/// The key of an origin given as its lowercased scheme, host and the port in effect.
+pub(crate) fn key(scheme: &str, host: &str, port: u16) -> String {
+    format!("{scheme}://{}:{port}", host.to_ascii_lowercase())
 }
 
 /// A connection with its place among the connections to its origin: the place is given back

@@ -131,36 +131,38 @@ impl WasiHttpHooks for Outbound {
                 // Decided before a byte of the body is taken: a refused request costs the host
                 // no memory, whatever the guest writes.
                 let (parts, body) = request.into_parts();
-                let refusal = if !policy
+                let checked = if !policy
                     .allowed
                     .iter()
                     .any(|p| p.matches(&scheme, &host, port))
                 {
-                    Some((
+                    Err((
                         format!("denied: {origin} is not in this deployment's allowed_hosts"),
                         Error::HttpRequestDenied,
                     ))
                 } else {
                     match reqwest::Url::parse(&uri.to_string()) {
-                        Err(e) => Some((format!("invalid URL: {e}"), Error::HttpRequestUriInvalid)),
+                        Err(e) => Err((format!("invalid URL: {e}"), Error::HttpRequestUriInvalid)),
                         Ok(url) => match net::check_url(&url, policy.allow_private_network) {
                             Err(refused) => {
-                                Some((format!("denied: {refused}"), Error::DestinationIpProhibited))
+                                Err((format!("denied: {refused}"), Error::DestinationIpProhibited))
                             }
-                            Ok(()) => None,
+                            Ok(()) => Ok(url),
                         },
                     }
                 };
-                if let Some((why, code)) = refusal {
-                    record(None, Some(why));
-                    // The guest writes its body after `handle` returns; a body closed under it
-                    // would make those writes fail, which some guests (the JavaScript engine)
-                    // do not survive. So it is read and thrown away, for a bounded time.
-                    drain(body, policy.timeout).await;
-                    return Err(code);
-                }
-                let url = reqwest::Url::parse(&uri.to_string())
-                    .map_err(|_| Error::HttpRequestUriInvalid)?;
+                let url = match checked {
+                    Ok(url) => url,
+                    Err((why, code)) => {
+                        record(None, Some(why));
+                        // The guest writes its body after `handle` returns; a body closed under
+                        // it would make those writes fail, which some guests (the JavaScript
+                        // engine) do not survive. So it is read and thrown away, for a bounded
+                        // time.
+                        drain(body, policy.timeout).await;
+                        return Err(code);
+                    }
+                };
                 let guest_body = body;
 
                 // The guest may ask for shorter timeouts, never a longer one. The wait for a
@@ -190,7 +192,6 @@ impl WasiHttpHooks for Outbound {
                         return Err(Error::HttpRequestUriInvalid);
                     }
                 };
-                let key = client::origin_key(outgoing.uri());
                 let sent = client::before(
                     deadline,
                     tokio::time::timeout_at(deadline, policy.client.request(outgoing)),
@@ -198,7 +199,7 @@ impl WasiHttpHooks for Outbound {
                 let response = match sent.await {
                     Ok(Ok(response)) => response,
                     Err(_) => {
-                        let why = if policy.origins.full(&key) {
+                        let why = if policy.origins.full(&client::key(&scheme, &host, port)) {
                             format!(
                                 "{} waiting for one of the {} connections to {origin}",
                                 timed_out(),
