@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::runs::{finished, submit};
-use crate::support::Host;
 use crate::support::upstream::Upstream;
+use crate::support::{Host, not_opened, send_at_once};
 
 async fn fetch(host: &Host, url: &str) -> serde_json::Value {
     let (status, _, body) = host.call("probe", json!({"op": "fetch", "key": url})).await;
@@ -295,5 +295,84 @@ async fn connections_to_one_upstream_stay_within_the_bound() {
         upstream.connections() <= BOUND,
         "{} connections for a bound of {BOUND}",
         upstream.connections()
+    );
+}
+
+/// Model APIs speak HTTP/2 over TLS and let a connection carry so many requests at once
+/// (Google's front ends 100). Calls waiting on one are not held to that: the host opens
+/// another connection for each hundred, so 250 calls all wait at the upstream together, and
+/// those connections resume a TLS session the host already holds. Sent before the host opened
+/// lanes, 100 reached the upstream and the rest queued behind them on one connection. The
+/// first calls to the upstream wait for the first of them to find out what it speaks, rather
+/// than open a connection each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_on_an_http2_upstream_are_not_held_to_one_connections_streams() {
+    const FIRST: usize = 50;
+    const AT_ONCE: usize = 250;
+    const STREAMS: u32 = 100;
+    let (upstream, certificate) = Upstream::start_https(STREAMS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca, &certificate.pem).unwrap();
+    let host = Host::start_on(
+        dir.path().join("data"),
+        &[
+            "--allow-private-network",
+            "--outbound-ca-certs",
+            ca.to_str().unwrap(),
+        ],
+    )
+    .await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config(
+        "probe",
+        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120, "outbound_timeout_s": 120}),
+    )
+    .await;
+    host.deploy("probe", None).await;
+    // Each call waits at the gate until `arrived` gate requests have come, counted from the
+    // upstream's start, or for a minute: only calls that wait together pass.
+    let gated = |arrived: usize| json!({"op": "fetch", "key": format!("{}/gate?n={arrived}&ms=60000", upstream.origin)});
+
+    // The first calls: one connection finds out that the upstream speaks HTTP/2, then one
+    // lane carries them all.
+    let failed = not_opened(send_at_once(&host, "probe", &gated(FIRST), FIRST)).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "the first connection and one lane"
+    );
+
+    let failed = not_opened(send_at_once(
+        &host,
+        "probe",
+        &gated(FIRST + AT_ONCE),
+        AT_ONCE,
+    ))
+    .await;
+    assert!(
+        failed.is_empty(),
+        "{} of {AT_ONCE} calls did not pass the gate, e.g. {:?} ({} held at once)",
+        failed.len(),
+        failed.first(),
+        upstream.most_held()
+    );
+    assert_eq!(upstream.most_held(), AT_ONCE);
+    assert_eq!(
+        upstream.http2_requests(),
+        FIRST + AT_ONCE,
+        "every request over HTTP/2"
+    );
+    // The first connection, and one lane per hundred requests at once.
+    let lanes = AT_ONCE.div_ceil(STREAMS as usize);
+    assert_eq!(upstream.connections(), 1 + lanes);
+    // The lanes opened for the 250 resumed a session of a connection before them (the first
+    // lane may have connected before the first connection had its session tickets).
+    let (full, resumed) = upstream.handshakes();
+    assert_eq!(full + resumed, 1 + lanes);
+    assert!(
+        resumed >= lanes - 1,
+        "{full} handshakes in full, {resumed} resumed"
     );
 }

@@ -127,6 +127,36 @@ fn a_bad_config_file_stops_gust_with_the_file_and_the_key() {
     assert!(!dir.path().join("gust-data").exists());
 }
 
+#[test]
+fn outbound_ca_certs_that_hold_no_certificate_stop_gust_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "a key, not a certificate\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (file, why) in [
+        (&not_pem, "holds no PEM certificate"),
+        (&missing, "reading CA certificates from"),
+    ] {
+        let (output, stdout, stderr) = run(gust_serve(
+            dir.path(),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--outbound-ca-certs",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        ));
+        assert!(!output.status.success(), "{stdout}{stderr}");
+        assert!(
+            stderr.contains(file.to_str().unwrap()) && stderr.contains(why),
+            "{stderr}"
+        );
+        assert!(!stdout.contains("listening"), "{stdout}");
+        assert!(!dir.path().join("gust-data").exists());
+    }
+}
+
 #[tokio::test]
 async fn a_host_started_from_a_config_file_serves() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::support::componentize::component;
 use crate::support::upstream::Upstream;
-use crate::support::{Host, error_kind, eventually};
+use crate::support::{Host, error_kind, eventually, not_opened, send_at_once};
 
 /// Calls in flight at once: past what the old defaults admitted (one instance per core but
 /// one for an agent, 256 on the host, 64 queue workers).
@@ -51,41 +51,6 @@ fn gated(upstream: &Upstream) -> (String, serde_json::Value) {
     let gate = format!("/gate?n={AT_ONCE}&ms=60000");
     let input = json!({"op": "fetch", "key": format!("{}{gate}", upstream.origin)});
     (gate, input)
-}
-
-/// Sends `n` sync calls of `agent` with `input` at once, each on its own task.
-fn send_at_once(
-    host: &Host,
-    agent: &str,
-    input: &serde_json::Value,
-    n: usize,
-) -> Vec<tokio::task::JoinHandle<(StatusCode, serde_json::Value)>> {
-    (0..n)
-        .map(|_| {
-            let request = host
-                .request(reqwest::Method::POST, &format!("/v1/agents/{agent}/run"))
-                .json(input);
-            tokio::spawn(async move {
-                let response = request.send().await.unwrap();
-                let status = response.status();
-                (status, response.json::<serde_json::Value>().await.unwrap())
-            })
-        })
-        .collect()
-}
-
-/// The calls that did not pass the upstream's gate (`"opened"`), as `status body`.
-async fn not_opened(
-    calls: Vec<tokio::task::JoinHandle<(StatusCode, serde_json::Value)>>,
-) -> Vec<String> {
-    let mut failed = Vec::new();
-    for call in calls {
-        let (status, body) = call.await.unwrap();
-        if status != StatusCode::OK || body["body"] != "opened" {
-            failed.push(format!("{status} {body}"));
-        }
-    }
-    failed
 }
 
 #[tokio::test]

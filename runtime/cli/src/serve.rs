@@ -11,9 +11,9 @@ use std::time::Duration;
 use clap::{ArgMatches, Args, Command, FromArgMatches};
 
 use gust_server::options::{
-    AdmissionLimits, BodyLimits, HttpSettings, Limits, Maxima, OutboundSettings, PoolTuning,
-    PushSettings, RunSettings, ServeOptions, Tuning, connection_defaults, default_memory_budget,
-    raise_open_files,
+    AdmissionLimits, BodyLimits, ExtraRoots, HttpSettings, Limits, Maxima, OutboundSettings,
+    PoolTuning, PushSettings, RunSettings, ServeOptions, Tuning, connection_defaults,
+    default_memory_budget, raise_open_files,
 };
 
 pub(crate) use flags::LogFormat;
@@ -129,6 +129,10 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
     );
     // Raised before the defaults that depend on it are worked out.
     let (max_connections, connections_per_host) = connection_defaults(raise_open_files());
+    let extra_roots = match &args.outbound_ca_certs {
+        Some(path) => ExtraRoots::load(path)?,
+        None => ExtraRoots::default(),
+    };
     let options = ServeOptions {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -150,6 +154,7 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
                 .outbound_connections_per_host
                 .unwrap_or(connections_per_host)
                 .max(1),
+            extra_roots: extra_roots.clone(),
         },
         min_free_disk: args.min_free_disk_mib.saturating_mul(1 << 20),
         skip_metrics: args.no_metrics,
@@ -209,6 +214,7 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
                 window: Duration::from_secs(args.push_retry_window),
                 allow_private_network: args.allow_private_network,
                 max_body_bytes: args.push_max_body_kib.max(1) << 10,
+                extra_roots,
                 ..PushSettings::default()
             },
         },

@@ -6,6 +6,7 @@ pub use gust_core::deploy::{
 };
 pub use gust_core::runs::{PushSettings, RunSettings};
 pub use gust_model::Maxima;
+pub use gust_wasm::net::ExtraRoots;
 pub use gust_wasm::{DEFAULT_CONNECTIONS_PER_HOST, OutboundSettings, PoolTuning, Tuning};
 
 pub use crate::api::BodyLimits;

@@ -50,6 +50,8 @@ pub struct OutboundSettings {
     /// Connections to one origin (scheme, host, port), host-wide, idle ones in the pool
     /// included; a request waits for one within its timeout.
     pub connections_per_host: usize,
+    /// CA certificates trusted beside the webpki roots.
+    pub extra_roots: crate::net::ExtraRoots,
 }
 
 /// As many as the host takes inbound connections by default: a host full of calls that
@@ -63,6 +65,7 @@ impl Default for OutboundSettings {
             allow_private_network: false,
             max_response_bytes: 16 << 20,
             connections_per_host: DEFAULT_CONNECTIONS_PER_HOST,
+            extra_roots: crate::net::ExtraRoots::default(),
         }
     }
 }
@@ -121,8 +124,11 @@ impl WasmEngine {
         let cache = ArtifactCache::open(cache_root, &engine)?;
         // The bound on connections per origin lives in the client's connector.
         let origins = Arc::new(OriginSlots::new(outbound.connections_per_host));
-        let outbound_client =
-            crate::host::guest_client(outbound.allow_private_network, Arc::clone(&origins))?;
+        let outbound_client = crate::host::guest_client(
+            outbound.allow_private_network,
+            Arc::clone(&origins),
+            &outbound.extra_roots,
+        )?;
         Ok(Self {
             engine,
             epoch_interruption,

@@ -142,17 +142,67 @@ pub(crate) async fn resolve_checked(
     Ok(addrs)
 }
 
+/// CA certificates trusted beside the webpki roots for guests' HTTPS requests and push
+/// deliveries (`--outbound-ca-certs`): a company's own CA, or a model server's on the same
+/// network. Empty by default.
+#[derive(Debug, Clone, Default)]
+pub struct ExtraRoots(std::sync::Arc<[rustls::pki_types::CertificateDer<'static>]>);
+
+impl ExtraRoots {
+    /// The certificates of the PEM file at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be read, or holds no certificate or a malformed one.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        use rustls::pki_types::pem::PemObject as _;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| anyhow::anyhow!("reading CA certificates from {}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("reading CA certificates from {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!(
+                "{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+                path.display()
+            );
+        }
+        Ok(Self(certs.into()))
+    }
+
+    /// Adds them to `store`.
+    ///
+    /// # Errors
+    /// When one is not a CA certificate rustls can use.
+    pub(crate) fn add_to(&self, store: &mut rustls::RootCertStore) -> anyhow::Result<()> {
+        for cert in self.0.iter() {
+            store
+                .add(cert.clone())
+                .map_err(|e| anyhow::anyhow!("a CA certificate of --outbound-ca-certs: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// The HTTP client of push deliveries: no proxy from the environment (a
 /// proxy would resolve names where this host cannot check them), no redirects, every name
-/// resolved by [`SafeResolver`].
+/// resolved by [`SafeResolver`], servers' certificates checked against the webpki roots and
+/// `roots`.
 ///
 /// # Errors
 /// When the client cannot be built; there is no fallback to a client without these rules.
 pub fn client(
     allow_private: bool,
     timeout: std::time::Duration,
+    roots: &ExtraRoots,
 ) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    for cert in roots.0.iter() {
+        builder =
+            builder
+                .add_root_certificate(reqwest::Certificate::from_der(cert).map_err(|e| {
+                    anyhow::anyhow!("a CA certificate of --outbound-ca-certs: {e}")
+                })?);
+    }
+    builder
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(std::sync::Arc::new(SafeResolver { allow_private }))

@@ -409,3 +409,38 @@ pub(crate) fn agent_component(memory_pages: u32, imports: &str, extra: &str) -> 
     ))
     .unwrap()
 }
+
+/// Sends `n` sync calls of `agent` with `input` at once, each on its own task.
+pub(crate) fn send_at_once(
+    host: &Host,
+    agent: &str,
+    input: &serde_json::Value,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(StatusCode, serde_json::Value)>> {
+    (0..n)
+        .map(|_| {
+            let request = host
+                .request(reqwest::Method::POST, &format!("/v1/agents/{agent}/run"))
+                .json(input);
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                let status = response.status();
+                (status, response.json::<serde_json::Value>().await.unwrap())
+            })
+        })
+        .collect()
+}
+
+/// The calls that did not pass the upstream's gate (`"opened"`), as `status body`.
+pub(crate) async fn not_opened(
+    calls: Vec<tokio::task::JoinHandle<(StatusCode, serde_json::Value)>>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        if status != StatusCode::OK || body["body"] != "opened" {
+            failed.push(format!("{status} {body}"));
+        }
+    }
+    failed
+}

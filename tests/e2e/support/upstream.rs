@@ -23,6 +23,15 @@ pub(crate) struct Upstream {
     /// `/hold` requests answered in full, by path and query: one whose client went away
     /// (a host killed mid-run) is dropped before it counts.
     completed: Arc<Mutex<HashMap<String, usize>>>,
+    /// Requests that came over HTTP/2.
+    http2: Arc<AtomicUsize>,
+    /// TLS handshakes in full, and those that resumed a session.
+    handshakes: Arc<(AtomicUsize, AtomicUsize)>,
+}
+
+/// An HTTPS upstream's certificate, to trust.
+pub(crate) struct Certificate {
+    pub(crate) pem: String,
 }
 
 impl Upstream {
@@ -31,6 +40,21 @@ impl Upstream {
     /// `/gate?n=N&ms=M` answers once N gate requests have arrived (or after M ms): a test of
     /// "all at once" then does not depend on how fast its requests were sent.
     pub(crate) async fn start() -> Self {
+        Self::serve(None).await.0
+    }
+
+    /// Starts one over HTTPS, as model APIs are served: HTTP/2 offered by ALPN beside
+    /// HTTP/1.1, with at most `max_streams` requests at once on a connection (servers bound
+    /// it: Google's front ends at 100), and a self-signed certificate for `127.0.0.1`.
+    pub(crate) async fn start_https(max_streams: u32) -> (Self, Certificate) {
+        let (upstream, certificate) = Self::serve(Some(max_streams)).await;
+        (
+            upstream,
+            certificate.expect("an HTTPS upstream has a certificate"),
+        )
+    }
+
+    async fn serve(https: Option<u32>) -> (Self, Option<Certificate>) {
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&requests);
         let hits = Arc::new(Mutex::new(HashMap::new()));
@@ -41,6 +65,9 @@ impl Upstream {
         let finished = Arc::clone(&completed);
         let gate_held = Arc::clone(&holding);
         let arrived = Arc::new(tokio::sync::watch::Sender::new(0usize));
+        let http2 = Arc::new(AtomicUsize::new(0));
+        let over_http2 = Arc::clone(&http2);
+        let handshakes = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
         let app =
             axum::Router::new()
                 .route(
@@ -111,6 +138,9 @@ impl Upstream {
                 .layer(axum::middleware::from_fn(
                     move |request: axum::extract::Request, next: axum::middleware::Next| {
                         let counted = Arc::clone(&counted);
+                        if request.version() == axum::http::Version::HTTP_2 {
+                            over_http2.fetch_add(1, Ordering::SeqCst);
+                        }
                         let uri = request.uri().to_string();
                         *seen.lock().unwrap().entry(uri).or_insert(0) += 1;
                         async move {
@@ -122,19 +152,78 @@ impl Upstream {
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::clone(&connections);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let origin = format!("http://{}", listener.local_addr().unwrap());
-        let listener = listener.tap_io(move |_| {
-            accepted.fetch_add(1, Ordering::SeqCst);
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self {
-            origin,
+        let address = listener.local_addr().unwrap();
+        let certificate = match https {
+            None => {
+                let listener = listener.tap_io(move |_| {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                });
+                tokio::spawn(async move { axum::serve(listener, app).await });
+                None
+            }
+            Some(max_streams) => {
+                let (acceptor, certificate) = tls_acceptor();
+                let seen = Arc::clone(&handshakes);
+                tokio::spawn(async move {
+                    while let Ok((tcp, _)) = listener.accept().await {
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                        let (acceptor, app, seen) =
+                            (acceptor.clone(), app.clone(), Arc::clone(&seen));
+                        tokio::spawn(async move {
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let (_, session) = tls.get_ref();
+                            let resumed =
+                                session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                            let counter = if resumed { &seen.1 } else { &seen.0 };
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            let http2 = session.alpn_protocol() == Some(b"h2");
+                            let io = hyper_util::rt::TokioIo::new(tls);
+                            let service = hyper_util::service::TowerToHyperService::new(app);
+                            let _ = if http2 {
+                                hyper::server::conn::http2::Builder::new(
+                                    hyper_util::rt::TokioExecutor::new(),
+                                )
+                                .max_concurrent_streams(max_streams)
+                                .serve_connection(io, service)
+                                .await
+                            } else {
+                                hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(io, service)
+                                    .await
+                            };
+                        });
+                    }
+                });
+                Some(certificate)
+            }
+        };
+        let scheme = if https.is_some() { "https" } else { "http" };
+        let upstream = Self {
+            origin: format!("{scheme}://{address}"),
             connections,
             requests,
             hits,
             holding,
             completed,
-        }
+            http2,
+            handshakes,
+        };
+        (upstream, certificate)
+    }
+
+    /// Requests that came over HTTP/2.
+    pub(crate) fn http2_requests(&self) -> usize {
+        self.http2.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes: in full, and resumed.
+    pub(crate) fn handshakes(&self) -> (usize, usize) {
+        (
+            self.handshakes.0.load(Ordering::SeqCst),
+            self.handshakes.1.load(Ordering::SeqCst),
+        )
     }
 
     /// The `/hold` and `/gate` requests held now.
@@ -176,4 +265,29 @@ impl Upstream {
     pub(crate) fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+}
+
+/// A TLS acceptor with a fresh self-signed certificate for `127.0.0.1`, offering HTTP/2 and
+/// HTTP/1.1; rustls' default session cache lets clients resume.
+fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, Certificate) {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key.into())
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Enough session tickets from one connection for the few a client opens next at once
+    // (rustls sends 2); each is good for one resumption.
+    config.send_tls13_tickets = 4;
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        Certificate {
+            pem: certified.cert.pem(),
+        },
+    )
 }

@@ -259,6 +259,11 @@ pub(super) struct Flags {
     /// two fifths of the open-file limit when that is lower).
     #[arg(long, env = "GUST_OUTBOUND_CONNECTIONS_PER_HOST", value_name = "N")]
     pub(super) outbound_connections_per_host: Option<usize>,
+    /// PEM file of CA certificates to trust, beside the public roots, for guests' HTTPS
+    /// requests and push deliveries: a company's own CA, or a model server's on the same
+    /// network.
+    #[arg(long, env = "GUST_OUTBOUND_CA_CERTS", value_name = "FILE")]
+    pub(super) outbound_ca_certs: Option<PathBuf>,
     /// Largest answer a guest may read from one outgoing HTTP request, in MiB.
     #[arg(
         long,

@@ -11,6 +11,18 @@
 //! opened a new one, and the pool kept both (9,923 connections for a bound of 7,896 after
 //! 10,000 waiting calls, which then ran the host out of descriptors). reqwest, which the
 //! host used before, cannot count them: its connection type is opaque to a connector layer.
+//!
+//! An HTTP/2 connection carries as many requests at once as its server allows
+//! (`SETTINGS_MAX_CONCURRENT_STREAMS`, 100 to 256 at the model APIs' front ends), and
+//! hyper-util's pool keeps one per origin: past that number, requests queued on it, so a host
+//! with 1,000 calls waiting on one model API had at most a few hundred of them asking it.
+//! Requests to an origin known to speak HTTP/2 therefore go out in lanes of
+//! [`STREAMS_PER_CONNECTION`], each lane a pool of its own that opens one connection (within
+//! the same bound), as Go's client opens another connection when one is full. What an HTTPS
+//! origin speaks is learned from the first connection to it, made by a request on the shared
+//! pool; meanwhile the origin's other requests wait for it rather than each open a connection
+//! of their own (a burst of first requests would otherwise open one connection each, most of
+//! them dropped once ALPN said `h2`, and then queue on the one kept).
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -28,7 +40,7 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::net;
 
@@ -37,21 +49,132 @@ pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 /// What a guest's request body is sent as.
 pub(crate) type GuestBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// One pool of connections: hyper-util's client over the counting connector.
+type Pool = hyper_util::client::legacy::Client<Counted, GuestBody>;
+
+/// Requests one HTTP/2 lane takes before another is opened: the smallest
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` RFC 9113 recommends servers allow (Google's front ends
+/// allow 100, Cloudflare's 256, nginx 128 by default). A server that allows fewer queues the
+/// rest on its connection, as it did before lanes.
+pub(crate) const STREAMS_PER_CONNECTION: usize = 100;
+
 /// The client every guest request goes through, shared by every call so that connections
 /// to the same model or tool API are reused across calls.
-pub(crate) type GuestClient = hyper_util::client::legacy::Client<Counted, GuestBody>;
+#[derive(Clone)]
+pub(crate) struct GuestClient {
+    /// HTTP/1.1 origins' pool (a connection carries one request at a time and the pool opens
+    /// as many as it needs), and where an `https` origin's first request finds out what it
+    /// speaks.
+    shared: Pool,
+    /// Makes the lanes of HTTP/2 origins.
+    connector: Counted,
+    origins: Arc<OriginSlots>,
+    /// The lanes of HTTP/2 origins.
+    lanes: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<Lane>>>>,
+}
+
+/// A pool holding one HTTP/2 connection to an origin, and the requests in flight on it.
+struct Lane {
+    pool: Pool,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A request's count in its lane, held until its answer is read or dropped (an HTTP/2
+/// stream stays open until then).
+pub(crate) struct InFlight(Option<Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(count) = &self.0 {
+            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a request came back with: the answer and its count in its lane, or the client's
+/// error.
+pub(crate) type Sent =
+    Result<(hyper::Response<hyper::body::Incoming>, InFlight), hyper_util::client::legacy::Error>;
+
+impl GuestClient {
+    /// Sends `request`, all of it within `deadline`: the wait for what its origin speaks, for a
+    /// connection, and for the answer's head.
+    pub(crate) async fn send(
+        &self,
+        request: hyper::Request<GuestBody>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Sent, tokio::time::error::Elapsed> {
+        let key = origin_key(request.uri());
+        let send = async {
+            let origin = self.origins.origin(&key);
+            // Held until the answer's head came or the request failed: a probe that ends
+            // without a connection lets the next request try.
+            let (speaks, _probe) = origin.settle(request.uri().scheme_str()).await;
+            let (pool, in_flight) = match speaks {
+                Speaks::Http2 => self.lane(&key),
+                _ => (self.shared.clone(), InFlight(None)),
+            };
+            before(deadline, pool.request(request))
+                .await
+                .map(|answer| (answer, in_flight))
+        };
+        tokio::time::timeout_at(deadline, send).await
+    }
+
+    /// The lane an HTTP/2 request to `key` goes on: the first with room, or a new one while
+    /// the origin's bound allows; else the least busy. The bound keeps a place for the
+    /// connection that found out what the origin speaks, which stays in the shared pool until
+    /// it has been idle for [`IDLE`]; with a bound of one connection, the requests share it.
+    fn lane(&self, key: &str) -> (Pool, InFlight) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let most = self.origins.per_origin() - 1;
+        if most == 0 {
+            return (self.shared.clone(), InFlight(None));
+        }
+        let mut all = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if all.len() >= ORIGINS_KEPT && !all.contains_key(key) {
+            // Lanes with nothing in flight hold only idle connections, which close with them.
+            all.retain(|_, lanes| lanes.iter().any(|l| l.in_flight.load(Relaxed) > 0));
+        }
+        let lanes = all.entry(key.to_owned()).or_default();
+        let open = lanes
+            .iter()
+            .position(|l| l.in_flight.load(Relaxed) < STREAMS_PER_CONNECTION);
+        let index = match open {
+            Some(index) => index,
+            None if lanes.len() < most => {
+                lanes.push(Lane {
+                    pool: pool(self.connector.clone(), true),
+                    in_flight: Arc::default(),
+                });
+                lanes.len() - 1
+            }
+            None => (0..lanes.len())
+                .min_by_key(|&i| lanes[i].in_flight.load(Relaxed))
+                .unwrap_or(0),
+        };
+        let lane = &lanes[index];
+        lane.in_flight.fetch_add(1, Relaxed);
+        (
+            lane.pool.clone(),
+            InFlight(Some(Arc::clone(&lane.in_flight))),
+        )
+    }
+}
 
 /// How long an idle connection stays in the pool (and keeps its place).
 const IDLE: Duration = Duration::from_secs(90);
 
 /// The guests' client: connections to one origin bounded by `origins`, names resolved and
-/// checked by the address policy (`allow_private` lifts it).
+/// checked by the address policy (`allow_private` lifts it), servers' certificates checked
+/// against the webpki roots and `roots`.
 ///
 /// # Errors
 /// When the TLS configuration cannot be built.
 pub(crate) fn guest_client(
     allow_private: bool,
     origins: Arc<OriginSlots>,
+    roots: &net::ExtraRoots,
 ) -> anyhow::Result<GuestClient> {
     let mut http = HttpConnector::new_with_resolver(SafeDns { allow_private });
     // The TLS layer above takes `https` URLs; this one only opens the TCP connection.
@@ -64,13 +187,17 @@ pub(crate) fn guest_client(
     http.set_keepalive_retries(Some(3));
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
     http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut trusted =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    roots.add_to(&mut trusted)?;
+    // One configuration for every pool: they share its cache of TLS sessions, so a lane's
+    // new connection resumes the session of one before it instead of a full handshake.
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| anyhow::anyhow!("building the outbound TLS configuration: {e}"))?
-    .with_root_certificates(roots)
+    .with_root_certificates(trusted)
     .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -78,29 +205,109 @@ pub(crate) fn guest_client(
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(IDLE)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(Counted {
-                inner: https,
-                origins,
-            }),
-    )
+    let connector = Counted {
+        inner: https,
+        origins: Arc::clone(&origins),
+    };
+    Ok(GuestClient {
+        shared: pool(connector.clone(), false),
+        connector,
+        origins,
+        lanes: Arc::default(),
+    })
 }
 
-/// The bound on connections per origin, host-wide (`--outbound-connections-per-host`): one
-/// semaphore per origin, made on first use and forgotten once no connection holds a place
-/// in it (guests with a wildcard in `allowed_hosts` could otherwise grow the map without
-/// end). The guests' client takes a place for each connection it opens ([`Counted`]).
+/// A pool over `connector`; `http2_only` for a lane of an HTTP/2 origin, where the pool then
+/// opens one connection (hyper-util holds a lock while it connects, and the lane's other
+/// requests wait for it) instead of one per waiting request.
+fn pool(connector: Counted, http2_only: bool) -> Pool {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(IDLE)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http2_only(http2_only)
+        .build(connector)
+}
+
+/// The bound on connections per origin, host-wide (`--outbound-connections-per-host`), and
+/// what each origin speaks: an entry per origin, made on first use and forgotten once no
+/// connection holds a place in it and no request waits on it (guests with a wildcard in
+/// `allowed_hosts` could otherwise grow the map without end). The guests' client takes a
+/// place for each connection it opens ([`Counted`]).
 pub(crate) struct OriginSlots {
     per_origin: usize,
-    slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+    slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Origin>>>,
 }
 
 /// Idle origins are forgotten when the map passes this size.
 const ORIGINS_KEPT: usize = 1024;
+
+/// One origin's places and protocol.
+pub(crate) struct Origin {
+    places: Arc<Semaphore>,
+    speaks: watch::Sender<Speaks>,
+}
+
+/// What an origin's connections speak, as far as the host knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Speaks {
+    Unknown,
+    /// A request is connecting to it for the first time; the others wait for what it finds.
+    Probing,
+    Http1,
+    Http2,
+}
+
+/// The request that finds out what its origin speaks: if it ends without finding out (its
+/// connect failed or timed out), the next request to the origin tries.
+pub(crate) struct Probe(Arc<Origin>);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.0.speaks.send_if_modified(|s| {
+            let probing = *s == Speaks::Probing;
+            if probing {
+                *s = Speaks::Unknown;
+            }
+            probing
+        });
+    }
+}
+
+impl Origin {
+    /// What the origin speaks, once known; `http` origins speak HTTP/1.1 (the client does not
+    /// speak HTTP/2 without TLS). While a first request to an `https` origin connects, the
+    /// others wait for it; the first one gets `Unknown` and the [`Probe`].
+    pub(crate) async fn settle(self: &Arc<Self>, scheme: Option<&str>) -> (Speaks, Option<Probe>) {
+        if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("https")) {
+            return (Speaks::Http1, None);
+        }
+        let mut seen = self.speaks.subscribe();
+        loop {
+            // Copied out: the borrow holds the channel's lock, which the claim below takes.
+            let now = *seen.borrow_and_update();
+            match now {
+                Speaks::Probing => {}
+                known @ (Speaks::Http1 | Speaks::Http2) => return (known, None),
+                Speaks::Unknown => {
+                    let probing = self.speaks.send_if_modified(|s| {
+                        let first = *s == Speaks::Unknown;
+                        if first {
+                            *s = Speaks::Probing;
+                        }
+                        first
+                    });
+                    if probing {
+                        return (Speaks::Unknown, Some(Probe(Arc::clone(self))));
+                    }
+                }
+            }
+            if seen.changed().await.is_err() {
+                return (Speaks::Unknown, None);
+            }
+        }
+    }
+}
 
 impl OriginSlots {
     pub(crate) fn new(per_origin: usize) -> Self {
@@ -110,26 +317,39 @@ impl OriginSlots {
         }
     }
 
-    /// A place among the connections to `origin` (a key of [`origin_key`]), when one
-    /// is free.
+    /// The entry of `origin` (a key of [`origin_key`]).
+    pub(crate) fn origin(&self, origin: &str) -> Arc<Origin> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.len() >= ORIGINS_KEPT && !slots.contains_key(origin) {
+            slots.retain(|_, o| {
+                Arc::strong_count(o) > 1 || o.places.available_permits() < self.per_origin
+            });
+        }
+        Arc::clone(slots.entry(origin.to_owned()).or_insert_with(|| {
+            Arc::new(Origin {
+                places: Arc::new(Semaphore::new(self.per_origin)),
+                speaks: watch::Sender::new(Speaks::Unknown),
+            })
+        }))
+    }
+
+    /// A place among the connections to `origin`, when one is free.
     pub(crate) async fn connection(&self, origin: &str) -> OwnedSemaphorePermit {
-        let semaphore = {
-            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            if slots.len() >= ORIGINS_KEPT && !slots.contains_key(origin) {
-                slots.retain(|_, s| {
-                    Arc::strong_count(s) > 1 || s.available_permits() < self.per_origin
-                });
-            }
-            Arc::clone(
-                slots
-                    .entry(origin.to_owned())
-                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_origin))),
-            )
-        };
-        semaphore
+        let places = Arc::clone(&self.origin(origin).places);
+        places
             .acquire_owned()
             .await
             .expect("the semaphore is never closed")
+    }
+
+    /// Records what a new connection to `origin` negotiated.
+    fn learned(&self, origin: &str, http2: bool) {
+        let speaks = if http2 { Speaks::Http2 } else { Speaks::Http1 };
+        self.origin(origin).speaks.send_if_modified(|s| {
+            let new = *s != speaks;
+            *s = speaks;
+            new
+        });
     }
 
     /// Whether every place to `origin` is taken: a request that timed out says so.
@@ -137,7 +357,7 @@ impl OriginSlots {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots
             .get(origin)
-            .is_some_and(|s| s.available_permits() == 0)
+            .is_some_and(|o| o.places.available_permits() == 0)
     }
 
     pub(crate) fn per_origin(&self) -> usize {
@@ -221,6 +441,9 @@ impl tower_service::Service<Uri> for Counted {
                 None => origins.connection(&key).await,
             };
             let io = tower_service::Service::call(&mut inner, uri).await?;
+            if key.starts_with("https:") {
+                origins.learned(&key, io.connected().is_negotiated_h2());
+            }
             Ok(CountedIo { io, _place: place })
         })
     }

@@ -192,12 +192,8 @@ impl WasiHttpHooks for Outbound {
                         return Err(Error::HttpRequestUriInvalid);
                     }
                 };
-                let sent = client::before(
-                    deadline,
-                    tokio::time::timeout_at(deadline, policy.client.request(outgoing)),
-                );
-                let response = match sent.await {
-                    Ok(Ok(response)) => response,
+                let (response, in_flight) = match policy.client.send(outgoing, deadline).await {
+                    Ok(Ok(sent)) => sent,
                     Err(_) => {
                         let why = if policy.origins.full(&client::key(&scheme, &host, port)) {
                             format!(
@@ -233,7 +229,8 @@ impl WasiHttpHooks for Outbound {
                 for (name, value) in &head.headers {
                     answer = answer.header(name, value);
                 }
-                let frames = answer_frames(incoming, deadline, policy.max_response_bytes);
+                let frames =
+                    answer_frames(incoming, in_flight, deadline, policy.max_response_bytes);
                 let body: WasiBody = StreamBody::new(frames).boxed_unsync();
                 let answer = answer
                     .body(body)
@@ -339,29 +336,34 @@ fn described(error: &(dyn std::error::Error + 'static)) -> String {
 /// connection breaks off.
 fn answer_frames(
     incoming: hyper::body::Incoming,
+    in_flight: client::InFlight,
     deadline: tokio::time::Instant,
     limit: usize,
 ) -> impl futures::Stream<Item = Result<Frame<Bytes>, Error>> + Send {
-    futures::stream::unfold(Some((incoming, 0usize)), move |state| async move {
-        let (mut body, mut seen) = state?;
-        loop {
-            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-                Err(_) => return Some((Err(Error::ConnectionReadTimeout), None)),
-                Ok(None) => return None,
-                Ok(Some(Err(_))) => return Some((Err(Error::HttpResponseIncomplete), None)),
-                Ok(Some(Ok(frame))) => frame,
-            };
-            // Trailers are not passed on.
-            let Ok(bytes) = frame.into_data() else {
-                continue;
-            };
-            seen += bytes.len();
-            if seen > limit {
-                return Some((Err(Error::HttpResponseBodySize(Some(limit as u64))), None));
+    // The request counts in its lane until the answer ends or is dropped, with the state.
+    futures::stream::unfold(
+        Some((incoming, 0usize, in_flight)),
+        move |state| async move {
+            let (mut body, mut seen, in_flight) = state?;
+            loop {
+                let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                    Err(_) => return Some((Err(Error::ConnectionReadTimeout), None)),
+                    Ok(None) => return None,
+                    Ok(Some(Err(_))) => return Some((Err(Error::HttpResponseIncomplete), None)),
+                    Ok(Some(Ok(frame))) => frame,
+                };
+                // Trailers are not passed on.
+                let Ok(bytes) = frame.into_data() else {
+                    continue;
+                };
+                seen += bytes.len();
+                if seen > limit {
+                    return Some((Err(Error::HttpResponseBodySize(Some(limit as u64))), None));
+                }
+                return Some((Ok(Frame::data(bytes)), Some((body, seen, in_flight))));
             }
-            return Some((Ok(Frame::data(bytes)), Some((body, seen))));
-        }
-    })
+        },
+    )
 }
 
 /// Bytes of request bodies the host holds for a guest: counted per call (bounded by

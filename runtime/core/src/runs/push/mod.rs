@@ -54,6 +54,8 @@ pub struct PushSettings {
     pub max_body_bytes: usize,
     /// Base of the poll URLs in thin events (the server's public URL).
     pub public_url: String,
+    /// CA certificates trusted beside the webpki roots (`--outbound-ca-certs`).
+    pub extra_roots: net::ExtraRoots,
 }
 
 impl Default for PushSettings {
@@ -74,6 +76,7 @@ impl Default for PushSettings {
             allow_private_network: false,
             max_body_bytes: 256 << 10,
             public_url: String::new(),
+            extra_roots: net::ExtraRoots::default(),
         }
     }
 }
@@ -117,7 +120,11 @@ impl Pusher {
         settings: PushSettings,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let http = net::client(settings.allow_private_network, settings.timeout)?;
+        let http = net::client(
+            settings.allow_private_network,
+            settings.timeout,
+            &settings.extra_roots,
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 background,
