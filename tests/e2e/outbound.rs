@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::runs::{finished, submit};
@@ -375,4 +376,87 @@ async fn calls_waiting_on_an_http2_upstream_are_not_held_to_one_connections_stre
         resumed >= lanes - 1,
         "{full} handshakes in full, {resumed} resumed"
     );
+}
+
+/// A guest that gives up while its request opens a lane's connection (its timeout is
+/// shorter than the connect) leaves the connect to the requests waiting for it: the next
+/// one opens it and all of them are answered. hyper-util's pool, where they waited before,
+/// failed them all with the first one ("could not connect").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_gives_up_while_opening_a_connection_leaves_it_to_the_others() {
+    const PATIENT: usize = 5;
+    let (upstream, certificate) =
+        Upstream::start_https_slow(100, Duration::from_millis(2500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca, &certificate.pem).unwrap();
+    let host = Host::start_on(
+        dir.path().join("data"),
+        &[
+            "--allow-private-network",
+            "--outbound-ca-certs",
+            ca.to_str().unwrap(),
+        ],
+    )
+    .await;
+    for (agent, timeout) in [("patient", 60), ("impatient", 1)] {
+        host.upload_file(agent, gust_test_guests::PROBE_A).await;
+        host.set_config(
+            agent,
+            json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120, "outbound_timeout_s": timeout}),
+        )
+        .await;
+        host.deploy(agent, None).await;
+    }
+    let hello = json!({"op": "fetch", "key": format!("{}/hello", upstream.origin)});
+    // The host learns that the upstream speaks HTTP/2 (a first connection, 2.5 s).
+    let (status, _, answer) = host.call("patient", hello.clone()).await;
+    assert_eq!(
+        (status, &answer["status"]),
+        (StatusCode::OK, &json!(200)),
+        "{answer}"
+    );
+
+    // The impatient call opens the first lane's connection and gives up after 1 s; the
+    // patient ones come while it connects and wait for that connection.
+    let impatient = send_at_once(&host, "impatient", &hello, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let patient = send_at_once(&host, "patient", &hello, PATIENT);
+    let (_, gave_up) = impatient.into_iter().next().unwrap().await.unwrap();
+    assert!(gave_up["error"].is_string(), "{gave_up}");
+    for call in patient {
+        let (status, answer) = call.await.unwrap();
+        assert_eq!(
+            (status, &answer["status"]),
+            (StatusCode::OK, &json!(200)),
+            "{answer}"
+        );
+    }
+    assert_eq!(upstream.hits("/hello"), 1 + PATIENT);
+}
+
+/// An HTTPS upstream whose certificate no trusted CA signed is refused, and the run's record
+/// says why; `--outbound-ca-certs` is what lets the tests above reach theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_certified_by_an_unknown_ca_is_refused_with_the_cause() {
+    let (upstream, _) = Upstream::start_https(100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config("probe", json!({"allowed_hosts": [upstream.origin]}))
+        .await;
+    host.deploy("probe", None).await;
+    let id = submit(
+        &host,
+        "probe",
+        json!({"op": "fetch", "key": format!("{}/hello", upstream.origin)}),
+    )
+    .await;
+    let run = finished(&host, "probe", &id).await;
+    let error = run["outbound"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("could not connect: ") && error.contains("UnknownIssuer"),
+        "{run}"
+    );
+    assert_eq!(upstream.requests(), 0);
 }

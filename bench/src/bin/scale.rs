@@ -20,6 +20,11 @@
 //!   [--ramp 1000,5000,10000] [--queued 10000] [--wait-ms 1000] [--only sync|queued|fairness]
 //! ```
 //!
+//! `--upstream https` serves the upstream as model APIs are served: over TLS (a self-signed
+//! certificate the hosts trust with `--outbound-ca-certs`), HTTP/2 offered by ALPN, at most
+//! 100 requests at once on a connection (`SETTINGS_MAX_CONCURRENT_STREAMS`, as Google's
+//! front ends).
+//!
 //! It raises its open-file limit (hard and soft; the host it starts inherits them), since
 //! 10,000 calls with an outgoing connection each need over 20,000 descriptors.
 //! `SCALE_SERVE_ARGS` adds `gust serve` flags to the hosts of the sync, queued, fairness and
@@ -53,13 +58,20 @@ struct Options {
     fairness: usize,
     wait_ms: u64,
     only: Option<String>,
+    /// The upstream over HTTPS and HTTP/2 (`--upstream https`).
+    https: bool,
+    /// The upstream's certificate, for the hosts to trust.
+    upstream_ca: Option<PathBuf>,
 }
+
+/// Requests at once on one HTTP/2 connection to the HTTPS upstream.
+const UPSTREAM_STREAMS: u32 = 100;
 
 const USAGE: &str = "\
 usage: scale [--gust PATH] [--waiting-echo PATH] [--echo PATH] [--probe PATH] [--python PATH]
              [--python-probe PATH] [--js-probe PATH]
              [--ramp 1000,5000,10000] [--queued 10000] [--fairness 10000] [--wait-ms 1000]
-             [--rounds 3] [--seconds 10]
+             [--rounds 3] [--seconds 10] [--upstream http|https]
              [--only sync|queued|fairness|standby|outbound|languages]
 Thousands of calls waiting on an upstream, on a host with default settings.";
 
@@ -79,6 +91,8 @@ fn options() -> anyhow::Result<Options> {
         fairness: 10_000,
         wait_ms: 1000,
         only: None,
+        https: false,
+        upstream_ca: None,
     };
     for (flag, value) in gust_bench::flags(USAGE)? {
         match flag.as_str() {
@@ -98,6 +112,13 @@ fn options() -> anyhow::Result<Options> {
             "--fairness" => options.fairness = value.parse()?,
             "--wait-ms" => options.wait_ms = value.parse()?,
             "--only" => options.only = Some(value),
+            "--upstream" => {
+                options.https = match value.as_str() {
+                    "http" => false,
+                    "https" => true,
+                    other => anyhow::bail!("--upstream {other}: http or https\n{USAGE}"),
+                }
+            }
             other => anyhow::bail!("unknown flag {other}\n{USAGE}"),
         }
     }
@@ -110,16 +131,27 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     if std::env::args().nth(1).as_deref() == Some("upstream") {
-        return runtime.block_on(upstream());
+        return runtime.block_on(upstream(std::env::args().nth(2).map(PathBuf::from)));
     }
     runtime.block_on(benchmarks(options()?))
 }
 
-async fn benchmarks(options: Options) -> anyhow::Result<()> {
+async fn benchmarks(mut options: Options) -> anyhow::Result<()> {
+    let certificate = tempfile::tempdir()?;
+    let ca = options
+        .https
+        .then(|| certificate.path().join("upstream-ca.pem"));
+    let upstream = Upstream::start(ca.as_deref())?;
+    options.upstream_ca = ca;
+    let options = options;
     let runs = |part: &str| options.only.as_deref().is_none_or(|only| only == part);
-    let upstream = Upstream::start()?;
     println!(
-        "scale: upstream answers after {} ms, in its own process (pid {})",
+        "scale: upstream ({}) answers after {} ms, in its own process (pid {})",
+        if options.https {
+            "HTTPS, HTTP/2 with 100 streams a connection"
+        } else {
+            "HTTP/1.1"
+        },
         options.wait_ms,
         upstream.process.0.id()
     );
@@ -340,7 +372,7 @@ async fn outbound(options: &Options, upstream: &Upstream) -> anyhow::Result<()> 
         }
         guests.push((upstream.answered() - before) as f64 / start.elapsed().as_secs_f64());
 
-        let client = reqwest::Client::new();
+        let client = upstream.http.clone();
         let before = upstream.answered();
         let start = Instant::now();
         let tasks: Vec<_> = (0..32)
@@ -374,12 +406,16 @@ async fn outbound(options: &Options, upstream: &Upstream) -> anyhow::Result<()> 
 fn host(options: &Options, scratch: &Path) -> anyhow::Result<Host> {
     let extra = std::env::var("SCALE_SERVE_ARGS").unwrap_or_default();
     let mut args = vec!["--allow-private-network"];
+    let ca = options.upstream_ca.as_deref().and_then(Path::to_str);
+    if let Some(ca) = ca {
+        args.extend(["--outbound-ca-certs", ca]);
+    }
     args.extend(extra.split_whitespace());
     Host::start(&options.gust, &scratch.join("data"), &args)
 }
 
 fn waiting_config(upstream: &Upstream) -> Value {
-    json!({"allowed_hosts": [format!("http://{}", upstream.authority())], "sync_timeout_s": 120})
+    json!({"allowed_hosts": [upstream.origin()], "sync_timeout_s": 120})
 }
 
 async fn sync_step(options: &Options, upstream: &Upstream, n: usize) -> anyhow::Result<()> {
@@ -775,16 +811,22 @@ impl Sampler {
 /// The slow upstream, in its own process.
 struct Upstream {
     process: Process,
-    addr: String,
+    /// `http://…` or `https://…`, no path.
+    origin: String,
+    /// Trusts the upstream's certificate.
     http: reqwest::Client,
 }
 
 impl Upstream {
-    fn start() -> anyhow::Result<Self> {
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .arg("upstream")
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
+    /// Starts `scale upstream` in its own process; over HTTPS when `ca` is where it is to
+    /// write its certificate.
+    fn start(ca: Option<&Path>) -> anyhow::Result<Self> {
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command.arg("upstream");
+        if let Some(ca) = ca {
+            command.arg(ca);
+        }
+        let mut child = command.stdout(std::process::Stdio::piped()).spawn()?;
         let mut line = String::new();
         std::io::BufRead::read_line(
             &mut std::io::BufReader::new(child.stdout.take().context("stdout")?),
@@ -795,25 +837,29 @@ impl Upstream {
             .strip_prefix("listening on ")
             .context("the upstream's address")?
             .to_owned();
+        let mut http = reqwest::Client::builder();
+        if let Some(ca) = ca {
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?);
+        }
         Ok(Self {
             process: Process(child),
-            addr,
-            http: reqwest::Client::new(),
+            origin: format!("{}://{addr}", if ca.is_some() { "https" } else { "http" }),
+            http: http.build()?,
         })
     }
 
-    fn authority(&self) -> &str {
-        &self.addr
+    fn origin(&self) -> &str {
+        &self.origin
     }
 
     fn url(&self, wait_ms: u64) -> String {
-        format!("http://{}/wait?ms={wait_ms}", self.addr)
+        format!("{}/wait?ms={wait_ms}", self.origin)
     }
 
     /// Requests it has answered so far: counted by the upstream, not by the host.
     fn answered(&self) -> u64 {
         let http = self.http.clone();
-        let url = format!("http://{}/count", self.addr);
+        let url = format!("{}/count", self.origin);
         std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -831,17 +877,24 @@ impl Upstream {
     }
 }
 
-/// `scale upstream`: answers `GET /wait?ms=N` after N milliseconds and `GET /count` with how
-/// many waits it answered. Prints `listening on <address>`.
-async fn upstream() -> anyhow::Result<()> {
+/// `scale upstream [CA]`: answers `GET /wait?ms=N` after N milliseconds and `GET /count` with
+/// how many waits it answered. Prints `listening on <address>`. Given `CA`, it serves HTTPS
+/// with a self-signed certificate for 127.0.0.1 written there, HTTP/2 offered by ALPN with
+/// [`UPSTREAM_STREAMS`] requests at once on a connection.
+async fn upstream(ca: Option<PathBuf>) -> anyhow::Result<()> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind("127.0.0.1:0".parse()?)?;
     let listener = socket.listen(65_535)?;
+    let tls = match ca {
+        Some(ca) => Some(tls_acceptor(&ca)?),
+        None => None,
+    };
     println!("listening on {}", listener.local_addr()?);
     let answered = Arc::new(AtomicU64::new(0));
     loop {
         let (stream, _) = listener.accept().await?;
         let answered = Arc::clone(&answered);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<_>| {
                 let answered = Arc::clone(&answered);
@@ -862,11 +915,42 @@ async fn upstream() -> anyhow::Result<()> {
                     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let Some(tls) = tls else {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                return;
+            };
+            let Ok(stream) = tls.accept(stream).await else {
+                return;
+            };
+            let _ = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .max_concurrent_streams(UPSTREAM_STREAMS)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+            } else {
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+            };
         });
     }
+}
+
+/// A TLS acceptor with a new self-signed certificate for 127.0.0.1, written to `ca`.
+fn tls_acceptor(ca: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
+    std::fs::write(ca, certified.cert.pem())?;
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key.into())?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// As high as this process may set it (root may raise the hard limit too).

@@ -212,6 +212,18 @@ pub fn client(
         .map_err(|e| anyhow::anyhow!("building the outbound HTTP client: {e}"))
 }
 
+/// An error with its causes, for a call's record.
+pub(crate) fn described(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The policy refusal behind a request error, if that is what it was.
 pub fn refusal(error: &reqwest::Error) -> Option<Refused> {
     cause(error)

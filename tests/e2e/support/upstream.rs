@@ -40,21 +40,30 @@ impl Upstream {
     /// `/gate?n=N&ms=M` answers once N gate requests have arrived (or after M ms): a test of
     /// "all at once" then does not depend on how fast its requests were sent.
     pub(crate) async fn start() -> Self {
-        Self::serve(None).await.0
+        Self::serve(None, Duration::ZERO).await.0
     }
 
     /// Starts one over HTTPS, as model APIs are served: HTTP/2 offered by ALPN beside
     /// HTTP/1.1, with at most `max_streams` requests at once on a connection (servers bound
     /// it: Google's front ends at 100), and a self-signed certificate for `127.0.0.1`.
     pub(crate) async fn start_https(max_streams: u32) -> (Self, Certificate) {
-        let (upstream, certificate) = Self::serve(Some(max_streams)).await;
+        Self::start_https_slow(max_streams, Duration::ZERO).await
+    }
+
+    /// As [`Upstream::start_https`], waiting `handshake` before each TLS handshake: a
+    /// connection to it takes that long to open.
+    pub(crate) async fn start_https_slow(
+        max_streams: u32,
+        handshake: Duration,
+    ) -> (Self, Certificate) {
+        let (upstream, certificate) = Self::serve(Some(max_streams), handshake).await;
         (
             upstream,
             certificate.expect("an HTTPS upstream has a certificate"),
         )
     }
 
-    async fn serve(https: Option<u32>) -> (Self, Option<Certificate>) {
+    async fn serve(https: Option<u32>, handshake: Duration) -> (Self, Option<Certificate>) {
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&requests);
         let hits = Arc::new(Mutex::new(HashMap::new()));
@@ -100,7 +109,11 @@ impl Upstream {
                             let ms = q.get("ms").copied().unwrap_or(0);
                             tokio::time::sleep(Duration::from_millis(ms)).await;
                             held.0.fetch_sub(1, Ordering::SeqCst);
-                            *finished.lock().unwrap().entry(uri.to_string()).or_insert(0) += 1;
+                            *finished
+                                .lock()
+                                .unwrap()
+                                .entry(path_and_query(&uri))
+                                .or_insert(0) += 1;
                             "held"
                         },
                     ),
@@ -141,7 +154,7 @@ impl Upstream {
                         if request.version() == axum::http::Version::HTTP_2 {
                             over_http2.fetch_add(1, Ordering::SeqCst);
                         }
-                        let uri = request.uri().to_string();
+                        let uri = path_and_query(request.uri());
                         *seen.lock().unwrap().entry(uri).or_insert(0) += 1;
                         async move {
                             counted.fetch_add(1, Ordering::SeqCst);
@@ -170,6 +183,7 @@ impl Upstream {
                         let (acceptor, app, seen) =
                             (acceptor.clone(), app.clone(), Arc::clone(&seen));
                         tokio::spawn(async move {
+                            tokio::time::sleep(handshake).await;
                             let Ok(tls) = acceptor.accept(tcp).await else {
                                 return;
                             };
@@ -290,4 +304,10 @@ fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, Certificate) {
             pem: certified.cert.pem(),
         },
     )
+}
+
+/// How requests are counted: HTTP/2 requests carry the whole URL, HTTP/1.1 ones the path.
+fn path_and_query(uri: &axum::http::Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_owned(), ToString::to_string)
 }

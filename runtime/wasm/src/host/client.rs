@@ -17,12 +17,17 @@
 //! hyper-util's pool keeps one per origin: past that number, requests queued on it, so a host
 //! with 1,000 calls waiting on one model API had at most a few hundred of them asking it.
 //! Requests to an origin known to speak HTTP/2 therefore go out in lanes of
-//! [`STREAMS_PER_CONNECTION`], each lane a pool of its own that opens one connection (within
-//! the same bound), as Go's client opens another connection when one is full. What an HTTPS
-//! origin speaks is learned from the first connection to it, made by a request on the shared
-//! pool; meanwhile the origin's other requests wait for it rather than each open a connection
-//! of their own (a burst of first requests would otherwise open one connection each, most of
-//! them dropped once ALPN said `h2`, and then queue on the one kept).
+//! [`STREAMS_PER_CONNECTION`], each lane a pool of its own with one connection (within the
+//! same bound), as Go's client opens another connection when one is full.
+//!
+//! One request at a time opens a connection where the others could share it, and the others
+//! wait for it at a [`Gate`]: an `https` origin's first request finds out what the origin
+//! speaks (a burst of first requests would otherwise open a connection each, most of them
+//! dropped once ALPN said `h2`), and a lane's first request opens the lane's connection. The
+//! gate is the host's, not hyper-util's: requests waiting in hyper-util's pool for another
+//! request's connection fail when that request is dropped (a guest's timeout), whereas at the
+//! gate the next one takes over. A connect that fails fails the requests that waited for it,
+//! with its cause, at once.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -63,8 +68,8 @@ pub(crate) const STREAMS_PER_CONNECTION: usize = 100;
 #[derive(Clone)]
 pub(crate) struct GuestClient {
     /// HTTP/1.1 origins' pool (a connection carries one request at a time and the pool opens
-    /// as many as it needs), and where an `https` origin's first request finds out what it
-    /// speaks.
+    /// as many as it needs), where an `https` origin's first request finds out what it
+    /// speaks, and HTTP/2 origins' when their bound is one connection.
     shared: Pool,
     /// Makes the lanes of HTTP/2 origins.
     connector: Counted,
@@ -73,10 +78,12 @@ pub(crate) struct GuestClient {
     lanes: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<Lane>>>>,
 }
 
-/// A pool holding one HTTP/2 connection to an origin, and the requests in flight on it.
+/// A pool with one HTTP/2 connection to an origin, the requests in flight on it, and the
+/// gate its requests pass while it has no connection.
 struct Lane {
     pool: Pool,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    gate: Arc<Gate>,
 }
 
 /// A request's count in its lane, held until its answer is read or dropped (an HTTP/2
@@ -91,14 +98,29 @@ impl Drop for InFlight {
     }
 }
 
-/// What a request came back with: the answer and its count in its lane, or the client's
-/// error.
-pub(crate) type Sent =
-    Result<(hyper::Response<hyper::body::Incoming>, InFlight), hyper_util::client::legacy::Error>;
+/// Why a request got no answer.
+pub(crate) enum SendError {
+    /// The client's error.
+    Client(hyper_util::client::legacy::Error),
+    /// The connection it waited for at a gate could not be opened.
+    Failed(Failure),
+}
+
+/// A connect that failed, for the requests that waited for it.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    /// The error with its causes.
+    pub(crate) why: String,
+    /// The address policy's refusal, when that was the cause.
+    pub(crate) refused: Option<net::Refused>,
+}
+
+/// What a request came back with: the answer and its count in its lane, or why not.
+pub(crate) type Sent = Result<(hyper::Response<hyper::body::Incoming>, InFlight), SendError>;
 
 impl GuestClient {
-    /// Sends `request`, all of it within `deadline`: the wait for what its origin speaks, for a
-    /// connection, and for the answer's head.
+    /// Sends `request`, all of it within `deadline`: the wait at a gate, for a connection,
+    /// and for the answer's head.
     pub(crate) async fn send(
         &self,
         request: hyper::Request<GuestBody>,
@@ -107,16 +129,33 @@ impl GuestClient {
         let key = origin_key(request.uri());
         let send = async {
             let origin = self.origins.origin(&key);
-            // Held until the answer's head came or the request failed: a probe that ends
-            // without a connection lets the next request try.
-            let (speaks, _probe) = origin.settle(request.uri().scheme_str()).await;
-            let (pool, in_flight) = match speaks {
-                Speaks::Http2 => self.lane(&key),
-                _ => (self.shared.clone(), InFlight(None)),
+            // Held until the answer's head came or the request failed: a request that opens
+            // a connection for others and ends without one lets the next one try.
+            let (speaks, _finding_out) = if request
+                .uri()
+                .scheme_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+            {
+                let opening = origin.gate.pass().await.map_err(SendError::Failed)?;
+                (origin.speaks(), opening)
+            } else {
+                // The client speaks HTTP/2 only over TLS.
+                (Speaks::Http1, None)
+            };
+            let (pool, in_flight, _opening) = match speaks {
+                Speaks::Http2 => match self.lane(&key) {
+                    Some((pool, in_flight, gate)) => {
+                        let opening = gate.pass().await.map_err(SendError::Failed)?;
+                        (pool, in_flight, opening)
+                    }
+                    None => (self.shared.clone(), InFlight(None), None),
+                },
+                _ => (self.shared.clone(), InFlight(None), None),
             };
             before(deadline, pool.request(request))
                 .await
                 .map(|answer| (answer, in_flight))
+                .map_err(SendError::Client)
         };
         tokio::time::timeout_at(deadline, send).await
     }
@@ -124,12 +163,13 @@ impl GuestClient {
     /// The lane an HTTP/2 request to `key` goes on: the first with room, or a new one while
     /// the origin's bound allows; else the least busy. The bound keeps a place for the
     /// connection that found out what the origin speaks, which stays in the shared pool until
-    /// it has been idle for [`IDLE`]; with a bound of one connection, the requests share it.
-    fn lane(&self, key: &str) -> (Pool, InFlight) {
+    /// it has been idle for [`IDLE`]; with a bound of one connection there are no lanes and
+    /// the requests share that connection (`None`).
+    fn lane(&self, key: &str) -> Option<(Pool, InFlight, Arc<Gate>)> {
         use std::sync::atomic::Ordering::Relaxed;
         let most = self.origins.per_origin() - 1;
         if most == 0 {
-            return (self.shared.clone(), InFlight(None));
+            return None;
         }
         let mut all = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         if all.len() >= ORIGINS_KEPT && !all.contains_key(key) {
@@ -143,9 +183,17 @@ impl GuestClient {
         let index = match open {
             Some(index) => index,
             None if lanes.len() < most => {
+                let gate = Arc::new(Gate::default());
                 lanes.push(Lane {
-                    pool: pool(self.connector.clone(), true),
+                    pool: pool(
+                        Counted {
+                            lane: Some(Arc::clone(&gate)),
+                            ..self.connector.clone()
+                        },
+                        true,
+                    ),
                     in_flight: Arc::default(),
+                    gate,
                 });
                 lanes.len() - 1
             }
@@ -155,10 +203,89 @@ impl GuestClient {
         };
         let lane = &lanes[index];
         lane.in_flight.fetch_add(1, Relaxed);
-        (
+        Some((
             lane.pool.clone(),
             InFlight(Some(Arc::clone(&lane.in_flight))),
-        )
+            Arc::clone(&lane.gate),
+        ))
+    }
+}
+
+/// Where requests wait while one of them opens the connection they could share (see the
+/// module's comment).
+#[derive(Default)]
+pub(crate) struct Gate(watch::Sender<Link>);
+
+/// A gate's state.
+#[derive(Debug, Clone, Default)]
+struct Link {
+    /// Open: a lane's connections, or, for an origin, 1 once what it speaks is known.
+    open: usize,
+    /// A request is opening a connection.
+    opening: bool,
+    /// Connects that failed so far, and the cause of the last.
+    failed: u64,
+    cause: Option<Failure>,
+}
+
+/// The request opening a gate's connection; when it ends without one (its connect failed,
+/// timed out, or its call was dropped), the next waiting request opens it.
+pub(crate) struct Opening(Arc<Gate>);
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        self.0
+            .0
+            .send_if_modified(|l| std::mem::take(&mut l.opening));
+    }
+}
+
+impl Gate {
+    /// Passes when the gate is open; else the first request to come opens it (`Some`) while
+    /// the others wait. Fails with the cause when a connect fails while the request waits.
+    async fn pass(self: &Arc<Self>) -> Result<Option<Opening>, Failure> {
+        let mut seen = self.0.subscribe();
+        let failed_before = seen.borrow().failed;
+        loop {
+            // Copied out: the borrow holds the channel's lock, which the claim below takes.
+            let now = seen.borrow_and_update().clone();
+            if now.open > 0 {
+                return Ok(None);
+            }
+            if now.failed > failed_before
+                && let Some(cause) = now.cause
+            {
+                return Err(cause);
+            }
+            let claimed = self.0.send_if_modified(|l| {
+                let free = l.open == 0 && !l.opening;
+                l.opening |= free;
+                free
+            });
+            if claimed {
+                return Ok(Some(Opening(Arc::clone(self))));
+            }
+            // The sender lives in `self`: `changed` fails only once it is gone.
+            if seen.changed().await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn opened(&self) {
+        self.0.send_modify(|l| l.open += 1);
+    }
+
+    fn closed(&self) {
+        self.0.send_modify(|l| l.open = l.open.saturating_sub(1));
+    }
+
+    /// Fails the requests waiting for the connect that failed.
+    fn failed(&self, cause: Failure) {
+        self.0.send_modify(|l| {
+            l.failed += 1;
+            l.cause = Some(cause);
+        });
     }
 }
 
@@ -208,6 +335,7 @@ pub(crate) fn guest_client(
     let connector = Counted {
         inner: https,
         origins: Arc::clone(&origins),
+        lane: None,
     };
     Ok(GuestClient {
         shared: pool(connector.clone(), false),
@@ -242,70 +370,25 @@ pub(crate) struct OriginSlots {
 /// Idle origins are forgotten when the map passes this size.
 const ORIGINS_KEPT: usize = 1024;
 
-/// One origin's places and protocol.
+/// One origin's places, what it speaks, and the gate its first requests pass.
 pub(crate) struct Origin {
     places: Arc<Semaphore>,
-    speaks: watch::Sender<Speaks>,
+    speaks: std::sync::Mutex<Speaks>,
+    /// Open once what the origin speaks is known (an `https` origin's first connection).
+    gate: Arc<Gate>,
 }
 
 /// What an origin's connections speak, as far as the host knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Speaks {
     Unknown,
-    /// A request is connecting to it for the first time; the others wait for what it finds.
-    Probing,
     Http1,
     Http2,
 }
 
-/// The request that finds out what its origin speaks: if it ends without finding out (its
-/// connect failed or timed out), the next request to the origin tries.
-pub(crate) struct Probe(Arc<Origin>);
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        self.0.speaks.send_if_modified(|s| {
-            let probing = *s == Speaks::Probing;
-            if probing {
-                *s = Speaks::Unknown;
-            }
-            probing
-        });
-    }
-}
-
 impl Origin {
-    /// What the origin speaks, once known; `http` origins speak HTTP/1.1 (the client does not
-    /// speak HTTP/2 without TLS). While a first request to an `https` origin connects, the
-    /// others wait for it; the first one gets `Unknown` and the [`Probe`].
-    pub(crate) async fn settle(self: &Arc<Self>, scheme: Option<&str>) -> (Speaks, Option<Probe>) {
-        if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("https")) {
-            return (Speaks::Http1, None);
-        }
-        let mut seen = self.speaks.subscribe();
-        loop {
-            // Copied out: the borrow holds the channel's lock, which the claim below takes.
-            let now = *seen.borrow_and_update();
-            match now {
-                Speaks::Probing => {}
-                known @ (Speaks::Http1 | Speaks::Http2) => return (known, None),
-                Speaks::Unknown => {
-                    let probing = self.speaks.send_if_modified(|s| {
-                        let first = *s == Speaks::Unknown;
-                        if first {
-                            *s = Speaks::Probing;
-                        }
-                        first
-                    });
-                    if probing {
-                        return (Speaks::Unknown, Some(Probe(Arc::clone(self))));
-                    }
-                }
-            }
-            if seen.changed().await.is_err() {
-                return (Speaks::Unknown, None);
-            }
-        }
+    fn speaks(&self) -> Speaks {
+        *self.speaks.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -328,7 +411,8 @@ impl OriginSlots {
         Arc::clone(slots.entry(origin.to_owned()).or_insert_with(|| {
             Arc::new(Origin {
                 places: Arc::new(Semaphore::new(self.per_origin)),
-                speaks: watch::Sender::new(Speaks::Unknown),
+                speaks: std::sync::Mutex::new(Speaks::Unknown),
+                gate: Arc::default(),
             })
         }))
     }
@@ -342,14 +426,24 @@ impl OriginSlots {
             .expect("the semaphore is never closed")
     }
 
-    /// Records what a new connection to `origin` negotiated.
+    /// Records what a new connection to `origin` negotiated, and opens the origin's gate.
     fn learned(&self, origin: &str, http2: bool) {
-        let speaks = if http2 { Speaks::Http2 } else { Speaks::Http1 };
-        self.origin(origin).speaks.send_if_modified(|s| {
-            let new = *s != speaks;
-            *s = speaks;
-            new
+        let origin = self.origin(origin);
+        *origin.speaks.lock().unwrap_or_else(|e| e.into_inner()) =
+            if http2 { Speaks::Http2 } else { Speaks::Http1 };
+        origin.gate.0.send_if_modified(|l| {
+            let first = l.open == 0;
+            l.open = 1;
+            first
         });
+    }
+
+    /// Fails the requests waiting to learn what `origin` speaks, when that is not known yet.
+    fn unreachable(&self, origin: &str, cause: Failure) {
+        let origin = self.origin(origin);
+        if origin.speaks() == Speaks::Unknown {
+            origin.gate.failed(cause);
+        }
     }
 
     /// Whether every place to `origin` is taken: a request that timed out says so.
@@ -408,11 +502,14 @@ impl tower_service::Service<Name> for SafeDns {
 type Inner = HttpsConnector<HttpConnector<SafeDns>>;
 
 /// The connector that takes a place among the connections to the URL's origin before it
-/// connects, and hands it to the connection.
+/// connects, and hands it to the connection; it tells the origin what the connection speaks,
+/// and a lane's gate that the lane has a connection (or why not).
 #[derive(Clone)]
 pub(crate) struct Counted {
     inner: Inner,
     origins: Arc<OriginSlots>,
+    /// The gate of the lane whose pool this connector serves.
+    lane: Option<Arc<Gate>>,
 }
 
 impl tower_service::Service<Uri> for Counted {
@@ -428,6 +525,7 @@ impl tower_service::Service<Uri> for Counted {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let origins = Arc::clone(&self.origins);
+        let lane = self.lane.clone();
         let mut inner = self.inner.clone();
         // Read here, on the request's task; outside `before` (no request of a guest),
         // there is no deadline.
@@ -440,11 +538,45 @@ impl tower_service::Service<Uri> for Counted {
                     .map_err(|_| "timed out waiting for a connection to the origin")?,
                 None => origins.connection(&key).await,
             };
-            let io = tower_service::Service::call(&mut inner, uri).await?;
-            if key.starts_with("https:") {
-                origins.learned(&key, io.connected().is_negotiated_h2());
+            let https = key.starts_with("https:");
+            let io = match tower_service::Service::call(&mut inner, uri).await {
+                Ok(io) => io,
+                Err(error) => {
+                    let cause = Failure {
+                        why: net::described(&*error),
+                        refused: net::cause::<net::Refused>(&*error),
+                    };
+                    if let Some(lane) = &lane {
+                        lane.failed(cause.clone());
+                    }
+                    if https {
+                        origins.unreachable(&key, cause);
+                    }
+                    return Err(error);
+                }
+            };
+            let http2 = io.connected().is_negotiated_h2();
+            if https {
+                origins.learned(&key, http2);
             }
-            Ok(CountedIo { io, _place: place })
+            if let Some(lane) = &lane {
+                if !http2 {
+                    // The lane's pool would speak HTTP/2 to it regardless; its requests fail
+                    // with this and the next ones go to the shared pool.
+                    let error = format!("{key} no longer offers HTTP/2");
+                    lane.failed(Failure {
+                        why: error.clone(),
+                        refused: None,
+                    });
+                    return Err(error.into());
+                }
+                lane.opened();
+            }
+            Ok(CountedIo {
+                io,
+                _place: place,
+                lane,
+            })
         })
     }
 }
@@ -469,6 +601,16 @@ pub(crate) fn key(scheme: &str, host: &str, port: u16) -> String {
 pub(crate) struct CountedIo<T> {
     io: T,
     _place: OwnedSemaphorePermit,
+    /// The gate of the lane it is the connection of: closed with it.
+    lane: Option<Arc<Gate>>,
+}
+
+impl<T> Drop for CountedIo<T> {
+    fn drop(&mut self) {
+        if let Some(lane) = &self.lane {
+            lane.closed();
+        }
+    }
 }
 
 impl<T: Connection> Connection for CountedIo<T> {

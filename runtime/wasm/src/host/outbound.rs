@@ -207,15 +207,32 @@ impl WasiHttpHooks for Outbound {
                         record(None, Some(why));
                         return Err(Error::ConnectionReadTimeout);
                     }
-                    Ok(Err(e)) => {
+                    Ok(Err(client::SendError::Failed(failure))) => {
+                        // The connect it waited for, opened by another request, failed.
+                        let (code, why) = match failure.refused {
+                            Some(refused) => {
+                                (Error::DestinationIpProhibited, format!("denied: {refused}"))
+                            }
+                            None => (
+                                Error::ConnectionRefused,
+                                format!("could not connect: {}", failure.why),
+                            ),
+                        };
+                        record(None, Some(why));
+                        return Err(code);
+                    }
+                    Ok(Err(client::SendError::Client(e))) => {
                         let (code, why) = if let Some(refused) = net::cause::<net::Refused>(&e) {
                             (Error::DestinationIpProhibited, format!("denied: {refused}"))
                         } else if let Some(BodyRefused(refused)) = net::cause::<BodyRefused>(&e) {
                             (Error::HttpRequestBodySize(None), refused)
                         } else if e.is_connect() {
-                            (Error::ConnectionRefused, "could not connect".to_owned())
+                            (
+                                Error::ConnectionRefused,
+                                format!("could not connect: {}", net::described(&e)),
+                            )
                         } else {
-                            (Error::HttpProtocolError, described(&e))
+                            (Error::HttpProtocolError, net::described(&e))
                         };
                         record(None, Some(why));
                         return Err(code);
@@ -317,18 +334,6 @@ fn outgoing(
         }
     }
     Ok(request)
-}
-
-/// An error of the client with its causes, for the call's record.
-fn described(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The answer's body for the guest: its data frames, cut at `limit` bytes, and ended with
