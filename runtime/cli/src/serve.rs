@@ -11,9 +11,9 @@ use std::time::Duration;
 use clap::{ArgMatches, Args, Command, FromArgMatches};
 
 use gust_server::options::{
-    AdmissionLimits, BodyLimits, ExtraRoots, HttpSettings, Limits, Maxima, OutboundSettings,
-    PoolTuning, PushSettings, RunSettings, ServeOptions, Tuning, connection_defaults,
-    default_memory_budget, raise_open_files,
+    AdmissionLimits, BodyLimits, DEFAULT_MAX_INSTANCES, ExtraRoots, HttpSettings, Limits, Maxima,
+    OutboundSettings, PoolTuning, PushSettings, RunSettings, ServeOptions, Tuning,
+    connection_defaults, default_memory_budget, instances_default, max_map_count, raise_open_files,
 };
 
 pub(crate) use flags::LogFormat;
@@ -129,6 +129,10 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
     );
     // Raised before the defaults that depend on it are worked out.
     let (max_connections, connections_per_host) = connection_defaults(raise_open_files());
+    let max_instances = args
+        .max_instances
+        .unwrap_or_else(|| instances_default(DEFAULT_MAX_INSTANCES, max_map_count()))
+        .max(1);
     let extra_roots = match &args.outbound_ca_certs {
         Some(path) => ExtraRoots::load(path)?,
         None => ExtraRoots::default(),
@@ -162,7 +166,7 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
             // The pool holds every instance admission may let run.
             EngineTuning::Gust => Tuning {
                 pool: Some(PoolTuning {
-                    instances: u32::try_from(args.max_instances.max(1)).unwrap_or(u32::MAX),
+                    instances: u32::try_from(max_instances).unwrap_or(u32::MAX),
                     ..PoolTuning::default()
                 }),
                 warm_standby: !args.no_warm_standby,
@@ -180,7 +184,6 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
             ..HttpSettings::default()
         },
         host_limits: {
-            let max_instances = args.max_instances.max(1);
             Limits {
                 admission: AdmissionLimits {
                     max_instances,

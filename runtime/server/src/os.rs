@@ -6,6 +6,13 @@
 //! processes with a soft limit of 1,024 open files, well below the hard limit an operator
 //! sets (systemd's `LimitNOFILE`, `ulimit -Hn`), so the host raises the soft limit to the
 //! hard one, as servers built for many connections do.
+//!
+//! Each instance also takes memory mappings, which Linux counts per process against
+//! `vm.max_map_count` (65,530 by default): the pool maps a guard page beside each fiber stack
+//! at start (two mappings per instance slot), and a memory slot in use is split into about
+//! four (the component's image, the pages made accessible, the reserved rest). Past the
+//! limit, instantiating fails with "Cannot allocate memory"; the default instance count is
+//! sized to fit under it, as the connection defaults are to the open-file limit.
 
 use std::net::SocketAddr;
 
@@ -75,6 +82,54 @@ pub(crate) fn check_open_files(open_files: Option<u64>, max_connections: usize, 
     }
 }
 
+/// Memory mappings an instance slot takes at most, measured with the Rust waiting echo at
+/// 10,000 calls in flight (`/proc/<pid>/maps`: 2 per stack slot from the start, 4 per memory
+/// slot once used, nothing per table slot).
+const MAPPINGS_PER_INSTANCE: u64 = 6;
+
+/// Mappings kept for the rest of the process: an idle host with a 1,000-instance pool holds
+/// 2,209, 2,000 of them its stacks.
+const OWN_MAPPINGS: u64 = 1024;
+
+/// `vm.max_map_count`, when it can be read.
+#[must_use]
+pub fn max_map_count() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The default of `--max-instances`: `most`, or as many as `max_map_count` mappings hold.
+#[must_use]
+pub fn instances_default(most: usize, max_map_count: Option<u64>) -> usize {
+    max_map_count.map_or(most, |limit| {
+        usize::try_from(limit.saturating_sub(OWN_MAPPINGS) / MAPPINGS_PER_INSTANCE)
+            .unwrap_or(usize::MAX)
+            .clamp(1, most)
+    })
+}
+
+/// Says so when `max_map_count` cannot hold `instances` (past it, instantiating fails with
+/// "Cannot allocate memory"), or holds fewer than `default` (the default was lowered to fit).
+pub(crate) fn check_map_count(max_map_count: Option<u64>, instances: usize, default: usize) {
+    let Some(limit) = max_map_count else {
+        return;
+    };
+    let wanted = |n: usize| (n as u64).saturating_mul(MAPPINGS_PER_INSTANCE) + OWN_MAPPINGS;
+    if limit < wanted(instances) {
+        tracing::warn!(
+            "vm.max_map_count is {limit}: {instances} instances take about {} memory mappings, and instantiating past the limit fails; raise it (sysctl -w vm.max_map_count=262144, deploy/60-gust.conf) or lower --max-instances",
+            wanted(instances)
+        );
+    } else if limit < wanted(default) {
+        tracing::info!(
+            "vm.max_map_count is {limit}: instances at once default to {instances}, not {default}; raise it (sysctl -w vm.max_map_count=262144, deploy/60-gust.conf) for more"
+        );
+    }
+}
+
 /// A listener on `addr` with the large backlog above.
 pub(crate) fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -111,6 +166,17 @@ mod tests {
         assert_eq!((inbound, outbound), (11_844, 7_896));
         assert!(inbound as u64 + outbound as u64 + OWN_FILES <= 20_000);
         assert_eq!(connection_defaults(Some(100)), (1, 1));
+    }
+
+    #[test]
+    fn the_instance_default_fits_the_map_count() {
+        assert_eq!(instances_default(12_288, None), 12_288);
+        assert_eq!(instances_default(12_288, Some(1 << 20)), 12_288);
+        // Linux's default: the pool's stacks and 10,000 memory slots in use fit.
+        let fit = instances_default(12_288, Some(65_530));
+        assert_eq!(fit, 10_751);
+        assert!(fit as u64 * MAPPINGS_PER_INSTANCE + OWN_MAPPINGS <= 65_530);
+        assert_eq!(instances_default(12_288, Some(100)), 1);
     }
 
     #[tokio::test]

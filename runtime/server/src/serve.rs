@@ -218,6 +218,13 @@ pub async fn serve(
         options.http.max_connections,
         options.outbound.connections_per_host,
     );
+    if let Some(pool) = &options.tuning.pool {
+        crate::os::check_map_count(
+            crate::os::max_map_count(),
+            pool.instances as usize,
+            gust_core::deploy::DEFAULT_MAX_INSTANCES,
+        );
+    }
     let listener = crate::os::bind(options.listen)
         .with_context(|| format!("listening on {}", options.listen))?;
     let local = listener.local_addr()?;

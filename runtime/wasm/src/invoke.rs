@@ -272,6 +272,10 @@ pub async fn invoke(
             store.data().emitted.refused().unwrap_or_default(),
         )),
         Ok(Err(trap)) if is_pool_exhausted(&trap) => Err(CallError::PoolExhausted),
+        Ok(Err(trap)) if is_out_of_mappings(&trap) => {
+            warn_out_of_mappings(&trap);
+            Err(CallError::PoolExhausted)
+        }
         Ok(Err(trap)) => {
             log_trap(&trap);
             Err(CallError::Trap)
@@ -312,6 +316,40 @@ fn is_pool_exhausted(error: &wasmtime::Error) -> bool {
     error
         .chain()
         .any(|cause| cause.downcast_ref::<PoolConcurrencyLimitError>().is_some())
+}
+
+/// Whether the process could not map memory for the instance (its memory slot, its stack):
+/// it reached `vm.max_map_count`, or its address space. That is the host's capacity, not the
+/// agent's fault, and the call may be retried as when the pool is full. (A guest that cannot
+/// grow its memory sees `memory.grow` fail; it does not get this error.)
+fn is_out_of_mappings(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NOMEM)
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.raw_os_error() == Some(rustix::io::Errno::NOMEM.raw_os_error()))
+    })
+}
+
+/// Says why, at most once a minute: a burst past the limit fails many calls at once.
+fn warn_out_of_mappings(error: &wasmtime::Error) {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+    let now = clock::now_ms();
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    if now.saturating_sub(last) >= 60_000
+        && LAST
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        tracing::warn!(
+            "an instance could not be made: {error:#}; the process is out of memory mappings (raise vm.max_map_count, see deploy/60-gust.conf, or lower --max-instances) or of address space; calls are refused with 429 meanwhile"
+        );
+    }
 }
 
 fn human(d: Duration) -> String {

@@ -158,14 +158,10 @@ pub(super) struct Flags {
     )]
     pub(super) push_max_body_kib: usize,
     /// Instances running at once, server-wide: the instance pool's slots (reserved address
-    /// space, committed only as guests touch it); past it, sync calls get 429.
-    #[arg(
-        long,
-        env = "GUST_MAX_INSTANCES",
-        default_value_t = gust_server::options::DEFAULT_MAX_INSTANCES,
-        value_name = "N"
-    )]
-    pub(super) max_instances: usize,
+    /// space, committed only as guests touch it); past it, sync calls get 429 (default:
+    /// 12,288, or as many as `vm.max_map_count` holds at about 6 memory mappings each).
+    #[arg(long, env = "GUST_MAX_INSTANCES", value_name = "N")]
+    pub(super) max_instances: Option<usize>,
     /// Instances of one agent running at once, unless its deployment sets `max_instances`
     /// (default: seven eighths of --max-instances, so other agents keep the rest).
     #[arg(long, env = "GUST_AGENT_INSTANCES", value_name = "N")]
