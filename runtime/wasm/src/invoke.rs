@@ -360,3 +360,25 @@ fn human(d: Duration) -> String {
         format!("{}ms", d.as_millis())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_without_a_memory_mapping_is_the_hosts_capacity_not_a_trap() {
+        // As wasmtime reports an `mprotect` or `mmap` that failed while it made the instance.
+        let mapping = wasmtime::Error::from(rustix::io::Errno::NOMEM)
+            .context("failed to make the memory accessible");
+        assert!(is_out_of_mappings(&mapping));
+        let io = wasmtime::Error::from(std::io::Error::from_raw_os_error(
+            rustix::io::Errno::NOMEM.raw_os_error(),
+        ));
+        assert!(is_out_of_mappings(&io));
+        let trap = wasmtime::Error::from(wasmtime::Trap::UnreachableCodeReached);
+        assert!(!is_out_of_mappings(&trap));
+        assert!(!is_out_of_mappings(
+            &wasmtime::Error::from(rustix::io::Errno::ACCESS).context("mmap")
+        ));
+    }
+}
