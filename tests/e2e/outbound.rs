@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::runs::{finished, submit};
 use crate::support::upstream::Upstream;
-use crate::support::{Host, not_opened, send_at_once};
+use crate::support::{Host, eventually, not_opened, send_at_once};
 
 async fn fetch(host: &Host, url: &str) -> serde_json::Value {
     let (status, _, body) = host.call("probe", json!({"op": "fetch", "key": url})).await;
@@ -339,10 +339,12 @@ async fn calls_waiting_on_an_http2_upstream_are_not_held_to_one_connections_stre
     // lane carries them all.
     let failed = not_opened(send_at_once(&host, "probe", &gated(FIRST), FIRST)).await;
     assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(
-        upstream.connections(),
-        2,
-        "the first connection and one lane"
+    // hyper-util may open one more for a lane in a race of its own (a request that found no
+    // connection in the pool and then found its lock free) and drop it: at most one a lane.
+    let first = upstream.connections();
+    assert!(
+        (2..=3).contains(&first),
+        "{first} connections: the first, and one lane"
     );
 
     let failed = not_opened(send_at_once(
@@ -365,13 +367,17 @@ async fn calls_waiting_on_an_http2_upstream_are_not_held_to_one_connections_stre
         FIRST + AT_ONCE,
         "every request over HTTP/2"
     );
-    // The first connection, and one lane per hundred requests at once.
+    // One lane per hundred requests at once: the first one's again, and two more.
     let lanes = AT_ONCE.div_ceil(STREAMS as usize);
-    assert_eq!(upstream.connections(), 1 + lanes);
+    let more = upstream.connections() - first;
+    assert!(
+        (lanes - 1..=2 * (lanes - 1)).contains(&more),
+        "{more} more connections for {lanes} lanes"
+    );
     // The lanes opened for the 250 resumed a session of a connection before them (the first
     // lane may have connected before the first connection had its session tickets).
     let (full, resumed) = upstream.handshakes();
-    assert_eq!(full + resumed, 1 + lanes);
+    assert_eq!(full + resumed, first + more);
     assert!(
         resumed >= lanes - 1,
         "{full} handshakes in full, {resumed} resumed"
@@ -420,10 +426,22 @@ async fn a_request_that_gives_up_while_opening_a_connection_leaves_it_to_the_oth
     // The impatient call opens the first lane's connection and gives up after 1 s; the
     // patient ones come while it connects and wait for that connection.
     let impatient = send_at_once(&host, "impatient", &hello, 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its connection is being opened once the upstream accepted it (and sits on it for the
+    // handshake's 2.5 s).
+    eventually(
+        Duration::from_secs(10),
+        "the impatient call's connection",
+        || async { upstream.connections() == 2 },
+    )
+    .await;
     let patient = send_at_once(&host, "patient", &hello, PATIENT);
     let (_, gave_up) = impatient.into_iter().next().unwrap().await.unwrap();
-    assert!(gave_up["error"].is_string(), "{gave_up}");
+    assert!(
+        gave_up["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ConnectionReadTimeout")),
+        "{gave_up}"
+    );
     for call in patient {
         let (status, answer) = call.await.unwrap();
         assert_eq!(

@@ -13,7 +13,8 @@ use clap::{ArgMatches, Args, Command, FromArgMatches};
 use gust_server::options::{
     AdmissionLimits, BodyLimits, DEFAULT_MAX_INSTANCES, ExtraRoots, HttpSettings, Limits, Maxima,
     OutboundSettings, PoolTuning, PushSettings, RunSettings, ServeOptions, Tuning,
-    connection_defaults, default_memory_budget, instances_default, max_map_count, raise_open_files,
+    connection_defaults, default_memory_budget, instances_default, max_map_count, memories_default,
+    raise_open_files,
 };
 
 pub(crate) use flags::LogFormat;
@@ -167,6 +168,7 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
             EngineTuning::Gust => Tuning {
                 pool: Some(PoolTuning {
                     instances: u32::try_from(max_instances).unwrap_or(u32::MAX),
+                    memories: memories_default(max_instances, max_map_count()),
                     ..PoolTuning::default()
                 }),
                 warm_standby: !args.no_warm_standby,

@@ -10,5 +10,7 @@ pub use gust_wasm::net::ExtraRoots;
 pub use gust_wasm::{DEFAULT_CONNECTIONS_PER_HOST, OutboundSettings, PoolTuning, Tuning};
 
 pub use crate::api::BodyLimits;
-pub use crate::os::{connection_defaults, instances_default, max_map_count, raise_open_files};
+pub use crate::os::{
+    connection_defaults, instances_default, max_map_count, memories_default, raise_open_files,
+};
 pub use crate::serve::{HttpSettings, ServeOptions};

@@ -82,14 +82,24 @@ pub(crate) fn check_open_files(open_files: Option<u64>, max_connections: usize, 
     }
 }
 
-/// Memory mappings an instance slot takes at most, measured with the Rust waiting echo at
-/// 10,000 calls in flight (`/proc/<pid>/maps`: 2 per stack slot from the start, 4 per memory
-/// slot once used, nothing per table slot).
-const MAPPINGS_PER_INSTANCE: u64 = 6;
+/// Memory mappings of a stack slot (the stack and its guard page, from the start) and of a
+/// linear-memory slot once used (the image, two runs of accessible pages, the reserved
+/// rest), counted in `/proc/<pid>/maps` with the Rust waiting echo at 10,000 calls in flight;
+/// table slots took none of their own.
+const MAPPINGS_PER_STACK: u64 = 2;
+const MAPPINGS_PER_MEMORY: u64 = 4;
+
+/// An instance of a guest with one linear memory (Rust, JavaScript; componentize-py's
+/// Python has two, which the memory slots below bound).
+const MAPPINGS_PER_INSTANCE: u64 = MAPPINGS_PER_STACK + MAPPINGS_PER_MEMORY;
+
+/// Pool slots beyond `--max-instances`: the warm standby's (`gust_wasm`'s `HOST_WIDE`).
+const STANDBY_SLOTS: u64 = 64;
 
 /// Mappings kept for the rest of the process: an idle host with a 1,000-instance pool holds
-/// 2,209, 2,000 of them its stacks.
-const OWN_MAPPINGS: u64 = 1024;
+/// 2,209, 2,128 of them its stacks; threads of the blocking pool (name lookups, files) take
+/// two each, up to 512 of them.
+const OWN_MAPPINGS: u64 = 2048;
 
 /// `vm.max_map_count`, when it can be read.
 #[must_use]
@@ -101,14 +111,33 @@ pub fn max_map_count() -> Option<u64> {
         .ok()
 }
 
-/// The default of `--max-instances`: `most`, or as many as `max_map_count` mappings hold.
+/// The default of `--max-instances`: `most`, or as many as `max_map_count` mappings hold
+/// with their standby slots.
 #[must_use]
 pub fn instances_default(most: usize, max_map_count: Option<u64>) -> usize {
     max_map_count.map_or(most, |limit| {
-        usize::try_from(limit.saturating_sub(OWN_MAPPINGS) / MAPPINGS_PER_INSTANCE)
-            .unwrap_or(usize::MAX)
-            .clamp(1, most)
+        usize::try_from(
+            (limit.saturating_sub(OWN_MAPPINGS) / MAPPINGS_PER_INSTANCE)
+                .saturating_sub(STANDBY_SLOTS),
+        )
+        .unwrap_or(usize::MAX)
+        .clamp(1, most)
     })
+}
+
+/// The linear-memory slots `max_map_count` holds beside the stacks of `instances` (and their
+/// standby slots), when it bounds them: a slot once used keeps its mappings, and slots used
+/// by different components over time add up to the pool's size. `None` when the limit is
+/// unknown or does not hold one each.
+#[must_use]
+pub fn memories_default(instances: usize, max_map_count: Option<u64>) -> Option<u32> {
+    let limit = max_map_count?;
+    let stacks = (instances as u64 + STANDBY_SLOTS).saturating_mul(MAPPINGS_PER_STACK);
+    let memories = limit.saturating_sub(OWN_MAPPINGS).saturating_sub(stacks) / MAPPINGS_PER_MEMORY;
+    // Fewer than one each: `--max-instances` was set past the limit (the host warns); the
+    // memories are not what to cut then.
+    (memories >= instances as u64 + STANDBY_SLOTS)
+        .then(|| u32::try_from(memories).unwrap_or(u32::MAX))
 }
 
 /// Says so when `max_map_count` cannot hold `instances` (past it, instantiating fails with
@@ -117,7 +146,8 @@ pub(crate) fn check_map_count(max_map_count: Option<u64>, instances: usize, defa
     let Some(limit) = max_map_count else {
         return;
     };
-    let wanted = |n: usize| (n as u64).saturating_mul(MAPPINGS_PER_INSTANCE) + OWN_MAPPINGS;
+    let wanted =
+        |n: usize| (n as u64 + STANDBY_SLOTS).saturating_mul(MAPPINGS_PER_INSTANCE) + OWN_MAPPINGS;
     if limit < wanted(instances) {
         tracing::warn!(
             "vm.max_map_count is {limit}: {instances} instances take about {} memory mappings, and instantiating past the limit fails; raise it (sysctl -w vm.max_map_count=262144, deploy/60-gust.conf) or lower --max-instances",
@@ -172,11 +202,22 @@ mod tests {
     fn the_instance_default_fits_the_map_count() {
         assert_eq!(instances_default(12_288, None), 12_288);
         assert_eq!(instances_default(12_288, Some(1 << 20)), 12_288);
-        // Linux's default: the pool's stacks and 10,000 memory slots in use fit.
+        // Linux's default: the pool's stacks and a memory slot in use for each fit.
         let fit = instances_default(12_288, Some(65_530));
-        assert_eq!(fit, 10_751);
-        assert!(fit as u64 * MAPPINGS_PER_INSTANCE + OWN_MAPPINGS <= 65_530);
+        assert_eq!(fit, 10_516);
+        let memories = memories_default(fit, Some(65_530)).unwrap();
+        assert!(memories as usize >= fit + STANDBY_SLOTS as usize);
+        let mappings = (fit as u64 + STANDBY_SLOTS) * MAPPINGS_PER_STACK
+            + u64::from(memories) * MAPPINGS_PER_MEMORY
+            + OWN_MAPPINGS;
+        assert!(mappings <= 65_530, "{mappings}");
         assert_eq!(instances_default(12_288, Some(100)), 1);
+        assert_eq!(memories_default(12_288, None), None);
+        assert_eq!(
+            memories_default(12_288, Some(65_530)),
+            None,
+            "past the limit"
+        );
     }
 
     #[tokio::test]

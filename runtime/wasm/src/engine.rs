@@ -286,6 +286,9 @@ pub struct PoolTuning {
     /// Component instances the pool holds at once: the most calls in flight. `gust serve`
     /// sizes it from `--max-instances`; the default fits an embedding.
     pub instances: u32,
+    /// Linear-memory slots, when fewer than four per instance (at most 16,384): `gust serve`
+    /// fits them to `vm.max_map_count`, since each slot in use takes four memory mappings.
+    pub memories: Option<u32>,
 }
 
 impl Default for Tuning {
@@ -312,6 +315,7 @@ impl Default for PoolTuning {
             decommit_batch: 1,
             max_unused_warm_slots: 100,
             instances: 1000,
+            memories: None,
         }
     }
 }
@@ -375,7 +379,12 @@ fn pool(tuning: &PoolTuning, max_memory_bytes: usize) -> wasmtime::PoolingAlloca
         .max_core_instances_per_component(64)
         .max_memories_per_component(16)
         .max_tables_per_component(64)
-        .total_memories(instances.saturating_mul(4).min(MAX_MEMORY_SLOTS))
+        .total_memories(
+            instances
+                .saturating_mul(4)
+                .min(MAX_MEMORY_SLOTS)
+                .min(tuning.memories.unwrap_or(u32::MAX).max(1)),
+        )
         .total_tables(instances.saturating_mul(4))
         .total_stacks(instances)
         .max_memory_size(max_memory_bytes)

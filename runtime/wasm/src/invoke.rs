@@ -224,7 +224,16 @@ pub async fn invoke(
         if let Some(tell) = instantiated.take() {
             tell();
         }
-        instance?
+        // Only here is a failed mapping the host's capacity: later it would be a host
+        // function's, after the guest may have done things a retry would repeat.
+        instance
+            .map_err(|e| {
+                if is_out_of_mappings(&e) {
+                    e.context(OutOfMappings)
+                } else {
+                    e
+                }
+            })?
             .call_run(&mut store, &request)
             .instrument(tracing::info_span!(target: crate::trace::TARGET, "guest.run"))
             .await
@@ -272,7 +281,7 @@ pub async fn invoke(
             store.data().emitted.refused().unwrap_or_default(),
         )),
         Ok(Err(trap)) if is_pool_exhausted(&trap) => Err(CallError::PoolExhausted),
-        Ok(Err(trap)) if is_out_of_mappings(&trap) => {
+        Ok(Err(trap)) if trap.downcast_ref::<OutOfMappings>().is_some() => {
             warn_out_of_mappings(&trap);
             Err(CallError::PoolExhausted)
         }
@@ -319,9 +328,9 @@ fn is_pool_exhausted(error: &wasmtime::Error) -> bool {
 }
 
 /// Whether the process could not map memory for the instance (its memory slot, its stack):
-/// it reached `vm.max_map_count`, or its address space. That is the host's capacity, not the
-/// agent's fault, and the call may be retried as when the pool is full. (A guest that cannot
-/// grow its memory sees `memory.grow` fail; it does not get this error.)
+/// it reached `vm.max_map_count`, or its address space. During instantiation that is the
+/// host's capacity, not the agent's fault, and the call may be retried as when the pool is
+/// full. (A guest that cannot grow its memory sees `memory.grow` fail, not this error.)
 fn is_out_of_mappings(error: &wasmtime::Error) -> bool {
     error.chain().any(|cause| {
         cause.downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NOMEM)
@@ -329,6 +338,16 @@ fn is_out_of_mappings(error: &wasmtime::Error) -> bool {
                 .downcast_ref::<std::io::Error>()
                 .is_some_and(|e| e.raw_os_error() == Some(rustix::io::Errno::NOMEM.raw_os_error()))
     })
+}
+
+/// Marks an instantiation that failed for want of a memory mapping.
+#[derive(Debug)]
+struct OutOfMappings;
+
+impl std::fmt::Display for OutOfMappings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no memory mapping for a new instance")
+    }
 }
 
 /// Says why, at most once a minute: a burst past the limit fails many calls at once.

@@ -144,10 +144,14 @@ impl GuestClient {
             };
             let (pool, in_flight, _opening) = match speaks {
                 Speaks::Http2 => match self.lane(&key) {
-                    Some((pool, in_flight, gate)) => {
-                        let opening = gate.pass().await.map_err(SendError::Failed)?;
-                        (pool, in_flight, opening)
-                    }
+                    Some((pool, in_flight, gate)) => match gate.pass().await {
+                        Ok(opening) => (pool, in_flight, opening),
+                        // The lane's connect found that the origin speaks HTTP/1.1 now.
+                        Err(_) if origin.speaks() != Speaks::Http2 => {
+                            (self.shared.clone(), InFlight(None), None)
+                        }
+                        Err(failure) => return Err(SendError::Failed(failure)),
+                    },
                     None => (self.shared.clone(), InFlight(None), None),
                 },
                 _ => (self.shared.clone(), InFlight(None), None),
@@ -219,7 +223,8 @@ pub(crate) struct Gate(watch::Sender<Link>);
 /// A gate's state.
 #[derive(Debug, Clone, Default)]
 struct Link {
-    /// Open: a lane's connections, or, for an origin, 1 once what it speaks is known.
+    /// A lane's live connections (hyper-util may make one more than it keeps, in a race of
+    /// its own, and drop it), or, for an origin, 1 once what it speaks is known.
     open: usize,
     /// A request is opening a connection.
     opening: bool,
@@ -346,8 +351,12 @@ pub(crate) fn guest_client(
 }
 
 /// A pool over `connector`; `http2_only` for a lane of an HTTP/2 origin, where the pool then
-/// opens one connection (hyper-util holds a lock while it connects, and the lane's other
-/// requests wait for it) instead of one per waiting request.
+/// opens one connection at a time (hyper-util holds a lock while it connects). The lane's
+/// other requests wait at its [`Gate`] meanwhile, not in the pool, while it has no live
+/// connection. Once it has had one, a replacement (the server sent GOAWAY, or the
+/// connection sat idle past [`IDLE`] while a long stream kept it alive) is opened by a
+/// request in the pool, and the requests that come meanwhile wait in the pool: if that
+/// request is dropped, hyper-util fails them with it.
 fn pool(connector: Counted, http2_only: bool) -> Pool {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(IDLE)
@@ -419,8 +428,10 @@ impl OriginSlots {
 
     /// A place among the connections to `origin`, when one is free.
     pub(crate) async fn connection(&self, origin: &str) -> OwnedSemaphorePermit {
-        let places = Arc::clone(&self.origin(origin).places);
-        places
+        // Held while it waits, so that the entry is not forgotten meanwhile: a place taken in
+        // a forgotten entry's semaphore would not count against the bound.
+        let origin = self.origin(origin);
+        Arc::clone(&origin.places)
             .acquire_owned()
             .await
             .expect("the semaphore is never closed")
@@ -559,23 +570,23 @@ impl tower_service::Service<Uri> for Counted {
             if https {
                 origins.learned(&key, http2);
             }
-            if let Some(lane) = &lane {
-                if !http2 {
-                    // The lane's pool would speak HTTP/2 to it regardless; its requests fail
-                    // with this and the next ones go to the shared pool.
-                    let error = format!("{key} no longer offers HTTP/2");
-                    lane.failed(Failure {
-                        why: error.clone(),
-                        refused: None,
-                    });
-                    return Err(error.into());
-                }
-                lane.opened();
+            if let Some(lane) = &lane
+                && !http2
+            {
+                // The lane's pool would speak HTTP/2 to it regardless: the request that
+                // opened the lane fails with this, and those waiting for it, having learned
+                // what the origin speaks now, go to the shared pool.
+                let error = format!("{key} no longer offers HTTP/2");
+                lane.failed(Failure {
+                    why: error.clone(),
+                    refused: None,
+                });
+                return Err(error.into());
             }
             Ok(CountedIo {
                 io,
                 _place: place,
-                lane,
+                lane: lane.inspect(|lane| lane.opened()),
             })
         })
     }
