@@ -529,3 +529,38 @@ async fn a_push_test_reports_an_unreachable_receiver() {
         "{answer}"
     );
 }
+
+/// An application behind a private CA gets its push once `--outbound-ca-certs` names that
+/// CA: push deliveries trust it beside the public roots, as guests' requests do.
+#[tokio::test]
+async fn a_receiver_certified_by_a_private_ca_is_pushed_to_with_outbound_ca_certs() {
+    let (receiver, certificate) = crate::support::upstream::Upstream::start_https(100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("company-ca.pem");
+    std::fs::write(&ca, &certificate.pem).unwrap();
+    let host = Host::start_on(
+        dir.path().join("data"),
+        &[
+            "--allow-private-network",
+            "--outbound-ca-certs",
+            ca.to_str().unwrap(),
+        ],
+    )
+    .await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    let (status, answer) = host
+        .send(
+            host.request(Method::PUT, "/v1/agents/probe/config")
+                .json(&json!({
+                    "mode": "async",
+                    "push": {"url": format!("{}/echo", receiver.origin), "access_token": PUSH_TOKEN},
+                })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    host.deploy("probe", None).await;
+    let id = submit(&host, "probe", json!({"op": "echo"})).await;
+    delivery_becomes(&host, &id, "delivered").await;
+    // Counted by the receiver: the push came over TLS, once.
+    assert_eq!(receiver.hits("/echo"), 1);
+}
