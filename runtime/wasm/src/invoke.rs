@@ -390,6 +390,10 @@ mod tests {
         let mapping = wasmtime::Error::from(rustix::io::Errno::NOMEM)
             .context("failed to make the memory accessible");
         assert!(is_out_of_mappings(&mapping));
+        // The mark `invoke` puts on it is what the outcome is matched by.
+        let marked = mapping.context(OutOfMappings);
+        assert!(marked.downcast_ref::<OutOfMappings>().is_some());
+        assert!(!is_pool_exhausted(&marked));
         let io = wasmtime::Error::from(std::io::Error::from_raw_os_error(
             rustix::io::Errno::NOMEM.raw_os_error(),
         ));
