@@ -313,17 +313,7 @@ async fn calls_waiting_on_an_http2_upstream_are_not_held_to_one_connections_stre
     const STREAMS: u32 = 100;
     let (upstream, certificate) = Upstream::start_https(STREAMS).await;
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("upstream-ca.pem");
-    std::fs::write(&ca, &certificate.pem).unwrap();
-    let host = Host::start_on(
-        dir.path().join("data"),
-        &[
-            "--allow-private-network",
-            "--outbound-ca-certs",
-            ca.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let host = certificate.trusting_host(dir.path()).await;
     host.upload_file("probe", gust_test_guests::PROBE_A).await;
     host.set_config(
         "probe",
@@ -394,17 +384,7 @@ async fn a_request_that_gives_up_while_opening_a_connection_leaves_it_to_the_oth
     let (upstream, certificate) =
         Upstream::start_https_slow(100, Duration::from_millis(2500)).await;
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("upstream-ca.pem");
-    std::fs::write(&ca, &certificate.pem).unwrap();
-    let host = Host::start_on(
-        dir.path().join("data"),
-        &[
-            "--allow-private-network",
-            "--outbound-ca-certs",
-            ca.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let host = certificate.trusting_host(dir.path()).await;
     for (agent, timeout) in [("patient", 60), ("impatient", 1)] {
         host.upload_file(agent, gust_test_guests::PROBE_A).await;
         host.set_config(

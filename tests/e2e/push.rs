@@ -29,13 +29,20 @@ async fn async_host(dir: &std::path::Path, receiver: &Receiver) -> (Host, String
         ],
     )
     .await;
+    let secret = deploy_pushing_to(&host, &receiver.url).await;
+    (host, secret)
+}
+
+/// Deploys the probe on `host` in async mode pushing to `url`; returns the signing secret
+/// shown when push was turned on.
+async fn deploy_pushing_to(host: &Host, url: &str) -> String {
     host.upload_file("probe", gust_test_guests::PROBE_A).await;
     let (status, answer) = host
         .send(
             host.request(Method::PUT, "/v1/agents/probe/config")
                 .json(&json!({
                     "mode": "async",
-                    "push": {"url": receiver.url, "access_token": PUSH_TOKEN},
+                    "push": {"url": url, "access_token": PUSH_TOKEN},
                 })),
         )
         .await;
@@ -55,7 +62,7 @@ async fn async_host(dir: &std::path::Path, receiver: &Receiver) -> (Host, String
         deployed["endpoints"],
         json!({"sync": format!("{}/v1/agents/probe/run", host.url), "async_push": runs_url, "async_poll": format!("{runs_url}/{{run_id}}")})
     );
-    (host, secret)
+    secret
 }
 
 fn verify(secret: &str, received: &crate::support::receiver::Received) -> bool {
@@ -536,29 +543,8 @@ async fn a_push_test_reports_an_unreachable_receiver() {
 async fn a_receiver_certified_by_a_private_ca_is_pushed_to_with_outbound_ca_certs() {
     let (receiver, certificate) = crate::support::upstream::Upstream::start_https(100).await;
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("company-ca.pem");
-    std::fs::write(&ca, &certificate.pem).unwrap();
-    let host = Host::start_on(
-        dir.path().join("data"),
-        &[
-            "--allow-private-network",
-            "--outbound-ca-certs",
-            ca.to_str().unwrap(),
-        ],
-    )
-    .await;
-    host.upload_file("probe", gust_test_guests::PROBE_A).await;
-    let (status, answer) = host
-        .send(
-            host.request(Method::PUT, "/v1/agents/probe/config")
-                .json(&json!({
-                    "mode": "async",
-                    "push": {"url": format!("{}/echo", receiver.origin), "access_token": PUSH_TOKEN},
-                })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    host.deploy("probe", None).await;
+    let host = certificate.trusting_host(dir.path()).await;
+    deploy_pushing_to(&host, &format!("{}/echo", receiver.origin)).await;
     let id = submit(&host, "probe", json!({"op": "echo"})).await;
     delivery_becomes(&host, &id, "delivered").await;
     // Counted by the receiver: the push came over TLS, once.

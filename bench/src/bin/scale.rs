@@ -886,7 +886,11 @@ async fn upstream(ca: Option<PathBuf>) -> anyhow::Result<()> {
     socket.bind("127.0.0.1:0".parse()?)?;
     let listener = socket.listen(65_535)?;
     let tls = match ca {
-        Some(ca) => Some(tls_acceptor(&ca)?),
+        Some(ca) => {
+            let (acceptor, pem) = gust_testkit::tls::self_signed()?;
+            std::fs::write(ca, pem)?;
+            Some(acceptor)
+        }
         None => None,
     };
     println!("listening on {}", listener.local_addr()?);
@@ -936,21 +940,6 @@ async fn upstream(ca: Option<PathBuf>) -> anyhow::Result<()> {
             };
         });
     }
-}
-
-/// A TLS acceptor with a new self-signed certificate for 127.0.0.1, written to `ca`.
-fn tls_acceptor(ca: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
-    std::fs::write(ca, certified.cert.pem())?;
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(vec![certified.cert.der().clone()], key.into())?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// As high as this process may set it (root may raise the hard limit too).

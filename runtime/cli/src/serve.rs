@@ -130,9 +130,10 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
     );
     // Raised before the defaults that depend on it are worked out.
     let (max_connections, connections_per_host) = connection_defaults(raise_open_files());
+    let map_count = max_map_count();
     let max_instances = args
         .max_instances
-        .unwrap_or_else(|| instances_default(DEFAULT_MAX_INSTANCES, max_map_count()))
+        .unwrap_or_else(|| instances_default(DEFAULT_MAX_INSTANCES, map_count))
         .max(1);
     let extra_roots = match &args.outbound_ca_certs {
         Some(path) => ExtraRoots::load(path)?,
@@ -168,7 +169,7 @@ async fn serve_with(args: Flags, admin_token: Option<String>) -> anyhow::Result<
             EngineTuning::Gust => Tuning {
                 pool: Some(PoolTuning {
                     instances: u32::try_from(max_instances).unwrap_or(u32::MAX),
-                    memories: memories_default(max_instances, max_map_count()),
+                    memories: memories_default(max_instances, map_count),
                     ..PoolTuning::default()
                 }),
                 warm_standby: !args.no_warm_standby,

@@ -155,10 +155,11 @@ impl ExtraRoots {
     /// When the file cannot be read, or holds no certificate or a malformed one.
     pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
         use rustls::pki_types::pem::PemObject as _;
+        let reading = |e| anyhow::anyhow!("reading CA certificates from {}: {e}", path.display());
         let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| anyhow::anyhow!("reading CA certificates from {}: {e}", path.display()))?
+            .map_err(reading)?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("reading CA certificates from {}: {e}", path.display()))?;
+            .map_err(reading)?;
         if certs.is_empty() {
             anyhow::bail!(
                 "{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",

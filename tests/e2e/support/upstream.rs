@@ -11,6 +11,8 @@ use std::time::Duration;
 use axum::serve::ListenerExt as _;
 use serde_json::{Value, json};
 
+use super::Host;
+
 /// A running upstream.
 pub(crate) struct Upstream {
     /// `http://127.0.0.1:<port>`.
@@ -31,7 +33,24 @@ pub(crate) struct Upstream {
 
 /// An HTTPS upstream's certificate, to trust.
 pub(crate) struct Certificate {
-    pub(crate) pem: String,
+    pem: String,
+}
+
+impl Certificate {
+    /// A host on `dir` that trusts it (`--outbound-ca-certs`) and may reach loopback.
+    pub(crate) async fn trusting_host(&self, dir: &std::path::Path) -> Host {
+        let ca = dir.join("upstream-ca.pem");
+        std::fs::write(&ca, &self.pem).unwrap();
+        Host::start_on(
+            dir.join("data"),
+            &[
+                "--allow-private-network",
+                "--outbound-ca-certs",
+                ca.to_str().unwrap(),
+            ],
+        )
+        .await
+    }
 }
 
 impl Upstream {
@@ -175,7 +194,7 @@ impl Upstream {
                 None
             }
             Some(max_streams) => {
-                let (acceptor, certificate) = tls_acceptor();
+                let (acceptor, pem) = gust_testkit::tls::self_signed().unwrap();
                 let seen = Arc::clone(&handshakes);
                 tokio::spawn(async move {
                     while let Ok((tcp, _)) = listener.accept().await {
@@ -210,7 +229,7 @@ impl Upstream {
                         });
                     }
                 });
-                Some(certificate)
+                Some(Certificate { pem })
             }
         };
         let scheme = if https.is_some() { "https" } else { "http" };
@@ -279,31 +298,6 @@ impl Upstream {
     pub(crate) fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
-}
-
-/// A TLS acceptor with a fresh self-signed certificate for `127.0.0.1`, offering HTTP/2 and
-/// HTTP/1.1; rustls' default session cache lets clients resume.
-fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, Certificate) {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![certified.cert.der().clone()], key.into())
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // Enough session tickets from one connection for the few a client opens next at once
-    // (rustls sends 2); each is good for one resumption.
-    config.send_tls13_tickets = 4;
-    (
-        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-        Certificate {
-            pem: certified.cert.pem(),
-        },
-    )
 }
 
 /// How requests are counted: HTTP/2 requests carry the whole URL, HTTP/1.1 ones the path.

@@ -3,8 +3,10 @@
 //! host listens — the `gust listening on <url>` line it prints on stdout.
 //!
 //! [`postgres`]: a throwaway PostgreSQL server, for tests of the store's PostgreSQL backend.
+//! [`tls`]: the TLS side of a stand-in HTTPS API.
 
 pub mod postgres;
+pub mod tls;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;

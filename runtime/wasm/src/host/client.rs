@@ -126,35 +126,35 @@ impl GuestClient {
         request: hyper::Request<GuestBody>,
         deadline: tokio::time::Instant,
     ) -> Result<Sent, tokio::time::error::Elapsed> {
-        let key = origin_key(request.uri());
         let send = async {
-            let origin = self.origins.origin(&key);
-            // Held until the answer's head came or the request failed: a request that opens
-            // a connection for others and ends without one lets the next one try.
-            let (speaks, _finding_out) = if request
+            // The client speaks HTTP/2 only over TLS: `http` origins go to the shared pool
+            // without a look at the origin's entry.
+            let https = request
                 .uri()
                 .scheme_str()
-                .is_some_and(|s| s.eq_ignore_ascii_case("https"))
-            {
-                let opening = origin.gate.pass().await.map_err(SendError::Failed)?;
-                (origin.speaks(), opening)
-            } else {
-                // The client speaks HTTP/2 only over TLS.
-                (Speaks::Http1, None)
-            };
-            let (pool, in_flight, _opening) = match speaks {
-                Speaks::Http2 => match self.lane(&key) {
+                .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+            let (pool, in_flight, _finding_out, _opening) = if https {
+                let key = origin_key(request.uri());
+                let origin = self.origins.origin(&key);
+                // Both held until the answer's head came or the request failed: a request
+                // that opens a connection for others and ends without one lets the next try.
+                let finding_out = origin.gate.pass().await.map_err(SendError::Failed)?;
+                let lane = (origin.speaks() == Speaks::Http2)
+                    .then(|| self.lane(&key))
+                    .flatten();
+                match lane {
                     Some((pool, in_flight, gate)) => match gate.pass().await {
-                        Ok(opening) => (pool, in_flight, opening),
+                        Ok(opening) => (pool, in_flight, finding_out, opening),
                         // The lane's connect found that the origin speaks HTTP/1.1 now.
                         Err(_) if origin.speaks() != Speaks::Http2 => {
-                            (self.shared.clone(), InFlight(None), None)
+                            (self.shared.clone(), InFlight(None), finding_out, None)
                         }
                         Err(failure) => return Err(SendError::Failed(failure)),
                     },
-                    None => (self.shared.clone(), InFlight(None), None),
-                },
-                _ => (self.shared.clone(), InFlight(None), None),
+                    None => (self.shared.clone(), InFlight(None), finding_out, None),
+                }
+            } else {
+                (self.shared.clone(), InFlight(None), None, None)
             };
             before(deadline, pool.request(request))
                 .await
