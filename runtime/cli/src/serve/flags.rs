@@ -163,7 +163,8 @@ pub(super) struct Flags {
     #[arg(long, env = "GUST_MAX_INSTANCES", value_name = "N")]
     pub(super) max_instances: Option<usize>,
     /// Instances of one agent running at once, unless its deployment sets `max_instances`
-    /// (default: seven eighths of --max-instances, so other agents keep the rest).
+    /// (default: all of --max-instances but an eighth of it, at most 512, kept for the other
+    /// agents).
     #[arg(long, env = "GUST_AGENT_INSTANCES", value_name = "N")]
     pub(super) agent_instances: Option<usize>,
     /// MiB of committed memory (private resident pages and page tables; not the pages of

@@ -27,6 +27,9 @@ use crate::error::Error;
 /// (see [`AdmissionLimits::agent_share`]) with slots to spare for the others.
 pub const DEFAULT_MAX_INSTANCES: usize = 12_288;
 
+/// The most instance slots the default per-agent share keeps for the other agents.
+const OTHERS_RESERVE: usize = 512;
+
 /// Server-wide admission settings.
 #[derive(Debug, Clone)]
 pub struct AdmissionLimits {
@@ -41,12 +44,14 @@ pub struct AdmissionLimits {
 }
 
 impl AdmissionLimits {
-    /// The default per-agent share of `max_instances`: seven eighths, so one busy agent
-    /// cannot take the slots every other agent needs (an eighth, 1,536 by default, stays
-    /// for them).
+    /// The default per-agent share of `max_instances`: all but a reserve, so one busy agent
+    /// cannot take the slots every other agent needs. The reserve is an eighth, at most
+    /// 512: a fixed count rather than a fraction of a large pool, so that the
+    /// pool `vm.max_map_count` leaves at Linux's default (10,516) still holds 10,000 waiting
+    /// calls of one agent (10,004), while 512 calls of the other agents run beside them.
     #[must_use]
     pub fn agent_share(max_instances: usize) -> usize {
-        (max_instances - max_instances / 8).max(1)
+        (max_instances - (max_instances / 8).min(OTHERS_RESERVE)).max(1)
     }
 }
 
@@ -345,6 +350,17 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
+
+    #[test]
+    fn one_agent_may_take_all_but_a_reserve_that_is_an_eighth_at_most_512() {
+        // Linux's default map count leaves 10,516 slots: one agent must hold 10,000 calls.
+        assert_eq!(AdmissionLimits::agent_share(10_516), 10_004);
+        assert_eq!(AdmissionLimits::agent_share(DEFAULT_MAX_INSTANCES), 11_776);
+        // Small pools keep an eighth for the others.
+        assert_eq!(AdmissionLimits::agent_share(1_000), 875);
+        assert_eq!(AdmissionLimits::agent_share(7), 7);
+        assert_eq!(AdmissionLimits::agent_share(1), 1);
+    }
 
     /// Admission with `max_instances` slots, an agent default of `agent`, a 30 ms wait, and
     /// a resident size the test sets (100 MiB to start) against a 200 MiB budget.
