@@ -822,8 +822,13 @@ async fn a_run_ended_behind_a_hosts_back_stops_at_its_next_renewal() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = body["run_id"].as_str().unwrap().to_owned();
+    // Running as the database says: the host counts a run as running from before its start
+    // commits, and the update below needs the committed start.
     eventually(Duration::from_secs(10), "the run to execute", || async {
-        a.stats().await["runs_running"] == 1
+        let (_, run) = a
+            .send(a.request(Method::GET, &format!("/v1/agents/sleeper/runs/{id}")))
+            .await;
+        a.stats().await["runs_running"] == 1 && run["status"] == "running"
     })
     .await;
     // Cancelled by someone whose announcement never arrives (here: straight in the
@@ -843,7 +848,8 @@ async fn a_run_ended_behind_a_hosts_back_stops_at_its_next_renewal() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("UPDATE 1"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("UPDATE 1"), "psql: {stdout}");
     eventually(
         Duration::from_secs(10),
         "the host to stop the run",
