@@ -183,8 +183,8 @@ async fn start_gust(
     args: &[&str],
 ) -> anyhow::Result<(Target, Host)> {
     let host = Host::start_on(Some(SERVER_CPU), &options.gust, data, args)?;
-    // The echo takes microseconds: let as many calls in as there are connections (the
-    // per-agent default, one below the core count, is for agents that burn CPU).
+    // The echo takes microseconds: as many calls at once as there are connections, on a
+    // deployment sized for that rather than the host's per-agent default.
     host.deploy("echo", &options.echo, json!({ "max_instances": 64 }))
         .await?;
     let target = Target::keyed_echo("gust", &host).await?;

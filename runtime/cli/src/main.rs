@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-// jemalloc rather than glibc's malloc. With 10,000 calls waiting at once, glibc spent about
-// 50 µs of every call in `_int_malloc`'s slow paths (every tokio task is a 128-byte-aligned
+// jemalloc rather than glibc's malloc. With 10,000 calls waiting at once, glibc spent 39–49 µs
+// of every call in `_int_malloc`'s slow paths (every tokio task is a 128-byte-aligned
 // allocation, which glibc 2.36 serves without its per-thread cache), its arenas grew by
 // `mprotect` in small steps against the other threads' page faults, and the host used
 // 380–470 µs of CPU per call against 330–350 with jemalloc (BENCHMARKS.md, "The allocator").
