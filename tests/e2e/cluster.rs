@@ -825,10 +825,8 @@ async fn a_run_ended_behind_a_hosts_back_stops_at_its_next_renewal() {
     // Running as the database says: the host counts a run as running from before its start
     // commits, and the update below needs the committed start.
     eventually(Duration::from_secs(10), "the run to execute", || async {
-        let (_, run) = a
-            .send(a.request(Method::GET, &format!("/v1/agents/sleeper/runs/{id}")))
-            .await;
-        a.stats().await["runs_running"] == 1 && run["status"] == "running"
+        a.stats().await["runs_running"] == 1
+            && crate::runs::poll(a, "sleeper", &id, 0).await["status"] == "running"
     })
     .await;
     // Cancelled by someone whose announcement never arrives (here: straight in the

@@ -93,22 +93,26 @@ const MAPPINGS_PER_MEMORY: u64 = 4;
 /// Python has two, which the memory slots below bound).
 const MAPPINGS_PER_INSTANCE: u64 = MAPPINGS_PER_STACK + MAPPINGS_PER_MEMORY;
 
-/// Pool slots beyond `--max-instances`: the warm standby's (`gust_wasm`'s `HOST_WIDE`).
-const STANDBY_SLOTS: u64 = 64;
+/// Pool slots beyond `--max-instances`: the warm standby's.
+const STANDBY_SLOTS: u64 = gust_wasm::standby::HOST_WIDE as u64;
 
 /// Mappings kept for the rest of the process: an idle host with a 1,000-instance pool holds
 /// 2,209, 2,128 of them its stacks; threads of the blocking pool (name lookups, files) take
 /// two each, up to 512 of them.
 const OWN_MAPPINGS: u64 = 2048;
 
-/// `vm.max_map_count`, when it can be read.
+/// `vm.max_map_count`, when it can be read; read once, by whichever of the CLI's defaults and
+/// the start-up check asks first.
 #[must_use]
 pub fn max_map_count() -> Option<u64> {
-    std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    static READ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *READ.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// The default of `--max-instances`: `most`, or as many as `max_map_count` mappings hold

@@ -133,7 +133,8 @@ impl GuestClient {
                 .uri()
                 .scheme_str()
                 .is_some_and(|s| s.eq_ignore_ascii_case("https"));
-            let (pool, in_flight, _finding_out, _opening) = if https {
+            let shared = || (self.shared.clone(), InFlight(None), None);
+            let (_finding_out, (pool, in_flight, _opening)) = if https {
                 let key = origin_key(request.uri());
                 let origin = self.origins.origin(&key);
                 // Both held until the answer's head came or the request failed: a request
@@ -142,19 +143,18 @@ impl GuestClient {
                 let lane = (origin.speaks() == Speaks::Http2)
                     .then(|| self.lane(&key))
                     .flatten();
-                match lane {
+                let through = match lane {
                     Some((pool, in_flight, gate)) => match gate.pass().await {
-                        Ok(opening) => (pool, in_flight, finding_out, opening),
+                        Ok(opening) => (pool, in_flight, opening),
                         // The lane's connect found that the origin speaks HTTP/1.1 now.
-                        Err(_) if origin.speaks() != Speaks::Http2 => {
-                            (self.shared.clone(), InFlight(None), finding_out, None)
-                        }
+                        Err(_) if origin.speaks() != Speaks::Http2 => shared(),
                         Err(failure) => return Err(SendError::Failed(failure)),
                     },
-                    None => (self.shared.clone(), InFlight(None), finding_out, None),
-                }
+                    None => shared(),
+                };
+                (finding_out, through)
             } else {
-                (self.shared.clone(), InFlight(None), None, None)
+                (None, shared())
             };
             before(deadline, pool.request(request))
                 .await
