@@ -374,6 +374,69 @@ async fn calls_waiting_on_an_http2_upstream_are_not_held_to_one_connections_stre
     );
 }
 
+/// HTTP/2 servers close connections now and then: nginx after `keepalive_requests` (1,000 by
+/// default), front ends when they rotate. They say so with GOAWAY and finish the requests
+/// under way; the host's lanes then open another connection, and no call fails for it,
+/// neither one that comes right after a GOAWAY nor a burst larger than what a connection
+/// carries before it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_outlive_an_http2_upstream_closing_its_connections() {
+    const CLOSE_AFTER: usize = 5;
+    const ONE_BY_ONE: usize = 30;
+    const WAVES: usize = 4;
+    const AT_ONCE: usize = 40;
+    let (upstream, certificate) = Upstream::start_https_closing(100, CLOSE_AFTER).await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = certificate.trusting_host(dir.path()).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config(
+        "probe",
+        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 60, "outbound_timeout_s": 30}),
+    )
+    .await;
+    host.deploy("probe", None).await;
+
+    // One after another: every fifth request closes the connection it came on, and the next
+    // one follows as soon as its answer is in.
+    for i in 0..ONE_BY_ONE {
+        let answer = fetch(&host, &format!("{}/hold?ms=0&one={i}", upstream.origin)).await;
+        assert_eq!(answer["status"], json!(200), "call {i}: {answer}");
+    }
+    // Bursts, each of them more than a connection carries before its GOAWAY; every other
+    // one posts a body, which a request sent again must carry again.
+    for wave in 0..WAVES {
+        let (input, answered) = if wave % 2 == 0 {
+            let url = format!("{}/hold?ms=300&wave={wave}", upstream.origin);
+            (json!({"op": "fetch", "key": url}), json!("held"))
+        } else {
+            let url = format!("{}/echo?ms=300&wave={wave}", upstream.origin);
+            let received = json!({"received": {"n": wave}}).to_string();
+            (
+                json!({"op": "post", "key": url, "n": wave}),
+                json!(received),
+            )
+        };
+        for call in send_at_once(&host, "probe", &input, AT_ONCE) {
+            let (status, answer) = call.await.unwrap();
+            assert_eq!(
+                (status, &answer["status"], &answer["body"]),
+                (StatusCode::OK, &json!(200), &answered),
+                "wave {wave}: {answer}"
+            );
+        }
+    }
+    // Counted by the upstream: each request was served once, all over HTTP/2, and the
+    // connections were really closed and opened again.
+    let all = ONE_BY_ONE + WAVES * AT_ONCE;
+    assert_eq!(upstream.requests(), all);
+    assert_eq!(upstream.http2_requests(), all);
+    assert!(
+        upstream.connections() > ONE_BY_ONE / CLOSE_AFTER,
+        "{} connections",
+        upstream.connections()
+    );
+}
+
 /// A guest that gives up while its request opens a lane's connection (its timeout is
 /// shorter than the connect) leaves the connect to the requests waiting for it: the next
 /// one opens it and all of them are answered. hyper-util's pool, where they waited before,

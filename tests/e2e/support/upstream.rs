@@ -54,12 +54,13 @@ impl Certificate {
 }
 
 impl Upstream {
-    /// Starts one: `/hello` answers JSON, `/echo` answers the JSON it was posted, `/sink`
+    /// Starts one: `/hello` answers JSON, `/echo?ms=N` answers the JSON it was posted after
+    /// N ms (none by default), `/sink`
     /// says how many bytes it was posted, `/slow` takes 5 s, `/hold?ms=N` takes N ms,
     /// `/gate?n=N&ms=M` answers once N gate requests have arrived (or after M ms): a test of
     /// "all at once" then does not depend on how fast its requests were sent.
     pub(crate) async fn start() -> Self {
-        Self::serve(None, Duration::ZERO).await.0
+        Self::serve(None).await.0
     }
 
     /// Starts one over HTTPS, as model APIs are served: HTTP/2 offered by ALPN beside
@@ -69,20 +70,45 @@ impl Upstream {
         Self::start_https_slow(max_streams, Duration::ZERO).await
     }
 
-    /// As [`Upstream::start_https`], waiting `handshake` before each TLS handshake: a
-    /// connection to it takes that long to open.
-    pub(crate) async fn start_https_slow(
+    /// As [`Upstream::start_https`], closing each HTTP/2 connection gracefully (GOAWAY, the
+    /// requests under way finish) once it has carried `requests`, as nginx does at its
+    /// `keepalive_requests` (1,000 by default) and front ends do when they rotate
+    /// connections.
+    pub(crate) async fn start_https_closing(
         max_streams: u32,
-        handshake: Duration,
+        requests: usize,
     ) -> (Self, Certificate) {
-        let (upstream, certificate) = Self::serve(Some(max_streams), handshake).await;
+        let tls = Tls {
+            max_streams,
+            handshake: Duration::ZERO,
+            goaway_after: Some(requests),
+        };
+        let (upstream, certificate) = Self::serve(Some(tls)).await;
         (
             upstream,
             certificate.expect("an HTTPS upstream has a certificate"),
         )
     }
 
-    async fn serve(https: Option<u32>, handshake: Duration) -> (Self, Option<Certificate>) {
+    /// As [`Upstream::start_https`], waiting `handshake` before each TLS handshake: a
+    /// connection to it takes that long to open.
+    pub(crate) async fn start_https_slow(
+        max_streams: u32,
+        handshake: Duration,
+    ) -> (Self, Certificate) {
+        let tls = Tls {
+            max_streams,
+            handshake,
+            goaway_after: None,
+        };
+        let (upstream, certificate) = Self::serve(Some(tls)).await;
+        (
+            upstream,
+            certificate.expect("an HTTPS upstream has a certificate"),
+        )
+    }
+
+    async fn serve(https: Option<Tls>) -> (Self, Option<Certificate>) {
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&requests);
         let hits = Arc::new(Mutex::new(HashMap::new()));
@@ -104,9 +130,14 @@ impl Upstream {
                 )
                 .route(
                     "/echo",
-                    axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
-                        axum::Json(json!({"received": body}))
-                    }),
+                    axum::routing::post(
+                        |axum::extract::Query(q): axum::extract::Query<HashMap<String, u64>>,
+                         axum::Json(body): axum::Json<Value>| async move {
+                            let ms = q.get("ms").copied().unwrap_or(0);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            axum::Json(json!({"received": body}))
+                        },
+                    ),
                 )
                 .route(
                     "/sink",
@@ -193,7 +224,11 @@ impl Upstream {
                 tokio::spawn(async move { axum::serve(listener, app).await });
                 None
             }
-            Some(max_streams) => {
+            Some(Tls {
+                max_streams,
+                handshake,
+                goaway_after,
+            }) => {
                 let (acceptor, pem) = gust_testkit::tls::self_signed().unwrap();
                 let seen = Arc::clone(&handshakes);
                 tokio::spawn(async move {
@@ -215,12 +250,32 @@ impl Upstream {
                             let io = hyper_util::rt::TokioIo::new(tls);
                             let service = hyper_util::service::TowerToHyperService::new(app);
                             let _ = if http2 {
-                                hyper::server::conn::http2::Builder::new(
+                                // Requests on this connection: `enough` is told when
+                                // `goaway_after` of them have come.
+                                let enough = Arc::new(tokio::sync::Notify::new());
+                                let tell = Arc::clone(&enough);
+                                let served = AtomicUsize::new(0);
+                                let service = hyper::service::service_fn(move |request| {
+                                    let now = served.fetch_add(1, Ordering::SeqCst) + 1;
+                                    if goaway_after == Some(now) {
+                                        // Kept until the connection's task waits for it.
+                                        tell.notify_one();
+                                    }
+                                    hyper::service::Service::call(&service, request)
+                                });
+                                let connection = hyper::server::conn::http2::Builder::new(
                                     hyper_util::rt::TokioExecutor::new(),
                                 )
                                 .max_concurrent_streams(max_streams)
-                                .serve_connection(io, service)
-                                .await
+                                .serve_connection(io, service);
+                                tokio::pin!(connection);
+                                tokio::select! {
+                                    ended = connection.as_mut() => ended,
+                                    () = enough.notified() => {
+                                        connection.as_mut().graceful_shutdown();
+                                        connection.await
+                                    }
+                                }
                             } else {
                                 hyper::server::conn::http1::Builder::new()
                                     .serve_connection(io, service)
@@ -298,6 +353,15 @@ impl Upstream {
     pub(crate) fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+}
+
+/// How an HTTPS upstream serves.
+struct Tls {
+    max_streams: u32,
+    /// Waited before each TLS handshake.
+    handshake: Duration,
+    /// Requests after which an HTTP/2 connection is closed gracefully.
+    goaway_after: Option<usize>,
 }
 
 /// How requests are counted: HTTP/2 requests carry the whole URL, HTTP/1.1 ones the path.

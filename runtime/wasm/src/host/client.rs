@@ -28,6 +28,9 @@
 //! request's connection fail when that request is dropped (a guest's timeout), whereas at the
 //! gate the next one takes over. A connect that fails fails the requests that waited for it,
 //! with its cause, at once.
+//!
+//! A request an HTTP/2 server refused without processing it (a graceful GOAWAY, a refused
+//! stream) is sent again on another connection: see `replay`.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -37,6 +40,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -47,6 +51,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use super::replay;
 use crate::net;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -62,6 +67,10 @@ type Pool = hyper_util::client::legacy::Client<Counted, GuestBody>;
 /// allow 100, Cloudflare's 256, nginx 128 by default). A server that allows fewer queues the
 /// rest on its connection, as it did before lanes.
 pub(crate) const STREAMS_PER_CONNECTION: usize = 100;
+
+/// Times a request refused unprocessed is sent again: a server rotating its connections
+/// refuses a request once, and one refusing it on every connection is not taking requests.
+const SENT_AGAIN: usize = 3;
 
 /// The client every guest request goes through, shared by every call so that connections
 /// to the same model or tool API are reused across calls.
@@ -121,11 +130,45 @@ pub(crate) type Sent = Result<(hyper::Response<hyper::body::Incoming>, InFlight)
 impl GuestClient {
     /// Sends `request`, all of it within `deadline`: the wait at a gate, for a connection,
     /// and for the answer's head.
+    /// A request the server refused without processing it is sent again, on another
+    /// connection (see `replay`), up to [`SENT_AGAIN`] times.
     pub(crate) async fn send(
         &self,
         request: hyper::Request<GuestBody>,
         deadline: tokio::time::Instant,
     ) -> Result<Sent, tokio::time::error::Elapsed> {
+        let (head, mut body) = request.into_parts();
+        let again = async {
+            let mut sent = 0;
+            loop {
+                let (recording, leftover) = replay::Recording::new(body);
+                let mut request = hyper::Request::new(recording.boxed_unsync());
+                *request.method_mut() = head.method.clone();
+                *request.uri_mut() = head.uri.clone();
+                *request.version_mut() = head.version;
+                *request.headers_mut() = head.headers.clone();
+                match self.send_once(request, deadline).await {
+                    Err(SendError::Client(e)) if sent < SENT_AGAIN && replay::unprocessed(&e) => {
+                        // hyper drops the body once the stream is reset, if it has not yet.
+                        match leftover.await {
+                            Ok(leftover) => body = leftover.into_body(),
+                            Err(_) => return Err(SendError::Client(e)),
+                        }
+                        sent += 1;
+                    }
+                    done => return done,
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline, again).await
+    }
+
+    /// Sends `request` once.
+    async fn send_once(
+        &self,
+        request: hyper::Request<GuestBody>,
+        deadline: tokio::time::Instant,
+    ) -> Sent {
         let send = async {
             // The client speaks HTTP/2 only over TLS: `http` origins go to the shared pool
             // without a look at the origin's entry.
@@ -161,7 +204,7 @@ impl GuestClient {
                 .map(|answer| (answer, in_flight))
                 .map_err(SendError::Client)
         };
-        tokio::time::timeout_at(deadline, send).await
+        send.await
     }
 
     /// The lane an HTTP/2 request to `key` goes on: the first with room, or a new one while

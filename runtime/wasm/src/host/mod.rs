@@ -10,6 +10,7 @@ mod client;
 pub mod cpu;
 mod limits;
 mod outbound;
+mod replay;
 mod sink;
 mod stdio;
 

@@ -1,6 +1,6 @@
 //! A test guest that does what its input asks, so end-to-end tests can drive every path of
 //! the host: `{"op": "echo" | "fail" | "invalid" | "panic" | "spin" | "sleep" | "steps" | "print" |
-//! "alloc" | "recurse" | "big" | "sandbox" | "fetch" | "fetch-many" | "post-big" | "hold-bodies" |
+//! "alloc" | "recurse" | "big" | "sandbox" | "fetch" | "fetch-many" | "post" | "post-big" | "hold-bodies" |
 //! "stream" | "emit-many"}`. Its answers carry a marker compiled in (`a`, or `b` with the `marker-b`
 //! feature), so a test can tell two builds apart.
 
@@ -113,6 +113,19 @@ fn run(input: Value, ctx: &Context) -> Result<Value, Error> {
                 .filter(|_| gust_sdk::http::Request::get(url).send().is_err())
                 .count();
             Ok(json!({"sent": parsed.n, "failed": failed}))
+        }
+        "post" => {
+            // `{"n": n}` posted to `key` as JSON.
+            let url = parsed.key.as_deref().unwrap_or_default();
+            Ok(
+                match gust_sdk::http::Request::post(url)
+                    .json(&json!({"n": parsed.n}))
+                    .send()
+                {
+                    Ok(response) => json!({"status": response.status, "body": response.text()}),
+                    Err(e) => json!({"error": e.to_string()}),
+                },
+            )
         }
         "post-big" => {
             // `mb` MiB posted to `key`, as one body.
