@@ -11,26 +11,14 @@
 //! (benched when set); `GUST_BENCH_ARTIFACTS` optionally names a folder that keeps their
 //! compiled artifacts between runs.
 
+mod bare;
+
 use std::path::PathBuf;
 
+use bare::BareAgent;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gust_core::embed::LoadedAgent;
 use gust_wasm::{PoolTuning, Tuning};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
-
-// The agent world, typed, for the bare embedding (gust's own bindings are private to its
-// runtime).
-wasmtime::component::bindgen!({
-    world: "gust:agent/agent@0.1.1",
-    path: "../wit",
-    exports: { default: async },
-});
-
-use gust::agent::host::Level;
-use gust::agent::invocation::Mode;
 
 const INPUT: &[u8] = br#"{"say":"hi"}"#;
 
@@ -161,120 +149,21 @@ fn bench_agent(c: &mut Criterion, group: &str, bytes: &[u8], variants: &[(&str, 
     group.finish();
 }
 
-/// The store data of the bare embedding: WASI, made on the guest's first WASI import (the
-/// Rust echo makes none; Python and JavaScript need it to start), wasi:http with the crate's
-/// defaults, and the agent world's host interface doing nothing.
-struct Bare {
-    wasi: Option<WasiCtx>,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-}
-
-impl Bare {
-    fn new() -> Self {
-        Self {
-            wasi: None,
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-        }
-    }
-}
-
-impl gust::agent::host::Host for Bare {
-    fn log(&mut self, _level: Level, _message: String) {}
-
-    fn config(&mut self, _key: String) -> Option<String> {
-        None
-    }
-
-    fn progress(&mut self, _fraction: f32, _message: String) {}
-
-    fn emit(&mut self, _chunk: Vec<u8>) {}
-}
-
-impl gust::agent::invocation::Host for Bare {}
-
-impl WasiHttpView for Bare {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: wasmtime_wasi_http::default_hooks(),
-        }
-    }
-}
-
-impl WasiView for Bare {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: self
-                .wasi
-                .get_or_insert_with(|| WasiCtxBuilder::new().build()),
-            table: &mut self.table,
-        }
-    }
-}
-
-/// Store + instantiate + call + drop in a bare wasmtime embedding: WASI and wasi:http linked
-/// as their crates provide them, the host interface as plain functions (`config` answers
-/// `none`), the same epoch deadline as gust. What is left is wasmtime's own per-call work
-/// under each engine configuration.
+/// Store + instantiate + call + drop in the bare embedding (`bare`), with gust's engine
+/// settings and with wasmtime's defaults: what is left is wasmtime's own per-call work under
+/// each configuration.
 fn bench_bare(c: &mut Criterion, group: &str, bytes: &[u8]) {
     let tokio = tokio_runtime();
-    let max_memory = (gust_model::DEFAULT_MEMORY_MIB as usize) << 20;
-    let request = Request {
-        input: INPUT.to_vec(),
-        content_type: "application/json".to_owned(),
-        agent: "echo".to_owned(),
-        version: 1,
-        run_id: "run_0".to_owned(),
-        mode: Mode::Sync,
-        attempt: 1,
-        deadline_ms: None,
-    };
+    let request = BareAgent::request(INPUT.to_vec());
     let mut group = c.benchmark_group(group);
     for (name, tuning) in [
         ("bare-wasmtime-gust-settings", Tuning::default()),
         ("bare-wasmtime-defaults", Tuning::wasmtime_defaults()),
     ] {
-        let engine = Engine::new(&tuning.wasmtime_config(max_memory)).expect("an engine");
-        if tuning.epoch_interruption {
-            gust_wasm::engine::start_epoch_ticker(&engine);
-        }
-        let component = Component::new(&engine, bytes).expect("the component compiles");
-        let mut linker = Linker::<Bare>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("linking WASI");
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .expect("linking wasi:http");
-        gust::agent::host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .expect("linking the host interface");
-        gust::agent::invocation::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .expect("linking the invocation interface");
-        let pre = AgentPre::new(
-            linker
-                .instantiate_pre(&component)
-                .expect("pre-instantiated"),
-        )
-        .expect("the agent world's exports");
-        let call = || async {
-            let mut store = Store::new(&engine, Bare::new());
-            if tuning.epoch_interruption {
-                store.set_epoch_deadline(1);
-                store.epoch_deadline_async_yield_and_update(1);
-            }
-            let agent = pre
-                .instantiate_async(&mut store)
-                .await
-                .expect("instantiated");
-            agent
-                .call_run(&mut store, &request)
-                .await
-                .expect("no trap")
-                .expect("the echo answers")
-        };
-        assert_echoed(&tokio.block_on(call()).output, name);
+        let agent = BareAgent::new(&tuning, bytes);
+        assert_echoed(&tokio.block_on(agent.call(&request)), name);
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
-            b.to_async(&tokio).iter(call);
+            b.to_async(&tokio).iter(|| agent.call(&request));
         });
     }
     group.finish();

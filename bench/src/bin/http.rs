@@ -5,7 +5,9 @@
 //!   wasmtime-defaults`), to show what gust's tuning buys end to end;
 //! - `wasmtime serve -S cli` serving `bench/peers/wasi-http-echo`, the same echo as a
 //!   wasi:http component;
-//! - a raw hyper server answering a fixed body (`raw_hyper`): the physical limit.
+//! - a raw hyper server answering a fixed body (`raw_hyper`): the physical limit's HTTP part;
+//! - with `--hyper-wasmtime`, that server running the echo in a bare wasmtime embedding per
+//!   request (`examples/hyper_wasmtime.rs`): the limit's two parts sharing one core.
 //!
 //! Every server runs on CPU 0 alone and wrk on CPU 1 alone (`taskset`). After a warm-up,
 //! rounds alternate between the servers; medians of the rounds are reported with their
@@ -14,7 +16,8 @@
 //! ```text
 //! http --gust target/release/gust --echo target/wasm32-wasip2/release/echo.wasm \
 //!   --wasmtime <wasmtime-cli 48.0.8> --wasi-echo target/wasm32-wasip2/release/wasi_http_echo.wasm \
-//!   --raw-hyper target/release/raw_hyper [--rounds 5] [--seconds 10] [--connections 32]
+//!   --raw-hyper target/release/raw_hyper [--hyper-wasmtime target/release/examples/hyper_wasmtime] \
+//!   [--rounds 5] [--seconds 10] [--connections 32] [--floor-us F]
 //! ```
 
 use std::io::{BufRead as _, BufReader};
@@ -35,6 +38,7 @@ struct Options {
     wasmtime: PathBuf,
     wasi_echo: PathBuf,
     raw_hyper: PathBuf,
+    hyper_wasmtime: Option<PathBuf>,
     rounds: usize,
     seconds: u64,
     connections: usize,
@@ -45,9 +49,10 @@ struct Options {
 
 const USAGE: &str = "\
 usage: http [--gust PATH] [--echo PATH] [--wasmtime PATH] [--wasi-echo PATH]
-            [--raw-hyper PATH] [--rounds N] [--seconds N] [--connections N] [--floor-us F]
-Sync throughput of gust, gust with wasmtime's defaults, `wasmtime serve` and raw hyper under
-wrk; paths default to the release builds under target/ and `wasmtime` on PATH.";
+            [--raw-hyper PATH] [--hyper-wasmtime PATH] [--rounds N] [--seconds N]
+            [--connections N] [--floor-us F]
+Sync throughput of gust, gust with wasmtime's defaults, `wasmtime serve`, raw hyper and (with
+--hyper-wasmtime) raw hyper running the echo in a bare wasmtime embedding, under wrk; paths default to the release builds under target/ and `wasmtime` on PATH.";
 
 fn options() -> anyhow::Result<Options> {
     let mut options = Options {
@@ -56,6 +61,7 @@ fn options() -> anyhow::Result<Options> {
         wasmtime: "wasmtime".into(),
         wasi_echo: "target/wasm32-wasip2/release/wasi_http_echo.wasm".into(),
         raw_hyper: "target/release/raw_hyper".into(),
+        hyper_wasmtime: None,
         rounds: 5,
         seconds: 10,
         connections: 32,
@@ -68,6 +74,7 @@ fn options() -> anyhow::Result<Options> {
             "--wasmtime" => options.wasmtime = value.into(),
             "--wasi-echo" => options.wasi_echo = value.into(),
             "--raw-hyper" => options.raw_hyper = value.into(),
+            "--hyper-wasmtime" => options.hyper_wasmtime = Some(value.into()),
             "--floor-us" => options.floor_us = Some(value.parse()?),
             "--rounds" => options.rounds = value.parse()?,
             "--seconds" => options.seconds = value.parse()?,
@@ -97,9 +104,14 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let (_wasmtime, wasmtime_url) = start_wasmtime(&options)?;
-    let (_raw, raw_url) = start_raw_hyper(&options)?;
+    let (_raw, raw_url) = start_listening(&options.raw_hyper, &[])?;
+    let echo = options.echo.to_string_lossy();
+    let combined = match &options.hyper_wasmtime {
+        Some(path) => Some(start_listening(path, &["--echo", &echo])?),
+        None => None,
+    };
 
-    let targets = [
+    let mut targets = vec![
         gust,
         Target {
             name: "gust, wasmtime default settings",
@@ -116,6 +128,13 @@ async fn main() -> anyhow::Result<()> {
             headers: vec![],
         },
     ];
+    if let Some((_, url)) = &combined {
+        targets.push(Target {
+            name: "raw hyper + bare wasmtime",
+            url: url.clone(),
+            headers: vec![],
+        });
+    }
     let http = reqwest::Client::new();
     for target in &targets {
         check_answer(&http, target).await?;
@@ -165,6 +184,20 @@ async fn main() -> anyhow::Result<()> {
             1e6 / medians[3],
             medians[0],
             medians[0] / limit
+        );
+        if let Some(&both) = medians.get(4) {
+            println!(
+                "raw hyper + bare wasmtime in one server: {:.2} of the limit",
+                both / limit
+            );
+        }
+    }
+    if let Some(&both) = medians.get(4) {
+        println!(
+            "raw hyper + bare wasmtime in one server: {both:.0} req/s ({:.1} µs a request); \
+             gust = {:.2} of it",
+            1e6 / both,
+            medians[0] / both
         );
     }
     println!("gust RSS after the runs: {} MiB", gust_rss / 1024);
@@ -219,14 +252,16 @@ fn start_wasmtime(options: &Options) -> anyhow::Result<(Process, String)> {
     Ok((process, url))
 }
 
-fn start_raw_hyper(options: &Options) -> anyhow::Result<(Process, String)> {
+/// Starts `program args --listen 127.0.0.1:0` on the server CPU; it says where it listens.
+fn start_listening(program: &Path, args: &[&str]) -> anyhow::Result<(Process, String)> {
     let mut child = Command::new("taskset")
         .args(["-c", SERVER_CPU])
-        .arg(&options.raw_hyper)
+        .arg(program)
+        .args(args)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {}", options.raw_hyper.display()))?;
+        .with_context(|| format!("starting {}", program.display()))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let process = Process(child);
     let mut line = String::new();
@@ -234,7 +269,7 @@ fn start_raw_hyper(options: &Options) -> anyhow::Result<(Process, String)> {
     let address = line
         .trim()
         .strip_prefix("listening on ")
-        .context("raw_hyper did not say where it listens")?;
+        .with_context(|| format!("{} did not say where it listens", program.display()))?;
     Ok((process, format!("http://{address}/")))
 }
 

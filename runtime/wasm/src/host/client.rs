@@ -137,6 +137,11 @@ impl GuestClient {
         request: hyper::Request<GuestBody>,
         deadline: tokio::time::Instant,
     ) -> Result<Sent, tokio::time::error::Elapsed> {
+        // The client speaks HTTP/2 only over TLS, and only HTTP/2 servers refuse requests
+        // unprocessed in bulk (GOAWAY): an `http` request is sent once, its body not kept.
+        if !is_https(&request) {
+            return tokio::time::timeout_at(deadline, self.send_once(request, deadline)).await;
+        }
         let (head, mut body) = request.into_parts();
         let again = async {
             let mut sent = 0;
@@ -147,14 +152,17 @@ impl GuestClient {
                 *request.uri_mut() = head.uri.clone();
                 *request.version_mut() = head.version;
                 *request.headers_mut() = head.headers.clone();
+                *request.extensions_mut() = head.extensions.clone();
                 match self.send_once(request, deadline).await {
                     Err(SendError::Client(e)) if sent < SENT_AGAIN && replay::unprocessed(&e) => {
-                        // hyper drops the body once the stream is reset, if it has not yet.
+                        // hyper drops the body when it sees the stream closed, if it has not
+                        // already.
                         match leftover.await {
                             Ok(leftover) => body = leftover.into_body(),
                             Err(_) => return Err(SendError::Client(e)),
                         }
                         sent += 1;
+                        tracing::debug!(uri = %head.uri, sent, "sent again: the server did not process it ({})", net::described(&e));
                     }
                     done => return done,
                 }
@@ -172,10 +180,7 @@ impl GuestClient {
         let send = async {
             // The client speaks HTTP/2 only over TLS: `http` origins go to the shared pool
             // without a look at the origin's entry.
-            let https = request
-                .uri()
-                .scheme_str()
-                .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+            let https = is_https(&request);
             let shared = || (self.shared.clone(), InFlight(None), None);
             let (_finding_out, (pool, in_flight, _opening)) = if https {
                 let key = origin_key(request.uri());
@@ -256,6 +261,13 @@ impl GuestClient {
             Arc::clone(&lane.gate),
         ))
     }
+}
+
+fn is_https<B>(request: &hyper::Request<B>) -> bool {
+    request
+        .uri()
+        .scheme_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("https"))
 }
 
 /// Where requests wait while one of them opens the connection they could share (see the

@@ -408,8 +408,10 @@ impl Buffered {
     }
 }
 
-/// A chunk of a request body on its way to the socket: released from the count when the
-/// transport drops it (written, or the request failed).
+/// A chunk of a request body on its way to the socket: released from the count when its
+/// last copy is dropped, by the transport (written, or the request failed) and by the
+/// client, which keeps a copy until the answer's head comes in case the request must be
+/// sent again (`replay`).
 struct Held {
     bytes: Bytes,
     buffered: Buffered,

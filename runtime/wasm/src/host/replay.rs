@@ -4,11 +4,18 @@
 //! ends rotating their connections) tells the client which streams it will not process: those
 //! above the GOAWAY's last stream id, and any it resets with REFUSED_STREAM. RFC 9113 §8.7
 //! says such a request can be sent again whatever its method, since the server did nothing
-//! with it. hyper retries only requests that never left its queue and returns these as
-//! errors, so a guest saw a protocol error for a request its upstream never saw, in bursts
-//! whenever a busy connection was rotated. The guests' client sends them again; for that it
-//! needs the body again: [`Recording`] keeps what went out, up to [`KEPT`] bytes, and hands
-//! it back with what was not sent yet when hyper drops it.
+//! with it. hyper-util sends again only requests that never left the queue of a connection
+//! it had used before, and returns these as errors, so a guest saw a protocol error for a
+//! request its upstream never saw, in bursts whenever a busy connection was rotated. The
+//! guests' client sends them again, and those hyper-util gave up on; for that it needs the
+//! body again: [`Recording`] keeps what went out, up to [`KEPT`] bytes in [`KEPT_FRAMES`]
+//! chunks, and hands it back with what was not sent yet when hyper drops it.
+//!
+//! Not sent again: a request hyper held back for a free stream (the server's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` reached) when the GOAWAY came, which hyper fails as
+//! "runtime dropped the dispatch task", an error it also gives for other reasons; and
+//! streams above the last one of a GOAWAY that carries an error code, since h2 may give the
+//! same error to the streams the server did take when that connection ends.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -22,16 +29,26 @@ use tokio::sync::oneshot;
 use super::client::{BoxError, GuestBody};
 
 /// Request bytes kept for sending again; a request with a larger body is not sent again.
-/// Most calls to model and tool APIs send a few KiB of JSON; kept until the answer's head
-/// comes, 10,000 waiting calls keep at most 640 MiB, in practice some tens.
+/// Most calls to model and tool APIs send a few KiB of JSON in one or two chunks. The copy
+/// is dropped once the answer's head comes (or the body stops being recorded, once the
+/// request has its answer); the bytes count against the call's bound on request bytes held
+/// (`outbound`) meanwhile.
 pub(crate) const KEPT: usize = 64 * 1024;
 
+/// Chunks kept for sending again: a body written a byte at a time is not kept.
+pub(crate) const KEPT_FRAMES: usize = 256;
+
 /// Whether hyper-util's `error` says that the server did not process the request: a stream
-/// above the last one of a graceful GOAWAY (or one opened after it), or a stream the server
-/// refused.
+/// above the last one of a graceful GOAWAY (or one opened after it), a stream the server
+/// refused, or a request canceled before it was sent (its connection closed first).
 pub(crate) fn unprocessed(error: &hyper_util::client::legacy::Error) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
             let reason = h2.reason();
             return h2.is_remote()
@@ -44,8 +61,9 @@ pub(crate) fn unprocessed(error: &hyper_util::client::legacy::Error) -> bool {
 }
 
 /// A request's body as it is sent, recording its data frames while they stay within
-/// [`KEPT`] bytes. When hyper drops it, what was sent and what was not go back through
-/// `back`, unless the body can no longer be sent again (larger, trailers, or an error).
+/// [`KEPT`] bytes and [`KEPT_FRAMES`] chunks. When hyper drops it, what was sent and what
+/// was not go back through `back`, unless the body can no longer be sent again (larger,
+/// trailers, an error) or nobody waits for it (the request has its answer).
 pub(crate) struct Recording {
     body: Option<GuestBody>,
     sent: Vec<Bytes>,
@@ -94,9 +112,13 @@ impl Body for Recording {
             return Poll::Ready(None);
         };
         let frame = ready!(Pin::new(body).poll_frame(cx));
+        if this.whole && this.back.as_ref().is_none_or(oneshot::Sender::is_closed) {
+            this.give_up();
+        }
         match &frame {
             Some(Ok(frame)) if this.whole => match frame.data_ref() {
-                Some(data) if this.bytes + data.len() <= KEPT => {
+                Some(data) if data.is_empty() => {}
+                Some(data) if this.bytes + data.len() <= KEPT && this.sent.len() < KEPT_FRAMES => {
                     this.bytes += data.len();
                     this.sent.push(data.clone());
                 }
@@ -203,6 +225,21 @@ mod tests {
             all.extend_from_slice(&chunk);
         }
         assert_eq!(all, b"abcdef");
+    }
+
+    /// Nor is a body written in more chunks than are kept; empty chunks do not count.
+    #[tokio::test]
+    async fn a_body_of_many_small_chunks_is_not_handed_back() {
+        let mut chunks: Vec<&'static [u8]> = vec![b""; 2 * KEPT_FRAMES];
+        chunks.push(b"a");
+        let (mut recording, leftover) = Recording::new(body(&chunks));
+        while next(&mut recording).await.is_some() {}
+        drop(recording);
+        assert!(leftover.await.is_ok(), "empty chunks are not kept");
+        let (mut recording, leftover) = Recording::new(body(&[&b"a"[..]; KEPT_FRAMES + 1]));
+        while next(&mut recording).await.is_some() {}
+        drop(recording);
+        assert!(leftover.await.is_err());
     }
 
     /// A body larger than what is kept is not handed back: it could not be sent again.
