@@ -3,7 +3,7 @@
 //! - gust serving the echo example (a fresh instance per call, as always), with an invoke key;
 //! - the same gust with wasmtime's default engine settings (`--engine-tuning
 //!   wasmtime-defaults`), to show what gust's tuning buys end to end;
-//! - `wasmtime serve -S cli` serving `bench/peers/wasi-http-echo`, the same echo as a
+//! - with `--wasmtime`, `wasmtime serve -S cli` serving `bench/peers/wasi-http-echo`, the same echo as a
 //!   wasi:http component;
 //! - a raw hyper server answering a fixed body (`raw_hyper`): the physical limit's HTTP part;
 //! - with `--hyper-wasmtime`, that server running the echo in a bare wasmtime embedding per
@@ -32,10 +32,17 @@ use serde_json::json;
 
 const INPUT: &str = r#"{"say":"hi"}"#;
 
+// The servers' names, as the table prints them.
+const GUST_DEFAULTS: &str = "gust, wasmtime default settings";
+const WASMTIME_SERVE: &str = "wasmtime serve";
+const RAW_HYPER: &str = "raw hyper";
+const HYPER_WASMTIME: &str = "raw hyper + bare wasmtime";
+
 struct Options {
     gust: PathBuf,
     echo: PathBuf,
-    wasmtime: PathBuf,
+    /// `wasmtime serve` is measured when given.
+    wasmtime: Option<PathBuf>,
     wasi_echo: PathBuf,
     raw_hyper: PathBuf,
     hyper_wasmtime: Option<PathBuf>,
@@ -51,14 +58,16 @@ const USAGE: &str = "\
 usage: http [--gust PATH] [--echo PATH] [--wasmtime PATH] [--wasi-echo PATH]
             [--raw-hyper PATH] [--hyper-wasmtime PATH] [--rounds N] [--seconds N]
             [--connections N] [--floor-us F]
-Sync throughput of gust, gust with wasmtime's defaults, `wasmtime serve`, raw hyper and (with
---hyper-wasmtime) raw hyper running the echo in a bare wasmtime embedding, under wrk; paths default to the release builds under target/ and `wasmtime` on PATH.";
+Sync throughput under wrk of gust, gust with wasmtime's defaults, raw hyper, and when their
+paths are given `wasmtime serve` (--wasmtime) and raw hyper running the echo in a bare
+wasmtime embedding (--hyper-wasmtime); other paths default to the release builds under
+target/.";
 
 fn options() -> anyhow::Result<Options> {
     let mut options = Options {
         gust: "target/release/gust".into(),
         echo: "target/wasm32-wasip2/release/echo.wasm".into(),
-        wasmtime: "wasmtime".into(),
+        wasmtime: None,
         wasi_echo: "target/wasm32-wasip2/release/wasi_http_echo.wasm".into(),
         raw_hyper: "target/release/raw_hyper".into(),
         hyper_wasmtime: None,
@@ -71,7 +80,7 @@ fn options() -> anyhow::Result<Options> {
         match flag.as_str() {
             "--gust" => options.gust = value.into(),
             "--echo" => options.echo = value.into(),
-            "--wasmtime" => options.wasmtime = value.into(),
+            "--wasmtime" => options.wasmtime = Some(value.into()),
             "--wasi-echo" => options.wasi_echo = value.into(),
             "--raw-hyper" => options.raw_hyper = value.into(),
             "--hyper-wasmtime" => options.hyper_wasmtime = Some(value.into()),
@@ -103,7 +112,10 @@ async fn main() -> anyhow::Result<()> {
         &["--engine-tuning", "wasmtime-defaults"],
     )
     .await?;
-    let (_wasmtime, wasmtime_url) = start_wasmtime(&options)?;
+    let wasmtime = match &options.wasmtime {
+        Some(path) => Some(start_wasmtime(path, &options.wasi_echo)?),
+        None => None,
+    };
     let (_raw, raw_url) = start_listening(&options.raw_hyper, &[])?;
     let echo = options.echo.to_string_lossy();
     let combined = match &options.hyper_wasmtime {
@@ -111,29 +123,24 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
 
+    let bare = |name, url: &String| Target {
+        name,
+        url: url.clone(),
+        headers: vec![],
+    };
     let mut targets = vec![
         gust,
         Target {
-            name: "gust, wasmtime default settings",
+            name: GUST_DEFAULTS,
             ..gust_defaults
         },
-        Target {
-            name: "wasmtime serve",
-            url: wasmtime_url,
-            headers: vec![],
-        },
-        Target {
-            name: "raw hyper",
-            url: raw_url,
-            headers: vec![],
-        },
+        bare(RAW_HYPER, &raw_url),
     ];
+    if let Some((_, url)) = &wasmtime {
+        targets.push(bare(WASMTIME_SERVE, url));
+    }
     if let Some((_, url)) = &combined {
-        targets.push(Target {
-            name: "raw hyper + bare wasmtime",
-            url: url.clone(),
-            headers: vec![],
-        });
+        targets.push(bare(HYPER_WASMTIME, url));
     }
     let http = reqwest::Client::new();
     for target in &targets {
@@ -155,49 +162,43 @@ async fn main() -> anyhow::Result<()> {
         options.rounds, options.seconds, options.connections
     );
     let medians = table("server", &targets, &readings);
+    let median = |name| {
+        targets
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| medians[i])
+    };
+    let (gust, raw) = (medians[0], median(RAW_HYPER).unwrap_or(f64::NAN));
     println!();
-    println!(
-        "gust / gust with wasmtime defaults: {:.2}",
-        medians[0] / medians[1]
-    );
-    println!(
-        "gust / wasmtime serve: {:.2} (goal ≥ 3)",
-        medians[0] / medians[2]
-    );
-    println!(
-        "gust / raw hyper: {:.2} (goal ≥ 0.5)",
-        medians[0] / medians[3]
-    );
-    println!(
-        "µs per request on the server core: gust {:.1}, wasmtime serve {:.1}, raw hyper {:.1}",
-        1e6 / medians[0],
-        1e6 / medians[2],
-        1e6 / medians[3]
-    );
-    if let Some(floor) = options.floor_us {
+    if let Some(defaults) = median(GUST_DEFAULTS) {
+        println!("gust / gust with wasmtime defaults: {:.2}", gust / defaults);
+    }
+    if let Some(wasmtime) = median(WASMTIME_SERVE) {
+        println!("gust / wasmtime serve: {:.2} (goal ≥ 3)", gust / wasmtime);
+    }
+    println!("gust / raw hyper: {:.2} (goal ≥ 0.5)", gust / raw);
+    print!("µs per request on the server core:");
+    for (target, median) in targets.iter().zip(&medians) {
+        print!(" {} {:.1};", target.name, 1e6 / median);
+    }
+    println!();
+    let limit = options.floor_us.map(|floor| {
         // The physical limit of a sync call on one core: raw hyper's CPU time per request
         // (it saturates the server core) plus the bare-wasmtime floor of one call.
-        let limit = 1e6 / (1e6 / medians[3] + floor);
+        let limit = 1e6 / (1e6 / raw + floor);
         println!(
             "physical limit on one core: 1 / (raw hyper {:.1} µs + bare wasmtime {floor:.1} µs) = {limit:.0} req/s; \
-             gust {:.0} req/s = {:.2} of it (goal ≥ 0.8)",
-            1e6 / medians[3],
-            medians[0],
-            medians[0] / limit
+             gust {gust:.0} req/s = {:.2} of it (goal ≥ 0.8)",
+            1e6 / raw,
+            gust / limit
         );
-        if let Some(&both) = medians.get(4) {
-            println!(
-                "raw hyper + bare wasmtime in one server: {:.2} of the limit",
-                both / limit
-            );
-        }
-    }
-    if let Some(&both) = medians.get(4) {
+        limit
+    });
+    if let Some(both) = median(HYPER_WASMTIME) {
         println!(
-            "raw hyper + bare wasmtime in one server: {both:.0} req/s ({:.1} µs a request); \
-             gust = {:.2} of it",
-            1e6 / both,
-            medians[0] / both
+            "raw hyper + bare wasmtime in one server: {both:.0} req/s{}; gust = {:.2} of it",
+            limit.map_or_else(String::new, |l| format!(" = {:.2} of the limit", both / l)),
+            gust / both
         );
     }
     println!("gust RSS after the runs: {} MiB", gust_rss / 1024);
@@ -224,18 +225,18 @@ async fn start_gust(
     Ok((target, host))
 }
 
-fn start_wasmtime(options: &Options) -> anyhow::Result<(Process, String)> {
+fn start_wasmtime(wasmtime: &Path, wasi_echo: &Path) -> anyhow::Result<(Process, String)> {
     // Port 0: it binds a free port and says which, so no other process can take it between
     // choosing and binding.
     let mut child = Command::new("taskset")
         .args(["-c", SERVER_CPU])
-        .arg(&options.wasmtime)
+        .arg(wasmtime)
         .args(["serve", "-S", "cli", "--addr", "127.0.0.1:0"])
-        .arg(&options.wasi_echo)
+        .arg(wasi_echo)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {}", options.wasmtime.display()))?;
+        .with_context(|| format!("starting {}", wasmtime.display()))?;
     let stderr = child.stderr.take().context("no stderr")?;
     let process = Process(child);
     let mut lines = BufReader::new(stderr).lines();
