@@ -130,6 +130,7 @@ pub(crate) type Sent = Result<(hyper::Response<hyper::body::Incoming>, InFlight)
 impl GuestClient {
     /// Sends `request`, all of it within `deadline`: the wait at a gate, for a connection,
     /// and for the answer's head.
+    ///
     /// A request the server refused without processing it is sent again, on another
     /// connection (see `replay`), up to [`SENT_AGAIN`] times.
     pub(crate) async fn send(
@@ -162,7 +163,10 @@ impl GuestClient {
                             Err(_) => return Err(SendError::Client(e)),
                         }
                         sent += 1;
-                        tracing::debug!(uri = %head.uri, sent, "sent again: the server did not process it ({})", net::described(&e));
+                        // The origin only: a query string may carry an API key.
+                        let origin = origin_key(&head.uri);
+                        let why = net::described(&e);
+                        tracing::debug!(origin, sent, "sent again: not processed ({why})");
                     }
                     done => return done,
                 }
