@@ -32,16 +32,13 @@
 //! A request an HTTP/2 server refused without processing it (a graceful GOAWAY, a refused
 //! stream) is sent again on another connection: see `replay`.
 
-use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::BodyExt as _;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
@@ -54,10 +51,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use super::replay;
 use crate::net;
 
-pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// What a guest's request body is sent as.
-pub(crate) type GuestBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) use super::{BoxError, GuestBody};
 
 /// One pool of connections: hyper-util's client over the counting connector.
 type Pool = hyper_util::client::legacy::Client<Counted, GuestBody>;

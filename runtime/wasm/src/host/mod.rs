@@ -31,6 +31,13 @@ pub use outbound::OutboundPolicy;
 pub use sink::{CallInfo, CallSink, HostLog, MAX_HOST_LOG_LINES, Stream, level_name};
 use stdio::Captured;
 
+/// An error of the guests' HTTP client, boxed.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a guest's request body is sent as (defined here, where `client` and `replay` both
+/// reach it without reaching each other).
+pub(crate) type GuestBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+
 /// Host resources (streams, HTTP requests and the like) one call may hold at once; the
 /// default of a million would let a guest make the host allocate without bound.
 const MAX_RESOURCES: usize = 10_000;

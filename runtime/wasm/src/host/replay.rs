@@ -26,7 +26,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
-use super::client::{BoxError, GuestBody};
+use super::{BoxError, GuestBody};
 
 /// Request bytes kept for sending again; a request with a larger body is not sent again.
 /// Most calls to model and tool APIs send a few KiB of JSON in one or two chunks. The copy
