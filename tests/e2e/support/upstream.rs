@@ -78,16 +78,12 @@ impl Upstream {
         max_streams: u32,
         requests: usize,
     ) -> (Self, Certificate) {
-        let tls = Tls {
+        Self::serve_https(Tls {
             max_streams,
             handshake: Duration::ZERO,
             goaway_after: Some(requests),
-        };
-        let (upstream, certificate) = Self::serve(Some(tls)).await;
-        (
-            upstream,
-            certificate.expect("an HTTPS upstream has a certificate"),
-        )
+        })
+        .await
     }
 
     /// As [`Upstream::start_https`], waiting `handshake` before each TLS handshake: a
@@ -96,11 +92,15 @@ impl Upstream {
         max_streams: u32,
         handshake: Duration,
     ) -> (Self, Certificate) {
-        let tls = Tls {
+        Self::serve_https(Tls {
             max_streams,
             handshake,
             goaway_after: None,
-        };
+        })
+        .await
+    }
+
+    async fn serve_https(tls: Tls) -> (Self, Certificate) {
         let (upstream, certificate) = Self::serve(Some(tls)).await;
         (
             upstream,
