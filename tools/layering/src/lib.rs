@@ -10,7 +10,10 @@
 //!   `crate::`, `super::` and `self::` paths syn finds outside `#[cfg(test)]` modules
 //!   (paths inside macro calls are not seen).
 //!
-//! `cargo test -p gust-layering` runs both on the repository; the unit tests show that
+//! - **features** (`features`): the `gust` binary built alone resolves its dependencies
+//!   with the features of the test build, so CI builds wasmtime once, not twice.
+//!
+//! `cargo test -p gust-layering` runs them on the repository; the unit tests show that
 //! each check catches what it should.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +21,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use syn::visit::Visit;
+
+pub mod features;
 
 /// The crates named in ARCHITECTURE.md and the gust crates each may depend on.
 pub type Layers = BTreeMap<String, BTreeSet<String>>;
