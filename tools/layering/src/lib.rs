@@ -1,4 +1,4 @@
-//! Checks the layering that ARCHITECTURE.md describes, so a wrong-way dependency fails CI:
+//! Checks the structure the repository keeps, so a change that breaks it fails CI:
 //!
 //! - **crates**: every crate of the workspace that is listed in ARCHITECTURE.md's `layers`
 //!   block may depend (in `[dependencies]` and `[build-dependencies]`) only on the gust
@@ -9,9 +9,8 @@
 //!   their common parent; parents and children may refer to each other. References are the
 //!   `crate::`, `super::` and `self::` paths syn finds outside `#[cfg(test)]` modules
 //!   (paths inside macro calls are not seen).
-//!
-//! - **features** (`features`): the `gust` binary built alone resolves its dependencies
-//!   with the features of the test build, so CI builds wasmtime once, not twice.
+//! - **builds** (module `builds`): the `gust` binary built on its own shares every
+//!   dependency's build with the test build, so CI builds wasmtime once, not twice.
 //!
 //! `cargo test -p gust-layering` runs them on the repository; the unit tests show that
 //! each check catches what it should.
@@ -22,7 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use syn::visit::Visit;
 
-pub mod features;
+pub mod builds;
 
 /// The crates named in ARCHITECTURE.md and the gust crates each may depend on.
 pub type Layers = BTreeMap<String, BTreeSet<String>>;
