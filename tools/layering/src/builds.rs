@@ -1,12 +1,12 @@
 //! Checks that the `gust` binary built on its own shares every dependency's build with the
-//! test build. scripts/setup builds the binary before the tests (`cargo run --bin gust`, planned
-//! here as `cargo build --bin gust`: `cargo run` prints no plan) and
-//! scripts/quickstart builds it alone (`cargo build -p gust-cli`); `cargo test --workspace`
-//! and the PostgreSQL pass (`--test e2e`) build it with the tests. A dependency is built again
-//! when any of its build's inputs differ: its features (other members' dev-dependencies add
-//! some), or its profile (build scripts and proc-macros get other debug info unless the
-//! profile says otherwise). Everything above it is then built again too, which for a crate
-//! under wasmtime means wasmtime and cranelift, about 15 minutes of a cold CI run.
+//! test build. scripts/setup builds the binary before the tests (`cargo run --bin gust`,
+//! planned here as `cargo build --bin gust`: `cargo run` prints no plan), scripts/quickstart
+//! builds it alone (`cargo build -p gust-cli`), and `cargo test --workspace` and the
+//! PostgreSQL pass (`--test e2e`) build it with the tests. A dependency is built again when
+//! any of its build's inputs differ: its features (other members' dev-dependencies add some),
+//! or its profile (build scripts and proc-macros get other debug info unless the profile says
+//! otherwise). Everything above it is then built again too, which for a crate under wasmtime
+//! means wasmtime and cranelift, about 15 minutes of a cold CI run.
 //! runtime/cli/Cargo.toml pins the features and the workspace's `[profile.dev.build-override]`
 //! the debug info; this notices when a change of dependencies needs another pin.
 //!

@@ -51,7 +51,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use super::replay;
 use crate::net;
 
-pub(crate) use super::{BoxError, GuestBody};
+use super::{BoxError, GuestBody};
 
 /// One pool of connections: hyper-util's client over the counting connector.
 type Pool = hyper_util::client::legacy::Client<Counted, GuestBody>;

@@ -22,7 +22,8 @@ use gust_model::clock;
 use gust_model::{HostPattern, OutboundRequest};
 
 use super::CallSink;
-use super::client::{self, BoxError, GuestBody};
+use super::client;
+use super::{BoxError, GuestBody};
 use crate::net;
 use crate::stats::Stats;
 
