@@ -447,6 +447,11 @@ async fn burst_of(
     let answered_before = upstream.answered();
 
     let cpu_before = cpu_seconds(host.pid());
+    let faults_before = proc_stat(host.pid()).minor_faults;
+    // The upstream and this load generator share the machine's cores with the host during
+    // the burst, so their CPU is reported beside the host's.
+    let upstream_before = cpu_seconds(upstream.pid());
+    let generator_before = cpu_seconds(std::process::id());
     let sampler = Sampler::start(host);
     let calls = send_all(connections, "waiting", input, Instant::now())?;
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
@@ -458,17 +463,22 @@ async fn burst_of(
     }
     let peak = sampler.stop().await;
     let cpu = cpu_seconds(host.pid()) - cpu_before;
+    let faults = proc_stat(host.pid()).minor_faults - faults_before;
+    let upstream_cpu = cpu_seconds(upstream.pid()) - upstream_before;
+    let generator_cpu = cpu_seconds(std::process::id()) - generator_before;
     let ok = statuses.get(&200).copied().unwrap_or(0);
     let per_call = peak.rss_kib.saturating_sub(before_kib) as f64 / n as f64;
     println!(
         "  {n:>6} calls ({burst}): {ok} succeeded ({:.1} %), statuses {statuses:?}; wall {:.2} s; peak live_instances {} \
-         (at {:.2} s); host CPU {cpu:.2} s ({:.0} µs per call); RSS {:.0} MiB before, peak {:.0} MiB; \
+         (at {:.2} s); host CPU {cpu:.2} s ({:.0} µs per call, {:.1} page faults per call); CPU of the upstream \
+         {upstream_cpu:.2} s, of the load generator {generator_cpu:.2} s; RSS {:.0} MiB before, peak {:.0} MiB; \
          {per_call:.1} KiB per waiting call; upstream answered {}",
         100.0 * ok as f64 / n as f64,
         wall.as_secs_f64(),
         peak.live_instances,
         peak.live_peak_at.as_secs_f64(),
         cpu * 1e6 / n as f64,
+        faults as f64 / n as f64,
         before_kib as f64 / 1024.0,
         peak.rss_kib as f64 / 1024.0,
         upstream.answered() - answered_before,
@@ -658,18 +668,30 @@ async fn fairness(options: &Options, upstream: &Upstream) -> anyhow::Result<()> 
 
 /// CPU time process `pid` has used, user and system, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
+    let stat = proc_stat(pid);
+    (stat.utime + stat.stime) as f64 / 100.0
+}
+
+/// The counters of `/proc/<pid>/stat` the benchmark reports (zero when unreadable).
+struct ProcStat {
+    minor_faults: u64,
+    /// In clock ticks (100 a second).
+    utime: u64,
+    stime: u64,
+}
+
+fn proc_stat(pid: u32) -> ProcStat {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces), from field 3 on.
     let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15: 11 and 12 counted from field 3.
-    (ticks(11) + ticks(12)) / 100.0
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // minflt, utime and stime are fields 10, 14 and 15: 7, 11 and 12 counted from field 3.
+    ProcStat {
+        minor_faults: field(7),
+        utime: field(11),
+        stime: field(12),
+    }
 }
 
 async fn futures<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
@@ -846,6 +868,10 @@ impl Upstream {
             origin: format!("{}://{addr}", if ca.is_some() { "https" } else { "http" }),
             http: http.build()?,
         })
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.0.id()
     }
 
     fn origin(&self) -> &str {
