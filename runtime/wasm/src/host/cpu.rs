@@ -99,7 +99,10 @@ impl Lanes {
     }
 
     /// Whether `id` holds a lane now: one handed to it, or a free one when no one is ahead
-    /// of it in the queue. A lane whose holder has not ticked for two ticks is free.
+    /// of it in the queue. A lane whose holder has not ticked for two ticks is free. Without
+    /// a lane, `id` is in line afterwards: a lane handed to it may have gone stale before it
+    /// looked (its task was not polled for two ticks) and been taken by the first in line,
+    /// which had taken `id` out of the queue when it handed the lane over.
     fn take(&self, id: u64) -> bool {
         let mut state = self.lock();
         let now = Instant::now();
@@ -108,14 +111,15 @@ impl Lanes {
             state.queue.retain(|w| *w != id);
             return true;
         }
-        if state.queue.front().is_some_and(|first| *first != id) {
-            return false;
-        }
         let free = state.held.iter().position(|lane| match lane {
             None => true,
             Some((_, ticked)) => now.duration_since(*ticked) > EPOCH_TICK * 2,
         });
-        let Some(lane) = free else {
+        let first = state.queue.front().is_none_or(|first| *first == id);
+        let (Some(lane), true) = (free, first) else {
+            if !state.queue.contains(&id) {
+                state.queue.push_back(id);
+            }
             return false;
         };
         state.held[lane] = Some((id, now));
@@ -153,10 +157,7 @@ impl Lanes {
                     return false;
                 }
                 drop(state);
-                self.take(id) || {
-                    self.lock().queue.push_back(id);
-                    false
-                }
+                self.take(id)
             }
         }
     }
@@ -270,6 +271,32 @@ mod tests {
         lanes.release(1);
         lanes.release(2);
         assert!(lanes.take(4), "released, no one in line");
+    }
+
+    /// A lane handed to a guest whose task is not polled for two ticks goes stale, and the
+    /// guest that handed it over takes it back. The first guest then only polled `take`,
+    /// which did not put it back in line: with two others computing, the queue was never
+    /// empty and it waited until its deadline.
+    #[test]
+    fn a_guest_too_slow_to_take_the_lane_handed_to_it_gets_a_later_turn() {
+        let lanes = Lanes::new(1);
+        assert!(lanes.take(1));
+        assert!(!lanes.next_slice(2), "2 waits");
+        assert!(!lanes.next_slice(1), "1 hands the lane to 2");
+        std::thread::sleep(EPOCH_TICK * 3);
+        assert!(lanes.take(1), "2 never looked: the stale lane goes to 1");
+        assert!(!lanes.next_slice(3), "3 computes too, and waits");
+        let mut turns = 0;
+        while !lanes.take(2) {
+            turns += 1;
+            assert!(turns < 10, "2 is never given the lane again");
+            // 1 and 3 take turns on the lane, each taking it when it is handed over.
+            for id in [1, 3] {
+                if lanes.take(id) {
+                    lanes.next_slice(id);
+                }
+            }
+        }
     }
 
     #[test]
