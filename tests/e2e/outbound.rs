@@ -496,6 +496,63 @@ async fn a_request_that_gives_up_while_opening_a_connection_leaves_it_to_the_oth
     assert_eq!(upstream.hits("/hello"), 1 + PATIENT);
 }
 
+/// When an idle connection comes back before the one a request is opening, hyper-util
+/// hands the request the idle one and lets the connect go on in the background. That connect
+/// holds one of the origin's places, and an origin that accepts the connection but never
+/// answers the TLS handshake held it for good: with a bound of 2, the origin was left one
+/// connection. The connect now ends at its request's deadline, and the upstream sees the
+/// connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_left_to_finish_in_the_background_ends_at_its_requests_deadline() {
+    let (upstream, certificate) = Upstream::start_https1_stalling(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = certificate
+        .trusting_host_with(dir.path(), &["--outbound-connections-per-host", "2"])
+        .await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config(
+        "probe",
+        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 60, "outbound_timeout_s": 3}),
+    )
+    .await;
+    host.deploy("probe", None).await;
+    let hold = |ms: u64| json!({"op": "fetch", "key": format!("{}/hold?ms={ms}", upstream.origin)});
+
+    // The first call holds the one connection the upstream serves for 1.5 s.
+    let first = send_at_once(&host, "probe", &hold(1500), 1);
+    eventually(
+        Duration::from_secs(10),
+        "the first call at the upstream",
+        || async { upstream.held() == 1 },
+    )
+    .await;
+    // The second opens a connection, which the upstream leaves unanswered, and is then
+    // handed the first one's when it comes back.
+    let second = send_at_once(&host, "probe", &hold(10), 1);
+    eventually(
+        Duration::from_secs(10),
+        "the second call's connect",
+        || async { upstream.stalled().0 == 1 },
+    )
+    .await;
+    for call in first.into_iter().chain(second) {
+        let (status, answer) = call.await.unwrap();
+        assert_eq!(
+            (status, &answer["status"]),
+            (StatusCode::OK, &json!(200)),
+            "{answer}"
+        );
+    }
+    assert_eq!(upstream.connections(), 2);
+    // The second call's deadline is 3 s after it started.
+    eventually(
+        Duration::from_secs(15),
+        "the host closing the unanswered connection",
+        || async { upstream.stalled().1 == 1 },
+    )
+    .await;
+}
+
 /// An HTTPS upstream whose certificate no trusted CA signed is refused, and the run's record
 /// says why; `--outbound-ca-certs` is what lets the tests above reach theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

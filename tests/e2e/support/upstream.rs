@@ -29,6 +29,9 @@ pub(crate) struct Upstream {
     http2: Arc<AtomicUsize>,
     /// TLS handshakes in full, and those that resumed a session.
     handshakes: Arc<(AtomicUsize, AtomicUsize)>,
+    /// Connections left unanswered (`start_https1_stalling`), and those of them the client
+    /// closed.
+    stalled: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 /// An HTTPS upstream's certificate, to trust.
@@ -39,17 +42,20 @@ pub(crate) struct Certificate {
 impl Certificate {
     /// A host on `dir` that trusts it (`--outbound-ca-certs`) and may reach loopback.
     pub(crate) async fn trusting_host(&self, dir: &std::path::Path) -> Host {
+        self.trusting_host_with(dir, &[]).await
+    }
+
+    /// As [`Certificate::trusting_host`], with more `gust serve` flags.
+    pub(crate) async fn trusting_host_with(&self, dir: &std::path::Path, flags: &[&str]) -> Host {
         let ca = dir.join("upstream-ca.pem");
         std::fs::write(&ca, &self.pem).unwrap();
-        Host::start_on(
-            dir.join("data"),
-            &[
-                "--allow-private-network",
-                "--outbound-ca-certs",
-                ca.to_str().unwrap(),
-            ],
-        )
-        .await
+        let mut all = vec![
+            "--allow-private-network",
+            "--outbound-ca-certs",
+            ca.to_str().unwrap(),
+        ];
+        all.extend_from_slice(flags);
+        Host::start_on(dir.join("data"), &all).await
     }
 }
 
@@ -82,6 +88,8 @@ impl Upstream {
             max_streams,
             handshake: Duration::ZERO,
             goaway_after: Some(requests),
+            http2: true,
+            stall_after: None,
         })
         .await
     }
@@ -96,6 +104,22 @@ impl Upstream {
             max_streams,
             handshake,
             goaway_after: None,
+            http2: true,
+            stall_after: None,
+        })
+        .await
+    }
+
+    /// Starts one over HTTPS that speaks HTTP/1.1 only and serves its first `served`
+    /// connections; later ones it accepts and never answers, not even the TLS handshake, as
+    /// an overloaded or broken front end can: see [`Upstream::stalled`].
+    pub(crate) async fn start_https1_stalling(served: usize) -> (Self, Certificate) {
+        Self::serve_https(Tls {
+            max_streams: 1,
+            handshake: Duration::ZERO,
+            goaway_after: None,
+            http2: false,
+            stall_after: Some(served),
         })
         .await
     }
@@ -122,6 +146,7 @@ impl Upstream {
         let http2 = Arc::new(AtomicUsize::new(0));
         let over_http2 = Arc::clone(&http2);
         let handshakes = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let stalled = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
         let app =
             axum::Router::new()
                 .route(
@@ -228,12 +253,33 @@ impl Upstream {
                 max_streams,
                 handshake,
                 goaway_after,
+                http2,
+                stall_after,
             }) => {
-                let (acceptor, pem) = gust_testkit::tls::self_signed().unwrap();
+                let offered: &[&[u8]] = if http2 {
+                    &[b"h2", b"http/1.1"]
+                } else {
+                    &[b"http/1.1"]
+                };
+                let (acceptor, pem) = gust_testkit::tls::self_signed_offering(offered).unwrap();
                 let seen = Arc::clone(&handshakes);
+                let stalling = Arc::clone(&stalled);
                 tokio::spawn(async move {
-                    while let Ok((tcp, _)) = listener.accept().await {
-                        accepted.fetch_add(1, Ordering::SeqCst);
+                    while let Ok((mut tcp, _)) = listener.accept().await {
+                        let nth = accepted.fetch_add(1, Ordering::SeqCst) + 1;
+                        if stall_after.is_some_and(|served| nth > served) {
+                            // Read (the client's hello) and never answer, until the client
+                            // closes the connection.
+                            let stalling = Arc::clone(&stalling);
+                            stalling.0.fetch_add(1, Ordering::SeqCst);
+                            tokio::spawn(async move {
+                                use tokio::io::AsyncReadExt as _;
+                                let mut buffer = [0u8; 4096];
+                                while matches!(tcp.read(&mut buffer).await, Ok(n) if n > 0) {}
+                                stalling.1.fetch_add(1, Ordering::SeqCst);
+                            });
+                            continue;
+                        }
                         let (acceptor, app, seen) =
                             (acceptor.clone(), app.clone(), Arc::clone(&seen));
                         tokio::spawn(async move {
@@ -297,6 +343,7 @@ impl Upstream {
             completed,
             http2,
             handshakes,
+            stalled,
         };
         (upstream, certificate)
     }
@@ -311,6 +358,14 @@ impl Upstream {
         (
             self.handshakes.0.load(Ordering::SeqCst),
             self.handshakes.1.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Connections it left unanswered, and those of them the client has closed since.
+    pub(crate) fn stalled(&self) -> (usize, usize) {
+        (
+            self.stalled.0.load(Ordering::SeqCst),
+            self.stalled.1.load(Ordering::SeqCst),
         )
     }
 
@@ -362,6 +417,11 @@ struct Tls {
     handshake: Duration,
     /// Requests after which an HTTP/2 connection is closed gracefully.
     goaway_after: Option<usize>,
+    /// HTTP/2 is offered by ALPN.
+    http2: bool,
+    /// Connections after this many are accepted and never answered (see
+    /// [`Upstream::stalled`]).
+    stall_after: Option<usize>,
 }
 
 /// How requests are counted: HTTP/2 requests carry the whole URL, HTTP/1.1 ones the path.

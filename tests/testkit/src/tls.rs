@@ -12,6 +12,15 @@ use std::sync::Arc;
 /// # Errors
 /// When the certificate or the configuration cannot be made.
 pub fn self_signed() -> anyhow::Result<(tokio_rustls::TlsAcceptor, String)> {
+    self_signed_offering(&[b"h2", b"http/1.1"])
+}
+
+/// As [`self_signed`], offering the protocols `alpn` by ALPN (`[b"http/1.1"]`: a server that
+/// does not speak HTTP/2).
+///
+/// # Errors
+/// When the certificate or the configuration cannot be made.
+pub fn self_signed_offering(alpn: &[&[u8]]) -> anyhow::Result<(tokio_rustls::TlsAcceptor, String)> {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
     let key = rustls::pki_types::PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -20,7 +29,7 @@ pub fn self_signed() -> anyhow::Result<(tokio_rustls::TlsAcceptor, String)> {
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
     .with_single_cert(vec![certified.cert.der().clone()], key.into())?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.send_tls13_tickets = 4;
     Ok((
         tokio_rustls::TlsAcceptor::from(Arc::new(config)),

@@ -529,11 +529,12 @@ tokio::task_local! {
 }
 
 /// Sends with the client within `deadline`: a connection the client starts for this request
-/// waits for a place no longer than the request does. The client starts the connector on the
-/// request's own task, so the connector reads the deadline there; when an idle connection
-/// comes back first, the client lets the connect it started go on in the background, and
-/// without the deadline that connect would wait for a place for as long as it took (places
-/// free as connections close), then open a connection nobody asked for.
+/// waits for a place, and connects, no longer than the request does. The client starts the
+/// connector on the request's own task, so the connector reads the deadline there; when an
+/// idle connection comes back first, the client lets the connect it started go on in the
+/// background, and without the deadline that connect would wait for a place for as long as
+/// it took (places free as connections close), then open a connection nobody asked for, or
+/// hold its place for as long as the origin left the handshake unanswered.
 pub(crate) async fn before<F: Future>(deadline: tokio::time::Instant, send: F) -> F::Output {
     DEADLINE.scope(deadline, send).await
 }
@@ -603,7 +604,20 @@ impl tower_service::Service<Uri> for Counted {
                 None => origins.connection(&key).await,
             };
             let https = key.starts_with("https:");
-            let io = match tower_service::Service::call(&mut inner, uri).await {
+            let connecting = tower_service::Service::call(&mut inner, uri);
+            // Connecting and the TLS handshake are bounded by the deadline too: a connect the
+            // client goes on with in the background (see `before`) holds its place until it
+            // ends, and an origin that accepts the connection but never answers the handshake
+            // would hold the place for good. The deadline is this request's own, so running
+            // out of it fails no one else at the gates: the next in line opens instead.
+            let connected = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, connecting).await {
+                    Ok(connected) => connected,
+                    Err(_) => return Err("timed out connecting to the origin".into()),
+                },
+                None => connecting.await,
+            };
+            let io = match connected {
                 Ok(io) => io,
                 Err(error) => {
                     let cause = Failure {
