@@ -3,16 +3,16 @@
 //!
 //! An instance is admitted through four steps, in order: its agent's gate (whose size
 //! follows the live deployment's `max_instances`, [`Admission::limit_for`], the one place
-//! that size is worked out), the server's gate (one permit per pooled instance slot), one of
-//! [`STARTING`](super::memory::STARTING) places for instances being instantiated, and the
-//! memory budget (`memory`). A sync call waits for all of it at most the admission wait and
+//! that size is worked out), the server's gate (one permit per pooled instance slot), the
+//! memory budget (`memory`), and one of [`STARTING`](super::memory::STARTING) places for
+//! instances being instantiated (memory is looked at again once the place is taken). A sync call waits for all of it at most the admission wait and
 //! is refused with 429 `overloaded` past it; a queued run waits in the queue.
 //!
 //! The defaults are sized for agents that wait: a call waiting on a model costs memory, not
 //! CPU, so the count of instances is bounded by pool slots and memory, not by cores.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -163,7 +163,7 @@ impl Admission {
     /// [`Error::Overloaded`] when there is no slot by `deadline`.
     pub(crate) async fn slot_after_agent(
         &self,
-        agent: OwnedSemaphorePermit,
+        agent: Room,
         deadline: Option<Instant>,
     ) -> Result<Slot, Error> {
         let server = self
@@ -179,7 +179,9 @@ impl Admission {
 
     /// The rest of admission, right before the instance is made: memory for it, then a
     /// place among the instances starting; until `deadline` (`None`: as long as it takes).
-    /// Memory comes first, so that waiting for it holds no place to start.
+    /// Memory comes first, so that waiting for it holds no place to start, and is looked at
+    /// again once the place is taken: in a burst, thousands of callers find memory for one
+    /// more and then wait for a place, while those ahead of them start and grow.
     ///
     /// # Errors
     /// [`Error::Overloaded`] when there is no room by `deadline`.
@@ -188,20 +190,24 @@ impl Admission {
         slot: Slot,
         deadline: Option<Instant>,
     ) -> Result<Admitted, Error> {
-        self.memory_until(deadline).await?;
-        let acquire = Arc::clone(&self.starting).acquire_owned();
-        let starting = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.ok(),
-            None => Some(acquire.await),
+        loop {
+            self.memory_until(deadline).await?;
+            let acquire = Arc::clone(&self.starting).acquire_owned();
+            let starting = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.ok(),
+                None => Some(acquire.await),
+            }
+            .and_then(Result::ok)
+            .ok_or_else(|| overloaded(STARTING_FULL))?;
+            if self.memory.fits() {
+                let (charged, memory_starting) = self.memory.charge();
+                return Ok(Admitted {
+                    _charged: charged,
+                    starting: Some((starting, memory_starting)),
+                    _slot: slot,
+                });
+            }
         }
-        .and_then(Result::ok)
-        .ok_or_else(|| overloaded(STARTING_FULL))?;
-        let (charged, memory_starting) = self.memory.charge();
-        Ok(Admitted {
-            _charged: charged,
-            starting: Some((starting, memory_starting)),
-            _slot: slot,
-        })
     }
 
     /// Waits until the memory budget holds one more instance, at most until `deadline`
@@ -260,6 +266,8 @@ fn overloaded((bound, what): (&'static str, &str)) -> Error {
 pub(crate) struct Gate {
     permits: Arc<Semaphore>,
     limit: Mutex<usize>,
+    /// Permits in use that a smaller limit takes back: the next ones given back are kept.
+    owed: Arc<AtomicUsize>,
     pub(crate) calls: AtomicU64,
     pub(crate) failures: AtomicU64,
 }
@@ -269,47 +277,73 @@ impl Gate {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit: Mutex::new(limit),
+            owed: Arc::default(),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         })
     }
 
-    /// Changes the bound; instances already in are not affected.
+    /// Changes the bound; instances already in are not affected. Permits in use past a
+    /// smaller limit are taken back as they are given back, before callers already waiting
+    /// see them (taking them with a waiter of its own queued behind those callers, as it
+    /// did, let each of them in first).
     pub(crate) fn set_limit(&self, limit: usize) {
         let mut current = self.limit.lock().unwrap_or_else(|e| e.into_inner());
         if limit > *current {
-            self.permits.add_permits(limit - *current);
+            let more = limit - *current;
+            // Permits still owed to a smaller limit are forgiven first.
+            let forgiven = self
+                .owed
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |owed| {
+                    Some(owed.saturating_sub(more))
+                })
+                .map_or(0, |owed| owed.min(more));
+            self.permits.add_permits(more - forgiven);
         } else if limit < *current {
-            // Permits in use now are taken back as they are released.
             let wanted = *current - limit;
             let taken = self.permits.forget_permits(wanted);
-            if taken < wanted {
-                let permits = Arc::clone(&self.permits);
-                tokio::spawn(async move {
-                    if let Ok(rest) = permits.acquire_many_owned((wanted - taken) as u32).await {
-                        rest.forget();
-                    }
-                });
-            }
+            self.owed.fetch_add(wanted - taken, Ordering::SeqCst);
         }
         *current = limit;
     }
 
     /// Waits for room until `deadline` (`None`: as long as it takes).
-    pub(crate) async fn enter_until(
-        &self,
-        deadline: Option<Instant>,
-    ) -> Option<OwnedSemaphorePermit> {
+    pub(crate) async fn enter_until(&self, deadline: Option<Instant>) -> Option<Room> {
         let acquire = Arc::clone(&self.permits).acquire_owned();
-        match deadline {
+        let permit = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.ok()?.ok(),
             None => acquire.await.ok(),
-        }
+        }?;
+        Some(Room {
+            permit: Some(permit),
+            owed: Arc::clone(&self.owed),
+        })
     }
 
     pub(crate) fn in_use(&self) -> usize {
         let limit = *self.limit.lock().unwrap_or_else(|e| e.into_inner());
-        limit.saturating_sub(self.permits.available_permits())
+        (limit + self.owed.load(Ordering::SeqCst)).saturating_sub(self.permits.available_permits())
+    }
+}
+
+/// Room in a [`Gate`], given back when dropped, or kept back when the gate owes permits to a
+/// smaller limit.
+#[derive(Debug)]
+pub(crate) struct Room {
+    permit: Option<OwnedSemaphorePermit>,
+    owed: Arc<AtomicUsize>,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let owed = self
+            .owed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |owed| {
+                owed.checked_sub(1)
+            });
+        if let (Ok(_), Some(permit)) = (owed, self.permit.take()) {
+            permit.forget();
+        }
     }
 }
 
@@ -324,8 +358,8 @@ pub struct Admitted {
 /// An instance's room in its agent's gate and its pool slot: the first half of admission.
 #[derive(Debug)]
 pub struct Slot {
-    _agent: OwnedSemaphorePermit,
-    _server: OwnedSemaphorePermit,
+    _agent: Room,
+    _server: Room,
 }
 
 impl Admitted {
@@ -465,6 +499,11 @@ mod tests {
             drop(admitted.starting());
             held.push(admitted);
             resident.store((100 << 20) + n * (32 << 10), Ordering::Relaxed);
+            if n % 100 == 0 {
+                // A new reading: until then the instances admitted since the last one count
+                // at the estimate per instance.
+                tokio::time::sleep(SAMPLE_EVERY).await;
+            }
         }
         // The process grows to its budget: the next call waits, then is refused.
         resident.store(200 << 20, Ordering::Relaxed);
@@ -476,6 +515,84 @@ mod tests {
         resident.store(150 << 20, Ordering::Relaxed);
         tokio::time::sleep(SAMPLE_EVERY).await;
         admission.admit_sync(&gate).await.unwrap();
+    }
+
+    /// Callers that found memory for one more and then waited for a place to start were
+    /// admitted once places freed, though the host had grown past its budget meanwhile: all
+    /// 500 here.
+    #[tokio::test]
+    async fn callers_waiting_for_a_place_to_start_wait_for_memory_again() {
+        let (admission, resident) = admission_within(100_000, 100_000, 1 << 30);
+        let admission = Arc::new(admission);
+        let gate = admission.gate("a");
+        let mut first = Vec::new();
+        for _ in 0..STARTING {
+            first.push(admission.admit_sync(&gate).await.unwrap());
+        }
+        let waiting: Vec<_> = (0..500)
+            .map(|_| {
+                let admission = Arc::clone(&admission);
+                tokio::spawn(async move {
+                    let gate = admission.gate("a");
+                    let deadline = Some(Instant::now() + Duration::from_secs(1));
+                    let slot = admission
+                        .slot_after_agent(gate.enter_until(None).await.unwrap(), deadline)
+                        .await
+                        .unwrap();
+                    admission.start(slot, deadline).await.is_ok()
+                })
+            })
+            .collect();
+        // They are past the memory check, waiting for a place.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first ones start and the host grows past its budget.
+        resident.store(4 << 30, Ordering::Relaxed);
+        tokio::time::sleep(SAMPLE_EVERY).await;
+        for admitted in &mut first {
+            drop(admitted.starting());
+        }
+        let mut admitted = 0;
+        for waiter in waiting {
+            admitted += usize::from(waiter.await.unwrap());
+        }
+        assert_eq!(admitted, 0, "admitted past the budget");
+    }
+
+    /// Lowering an agent's `max_instances` while it runs at its old limit and callers wait:
+    /// as the running instances end, only the new limit's worth of the waiting ones get in.
+    /// The permits to take back used to queue behind the callers, and two ran here.
+    #[tokio::test]
+    async fn a_smaller_limit_holds_for_callers_already_waiting() {
+        let gate = Gate::new(2);
+        let running = (
+            gate.enter_until(None).await.unwrap(),
+            gate.enter_until(None).await.unwrap(),
+        );
+        let (admitted, mut rooms) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..3 {
+            let (gate, admitted) = (Arc::clone(&gate), admitted.clone());
+            tokio::spawn(async move {
+                let _ = admitted.send(gate.enter_until(None).await.unwrap());
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gate.set_limit(1);
+        assert_eq!(gate.in_use(), 2);
+        drop(running);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut held = Vec::new();
+        while let Ok(room) = rooms.try_recv() {
+            held.push(room);
+        }
+        assert_eq!(held.len(), 1, "callers in under a limit of 1");
+        assert_eq!(gate.in_use(), 1);
+        // Raised again: one more gets in.
+        gate.set_limit(2);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Ok(room) = rooms.try_recv() {
+            held.push(room);
+        }
+        assert_eq!((held.len(), gate.in_use()), (2, 2));
     }
 
     #[tokio::test]

@@ -7,8 +7,8 @@
 //! against the memory the process commits (its private resident pages and page tables, see
 //! `own_committed`), read from `/proc/self/status` at most once per [`SAMPLE_EVERY`], less
 //! the pages the instance pool keeps in freed slots for reuse.
-//! Instances the reading cannot show yet — admitted since it was taken, or still
-//! instantiating — count at the committed memory per started instance seen so far, so a burst
+//! Instances the reading cannot show yet — admitted since it was taken, or instantiating when
+//! it was — count at the committed memory per started instance seen so far, so a burst
 //! admits against the budget, not against a stale reading. What an instance grows to after
 //! it starts shows in the next reading; the overshoot is what admitted instances grow by
 //! within 10 ms.
@@ -62,6 +62,8 @@ struct Reading {
     resident: u64,
     /// `admissions` when it was read.
     admissions: u64,
+    /// Instances still instantiating when it was read: what they grow to is not in it yet.
+    starting: u64,
     /// The committed memory with no instance started: what the host holds by itself.
     baseline: u64,
     per_instance: u64,
@@ -90,6 +92,7 @@ impl MemoryBudget {
                 at: None,
                 resident: 0,
                 admissions: 0,
+                starting: 0,
                 baseline: 0,
                 per_instance: 1 << 20,
             }),
@@ -100,16 +103,21 @@ impl MemoryBudget {
         self.budget
     }
 
-    /// Whether one more instance fits: the committed memory, plus the instances still
-    /// instantiating and this one at the estimate per instance, is within the budget.
+    /// Whether one more instance fits: the committed memory, plus this one and the instances
+    /// the reading cannot show (admitted since it was taken, or instantiating when it was)
+    /// at the estimate per instance, is within the budget.
     pub(crate) fn fits(&self) -> bool {
         let mut reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
         if reading.at.is_none_or(|at| at.elapsed() >= SAMPLE_EVERY) {
             self.refresh(&mut reading);
         }
-        let starting = self.starting.load(Ordering::Relaxed) as u64;
+        let since = self
+            .admissions
+            .load(Ordering::Relaxed)
+            .saturating_sub(reading.admissions);
+        let unseen = since.saturating_add(reading.starting);
         let projected = reading.resident.saturating_add(
-            starting
+            unseen
                 .saturating_add(1)
                 .saturating_mul(reading.per_instance),
         );
@@ -119,6 +127,7 @@ impl MemoryBudget {
     fn refresh(&self, reading: &mut Reading) {
         reading.at = Some(Instant::now());
         reading.admissions = self.admissions.load(Ordering::Relaxed);
+        reading.starting = self.starting.load(Ordering::Relaxed) as u64;
         let Some(resident) = (self.source)() else {
             // No reading (not Linux): the budget cannot be checked, and the pool's slots
             // still bound the instances.
@@ -262,6 +271,28 @@ mod tests {
         resident.store(100 << 20, Ordering::Relaxed);
         std::thread::sleep(SAMPLE_EVERY);
         assert!(budget.fits());
+    }
+
+    /// A Rust guest instantiates in about 15 µs, so hundreds can be admitted and started
+    /// between two readings. They were not counted once started: 50 fitted where 10 did.
+    #[test]
+    fn instances_admitted_since_the_reading_count_once_started() {
+        let (budget, _resident) = scripted(110 << 20);
+        assert!(budget.fits());
+        // No new reading during the test: it shows 100 MiB however long the test takes.
+        budget.reading.lock().unwrap().at = Some(Instant::now() + Duration::from_secs(3600));
+        let mut held = Vec::new();
+        while budget.fits() {
+            let (charged, starting) = budget.charge();
+            drop(starting);
+            held.push(charged);
+            assert!(
+                held.len() <= 10,
+                "{} fit in 10 MiB at 1 MiB each",
+                held.len()
+            );
+        }
+        assert_eq!(held.len(), 10);
     }
 
     #[test]
