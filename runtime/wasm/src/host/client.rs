@@ -523,6 +523,9 @@ impl OriginSlots {
     }
 }
 
+/// How long past its request's deadline a connect may go on: see `Counted`.
+const CONNECT_GRACE: Duration = Duration::from_millis(250);
+
 tokio::task_local! {
     /// The deadline of the request being sent on this task (see [`before`]).
     static DEADLINE: tokio::time::Instant;
@@ -608,13 +611,18 @@ impl tower_service::Service<Uri> for Counted {
             // Connecting and the TLS handshake are bounded by the deadline too: a connect the
             // client goes on with in the background (see `before`) holds its place until it
             // ends, and an origin that accepts the connection but never answers the handshake
-            // would hold the place for good. The deadline is this request's own, so running
-            // out of it fails no one else at the gates: the next in line opens instead.
+            // would hold the place for good. A moment past the deadline: a request still
+            // waiting for its own connect is cut off by its own timeout first and reports
+            // that, so only a connect left in the background ends here. The deadline is
+            // this request's own, so running out of it fails no one else at the gates: the
+            // next in line opens instead.
             let connected = match deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline, connecting).await {
-                    Ok(connected) => connected,
-                    Err(_) => return Err("timed out connecting to the origin".into()),
-                },
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline + CONNECT_GRACE, connecting).await {
+                        Ok(connected) => connected,
+                        Err(_) => return Err("timed out connecting to the origin".into()),
+                    }
+                }
                 None => connecting.await,
             };
             let io = match connected {
