@@ -512,14 +512,15 @@ async fn a_connect_left_to_finish_in_the_background_ends_at_its_requests_deadlin
     host.upload_file("probe", gust_test_guests::PROBE_A).await;
     host.set_config(
         "probe",
-        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 60, "outbound_timeout_s": 3}),
+        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 60, "outbound_timeout_s": 6}),
     )
     .await;
     host.deploy("probe", None).await;
     let hold = |ms: u64| json!({"op": "fetch", "key": format!("{}/hold?ms={ms}", upstream.origin)});
 
-    // The first call holds the one connection the upstream serves for 1.5 s.
-    let first = send_at_once(&host, "probe", &hold(1500), 1);
+    // The first call holds the one connection the upstream serves for 4 s: the time the
+    // second has to start its own connect.
+    let first = send_at_once(&host, "probe", &hold(4000), 1);
     eventually(
         Duration::from_secs(10),
         "the first call at the upstream",
@@ -544,7 +545,7 @@ async fn a_connect_left_to_finish_in_the_background_ends_at_its_requests_deadlin
         );
     }
     assert_eq!(upstream.connections(), 2);
-    // The second call's deadline is 3 s after it started.
+    // The second call's deadline is 6 s after it started.
     eventually(
         Duration::from_secs(15),
         "the host closing the unanswered connection",

@@ -463,8 +463,11 @@ async fn burst_of(
     }
     let peak = sampler.stop().await;
     let cpu = cpu_seconds(host.pid()) - cpu_before;
-    let faults = proc_stat(host.pid()).minor_faults - faults_before;
-    let upstream_cpu = cpu_seconds(upstream.pid()) - upstream_before;
+    // Zero, not a wrapped difference, if the host's counters could not be read at the end.
+    let faults = proc_stat(host.pid())
+        .minor_faults
+        .saturating_sub(faults_before);
+    let upstream_cpu = (cpu_seconds(upstream.pid()) - upstream_before).max(0.0);
     let generator_cpu = cpu_seconds(std::process::id()) - generator_before;
     let ok = statuses.get(&200).copied().unwrap_or(0);
     let per_call = peak.rss_kib.saturating_sub(before_kib) as f64 / n as f64;

@@ -5,8 +5,9 @@
 //! follows the live deployment's `max_instances`, [`Admission::limit_for`], the one place
 //! that size is worked out), the server's gate (one permit per pooled instance slot), the
 //! memory budget (`memory`), and one of [`STARTING`](super::memory::STARTING) places for
-//! instances being instantiated (memory is looked at again once the place is taken). A sync call waits for all of it at most the admission wait and
-//! is refused with 429 `overloaded` past it; a queued run waits in the queue.
+//! instances being instantiated (memory is looked at again once the place is taken). A sync
+//! call waits for all of it at most the admission wait and is refused with 429 `overloaded`
+//! past it; a queued run waits in the queue.
 //!
 //! The defaults are sized for agents that wait: a call waiting on a model costs memory, not
 //! CPU, so the count of instances is bounded by pool slots and memory, not by cores.

@@ -526,6 +526,18 @@ impl OriginSlots {
 /// How long past its request's deadline a connect may go on: see `Counted`.
 const CONNECT_GRACE: Duration = Duration::from_millis(250);
 
+/// A connect cut off at its request's deadline: the request timed out.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectTimedOut;
+
+impl std::fmt::Display for ConnectTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("timed out connecting to the origin")
+    }
+}
+
+impl std::error::Error for ConnectTimedOut {}
+
 tokio::task_local! {
     /// The deadline of the request being sent on this task (see [`before`]).
     static DEADLINE: tokio::time::Instant;
@@ -612,15 +624,16 @@ impl tower_service::Service<Uri> for Counted {
             // client goes on with in the background (see `before`) holds its place until it
             // ends, and an origin that accepts the connection but never answers the handshake
             // would hold the place for good. A moment past the deadline: a request still
-            // waiting for its own connect is cut off by its own timeout first and reports
-            // that, so only a connect left in the background ends here. The deadline is
-            // this request's own, so running out of it fails no one else at the gates: the
-            // next in line opens instead.
+            // waiting for its own connect is cut off by its own timeout first, so mostly
+            // only a connect left in the background ends here (when it is the request's own,
+            // on a task not polled for that moment, `ConnectTimedOut` still says it timed
+            // out). The deadline is this request's own, so running out of it fails no one
+            // else at the gates: the next in line opens instead.
             let connected = match deadline {
                 Some(deadline) => {
                     match tokio::time::timeout_at(deadline + CONNECT_GRACE, connecting).await {
                         Ok(connected) => connected,
-                        Err(_) => return Err("timed out connecting to the origin".into()),
+                        Err(_) => return Err(BoxError::from(ConnectTimedOut)),
                     }
                 }
                 None => connecting.await,

@@ -223,7 +223,9 @@ impl WasiHttpHooks for Outbound {
                         return Err(code);
                     }
                     Ok(Err(client::SendError::Client(e))) => {
-                        let (code, why) = if let Some(refused) = net::cause::<net::Refused>(&e) {
+                        let (code, why) = if net::cause::<client::ConnectTimedOut>(&e).is_some() {
+                            (Error::ConnectionReadTimeout, timed_out())
+                        } else if let Some(refused) = net::cause::<net::Refused>(&e) {
                             (Error::DestinationIpProhibited, format!("denied: {refused}"))
                         } else if let Some(BodyRefused(refused)) = net::cause::<BodyRefused>(&e) {
                             (Error::HttpRequestBodySize(None), refused)
