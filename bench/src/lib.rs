@@ -453,6 +453,24 @@ pub fn resident_and_private_kib(pid: u32) -> (u64, u64) {
     (field(&status, "VmRSS:"), field(&status, "RssAnon:"))
 }
 
+/// What `/proc/<pid>/stat` counts for process `pid`: minor page faults, and its user and
+/// system CPU time (in clock ticks: 10 ms each here, fine over a run of seconds). `None`
+/// when the process is gone or the line is short.
+pub fn cpu_and_faults(pid: u32) -> Option<(std::time::Duration, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's name in parentheses (which may hold spaces): fields 3 onwards.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    // minflt is field 10, utime and stime 14 and 15.
+    let ticks = field(14)? + field(15)?;
+    let per_second = rustix::param::clock_ticks_per_second();
+    Some((
+        std::time::Duration::from_secs_f64(ticks as f64 / per_second as f64),
+        field(10)?,
+    ))
+}
+
 /// Resident memory (KiB), threads and open file descriptors of process `pid`.
 ///
 /// Counting descriptors lists `/proc/{pid}/fd`, which costs milliseconds of CPU once a host

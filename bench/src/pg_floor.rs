@@ -577,27 +577,12 @@ async fn dispatch(
     }
 }
 
-/// User and system CPU time of process `pid` so far (`/proc/<pid>/stat`, in clock ticks:
-/// 10 ms each here, fine over a run of seconds).
+/// User and system CPU time of process `pid` so far.
 fn cpu_time(pid: i32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading the CPU time of PostgreSQL's process {pid}"))?;
-    // After the command's name in parentheses (which may hold spaces): fields 3 onwards;
-    // utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields
-            .get(i - 3)
-            .context("a short /proc stat line")?
-            .parse()?)
-    };
-    let per_second = rustix::param::clock_ticks_per_second();
-    Ok(Duration::from_secs_f64(
-        (ticks(14)? + ticks(15)?) as f64 / per_second as f64,
-    ))
+    let pid = u32::try_from(pid).context("a process id")?;
+    crate::cpu_and_faults(pid)
+        .map(|(cpu, _)| cpu)
+        .with_context(|| format!("reading the CPU time of PostgreSQL's process {pid}"))
 }
 
 fn now_ms() -> i64 {

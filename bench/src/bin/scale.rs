@@ -37,7 +37,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use gust_bench::{Host, Process, TOKEN, quantile, resident_and_private_kib, resident_kib};
+use gust_bench::{
+    Host, Process, TOKEN, cpu_and_faults, quantile, resident_and_private_kib, resident_kib,
+};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -447,7 +449,7 @@ async fn burst_of(
     let answered_before = upstream.answered();
 
     let cpu_before = cpu_seconds(host.pid());
-    let faults_before = proc_stat(host.pid()).minor_faults;
+    let faults_before = minor_faults(host.pid());
     // The upstream and this load generator share the machine's cores with the host during
     // the burst, so their CPU is reported beside the host's.
     let upstream_before = cpu_seconds(upstream.pid());
@@ -464,9 +466,7 @@ async fn burst_of(
     let peak = sampler.stop().await;
     let cpu = cpu_seconds(host.pid()) - cpu_before;
     // Zero, not a wrapped difference, if the host's counters could not be read at the end.
-    let faults = proc_stat(host.pid())
-        .minor_faults
-        .saturating_sub(faults_before);
+    let faults = minor_faults(host.pid()).saturating_sub(faults_before);
     let upstream_cpu = (cpu_seconds(upstream.pid()) - upstream_before).max(0.0);
     let generator_cpu = cpu_seconds(std::process::id()) - generator_before;
     let ok = statuses.get(&200).copied().unwrap_or(0);
@@ -669,32 +669,14 @@ async fn fairness(options: &Options, upstream: &Upstream) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// CPU time process `pid` has used, user and system, in seconds.
+/// CPU time process `pid` has used, user and system, in seconds (0 when unreadable).
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = proc_stat(pid);
-    (stat.utime + stat.stime) as f64 / 100.0
+    cpu_and_faults(pid).map_or(0.0, |(cpu, _)| cpu.as_secs_f64())
 }
 
-/// The counters of `/proc/<pid>/stat` the benchmark reports (zero when unreadable).
-struct ProcStat {
-    minor_faults: u64,
-    /// In clock ticks (100 a second).
-    utime: u64,
-    stime: u64,
-}
-
-fn proc_stat(pid: u32) -> ProcStat {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces), from field 3 on.
-    let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
-    // minflt, utime and stime are fields 10, 14 and 15: 7, 11 and 12 counted from field 3.
-    ProcStat {
-        minor_faults: field(7),
-        utime: field(11),
-        stime: field(12),
-    }
+/// Minor page faults of process `pid` so far (0 when unreadable).
+fn minor_faults(pid: u32) -> u64 {
+    cpu_and_faults(pid).map_or(0, |(_, faults)| faults)
 }
 
 async fn futures<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {

@@ -465,24 +465,28 @@ mod tests {
         held
     }
 
+    /// A caller of agent `a` taking the whole of admission with a deadline of `wait`, as a
+    /// queued run does (its agent's room without a deadline): whether it was admitted.
+    fn start_within(admission: &Arc<Admission>, wait: Duration) -> tokio::task::JoinHandle<bool> {
+        let admission = Arc::clone(admission);
+        tokio::spawn(async move {
+            let gate = admission.gate("a");
+            let deadline = Some(Instant::now() + wait);
+            let slot = admission
+                .slot_after_agent(gate.enter_until(None).await.unwrap(), deadline)
+                .await
+                .unwrap();
+            admission.start(slot, deadline).await.is_ok()
+        })
+    }
+
     #[tokio::test]
     async fn a_waiting_caller_gets_the_room_that_frees_up() {
         let (admission, _) = admission(1, 1);
         let admission = Arc::new(admission);
         let gate = admission.gate("a");
         let first = admission.admit_sync(&gate).await.unwrap();
-        let waiter = {
-            let admission = Arc::clone(&admission);
-            tokio::spawn(async move {
-                let gate = admission.gate("a");
-                let deadline = Some(Instant::now() + Duration::from_secs(5));
-                let slot = admission
-                    .slot_after_agent(gate.enter_until(None).await.unwrap(), deadline)
-                    .await
-                    .unwrap();
-                admission.start(slot, deadline).await.is_ok()
-            })
-        };
+        let waiter = start_within(&admission, Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(first);
         assert!(waiter.await.unwrap());
@@ -531,18 +535,7 @@ mod tests {
             first.push(admission.admit_sync(&gate).await.unwrap());
         }
         let waiting: Vec<_> = (0..500)
-            .map(|_| {
-                let admission = Arc::clone(&admission);
-                tokio::spawn(async move {
-                    let gate = admission.gate("a");
-                    let deadline = Some(Instant::now() + Duration::from_secs(1));
-                    let slot = admission
-                        .slot_after_agent(gate.enter_until(None).await.unwrap(), deadline)
-                        .await
-                        .unwrap();
-                    admission.start(slot, deadline).await.is_ok()
-                })
-            })
+            .map(|_| start_within(&admission, Duration::from_secs(1)))
             .collect();
         // They are past the memory check, waiting for a place.
         tokio::time::sleep(Duration::from_millis(50)).await;
