@@ -4,6 +4,12 @@
 //! listed in the deployment's `allowed_hosts`; anything else fails with
 //! [`HttpError::Denied`]. Calls block until the answer (or the host's timeout).
 //!
+//! The deployment's `outbound_timeout_s` bounds each request whole, reading the answer
+//! included. Within it a request may set shorter bounds on its parts:
+//! [`Request::connect_timeout`], [`Request::first_byte_timeout`] and
+//! [`Request::between_bytes_timeout`] (a streamed answer that stalls fails early, one that
+//! keeps coming is read to its end).
+//!
 //! ```no_run
 //! use gust_sdk::http::Request;
 //!
@@ -17,10 +23,12 @@
 //! ```
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::__private::bindings::wasi::http::outgoing_handler;
 use crate::__private::bindings::wasi::http::types::{
-    ErrorCode, Fields, IncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
+    ErrorCode, Fields, IncomingResponse, Method, OutgoingBody, OutgoingRequest, RequestOptions,
+    Scheme,
 };
 use crate::__private::bindings::wasi::io::streams::StreamError;
 
@@ -91,6 +99,15 @@ pub struct Request {
     url: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    timeouts: Timeouts,
+}
+
+/// The bounds a request asked for; `None` leaves the part to the host's timeout.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timeouts {
+    connect: Option<Duration>,
+    first_byte: Option<Duration>,
+    between_bytes: Option<Duration>,
 }
 
 impl Request {
@@ -101,6 +118,7 @@ impl Request {
             url: url.to_owned(),
             headers: Vec::new(),
             body: Vec::new(),
+            timeouts: Timeouts::default(),
         }
     }
 
@@ -133,6 +151,61 @@ impl Request {
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = body.into();
         self
+    }
+
+    /// Bounds opening a connection to the server (TCP and TLS), when the request needs a new
+    /// one. Past it the request fails with `ConnectionTimeout`.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.connect = Some(timeout);
+        self
+    }
+
+    /// Bounds the wait for the answer's status and headers, counted from the start of the
+    /// request (a connect included). Past it the request fails with
+    /// `ConnectionReadTimeout`. It does not bound the body: see
+    /// [`Request::between_bytes_timeout`].
+    #[must_use]
+    pub fn first_byte_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.first_byte = Some(timeout);
+        self
+    }
+
+    /// Bounds each wait for more of the answer's body, from its headers on: an answer
+    /// streamed for minutes is read to its end as long as no gap is longer. Past it reading
+    /// fails with `ConnectionReadTimeout`.
+    #[must_use]
+    pub fn between_bytes_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.between_bytes = Some(timeout);
+        self
+    }
+
+    /// The `wasi:http` options for the bounds set, if any.
+    fn options(&self) -> Result<Option<RequestOptions>, HttpError> {
+        let Timeouts {
+            connect,
+            first_byte,
+            between_bytes,
+        } = self.timeouts;
+        if connect.is_none() && first_byte.is_none() && between_bytes.is_none() {
+            return Ok(None);
+        }
+        // Nanoseconds in a u64: up to 584 years.
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let refused = |what: &str| {
+            HttpError::InvalidRequest(format!("the host does not take a {what} timeout"))
+        };
+        let options = RequestOptions::new();
+        options
+            .set_connect_timeout(connect.map(nanos))
+            .map_err(|()| refused("connect"))?;
+        options
+            .set_first_byte_timeout(first_byte.map(nanos))
+            .map_err(|()| refused("first-byte"))?;
+        options
+            .set_between_bytes_timeout(between_bytes.map(nanos))
+            .map_err(|()| refused("between-bytes"))?;
+        Ok(Some(options))
     }
 
     /// Sends the request and reads the whole answer.
@@ -173,9 +246,10 @@ impl Request {
             .set_path_with_query(Some(&path))
             .map_err(|()| invalid("path"))?;
         let body = request.body().map_err(|()| invalid("body"))?;
+        let options = self.options()?;
 
         // Sent first, written after: the host streams the body as it is written.
-        let pending = outgoing_handler::handle(request, None).map_err(error)?;
+        let pending = outgoing_handler::handle(request, options).map_err(error)?;
         // When the body cannot be sent (the host refused the request, or the server answered
         // without reading it all), the answer or the reason is still in `pending`.
         let mut body_error = None;

@@ -288,6 +288,48 @@ async fn python_and_javascript_reach_allowed_hosts_only_within_the_timeout() {
     );
 }
 
+/// The Python SDK's `timeout=` (as in `requests`): a read bound holds for each gap in the
+/// answer's body, so a streamed answer that keeps coming is read whole and one that stalls
+/// fails at the gap, not at the deployment's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_s_timeout_bounds_each_read_of_a_streamed_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = probe_host(dir.path(), &["--allow-private-network"]).await;
+    let upstream = Upstream::start().await;
+    host.set_config(
+        "python-probe",
+        json!({"allowed_hosts": [upstream.origin], "outbound_timeout_s": 30}),
+    )
+    .await;
+    host.deploy("python-probe", None).await;
+    let fetch = |n: u32, ms: u64, timeout: Value| {
+        let input = json!({
+            "op": "fetch",
+            "url": format!("{}/drip?n={n}&ms={ms}", upstream.origin),
+            "timeout": timeout,
+        });
+        let host = &host;
+        async move {
+            let started = Instant::now();
+            let (status, _, body) = host.call("python-probe", input).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            (body, started.elapsed())
+        }
+    };
+
+    // Five pieces over 2 s, each gap within the read bound of 1 s.
+    let (body, _) = fetch(5, 500, json!(1.0)).await;
+    assert_eq!(body["body"], "drop0 drop1 drop2 drop3 drop4 ", "{body}");
+    // A gap of 3 s where (connect, read) allows 0.5 s to read.
+    let (body, took) = fetch(2, 3000, json!([2.0, 0.5])).await;
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.ends_with("reading the answer failed: connection read timeout"),
+        "{body}"
+    );
+    assert!(took < Duration::from_millis(2500), "took {took:?}: {body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_standby_instances_serve_one_call_each_and_go_with_their_deployment() {
     let dir = tempfile::tempdir().unwrap();

@@ -554,6 +554,111 @@ async fn a_connect_left_to_finish_in_the_background_ends_at_its_requests_deadlin
     .await;
 }
 
+/// A guest's request options bound the parts of a request, within the deployment's
+/// `outbound_timeout_s`: `first_byte_timeout` the answer's head only, so a streamed answer
+/// that keeps coming is read to its end (it cut the body off at the first-byte timeout
+/// before), and `between_bytes_timeout` each wait for more of the body (it was ignored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_options_bound_the_head_and_each_wait_for_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
+    let upstream = Upstream::start().await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config(
+        "probe",
+        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 60, "outbound_timeout_s": 30}),
+    )
+    .await;
+    host.deploy("probe", None).await;
+    let fetch = |url: String, options: serde_json::Value| {
+        let mut input = json!({"op": "fetch", "key": url});
+        input
+            .as_object_mut()
+            .unwrap()
+            .extend(options.as_object().unwrap().clone());
+        let host = &host;
+        async move {
+            let started = Instant::now();
+            let (status, _, answer) = host.call("probe", input).await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            (answer, started.elapsed())
+        }
+    };
+    let drip = |n: u32, ms: u64| format!("{}/drip?n={n}&ms={ms}", upstream.origin);
+    let whole = "drop0 drop1 drop2 drop3 drop4 ";
+
+    // Five pieces over 2 s, under a first-byte timeout of 1 s: the head came at once.
+    let (answer, _) = fetch(drip(5, 500), json!({"first_byte_ms": 1000})).await;
+    assert_eq!(answer["body"], whole, "{answer}");
+
+    // The same pieces 500 ms apart, each within a between-bytes timeout of 1.5 s.
+    let (answer, _) = fetch(drip(5, 500), json!({"between_ms": 1500})).await;
+    assert_eq!(answer["body"], whole, "{answer}");
+
+    // A gap of 3 s where 500 ms are allowed: cut off at the gap, not at the 30 s timeout.
+    let (answer, took) = fetch(drip(2, 3000), json!({"between_ms": 500})).await;
+    assert_eq!(
+        answer["error"],
+        "request failed: reading the answer: connection read timeout"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "took {took:?}: {answer}"
+    );
+
+    // The head late past the first-byte timeout.
+    let (answer, took) = fetch(
+        format!("{}/hold?ms=3000", upstream.origin),
+        json!({"first_byte_ms": 500}),
+    )
+    .await;
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ConnectionReadTimeout"), "{answer}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "took {took:?}: {answer}"
+    );
+}
+
+/// `connect_timeout` bounds a connect the origin leaves unanswered (here the TLS
+/// handshake): the request fails with `ConnectionTimeout` when it runs out, not at the
+/// deployment's 30 s, and the host closes the connection. It was ignored before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_timeout_ends_a_connect_the_origin_leaves_unanswered() {
+    let (upstream, certificate) = Upstream::start_https1_stalling(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = certificate.trusting_host(dir.path()).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config(
+        "probe",
+        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 60, "outbound_timeout_s": 30}),
+    )
+    .await;
+    host.deploy("probe", None).await;
+    let started = Instant::now();
+    let (status, _, answer) = host
+        .call(
+            "probe",
+            json!({"op": "fetch", "key": format!("{}/hello", upstream.origin), "connect_ms": 500}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ConnectionTimeout"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(upstream.stalled().0, 1);
+    eventually(
+        Duration::from_secs(10),
+        "the host closing the unanswered connection",
+        || async { upstream.stalled().1 == 1 },
+    )
+    .await;
+}
+
 /// An HTTPS upstream whose certificate no trusted CA signed is refused, and the run's record
 /// says why; `--outbound-ca-certs` is what lets the tests above reach theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

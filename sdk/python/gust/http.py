@@ -13,6 +13,12 @@ answer arrives or the host's per-request timeout cuts them off::
     )
     answer.raise_for_status()
     completion = answer.json()
+
+The deployment's ``outbound_timeout_s`` bounds each request whole, reading the answer
+included. ``timeout=`` sets shorter bounds within it, as in ``requests``: a number bounds the
+connect and each wait to read, ``(connect, read)`` bounds them apart. A read bound applies to
+the answer's head and to every gap in its body, so a streamed answer that keeps coming is read
+to its end, and one that stalls fails early.
 """
 
 import json as _json
@@ -24,6 +30,8 @@ from wit_world.imports import outgoing_handler, types
 from wit_world.imports.streams import StreamError_Closed
 
 __all__ = ["HttpError", "Denied", "Response", "request", "get", "post", "put", "delete"]
+
+Timeout = Union[float, Tuple[Optional[float], Optional[float]], None]
 
 # Writes to a WASI output stream take at most 4096 bytes at a time.
 _WRITE_CHUNK = 4096
@@ -102,10 +110,12 @@ def request(
     headers: Optional[Dict[str, str]] = None,
     body: Union[bytes, str, None] = None,
     json: Any = None,
+    timeout: Timeout = None,
 ) -> Response:
     """Sends a request and returns the whole answer.
 
     ``json`` serializes a value as the body and sets ``Content-Type: application/json``.
+    ``timeout`` is seconds: a number for the connect and each read, or ``(connect, read)``.
     """
     entries = [(name.lower(), str(value).encode()) for name, value in (headers or {}).items()]
     if json is not None:
@@ -125,10 +135,11 @@ def request(
     _set(outgoing.set_authority, authority, "host")
     _set(outgoing.set_path_with_query, path, "path")
     outgoing_body = outgoing.body()
+    options = _options(timeout)
 
     # Sent first, written after: the host streams the body as it is written.
     try:
-        pending = outgoing_handler.handle(outgoing, None)
+        pending = outgoing_handler.handle(outgoing, options)
     except Err as e:
         raise _error(e.value, method, url) from None
     # When the body cannot be sent (the host refused the request, or the server answered
@@ -174,8 +185,30 @@ def _read(response: types.IncomingResponse, method: str, url: str) -> Response:
                 except Err as e:
                     if isinstance(e.value, StreamError_Closed):
                         break
-                    raise HttpError(f"{method} {url}: reading the answer failed") from None
+                    # The host's reason, e.g. a read timeout ("connection read timeout").
+                    why = getattr(e.value, "value", None)
+                    detail = f": {why.to_debug_string()}" if why is not None else ""
+                    raise HttpError(f"{method} {url}: reading the answer failed{detail}") from None
     return Response(status, headers, b"".join(chunks))
+
+
+def _options(timeout: Timeout) -> Optional[types.RequestOptions]:
+    """The ``wasi:http`` request options for ``timeout``. The host counts the wait for the
+    answer's head from the start of the request, so it is given the connect's bound plus the
+    read's, as ``requests`` allows for both in turn."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+    else:
+        connect = read = timeout
+    nanos = lambda seconds: None if seconds is None else max(0, int(seconds * 1e9))
+    first_byte = None if read is None else (connect or 0) + read
+    options = types.RequestOptions()
+    _set(options.set_connect_timeout, nanos(connect), "connect timeout")
+    _set(options.set_first_byte_timeout, nanos(first_byte), "read timeout")
+    _set(options.set_between_bytes_timeout, nanos(read), "read timeout")
+    return options
 
 
 def _split_url(url: str) -> Tuple[Any, str, str]:

@@ -63,6 +63,7 @@ impl Upstream {
     /// Starts one: `/hello` answers JSON, `/echo?ms=N` answers the JSON it was posted after
     /// N ms (none by default), `/sink`
     /// says how many bytes it was posted, `/slow` takes 5 s, `/hold?ms=N` takes N ms,
+    /// `/drip?n=N&ms=M` answers at once and sends its body in N pieces M ms apart,
     /// `/gate?n=N&ms=M` answers once N gate requests have arrived (or after M ms): a test of
     /// "all at once" then does not depend on how fast its requests were sent.
     pub(crate) async fn start() -> Self {
@@ -213,6 +214,25 @@ impl Upstream {
                             .is_ok();
                             gate_held.0.fetch_sub(1, Ordering::SeqCst);
                             if open { "opened" } else { "timed out" }
+                        },
+                    ),
+                )
+                .route(
+                    "/drip",
+                    axum::routing::get(
+                        |axum::extract::Query(q): axum::extract::Query<HashMap<String, u64>>| async move {
+                            let n = q.get("n").copied().unwrap_or(1);
+                            let ms = q.get("ms").copied().unwrap_or(0);
+                            let drops = futures::stream::unfold(0, move |sent| async move {
+                                if sent == n {
+                                    return None;
+                                }
+                                if sent > 0 {
+                                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                                }
+                                Some((Ok::<_, std::io::Error>(format!("drop{sent} ")), sent + 1))
+                            });
+                            axum::body::Body::from_stream(drops)
                         },
                     ),
                 )

@@ -63,7 +63,8 @@ def run(input, ctx):
         return tokens(input["url"], input.get("tail"))
     if op == "fetch":
         try:
-            answer = http.get(input["url"])
+            timeout = input.get("timeout")
+            answer = http.get(input["url"], timeout=tuple(timeout) if isinstance(timeout, list) else timeout)
         except http.Denied as e:
             return {"denied": str(e)}
         except http.HttpError as e:

@@ -123,7 +123,8 @@ pub(crate) type Sent = Result<(hyper::Response<hyper::body::Incoming>, InFlight)
 
 impl GuestClient {
     /// Sends `request`, all of it within `deadline`: the wait at a gate, for a connection,
-    /// and for the answer's head.
+    /// and for the answer's head. A connection opened for it connects (TCP and TLS) within
+    /// `connect`, when the guest asked for that.
     ///
     /// A request the server refused without processing it is sent again, on another
     /// connection (see `replay`), up to [`SENT_AGAIN`] times.
@@ -131,11 +132,13 @@ impl GuestClient {
         &self,
         request: hyper::Request<GuestBody>,
         deadline: tokio::time::Instant,
+        connect: Option<Duration>,
     ) -> Result<Sent, tokio::time::error::Elapsed> {
+        let bounds = Bounds { deadline, connect };
         // The client speaks HTTP/2 only over TLS, and only HTTP/2 servers refuse requests
         // unprocessed in bulk (GOAWAY): an `http` request is sent once, its body not kept.
         if !is_https(&request) {
-            return tokio::time::timeout_at(deadline, self.send_once(request, deadline)).await;
+            return tokio::time::timeout_at(deadline, self.send_once(request, bounds)).await;
         }
         let (head, mut body) = request.into_parts();
         let again = async {
@@ -148,7 +151,7 @@ impl GuestClient {
                 *request.version_mut() = head.version;
                 *request.headers_mut() = head.headers.clone();
                 *request.extensions_mut() = head.extensions.clone();
-                match self.send_once(request, deadline).await {
+                match self.send_once(request, bounds).await {
                     Err(SendError::Client(e)) if sent < SENT_AGAIN && replay::unprocessed(&e) => {
                         // hyper drops the body when it sees the stream closed, if it has not
                         // already.
@@ -170,11 +173,7 @@ impl GuestClient {
     }
 
     /// Sends `request` once.
-    async fn send_once(
-        &self,
-        request: hyper::Request<GuestBody>,
-        deadline: tokio::time::Instant,
-    ) -> Sent {
+    async fn send_once(&self, request: hyper::Request<GuestBody>, bounds: Bounds) -> Sent {
         let send = async {
             // The client speaks HTTP/2 only over TLS: `http` origins go to the shared pool
             // without a look at the origin's entry.
@@ -202,7 +201,7 @@ impl GuestClient {
             } else {
                 (None, shared())
             };
-            before(deadline, pool.request(request))
+            before(bounds, pool.request(request))
                 .await
                 .map(|answer| (answer, in_flight))
                 .map_err(SendError::Client)
@@ -526,32 +525,50 @@ impl OriginSlots {
 /// How long past its request's deadline a connect may go on: see `Counted`.
 const CONNECT_GRACE: Duration = Duration::from_millis(250);
 
-/// A connect cut off at its request's deadline: the request timed out.
+/// A connect cut off: at its request's deadline (the request timed out), or at the
+/// `connect_timeout` its guest asked for (`asked`).
 #[derive(Debug, Clone)]
-pub(crate) struct ConnectTimedOut;
+pub(crate) struct ConnectTimedOut {
+    pub(crate) asked: Option<Duration>,
+}
 
 impl std::fmt::Display for ConnectTimedOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("timed out connecting to the origin")
+        match self.asked {
+            Some(asked) => write!(
+                f,
+                "timed out connecting to the origin: the request's connect_timeout is {}s",
+                asked.as_secs_f64()
+            ),
+            None => f.write_str("timed out connecting to the origin"),
+        }
     }
 }
 
 impl std::error::Error for ConnectTimedOut {}
 
-tokio::task_local! {
-    /// The deadline of the request being sent on this task (see [`before`]).
-    static DEADLINE: tokio::time::Instant;
+/// What bounds the connect of a connection opened for a request: the request's deadline,
+/// and the time its guest allows a connect (`connect_timeout` in its request options).
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    deadline: tokio::time::Instant,
+    connect: Option<Duration>,
 }
 
-/// Sends with the client within `deadline`: a connection the client starts for this request
-/// waits for a place, and connects, no longer than the request does. The client starts the
-/// connector on the request's own task, so the connector reads the deadline there; when an
-/// idle connection comes back first, the client lets the connect it started go on in the
-/// background, and without the deadline that connect would wait for a place for as long as
-/// it took (places free as connections close), then open a connection nobody asked for, or
-/// hold its place for as long as the origin left the handshake unanswered.
-pub(crate) async fn before<F: Future>(deadline: tokio::time::Instant, send: F) -> F::Output {
-    DEADLINE.scope(deadline, send).await
+tokio::task_local! {
+    /// The bounds of the request being sent on this task (see [`before`]).
+    static BOUNDS: Bounds;
+}
+
+/// Sends with the client within its `bounds`: a connection the client starts for this
+/// request waits for a place, and connects, no longer than the request does. The client
+/// starts the connector on the request's own task, so the connector reads the bounds there;
+/// when an idle connection comes back first, the client lets the connect it started go on in
+/// the background, and without the deadline that connect would wait for a place for as long
+/// as it took (places free as connections close), then open a connection nobody asked for,
+/// or hold its place for as long as the origin left the handshake unanswered.
+async fn before<F: Future>(bounds: Bounds, send: F) -> F::Output {
+    BOUNDS.scope(bounds, send).await
 }
 
 /// Resolves names for the guests' client with the address policy (`net::resolve_checked`).
@@ -609,7 +626,9 @@ impl tower_service::Service<Uri> for Counted {
         let mut inner = self.inner.clone();
         // Read here, on the request's task; outside `before` (no request of a guest),
         // there is no deadline.
-        let deadline = DEADLINE.try_with(|d| *d).ok();
+        let bounds = BOUNDS.try_with(|b| *b).ok();
+        let deadline = bounds.map(|b| b.deadline);
+        let asked = bounds.and_then(|b| b.connect);
         Box::pin(async move {
             let key = origin_key(&uri);
             let place = match deadline {
@@ -620,6 +639,9 @@ impl tower_service::Service<Uri> for Counted {
             };
             let https = key.starts_with("https:");
             let connecting = tower_service::Service::call(&mut inner, uri);
+            // The guest's `connect_timeout` counts from here: the wait for a place is a wait
+            // for the origin's other requests, bounded by the request's own deadline.
+            let asked_by = asked.map(|asked| tokio::time::Instant::now() + asked);
             // Connecting and the TLS handshake are bounded by the deadline too: a connect the
             // client goes on with in the background (see `before`) holds its place until it
             // ends, and an origin that accepts the connection but never answers the handshake
@@ -629,13 +651,16 @@ impl tower_service::Service<Uri> for Counted {
             // on a task not polled for that moment, `ConnectTimedOut` still says it timed
             // out). The deadline is this request's own, so running out of it fails no one
             // else at the gates: the next in line opens instead.
-            let connected = match deadline {
-                Some(deadline) => {
-                    match tokio::time::timeout_at(deadline + CONNECT_GRACE, connecting).await {
-                        Ok(connected) => connected,
-                        Err(_) => return Err(BoxError::from(ConnectTimedOut)),
-                    }
-                }
+            let by = match (deadline.map(|d| d + CONNECT_GRACE), asked_by) {
+                (Some(deadline), Some(asked_by)) if asked_by < deadline => Some((asked_by, asked)),
+                (Some(deadline), _) => Some((deadline, None)),
+                (None, asked_by) => asked_by.map(|by| (by, asked)),
+            };
+            let connected = match by {
+                Some((by, asked)) => match tokio::time::timeout_at(by, connecting).await {
+                    Ok(connected) => connected,
+                    Err(_) => return Err(BoxError::from(ConnectTimedOut { asked })),
+                },
                 None => connecting.await,
             };
             let io = match connected {

@@ -166,12 +166,17 @@ impl WasiHttpHooks for Outbound {
                 };
                 let guest_body = body;
 
-                // The guest may ask for shorter timeouts, never a longer one. The wait for a
-                // connection to the origin (the client's connector holds one of
-                // `--outbound-connections-per-host` places for each, see `client`) counts
-                // against it, and so does reading the answer.
+                // The deployment's `outbound_timeout_s` bounds the whole request, reading the
+                // answer included. Within it the guest may bound parts, as its request
+                // options say (`wasi:http` names them): the answer's head (`first_byte`,
+                // counted from the start, so the wait for a connection to the origin counts:
+                // the client's connector holds one of `--outbound-connections-per-host`
+                // places for each, see `client`), a connect (`connect`) and each wait for
+                // more of the body (`between_bytes`).
+                let options = options.unwrap_or_default();
+                let whole = tokio::time::Instant::from_std(started + policy.timeout);
                 let timeout = options
-                    .and_then(|o| o.first_byte_timeout)
+                    .first_byte_timeout
                     .map_or(policy.timeout, |t| t.min(policy.timeout));
                 let deadline = tokio::time::Instant::from_std(started + timeout);
                 let timed_out = || format!("timed out after {}s", timeout.as_secs_f64());
@@ -193,7 +198,11 @@ impl WasiHttpHooks for Outbound {
                         return Err(Error::HttpRequestUriInvalid);
                     }
                 };
-                let (response, in_flight) = match policy.client.send(outgoing, deadline).await {
+                let sent = policy
+                    .client
+                    .send(outgoing, deadline, options.connect_timeout)
+                    .await;
+                let (response, in_flight) = match sent {
                     Ok(Ok(sent)) => sent,
                     Err(_) => {
                         let why = if policy.origins.full(&client::key(&scheme, &host, port)) {
@@ -223,8 +232,14 @@ impl WasiHttpHooks for Outbound {
                         return Err(code);
                     }
                     Ok(Err(client::SendError::Client(e))) => {
-                        let (code, why) = if net::cause::<client::ConnectTimedOut>(&e).is_some() {
-                            (Error::ConnectionReadTimeout, timed_out())
+                        let (code, why) = if let Some(cut) =
+                            net::cause::<client::ConnectTimedOut>(&e)
+                        {
+                            match cut.asked {
+                                // The guest's own bound on the connect.
+                                Some(_) => (Error::ConnectionTimeout, cut.to_string()),
+                                None => (Error::ConnectionReadTimeout, timed_out()),
+                            }
                         } else if let Some(refused) = net::cause::<net::Refused>(&e) {
                             (Error::DestinationIpProhibited, format!("denied: {refused}"))
                         } else if let Some(BodyRefused(refused)) = net::cause::<BodyRefused>(&e) {
@@ -249,8 +264,15 @@ impl WasiHttpHooks for Outbound {
                 for (name, value) in &head.headers {
                     answer = answer.header(name, value);
                 }
-                let frames =
-                    answer_frames(incoming, in_flight, deadline, policy.max_response_bytes);
+                let frames = answer_frames(
+                    incoming,
+                    in_flight,
+                    Within {
+                        whole,
+                        between: options.between_bytes_timeout,
+                    },
+                    policy.max_response_bytes,
+                );
                 let body: WasiBody = StreamBody::new(frames).boxed_unsync();
                 let answer = answer
                     .body(body)
@@ -339,13 +361,31 @@ fn outgoing(
     Ok(request)
 }
 
+/// When an answer's body must have come: all of it by `whole` (the request's timeout covers
+/// reading the answer), and each frame within `between` of the one before (of the head, for
+/// the first) when the guest asked for that.
+#[derive(Clone, Copy)]
+struct Within {
+    whole: tokio::time::Instant,
+    between: Option<Duration>,
+}
+
+impl Within {
+    /// When the next frame must have come, waiting from now.
+    fn next(&self) -> tokio::time::Instant {
+        match self.between {
+            Some(between) => self.whole.min(tokio::time::Instant::now() + between),
+            None => self.whole,
+        }
+    }
+}
+
 /// The answer's body for the guest: its data frames, cut at `limit` bytes, and ended with
-/// an error at `deadline` (the request's timeout covers reading the answer) or when the
-/// connection breaks off.
+/// an error when a frame is late (`within`) or the connection breaks off.
 fn answer_frames(
     incoming: hyper::body::Incoming,
     in_flight: client::InFlight,
-    deadline: tokio::time::Instant,
+    within: Within,
     limit: usize,
 ) -> impl futures::Stream<Item = Result<Frame<Bytes>, Error>> + Send {
     // The request counts in its lane until the answer ends or is dropped, with the state.
@@ -354,7 +394,7 @@ fn answer_frames(
         move |state| async move {
             let (mut body, mut seen, in_flight) = state?;
             loop {
-                let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                let frame = match tokio::time::timeout_at(within.next(), body.frame()).await {
                     Err(_) => return Some((Err(Error::ConnectionReadTimeout), None)),
                     Ok(None) => return None,
                     Ok(Some(Err(_))) => return Some((Err(Error::HttpResponseIncomplete), None)),

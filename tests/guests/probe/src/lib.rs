@@ -25,6 +25,13 @@ struct Input {
     key: Option<String>,
     #[serde(default)]
     n: u32,
+    /// `fetch`'s request options, in milliseconds.
+    #[serde(default)]
+    connect_ms: Option<u64>,
+    #[serde(default)]
+    first_byte_ms: Option<u64>,
+    #[serde(default)]
+    between_ms: Option<u64>,
 }
 
 #[gust_sdk::agent]
@@ -77,7 +84,17 @@ fn run(input: Value, ctx: &Context) -> Result<Value, Error> {
         "recurse" => Ok(json!({"depth": recurse(parsed.n)})),
         "fetch" => {
             let url = parsed.key.as_deref().unwrap_or_default();
-            Ok(match gust_sdk::http::Request::get(url).send() {
+            let mut request = gust_sdk::http::Request::get(url);
+            if let Some(ms) = parsed.connect_ms {
+                request = request.connect_timeout(Duration::from_millis(ms));
+            }
+            if let Some(ms) = parsed.first_byte_ms {
+                request = request.first_byte_timeout(Duration::from_millis(ms));
+            }
+            if let Some(ms) = parsed.between_ms {
+                request = request.between_bytes_timeout(Duration::from_millis(ms));
+            }
+            Ok(match request.send() {
                 Ok(response) => json!({"status": response.status, "body": response.text()}),
                 Err(e) => json!({"error": e.to_string()}),
             })
