@@ -323,3 +323,45 @@ async fn admission_refusals_are_counted_by_the_bound_that_was_full() {
         1.0
     );
 }
+
+/// A sync call whose client gives up before the answer ends there (the host drops the
+/// guest's instance), and still counts: in the calls metric as `abandoned`, and among the
+/// agent's calls and failures in the agents list. Before, the call's accounting went with
+/// it, and a host whose callers all timed out showed no calls at all.
+#[tokio::test]
+async fn a_call_its_client_gave_up_on_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(dir.path().join("data"), &[]).await;
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.deploy("probe", None).await;
+    let impatient = host
+        .request(Method::POST, "/v1/agents/probe/run")
+        .timeout(std::time::Duration::from_millis(500))
+        .json(&json!({"op": "sleep", "ms": 3000}))
+        .send()
+        .await;
+    assert!(
+        impatient.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "{impatient:?}"
+    );
+    let h = &host;
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the abandoned call counted",
+        || async move {
+            value(
+                &scrape(h).await,
+                "gust_calls_total",
+                &[("agent", "probe"), ("outcome", "abandoned")],
+            ) == 1.0
+        },
+    )
+    .await;
+    let (_, listed) = host.send(host.request(Method::GET, "/v1/agents")).await;
+    let probe = &listed["agents"][0];
+    assert_eq!(
+        (&probe["calls"], &probe["failures"]),
+        (&json!(1), &json!(1)),
+        "{listed}"
+    );
+}

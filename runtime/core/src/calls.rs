@@ -88,6 +88,60 @@ pub struct Calls {
     logs: Arc<AgentLogs>,
 }
 
+/// Counts a call that ended with `outcome` (`ok` or an error's kind): in the agent's sync
+/// calls and failures (the agents list) and in the calls metric.
+fn count(
+    metrics: &Metrics,
+    deployment: &Deployment,
+    sync: bool,
+    outcome: &'static str,
+    started: Instant,
+) {
+    if sync {
+        deployment.gate.calls.fetch_add(1, Ordering::Relaxed);
+        if outcome != "ok" {
+            deployment.gate.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    metrics.called(
+        deployment.name(),
+        deployment.version(),
+        !sync,
+        outcome,
+        started.elapsed(),
+    );
+}
+
+/// What the calls metric calls a call dropped before it ended: its caller went away (the
+/// server drops a sync call with its connection, and the guest's instance with it), or a
+/// queued attempt was cancelled or stopped.
+const ABANDONED: &str = "abandoned";
+
+/// Counts a call that is dropped before it ends, as [`ABANDONED`]: without it such a call
+/// was in no count, and a host whose callers all gave up showed no calls at all.
+struct Unanswered<'a> {
+    metrics: &'a Metrics,
+    deployment: &'a Deployment,
+    sync: bool,
+    started: Instant,
+    /// Cleared when the call ends and is counted as it ended.
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            count(
+                self.metrics,
+                self.deployment,
+                self.sync,
+                ABANDONED,
+                self.started,
+            );
+        }
+    }
+}
+
 impl Calls {
     pub(crate) fn new(
         engine: Arc<WasmEngine>,
@@ -159,19 +213,22 @@ impl Calls {
         if let Some(incoming) = &request.trace {
             gust_wasm::trace::set_parent(&span, incoming);
         }
+        let mut unanswered = Unanswered {
+            metrics: &self.metrics,
+            deployment: &deployment,
+            sync,
+            started,
+            armed: true,
+        };
         let outcome = self
             .run(&deployment, input, request, admit)
             .instrument(span.clone())
             .await;
+        unanswered.armed = false;
+        drop(unanswered);
         if let Err(e) = &outcome {
             span.record("otel.status_code", "ERROR");
             span.record("error.kind", e.kind());
-        }
-        if sync {
-            deployment.gate.calls.fetch_add(1, Ordering::Relaxed);
-            if outcome.is_err() {
-                deployment.gate.failures.fetch_add(1, Ordering::Relaxed);
-            }
         }
         let kind = match &outcome {
             Ok(_) => "ok",
@@ -185,13 +242,7 @@ impl Calls {
                 e.kind()
             }
         };
-        self.metrics.called(
-            deployment.name(),
-            deployment.version(),
-            !sync,
-            kind,
-            started.elapsed(),
-        );
+        count(&self.metrics, &deployment, sync, kind, started);
         Called {
             deployment: Some(deployment),
             outcome,
