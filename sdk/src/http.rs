@@ -153,8 +153,10 @@ impl Request {
         self
     }
 
-    /// Bounds opening a connection to the server (TCP and TLS), when the request needs a new
-    /// one. Past it the request fails with `ConnectionTimeout`.
+    /// Bounds getting a connection to the server, counted from the start of the request:
+    /// resolving its name, TCP and TLS, and waiting for a connection another request is
+    /// opening to it. Past it the request fails with `ConnectionTimeout` (unless the
+    /// deployment's `outbound_timeout_s` ends first: `ConnectionReadTimeout`).
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.connect = Some(timeout);

@@ -328,6 +328,10 @@ async fn python_s_timeout_bounds_each_read_of_a_streamed_answer() {
         "{body}"
     );
     assert!(took < Duration::from_millis(2500), "took {took:?}: {body}");
+    // A bound of 0 is a mistake, as in `requests`.
+    let (body, _) = fetch(1, 0, json!(0)).await;
+    let invalid = body["invalid"].as_str().unwrap_or_default();
+    assert!(invalid.contains("above 0"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

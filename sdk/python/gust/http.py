@@ -36,6 +36,7 @@ Timeout = Union[float, Tuple[Optional[float], Optional[float]], None]
 # Writes to a WASI output stream take at most 4096 bytes at a time.
 _WRITE_CHUNK = 4096
 _READ_CHUNK = 64 * 1024
+_MAX_NANOS = 2**64 - 1
 
 _METHODS = {
     "GET": types.Method_Get,
@@ -125,6 +126,7 @@ def request(
     payload = body.encode() if isinstance(body, str) else (body or b"")
 
     scheme, authority, path = _split_url(url)
+    options = _options(timeout)
     try:
         fields = types.Fields.from_list(entries)
     except Err as e:
@@ -135,7 +137,6 @@ def request(
     _set(outgoing.set_authority, authority, "host")
     _set(outgoing.set_path_with_query, path, "path")
     outgoing_body = outgoing.body()
-    options = _options(timeout)
 
     # Sent first, written after: the host streams the body as it is written.
     try:
@@ -199,10 +200,26 @@ def _options(timeout: Timeout) -> Optional[types.RequestOptions]:
     if timeout is None:
         return None
     if isinstance(timeout, tuple):
+        if len(timeout) != 2:
+            raise ValueError(f"timeout must be a number or (connect, read), not {timeout!r}")
         connect, read = timeout
     else:
         connect = read = timeout
-    nanos = lambda seconds: None if seconds is None else max(0, int(seconds * 1e9))
+    for seconds in (connect, read):
+        # As requests (urllib3) does: a bound of zero or less, or not a number, is a mistake.
+        if seconds is not None and (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not seconds > 0
+        ):
+            raise ValueError(f"a timeout must be a number of seconds above 0 or None, not {seconds!r}")
+
+    def nanos(seconds: Optional[float]) -> Optional[int]:
+        # Nanoseconds in a u64: longer bounds (infinity among them) are its largest.
+        if seconds is None:
+            return None
+        return _MAX_NANOS if seconds * 1e9 >= _MAX_NANOS else round(seconds * 1e9)
+
     first_byte = None if read is None else (connect or 0) + read
     options = types.RequestOptions()
     _set(options.set_connect_timeout, nanos(connect), "connect timeout")

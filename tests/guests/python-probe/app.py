@@ -65,6 +65,8 @@ def run(input, ctx):
         try:
             timeout = input.get("timeout")
             answer = http.get(input["url"], timeout=tuple(timeout) if isinstance(timeout, list) else timeout)
+        except ValueError as e:
+            return {"invalid": str(e)}
         except http.Denied as e:
             return {"denied": str(e)}
         except http.HttpError as e:

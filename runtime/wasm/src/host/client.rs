@@ -107,6 +107,9 @@ pub(crate) enum SendError {
     Client(hyper_util::client::legacy::Error),
     /// The connection it waited for at a gate could not be opened.
     Failed(Failure),
+    /// The connection it waited for at a gate was not open within its guest's
+    /// `connect_timeout`.
+    ConnectTimedOut(ConnectTimedOut),
 }
 
 /// A connect that failed, for the requests that waited for it.
@@ -134,7 +137,13 @@ impl GuestClient {
         deadline: tokio::time::Instant,
         connect: Option<Duration>,
     ) -> Result<Sent, tokio::time::error::Elapsed> {
-        let bounds = Bounds { deadline, connect };
+        let bounds = Bounds {
+            deadline,
+            connect: connect.and_then(|asked| {
+                let by = tokio::time::Instant::now().checked_add(asked)?;
+                Some(ConnectBound { by, asked })
+            }),
+        };
         // The client speaks HTTP/2 only over TLS, and only HTTP/2 servers refuse requests
         // unprocessed in bulk (GOAWAY): an `http` request is sent once, its body not kept.
         if !is_https(&request) {
@@ -179,21 +188,36 @@ impl GuestClient {
             // without a look at the origin's entry.
             let https = is_https(&request);
             let shared = || (self.shared.clone(), InFlight(None), None);
+            // A wait at a gate is a wait for another request's connect: the guest's
+            // `connect_timeout` bounds it as it bounds a connect of its own. Without it, the
+            // requests behind a connect that never ends would each wait out their own
+            // connect in turn.
+            let at_gate = |gate: Arc<Gate>| async move {
+                match bounds.connect {
+                    Some(ConnectBound { by, asked }) => tokio::time::timeout_at(by, gate.pass())
+                        .await
+                        .map_err(|_| {
+                            SendError::ConnectTimedOut(ConnectTimedOut { asked: Some(asked) })
+                        })?
+                        .map_err(SendError::Failed),
+                    None => gate.pass().await.map_err(SendError::Failed),
+                }
+            };
             let (_finding_out, (pool, in_flight, _opening)) = if https {
                 let key = origin_key(request.uri());
                 let origin = self.origins.origin(&key);
                 // Both held until the answer's head came or the request failed: a request
                 // that opens a connection for others and ends without one lets the next try.
-                let finding_out = origin.gate.pass().await.map_err(SendError::Failed)?;
+                let finding_out = at_gate(Arc::clone(&origin.gate)).await?;
                 let lane = (origin.speaks() == Speaks::Http2)
                     .then(|| self.lane(&key))
                     .flatten();
                 let through = match lane {
-                    Some((pool, in_flight, gate)) => match gate.pass().await {
+                    Some((pool, in_flight, gate)) => match at_gate(gate).await {
                         Ok(opening) => (pool, in_flight, opening),
                         // The lane's connect found that the origin speaks HTTP/1.1 now.
-                        Err(_) if origin.speaks() != Speaks::Http2 => shared(),
-                        Err(failure) => return Err(SendError::Failed(failure)),
+                        Err(SendError::Failed(_)) if origin.speaks() != Speaks::Http2 => shared(),
+                        Err(e) => return Err(e),
                     },
                     None => shared(),
                 };
@@ -548,11 +572,21 @@ impl std::fmt::Display for ConnectTimedOut {
 impl std::error::Error for ConnectTimedOut {}
 
 /// What bounds the connect of a connection opened for a request: the request's deadline,
-/// and the time its guest allows a connect (`connect_timeout` in its request options).
+/// and the time its guest allows for getting a connection (`connect_timeout` in its
+/// request options).
 #[derive(Debug, Clone, Copy)]
 struct Bounds {
     deadline: tokio::time::Instant,
-    connect: Option<Duration>,
+    connect: Option<ConnectBound>,
+}
+
+/// A guest's `connect_timeout` (`asked`), counted from the start of its request: the waits
+/// for another request's connect (at a gate), for a place among the origin's connections,
+/// and the connect itself (name, TCP and TLS) end `by` then.
+#[derive(Debug, Clone, Copy)]
+struct ConnectBound {
+    by: tokio::time::Instant,
+    asked: Duration,
 }
 
 tokio::task_local! {
@@ -628,38 +662,65 @@ impl tower_service::Service<Uri> for Counted {
         // there is no deadline.
         let bounds = BOUNDS.try_with(|b| *b).ok();
         let deadline = bounds.map(|b| b.deadline);
-        let asked = bounds.and_then(|b| b.connect);
+        let connect = bounds.and_then(|b| b.connect);
+        // The guest's own bound, when it ends before `by`: what a timeout at `by` is.
+        let asked_before = move |by: tokio::time::Instant| {
+            connect.filter(|c| c.by <= by).map(|c| {
+                (
+                    c.by,
+                    ConnectTimedOut {
+                        asked: Some(c.asked),
+                    },
+                )
+            })
+        };
         Box::pin(async move {
             let key = origin_key(&uri);
             let place = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, origins.connection(&key))
-                    .await
-                    .map_err(|_| "timed out waiting for a connection to the origin")?,
+                Some(deadline) => {
+                    let (by, cut) = asked_before(deadline)
+                        .map_or((deadline, None), |(by, cut)| (by, Some(cut)));
+                    match tokio::time::timeout_at(by, origins.connection(&key)).await {
+                        Ok(place) => place,
+                        Err(_) => {
+                            return Err(match cut {
+                                Some(cut) => BoxError::from(cut),
+                                None => "timed out waiting for a connection to the origin".into(),
+                            });
+                        }
+                    }
+                }
                 None => origins.connection(&key).await,
             };
+            if let Some(c) = connect
+                && c.by <= tokio::time::Instant::now()
+            {
+                // Nothing left of the guest's bound: no connection is started for it.
+                return Err(BoxError::from(ConnectTimedOut {
+                    asked: Some(c.asked),
+                }));
+            }
             let https = key.starts_with("https:");
             let connecting = tower_service::Service::call(&mut inner, uri);
-            // The guest's `connect_timeout` counts from here: the wait for a place is a wait
-            // for the origin's other requests, bounded by the request's own deadline.
-            let asked_by = asked.map(|asked| tokio::time::Instant::now() + asked);
-            // Connecting and the TLS handshake are bounded by the deadline too: a connect the
-            // client goes on with in the background (see `before`) holds its place until it
-            // ends, and an origin that accepts the connection but never answers the handshake
-            // would hold the place for good. A moment past the deadline: a request still
+            // Connecting (the name, TCP and TLS) ends at the guest's `connect_timeout` if it
+            // set one, and is bounded by the deadline too: a connect the client goes on with
+            // in the background (see `before`) holds its place until it ends, and an origin
+            // that accepts the connection but never answers the handshake would hold the
+            // place for good. A moment past the deadline: a request still
             // waiting for its own connect is cut off by its own timeout first, so mostly
             // only a connect left in the background ends here (when it is the request's own,
             // on a task not polled for that moment, `ConnectTimedOut` still says it timed
             // out). The deadline is this request's own, so running out of it fails no one
             // else at the gates: the next in line opens instead.
-            let by = match (deadline.map(|d| d + CONNECT_GRACE), asked_by) {
-                (Some(deadline), Some(asked_by)) if asked_by < deadline => Some((asked_by, asked)),
-                (Some(deadline), _) => Some((deadline, None)),
-                (None, asked_by) => asked_by.map(|by| (by, asked)),
-            };
+            // (Without a deadline, outside `before`, there is no guest's bound either.)
+            let by = deadline.map(|deadline| {
+                let late = deadline + CONNECT_GRACE;
+                asked_before(late).unwrap_or((late, ConnectTimedOut { asked: None }))
+            });
             let connected = match by {
-                Some((by, asked)) => match tokio::time::timeout_at(by, connecting).await {
+                Some((by, cut)) => match tokio::time::timeout_at(by, connecting).await {
                     Ok(connected) => connected,
-                    Err(_) => return Err(BoxError::from(ConnectTimedOut { asked })),
+                    Err(_) => return Err(BoxError::from(cut)),
                 },
                 None => connecting.await,
             };

@@ -171,8 +171,9 @@ impl WasiHttpHooks for Outbound {
                 // options say (`wasi:http` names them): the answer's head (`first_byte`,
                 // counted from the start, so the wait for a connection to the origin counts:
                 // the client's connector holds one of `--outbound-connections-per-host`
-                // places for each, see `client`), a connect (`connect`) and each wait for
-                // more of the body (`between_bytes`).
+                // places for each, see `client`; wasmtime's own client counts it from the
+                // connection instead), a connect (`connect`) and each wait for more of the
+                // body (`between_bytes`).
                 let options = options.unwrap_or_default();
                 let whole = tokio::time::Instant::from_std(started + policy.timeout);
                 let timeout = options
@@ -216,6 +217,12 @@ impl WasiHttpHooks for Outbound {
                         };
                         record(None, Some(why));
                         return Err(Error::ConnectionReadTimeout);
+                    }
+                    Ok(Err(client::SendError::ConnectTimedOut(cut))) => {
+                        // The connect it waited for, opened by another request, was not done
+                        // within this request's own `connect_timeout`.
+                        record(None, Some(cut.to_string()));
+                        return Err(Error::ConnectionTimeout);
                     }
                     Ok(Err(client::SendError::Failed(failure))) => {
                         // The connect it waited for, opened by another request, failed.
@@ -362,8 +369,9 @@ fn outgoing(
 }
 
 /// When an answer's body must have come: all of it by `whole` (the request's timeout covers
-/// reading the answer), and each frame within `between` of the one before (of the head, for
-/// the first) when the guest asked for that.
+/// reading the answer), and each frame within `between` of the guest asking for it, when
+/// the guest set a `between_bytes_timeout`. The wait counts from the guest's read, not from
+/// the frame before: time the guest spends on a frame is its own, not the server's.
 #[derive(Clone, Copy)]
 struct Within {
     whole: tokio::time::Instant,
@@ -374,7 +382,9 @@ impl Within {
     /// When the next frame must have come, waiting from now.
     fn next(&self) -> tokio::time::Instant {
         match self.between {
-            Some(between) => self.whole.min(tokio::time::Instant::now() + between),
+            Some(between) => tokio::time::Instant::now()
+                .checked_add(between)
+                .map_or(self.whole, |by| by.min(self.whole)),
             None => self.whole,
         }
     }
