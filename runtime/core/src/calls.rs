@@ -113,13 +113,14 @@ fn count(
 }
 
 /// What the calls metric calls a call dropped before it ended: its caller went away (the
-/// server drops a sync call with its connection, and the guest's instance with it), or a
-/// queued attempt was cancelled or stopped.
+/// server drops a sync call with its connection, and the guest's instance with it), a
+/// queued attempt was cancelled or stopped, or the host shut down under it.
 const ABANDONED: &str = "abandoned";
 
 /// Counts a call that is dropped before it ends, as [`ABANDONED`]: without it such a call
 /// was in no count, and a host whose callers all gave up showed no calls at all.
 struct Unanswered<'a> {
+    span: &'a tracing::Span,
     metrics: &'a Metrics,
     deployment: &'a Deployment,
     sync: bool,
@@ -131,6 +132,8 @@ struct Unanswered<'a> {
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         if self.armed {
+            self.span.record("otel.status_code", "ERROR");
+            self.span.record("error.kind", ABANDONED);
             count(
                 self.metrics,
                 self.deployment,
@@ -214,6 +217,7 @@ impl Calls {
             gust_wasm::trace::set_parent(&span, incoming);
         }
         let mut unanswered = Unanswered {
+            span: &span,
             metrics: &self.metrics,
             deployment: &deployment,
             sync,

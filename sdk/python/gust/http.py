@@ -215,12 +215,16 @@ def _options(timeout: Timeout) -> Optional[types.RequestOptions]:
             raise ValueError(f"a timeout must be a number of seconds above 0 or None, not {seconds!r}")
 
     def nanos(seconds: Optional[float]) -> Optional[int]:
-        # Nanoseconds in a u64: longer bounds (infinity among them) are its largest.
+        # Nanoseconds in a u64, at least one: longer bounds (infinity, an int too large for a
+        # float) are its largest.
         if seconds is None:
             return None
-        return _MAX_NANOS if seconds * 1e9 >= _MAX_NANOS else round(seconds * 1e9)
+        if seconds >= _MAX_NANOS / 1e9:
+            return _MAX_NANOS
+        return max(1, round(seconds * 1e9))
 
-    first_byte = None if read is None else (connect or 0) + read
+    longest = _MAX_NANOS / 1e9
+    first_byte = None if read is None else min(connect or 0, longest) + min(read, longest)
     options = types.RequestOptions()
     _set(options.set_connect_timeout, nanos(connect), "connect timeout")
     _set(options.set_first_byte_timeout, nanos(first_byte), "read timeout")

@@ -182,7 +182,11 @@ impl Admission {
     /// place among the instances starting; until `deadline` (`None`: as long as it takes).
     /// Memory comes first, so that waiting for it holds no place to start, and is looked at
     /// again once the place is taken: in a burst, thousands of callers find memory for one
-    /// more and then wait for a place, while those ahead of them start and grow.
+    /// more and then wait for a place, while those ahead of them start and grow. A caller
+    /// that finds memory taken then keeps its place while it waits for memory again: the
+    /// callers behind it need memory too, and giving the place back sent it behind all of
+    /// them, so that under memory pressure the callers that had waited longest were the
+    /// last to start.
     ///
     /// # Errors
     /// [`Error::Overloaded`] when there is no room by `deadline`.
@@ -191,24 +195,21 @@ impl Admission {
         slot: Slot,
         deadline: Option<Instant>,
     ) -> Result<Admitted, Error> {
-        loop {
-            self.memory_until(deadline).await?;
-            let acquire = Arc::clone(&self.starting).acquire_owned();
-            let starting = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.ok(),
-                None => Some(acquire.await),
-            }
-            .and_then(Result::ok)
-            .ok_or_else(|| overloaded(STARTING_FULL))?;
-            if self.memory.fits() {
-                let (charged, memory_starting) = self.memory.charge();
-                return Ok(Admitted {
-                    _charged: charged,
-                    starting: Some((starting, memory_starting)),
-                    _slot: slot,
-                });
-            }
+        self.memory_until(deadline).await?;
+        let acquire = Arc::clone(&self.starting).acquire_owned();
+        let starting = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.ok(),
+            None => Some(acquire.await),
         }
+        .and_then(Result::ok)
+        .ok_or_else(|| overloaded(STARTING_FULL))?;
+        self.memory_until(deadline).await?;
+        let (charged, memory_starting) = self.memory.charge();
+        Ok(Admitted {
+            _charged: charged,
+            starting: Some((starting, memory_starting)),
+            _slot: slot,
+        })
     }
 
     /// Waits until the memory budget holds one more instance, at most until `deadline`
@@ -550,6 +551,34 @@ mod tests {
             admitted += usize::from(waiter.await.unwrap());
         }
         assert_eq!(admitted, 0, "admitted past the budget");
+    }
+
+    /// A caller that got a place to start and found the memory taken meanwhile keeps the
+    /// place while it waits for memory, and starts once there is some. It gave the place
+    /// back and went behind every caller that came after it.
+    #[tokio::test]
+    async fn a_caller_that_finds_memory_taken_keeps_its_place_to_start() {
+        let (admission, resident) = admission_within(100_000, 100_000, 1 << 30);
+        let admission = Arc::new(admission);
+        let gate = admission.gate("a");
+        let mut first = Vec::new();
+        for _ in 0..STARTING {
+            first.push(admission.admit_sync(&gate).await.unwrap());
+        }
+        let waiter = start_within(&admission, Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        resident.store(4 << 30, Ordering::Relaxed);
+        tokio::time::sleep(SAMPLE_EVERY * 2).await;
+        drop(first[0].starting());
+        // The waiter takes the freed place and finds no memory.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            admission.starting.available_permits(),
+            0,
+            "the waiter gave its place back"
+        );
+        resident.store(100 << 20, Ordering::Relaxed);
+        assert!(waiter.await.unwrap(), "started once memory came back");
     }
 
     /// Lowering an agent's `max_instances` while it runs at its old limit and callers wait:

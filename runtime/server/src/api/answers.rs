@@ -62,7 +62,8 @@ pub(crate) struct AgentListed {
     pub(crate) versions: u32,
     /// Sync calls since this host started.
     pub(crate) calls: u64,
-    /// Sync calls that failed since this host started.
+    /// Sync calls that failed since this host started, those whose caller went away before
+    /// the answer included.
     pub(crate) failures: u64,
     pub(crate) runs_queued: u64,
     pub(crate) runs_running: u64,

@@ -137,7 +137,9 @@ impl GuestClient {
         deadline: tokio::time::Instant,
         connect: Option<Duration>,
     ) -> Result<Sent, tokio::time::error::Elapsed> {
-        let bounds = Bounds {
+        // Counted afresh for each time the request is sent: a request sent again needs a
+        // new connection, and the guest's bound is for getting one.
+        let bounds = || Bounds {
             deadline,
             connect: connect.and_then(|asked| {
                 let by = tokio::time::Instant::now().checked_add(asked)?;
@@ -147,7 +149,7 @@ impl GuestClient {
         // The client speaks HTTP/2 only over TLS, and only HTTP/2 servers refuse requests
         // unprocessed in bulk (GOAWAY): an `http` request is sent once, its body not kept.
         if !is_https(&request) {
-            return tokio::time::timeout_at(deadline, self.send_once(request, bounds)).await;
+            return tokio::time::timeout_at(deadline, self.send_once(request, bounds())).await;
         }
         let (head, mut body) = request.into_parts();
         let again = async {
@@ -160,7 +162,7 @@ impl GuestClient {
                 *request.version_mut() = head.version;
                 *request.headers_mut() = head.headers.clone();
                 *request.extensions_mut() = head.extensions.clone();
-                match self.send_once(request, bounds).await {
+                match self.send_once(request, bounds()).await {
                     Err(SendError::Client(e)) if sent < SENT_AGAIN && replay::unprocessed(&e) => {
                         // hyper drops the body when it sees the stream closed, if it has not
                         // already.
@@ -581,8 +583,9 @@ struct Bounds {
 }
 
 /// A guest's `connect_timeout` (`asked`), counted from the start of its request: the waits
-/// for another request's connect (at a gate), for a place among the origin's connections,
-/// and the connect itself (name, TCP and TLS) end `by` then.
+/// for another request's connect (at a gate) and the connect itself (name, TCP and TLS)
+/// end `by` then, later by as long as the request waited for a place among the origin's
+/// connections (the host's own bound, which the deadline bounds).
 #[derive(Debug, Clone, Copy)]
 struct ConnectBound {
     by: tokio::time::Instant,
@@ -663,34 +666,30 @@ impl tower_service::Service<Uri> for Counted {
         let bounds = BOUNDS.try_with(|b| *b).ok();
         let deadline = bounds.map(|b| b.deadline);
         let connect = bounds.and_then(|b| b.connect);
-        // The guest's own bound, when it ends before `by`: what a timeout at `by` is.
-        let asked_before = move |by: tokio::time::Instant| {
-            connect.filter(|c| c.by <= by).map(|c| {
-                (
-                    c.by,
-                    ConnectTimedOut {
-                        asked: Some(c.asked),
-                    },
-                )
-            })
-        };
         Box::pin(async move {
             let key = origin_key(&uri);
+            let waiting = tokio::time::Instant::now();
             let place = match deadline {
-                Some(deadline) => {
-                    let (by, cut) = asked_before(deadline)
-                        .map_or((deadline, None), |(by, cut)| (by, Some(cut)));
-                    match tokio::time::timeout_at(by, origins.connection(&key)).await {
-                        Ok(place) => place,
-                        Err(_) => {
-                            return Err(match cut {
-                                Some(cut) => BoxError::from(cut),
-                                None => "timed out waiting for a connection to the origin".into(),
-                            });
-                        }
-                    }
-                }
+                Some(deadline) => tokio::time::timeout_at(deadline, origins.connection(&key))
+                    .await
+                    .map_err(|_| "timed out waiting for a connection to the origin")?,
                 None => origins.connection(&key).await,
+            };
+            // The wait for a place does not count against the guest's bound.
+            let connect = connect.map(|c| ConnectBound {
+                by: c.by.checked_add(waiting.elapsed()).unwrap_or(c.by),
+                asked: c.asked,
+            });
+            // The guest's own bound, when it ends before `by`: what a timeout at `by` is.
+            let asked_before = move |by: tokio::time::Instant| {
+                connect.filter(|c| c.by <= by).map(|c| {
+                    (
+                        c.by,
+                        ConnectTimedOut {
+                            asked: Some(c.asked),
+                        },
+                    )
+                })
             };
             if let Some(c) = connect
                 && c.by <= tokio::time::Instant::now()
