@@ -149,6 +149,7 @@ async fn gust_logs_prints_and_follows() {
 
     let mut follower = gust(&["logs", "probe", "--follow", "--limit", "1"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
@@ -162,10 +163,32 @@ async fn gust_logs_prints_and_follows() {
     });
     // Bounded: killing the follower ends the reading either way.
     let found = tokio::time::timeout(Duration::from_secs(20), reading).await;
-    follower.kill().unwrap();
-    let _ = follower.wait();
-    assert!(
-        matches!(found, Ok(Ok(Some(_)))),
-        "the new line was printed: {found:?}"
-    );
+    if !matches!(found, Ok(Ok(Some(_)))) {
+        follower.kill().unwrap();
+        let _ = follower.wait();
+        panic!("the new line was not printed: {found:?}");
+    }
+    // The reader is gone (as `head` goes): the next line ends the follower quietly. It
+    // panicked ("failed printing to stdout: Broken pipe") and exited with 101.
+    printing_call(&host).await;
+    let ended = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = follower.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut stderr)
+                    .unwrap();
+                return Ok((status, stderr));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        follower.kill().unwrap();
+        let _ = follower.wait();
+        Err("the follower did not end once its reader was gone")
+    })
+    .await
+    .unwrap();
+    let (status, stderr) = ended.unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

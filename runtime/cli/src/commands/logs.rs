@@ -1,6 +1,8 @@
 //! `gust logs <agent> [--follow]`: the guest lines of an agent's recent sync calls, and with
 //! `--follow` the new ones as they come (the API's Server-Sent Events).
 
+use std::io::Write as _;
+
 use reqwest::Method;
 use serde_json::Value;
 
@@ -16,41 +18,52 @@ pub(crate) async fn logs(c: &Ctx, agent: &str, follow: bool, limit: usize) -> an
             return c.out.json(&answer);
         }
         for line in answer["lines"].as_array().into_iter().flatten() {
-            print_line(line);
+            if !print_line(line) {
+                break;
+            }
         }
         return Ok(());
     }
     let response = sse::follow(c, &format!("{path}&follow=1")).await?;
     let json = c.out.json;
+    let mut reader_gone = false;
     each_event(response, |event, data| {
-        if json {
-            println!("{data}");
+        let printed = if json {
+            writeln!(std::io::stdout(), "{data}").is_ok()
         } else if event == "missed" {
             eprintln!(
                 "gust: {} lines were missed (this terminal fell behind)",
                 data["lines"]
             );
+            true
         } else {
-            print_line(&data);
-        }
-        true
+            print_line(&data)
+        };
+        reader_gone = !printed;
+        printed
     })
     .await?;
-    eprintln!("gust: the stream ended (the agent was deleted, or the host stopped)");
+    if !reader_gone {
+        eprintln!("gust: the stream ended (the agent was deleted, or the host stopped)");
+    }
     Ok(())
 }
 
-/// `ts level run_id message`, with `[stdout]`/`[stderr]` for captured output.
-fn print_line(line: &Value) {
+/// `ts level run_id message`, with `[stdout]`/`[stderr]` for captured output. False when
+/// stdout is closed: whoever read it wants no more (`gust logs -f | head`), and following
+/// ends quietly, as `tail -f` does, instead of panicking in `println!`.
+fn print_line(line: &Value) -> bool {
     let source = match line["source"].as_str() {
         Some("log") | None => String::new(),
         Some(other) => format!("[{other}] "),
     };
-    println!(
+    writeln!(
+        std::io::stdout(),
         "{} {:<5} {} {source}{}",
         text(&line["ts"]),
         text(&line["level"]),
         text(&line["run_id"]),
         text(&line["message"])
-    );
+    )
+    .is_ok()
 }
