@@ -156,7 +156,7 @@ impl Request {
     /// Bounds getting a connection to the server, counted from the start of the request:
     /// resolving its name, TCP and TLS, and waiting for a connection another request is
     /// opening to it (not a wait for one of the host's places for connections to it, which
-    /// only the deployment's timeout bounds). Past it the request fails with `ConnectionTimeout` (unless the
+    /// counts against the first-byte timeout and the deployment's, not this one). Past it the request fails with `ConnectionTimeout` (unless the
     /// deployment's `outbound_timeout_s` ends first: `ConnectionReadTimeout`).
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {

@@ -180,13 +180,13 @@ impl Admission {
 
     /// The rest of admission, right before the instance is made: memory for it, then a
     /// place among the instances starting; until `deadline` (`None`: as long as it takes).
-    /// Memory comes first, so that waiting for it holds no place to start, and is looked at
-    /// again once the place is taken: in a burst, thousands of callers find memory for one
-    /// more and then wait for a place, while those ahead of them start and grow. A caller
-    /// that finds memory taken then keeps its place while it waits for memory again: the
-    /// callers behind it need memory too, and giving the place back sent it behind all of
-    /// them, so that under memory pressure the callers that had waited longest were the
-    /// last to start.
+    /// Memory comes first, so that a caller that finds none holds no place while it waits,
+    /// and is looked at again once the place is taken: in a burst, thousands of callers find
+    /// memory for one more and then wait for a place, while those ahead of them start and
+    /// grow. A caller that finds memory taken then keeps its place while it waits for memory
+    /// again: the callers behind it need memory too, and giving the place back sent it
+    /// behind all of them. (Among the callers holding places, which one gets memory first
+    /// depends on when each looks, every [`SAMPLE_EVERY`], not on when it came.)
     ///
     /// # Errors
     /// [`Error::Overloaded`] when there is no room by `deadline`.
@@ -577,6 +577,7 @@ mod tests {
             0,
             "the waiter gave its place back"
         );
+        assert!(!waiter.is_finished(), "started without memory");
         resident.store(100 << 20, Ordering::Relaxed);
         assert!(waiter.await.unwrap(), "started once memory came back");
     }

@@ -582,10 +582,13 @@ struct Bounds {
     connect: Option<ConnectBound>,
 }
 
-/// A guest's `connect_timeout` (`asked`), counted from the start of its request: the waits
-/// for another request's connect (at a gate) and the connect itself (name, TCP and TLS)
-/// end `by` then, later by as long as the request waited for a place among the origin's
-/// connections (the host's own bound, which the deadline bounds).
+/// A guest's `connect_timeout` (`asked`), counted from each time its request is sent: the
+/// waits for another request's connect (at a gate) and the connect itself (name, TCP and
+/// TLS) end `by` then, later by as long as the request waited for a place among the
+/// origin's connections (the host's own bound, which the deadline bounds). A request
+/// waiting at a gate counts all of that wait, even while the request opening the
+/// connection is itself waiting for a place: that needs the origin's places all taken
+/// (thousands by default), and its deadline still bounds it.
 #[derive(Debug, Clone, Copy)]
 struct ConnectBound {
     by: tokio::time::Instant,
