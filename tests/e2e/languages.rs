@@ -308,13 +308,7 @@ async fn python_s_timeout_bounds_each_read_of_a_streamed_answer() {
             "url": format!("{}/drip?n={n}&ms={ms}", upstream.origin),
             "timeout": timeout,
         });
-        let host = &host;
-        async move {
-            let started = Instant::now();
-            let (status, _, body) = host.call("python-probe", input).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            (body, started.elapsed())
-        }
+        host.call_timed("python-probe", input)
     };
 
     // Five pieces over 2 s, each gap within the read bound of 1 s.

@@ -576,13 +576,7 @@ async fn request_options_bound_the_head_and_each_wait_for_the_body() {
             .as_object_mut()
             .unwrap()
             .extend(options.as_object().unwrap().clone());
-        let host = &host;
-        async move {
-            let started = Instant::now();
-            let (status, _, answer) = host.call("probe", input).await;
-            assert_eq!(status, StatusCode::OK, "{answer}");
-            (answer, started.elapsed())
-        }
+        host.call_timed("probe", input)
     };
     let drip = |n: u32, ms: u64| format!("{}/drip?n={n}&ms={ms}", upstream.origin);
     let whole = "drop0 drop1 drop2 drop3 drop4 ";

@@ -256,6 +256,14 @@ impl Host {
         (status, version.and_then(|v| v.parse().ok()), body)
     }
 
+    /// A sync call that must answer 200: its JSON body, and how long it took.
+    pub(crate) async fn call_timed(&self, agent: &str, input: Value) -> (Value, Duration) {
+        let started = Instant::now();
+        let (status, _, body) = self.call(agent, input).await;
+        assert_eq!(status, StatusCode::OK, "{agent}: {body}");
+        (body, started.elapsed())
+    }
+
     /// A sync call: status, its run id (`gust-run-id`), and the JSON body.
     pub(crate) async fn call_run(&self, agent: &str, input: Value) -> (StatusCode, String, Value) {
         let (status, run_id, body) = self.sync_call(agent, input, "gust-run-id").await;

@@ -468,6 +468,19 @@ mod tests {
 
     /// A caller of agent `a` taking the whole of admission with a deadline of `wait`, as a
     /// queued run does (its agent's room without a deadline): whether it was admitted.
+    /// A host with memory to spare (1 GiB, 100 MiB resident) whose places to start are all
+    /// held by callers not started yet: the host, its resident size to set, and those callers.
+    async fn every_place_to_start_taken() -> (Arc<Admission>, Arc<AtomicU64>, Vec<Admitted>) {
+        let (admission, resident) = admission_within(100_000, 100_000, 1 << 30);
+        let admission = Arc::new(admission);
+        let gate = admission.gate("a");
+        let mut first = Vec::new();
+        for _ in 0..STARTING {
+            first.push(admission.admit_sync(&gate).await.unwrap());
+        }
+        (admission, resident, first)
+    }
+
     fn start_within(admission: &Arc<Admission>, wait: Duration) -> tokio::task::JoinHandle<bool> {
         let admission = Arc::clone(admission);
         tokio::spawn(async move {
@@ -528,13 +541,7 @@ mod tests {
     /// 500 here.
     #[tokio::test]
     async fn callers_waiting_for_a_place_to_start_wait_for_memory_again() {
-        let (admission, resident) = admission_within(100_000, 100_000, 1 << 30);
-        let admission = Arc::new(admission);
-        let gate = admission.gate("a");
-        let mut first = Vec::new();
-        for _ in 0..STARTING {
-            first.push(admission.admit_sync(&gate).await.unwrap());
-        }
+        let (admission, resident, mut first) = every_place_to_start_taken().await;
         let waiting: Vec<_> = (0..500)
             .map(|_| start_within(&admission, Duration::from_secs(1)))
             .collect();
@@ -558,13 +565,7 @@ mod tests {
     /// back and went behind every caller that came after it.
     #[tokio::test]
     async fn a_caller_that_finds_memory_taken_keeps_its_place_to_start() {
-        let (admission, resident) = admission_within(100_000, 100_000, 1 << 30);
-        let admission = Arc::new(admission);
-        let gate = admission.gate("a");
-        let mut first = Vec::new();
-        for _ in 0..STARTING {
-            first.push(admission.admit_sync(&gate).await.unwrap());
-        }
+        let (admission, resident, mut first) = every_place_to_start_taken().await;
         let waiter = start_within(&admission, Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(50)).await;
         resident.store(4 << 30, Ordering::Relaxed);
