@@ -16,6 +16,14 @@ async fn fetch(host: &Host, url: &str) -> serde_json::Value {
     body
 }
 
+/// Uploads the Rust probe to `host` and deploys it with `config` (its allowed hosts and
+/// timeouts).
+async fn deploy_probe(host: &Host, config: serde_json::Value) {
+    host.upload_file("probe", gust_test_guests::PROBE_A).await;
+    host.set_config("probe", config).await;
+    host.deploy("probe", None).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_hosts_only_with_timeouts_and_a_record_of_each_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -23,13 +31,11 @@ async fn allowed_hosts_only_with_timeouts_and_a_record_of_each_request() {
     let allowed_upstream = Upstream::start().await;
     let other_upstream = Upstream::start().await;
     let (allowed, other) = (&allowed_upstream.origin, &other_upstream.origin);
-    host.upload_file("probe", gust_test_guests::PROBE_A).await;
-    host.set_config(
-        "probe",
+    deploy_probe(
+        &host,
         json!({"allowed_hosts": [allowed], "outbound_timeout_s": 1}),
     )
     .await;
-    host.deploy("probe", None).await;
 
     let answer = fetch(&host, &format!("{allowed}/hello")).await;
     assert_eq!(answer["status"], 200, "{answer}");
@@ -230,10 +236,7 @@ async fn request_bodies_are_streamed_to_allowed_upstreams() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
     let upstream = Upstream::start().await;
-    host.upload_file("probe", gust_test_guests::PROBE_A).await;
-    host.set_config("probe", json!({"allowed_hosts": [upstream.origin]}))
-        .await;
-    host.deploy("probe", None).await;
+    deploy_probe(&host, json!({"allowed_hosts": [upstream.origin]})).await;
     let sink = format!("{}/sink", upstream.origin);
     let (status, _, body) = host
         .call("probe", json!({"op": "post-big", "key": sink, "mb": 8}))
@@ -273,13 +276,7 @@ async fn connections_to_one_upstream_stay_within_the_bound() {
     )
     .await;
     let upstream = Upstream::start().await;
-    host.upload_file("probe", gust_test_guests::PROBE_A).await;
-    host.set_config(
-        "probe",
-        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120, "outbound_timeout_s": 120}),
-    )
-    .await;
-    host.deploy("probe", None).await;
+    deploy_probe(&host, json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120, "outbound_timeout_s": 120})).await;
 
     let url = format!("{}/hold?ms=50", upstream.origin);
     let calls = (0..CALLS).map(|_| fetch(&host, &url));
@@ -314,13 +311,7 @@ async fn calls_waiting_on_an_http2_upstream_are_not_held_to_one_connections_stre
     let (upstream, certificate) = Upstream::start_https(STREAMS).await;
     let dir = tempfile::tempdir().unwrap();
     let host = certificate.trusting_host(dir.path()).await;
-    host.upload_file("probe", gust_test_guests::PROBE_A).await;
-    host.set_config(
-        "probe",
-        json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120, "outbound_timeout_s": 120}),
-    )
-    .await;
-    host.deploy("probe", None).await;
+    deploy_probe(&host, json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120, "outbound_timeout_s": 120})).await;
     // Each call waits at the gate until `arrived` gate requests have come, counted from the
     // upstream's start, or for a minute: only calls that wait together pass.
     let gated = |arrived: usize| json!({"op": "fetch", "key": format!("{}/gate?n={arrived}&ms=60000", upstream.origin)});
@@ -388,13 +379,11 @@ async fn calls_outlive_an_http2_upstream_closing_its_connections() {
     let (upstream, certificate) = Upstream::start_https_closing(100, CLOSE_AFTER).await;
     let dir = tempfile::tempdir().unwrap();
     let host = certificate.trusting_host(dir.path()).await;
-    host.upload_file("probe", gust_test_guests::PROBE_A).await;
-    host.set_config(
-        "probe",
+    deploy_probe(
+        &host,
         json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 60, "outbound_timeout_s": 30}),
     )
     .await;
-    host.deploy("probe", None).await;
 
     // One after another: every fifth request closes the connection it came on, and the next
     // one follows as soon as its answer is in.
@@ -509,13 +498,11 @@ async fn a_connect_left_to_finish_in_the_background_ends_at_its_requests_deadlin
     let host = certificate
         .trusting_host_with(dir.path(), &["--outbound-connections-per-host", "2"])
         .await;
-    host.upload_file("probe", gust_test_guests::PROBE_A).await;
-    host.set_config(
-        "probe",
+    deploy_probe(
+        &host,
         json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 60, "outbound_timeout_s": 6}),
     )
     .await;
-    host.deploy("probe", None).await;
     let hold = |ms: u64| json!({"op": "fetch", "key": format!("{}/hold?ms={ms}", upstream.origin)});
 
     // The first call holds the one connection the upstream serves for 4 s: the time the
@@ -563,13 +550,11 @@ async fn request_options_bound_the_head_and_each_wait_for_the_body() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
     let upstream = Upstream::start().await;
-    host.upload_file("probe", gust_test_guests::PROBE_A).await;
-    host.set_config(
-        "probe",
+    deploy_probe(
+        &host,
         json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 60, "outbound_timeout_s": 30}),
     )
     .await;
-    host.deploy("probe", None).await;
     let fetch = |url: String, options: serde_json::Value| {
         let mut input = json!({"op": "fetch", "key": url});
         input
@@ -625,13 +610,11 @@ async fn a_connect_timeout_ends_a_connect_the_origin_leaves_unanswered() {
     let (upstream, certificate) = Upstream::start_https1_stalling(0).await;
     let dir = tempfile::tempdir().unwrap();
     let host = certificate.trusting_host(dir.path()).await;
-    host.upload_file("probe", gust_test_guests::PROBE_A).await;
-    host.set_config(
-        "probe",
+    deploy_probe(
+        &host,
         json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 60, "outbound_timeout_s": 30}),
     )
     .await;
-    host.deploy("probe", None).await;
     let input =
         json!({"op": "fetch", "key": format!("{}/hello", upstream.origin), "connect_ms": 500});
     let started = Instant::now();
@@ -663,10 +646,7 @@ async fn an_upstream_certified_by_an_unknown_ca_is_refused_with_the_cause() {
     let (upstream, _) = Upstream::start_https(100).await;
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start_on(dir.path().join("data"), &["--allow-private-network"]).await;
-    host.upload_file("probe", gust_test_guests::PROBE_A).await;
-    host.set_config("probe", json!({"allowed_hosts": [upstream.origin]}))
-        .await;
-    host.deploy("probe", None).await;
+    deploy_probe(&host, json!({"allowed_hosts": [upstream.origin]})).await;
     let id = submit(
         &host,
         "probe",
