@@ -156,8 +156,9 @@ impl Request {
     /// Bounds getting a connection to the server, counted from the start of the request:
     /// resolving its name, TCP and TLS, and waiting for a connection another request is
     /// opening to it (not a wait for one of the host's places for connections to it, which
-    /// counts against the first-byte timeout and the deployment's, not this one). Past it the request fails with `ConnectionTimeout` (unless the
-    /// deployment's `outbound_timeout_s` ends first: `ConnectionReadTimeout`).
+    /// counts against the first-byte timeout and the deployment's, not this one). Past it
+    /// the request fails with `ConnectionTimeout` (unless the deployment's
+    /// `outbound_timeout_s` ends first: `ConnectionReadTimeout`).
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.connect = Some(timeout);

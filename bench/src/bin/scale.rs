@@ -448,8 +448,7 @@ async fn burst_of(
     let before_kib = resident_kib(host.pid());
     let answered_before = upstream.answered();
 
-    let cpu_before = cpu_seconds(host.pid());
-    let faults_before = minor_faults(host.pid());
+    let (cpu_before, faults_before) = cpu_seconds_and_faults(host.pid());
     // The upstream and this load generator share the machine's cores with the host during
     // the burst, so their CPU is reported beside the host's.
     let upstream_before = cpu_seconds(upstream.pid());
@@ -464,9 +463,10 @@ async fn burst_of(
         wall = wall.max(at);
     }
     let peak = sampler.stop().await;
-    let cpu = cpu_seconds(host.pid()) - cpu_before;
+    let (cpu_after, faults_after) = cpu_seconds_and_faults(host.pid());
+    let cpu = cpu_after - cpu_before;
     // Zero, not a wrapped difference, if the host's counters could not be read at the end.
-    let faults = minor_faults(host.pid()).saturating_sub(faults_before);
+    let faults = faults_after.saturating_sub(faults_before);
     let upstream_cpu = (cpu_seconds(upstream.pid()) - upstream_before).max(0.0);
     let generator_cpu = cpu_seconds(std::process::id()) - generator_before;
     let ok = statuses.get(&200).copied().unwrap_or(0);
@@ -671,12 +671,13 @@ async fn fairness(options: &Options, upstream: &Upstream) -> anyhow::Result<()> 
 
 /// CPU time process `pid` has used, user and system, in seconds (0 when unreadable).
 fn cpu_seconds(pid: u32) -> f64 {
-    cpu_and_faults(pid).map_or(0.0, |(cpu, _)| cpu.as_secs_f64())
+    cpu_seconds_and_faults(pid).0
 }
 
-/// Minor page faults of process `pid` so far (0 when unreadable).
-fn minor_faults(pid: u32) -> u64 {
-    cpu_and_faults(pid).map_or(0, |(_, faults)| faults)
+/// CPU seconds and minor page faults of process `pid` so far, from one reading (zeros when
+/// unreadable).
+fn cpu_seconds_and_faults(pid: u32) -> (f64, u64) {
+    cpu_and_faults(pid).map_or((0.0, 0), |(cpu, faults)| (cpu.as_secs_f64(), faults))
 }
 
 async fn futures<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {

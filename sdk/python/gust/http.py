@@ -37,6 +37,8 @@ Timeout = Union[float, Tuple[Optional[float], Optional[float]], None]
 _WRITE_CHUNK = 4096
 _READ_CHUNK = 64 * 1024
 _MAX_NANOS = 2**64 - 1
+# The longest bound in seconds: what a u64 of nanoseconds holds.
+_LONGEST_S = _MAX_NANOS / 1e9
 
 _METHODS = {
     "GET": types.Method_Get,
@@ -219,12 +221,11 @@ def _options(timeout: Timeout) -> Optional[types.RequestOptions]:
         # float) are its largest.
         if seconds is None:
             return None
-        if seconds >= _MAX_NANOS / 1e9:
+        if seconds >= _LONGEST_S:
             return _MAX_NANOS
         return max(1, round(seconds * 1e9))
 
-    longest = _MAX_NANOS / 1e9
-    first_byte = None if read is None else min(connect or 0, longest) + min(read, longest)
+    first_byte = None if read is None else min(connect or 0, _LONGEST_S) + min(read, _LONGEST_S)
     options = types.RequestOptions()
     _set(options.set_connect_timeout, nanos(connect), "connect timeout")
     _set(options.set_first_byte_timeout, nanos(first_byte), "read timeout")

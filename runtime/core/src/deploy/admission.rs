@@ -466,8 +466,6 @@ mod tests {
         held
     }
 
-    /// A caller of agent `a` taking the whole of admission with a deadline of `wait`, as a
-    /// queued run does (its agent's room without a deadline): whether it was admitted.
     /// A host with memory to spare (1 GiB, 100 MiB resident) whose places to start are all
     /// held by callers not started yet: the host, its resident size to set, and those callers.
     async fn every_place_to_start_taken() -> (Arc<Admission>, Arc<AtomicU64>, Vec<Admitted>) {
@@ -481,6 +479,8 @@ mod tests {
         (admission, resident, first)
     }
 
+    /// A caller of agent `a` taking the whole of admission with a deadline of `wait`, as a
+    /// queued run does (its agent's room without a deadline): whether it was admitted.
     fn start_within(admission: &Arc<Admission>, wait: Duration) -> tokio::task::JoinHandle<bool> {
         let admission = Arc::clone(admission);
         tokio::spawn(async move {

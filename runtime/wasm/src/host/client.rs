@@ -126,8 +126,9 @@ pub(crate) type Sent = Result<(hyper::Response<hyper::body::Incoming>, InFlight)
 
 impl GuestClient {
     /// Sends `request`, all of it within `deadline`: the wait at a gate, for a connection,
-    /// and for the answer's head. A connection opened for it connects (TCP and TLS) within
-    /// `connect`, when the guest asked for that.
+    /// and for the answer's head. When the guest set a `connect_timeout` (`connect`), the
+    /// waits at a gate and a connect opened for the request end at it too (see
+    /// [`ConnectBound`]).
     ///
     /// A request the server refused without processing it is sent again, on another
     /// connection (see `replay`), up to [`SENT_AGAIN`] times.
@@ -196,11 +197,9 @@ impl GuestClient {
             // connect in turn.
             let at_gate = |gate: Arc<Gate>| async move {
                 match bounds.connect {
-                    Some(ConnectBound { by, asked }) => tokio::time::timeout_at(by, gate.pass())
+                    Some(bound) => tokio::time::timeout_at(bound.by, gate.pass())
                         .await
-                        .map_err(|_| {
-                            SendError::ConnectTimedOut(ConnectTimedOut { asked: Some(asked) })
-                        })?
+                        .map_err(|_| SendError::ConnectTimedOut(bound.cut()))?
                         .map_err(SendError::Failed),
                     None => gate.pass().await.map_err(SendError::Failed),
                 }
@@ -595,6 +594,15 @@ struct ConnectBound {
     asked: Duration,
 }
 
+impl ConnectBound {
+    /// What a wait or a connect cut off by it is.
+    fn cut(&self) -> ConnectTimedOut {
+        ConnectTimedOut {
+            asked: Some(self.asked),
+        }
+    }
+}
+
 tokio::task_local! {
     /// The bounds of the request being sent on this task (see [`before`]).
     static BOUNDS: Bounds;
@@ -678,48 +686,40 @@ impl tower_service::Service<Uri> for Counted {
                     .map_err(|_| "timed out waiting for a connection to the origin")?,
                 None => origins.connection(&key).await,
             };
-            // The wait for a place does not count against the guest's bound.
-            let connect = connect.map(|c| ConnectBound {
-                by: c.by.checked_add(waiting.elapsed()).unwrap_or(c.by),
-                asked: c.asked,
+            // Connecting (the name, TCP and TLS) ends at the guest's `connect_timeout` if it
+            // set one (the wait for a place above not counted), and is bounded by the deadline
+            // too: a connect the client goes on with in the background (see `before`) holds
+            // its place until it ends, and an origin that accepts the connection but never
+            // answers the handshake would hold the place for good. A moment past the
+            // deadline: a request still waiting for its own connect is cut off by its own
+            // timeout first, so mostly only a connect left in the background ends here (when
+            // it is the request's own, on a task not polled for that moment,
+            // `ConnectTimedOut` still says it timed out). The deadline is this request's own,
+            // so running out of it fails no one else at the gates: the next in line opens
+            // instead. (Outside `before` there is neither deadline nor guest's bound.)
+            let cutoff = deadline.map(|deadline| {
+                let late = deadline + CONNECT_GRACE;
+                match connect {
+                    Some(bound) => {
+                        let by = bound.by.checked_add(waiting.elapsed()).unwrap_or(bound.by);
+                        if by <= late {
+                            (by, bound.cut())
+                        } else {
+                            (late, ConnectTimedOut { asked: None })
+                        }
+                    }
+                    None => (late, ConnectTimedOut { asked: None }),
+                }
             });
-            // The guest's own bound, when it ends before `by`: what a timeout at `by` is.
-            let asked_before = move |by: tokio::time::Instant| {
-                connect.filter(|c| c.by <= by).map(|c| {
-                    (
-                        c.by,
-                        ConnectTimedOut {
-                            asked: Some(c.asked),
-                        },
-                    )
-                })
-            };
-            if let Some(c) = connect
-                && c.by <= tokio::time::Instant::now()
+            if let Some((by, cut)) = &cutoff
+                && *by <= tokio::time::Instant::now()
             {
-                // Nothing left of the guest's bound: no connection is started for it.
-                return Err(BoxError::from(ConnectTimedOut {
-                    asked: Some(c.asked),
-                }));
+                // Nothing left of the bound: no connection is started for it.
+                return Err(BoxError::from(cut.clone()));
             }
             let https = key.starts_with("https:");
             let connecting = tower_service::Service::call(&mut inner, uri);
-            // Connecting (the name, TCP and TLS) ends at the guest's `connect_timeout` if it
-            // set one, and is bounded by the deadline too: a connect the client goes on with
-            // in the background (see `before`) holds its place until it ends, and an origin
-            // that accepts the connection but never answers the handshake would hold the
-            // place for good. A moment past the deadline: a request still
-            // waiting for its own connect is cut off by its own timeout first, so mostly
-            // only a connect left in the background ends here (when it is the request's own,
-            // on a task not polled for that moment, `ConnectTimedOut` still says it timed
-            // out). The deadline is this request's own, so running out of it fails no one
-            // else at the gates: the next in line opens instead.
-            // (Without a deadline, outside `before`, there is no guest's bound either.)
-            let by = deadline.map(|deadline| {
-                let late = deadline + CONNECT_GRACE;
-                asked_before(late).unwrap_or((late, ConnectTimedOut { asked: None }))
-            });
-            let connected = match by {
+            let connected = match cutoff {
                 Some((by, cut)) => match tokio::time::timeout_at(by, connecting).await {
                     Ok(connected) => connected,
                     Err(_) => return Err(BoxError::from(cut)),
