@@ -286,10 +286,11 @@ async fn rotating_the_admin_token_updates_the_profile() {
     );
 }
 
-/// Every read command has `--json` and prints one JSON document with the API's field names.
-/// The command tree is walked, so a new command must be classified here.
+/// Every read command has `--json` and prints one JSON document with the API's field names;
+/// with or without it, a command whose reader went away (`gust … | head`) ends quietly with
+/// exit code 0. The command tree is walked, so a new command must be classified here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_read_command_prints_json() {
+async fn every_read_command_prints_json_and_ends_quietly_when_its_reader_goes() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(dir.path()).await;
     host.upload_file("echo", gust_test_guests::ECHO).await;
@@ -369,8 +370,54 @@ async fn every_read_command_prints_json() {
             answer.get(field).is_some(),
             "`gust {name} --json` has no `{field}`: {answer}"
         );
+        ends_quietly(&user, &argv, false);
+        argv.pop();
+        ends_quietly(&user, &argv, false);
     }
     assert!(key["key"].is_string());
+    // Output that is not a read's answer: a sync call's, generated scripts and settings, and
+    // the events `runs get --follow` writes to stderr (`2>&1 | head`).
+    ends_quietly(&user, &["run", "echo", r#"{"hello": "pipe"}"#], false);
+    ends_quietly(&user, &["completions", "bash"], false);
+    ends_quietly(&user, &["serve", "--print-config"], false);
+    ends_quietly(&user, &["runs", "get", "echo", &run_id, "--follow"], true);
+}
+
+/// Runs `gust args` with stdout (and with `stderr_too`, stderr) a pipe nobody reads any
+/// more, as `gust … | head` finds it once `head` has its lines: it must end with exit code
+/// 0 and without a word, not panic in `println!` (exit code 101).
+fn ends_quietly(user: &User, args: &[&str], stderr_too: bool) {
+    let output = into_closed_pipe(user, args, stderr_too);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "`gust {}` into a closed pipe: {}",
+        args.join(" "),
+        stderr(&output)
+    );
+    assert_eq!(
+        stderr(&output),
+        "",
+        "`gust {}` into a closed pipe",
+        args.join(" ")
+    );
+}
+
+/// `gust args` with stdout (and with `stderr_too`, stderr) a pipe whose reader is gone.
+fn into_closed_pipe(user: &User, args: &[&str], stderr_too: bool) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let errors_to = if stderr_too {
+        Stdio::from(writer.try_clone().unwrap())
+    } else {
+        Stdio::piped()
+    };
+    user.command(args)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(errors_to)
+        .output()
+        .expect("running gust")
 }
 
 fn collect_leaves(command: &clap::Command, prefix: &str, leaves: &mut Vec<String>) {
@@ -425,6 +472,18 @@ async fn exit_codes_say_why() {
         Some(6),
         "run failed"
     );
+    // The run's outcome still decides when the output's reader went away (`| head -1`).
+    let failed = user.gust(&["run", "--async", "--wait", "probe", r#"{"op":"fail"}"#]);
+    assert_eq!(failed.status.code(), Some(6), "{}", stderr(&failed));
+    let printed = String::from_utf8_lossy(&failed.stdout);
+    let id = printed
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("run:")
+        .trim();
+    let unread = into_closed_pipe(&user, &["runs", "get", "probe", id], false);
+    assert_eq!(unread.status.code(), Some(6), "{}", stderr(&unread));
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", listener.local_addr().unwrap())

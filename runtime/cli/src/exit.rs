@@ -31,7 +31,9 @@ Exit codes:
   4  not found: no such agent, version, run or key
   5  conflict: the server's state forbids it (e.g. deleting the live version)
   6  run failed: the agent answered an error, or the run ended failed/cancelled/expired
-  7  unavailable: the server could not be reached or has no room now; retry later";
+  7  unavailable: the server could not be reached or has no room now; retry later
+Output whose reader went away (`gust runs list | head -1`) ends the command with 0, unless
+it already knows the run failed (6).";
 
 /// An error that knows its exit code. Messages are one line for people; the code is for
 /// scripts.

@@ -13,6 +13,7 @@ mod serve;
 mod target;
 pub mod telemetry;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 pub use cli::Cli;
@@ -32,8 +33,14 @@ pub fn command() -> clap::Command {
 /// Runs a parsed command line to its exit code (documented in `exit`).
 pub async fn run(cli: Cli) -> ExitCode {
     let outcome = dispatch(cli).await;
-    if let Err(e) = &outcome {
-        eprintln!("gust: {e:#}");
+    match &outcome {
+        // `gust … | head` has what it wanted.
+        Err(e) if output::is_reader_gone(e) => return ExitCode::SUCCESS,
+        // Nowhere to say it when stderr is closed: the exit code still does.
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "gust: {e:#}");
+        }
+        Ok(()) => {}
     }
     exit::code(&outcome)
 }
@@ -61,8 +68,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             project::install(dir, &languages)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut self::command(), "gust", &mut std::io::stdout());
-            Ok(())
+            // Into a buffer first: clap_complete panics when it cannot write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut self::command(), "gust", &mut script);
+            output::bytes_out(&script)
         }
         Command::Login => commands::login(&global, out).await,
         Command::Logout => commands::logout(global.profile.as_deref(), out),
@@ -239,7 +248,8 @@ fn given(global: &Global) -> anyhow::Result<target::Given> {
         Some(target::read_secret("token: ")?)
     } else {
         if global.token.is_some() {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "gust: warning: a token on the command line is visible to other users (ps) and \
                  kept in shell history; use `gust login`, --token-stdin or GUST_TOKEN"
             );

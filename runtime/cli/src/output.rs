@@ -1,9 +1,88 @@
 //! How client commands print: for people (tables, colour on a terminal, notes on stderr),
 //! or for scripts (`--json`: the API's own answer on stdout, nothing else there).
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use serde_json::Value;
+
+/// Whoever read the command's output went away: `gust … | head` has the lines it wanted.
+/// Writing on gives this error instead of a panic, and `run` ends the command there with
+/// exit code 0, saying nothing, as ripgrep does.
+///
+/// Rust ignores SIGPIPE, so `println!` panics on a closed pipe. SIGPIPE's default is not
+/// restored instead: hyper writes to sockets with `writev`, which does not pass
+/// `MSG_NOSIGNAL`, so a server closing the connection during an upload would kill the
+/// process without a word instead of letting it print the server's answer.
+#[derive(Debug)]
+pub(crate) struct ReaderGone;
+
+impl std::fmt::Display for ReaderGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the output's reader went away")
+    }
+}
+
+impl std::error::Error for ReaderGone {}
+
+/// `println!` that answers [`ReaderGone`] instead of panicking when stdout is closed.
+macro_rules! say {
+    () => {
+        $crate::output::line_to(std::io::stdout().lock(), format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::line_to(std::io::stdout().lock(), format_args!($($arg)*))
+    };
+}
+pub(crate) use say;
+
+/// `eprintln!` for what is the command's output although it goes to stderr (the events of
+/// `gust runs get --follow`): [`ReaderGone`] when stderr is closed.
+macro_rules! tell {
+    () => {
+        $crate::output::line_to(std::io::stderr().lock(), format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::line_to(std::io::stderr().lock(), format_args!($($arg)*))
+    };
+}
+pub(crate) use tell;
+
+/// `eprintln!` for notes and warnings: a closed stderr loses them, not the command, as the
+/// note is not what the command was run for.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = $crate::output::line_to(std::io::stderr().lock(), format_args!($($arg)*));
+    }};
+}
+pub(crate) use note;
+
+/// One line of text to `to`; see [`say`].
+pub(crate) fn line_to(
+    mut to: impl std::io::Write,
+    line: std::fmt::Arguments<'_>,
+) -> anyhow::Result<()> {
+    written(writeln!(to, "{line}"))
+}
+
+/// Bytes to stdout as they are, flushed (a chunk of streamed output, a generated script).
+pub(crate) fn bytes_out(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    written(stdout.write_all(bytes).and_then(|()| stdout.flush()))
+}
+
+/// A write's outcome: a closed pipe is [`ReaderGone`]; any other failure says where it was.
+pub(crate) fn written(outcome: std::io::Result<()>) -> anyhow::Result<()> {
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ReaderGone.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing the output")),
+    }
+}
+
+/// Whether `e` is a [`ReaderGone`], however it was wrapped.
+pub(crate) fn is_reader_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| cause.is::<ReaderGone>())
+}
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Out {
@@ -33,17 +112,16 @@ impl Out {
         }
     }
 
-    /// A note for people on stderr (what happened, what to do next).
+    /// A note for people on stderr (what happened, what to do next); see [`note!`].
     pub(crate) fn note(&self, line: impl AsRef<str>) {
         if !self.quiet {
-            eprintln!("{}", line.as_ref());
+            note!("{}", line.as_ref());
         }
     }
 
     /// The answer as pretty JSON on stdout.
     pub(crate) fn json(&self, value: &Value) -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string_pretty(value)?);
-        Ok(())
+        say!("{}", serde_json::to_string_pretty(value)?)
     }
 
     /// A run status, coloured by outcome on a terminal.
@@ -88,7 +166,7 @@ impl Table {
         self.rows.push(cells);
     }
 
-    pub(crate) fn print(&self) {
+    pub(crate) fn print(&self) -> anyhow::Result<()> {
         let mut widths: Vec<usize> = self.head.iter().map(|h| h.len()).collect();
         for row in &self.rows {
             for (i, cell) in row.iter().enumerate() {
@@ -105,12 +183,13 @@ impl Table {
                     text.extend(std::iter::repeat_n(' ', pad));
                 }
             }
-            println!("{}", text.trim_end());
+            say!("{}", text.trim_end())
         };
-        line(self.head.clone());
+        line(self.head.clone())?;
         for row in &self.rows {
-            line(row.iter().map(String::as_str).collect());
+            line(row.iter().map(String::as_str).collect())?;
         }
+        Ok(())
     }
 }
 

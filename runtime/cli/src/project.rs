@@ -7,6 +7,8 @@ use anyhow::{Context as _, bail};
 
 use gust_project::{self as project, Language, Manifest, Tool, ToolOutput, Toolchains};
 
+use crate::output::{note, say};
+
 pub(crate) fn new(agent: &str, language: Language) -> anyhow::Result<()> {
     project::new_project(Path::new("."), agent, language)?;
     let entry = match language {
@@ -14,16 +16,16 @@ pub(crate) fn new(agent: &str, language: Language) -> anyhow::Result<()> {
         Language::Python => "app.py",
         Language::Js => "app.js",
     };
-    println!(
+    say!(
         "created {agent}/ ({}): {entry}, gust.toml, README.md, sdk/, wit/",
         language.as_str()
-    );
-    println!();
-    println!("next:");
-    println!("  cd {agent}");
-    println!("  gust build");
-    println!("  gust deploy");
-    println!("  gust run {agent} '{{\"name\": \"Ada\"}}'");
+    )?;
+    say!()?;
+    say!("next:")?;
+    say!("  cd {agent}")?;
+    say!("  gust build")?;
+    say!("  gust deploy")?;
+    say!("  gust run {agent} '{{\"name\": \"Ada\"}}'")?;
     Ok(())
 }
 
@@ -31,7 +33,7 @@ pub(crate) fn new(agent: &str, language: Language) -> anyhow::Result<()> {
 /// (`gust deploy x "$(gust build)"`).
 pub(crate) fn build_command(dir: &Path, quiet: bool) -> anyhow::Result<()> {
     let built = build(dir, quiet)?;
-    println!("{}", relative_to_cwd(&built).display());
+    say!("{}", relative_to_cwd(&built).display())?;
     Ok(())
 }
 
@@ -41,7 +43,7 @@ pub(crate) fn build(dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
     let manifest = Manifest::read(dir)?;
     let toolchains = Toolchains::user_cache()?;
     if !quiet {
-        eprintln!(
+        note!(
             "gust: building {} ({})…",
             manifest.name,
             manifest.language.as_str()
@@ -56,7 +58,7 @@ pub(crate) fn build(dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
     let shown = relative_to_cwd(&built);
     let size = std::fs::metadata(&built).map(|m| m.len()).unwrap_or(0);
     if !quiet {
-        eprintln!(
+        note!(
             "gust: built {} ({})",
             shown.display(),
             crate::output::size(size)
@@ -87,12 +89,12 @@ pub(crate) fn install(dir: Option<PathBuf>, languages: &[Language]) -> anyhow::R
         let executable = toolchains
             .install(tool, &mut std::io::stderr())
             .with_context(|| format!("installing {} {}", tool.name(), tool.version()))?;
-        println!(
+        say!(
             "{} {}: {}",
             tool.name(),
             tool.version(),
             executable.display()
-        );
+        )?;
     }
     Ok(())
 }

@@ -73,11 +73,8 @@ impl FromArgMatches for ServeArgs {
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.flags.print_config {
         // Before anything touches the disk: printing the settings creates no data folder.
-        print!(
-            "{}",
-            print::render(&args.settings, args.flags.config.as_deref())
-        );
-        return Ok(());
+        let settings = print::render(&args.settings, args.flags.config.as_deref());
+        return crate::output::bytes_out(settings.as_bytes());
     }
     let token_from_file = token_from_file(&args)?;
     let mut args = args.flags;
@@ -260,7 +257,7 @@ async fn shutdown_signal() {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        eprintln!("gust: second signal, exiting now");
+        crate::output::note!("gust: second signal, exiting now");
         std::process::exit(130);
     });
 }

@@ -33,7 +33,7 @@ impl Drop for Telemetry {
         if let Some(provider) = self.provider.take()
             && let Err(e) = provider.shutdown_with_timeout(FLUSH)
         {
-            eprintln!("gust: the last traces could not be exported: {e}");
+            crate::output::note!("gust: the last traces could not be exported: {e}");
         }
     }
 }

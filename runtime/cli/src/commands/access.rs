@@ -8,7 +8,7 @@ use super::Ctx;
 use crate::cli::Global;
 use crate::client::Client;
 use crate::exit::{self, Code, Failure};
-use crate::output::{Out, Table, text};
+use crate::output::{Out, Table, note, say, text};
 use crate::target::{self, DEFAULT_PROFILE, Given, Profile, Profiles, Source, Target};
 
 /// Checks a token against the server, then stores URL and token as one profile and makes it
@@ -34,7 +34,7 @@ pub(crate) async fn login(global: &Global, out: Out) -> anyhow::Result<()> {
         .or_else(|| profiles.name_for_url(&url))
         .unwrap_or_else(|| DEFAULT_PROFILE.to_owned());
     let token = if let Some(token) = &global.token {
-        eprintln!(
+        note!(
             "gust: warning: a token on the command line is visible to other users (ps) and \
              kept in shell history; `gust login` reads it from standard input"
         );
@@ -127,10 +127,10 @@ pub(crate) async fn whoami(given: &Given, out: Out) -> anyhow::Result<()> {
             "access": access,
         }))?;
     } else {
-        println!("url:     {shown_url}");
-        println!("profile: {}", source.profile().unwrap_or("-"));
-        println!("from:    {}", source.describe());
-        println!("access:  {access}");
+        say!("url:     {shown_url}")?;
+        say!("profile: {}", source.profile().unwrap_or("-"))?;
+        say!("from:    {}", source.describe())?;
+        say!("access:  {access}")?;
     }
     match access {
         "admin" | "invoke key" => Ok(()),
@@ -163,14 +163,14 @@ pub(crate) async fn health(given: &Given, out: Out) -> anyhow::Result<()> {
     if out.json {
         out.json(&json!({"url": url, "up": up, "ready": ready}))?;
     } else {
-        println!(
+        say!(
             "{url}: up{}",
             if ready {
                 ", ready"
             } else {
                 ", loading deployments"
             }
-        );
+        )?;
     }
     if ready {
         Ok(())
@@ -188,7 +188,7 @@ pub(crate) async fn stats(c: &Ctx) -> anyhow::Result<()> {
     for (name, value) in stats.as_object().into_iter().flatten() {
         table.row(vec![name.clone(), text(value)]);
     }
-    table.print();
+    table.print()?;
     Ok(())
 }
 
@@ -208,7 +208,7 @@ pub(crate) async fn keys_create(
     if c.out.json {
         return c.out.json(&answer);
     }
-    println!("{}", text(&answer["key"]));
+    say!("{}", text(&answer["key"]))?;
     c.out.note(format!(
         "key {} for `{agent}` (shown only this once; send it as `Authorization: Bearer …` or `x-api-key: …`)",
         text(&answer["id"])
@@ -238,7 +238,7 @@ pub(crate) async fn keys_list(c: &Ctx, agent: &str) -> anyhow::Result<()> {
             },
         ]);
     }
-    table.print();
+    table.print()?;
     Ok(())
 }
 
@@ -260,8 +260,8 @@ pub(crate) async fn push_test(c: &Ctx, agent: &str) -> anyhow::Result<()> {
         c.out.json(&answer)?;
     } else {
         match answer["error"].as_str() {
-            Some(error) => println!("{error}"),
-            None => println!("the push receiver answered {}", answer["status"]),
+            Some(error) => say!("{error}")?,
+            None => say!("the push receiver answered {}", answer["status"])?,
         }
     }
     if answer["delivered"] != json!(true) {
@@ -313,7 +313,7 @@ fn shown_once(c: &Ctx, answer: &Value, secret: &Value, note: &str) -> anyhow::Re
     if c.out.json {
         return c.out.json(answer);
     }
-    println!("{}", text(secret));
+    say!("{}", text(secret))?;
     c.out.note(note);
     Ok(())
 }

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::{Ctx, confirm};
-use crate::output::{Table, masked_config, or_dash, size, text};
+use crate::output::{Table, masked_config, or_dash, say, size, text};
 
 pub(crate) async fn agents_list(c: &Ctx) -> anyhow::Result<()> {
     let answer = c.call(Method::GET, "/v1/agents").await?;
@@ -29,7 +29,7 @@ pub(crate) async fn agents_list(c: &Ctx) -> anyhow::Result<()> {
             text(&a["endpoints"]["sync"]),
         ]);
     }
-    table.print();
+    table.print()?;
     Ok(())
 }
 
@@ -53,7 +53,7 @@ pub(crate) async fn endpoint(
             for e in &endpoints {
                 table.row(vec![text(&e["title"]), text(&e["method"]), text(&e["url"])]);
             }
-            table.print();
+            table.print()?;
             c.out.note(format!(
                 "mode: {}; code to call them: gust endpoint {agent} --lang curl|python|node",
                 text(&answer["mode"])
@@ -66,14 +66,14 @@ pub(crate) async fn endpoint(
             };
             for (i, e) in endpoints.iter().enumerate() {
                 if i > 0 {
-                    println!();
+                    say!()?;
                 }
-                println!(
+                say!(
                     "{comment} {}: {}",
                     text(&e["title"]),
                     text(&e["description"])
-                );
-                print!("{}", text(&e["snippets"][lang.key()]));
+                )?;
+                crate::output::bytes_out(text(&e["snippets"][lang.key()]).as_bytes())?;
             }
         }
     }
@@ -86,27 +86,27 @@ pub(crate) async fn agents_show(c: &Ctx, agent: &str) -> anyhow::Result<()> {
         return c.out.json(&a);
     }
     let o = &c.out;
-    println!("{}    {}", o.bold("agent:"), text(&a["agent"]));
+    say!("{}    {}", o.bold("agent:"), text(&a["agent"]))?;
     for (name, url) in a["endpoints"].as_object().into_iter().flatten() {
-        println!("endpoint: {name:<10} {}", text(url));
+        say!("endpoint: {name:<10} {}", text(url))?;
     }
     match a["live"].as_object() {
-        Some(live) => println!(
+        Some(live) => say!(
             "live:     deployment {} = version {} since {} ({} mode)",
             live["deployment"],
             live["version"],
             text(&live["deployed_at"]),
             text(&live["config"]["mode"])
-        ),
-        None => println!("live:     nothing deployed"),
+        )?,
+        None => say!("live:     nothing deployed")?,
     }
     let pending = if a["draft_pending"] == json!(true) {
         "  (differs from live: deploy to apply)"
     } else {
         ""
     };
-    println!("draft:    {}{pending}", masked_config(&a["draft"]));
-    println!("versions:");
+    say!("draft:    {}{pending}", masked_config(&a["draft"]))?;
+    say!("versions:")?;
     let mut table = Table::new(&["  VERSION", "DIGEST", "SIZE", "UPLOADED", "DEPLOYED", ""]);
     for v in a["versions"].as_array().into_iter().flatten() {
         table.row(vec![
@@ -122,8 +122,8 @@ pub(crate) async fn agents_show(c: &Ctx, agent: &str) -> anyhow::Result<()> {
             },
         ]);
     }
-    table.print();
-    println!("deployments:");
+    table.print()?;
+    say!("deployments:")?;
     let mut table = Table::new(&["  DEPLOYMENT", "VERSION", "DEPLOYED", "STATE"]);
     for d in a["deployments"].as_array().into_iter().flatten() {
         let state = if d["live"] == json!(true) {
@@ -140,7 +140,7 @@ pub(crate) async fn agents_show(c: &Ctx, agent: &str) -> anyhow::Result<()> {
             state,
         ]);
     }
-    table.print();
+    table.print()?;
     Ok(())
 }
 
@@ -181,7 +181,7 @@ pub(crate) async fn versions_list(c: &Ctx, agent: &str) -> anyhow::Result<()> {
             },
         ]);
     }
-    table.print();
+    table.print()?;
     Ok(())
 }
 
@@ -195,8 +195,8 @@ pub(crate) async fn versions_show(c: &Ctx, agent: &str, version: u32) -> anyhow:
     if c.out.json {
         return c.out.json(&v);
     }
-    println!("agent:    {agent}");
-    println!(
+    say!("agent:    {agent}")?;
+    say!(
         "version:  {}{}",
         v["version"],
         if v["live"] == json!(true) {
@@ -204,16 +204,16 @@ pub(crate) async fn versions_show(c: &Ctx, agent: &str, version: u32) -> anyhow:
         } else {
             ""
         }
-    );
-    println!("digest:   {}", text(&v["digest"]));
-    println!("size:     {}", size(v["size"].as_u64().unwrap_or(0)));
-    println!("uploaded: {}", text(&v["created_at"]));
-    println!(
+    )?;
+    say!("digest:   {}", text(&v["digest"]))?;
+    say!("size:     {}", size(v["size"].as_u64().unwrap_or(0)))?;
+    say!("uploaded: {}", text(&v["created_at"]))?;
+    say!(
         "deployed: {}",
         v["last_deployed_at"].as_str().unwrap_or("never")
-    );
-    println!();
-    println!("{}", text(&v["wit"]).trim_end());
+    )?;
+    say!()?;
+    say!("{}", text(&v["wit"]).trim_end())?;
     Ok(())
 }
 

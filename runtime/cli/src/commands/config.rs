@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::Ctx;
 use crate::cli::ConfigChanges;
 use crate::exit::Failure;
-use crate::output::masked_config;
+use crate::output::{masked_config, note};
 use crate::target::read_secret;
 
 /// Shows the draft, or applies the changes to it and shows the result. The draft is printed
@@ -33,7 +33,7 @@ pub(crate) async fn config(c: &Ctx, agent: &str, changes: &ConfigChanges) -> any
                     "the push signing secret is `push.secret` in this answer, shown only this once",
                 );
             } else {
-                eprintln!(
+                note!(
                     "push signing secret (shown only this once; your receiver verifies signatures with it):\n  {secret}"
                 );
             }
@@ -70,7 +70,7 @@ impl Secrets {
             .into());
         }
         if changes.push_token.as_deref().is_some_and(|t| t != "-") {
-            eprintln!(
+            note!(
                 "gust: warning: --push-token on the command line is visible to other users (ps) \
                  and kept in shell history; `--push-token -` reads it from standard input"
             );

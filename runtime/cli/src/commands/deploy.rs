@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{Ctx, confirm};
 use crate::exit::Failure;
-use crate::output::{Out, size, text};
+use crate::output::{Out, note, say, size, text};
 
 /// `gust deploy [AGENT] [FILE] [--version N]`. Without an agent it works on the project in
 /// this folder (or the nearest one above): builds when the component is older than the
@@ -66,10 +66,10 @@ pub(crate) async fn deploy(
             return c.out.json(&preview);
         }
         if changes.is_empty() {
-            println!("nothing would change: version {target} with this configuration is live");
+            say!("nothing would change: version {target} with this configuration is live")?;
         }
         for line in &changes {
-            println!("{line}");
+            say!("{line}")?;
         }
         return Ok(());
     }
@@ -83,17 +83,17 @@ pub(crate) async fn deploy(
                 "endpoints": before["endpoints"],
             }));
         }
-        println!(
+        say!(
             "nothing to deploy: version {target} with this configuration is already live\nendpoint: {}",
             text(&before["endpoints"]["sync"])
-        );
+        )?;
         return Ok(());
     }
     let will_ask = !yes && std::io::stdin().is_terminal();
     if !c.out.quiet || will_ask {
-        eprintln!("deploying {agent}:");
+        note!("deploying {agent}:");
         for line in &changes {
-            eprintln!("  {line}");
+            note!("  {line}");
         }
     }
     // `gust deploy <agent> <file>` always ran unattended in scripts; it still does.
@@ -114,15 +114,15 @@ pub(crate) async fn deploy(
     if c.out.json {
         return c.out.json(&answer);
     }
-    println!(
+    say!(
         "deployed {agent} version {} (deployment {})\nendpoint: {}",
         answer["version"],
         answer["deployment"],
         text(&answer["endpoints"]["sync"])
-    );
+    )?;
     for (name, url) in answer["endpoints"].as_object().into_iter().flatten() {
         if name != "sync" {
-            println!("{name}: {}", text(url));
+            say!("{name}: {}", text(url))?;
         }
     }
     if from_project {
@@ -371,11 +371,11 @@ pub(crate) async fn rollback(c: &Ctx, agent: &str, to: Option<u32>) -> anyhow::R
     if c.out.json {
         return c.out.json(&answer);
     }
-    println!(
+    say!(
         "rolled back {agent} to deployment {} (version {})\nendpoint: {}",
         answer["deployment"],
         answer["version"],
         text(&answer["endpoints"]["sync"])
-    );
+    )?;
     Ok(())
 }

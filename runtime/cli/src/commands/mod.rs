@@ -9,7 +9,7 @@ mod logs;
 mod runs;
 mod sse;
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::Context as _;
 use reqwest::Method;
@@ -96,7 +96,8 @@ pub(crate) fn confirm(
         ))
         .into());
     }
-    eprint!("{question} [y/N] ");
+    // Where stderr is closed the question goes unseen; the answer is still read.
+    let _ = write!(std::io::stderr(), "{question} [y/N] ");
     let mut answer = String::new();
     std::io::stdin()
         .read_line(&mut answer)

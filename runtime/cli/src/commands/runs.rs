@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::Ctx;
 use crate::exit::{Code, Failure};
-use crate::output::{Table, text};
+use crate::output::{Table, say, tell, text, written};
 
 pub(crate) async fn run(
     c: &Ctx,
@@ -52,7 +52,7 @@ pub(crate) async fn run(
         if c.out.json {
             return c.out.json(&answer);
         }
-        println!("{id}");
+        say!("{id}")?;
         c.out.note(format!(
             "queued; `gust runs get {agent} {id} --wait` follows it"
         ));
@@ -61,12 +61,12 @@ pub(crate) async fn run(
     // A sync call's answer is the agent's own output, printed as it came (it is JSON when
     // the agent answers JSON, so `--json` changes nothing here).
     let output = response.bytes().await.context("reading the output")?;
-    let mut stdout = std::io::stdout();
-    stdout.write_all(&output)?;
+    let mut stdout = std::io::stdout().lock();
+    written(stdout.write_all(&output))?;
     if !output.ends_with(b"\n") && stdout.is_terminal() {
-        stdout.write_all(b"\n")?;
+        written(stdout.write_all(b"\n"))?;
     }
-    Ok(())
+    written(stdout.flush())
 }
 
 pub(crate) async fn runs_get(c: &Ctx, agent: &str, id: &str, wait: bool) -> anyhow::Result<()> {
@@ -108,12 +108,13 @@ pub(crate) async fn runs_get(c: &Ctx, agent: &str, id: &str, wait: bool) -> anyh
     if let Some(bar) = spinner {
         bar.finish_and_clear();
     }
-    if c.out.json {
-        c.out.json(&run)?;
+    let printed = if c.out.json {
+        c.out.json(&run)
     } else {
-        print_run(c, &run);
-    }
-    match run["status"].as_str() {
+        print_run(c, &run)
+    };
+    // The run's own outcome decides the exit code, even when its reader went away.
+    let outcome = match run["status"].as_str() {
         Some("succeeded" | "queued" | "running") => Ok(()),
         Some(status) => {
             let error = &run["error"];
@@ -123,8 +124,9 @@ pub(crate) async fn runs_get(c: &Ctx, agent: &str, id: &str, wait: bool) -> anyh
                 .unwrap_or_default();
             Err(Failure::new(Code::RunFailed, format!("run {id} {status}{detail}")).into())
         }
-        None => anyhow::bail!("the server's answer has no status"),
-    }
+        None => Err(anyhow::anyhow!("the server's answer has no status")),
+    };
+    outcome.and(printed)
 }
 
 /// `gust runs get --follow`: the run's events as they come (on stderr, so stdout stays the
@@ -141,36 +143,36 @@ pub(crate) async fn runs_follow(c: &Ctx, agent: &str, id: &str) -> anyhow::Resul
             if event == "chunk" {
                 let bytes = chunk_bytes(&data);
                 let mut stderr = std::io::stderr().lock();
-                let _ = stderr.write_all(&bytes).and_then(|()| stderr.flush());
+                written(stderr.write_all(&bytes).and_then(|()| stderr.flush()))?;
                 if let Some(last) = bytes.last() {
                     mid_line = *last != b'\n';
                 }
-                return true;
+                return Ok(true);
             }
             if mid_line && matches!(event, "status" | "progress" | "log") {
-                eprintln!();
+                tell!()?;
                 mid_line = false;
             }
             match event {
-                "status" => eprintln!("status   {}", text(&data["status"])),
-                "progress" => eprintln!(
+                "status" => tell!("status   {}", text(&data["status"]))?,
+                "progress" => tell!(
                     "progress {:>3.0}% {}",
                     data["fraction"].as_f64().unwrap_or(0.0) * 100.0,
                     text(&data["message"])
-                ),
-                "log" => eprintln!(
+                )?,
+                "log" => tell!(
                     "log      {} {}",
                     text(&data["level"]),
                     text(&data["message"])
-                ),
+                )?,
                 _ => {}
             }
         }
-        event != "end"
+        Ok(event != "end")
     })
     .await?;
     if mid_line {
-        eprintln!();
+        tell!()?;
     }
     runs_get(c, agent, id, false).await
 }
@@ -188,23 +190,24 @@ fn chunk_bytes(data: &Value) -> Vec<u8> {
 }
 
 /// A run for people: the facts on top, then the output as JSON, then logs.
-fn print_run(c: &Ctx, run: &Value) {
+fn print_run(c: &Ctx, run: &Value) -> anyhow::Result<()> {
     let o = &c.out;
-    println!("run:      {}", text(&run["run_id"]));
-    println!(
+    say!("run:      {}", text(&run["run_id"]))?;
+    say!(
         "status:   {}",
         o.status(run["status"].as_str().unwrap_or(""))
-    );
-    println!(
+    )?;
+    say!(
         "version:  {} (deployment {})",
-        run["version"], run["deployment"]
-    );
-    println!("created:  {}", text(&run["created_at"]));
+        run["version"],
+        run["deployment"]
+    )?;
+    say!("created:  {}", text(&run["created_at"]))?;
     if let Some(at) = run["finished_at"].as_str() {
-        println!("finished: {at} after {} attempt(s)", run["attempts"]);
+        say!("finished: {at} after {} attempt(s)", run["attempts"])?;
     }
     if let Some(delivery) = run["delivery"].as_object() {
-        println!(
+        say!(
             "push:     {} ({} attempt(s){})",
             o.status(delivery["status"].as_str().unwrap_or("")),
             delivery["attempts"],
@@ -212,40 +215,41 @@ fn print_run(c: &Ctx, run: &Value) {
                 .as_str()
                 .map(|e| format!(", last error: {e}"))
                 .unwrap_or_default()
-        );
+        )?;
     }
     if let Some(error) = run["error"].as_object() {
-        println!(
+        say!(
             "error:    {}: {}",
             error["kind"].as_str().unwrap_or(""),
             error["message"].as_str().unwrap_or("")
-        );
+        )?;
     }
     let output = &run["output"];
     if let Some(json) = output.get("json") {
-        println!(
+        say!(
             "output:\n{}",
             serde_json::to_string_pretty(json).unwrap_or_default()
-        );
+        )?;
     } else if let Some(base64) = output["base64"].as_str() {
-        println!(
+        say!(
             "output:   {} ({} base64 characters)",
             text(&output["content_type"]),
             base64.len()
-        );
+        )?;
     }
     let logs = run["logs"].as_array().cloned().unwrap_or_default();
     if !logs.is_empty() {
-        println!("logs:");
+        say!("logs:")?;
         for line in logs {
-            println!(
+            say!(
                 "  {} {:<5} {}",
                 text(&line["ts"]),
                 text(&line["level"]),
                 text(&line["message"])
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
 pub(crate) async fn runs_list(
@@ -283,7 +287,7 @@ pub(crate) async fn runs_list(
             text(&run["created_at"]),
         ]);
     }
-    table.print();
+    table.print()?;
     if let Some(next) = answer["next_cursor"].as_str() {
         let status = status.map(|s| format!(" --status {s}")).unwrap_or_default();
         c.out.note(format!(
@@ -304,8 +308,8 @@ pub(crate) async fn run_action(c: &Ctx, agent: &str, id: &str, action: &str) -> 
         return c.out.json(&answer);
     }
     match action {
-        "rerun" => println!("{}", text(&answer["run_id"])),
-        _ => println!("{} {}", text(&answer["run_id"]), text(&answer["status"])),
+        "rerun" => say!("{}", text(&answer["run_id"]))?,
+        _ => say!("{} {}", text(&answer["run_id"]), text(&answer["status"]))?,
     }
     Ok(())
 }

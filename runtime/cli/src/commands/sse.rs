@@ -15,12 +15,13 @@ pub(crate) async fn follow(c: &Ctx, path: &str) -> anyhow::Result<reqwest::Respo
     c.client.send(request).await
 }
 
-/// Calls `each(event, data)` for every event of `response` until the stream ends or `each`
-/// answers `false`. `event` is the event's name (`message` when it has none); `data` its
+/// Calls `each(event, data)` for every event of `response` until the stream ends, `each`
+/// answers `false`, or it fails (its error is the answer: `ReaderGone` when whoever read the
+/// output went away). `event` is the event's name (`message` when it has none); `data` its
 /// JSON (`null` when it is not JSON).
 pub(crate) async fn each_event(
     response: reqwest::Response,
-    mut each: impl FnMut(&str, Value) -> bool,
+    mut each: impl FnMut(&str, Value) -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
     let mut body = response.bytes_stream();
     // Bytes, not text, until a line is whole: a character may be split between chunks.
@@ -41,7 +42,7 @@ pub(crate) async fn each_event(
             } else if line.is_empty() && !data.is_empty() {
                 let name = if event.is_empty() { "message" } else { &event };
                 let value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                if !each(name, value) {
+                if !each(name, value)? {
                     return Ok(());
                 }
                 event.clear();
