@@ -214,7 +214,7 @@ pub async fn invoke(
                 None => {
                     let started = std::time::Instant::now();
                     let instance = agent.pre.instantiate_async(&mut store).await;
-                    agent.standby.instantiated_in(started.elapsed());
+                    agent.standby.instantiated(started.elapsed(), &instance);
                     instance
                 }
             }

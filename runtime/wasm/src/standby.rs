@@ -148,8 +148,13 @@ impl Standby {
 
     /// Records how long a call's own instantiation took: what decides whether this guest is
     /// worth keeping instances of. The shortest seen counts: a wall-clock reading only
-    /// grows when the host is busy, so the minimum is the guest's own cost.
-    pub(crate) fn instantiated_in(&self, took: Duration) {
+    /// grows when the host is busy, so the minimum is the guest's own cost. A failed one
+    /// counts not at all: a full pool or a process out of memory mappings refuses within
+    /// microseconds, and as the shortest it would have stopped the guest's standby for good.
+    pub(crate) fn instantiated<T, E>(&self, took: Duration, outcome: &Result<T, E>) {
+        if outcome.is_err() {
+            return;
+        }
         let mut demand = self.demand.lock().unwrap_or_else(|e| e.into_inner());
         demand.instantiate = Some(demand.instantiate.map_or(took, |seen| seen.min(took)));
         demand.samples = demand.samples.saturating_add(1);
@@ -272,5 +277,23 @@ async fn refill(standby: Weak<Standby>, make_store: StoreMaker, pre: AgentPre<Ca
         let wake = Arc::clone(&strong.wake);
         drop(strong);
         let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_instantiation_does_not_make_a_heavy_guest_look_light() {
+        let standby = Standby::new();
+        for _ in 0..SAMPLES {
+            standby.instantiated(Duration::from_micros(800), &Ok::<(), ()>(()));
+        }
+        standby.demand.lock().unwrap().last_call = Some(Instant::now());
+        assert_eq!(standby.target(), 1, "a heavy guest with calls keeps one");
+        // A full pool refuses at once.
+        standby.instantiated(Duration::from_micros(3), &Err::<(), ()>(()));
+        assert_eq!(standby.target(), 1, "one refusal stopped the standby");
     }
 }
