@@ -211,10 +211,12 @@ async fn a_run_that_keeps_losing_its_host_fails_as_lost() {
 async fn a_clean_stop_gives_running_runs_back_without_counting_the_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // With a queue wait of 1 s, the run is past it when the host gives it back: it started,
+    // so it must not expire.
     let mut host = probe_on(
         data.clone(),
         &["--shutdown-grace", "1"],
-        json!({"async_timeout_s": 30}),
+        json!({"async_timeout_s": 30, "max_queue_wait_s": 1}),
     )
     .await;
     let id = crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 3000})).await;

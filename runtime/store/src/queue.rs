@@ -6,6 +6,10 @@ use gust_model::{DeliveryStatus, LogLine, OutboundRequest, RunOutcome, RunStatus
 /// How long an `Idempotency-Key` names its run, in milliseconds.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
+/// The `expires_at` of a run that no longer expires in the queue (it was released after it
+/// started, [`RunWrite::Release`]).
+pub const NEVER_EXPIRES: i64 = i64::MAX;
+
 /// A run to accept.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -134,10 +138,14 @@ pub enum RunWrite {
         before: i64,
     },
     /// Give a running run back to the queue without counting the attempt (the host is
-    /// shutting down and stopped it).
+    /// shutting down and stopped it), if that attempt is still the run's: another host may
+    /// have taken the run over after this one's lease lapsed. The run no longer expires:
+    /// `max_queue_wait_s` bounds the wait of a run not started yet, and this one was.
     Release {
         /// The run.
         id: String,
+        /// The attempt that was stopped.
+        attempt: u32,
     },
     /// Queue again every running run whose lease ended before `now` (its worker is gone),
     /// except those a worker of this host is running: a wall-clock step can make a lease

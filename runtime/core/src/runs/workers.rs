@@ -141,6 +141,7 @@ async fn execute(runs: &Runs, id: &str, room: Slot, shutdown: CancellationToken)
         return;
     };
     let agent = started.agent.clone();
+    let attempt_number = started.attempt;
     // The attempt's span continues the trace of the request that submitted the run; its
     // first child is the wait in the queue, from acceptance to this start.
     let span = tracing::info_span!(
@@ -185,7 +186,10 @@ async fn execute(runs: &Runs, id: &str, room: Slot, shutdown: CancellationToken)
         Ended::Cancelled => {}
         Ended::Stopped => {
             tracing::warn!(run_id = %id, "stopping with the run unfinished; it goes back to the queue");
-            let release = RunWrite::Release { id: id.to_owned() };
+            let release = RunWrite::Release {
+                id: id.to_owned(),
+                attempt: attempt_number,
+            };
             if let Err(e) = runs.writer.write(release).await {
                 tracing::error!("releasing a run at shutdown: {e:#}");
             }

@@ -171,7 +171,7 @@ fn run_of(write: &RunWrite) -> Option<&str> {
         | RunWrite::Finish { id, .. }
         | RunWrite::Cancel { id, .. }
         | RunWrite::Redeliver { id, .. }
-        | RunWrite::Release { id } => Some(id),
+        | RunWrite::Release { id, .. } => Some(id),
         RunWrite::Delivery { run_id, .. } => Some(run_id),
         RunWrite::ExpireDue { .. } | RunWrite::Purge { .. } | RunWrite::Reclaim { .. } => None,
     }

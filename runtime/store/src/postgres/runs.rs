@@ -28,7 +28,9 @@ use gust_model::RunStatus;
 
 use super::batch::{create_delivery, lock_agents, pairs, trace};
 use super::{Postgres, col, db, exec, grouped, num, retryable, row, rows, sql};
-use crate::queue::{IDEMPOTENCY_WINDOW_MS, NewRun, RunWrite, StartedRun, WriteOutcome};
+use crate::queue::{
+    IDEMPOTENCY_WINDOW_MS, NEVER_EXPIRES, NewRun, RunWrite, StartedRun, WriteOutcome,
+};
 use crate::{Change, StoreError};
 
 /// The advisory lock a retention purge runs under ("gust" + 1, beside the migrations' lock).
@@ -197,12 +199,13 @@ async fn apply(
             .await?;
             Ok(WriteOutcome::Done)
         }
-        RunWrite::Release { id } => {
+        RunWrite::Release { id, attempt } => {
             let released = row(
                 tx,
-                "UPDATE runs SET status = 'queued', attempts = GREATEST(attempts - 1, 0), lease_until = NULL
-                 WHERE id = $1 AND status = 'running' RETURNING agent",
-                &[id],
+                "UPDATE runs SET status = 'queued', attempts = GREATEST(attempts - 1, 0), lease_until = NULL,
+                    expires_at = $3
+                 WHERE id = $1 AND status = 'running' AND attempts = $2 RETURNING agent",
+                &[id, &i64::from(*attempt), &NEVER_EXPIRES],
             )
             .await?;
             if let Some(released) = released {

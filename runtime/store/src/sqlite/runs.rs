@@ -11,7 +11,7 @@ use super::{from_json, internal};
 use crate::StoreError;
 use crate::queue::{ActiveRuns, NewRun, Recovered, RunWrite, StartedRun, WriteOutcome};
 
-use crate::queue::IDEMPOTENCY_WINDOW_MS;
+use crate::queue::{IDEMPOTENCY_WINDOW_MS, NEVER_EXPIRES};
 
 pub(super) const MIGRATION: &str = "
     ALTER TABLE agents ADD COLUMN push_secret TEXT;
@@ -143,11 +143,12 @@ pub(super) fn apply(tx: &Connection, write: &RunWrite) -> Result<WriteOutcome, S
             .map_err(internal)?;
             Ok(WriteOutcome::Done)
         }
-        RunWrite::Release { id } => {
+        RunWrite::Release { id, attempt } => {
             exec(tx,
-                "UPDATE runs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_until = NULL
-                 WHERE id = ?1 AND status = 'running'",
-                [id],
+                "UPDATE runs SET status = 'queued', attempts = MAX(attempts - 1, 0), lease_until = NULL,
+                    expires_at = ?3
+                 WHERE id = ?1 AND status = 'running' AND attempts = ?2",
+                params![id, attempt, NEVER_EXPIRES],
             )
             .map_err(internal)?;
             Ok(WriteOutcome::Done)

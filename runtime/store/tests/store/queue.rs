@@ -190,6 +190,30 @@ both! {
 }
 
 both! {
+    /// A run a stopping host gives back started once: it does not expire when its queue
+    /// wait is over (it is past it here, at 5,000 ms for a wait that ended at 1,010), and a
+    /// release by a host whose attempt was taken over changes nothing.
+    async fn a_released_run_does_not_expire_and_a_stale_release_is_ignored(db: Store) {
+        deployed(&db).await;
+        apply(&db, new_run("r1", 10, None)).await;
+        assert!(matches!(apply(&db, start("r1", 20, 100)).await, WriteOutcome::Started(s) if s.attempt == 1));
+        assert_eq!(apply(&db, RunWrite::Release { id: "r1".into(), attempt: 1 }).await, WriteOutcome::Done);
+        assert!(
+            matches!(apply(&db, RunWrite::ExpireDue { now: 5_000 }).await, WriteOutcome::Expired { ids, .. } if ids.is_empty()),
+            "the sweep expired a released run"
+        );
+        assert!(matches!(apply(&db, start("r1", 5_000, 9_000)).await, WriteOutcome::Started(s) if s.attempt == 1));
+        // Its lease lapses; another host takes it over as attempt 2 ...
+        apply(&db, RunWrite::Reclaim { now: 10_000, running_here: Vec::new(), max_attempts: 3 }).await;
+        assert!(matches!(apply(&db, start("r1", 10_001, 20_000)).await, WriteOutcome::Started(s) if s.attempt == 2));
+        // ... and the first host, stopping, gives back the attempt it no longer holds.
+        apply(&db, RunWrite::Release { id: "r1".into(), attempt: 1 }).await;
+        let run = db.run("a", "r1").await.unwrap().unwrap();
+        assert_eq!((run.status, run.attempts), (RunStatus::Running, 2), "a stale release took the run back");
+    }
+}
+
+both! {
     /// A run whose push has not finished is kept past retention; once delivered, it goes.
     async fn purge_keeps_runs_whose_push_is_pending(db: Store) {
         deployed(&db).await;
@@ -321,7 +345,7 @@ both! {
         );
         assert_eq!(db.run("a", "r1").await.unwrap().unwrap().status, RunStatus::Running);
         assert_eq!(db.run("a", "r3").await.unwrap().unwrap().status, RunStatus::Running, "renewed");
-        apply(&db, RunWrite::Release { id: "r1".into() }).await;
+        apply(&db, RunWrite::Release { id: "r1".into(), attempt: 1 }).await;
         let released = db.run("a", "r1").await.unwrap().unwrap();
         assert_eq!((released.status, released.attempts), (RunStatus::Queued, 0));
         // A renewal of a run no longer running tells its worker to stop.
