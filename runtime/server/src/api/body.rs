@@ -42,9 +42,9 @@ impl BodyBudget {
         }
     }
 
-    /// Room for `n` more bytes, waiting at most [`BUDGET_WAIT`].
-    async fn take(&self, n: usize) -> Result<OwnedSemaphorePermit, Error> {
-        let kib = u32::try_from(n.div_ceil(1024)).unwrap_or(u32::MAX);
+    /// Room for `kib` more KiB, waiting at most [`BUDGET_WAIT`].
+    async fn take(&self, kib: usize) -> Result<OwnedSemaphorePermit, Error> {
+        let kib = u32::try_from(kib).unwrap_or(u32::MAX);
         match tokio::time::timeout(BUDGET_WAIT, Arc::clone(&self.kib).acquire_many_owned(kib)).await
         {
             Ok(Ok(permit)) => Ok(permit),
@@ -108,10 +108,19 @@ pub(crate) async fn read(
                 drain(body).await;
                 return Err(too_large());
             }
-            let room = budget.take(data.len()).await?;
-            match &mut held {
-                Some(held) => held.merge(room),
-                None => held = Some(room),
+            // The bytes held, rounded up to whole KiB once, not once per frame: a body sent
+            // in 1-byte chunks would otherwise take 1 KiB for each byte, and a few
+            // connections trickling bytes would fill the budget for everyone.
+            let held_kib = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+            let more_kib = (collected.len() + data.len())
+                .div_ceil(1024)
+                .saturating_sub(held_kib);
+            if more_kib > 0 {
+                let room = budget.take(more_kib).await?;
+                match &mut held {
+                    Some(held) => held.merge(room),
+                    None => held = Some(room),
+                }
             }
             collected.extend_from_slice(data);
         }
@@ -184,26 +193,49 @@ pub(crate) fn mark_replayed(response: &mut axum::response::Response) {
 
 #[cfg(test)]
 mod tests {
-    use super::json;
+    use super::*;
+
+    /// A body of `n` one-byte frames, as a client sending a chunk per byte makes it.
+    fn trickled(n: usize) -> Body {
+        let frames = (0..n).map(|_| Ok::<_, std::convert::Infallible>(Bytes::from_static(b"x")));
+        Body::from_stream(futures::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_body_in_small_frames_takes_the_budget_its_bytes_take() {
+        let budget = BodyBudget::new(4 << 10);
+        let body = read(&budget, &HeaderMap::new(), trickled(3000), 1 << 20)
+            .await
+            .expect("3,000 bytes within a budget of 4 KiB");
+        assert_eq!(body.len(), 3000);
+        // All of it is given back once the body is in one buffer.
+        assert_eq!(budget.kib.available_permits(), 4);
+        // Past the budget it is still refused.
+        let refused = read(&budget, &HeaderMap::new(), trickled(5000), 1 << 20).await;
+        assert!(
+            matches!(refused, Err(Error::Overloaded { .. })),
+            "{refused:?}"
+        );
+    }
 
     #[derive(Debug, Default, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
-    struct Body {
+    struct Fields {
         #[serde(default)]
         n: u32,
     }
 
     #[test]
     fn only_an_object_is_a_body() {
-        assert_eq!(json::<Body>(br#"{"n": 2}"#).unwrap().n, 2);
-        assert_eq!(json::<Body>(b"{}").unwrap().n, 0);
+        assert_eq!(json::<Fields>(br#"{"n": 2}"#).unwrap().n, 2);
+        assert_eq!(json::<Fields>(b"{}").unwrap().n, 0);
         // serde alone would read these as a struct's fields in order.
         for not_an_object in [&b"[]"[..], b"[3]", b"7", b"\"x\"", b"null"] {
-            let e = json::<Body>(not_an_object).unwrap_err().to_string();
+            let e = json::<Fields>(not_an_object).unwrap_err().to_string();
             assert!(e.contains("expected an object"), "{e}");
         }
-        assert!(json::<Body>(br#"{"m": 1}"#).is_err());
+        assert!(json::<Fields>(br#"{"m": 1}"#).is_err());
         // A field given twice is refused, not read as the last one.
-        assert!(json::<Body>(br#"{"n": 1, "n": 2}"#).is_err());
+        assert!(json::<Fields>(br#"{"n": 1, "n": 2}"#).is_err());
     }
 }
