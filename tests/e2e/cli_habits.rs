@@ -284,6 +284,25 @@ async fn rotating_the_admin_token_updates_the_profile() {
         stored.contains(rotated.trim()),
         "the profile holds the new token"
     );
+
+    // When the profile cannot be saved (here its lock is a folder), the new token is still
+    // printed: the server no longer takes the old one, and shows the new one only once.
+    let lock = user.config_file().with_file_name("config.toml.lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::create_dir(&lock).unwrap();
+    let unsaved = user.gust(&["admin", "rotate-token"]);
+    assert_eq!(unsaved.status.code(), Some(1), "{}", stderr(&unsaved));
+    let printed = String::from_utf8_lossy(&unsaved.stdout).trim().to_owned();
+    assert!(
+        stderr(&unsaved).contains("not saved"),
+        "{}",
+        stderr(&unsaved)
+    );
+    let who = json_of(&user.gust_with_input(
+        &["whoami", "--json", "--url", &host.url, "--token-stdin"],
+        &format!("{printed}\n"),
+    ));
+    assert_eq!(who["access"], "admin", "the printed token works: {who}");
 }
 
 /// Every read command has `--json` and prints one JSON document with the API's field names;

@@ -289,31 +289,45 @@ pub(crate) async fn rotate_secret(c: &Ctx, agent: &str) -> anyhow::Result<()> {
 /// working.
 pub(crate) async fn rotate_admin_token(c: &Ctx) -> anyhow::Result<()> {
     let answer = c.call(Method::POST, "/v1/admin/rotate-token").await?;
-    let note = match (c.client.source().profile(), answer["admin_token"].as_str()) {
-        (Some(name), Some(token)) => {
-            let name = name.to_owned();
-            Profiles::update(|profiles| {
-                if let Some(profile) = profiles.profiles.get_mut(&name) {
-                    profile.token = token.to_owned();
-                }
-            })?;
-            format!(
-                "the admin token was replaced (shown only this once); the old one no longer \
-                 works, and profile `{name}` now holds the new one"
-            )
-        }
-        _ => "the admin token was replaced (shown only this once); the old one no longer works"
-            .to_owned(),
+    let replaced =
+        "the admin token was replaced (shown only this once); the old one no longer works";
+    let (Some(name), Some(token)) = (c.client.source().profile(), answer["admin_token"].as_str())
+    else {
+        return shown_once(c, &answer, &answer["admin_token"], replaced);
     };
-    shown_once(c, &answer, &answer["admin_token"], &note)
+    // Printed before the profile is saved: the server takes only the new token now, and a
+    // profile that cannot be written (a full disk) must not lose the one place it is shown.
+    let printed = say_secret(c, &answer, &answer["admin_token"]);
+    let saved = Profiles::update(|profiles| {
+        if let Some(profile) = profiles.profiles.get_mut(name) {
+            profile.token = token.to_owned();
+        }
+    });
+    if let Err(e) = saved {
+        printed?;
+        return Err(e.context(format!(
+            "the new admin token is printed above, and not saved in profile `{name}`, which \
+             still holds the old one: `gust login --profile {name}` stores it"
+        )));
+    }
+    printed?;
+    c.out.note(format!(
+        "{replaced}, and profile `{name}` now holds the new one"
+    ));
+    Ok(())
 }
 
 /// A secret the server shows once: alone on stdout (for `$(…)`), the note on stderr.
 fn shown_once(c: &Ctx, answer: &Value, secret: &Value, note: &str) -> anyhow::Result<()> {
+    say_secret(c, answer, secret)?;
+    c.out.note(note);
+    Ok(())
+}
+
+/// The secret alone on stdout, or with `--json` the whole answer.
+fn say_secret(c: &Ctx, answer: &Value, secret: &Value) -> anyhow::Result<()> {
     if c.out.json {
         return c.out.json(answer);
     }
-    say!("{}", text(secret))?;
-    c.out.note(note);
-    Ok(())
+    say!("{}", text(secret))
 }
