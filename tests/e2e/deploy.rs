@@ -1,5 +1,7 @@
 //! Deploy, call, draft configuration, rollback, deletes, and the errors around them.
 
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -334,4 +336,51 @@ async fn deploys_and_rollbacks_are_safe_to_retry() {
     let (status, body) = host.send(rollback_to(7)).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     error_kind(&body, "not_found");
+}
+
+/// An agent deleted while a call runs, then made again under its name, starts afresh: the
+/// old call does not take the new agent's places, and its calls are not counted as the new
+/// one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_made_again_after_a_delete_does_not_inherit_the_old_ones_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let make = || async {
+        host.upload_file("probe", gust_test_guests::PROBE_A).await;
+        host.set_config("probe", json!({"max_instances": 1})).await;
+        host.deploy("probe", None).await;
+    };
+    make().await;
+    let running = host.call("probe", json!({"op": "sleep", "ms": 6000}));
+    let again = async {
+        let h = &host;
+        crate::support::eventually(Duration::from_secs(5), "the call running", || async move {
+            h.stats().await["live_instances"].as_u64() == Some(1)
+        })
+        .await;
+        let (status, _) = host
+            .send(host.request(Method::DELETE, "/v1/agents/probe"))
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        make().await;
+        let (status, _, body) = host.call("probe", json!({"op": "echo"})).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the new agent's one instance was taken: {body}"
+        );
+        let (_, agents) = host.send(host.request(Method::GET, "/v1/agents")).await;
+        let listed = &agents["agents"][0];
+        assert_eq!(
+            (&listed["calls"], &listed["failures"]),
+            (&json!(1), &json!(0)),
+            "{agents}"
+        );
+    };
+    let ((status, _, body), ()) = tokio::join!(running, again);
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the deleted agent's call finished: {body}"
+    );
 }

@@ -122,6 +122,16 @@ impl Admission {
         )
     }
 
+    /// Forgets a deleted agent's gate: an agent made again under its name starts with a gate
+    /// of its own, which the old agent's calls still running do not hold places in, and
+    /// with its own count of calls.
+    pub(crate) fn forget(&self, agent: &str) {
+        self.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(agent);
+    }
+
     /// Sync calls of `agent` since the host started, and how many of them failed.
     pub fn calls(&self, agent: &str) -> (u64, u64) {
         self.agents

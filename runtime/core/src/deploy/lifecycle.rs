@@ -554,6 +554,7 @@ impl Lifecycle {
                 tracing::info!(agent, "the agent was deleted or taken down on another host");
             }
             if record.is_none() {
+                self.admission.forget(agent);
                 self.keys.remove_agent(agent);
                 self.loader.metrics().forget_agent(agent);
             }
@@ -707,9 +708,10 @@ impl Lifecycle {
     pub async fn delete(&self, agent: &str) -> Result<(), Error> {
         self.registry.wait_ready().await;
         let guard = self.locks.lock(agent).await;
-        let (store, registry, a) = (
+        let (store, registry, admission, a) = (
             self.store.clone(),
             Arc::clone(&self.registry),
+            Arc::clone(&self.admission),
             agent.to_owned(),
         );
         let deleted = self
@@ -717,6 +719,7 @@ impl Lifecycle {
                 let deleted = store.delete_agent(&a).await?;
                 if deleted.is_some() {
                     registry.remove(&a);
+                    admission.forget(&a);
                 }
                 let orphans = deleted.clone().unwrap_or_default();
                 Ok((deleted, orphans))
