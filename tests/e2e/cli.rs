@@ -327,6 +327,14 @@ async fn the_deploy_preview_and_the_endpoints_from_the_command_line() {
         !out.contains("secret-model") && !out.contains("tok-1"),
         "{out}"
     );
+    // The preview's own answer shows the names of configuration values, not the values.
+    let masked = |json: String| {
+        assert!(
+            json.contains("MODEL") && !json.contains("secret-model") && !json.contains("tok-1"),
+            "{json}"
+        );
+    };
+    masked(ok(&gust(h, &["deploy", "echo", "--dry-run", "--json"])));
     // Nothing was deployed.
     let agent: serde_json::Value =
         serde_json::from_str(&ok(&gust(h, &["agents", "show", "echo", "--json"]))).unwrap();
@@ -352,6 +360,8 @@ async fn the_deploy_preview_and_the_endpoints_from_the_command_line() {
     }
     let out = ok(&gust(h, &["deploy", "echo", "--dry-run"]));
     assert!(out.contains("nothing would change"), "{out}");
+    // Now the live deployment holds them too.
+    masked(ok(&gust(h, &["deploy", "echo", "--dry-run", "--json"])));
     let bad = gust(h, &["endpoint", "echo", "--lang", "cobol"]);
     assert!(!bad.status.success());
     assert!(

@@ -170,6 +170,17 @@ impl AgentConfig {
         shown
     }
 
+    /// The configuration as a confirmation shows it: [`AgentConfig::redacted`], and the
+    /// values of `config` (API keys among them) replaced by [`REDACTED`] too, their names
+    /// kept.
+    pub fn masked(&self) -> AgentConfig {
+        let mut shown = self.redacted();
+        for value in shown.config.values_mut() {
+            REDACTED.clone_into(value);
+        }
+        shown
+    }
+
     /// The push target when runs of this configuration are pushed.
     pub fn push_target(&self) -> Option<&PushConfig> {
         match self.mode {

@@ -491,12 +491,16 @@ pub(crate) async fn preview(
     Ok(Json(Preview {
         endpoints: Endpoints::new(&state, &agent, preview.draft.mode),
         agent,
-        live: preview.live.as_ref().map(|d| DeploymentView::new(d, true)),
+        // Masked as the changes are: the preview is what a confirmation shows.
+        live: preview.live.as_ref().map(|d| DeploymentView {
+            config: d.config.masked(),
+            ..DeploymentView::new(d, true)
+        }),
         version: VersionView::new(
             &preview.version,
             live_version == Some(preview.version.version),
         ),
-        config: preview.draft.redacted(),
+        config: preview.draft.masked(),
         changes: preview.changes,
         changes_anything,
     })
