@@ -296,6 +296,53 @@ async fn connections_to_one_upstream_stay_within_the_bound() {
     );
 }
 
+/// A request whose time runs out while every one of its origin's connection places is
+/// taken has timed out waiting (`ConnectionReadTimeout`); it was reported as refused by the
+/// origin (`ConnectionRefused`), which tells a guest to retry at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_out_of_time_waiting_for_a_connection_place_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_on(
+        dir.path().join("data"),
+        &[
+            "--allow-private-network",
+            "--outbound-connections-per-host",
+            "1",
+        ],
+    )
+    .await;
+    let upstream = Upstream::start().await;
+    for (agent, timeout) in [("patient", 60), ("impatient", 1)] {
+        host.upload_file(agent, gust_test_guests::PROBE_A).await;
+        host.set_config(
+            agent,
+            json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120, "outbound_timeout_s": timeout}),
+        )
+        .await;
+        host.deploy(agent, None).await;
+    }
+    let hold = json!({"op": "fetch", "key": format!("{}/hold?ms=4000", upstream.origin)});
+    let holding = send_at_once(&host, "patient", &hold, 1);
+    eventually(
+        Duration::from_secs(10),
+        "the one connection held",
+        || async { upstream.held() == 1 },
+    )
+    .await;
+    let hello = json!({"op": "fetch", "key": format!("{}/hello", upstream.origin)});
+    let (_, _, answer) = host.call("impatient", hello).await;
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ConnectionReadTimeout"), "{answer}");
+    for call in holding {
+        let (status, answer) = call.await.unwrap();
+        assert_eq!(
+            (status, &answer["status"]),
+            (StatusCode::OK, &json!(200)),
+            "{answer}"
+        );
+    }
+}
+
 /// Model APIs speak HTTP/2 over TLS and let a connection carry so many requests at once
 /// (Google's front ends 100). Calls waiting on one are not held to that: the host opens
 /// another connection for each hundred, so 250 calls all wait at the upstream together, and

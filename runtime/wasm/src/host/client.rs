@@ -572,6 +572,19 @@ impl std::fmt::Display for ConnectTimedOut {
 
 impl std::error::Error for ConnectTimedOut {}
 
+/// A request's deadline passed while every connection place of its origin was taken
+/// (`--outbound-connections-per-host`): it timed out waiting, the origin refused nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlaceTimedOut;
+
+impl std::fmt::Display for PlaceTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("timed out waiting for a connection to the origin")
+    }
+}
+
+impl std::error::Error for PlaceTimedOut {}
+
 /// What bounds the connect of a connection opened for a request: the request's deadline,
 /// and the time its guest allows for getting a connection (`connect_timeout` in its
 /// request options).
@@ -683,7 +696,7 @@ impl tower_service::Service<Uri> for Counted {
             let place = match deadline {
                 Some(deadline) => tokio::time::timeout_at(deadline, origins.connection(&key))
                     .await
-                    .map_err(|_| "timed out waiting for a connection to the origin")?,
+                    .map_err(|_| PlaceTimedOut)?,
                 None => origins.connection(&key).await,
             };
             // Connecting (the name, TCP and TLS) ends at the guest's `connect_timeout` if it

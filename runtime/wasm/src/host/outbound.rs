@@ -203,19 +203,21 @@ impl WasiHttpHooks for Outbound {
                     .client
                     .send(outgoing, deadline, options.connect_timeout)
                     .await;
+                let out_of_time = || {
+                    if policy.origins.full(&client::key(&scheme, &host, port)) {
+                        format!(
+                            "{} waiting for one of the {} connections to {origin}",
+                            timed_out(),
+                            policy.origins.per_origin()
+                        )
+                    } else {
+                        timed_out()
+                    }
+                };
                 let (response, in_flight) = match sent {
                     Ok(Ok(sent)) => sent,
                     Err(_) => {
-                        let why = if policy.origins.full(&client::key(&scheme, &host, port)) {
-                            format!(
-                                "{} waiting for one of the {} connections to {origin}",
-                                timed_out(),
-                                policy.origins.per_origin()
-                            )
-                        } else {
-                            timed_out()
-                        };
-                        record(None, Some(why));
+                        record(None, Some(out_of_time()));
                         return Err(Error::ConnectionReadTimeout);
                     }
                     Ok(Err(client::SendError::ConnectTimedOut(cut))) => {
@@ -239,9 +241,11 @@ impl WasiHttpHooks for Outbound {
                         return Err(code);
                     }
                     Ok(Err(client::SendError::Client(e))) => {
-                        let (code, why) = if let Some(cut) =
-                            net::cause::<client::ConnectTimedOut>(&e)
-                        {
+                        // The wait for a connection place ends with the deadline the request's own
+                        // timeout has too, and is polled first: it is this timeout, seen first.
+                        let (code, why) = if net::cause::<client::PlaceTimedOut>(&e).is_some() {
+                            (Error::ConnectionReadTimeout, out_of_time())
+                        } else if let Some(cut) = net::cause::<client::ConnectTimedOut>(&e) {
                             match cut.asked {
                                 // The guest's own bound on the connect.
                                 Some(_) => (Error::ConnectionTimeout, cut.to_string()),
