@@ -236,6 +236,42 @@ async fn a_clean_stop_gives_running_runs_back_without_counting_the_attempt() {
     );
 }
 
+/// At a clean stop no new run starts: the host waits for the run executing and leaves the
+/// queued one queued. It started the queued one as the worker freed up, and cut it off at
+/// once (its effects begun, to be done again after the restart).
+#[tokio::test]
+async fn a_clean_stop_starts_no_queued_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut host = probe_on(
+        data.clone(),
+        &["--shutdown-grace", "20", "--workers", "1"],
+        json!({"async_timeout_s": 60}),
+    )
+    .await;
+    let running = crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 2000})).await;
+    crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 30000})).await;
+    started(&host, &running).await;
+    let stopping = std::time::Instant::now();
+    host.signal("TERM");
+    let (code, log) = tokio::task::spawn_blocking(move || {
+        let code = host.wait_exit(std::time::Duration::from_secs(40));
+        (code, host.log())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(!log.contains("stopping with the run unfinished"), "{log}");
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(12),
+        "the stop took {:?}",
+        stopping.elapsed()
+    );
+    let host = Host::start_on(data, &[]).await;
+    let run = crate::runs::finished(&host, "probe", &running).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+}
+
 #[tokio::test]
 async fn pending_pushes_survive_kill_nine() {
     use crate::support::receiver::{Answer, Receiver};

@@ -522,11 +522,15 @@ impl Runs {
         self.pusher.test(agent, &push).await
     }
 
-    /// At shutdown, once no new run starts: waits for the runs executing to finish, at
+    /// At shutdown: stops starting runs, then waits for the runs executing to finish, at
     /// most until `deadline`. Those still running then are stopped by their stage and go
     /// back to the queue without counting the attempt (a clean stop is not a crash); queued
     /// runs stay queued, durable, for the next start.
     pub async fn drain(&self, deadline: tokio::time::Instant) {
+        // The intake first: a run it started now would be cut off at the deadline (its
+        // effects begun, to be done again), or, started as the last one ended, not even
+        // waited for.
+        self.background.cancel(Stage::Intake);
         if !self.background.settle(Stage::Runs, deadline).await {
             tracing::warn!(
                 running = self.state.running().len(),
