@@ -299,7 +299,29 @@ async fn the_deploy_preview_and_the_endpoints_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(dir.path()).await;
     let h = &host;
+    // A dry run with a file uploads nothing: no agent is made, no version added.
+    let out = ok(&gust(
+        h,
+        &["deploy", "echo", gust_test_guests::ECHO, "--dry-run"],
+    ));
+    assert!(out.contains("(none) → echo, made by the upload"), "{out}");
+    let absent = gust(h, &["agents", "show", "echo"]);
+    assert_eq!(absent.status.code(), Some(4), "the dry run made the agent");
     ok(&gust(h, &["deploy", "echo", gust_test_guests::ECHO]));
+    let out = ok(&gust(
+        h,
+        &["deploy", "echo", gust_test_guests::PROBE_A, "--dry-run"],
+    ));
+    assert!(
+        out.contains("version      1 (") && out.contains("→ a new upload ("),
+        "{out}"
+    );
+    // The file already uploaded is that version: nothing would change.
+    let out = ok(&gust(
+        h,
+        &["deploy", "echo", gust_test_guests::ECHO, "--dry-run"],
+    ));
+    assert!(out.contains("nothing would change"), "{out}");
     ok(&gust(
         h,
         &[
@@ -335,10 +357,15 @@ async fn the_deploy_preview_and_the_endpoints_from_the_command_line() {
         );
     };
     masked(ok(&gust(h, &["deploy", "echo", "--dry-run", "--json"])));
-    // Nothing was deployed.
+    // Nothing was deployed, nor uploaded.
     let agent: serde_json::Value =
         serde_json::from_str(&ok(&gust(h, &["agents", "show", "echo", "--json"]))).unwrap();
     assert_eq!(agent["live"]["deployment"], 1, "{agent}");
+    assert_eq!(
+        agent["versions"].as_array().map(Vec::len),
+        Some(1),
+        "{agent}"
+    );
     assert_eq!(agent["draft_pending"], true, "{agent}");
 
     let out = ok(&gust(h, &["endpoint", "echo"]));

@@ -127,7 +127,8 @@ On a terminal the change is shown and confirmed first; --yes skips the question.
         /// Deploy without asking.
         #[arg(short, long)]
         yes: bool,
-        /// Show what the deploy would change (the server's deploy preview), and stop.
+        /// Show what the deploy would change (the server's deploy preview), and stop; a file
+        /// is not uploaded.
         #[arg(long, conflicts_with = "yes")]
         dry_run: bool,
     },

@@ -38,6 +38,15 @@ pub(crate) async fn deploy(
         }
     };
     let version = match &file {
+        // A dry run uploads nothing: an upload makes a version, and the agent if it is new.
+        Some(file) if dry_run => {
+            let digest = digest_of_file(file)?;
+            let before = agent_if_any(c, &agent).await?;
+            match before.as_ref().and_then(|a| version_with(a, &digest)) {
+                Some(uploaded) => Some(uploaded),
+                None => return dry_run_new_upload(c, &agent, &digest, before.as_ref()).await,
+            }
+        }
         Some(file) => Some(upload_version(c, &agent, file, false).await?),
         None => version,
     };
@@ -161,6 +170,86 @@ fn built_component(out: Out, dir: &Path, name: &str) -> anyhow::Result<PathBuf> 
     crate::project::build(dir, out.quiet)
 }
 
+/// The digest the server names a component file's version by.
+fn digest_of_file(file: &Path) -> anyhow::Result<String> {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(file)
+        .map_err(|e| Failure::usage(format!("reading {}: {e}", file.display())))?;
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(&bytes))
+    ))
+}
+
+/// `GET /v1/agents/{agent}`; `None` when there is no such agent yet.
+async fn agent_if_any(c: &Ctx, agent: &str) -> anyhow::Result<Option<Value>> {
+    match c.call(Method::GET, &format!("/v1/agents/{agent}")).await {
+        Ok(found) => Ok(Some(found)),
+        Err(e) if crate::exit::code_of(&e) == crate::exit::Code::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The uploaded version whose component has `digest`.
+fn version_with(agent: &Value, digest: &str) -> Option<u32> {
+    agent["versions"]
+        .as_array()?
+        .iter()
+        .find(|v| v["digest"] == digest)
+        .and_then(|v| v["version"].as_u64())
+        .and_then(|v| u32::try_from(v).ok())
+}
+
+/// `--dry-run` with a file not uploaded yet: what deploying it would change. The
+/// configuration's changes are the draft's whichever version goes live, so they come from
+/// the preview of the newest upload; the version line names the file's component.
+async fn dry_run_new_upload(
+    c: &Ctx,
+    agent: &str,
+    digest: &str,
+    before: Option<&Value>,
+) -> anyhow::Result<()> {
+    let preview = match before.and_then(newest_version) {
+        Some(newest) => Some(
+            c.call(
+                Method::GET,
+                &format!("/v1/agents/{agent}/deploy/preview?version={newest}"),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    if c.out.json {
+        return c.out.json(&json!({
+            "agent": agent,
+            "uploaded": false,
+            "digest": digest,
+            "preview": preview,
+        }));
+    }
+    let new = short_digest(&Value::from(digest));
+    match before.map(|a| &a["live"]).filter(|live| !live.is_null()) {
+        None if before.is_none() => {
+            say!("agent        (none) → {agent}, made by the upload")?;
+            say!("version      (nothing live) → a new upload {new}")?;
+        }
+        None => say!("version      (nothing live) → a new upload {new}")?,
+        Some(live) => say!(
+            "version      {} {} → a new upload {new}",
+            live["version"],
+            short_digest(&live["digest"])
+        )?,
+    }
+    for line in preview.as_ref().map(change_lines).unwrap_or_default() {
+        if !line.starts_with("version ") {
+            say!("{line}")?;
+        }
+    }
+    c.out
+        .note("nothing was uploaded (--dry-run); `gust upload` uploads without deploying");
+    Ok(())
+}
+
 fn newest_version(agent: &Value) -> Option<u32> {
     agent["versions"]
         .as_array()?
@@ -227,7 +316,8 @@ fn shown(v: &Value) -> String {
 fn short_digest(v: &Value) -> String {
     let digest = text(v);
     let hex = digest.strip_prefix("sha256:").unwrap_or(&digest);
-    format!("({})", &hex[..hex.len().min(12)])
+    // By characters: a server's answer is not trusted to be hexadecimal.
+    format!("({})", hex.chars().take(12).collect::<String>())
 }
 
 /// Uploads with a progress bar (compiling a large guest takes seconds), returning the
