@@ -232,6 +232,22 @@ async fn poll_sees_progress_logs_output_and_errors() {
         .send(host.request(Method::GET, "/v1/agents/probe/runs?status=weird"))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A cursor is a run id: anything else is a mistake, not an empty page (nor, sorting
+    // after every run id, the whole list).
+    for cursor in ["garbage", "run_zzz"] {
+        let (status, body) = host
+            .send(host.request(
+                Method::GET,
+                &format!("/v1/agents/probe/runs?cursor={cursor}"),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{cursor}: {body}");
+    }
+    // An agent that does not exist has no runs to list, as it has no keys or versions.
+    let (status, body) = host
+        .send(host.request(Method::GET, "/v1/agents/nobody/runs"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
 
 #[tokio::test]

@@ -771,6 +771,6 @@ async fn keep_then_record<T: Send + 'static>(
     .await
 }
 
-fn no_agent(agent: &str) -> Error {
+pub(crate) fn no_agent(agent: &str) -> Error {
     Error::NotFound(format!("no agent named `{agent}`"))
 }

@@ -436,10 +436,15 @@ impl Runs {
         limit: usize,
         cursor: Option<String>,
     ) -> Result<Vec<RunRecord>, Error> {
-        Ok(self
+        let runs = self
             .store
             .list_runs(agent, status, limit, cursor.as_deref())
-            .await?)
+            .await?;
+        // Deleting an agent deletes its runs: only an empty page may be an unknown agent's.
+        if runs.is_empty() && self.store.draft(agent).await?.is_none() {
+            return Err(crate::deploy::no_agent(agent));
+        }
+        Ok(runs)
     }
 
     /// Cancels a queued or running run; a running one is interrupted (within one epoch

@@ -83,14 +83,17 @@ impl FromRequestParts<Arc<AppState>> for AgentRun {
     ) -> Result<Self, Self::Rejection> {
         let agent = agent(parts, state).await?;
         let id = param(parts, state, "run_id").await?;
-        let well_formed = id
-            .strip_prefix("run_")
-            .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
-        if !well_formed {
+        if !is_run_id(&id) {
             return Err(Error::NotFound(format!("no run `{id}`")).into());
         }
         Ok(Self(agent, id))
     }
+}
+
+/// Whether `id` has the form of a run id (`run_` and 32 hexadecimal digits).
+pub(crate) fn is_run_id(id: &str) -> bool {
+    id.strip_prefix("run_")
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Query parameters, with errors in the API's shape.

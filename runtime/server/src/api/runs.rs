@@ -212,6 +212,12 @@ pub(crate) async fn list(
         return Err(Error::BadRequest(format!("`limit` is between 1 and {MAX_LIMIT}")).into());
     }
     let cursor = params.cursor.filter(|c| !c.is_empty());
+    if let Some(cursor) = cursor.as_deref().filter(|c| !super::paths::is_run_id(c)) {
+        return Err(Error::BadRequest(format!(
+            "`cursor` is the `next_cursor` of a page before (a run id), not `{cursor}`"
+        ))
+        .into());
+    }
     let runs = state.host.runs.list(&agent, status, limit, cursor).await?;
     let next_cursor = (runs.len() == limit)
         .then(|| runs.last().map(|r| r.id.clone()))
