@@ -831,22 +831,12 @@ async fn a_run_ended_behind_a_hosts_back_stops_at_its_next_renewal() {
     .await;
     // Cancelled by someone whose announcement never arrives (here: straight in the
     // database, announcing nothing), as when the listening connection was down.
-    let bin = gust_testkit::postgres::postgres_bin()
-        .unwrap()
-        .expect("PostgreSQL");
-    let sql = format!(
-        "UPDATE runs SET status = 'cancelled', finished_at = 1 WHERE id = '{id}' AND status = 'running'"
+    let stdout = psql(
+        &cluster.url,
+        &format!(
+            "UPDATE runs SET status = 'cancelled', finished_at = 1 WHERE id = '{id}' AND status = 'running'"
+        ),
     );
-    let output = std::process::Command::new(bin.join("psql"))
-        .args([cluster.url.as_str(), "-v", "ON_ERROR_STOP=1", "-c", &sql])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("UPDATE 1"), "psql: {stdout}");
     eventually(
         Duration::from_secs(10),
@@ -855,6 +845,72 @@ async fn a_run_ended_behind_a_hosts_back_stops_at_its_next_renewal() {
     )
     .await;
     assert!(a.log().contains("no longer this host's"), "{}", a.log());
+}
+
+/// Runs `sql` on the database at `url` with `psql`; answers what it printed.
+fn psql(url: &str, sql: &str) -> String {
+    let bin = gust_testkit::postgres::postgres_bin()
+        .unwrap()
+        .expect("PostgreSQL");
+    let output = std::process::Command::new(bin.join("psql"))
+        .args([url, "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A push whose signing secret cannot be read for a while (here its column is renamed
+/// away; in life, the database restarting) is tried again on the retry schedule and
+/// delivered once the secret can be read. It was marked failed for good ("cannot sign").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_whose_secret_cannot_be_read_for_a_while_is_retried() {
+    use crate::support::receiver::Answer;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start_with(
+        1,
+        &["--allow-private-network", "--push-retry-schedule", "2"],
+    )
+    .await;
+    let a = &cluster.hosts[0];
+    let receiver = Receiver::start(vec![Answer::Status(503)]).await;
+    a.upload_file("pushed", gust_test_guests::PROBE_A).await;
+    a.set_config(
+        "pushed",
+        json!({"mode": "async", "push": {"url": receiver.url, "access_token": "app-token"}}),
+    )
+    .await;
+    a.deploy("pushed", None).await;
+    let id = crate::runs::submit(a, "pushed", json!({"op": "echo"})).await;
+    let r = &receiver;
+    eventually(Duration::from_secs(10), "a first push", || async move {
+        r.received().len() == 1
+    })
+    .await;
+    psql(
+        &cluster.url,
+        "ALTER TABLE agents RENAME COLUMN push_secret TO push_secret_away",
+    );
+    let delivery = || async { crate::runs::poll(a, "pushed", &id, 0).await["delivery"].clone() };
+    eventually(Duration::from_secs(10), "a second attempt", || async {
+        delivery().await["attempts"] == 2
+    })
+    .await;
+    let unsigned = delivery().await;
+    assert_eq!(unsigned["status"], "pending", "{unsigned}");
+    psql(
+        &cluster.url,
+        "ALTER TABLE agents RENAME COLUMN push_secret_away TO push_secret",
+    );
+    eventually(Duration::from_secs(15), "the delivery", || async {
+        delivery().await["status"] == "delivered"
+    })
+    .await;
+    assert_eq!(receiver.received().len(), 2, "one event, sent twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -102,6 +102,13 @@ struct Inner {
 const MAX_ATTEMPT_LABEL: u32 = 16;
 
 /// What one attempt came to.
+/// Why an event could not be made: a run that is gone never will be; a read that failed
+/// (the database restarting) is tried again on the retry schedule.
+enum NotReady {
+    Gone(String),
+    Unread(String),
+}
+
 enum Attempt {
     Delivered,
     /// Retry, after at least this long when the receiver said so.
@@ -247,10 +254,15 @@ impl Inner {
                             .instrument(span.clone())
                             .await
                     }
-                    Err(e) => Attempt::GiveUp(format!("cannot sign: {e}")),
+                    // The agent has no secret: nothing will sign this event.
+                    Err(e @ Error::Conflict(_)) => Attempt::GiveUp(format!("cannot sign: {e}")),
+                    // The secret could not be read (the database restarting): a later
+                    // attempt can.
+                    Err(e) => Attempt::Retry(format!("reading the signing secret: {e}"), None),
                 }
             }
-            Err(e) => Attempt::GiveUp(e),
+            Err(NotReady::Gone(why)) => Attempt::GiveUp(why),
+            Err(NotReady::Unread(why)) => Attempt::Retry(why, None),
         };
         let now = clock::now_ms();
         let (status, last_error, next_attempt_at) = match attempt {
@@ -296,13 +308,13 @@ impl Inner {
     async fn event_body(
         &self,
         delivery: &DeliveryRecord,
-    ) -> Result<(Vec<u8>, Option<TraceContext>), String> {
+    ) -> Result<(Vec<u8>, Option<TraceContext>), NotReady> {
         let run = self
             .store
             .run(&delivery.agent, &delivery.run_id)
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the run no longer exists")?;
+            .map_err(|e| NotReady::Unread(format!("reading the run: {e}")))?
+            .ok_or_else(|| NotReady::Gone("the run no longer exists".into()))?;
         // The run as polled, without its delivery state: that changes from one attempt to
         // the next, and every attempt of an event carries the same body.
         let mut data = run_json(&run);
@@ -310,7 +322,7 @@ impl Inner {
             data.remove("delivery");
         }
         let event = |data| envelope(&delivery.event_type, delivery.created_at, data);
-        let body = serde_json::to_vec(&event(data)).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&event(data)).map_err(|e| NotReady::Gone(e.to_string()))?;
         if body.len() <= self.settings.max_body_bytes {
             return Ok((body, run.trace));
         }
@@ -325,7 +337,7 @@ impl Inner {
             "poll_url": poll_url,
             "thin": true,
         });
-        let body = serde_json::to_vec(&event(thin)).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&event(thin)).map_err(|e| NotReady::Gone(e.to_string()))?;
         Ok((body, run.trace))
     }
 
