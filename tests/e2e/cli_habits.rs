@@ -491,6 +491,19 @@ async fn exit_codes_say_why() {
         Some(6),
         "run failed"
     );
+    // Input that is not JSON, or a file that cannot be read, is a mistake on the command
+    // line: no run is made (a queued one was accepted, only to fail).
+    assert_eq!(code(&["run", "probe", "hello"]), Some(2), "usage");
+    assert_eq!(
+        code(&["run", "--async", "probe", "hello"]),
+        Some(2),
+        "usage"
+    );
+    assert_eq!(
+        code(&["run", "probe", "@no-such-file.json"]),
+        Some(2),
+        "usage"
+    );
     // The run's outcome still decides when the output's reader went away (`| head -1`).
     let failed = user.gust(&["run", "--async", "--wait", "probe", r#"{"op":"fail"}"#]);
     assert_eq!(failed.status.code(), Some(6), "{}", stderr(&failed));

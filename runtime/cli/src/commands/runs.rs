@@ -25,10 +25,19 @@ pub(crate) async fn run(
             .context("reading standard input")?;
         buf
     } else if let Some(file) = input.strip_prefix('@') {
-        std::fs::read(file).with_context(|| format!("reading {file}"))?
+        std::fs::read(file).map_err(|e| Failure::usage(format!("reading {file}: {e}")))?
     } else {
         input.as_bytes().to_vec()
     };
+    // Sent as JSON, so it must be JSON: caught here, it is a mistake on the command line
+    // (exit code 2), not a run the agent failed, and a queued run is not accepted only to
+    // fail.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return Err(Failure::usage(format!(
+            "the input is not JSON ({e}): give JSON text, `@file` or `-` for standard input"
+        ))
+        .into());
+    }
     let path = if queued {
         format!("/v1/agents/{agent}/runs")
     } else {
