@@ -706,5 +706,8 @@ async fn an_upstream_certified_by_an_unknown_ca_is_refused_with_the_cause() {
         error.starts_with("could not connect: ") && error.contains("UnknownIssuer"),
         "{run}"
     );
+    // The guest is told what it was, not that the connection was refused.
+    let told = run["output"]["json"]["error"].as_str().unwrap_or_default();
+    assert!(told.contains("TlsCertificateError"), "{run}");
     assert_eq!(upstream.requests(), 0);
 }

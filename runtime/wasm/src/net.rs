@@ -74,6 +74,71 @@ impl fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// A host name that could not be resolved.
+#[derive(Debug)]
+pub(crate) struct NotResolved {
+    host: String,
+    source: std::io::Error,
+}
+
+impl fmt::Display for NotResolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "could not resolve {}", self.host)
+    }
+}
+
+impl std::error::Error for NotResolved {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Why a connection could not be opened, as far as a guest's error code tells it apart.
+#[derive(Debug, Clone)]
+pub(crate) enum ConnectFault {
+    /// The address policy refused the destination.
+    Refused(Refused),
+    /// The name did not resolve.
+    Dns,
+    /// The server's certificate was not accepted.
+    TlsCertificate,
+    /// The TLS handshake failed otherwise.
+    Tls,
+    /// Anything else: refused, reset, unreachable.
+    Other,
+}
+
+/// What made a connect fail, found in the error or its sources. An `io::Error` that wraps
+/// another error (TLS connectors wrap rustls's, sometimes twice) is looked into: its own
+/// `source` skips the error it wraps.
+pub(crate) fn connect_fault(error: &(dyn std::error::Error + 'static)) -> ConnectFault {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(refused) = e.downcast_ref::<Refused>() {
+            return ConnectFault::Refused(refused.clone());
+        }
+        if e.is::<NotResolved>() {
+            return ConnectFault::Dns;
+        }
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return match tls {
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                    ConnectFault::TlsCertificate
+                }
+                _ => ConnectFault::Tls,
+            };
+        }
+        current = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    ConnectFault::Other
+}
+
 /// Checks a URL before a request: `http` or `https`, and a host that is not a refused
 /// address literal (host names are checked when they are resolved, by [`resolve_checked`]).
 ///
@@ -129,7 +194,13 @@ pub(crate) async fn resolve_checked(
     host: &str,
     allow_private: bool,
 ) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+        .await
+        .map_err(|source| NotResolved {
+            host: host.to_owned(),
+            source,
+        })?
+        .collect();
     if !allow_private
         && let Some((ip, why)) = addrs
             .iter()
@@ -248,6 +319,34 @@ pub(crate) fn cause<E: std::error::Error + Clone + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As the connectors hand them over: hyper-util's wraps the resolver's error, rustls's
+    /// error comes inside an `io::Error`.
+    #[test]
+    fn connect_faults_are_told_apart_through_their_wrappers() {
+        let not_resolved = std::io::Error::other(NotResolved {
+            host: "model.example".into(),
+            source: std::io::Error::other("failed to lookup address information"),
+        });
+        assert!(matches!(connect_fault(&not_resolved), ConnectFault::Dns));
+        let unknown_ca = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        assert!(matches!(
+            connect_fault(&unknown_ca),
+            ConnectFault::TlsCertificate
+        ));
+        let handshake = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::HandshakeNotComplete,
+        );
+        assert!(matches!(connect_fault(&handshake), ConnectFault::Tls));
+        let refused = Refused("the destination is not allowed".into());
+        assert!(matches!(connect_fault(&refused), ConnectFault::Refused(_)));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(connect_fault(&reset), ConnectFault::Other));
+    }
 
     #[test]
     fn every_non_public_range_is_refused() {

@@ -117,8 +117,8 @@ pub(crate) enum SendError {
 pub(crate) struct Failure {
     /// The error with its causes.
     pub(crate) why: String,
-    /// The address policy's refusal, when that was the cause.
-    pub(crate) refused: Option<net::Refused>,
+    /// What made it fail.
+    pub(crate) fault: net::ConnectFault,
 }
 
 /// What a request came back with: the answer and its count in its lane, or why not.
@@ -744,7 +744,7 @@ impl tower_service::Service<Uri> for Counted {
                 Err(error) => {
                     let cause = Failure {
                         why: net::described(&*error),
-                        refused: net::cause::<net::Refused>(&*error),
+                        fault: net::connect_fault(&*error),
                     };
                     if let Some(lane) = &lane {
                         lane.failed(cause.clone());
@@ -768,7 +768,7 @@ impl tower_service::Service<Uri> for Counted {
                 let error = format!("{key} no longer offers HTTP/2");
                 lane.failed(Failure {
                     why: error.clone(),
-                    refused: None,
+                    fault: net::ConnectFault::Other,
                 });
                 return Err(error.into());
             }

@@ -228,15 +228,7 @@ impl WasiHttpHooks for Outbound {
                     }
                     Ok(Err(client::SendError::Failed(failure))) => {
                         // The connect it waited for, opened by another request, failed.
-                        let (code, why) = match failure.refused {
-                            Some(refused) => {
-                                (Error::DestinationIpProhibited, format!("denied: {refused}"))
-                            }
-                            None => (
-                                Error::ConnectionRefused,
-                                format!("could not connect: {}", failure.why),
-                            ),
-                        };
+                        let (code, why) = connect_failed(failure.fault, &failure.why);
                         record(None, Some(why));
                         return Err(code);
                     }
@@ -252,14 +244,11 @@ impl WasiHttpHooks for Outbound {
                                 None => (Error::ConnectionReadTimeout, timed_out()),
                             }
                         } else if let Some(refused) = net::cause::<net::Refused>(&e) {
-                            (Error::DestinationIpProhibited, format!("denied: {refused}"))
+                            connect_failed(net::ConnectFault::Refused(refused), "")
                         } else if let Some(BodyRefused(refused)) = net::cause::<BodyRefused>(&e) {
                             (Error::HttpRequestBodySize(None), refused)
                         } else if e.is_connect() {
-                            (
-                                Error::ConnectionRefused,
-                                format!("could not connect: {}", net::described(&e)),
-                            )
+                            connect_failed(net::connect_fault(&e), &net::described(&e))
                         } else {
                             (Error::HttpProtocolError, net::described(&e))
                         };
@@ -591,4 +580,22 @@ async fn drain(mut body: WasiBody, within: Duration) {
         while let Some(Ok(_)) = body.frame().await {}
     })
     .await;
+}
+
+/// The guest's error code for a connection that could not be opened, and the record's
+/// words for it (`why`: the error with its causes).
+fn connect_failed(fault: net::ConnectFault, why: &str) -> (Error, String) {
+    let code = match fault {
+        net::ConnectFault::Refused(refused) => {
+            return (Error::DestinationIpProhibited, format!("denied: {refused}"));
+        }
+        net::ConnectFault::Dns => Error::DnsError {
+            rcode: Some("address not available".into()),
+            info_code: None,
+        },
+        net::ConnectFault::TlsCertificate => Error::TlsCertificateError,
+        net::ConnectFault::Tls => Error::TlsProtocolError,
+        net::ConnectFault::Other => Error::ConnectionRefused,
+    };
+    (code, format!("could not connect: {why}"))
 }
