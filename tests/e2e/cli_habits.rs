@@ -249,6 +249,13 @@ async fn login_stores_a_profile_and_its_token_goes_only_to_its_server() {
         user.gust(&["logout", "--profile", "second"]).status.code(),
         Some(4)
     );
+    // The one profile left is the default now: commands still reach its server.
+    let who = json_of(&user.gust(&["whoami", "--json"]));
+    assert_eq!(
+        (&who["profile"], &who["access"]),
+        (&json!("default"), &json!("admin")),
+        "{who}"
+    );
     ok(&user.gust(&["logout", "--profile", "default"]));
     let after = user.gust(&["agents", "--url", &host.url]);
     assert_eq!(after.status.code(), Some(3), "{}", stderr(&after));

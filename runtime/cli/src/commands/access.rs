@@ -86,15 +86,27 @@ pub(crate) fn logout(profile: Option<&str>, out: Out) -> anyhow::Result<()> {
     if profiles.get(&name).is_none() {
         return Err(Failure::new(Code::NotFound, format!("no profile `{name}`")).into());
     }
+    let mut left = Vec::new();
     Profiles::update(|profiles| {
         profiles.profiles.remove(&name);
         if profiles.default.as_deref() == Some(name.as_str()) {
-            profiles.default = None;
+            // The one profile left is the default now, as it would be had it been the only
+            // one logged in; among several, which one is the user's to say.
+            left = profiles.profiles.keys().cloned().collect();
+            profiles.default = (left.len() == 1).then(|| left[0].clone());
         }
     })?;
     out.note(format!(
         "logged out: profile `{name}` and its token are forgotten"
     ));
+    match left.as_slice() {
+        [] => {}
+        [only] => out.note(format!("profile `{only}` is the default now")),
+        several => out.note(format!(
+            "no default profile now (left: {}); `gust login --profile NAME` makes one the default",
+            several.join(", ")
+        )),
+    }
     Ok(())
 }
 
