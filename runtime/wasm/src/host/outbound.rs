@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
 use bytes::Bytes;
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Frame;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
@@ -181,6 +181,10 @@ impl WasiHttpHooks for Outbound {
                     .map_or(policy.timeout, |t| t.min(policy.timeout));
                 let deadline = tokio::time::Instant::from_std(started + timeout);
                 let timed_out = || format!("timed out after {}s", timeout.as_secs_f64());
+                // Why the body was refused, if it was: over HTTP/2 hyper sends the body from
+                // a task of its own and the request fails with a reset stream, the refusal
+                // only logged.
+                let refusal = Arc::new(std::sync::OnceLock::new());
                 let body: GuestBody = StreamBody::new(
                     streamed(
                         Drained {
@@ -188,6 +192,7 @@ impl WasiHttpHooks for Outbound {
                             within: policy.timeout,
                         },
                         buffered,
+                        Arc::clone(&refusal),
                     )
                     .map(|chunk| chunk.map(Frame::data).map_err(BoxError::from)),
                 )
@@ -245,7 +250,9 @@ impl WasiHttpHooks for Outbound {
                             }
                         } else if let Some(refused) = net::cause::<net::Refused>(&e) {
                             connect_failed(net::ConnectFault::Refused(refused), "")
-                        } else if let Some(BodyRefused(refused)) = net::cause::<BodyRefused>(&e) {
+                        } else if let Some(BodyRefused(refused)) =
+                            net::cause::<BodyRefused>(&e).or_else(|| refusal.get().cloned())
+                        {
                             (Error::HttpRequestBodySize(None), refused)
                         } else if e.is_connect() {
                             connect_failed(net::connect_fault(&e), &net::described(&e))
@@ -489,12 +496,13 @@ impl std::error::Error for BodyRefused {}
 
 /// The guest's request body as it is written, chunk by chunk, counted while the host holds
 /// each chunk; an error ends it when the body passes [`MAX_REQUEST_BYTES`] or the call's
-/// bound, or breaks off.
+/// bound, or breaks off, and is also kept in `refusal`, for whoever does not get to see it.
 fn streamed(
     body: Drained,
     buffered: Buffered,
+    refusal: Arc<std::sync::OnceLock<BodyRefused>>,
 ) -> impl futures::Stream<Item = Result<Bytes, BodyRefused>> + Send {
-    futures::stream::try_unfold((body, 0usize), move |(mut body, sent)| {
+    let chunks = futures::stream::try_unfold((body, 0usize), move |(mut body, sent)| {
         let buffered = buffered.clone();
         async move {
             loop {
@@ -525,6 +533,9 @@ fn streamed(
                 return Ok(Some((held, (body, sent))));
             }
         }
+    });
+    chunks.inspect_err(move |refused| {
+        let _ = refusal.set(refused.clone());
     })
 }
 
