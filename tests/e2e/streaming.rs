@@ -193,6 +193,24 @@ async fn first_chunk_before_the_guest_finishes(
     );
 }
 
+/// Whether there is a deployment to call is answered before a stream starts: 404 with the
+/// error's JSON, as a plain call answers it. It was a 200 whose only event was the error.
+#[tokio::test]
+async fn a_streamed_call_of_an_agent_not_deployed_is_answered_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let response = host
+        .request(Method::POST, "/v1/agents/nobody/run")
+        .header("accept", "text/event-stream")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "not_found", "{body}");
+}
+
 #[tokio::test]
 async fn a_streamed_call_gets_the_first_chunk_while_the_guest_still_waits() {
     let dir = tempfile::tempdir().unwrap();

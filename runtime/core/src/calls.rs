@@ -190,9 +190,7 @@ impl Calls {
                     None => {
                         return Called {
                             deployment: None,
-                            outcome: Err(Error::NotFound(format!(
-                                "no agent named `{agent}` is deployed"
-                            ))),
+                            outcome: Err(not_deployed(&agent)),
                         };
                     }
                 }
@@ -405,4 +403,9 @@ impl CallSink for Observed {
         self.metrics.outbound(&self.agent, pattern, outcome);
         self.inner.outbound(request);
     }
+}
+
+/// The answer to a call of an agent with nothing deployed.
+pub fn not_deployed(agent: &str) -> Error {
+    Error::NotFound(format!("no agent named `{agent}` is deployed"))
 }
