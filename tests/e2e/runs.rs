@@ -458,3 +458,60 @@ async fn wait_returns_when_the_run_ends_or_when_the_time_is_up() {
         "held for the wait: {waited:?}"
     );
 }
+
+/// A submission whose client goes away before the answer keeps no place in the agent's
+/// queue, whatever its outcome (a replayed key here). The request's own code gave the place
+/// back, and a disconnect drops that code mid-way: the agent was then refused ("already has
+/// N runs waiting") with nothing waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_whose_clients_went_away_keep_no_place_in_the_queue() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let host = probe_host(dir.path(), &["--max-queued-per-agent", "2"]).await;
+    let body = r#"{"op":"echo"}"#;
+    let (status, first) = host
+        .send(
+            host.request(Method::POST, "/v1/agents/probe/runs")
+                .header("idempotency-key", "once")
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    finished(&host, "probe", first["run_id"].as_str().unwrap()).await;
+    // The same submission again, from clients that close the connection once it is sent.
+    let address = host.url.strip_prefix("http://").unwrap();
+    let request = format!(
+        "POST /v1/agents/probe/runs HTTP/1.1\r\nhost: gust\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\nidempotency-key: once\r\ncontent-length: {}\r\n\r\n{body}",
+        crate::support::TOKEN,
+        body.len()
+    );
+    let gone = (0..200).map(|_| {
+        let (address, request) = (address.to_owned(), request.clone());
+        tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            // Reset, not closed: the host sees it at once.
+            stream.set_linger(Some(Duration::ZERO)).unwrap();
+        })
+    });
+    for client in futures::future::join_all(gone).await {
+        client.unwrap();
+    }
+    let h = &host;
+    eventually(
+        Duration::from_secs(10),
+        "new runs accepted",
+        || async move {
+            let (status, _) = h
+                .send(
+                    h.request(Method::POST, "/v1/agents/probe/runs")
+                        .json(&json!({"op": "echo"})),
+                )
+                .await;
+            status == StatusCode::ACCEPTED
+        },
+    )
+    .await;
+}

@@ -288,7 +288,8 @@ impl Runs {
             ));
         }
         // A place in the agent's queue, reserved before the insert so that concurrent
-        // submissions cannot all pass the bound; given back unless a run takes it.
+        // submissions cannot all pass the bound; given back (by the writer) unless a run
+        // takes it.
         let queue = self.state.queue(deployment.name());
         if !queue.reserve(self.settings.max_queued_per_agent) {
             return Err(Error::Overloaded {
@@ -331,14 +332,13 @@ impl Runs {
             max_stored_bytes: self.settings.max_stored_bytes_per_agent,
             trace,
         };
+        // The writer gives the place back unless the run is inserted, whatever happens to
+        // this request meanwhile.
         let outcome = self
             .writer
             .write(RunWrite::Insert(run))
             .instrument(span)
             .await;
-        if !matches!(outcome, Ok(WriteOutcome::Inserted)) {
-            queue.release();
-        }
         match outcome? {
             WriteOutcome::Inserted => Ok(Submitted { id, created: true }),
             WriteOutcome::NotFound => Err(Error::NotFound(format!(

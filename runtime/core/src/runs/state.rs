@@ -68,6 +68,10 @@ impl QueueState {
                 // Its place in the agent's queue was reserved by `submit`.
                 self.enqueue(run.id.clone(), &run.agent, false);
             }
+            // Not a new run (a replay, no room, a conflict): the place `submit` reserved goes
+            // back here, where every outcome arrives, and not in `submit`, which its client
+            // may have dropped (a disconnect) before the outcome came.
+            (RunWrite::Insert(run), _) => self.queue(&run.agent).release(),
             (RunWrite::Finish { id, .. }, WriteOutcome::Finished { delivery }) => {
                 self.ended(id, *delivery);
             }
@@ -129,6 +133,14 @@ impl QueueState {
             }
             (_, WriteOutcome::Redelivering) => self.push.notify_one(),
             _ => {}
+        }
+    }
+
+    /// A write that was not applied (its batch failed, or the writer had stopped): an
+    /// insert gives back the place `submit` reserved for it.
+    pub(super) fn not_applied(&self, write: &RunWrite) {
+        if let RunWrite::Insert(run) = write {
+            self.queue(&run.agent).release();
         }
     }
 

@@ -30,6 +30,7 @@ type Reply = Option<oneshot::Sender<Result<WriteOutcome, Error>>>;
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::UnboundedSender<(RunWrite, Reply)>,
+    state: Arc<QueueState>,
 }
 
 impl Writer {
@@ -37,8 +38,9 @@ impl Writer {
     /// write sent before is committed.
     pub(super) fn start(store: Store, state: Arc<QueueState>, background: &Background) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        background.spawn(Stage::Writes, move |stop| run(store, state, rx, stop));
-        Self { tx }
+        let writes = Arc::clone(&state);
+        background.spawn(Stage::Writes, move |stop| run(store, writes, rx, stop));
+        Self { tx, state }
     }
 
     /// Applies `write` and answers once it is committed.
@@ -47,13 +49,18 @@ impl Writer {
     /// When the database fails, or the writer has stopped.
     pub(crate) async fn write(&self, write: RunWrite) -> Result<WriteOutcome, Error> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send((write, Some(reply))).map_err(|_| stopped())?;
+        if let Err(mpsc::error::SendError((write, _))) = self.tx.send((write, Some(reply))) {
+            self.state.not_applied(&write);
+            return Err(stopped());
+        }
         answer.await.map_err(|_| stopped())?
     }
 
     /// Queues `write` without waiting for it (progress reports, lease renewals).
     pub(crate) fn write_detached(&self, write: RunWrite) {
-        let _ = self.tx.send((write, None));
+        if let Err(mpsc::error::SendError((write, _))) = self.tx.send((write, None)) {
+            self.state.not_applied(&write);
+        }
     }
 }
 
@@ -96,7 +103,10 @@ async fn run(
                 for (write, outcome) in writes.iter().zip(&outcomes) {
                     match outcome {
                         Ok(outcome) => state.committed(write, outcome),
-                        Err(e) => tracing::error!("a run write failed: {e:#}"),
+                        Err(e) => {
+                            tracing::error!("a run write failed: {e:#}");
+                            state.not_applied(write);
+                        }
                     }
                 }
                 state.batch(count);
@@ -112,6 +122,9 @@ async fn run(
                 let unavailable = matches!(e, gust_store::StoreError::Unavailable(_));
                 let e = anyhow::Error::new(e);
                 tracing::error!("a batch of {count} run writes failed: {e:#}");
+                for write in &writes {
+                    state.not_applied(write);
+                }
                 for reply in replies.into_iter().flatten() {
                     let _ = reply.send(Err(if unavailable {
                         Error::Unavailable(format!("{e:#}"))
