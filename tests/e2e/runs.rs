@@ -493,7 +493,7 @@ async fn submissions_whose_clients_went_away_keep_no_place_in_the_queue() {
             let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
             stream.write_all(request.as_bytes()).await.unwrap();
             // Reset, not closed: the host sees it at once.
-            stream.set_linger(Some(Duration::ZERO)).unwrap();
+            stream.set_zero_linger().unwrap();
         })
     });
     for client in futures::future::join_all(gone).await {
