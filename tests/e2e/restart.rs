@@ -211,15 +211,16 @@ async fn a_run_that_keeps_losing_its_host_fails_as_lost() {
 async fn a_clean_stop_gives_running_runs_back_without_counting_the_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    // With a queue wait of 1 s, the run is past it when the host gives it back: it started,
-    // so it must not expire.
+    // With a queue wait of 2 s (time enough to start on a busy machine), the run is past it
+    // when the host starts again: it started, so it must not expire.
     let mut host = probe_on(
         data.clone(),
         &["--shutdown-grace", "1"],
-        json!({"async_timeout_s": 30, "max_queue_wait_s": 1}),
+        json!({"async_timeout_s": 30, "max_queue_wait_s": 2}),
     )
     .await;
     let id = crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 3000})).await;
+    let accepted = tokio::time::Instant::now();
     started(&host, &id).await;
     host.signal("TERM");
     let code =
@@ -227,6 +228,7 @@ async fn a_clean_stop_gives_running_runs_back_without_counting_the_attempt() {
             .await
             .unwrap();
     assert_eq!(code, Some(0));
+    tokio::time::sleep_until(accepted + std::time::Duration::from_millis(2500)).await;
     let host = Host::start_on(data, &[]).await;
     let run = crate::runs::finished(&host, "probe", &id).await;
     assert_eq!(run["status"], "succeeded", "{run}");

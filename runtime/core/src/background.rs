@@ -124,11 +124,6 @@ impl Background {
             .map(drop)
     }
 
-    /// Tells `stage` to stop, without waiting for it ([`Background::stop`] waits later).
-    pub(crate) fn cancel(&self, stage: Stage) {
-        self.group(stage).token.cancel();
-    }
-
     /// Waits until the tasks of `stage` have ended by themselves, at most until `deadline`,
     /// without telling them to stop; `true` when they all ended.
     pub(crate) async fn settle(&self, stage: Stage, deadline: Instant) -> bool {

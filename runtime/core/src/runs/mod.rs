@@ -39,6 +39,7 @@ use gust_store::Store;
 use gust_store::queue::{IDEMPOTENCY_WINDOW_MS, NewRun, RunWrite, WriteOutcome};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::background::{Background, Stage};
@@ -176,6 +177,9 @@ pub struct Runs {
     disk_low: AtomicBool,
     /// Live events of the runs executing here.
     events: Arc<RunEvents>,
+    /// Cancelled when no run may start any more: at the start of a clean stop's grace
+    /// period ([`Runs::drain`]), or with the intake.
+    starting: CancellationToken,
 }
 
 impl Runs {
@@ -226,6 +230,7 @@ impl Runs {
             pusher,
             disk_low: AtomicBool::new(false),
             events,
+            starting: background.token(Stage::Intake).child_token(),
         });
 
         let (max_attempts, now) = (runs.settings.max_attempts, clock::now_ms());
@@ -244,9 +249,9 @@ impl Runs {
             runs.state.push.notify_one();
         }
 
-        let dispatcher = Arc::clone(&runs);
-        background.spawn(Stage::Intake, move |stop| {
-            workers::dispatch(dispatcher, queue, stop)
+        let (dispatcher, starting) = (Arc::clone(&runs), runs.starting.clone());
+        background.spawn(Stage::Intake, move |_| {
+            workers::dispatch(dispatcher, queue, starting)
         });
         runs.pusher.start();
         let swept = Arc::clone(&runs);
@@ -532,10 +537,12 @@ impl Runs {
     /// back to the queue without counting the attempt (a clean stop is not a crash); queued
     /// runs stay queued, durable, for the next start.
     pub async fn drain(&self, deadline: tokio::time::Instant) {
-        // The intake first: a run it started now would be cut off at the deadline (its
+        // No run starts from now on: one started now would be cut off at the deadline (its
         // effects begun, to be done again), or, started as the last one ended, not even
-        // waited for.
-        self.background.cancel(Stage::Intake);
+        // waited for. The rest of the intake goes on through the grace period: following
+        // other hosts (their cancels and ends reach the runs and the pollers here), the
+        // token reload, the disk and database probes.
+        self.starting.cancel();
         if !self.background.settle(Stage::Runs, deadline).await {
             tracing::warn!(
                 running = self.state.running().len(),

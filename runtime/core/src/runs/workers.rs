@@ -54,8 +54,9 @@ pub(super) async fn dispatch(
 }
 
 async fn drain(runs: Arc<Runs>, agent: String, queue: Arc<AgentQueue>) {
-    let gate = runs.admission.gate(&agent);
     loop {
+        // Looked up for each run: an agent deleted and made again meanwhile has a new gate.
+        let gate = runs.admission.gate(&agent);
         // The agent's room first, then a worker slot without waiting: a drainer never sits
         // on room it cannot use (that room is what this agent's sync calls need). With no
         // free slot, it gives the room back, waits for a slot to free up, and tries again.
@@ -88,7 +89,7 @@ async fn drain(runs: Arc<Runs>, agent: String, queue: Arc<AgentQueue>) {
         if runs.admission.memory_until(None).await.is_err() {
             return;
         }
-        if runs.background.stopping() {
+        if runs.starting.is_cancelled() {
             return;
         }
         let Some(id) = queue.pop() else {
