@@ -316,6 +316,11 @@ async fn the_deploy_preview_and_the_endpoints_from_the_command_line() {
         out.contains("version      1 (") && out.contains("→ a new upload ("),
         "{out}"
     );
+    // A file that is not a component is refused as its upload would be, uploading nothing.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm at all").unwrap();
+    let refused = gust(h, &["deploy", "echo", junk.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(refused.status.code(), Some(2));
     // The file already uploaded is that version: nothing would change.
     let out = ok(&gust(
         h,

@@ -274,6 +274,35 @@ async fn login_stores_a_profile_and_its_token_goes_only_to_its_server() {
 }
 
 /// Rotating the admin token updates the profile it came from, so the CLI keeps working.
+/// Whatever the order of logouts, the one profile left is the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_one_profile_left_after_logouts_is_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let user = User::new();
+    for profile in ["first", "second", "third"] {
+        ok(&user.gust_with_input(
+            &["login", "--profile", profile, "--url", &host.url],
+            &format!("{TOKEN}\n"),
+        ));
+    }
+    // The default (the last logged in) goes: two are left, and neither is chosen for the
+    // user.
+    let left = user.gust(&["logout"]);
+    assert!(
+        stderr(&left).contains("no default profile now"),
+        "{}",
+        stderr(&left)
+    );
+    ok(&user.gust(&["logout", "--profile", "first"]));
+    let who = json_of(&user.gust(&["whoami", "--json"]));
+    assert_eq!(
+        (&who["profile"], &who["access"]),
+        (&json!("second"), &json!("admin")),
+        "{who}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_the_admin_token_updates_the_profile() {
     let dir = tempfile::tempdir().unwrap();
@@ -523,6 +552,19 @@ async fn exit_codes_say_why() {
         .trim();
     let unread = into_closed_pipe(&user, &["runs", "get", "probe", id], false);
     assert_eq!(unread.status.code(), Some(6), "{}", stderr(&unread));
+    // With only the events' reader gone (`2> >(head -1)`), the run is still followed to its
+    // end and printed, and its failure is still the exit code.
+    let (events_reader, events) = std::io::pipe().unwrap();
+    drop(events_reader);
+    let followed = user
+        .command(&["runs", "get", "probe", id, "--follow"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(events)
+        .output()
+        .unwrap();
+    assert_eq!(followed.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&followed.stdout).contains(id));
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", listener.local_addr().unwrap())

@@ -90,8 +90,11 @@ pub(crate) fn logout(profile: Option<&str>, out: Out) -> anyhow::Result<()> {
     Profiles::update(|profiles| {
         profiles.profiles.remove(&name);
         if profiles.default.as_deref() == Some(name.as_str()) {
-            // The one profile left is the default now, as it would be had it been the only
-            // one logged in; among several, which one is the user's to say.
+            profiles.default = None;
+        }
+        // With no default, the one profile left is the default, as it would be had it been
+        // the only one logged in; among several, which one is the user's to say.
+        if profiles.default.is_none() {
             left = profiles.profiles.keys().cloned().collect();
             profiles.default = (left.len() == 1).then(|| left[0].clone());
         }
@@ -316,10 +319,15 @@ pub(crate) async fn rotate_admin_token(c: &Ctx) -> anyhow::Result<()> {
         }
     });
     if let Err(e) = saved {
-        printed?;
+        // Not saved and not shown either (stdout is closed): the error is the last place
+        // left to show it.
+        let shown = match printed {
+            Ok(()) => "printed above".to_owned(),
+            Err(_) => format!("`{token}`"),
+        };
         return Err(e.context(format!(
-            "the new admin token is printed above, and not saved in profile `{name}`, which \
-             still holds the old one: `gust login --profile {name}` stores it"
+            "the new admin token is {shown}, and not saved in profile `{name}`, which still \
+             holds the old one: `gust login --profile {name}` stores it"
         )));
     }
     printed?;

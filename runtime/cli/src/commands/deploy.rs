@@ -40,11 +40,16 @@ pub(crate) async fn deploy(
     let version = match &file {
         // A dry run uploads nothing: an upload makes a version, and the agent if it is new.
         Some(file) if dry_run => {
-            let digest = digest_of_file(file)?;
+            let bytes = std::fs::read(file)
+                .map_err(|e| Failure::usage(format!("reading {}: {e}", file.display())))?;
+            let digest = digest_of(&bytes);
             let before = agent_if_any(c, &agent).await?;
             match before.as_ref().and_then(|a| version_with(a, &digest)) {
                 Some(uploaded) => Some(uploaded),
-                None => return dry_run_new_upload(c, &agent, &digest, before.as_ref()).await,
+                None => {
+                    is_component(file, &bytes)?;
+                    return dry_run_new_upload(c, &agent, &digest, before.as_ref()).await;
+                }
             }
         }
         Some(file) => Some(upload_version(c, &agent, file, false).await?),
@@ -170,15 +175,30 @@ fn built_component(out: Out, dir: &Path, name: &str) -> anyhow::Result<PathBuf> 
     crate::project::build(dir, out.quiet)
 }
 
-/// The digest the server names a component file's version by.
-fn digest_of_file(file: &Path) -> anyhow::Result<String> {
+/// The digest the server names a component's version by.
+fn digest_of(bytes: &[u8]) -> String {
     use sha2::Digest as _;
-    let bytes = std::fs::read(file)
-        .map_err(|e| Failure::usage(format!("reading {}: {e}", file.display())))?;
-    Ok(format!(
-        "sha256:{}",
-        hex::encode(sha2::Sha256::digest(&bytes))
-    ))
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// Refuses a file that is not a Wasm component at all, as its upload would be: a dry run
+/// uploads nothing, so the server's full check is not made (the rest of it, against the
+/// agent world, happens at the upload).
+fn is_component(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    // `\0asm`, then a version of two bytes and the layer, 1 for a component (0 for a core
+    // module).
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(Failure::usage(format!("{} is not a Wasm component", file.display())).into());
+    }
+    if bytes[6..8] != [1, 0] {
+        return Err(Failure::usage(format!(
+            "{} is a core Wasm module, not a component: build it for wasm32-wasip2 (or \
+             with a component toolchain)",
+            file.display()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// `GET /v1/agents/{agent}`; `None` when there is no such agent yet.

@@ -143,47 +143,59 @@ pub(crate) async fn runs_get(c: &Ctx, agent: &str, id: &str, wait: bool) -> anyh
 /// output are written as they are, one after the other, so streamed text reads as text.
 pub(crate) async fn runs_follow(c: &Ctx, agent: &str, id: &str) -> anyhow::Result<()> {
     let response = super::sse::follow(c, &format!("/v1/agents/{agent}/runs/{id}/events")).await?;
-    let quiet = c.out.quiet;
+    // Events are not written with -q, nor once stderr's reader has gone: the run is still
+    // followed to its end, printed on stdout and its outcome the exit code.
+    let mut quiet = c.out.quiet;
     // Whether chunks left the cursor inside a line, where another event's line must not
     // start.
     let mut mid_line = false;
     super::sse::each_event(response, |event, data| {
         if !quiet {
-            if event == "chunk" {
-                let bytes = chunk_bytes(&data);
-                let mut stderr = std::io::stderr().lock();
-                written(stderr.write_all(&bytes).and_then(|()| stderr.flush()))?;
-                if let Some(last) = bytes.last() {
-                    mid_line = *last != b'\n';
-                }
-                return Ok(true);
-            }
-            if mid_line && matches!(event, "status" | "progress" | "log") {
-                tell!()?;
-                mid_line = false;
-            }
-            match event {
-                "status" => tell!("status   {}", text(&data["status"]))?,
-                "progress" => tell!(
-                    "progress {:>3.0}% {}",
-                    data["fraction"].as_f64().unwrap_or(0.0) * 100.0,
-                    text(&data["message"])
-                )?,
-                "log" => tell!(
-                    "log      {} {}",
-                    text(&data["level"]),
-                    text(&data["message"])
-                )?,
-                _ => {}
+            let shown = show_event(event, &data, &mut mid_line);
+            match shown {
+                Err(e) if crate::output::is_reader_gone(&e) => quiet = true,
+                other => other?,
             }
         }
         Ok(event != "end")
     })
     .await?;
-    if mid_line {
-        tell!()?;
+    if mid_line && !quiet {
+        // Only the line is lost if stderr is gone by now.
+        let _ = tell!();
     }
     runs_get(c, agent, id, false).await
+}
+
+/// One event of `gust runs get --follow` on stderr.
+fn show_event(event: &str, data: &Value, mid_line: &mut bool) -> anyhow::Result<()> {
+    if event == "chunk" {
+        let bytes = chunk_bytes(data);
+        let mut stderr = std::io::stderr().lock();
+        written(stderr.write_all(&bytes).and_then(|()| stderr.flush()))?;
+        if let Some(last) = bytes.last() {
+            *mid_line = *last != b'\n';
+        }
+        return Ok(());
+    }
+    if *mid_line && matches!(event, "status" | "progress" | "log") {
+        tell!()?;
+        *mid_line = false;
+    }
+    match event {
+        "status" => tell!("status   {}", text(&data["status"])),
+        "progress" => tell!(
+            "progress {:>3.0}% {}",
+            data["fraction"].as_f64().unwrap_or(0.0) * 100.0,
+            text(&data["message"])
+        ),
+        "log" => tell!(
+            "log      {} {}",
+            text(&data["level"]),
+            text(&data["message"])
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The bytes of a `chunk` event: `{"text"}` or `{"base64"}`.

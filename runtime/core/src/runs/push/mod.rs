@@ -101,7 +101,6 @@ struct Inner {
 /// The highest attempt number the deliveries metric labels; later ones count under it.
 const MAX_ATTEMPT_LABEL: u32 = 16;
 
-/// What one attempt came to.
 /// Why an event could not be made: a run that is gone never will be; a read that failed
 /// (the database restarting) is tried again on the retry schedule.
 enum NotReady {
@@ -109,6 +108,7 @@ enum NotReady {
     Unread(String),
 }
 
+/// What one attempt came to.
 enum Attempt {
     Delivered,
     /// Retry, after at least this long when the receiver said so.
