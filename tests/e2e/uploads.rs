@@ -239,6 +239,16 @@ async fn oversized_bodies_are_refused_before_they_are_read() {
         )
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    // Far past the limit (a file of 40 MiB): the client still reads the 413, not a
+    // connection closed while it was sending. The host closed it once it had thrown away
+    // 16 MiB, and most clients (curl, reqwest, the CLI) then reported the reset.
+    let far = host
+        .request(Method::POST, "/v1/agents/probe/run")
+        .body(vec![b' '; 40 << 20])
+        .send()
+        .await
+        .map(|response| response.status());
+    assert!(matches!(far, Ok(StatusCode::PAYLOAD_TOO_LARGE)), "{far:?}");
 }
 
 /// The upload check instantiates under the agent's own memory limit: a component whose

@@ -14,8 +14,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// After refusing a body, how much of it is read and thrown away (and for how long) before
 /// the connection closes. Closing a socket with unread data makes the kernel reset it, and
 /// most clients then report "connection reset" while still sending instead of the 413; a
-/// short, bounded drain lets them read the answer. Nothing drained is kept.
-const DRAIN_BYTES: u64 = 16 << 20;
+/// bounded drain lets them read the answer. Nothing drained is kept, so what the drain
+/// costs is the time, bounded by `DRAIN_TIME` as nginx bounds its lingering close; the
+/// bytes' bound is well past what people send by mistake (a 16 MiB bound cut off a 40 MiB
+/// input or a 300 MiB upload, whose senders then saw a reset instead of the 413).
+const DRAIN_BYTES: u64 = 4 << 30;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// A body that stops arriving for this long is abandoned, and one that takes longer than
 /// [`BODY_TOTAL`] in all: a slow client cannot hold a connection slot for ever.
