@@ -7,7 +7,8 @@
 //! earlier one still needs it:
 //!
 //! 1. [`Stage::Intake`]: what starts new work — the run dispatcher, the sweeper and
-//!    reconciler, the start-up load. After it no run starts.
+//!    reconciler, the start-up load, following other hosts. The starting of runs stops
+//!    before, when the grace period begins (`Runs::drain`); the rest goes on through it.
 //! 2. [`Stage::Runs`]: runs executing; they get the grace period to finish, then stop and
 //!    go back to the queue.
 //! 3. [`Stage::Delivery`]: the pusher and the key-use flusher (which flushes once more).
