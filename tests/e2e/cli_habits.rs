@@ -673,6 +673,44 @@ async fn secrets_come_from_standard_input_not_the_command_line() {
 
 /// On a terminal (a pty from util-linux `script`), `gust deploy` shows what changes and asks;
 /// "n" changes nothing, "y" deploys, and the upload shows progress.
+/// Ctrl-C at a hidden prompt leaves the terminal as it was: rpassword, which reads the
+/// secret, raises SIGINT itself before it turns echo back on, and the process ended there.
+#[test]
+fn ctrl_c_at_a_secret_prompt_leaves_the_terminal_echoing() {
+    let user = User::new();
+    // On a pty: the prompt, Ctrl-C typed at it, then what the terminal's settings are.
+    let line = format!(
+        "{} login --url http://127.0.0.1:9; echo \"exit $?\"; stty -a",
+        env!("CARGO_BIN_EXE_gust")
+    );
+    let mut child = user
+        .program("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` runs the command on a pty");
+    let mut stdin = child.stdin.take().unwrap();
+    let typist = std::thread::spawn(move || {
+        // Typed once the prompt is up; the pty keeps it until then.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let _ = stdin.write_all(b"\x03");
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        drop(stdin);
+    });
+    let output = child.wait_with_output().unwrap();
+    typist.join().unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(screen.contains("admin token for"), "{screen}");
+    assert!(screen.contains("exit 130"), "{screen}");
+    let settings: Vec<&str> = screen.split_whitespace().collect();
+    assert!(
+        settings.contains(&"echo") && !settings.contains(&"-echo"),
+        "{screen}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_asks_on_a_terminal() {
     let dir = tempfile::tempdir().unwrap();

@@ -398,7 +398,7 @@ impl Profiles {
 pub(crate) fn read_secret(prompt: &str) -> anyhow::Result<String> {
     use std::io::IsTerminal as _;
     let secret = if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(prompt).context("reading the secret from the terminal")?
+        hidden(prompt)?
     } else {
         let mut line = String::new();
         std::io::stdin()
@@ -411,6 +411,52 @@ pub(crate) fn read_secret(prompt: &str) -> anyhow::Result<String> {
         return Err(Failure::new(Code::Usage, "no secret was given").into());
     }
     Ok(secret)
+}
+
+/// Whether a hidden prompt is reading: see [`hidden`].
+static PROMPTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reads a secret at a prompt that does not echo it.
+///
+/// rpassword turns the terminal's signals and echo off, and at Ctrl-C raises SIGINT itself
+/// before it turns them back on (7.5): the default action ended the process there, leaving
+/// the user's terminal without echo. So SIGINT is caught from the first prompt on (the
+/// handler is installed here, once, before reading): during a prompt rpassword then returns
+/// `Interrupted` with the terminal put back, and the command ends as Ctrl-C ends one, with
+/// 130; outside a prompt the handler ends the process at once, with 130.
+fn hidden(prompt: &str) -> anyhow::Result<String> {
+    use std::sync::atomic::Ordering;
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let _inside = runtime.enter();
+        // Installed now, not when the task first runs: Ctrl-C may come at once.
+        let Ok(mut interrupts) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            while interrupts.recv().await.is_some() {
+                if !PROMPTING.load(Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+            }
+        });
+    });
+    PROMPTING.store(true, Ordering::SeqCst);
+    let read = rpassword::prompt_password(prompt);
+    PROMPTING.store(false, Ordering::SeqCst);
+    match read {
+        Ok(secret) => Ok(secret),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+            crate::output::note!("");
+            std::process::exit(130);
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("reading the secret from the terminal")),
+    }
 }
 
 #[cfg(test)]
