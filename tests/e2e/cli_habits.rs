@@ -46,6 +46,20 @@ impl User {
         command
     }
 
+    /// `line` (a shell command line) run on a pseudo-terminal by util-linux `script`, with
+    /// TERM set as a terminal emulator sets it (without it no progress bar is drawn); what
+    /// is written to its standard input is typed at the terminal.
+    fn on_a_pty(&self, line: &str) -> std::process::Child {
+        self.program("script")
+            .args(["-q", "-e", "-c", line, "/dev/null"])
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("util-linux `script` runs the command on a pty")
+    }
+
     fn gust(&self, args: &[&str]) -> Output {
         self.gust_with_input(args, "")
     }
@@ -683,14 +697,7 @@ fn ctrl_c_at_a_secret_prompt_leaves_the_terminal_echoing() {
         "{} login --url http://127.0.0.1:9; echo \"exit $?\"; stty -a",
         env!("CARGO_BIN_EXE_gust")
     );
-    let mut child = user
-        .program("script")
-        .args(["-q", "-e", "-c", &line, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("util-linux `script` runs the command on a pty");
+    let mut child = user.on_a_pty(&line);
     let mut stdin = child.stdin.take().unwrap();
     let typist = std::thread::spawn(move || {
         // Typed once the prompt is up; the pty keeps it until then.
@@ -723,16 +730,7 @@ async fn deploy_asks_on_a_terminal() {
             env!("CARGO_BIN_EXE_gust"),
             gust_test_guests::ECHO
         );
-        let mut child = user
-            .program("script")
-            .args(["-q", "-e", "-c", &line, "/dev/null"])
-            // As a terminal emulator sets it; without TERM no bar is drawn (plain notes are).
-            .env("TERM", "xterm-256color")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("util-linux `script` runs the command on a pty");
+        let mut child = user.on_a_pty(&line);
         let mut stdin = child.stdin.take().unwrap();
         // The terminal keeps what is typed until the question reads it; standard input stays
         // open a while so `script` does not end the session before then.

@@ -365,13 +365,7 @@ async fn every_run_is_pushed_once_whichever_host_ran_it() {
     let cluster = Cluster::start_with(2, &["--allow-private-network"]).await;
     let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
     let receiver = Receiver::start(Vec::new()).await;
-    a.upload_file("pushed", gust_test_guests::PROBE_A).await;
-    a.set_config(
-        "pushed",
-        json!({"mode": "async", "push": {"url": receiver.url, "access_token": "app-token"}}),
-    )
-    .await;
-    a.deploy("pushed", None).await;
+    deploy_pushing(a, &receiver).await;
     eventually(Duration::from_secs(10), "B to serve the agent", || async {
         b.stats().await["deployments"].as_u64() == Some(1)
     })
@@ -847,6 +841,17 @@ async fn a_run_ended_behind_a_hosts_back_stops_at_its_next_renewal() {
     assert!(a.log().contains("no longer this host's"), "{}", a.log());
 }
 
+/// Deploys agent `pushed` (the probe) in async mode, pushing to `receiver`.
+async fn deploy_pushing(host: &Host, receiver: &Receiver) {
+    host.upload_file("pushed", gust_test_guests::PROBE_A).await;
+    host.set_config(
+        "pushed",
+        json!({"mode": "async", "push": {"url": receiver.url, "access_token": "app-token"}}),
+    )
+    .await;
+    host.deploy("pushed", None).await;
+}
+
 /// Runs `sql` on the database at `url` with `psql`; answers what it printed.
 fn psql(url: &str, sql: &str) -> String {
     let bin = gust_testkit::postgres::postgres_bin()
@@ -878,13 +883,7 @@ async fn a_push_whose_secret_cannot_be_read_for_a_while_is_retried() {
     .await;
     let a = &cluster.hosts[0];
     let receiver = Receiver::start(vec![Answer::Status(503)]).await;
-    a.upload_file("pushed", gust_test_guests::PROBE_A).await;
-    a.set_config(
-        "pushed",
-        json!({"mode": "async", "push": {"url": receiver.url, "access_token": "app-token"}}),
-    )
-    .await;
-    a.deploy("pushed", None).await;
+    deploy_pushing(a, &receiver).await;
     let id = crate::runs::submit(a, "pushed", json!({"op": "echo"})).await;
     let r = &receiver;
     eventually(Duration::from_secs(10), "a first push", || async move {

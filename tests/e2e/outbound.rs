@@ -311,6 +311,20 @@ async fn connections_to_one_upstream_stay_within_the_bound() {
     );
 }
 
+/// Deploys the probe as `patient` (outgoing requests may take 60 s) and `impatient` (1 s),
+/// both allowed to reach `origin`.
+async fn deploy_patient_and_impatient(host: &Host, origin: &str) {
+    for (agent, timeout) in [("patient", 60), ("impatient", 1)] {
+        host.upload_file(agent, gust_test_guests::PROBE_A).await;
+        host.set_config(
+            agent,
+            json!({"allowed_hosts": [origin], "sync_timeout_s": 120, "outbound_timeout_s": timeout}),
+        )
+        .await;
+        host.deploy(agent, None).await;
+    }
+}
+
 /// A request whose time runs out while every one of its origin's connection places is
 /// taken has timed out waiting (`ConnectionReadTimeout`); it was reported as refused by the
 /// origin (`ConnectionRefused`), which tells a guest to retry at once.
@@ -327,15 +341,7 @@ async fn a_request_out_of_time_waiting_for_a_connection_place_timed_out() {
     )
     .await;
     let upstream = Upstream::start().await;
-    for (agent, timeout) in [("patient", 60), ("impatient", 1)] {
-        host.upload_file(agent, gust_test_guests::PROBE_A).await;
-        host.set_config(
-            agent,
-            json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120, "outbound_timeout_s": timeout}),
-        )
-        .await;
-        host.deploy(agent, None).await;
-    }
+    deploy_patient_and_impatient(&host, &upstream.origin).await;
     let hold = json!({"op": "fetch", "key": format!("{}/hold?ms=4000", upstream.origin)});
     let holding = send_at_once(&host, "patient", &hold, 1);
     eventually(
@@ -499,15 +505,7 @@ async fn a_request_that_gives_up_while_opening_a_connection_leaves_it_to_the_oth
         Upstream::start_https_slow(100, Duration::from_millis(2500)).await;
     let dir = tempfile::tempdir().unwrap();
     let host = certificate.trusting_host(dir.path()).await;
-    for (agent, timeout) in [("patient", 60), ("impatient", 1)] {
-        host.upload_file(agent, gust_test_guests::PROBE_A).await;
-        host.set_config(
-            agent,
-            json!({"allowed_hosts": [upstream.origin], "sync_timeout_s": 120, "outbound_timeout_s": timeout}),
-        )
-        .await;
-        host.deploy(agent, None).await;
-    }
+    deploy_patient_and_impatient(&host, &upstream.origin).await;
     let hello = json!({"op": "fetch", "key": format!("{}/hello", upstream.origin)});
     // The host learns that the upstream speaks HTTP/2 (a first connection, 2.5 s).
     let (status, _, answer) = host.call("patient", hello.clone()).await;
