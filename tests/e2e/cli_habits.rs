@@ -287,7 +287,6 @@ async fn login_stores_a_profile_and_its_token_goes_only_to_its_server() {
     );
 }
 
-/// Rotating the admin token updates the profile it came from, so the CLI keeps working.
 /// Whatever the order of logouts, the one profile left is the default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_one_profile_left_after_logouts_is_the_default() {
@@ -317,6 +316,7 @@ async fn the_one_profile_left_after_logouts_is_the_default() {
     );
 }
 
+/// Rotating the admin token updates the profile it came from, so the CLI keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_the_admin_token_updates_the_profile() {
     let dir = tempfile::tempdir().unwrap();
@@ -685,8 +685,6 @@ async fn secrets_come_from_standard_input_not_the_command_line() {
     );
 }
 
-/// On a terminal (a pty from util-linux `script`), `gust deploy` shows what changes and asks;
-/// "n" changes nothing, "y" deploys, and the upload shows progress.
 /// Ctrl-C at a hidden prompt leaves the terminal as it was: rpassword, which reads the
 /// secret, raises SIGINT itself before it turns echo back on, and the process ended there.
 #[test]
@@ -699,16 +697,42 @@ fn ctrl_c_at_a_secret_prompt_leaves_the_terminal_echoing() {
     );
     let mut child = user.on_a_pty(&line);
     let mut stdin = child.stdin.take().unwrap();
-    let typist = std::thread::spawn(move || {
-        // Typed once the prompt is up; the pty keeps it until then.
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let _ = stdin.write_all(b"\x03");
-        std::thread::sleep(std::time::Duration::from_secs(3));
-        drop(stdin);
-    });
-    let output = child.wait_with_output().unwrap();
-    typist.join().unwrap();
-    let screen = String::from_utf8_lossy(&output.stdout);
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut out = child.stdout.take().unwrap();
+    let reader = {
+        let screen = std::sync::Arc::clone(&screen);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut out, &mut chunk) {
+                screen.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    };
+    let shown = |what: &str| String::from_utf8_lossy(&screen.lock().unwrap()).contains(what);
+    // Ctrl-C once the prompt is up and reading: typed before, while the terminal still turns
+    // it into a signal for every process on it, it would end the shell too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !shown("admin token for") {
+        assert!(std::time::Instant::now() < deadline, "no prompt");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stdin.write_all(b"\x03").unwrap();
+    while !shown("min = ") {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "no terminal settings shown: {}",
+                String::from_utf8_lossy(&screen.lock().unwrap())
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(stdin);
+    let _ = child.wait();
+    reader.join().unwrap();
+    let output = screen.lock().unwrap().clone();
+    let screen = String::from_utf8_lossy(&output);
     assert!(screen.contains("admin token for"), "{screen}");
     assert!(screen.contains("exit 130"), "{screen}");
     let settings: Vec<&str> = screen.split_whitespace().collect();
@@ -718,6 +742,8 @@ fn ctrl_c_at_a_secret_prompt_leaves_the_terminal_echoing() {
     );
 }
 
+/// On a terminal (a pty from util-linux `script`), `gust deploy` shows what changes and asks;
+/// "n" changes nothing, "y" deploys, and the upload shows progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_asks_on_a_terminal() {
     let dir = tempfile::tempdir().unwrap();

@@ -249,6 +249,30 @@ async fn oversized_bodies_are_refused_before_they_are_read() {
         .await
         .map(|response| response.status());
     assert!(matches!(far, Ok(StatusCode::PAYLOAD_TOO_LARGE)), "{far:?}");
+    // A client that waits to be invited to send (`Expect: 100-continue`, as curl does for
+    // large bodies) is answered 413 at once, not invited to send what will be thrown away.
+    let mut stream = tokio::net::TcpStream::connect(host.url.strip_prefix("http://").unwrap())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/agents/probe/run HTTP/1.1\r\nhost: gust\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        crate::support::TOKEN,
+        40 << 20
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 64];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut answer),
+    )
+    .await
+    .expect("an answer without the body")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
 
 /// The upload check instantiates under the agent's own memory limit: a component whose

@@ -379,7 +379,7 @@ pub async fn serve(
     });
 
     // `/metrics` without the token, for a scraper that reaches this address only (it stops
-    // with the intake, before runs drain).
+    // with the intake, after the runs' grace period).
     if let Some(address) = options.metrics_listen {
         let listener = tokio::net::TcpListener::bind(address)
             .await

@@ -97,6 +97,16 @@ async fn run(
         }
         let (writes, replies): (Vec<RunWrite>, Vec<Reply>) = batch.drain(..).unzip();
         let count = writes.len();
+        // The agents of the batch's inserts, each holding a place in its agent's queue: a
+        // store whose task failed (a database that stopped answering) does not give the
+        // writes back, and their places must come back all the same.
+        let inserting: Vec<String> = writes
+            .iter()
+            .filter_map(|write| match write {
+                RunWrite::Insert(run) => Some(run.agent.clone()),
+                _ => None,
+            })
+            .collect();
         let (writes, applied) = store.apply_run_writes(writes).await;
         match applied {
             Ok(outcomes) => {
@@ -122,8 +132,8 @@ async fn run(
                 let unavailable = matches!(e, gust_store::StoreError::Unavailable(_));
                 let e = anyhow::Error::new(e);
                 tracing::error!("a batch of {count} run writes failed: {e:#}");
-                for write in &writes {
-                    state.not_applied(write);
+                for agent in &inserting {
+                    state.queue(agent).release();
                 }
                 for reply in replies.into_iter().flatten() {
                     let _ = reply.send(Err(if unavailable {
