@@ -13,7 +13,6 @@ mod serve;
 mod target;
 pub mod telemetry;
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 pub use cli::Cli;
@@ -37,9 +36,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         // `gust … | head` has what it wanted.
         Err(e) if output::is_reader_gone(e) => return ExitCode::SUCCESS,
         // Nowhere to say it when stderr is closed: the exit code still does.
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "gust: {e:#}");
-        }
+        Err(e) => output::note!("gust: {e:#}"),
         Ok(()) => {}
     }
     exit::code(&outcome)
@@ -248,8 +245,7 @@ fn given(global: &Global) -> anyhow::Result<target::Given> {
         Some(target::read_secret("token: ")?)
     } else {
         if global.token.is_some() {
-            let _ = writeln!(
-                std::io::stderr(),
+            output::note!(
                 "gust: warning: a token on the command line is visible to other users (ps) and \
                  kept in shell history; use `gust login`, --token-stdin or GUST_TOKEN"
             );

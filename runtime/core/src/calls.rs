@@ -190,7 +190,7 @@ impl Calls {
                     None => {
                         return Called {
                             deployment: None,
-                            outcome: Err(not_deployed(&agent)),
+                            outcome: Err(crate::deploy::not_deployed(&agent)),
                         };
                     }
                 }
@@ -403,9 +403,4 @@ impl CallSink for Observed {
         self.metrics.outbound(&self.agent, pattern, outcome);
         self.inner.outbound(request);
     }
-}
-
-/// The answer to a call of an agent with nothing deployed.
-pub fn not_deployed(agent: &str) -> Error {
-    Error::NotFound(format!("no agent named `{agent}` is deployed"))
 }

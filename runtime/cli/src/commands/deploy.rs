@@ -37,26 +37,33 @@ pub(crate) async fn deploy(
             (manifest.name, file, true)
         }
     };
+    // The agent as a dry run with a file read it, so that it is not read twice.
+    let mut read = None;
     let version = match &file {
         // A dry run uploads nothing: an upload makes a version, and the agent if it is new.
         Some(file) if dry_run => {
             let bytes = std::fs::read(file)
                 .map_err(|e| Failure::usage(format!("reading {}: {e}", file.display())))?;
             let digest = digest_of(&bytes);
-            let before = agent_if_any(c, &agent).await?;
-            match before.as_ref().and_then(|a| version_with(a, &digest)) {
-                Some(uploaded) => Some(uploaded),
-                None => {
-                    is_component(file, &bytes)?;
-                    return dry_run_new_upload(c, &agent, &digest, before.as_ref()).await;
-                }
-            }
+            let Some(uploaded) = agent_if_any(c, &agent).await? else {
+                is_component(file, &bytes)?;
+                return dry_run_new_upload(c, &agent, &digest, None).await;
+            };
+            let Some(version) = version_with(&uploaded, &digest) else {
+                is_component(file, &bytes)?;
+                return dry_run_new_upload(c, &agent, &digest, Some(&uploaded)).await;
+            };
+            read = Some(uploaded);
+            Some(version)
         }
         Some(file) => Some(upload_version(c, &agent, file, false).await?),
         None => version,
     };
 
-    let before = c.call(Method::GET, &format!("/v1/agents/{agent}")).await?;
+    let before = match read {
+        Some(before) => before,
+        None => c.call(Method::GET, &format!("/v1/agents/{agent}")).await?,
+    };
     let target = match version {
         Some(n) => n,
         None => newest_version(&before).ok_or_else(|| {
@@ -247,23 +254,14 @@ async fn dry_run_new_upload(
             "preview": preview,
         }));
     }
-    let new = short_digest(&Value::from(digest));
-    match before.map(|a| &a["live"]).filter(|live| !live.is_null()) {
-        None if before.is_none() => {
-            say!("agent        (none) → {agent}, made by the upload")?;
-            say!("version      (nothing live) → a new upload {new}")?;
-        }
-        None => say!("version      (nothing live) → a new upload {new}")?,
-        Some(live) => say!(
-            "version      {} {} → a new upload {new}",
-            live["version"],
-            short_digest(&live["digest"])
-        )?,
+    if before.is_none() {
+        say!("agent        (none) → {agent}, made by the upload")?;
     }
-    for line in preview.as_ref().map(change_lines).unwrap_or_default() {
-        if !line.starts_with("version ") {
-            say!("{line}")?;
-        }
+    let live = before.map_or(&Value::Null, |a| &a["live"]);
+    let new = format!("a new upload {}", short_digest(&Value::from(digest)));
+    say!("{}", version_change(live, &new))?;
+    for line in preview.as_ref().map(setting_lines).unwrap_or_default() {
+        say!("{line}")?;
     }
     c.out
         .note("nothing was uploaded (--dry-run); `gust upload` uploads without deploying");
@@ -279,29 +277,41 @@ fn newest_version(agent: &Value) -> Option<u32> {
         .and_then(|v| u32::try_from(v).ok())
 }
 
-/// The preview's changes, one line each: the version, then each setting. Secrets (the push
-/// access token, configuration values) arrive masked and are named, never shown. On a first
-/// deploy every setting is new; only those a user chose (mode, push target, configuration
-/// keys) are listed.
+/// The preview's changes, one line each: the version, then each setting.
 fn change_lines(preview: &Value) -> Vec<String> {
-    let live = &preview["live"];
-    let version = &preview["version"];
-    let mut lines = Vec::new();
+    let (live, version) = (&preview["live"], &preview["version"]);
+    let to = format!(
+        "{} {}",
+        version["version"],
+        short_digest(&version["digest"])
+    );
+    (live.is_null() || live["version"] != version["version"])
+        .then(|| version_change(live, &to))
+        .into_iter()
+        .chain(setting_lines(preview))
+        .collect()
+}
+
+/// The version line: from what is `live` (`null`: nothing) to `to`.
+fn version_change(live: &Value, to: &str) -> String {
     if live.is_null() {
-        lines.push(format!(
-            "version      (nothing live) → {} {}",
-            version["version"],
-            short_digest(&version["digest"])
-        ));
-    } else if live["version"] != version["version"] {
-        lines.push(format!(
-            "version      {} {} → {} {}",
+        format!("version      (nothing live) → {to}")
+    } else {
+        format!(
+            "version      {} {} → {to}",
             live["version"],
-            short_digest(&live["digest"]),
-            version["version"],
-            short_digest(&version["digest"])
-        ));
+            short_digest(&live["digest"])
+        )
     }
+}
+
+/// The preview's changes of settings, one line each. Secrets (the push access token,
+/// configuration values) arrive masked and are named, never shown. On a first deploy every
+/// setting is new; only those a user chose (mode, push target, configuration keys) are
+/// listed.
+fn setting_lines(preview: &Value) -> Vec<String> {
+    let live = &preview["live"];
+    let mut lines = Vec::new();
     for change in preview["changes"].as_array().into_iter().flatten() {
         let field = text(&change["field"]);
         let (from, to) = (&change["from"], &change["to"]);

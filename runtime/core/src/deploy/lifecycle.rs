@@ -318,9 +318,7 @@ impl Lifecycle {
     /// # Errors
     /// [`Error::NotFound`] when nothing is deployed.
     pub fn live(&self, agent: &str) -> Result<Arc<Deployment>, Error> {
-        self.registry
-            .get(agent)
-            .ok_or_else(|| Error::NotFound(format!("no agent named `{agent}` is deployed")))
+        self.registry.get(agent).ok_or_else(|| not_deployed(agent))
     }
 
     /// Deployment `number` of `agent`, live or not: queued runs execute on the deployment
@@ -773,4 +771,9 @@ async fn keep_then_record<T: Send + 'static>(
 
 pub(crate) fn no_agent(agent: &str) -> Error {
     Error::NotFound(format!("no agent named `{agent}`"))
+}
+
+/// The answer to a call of an agent with nothing deployed.
+pub(crate) fn not_deployed(agent: &str) -> Error {
+    Error::NotFound(format!("no agent named `{agent}` is deployed"))
 }

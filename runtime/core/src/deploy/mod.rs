@@ -16,8 +16,8 @@ use gust_model::Maxima;
 
 pub use admission::{Admission, AdmissionLimits, DEFAULT_MAX_INSTANCES};
 pub use admission::{Admitted, Slot};
-pub(crate) use lifecycle::no_agent;
 pub use lifecycle::{DeployPreview, Deployed, Lifecycle, Uploaded};
+pub(crate) use lifecycle::{no_agent, not_deployed};
 pub(crate) use loader::Loader;
 pub use memory::default_budget as default_memory_budget;
 pub use registry::{Deployment, Registry};

@@ -53,10 +53,9 @@ pub(crate) async fn run(
     if wants_events(&headers) {
         // Whether there is a deployment to call is known before the stream starts: a 404,
         // as a plain call answers, not a 200 whose only event is that error.
-        let registry = state.host.lifecycle.registry();
-        registry.wait_ready().await;
-        if registry.get(&agent).is_none() {
-            return ApiError(gust_core::calls::not_deployed(&agent)).into_response();
+        state.host.lifecycle.registry().wait_ready().await;
+        if let Err(e) = state.host.lifecycle.live(&agent) {
+            return ApiError(e).into_response();
         }
         return streamed(state, agent, headers, request_body, run_id);
     }

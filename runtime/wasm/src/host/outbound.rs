@@ -238,6 +238,7 @@ impl WasiHttpHooks for Outbound {
                         return Err(code);
                     }
                     Ok(Err(client::SendError::Client(e))) => {
+                        let fault = net::connect_fault(&e);
                         // The wait for a connection place ends with the deadline the request's own
                         // timeout has too, and is polled first: it is this timeout, seen first.
                         let (code, why) = if net::cause::<client::PlaceTimedOut>(&e).is_some() {
@@ -248,14 +249,12 @@ impl WasiHttpHooks for Outbound {
                                 Some(_) => (Error::ConnectionTimeout, cut.to_string()),
                                 None => (Error::ConnectionReadTimeout, timed_out()),
                             }
-                        } else if let Some(refused) = net::cause::<net::Refused>(&e) {
-                            connect_failed(net::ConnectFault::Refused(refused), "")
                         } else if let Some(BodyRefused(refused)) =
                             net::cause::<BodyRefused>(&e).or_else(|| refusal.get().cloned())
                         {
                             (Error::HttpRequestBodySize(None), refused)
-                        } else if e.is_connect() {
-                            connect_failed(net::connect_fault(&e), &net::described(&e))
+                        } else if e.is_connect() || matches!(fault, net::ConnectFault::Refused(_)) {
+                            connect_failed(fault, &net::described(&e))
                         } else {
                             (Error::HttpProtocolError, net::described(&e))
                         };
