@@ -215,6 +215,13 @@ try {
   await shot("endpoint-sync", "full");
 
   step = "switch to Async and configure it, by keyboard";
+  // While the page is open, someone else sets a key of the draft (`gust config --set` in a
+  // terminal): the console's own change must be made on the draft as it is now, not write
+  // back the draft this page read.
+  const elsewhere = await api("GET", `/v1/agents/${agent}/config`);
+  elsewhere.body.config.set_elsewhere = "kept";
+  const put = await api("PUT", `/v1/agents/${agent}/config`, { body: elsewhere.body });
+  check(put.status === 200, `the draft written elsewhere: ${put.status}`);
   await page.locator("body").focus();
   await tabTo('input[name="mode"]');
   await page.keyboard.press("ArrowDown");
@@ -237,6 +244,8 @@ try {
   check(bannerText.includes("mode") && bannerText.includes("push.url"), `banner: ${bannerText}`);
   check((await page.locator("#push-url").textContent()) === receiverUrl, "the push URL is not shown");
   check(!(await page.content()).includes("app-token-1"), "the access token is shown");
+  const draft = (await api("GET", `/v1/agents/${agent}/config`)).body;
+  check(draft.mode === "async" && draft.config.set_elsewhere === "kept", `the key set elsewhere is lost: ${JSON.stringify(draft)}`);
   await shot("redeploy-needed");
 
   step = "redeploy: the Confirm dialog shows the change, then push and poll endpoints";
@@ -247,6 +256,22 @@ try {
   const changes = await confirm.textContent();
   check(changes.includes("mode") && changes.includes("async") && changes.includes("push.access_token"), `confirm: ${changes}`);
   check(!changes.includes("app-token-1"), "the confirm dialog shows the access token");
+  // The draft changes while the dialog is open (someone else's `gust config`): Deploy was
+  // pressed for what the dialog showed, so nothing is deployed and the page says why.
+  expected = allow4xx(412);
+  const during = await api("GET", `/v1/agents/${agent}/config`);
+  during.body.config.while_confirming = "yes";
+  check((await api("PUT", `/v1/agents/${agent}/config`, { body: during.body })).status === 200, "the draft written elsewhere");
+  await page.keyboard.press("Enter");
+  await page.getByText("Nothing was deployed: the configuration changed while the Confirm dialog was open").waitFor();
+  const still = (await api("GET", `/v1/agents/${agent}`)).body;
+  check(still.live.deployment === 1, `a deploy was made: ${JSON.stringify(still.live)}`);
+  expected = [];
+  await page.locator("body").focus();
+  await tabTo("#deploy");
+  await page.keyboard.press("Enter");
+  await confirm.waitFor();
+  check((await confirm.textContent()).includes("while_confirming"), "the second Confirm dialog shows the new key");
   await page.keyboard.press("Enter");
   await page.locator('[data-endpoint="async_push"]').waitFor();
   await page.locator('[data-endpoint="async_poll"]').waitFor();

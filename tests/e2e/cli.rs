@@ -24,6 +24,44 @@ fn ok(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
 }
 
+/// Several `gust config --set` at once, on an agent that does not exist yet: each reads the
+/// draft, sets its key and writes the draft back. Every key must be there afterwards; a
+/// write made over a draft that changed since it was read would drop the keys written in
+/// between.
+#[tokio::test]
+async fn config_commands_at_once_keep_each_others_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let children: Vec<_> = (0..16)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_gust"))
+                .args(["config", "busy", "--set", &format!("key{i}=value{i}")])
+                .env("GUST_URL", &host.url)
+                .env("GUST_TOKEN", TOKEN)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("running gust")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = ok(&gust(&host, &["config", "busy", "--json"]));
+    let draft: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let keys = draft["config"].as_object().unwrap();
+    let mut missing: Vec<_> = (0..16)
+        .filter(|i| keys.get(&format!("key{i}")) != Some(&serde_json::json!(format!("value{i}"))))
+        .collect();
+    missing.sort_unstable();
+    assert!(missing.is_empty(), "keys lost: {missing:?} of {draft}");
+}
+
 #[tokio::test]
 async fn deploy_config_run_and_rollback_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -86,6 +86,52 @@ impl User {
     }
 }
 
+/// What a command on a pty ([`User::on_a_pty`]) shows, read as it comes.
+struct Screen {
+    shown: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Screen {
+    fn of(child: &mut std::process::Child) -> Self {
+        let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut out = child.stdout.take().unwrap();
+        let reader = {
+            let shown = std::sync::Arc::clone(&shown);
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = std::io::Read::read(&mut out, &mut chunk) {
+                    shown.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            })
+        };
+        Self { shown, reader }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.shown.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until `what` is on the screen; a few seconds at most, then `child` is killed.
+    fn wait_for(&self, what: &str, child: &mut std::process::Child) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.text().contains(what) {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("`{what}` not shown: {}", self.text());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Everything shown, once the command has ended.
+    fn end(self) -> String {
+        let Self { shown, reader } = self;
+        reader.join().unwrap();
+        String::from_utf8_lossy(&shown.lock().unwrap()).into_owned()
+    }
+}
+
 fn ok(output: &Output) -> String {
     assert!(
         output.status.success(),
@@ -697,42 +743,16 @@ fn ctrl_c_at_a_secret_prompt_leaves_the_terminal_echoing() {
     );
     let mut child = user.on_a_pty(&line);
     let mut stdin = child.stdin.take().unwrap();
-    let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut out = child.stdout.take().unwrap();
-    let reader = {
-        let screen = std::sync::Arc::clone(&screen);
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n @ 1..) = std::io::Read::read(&mut out, &mut chunk) {
-                screen.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        })
-    };
-    let shown = |what: &str| String::from_utf8_lossy(&screen.lock().unwrap()).contains(what);
+    let screen = Screen::of(&mut child);
     // Ctrl-C once the prompt is up and reading: typed before, while the terminal still turns
     // it into a signal for every process on it, it would end the shell too.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !shown("admin token for") {
-        assert!(std::time::Instant::now() < deadline, "no prompt");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    screen.wait_for("admin token for", &mut child);
     std::thread::sleep(std::time::Duration::from_millis(500));
     stdin.write_all(b"\x03").unwrap();
-    while !shown("min = ") {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "no terminal settings shown: {}",
-                String::from_utf8_lossy(&screen.lock().unwrap())
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    screen.wait_for("min = ", &mut child);
     drop(stdin);
     let _ = child.wait();
-    reader.join().unwrap();
-    let output = screen.lock().unwrap().clone();
-    let screen = String::from_utf8_lossy(&output);
+    let screen = screen.end();
     assert!(screen.contains("admin token for"), "{screen}");
     assert!(screen.contains("exit 130"), "{screen}");
     let settings: Vec<&str> = screen.split_whitespace().collect();
@@ -791,4 +811,32 @@ async fn deploy_asks_on_a_terminal() {
     assert!(screen.contains("deployed echo version 1"), "{screen}");
     let agent = json_of(&user.gust(&["agents", "show", "echo", "--json"]));
     assert_eq!(agent["live"]["version"], 1, "{agent}");
+
+    // The configuration changes while the question is up (someone else's `gust config`):
+    // the "y" was given to what was shown, so nothing is deployed.
+    host.set_config("echo", json!({"config": {"shown": "yes"}}))
+        .await;
+    let line = format!("{} deploy echo", env!("CARGO_BIN_EXE_gust"));
+    let mut child = user.on_a_pty(&line);
+    let mut stdin = child.stdin.take().unwrap();
+    let screen = Screen::of(&mut child);
+    screen.wait_for("[y/N]", &mut child);
+    host.set_config("echo", json!({"config": {"not_shown": "yes"}}))
+        .await;
+    stdin.write_all(b"y\n").unwrap();
+    screen.wait_for("nothing was deployed", &mut child);
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let screen = screen.end();
+    assert!(screen.contains("+ shown"), "the change shown: {screen}");
+    assert!(
+        screen.contains("changed after the preview above"),
+        "{screen}"
+    );
+    assert_eq!(status.code(), Some(5), "a conflict: {screen}");
+    let agent = json_of(&user.gust(&["agents", "show", "echo", "--json"]));
+    assert_eq!(
+        agent["live"]["deployment"], 1,
+        "nothing was deployed: {agent}"
+    );
 }

@@ -358,6 +358,82 @@ async fn one_idempotency_key_sent_to_two_hosts_at_once_is_one_run() {
     assert_eq!(body["runs"].as_array().unwrap().len(), 20, "{body}");
 }
 
+/// Writes of one draft naming the same `ETag`, sent to two hosts at once: one goes in, the
+/// others are refused with 412, whichever host they reached. A tag read on one host is
+/// checked by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_draft_read_and_written_on_two_hosts_at_once_takes_one_write() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(2).await;
+    let (a, b) = (&cluster.hosts[0], &cluster.hosts[1]);
+    a.set_config("edited", json!({"config": {"start": "1"}}))
+        .await;
+    for round in 0..10 {
+        let read = a
+            .request(Method::GET, "/v1/agents/edited/config")
+            .send()
+            .await
+            .unwrap();
+        let tag = read.headers()["etag"].to_str().unwrap().to_owned();
+        let draft: Value = read.json().await.unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(6));
+        let writes = (0..6).map(|writer| {
+            let host = if writer % 2 == 0 { a } else { b };
+            let mut draft = draft.clone();
+            draft["config"][format!("r{round}w{writer}")] = json!("x");
+            let request = host
+                .request(Method::PUT, "/v1/agents/edited/config")
+                .header("if-match", tag.clone())
+                .json(&draft);
+            let barrier = Arc::clone(&barrier);
+            async move {
+                barrier.wait().await;
+                request.send().await.unwrap().status()
+            }
+        });
+        let statuses = futures::future::join_all(writes).await;
+        let won = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+        let refused = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::PRECONDITION_FAILED)
+            .count();
+        assert_eq!((won, refused), (1, 5), "round {round}: {statuses:?}");
+        let (_, now) = b
+            .send(b.request(Method::GET, "/v1/agents/edited/config"))
+            .await;
+        let written = now["config"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(&format!("r{round}w")))
+            .count();
+        assert_eq!(written, 1, "round {round}: {now}");
+    }
+
+    // Writes that name no draft but keep the stored token depend on the draft they read:
+    // one that lost a race to the other host reads again and goes in, it is not refused.
+    a.set_config(
+        "edited",
+        json!({"push": {"url": "http://127.0.0.1:9/hook", "access_token": "t"}}),
+    )
+    .await;
+    let writes = (0..6).map(|writer| {
+        let host = if writer % 2 == 0 { a } else { b };
+        let request = host
+            .request(Method::PUT, "/v1/agents/edited/config")
+            .json(&json!({
+                "push": {"url": "http://127.0.0.1:9/hook", "access_token": "***"},
+                "config": {"writer": writer.to_string()},
+            }));
+        async move { request.send().await.unwrap().status() }
+    });
+    let statuses = futures::future::join_all(writes).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_run_is_pushed_once_whichever_host_ran_it() {
     let _turn = ONE_AT_A_TIME.lock().await;

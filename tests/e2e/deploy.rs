@@ -251,6 +251,168 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
+/// Two editors of one draft (the console and `gust config`, two scripts) each read it and
+/// write it back whole. With the `ETag` they read in `If-Match`, the second write is refused
+/// with 412 instead of silently dropping the first one's change.
+#[tokio::test]
+async fn a_draft_written_with_if_match_does_not_overwrite_a_change_made_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    let path = "/v1/agents/cfg/config";
+    let etag =
+        |response: &reqwest::Response| response.headers()["etag"].to_str().unwrap().to_owned();
+    let put = |body: serde_json::Value, condition: Option<(&'static str, String)>| {
+        let mut request = host.request(Method::PUT, path).json(&body);
+        if let Some((name, value)) = condition {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+
+    // Creating: only when the agent does not exist yet, with `If-None-Match: *`; an
+    // `If-Match` finds nothing to match.
+    let created = put(
+        json!({"config": {"a": "1"}}),
+        Some(("if-none-match", "*".into())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), StatusCode::OK);
+    // No tag on a `PUT`'s answer: the draft stored is not the body sent (RFC 9110, 9.3.4).
+    assert!(created.headers().get("etag").is_none());
+    let again = put(json!({}), Some(("if-none-match", "*".into())))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::PRECONDITION_FAILED);
+    let response = host
+        .request(Method::PUT, "/v1/agents/other/config")
+        .header("if-match", "*")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PRECONDITION_FAILED);
+    let (status, _) = host
+        .send(host.request(Method::GET, "/v1/agents/other"))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a refused write creates nothing"
+    );
+
+    // Two editors read the same draft.
+    let read = host.request(Method::GET, path).send().await.unwrap();
+    let tag = etag(&read);
+    assert!(tag.starts_with('"') && tag.len() > 2, "{tag}");
+    let again = host.request(Method::GET, path).send().await.unwrap();
+    assert_eq!(
+        etag(&again),
+        tag,
+        "a draft's tag is the same however often it is read"
+    );
+    let mut first: serde_json::Value = read.json().await.unwrap();
+    let mut second = first.clone();
+    first["config"]["model"] = json!("small");
+    second["config"]["region"] = json!("eu");
+    let saved = put(first, Some(("if-match", tag.clone()))).await.unwrap();
+    assert_eq!(saved.status(), StatusCode::OK);
+    let saved_tag = etag(&host.request(Method::GET, path).send().await.unwrap());
+    assert_ne!(saved_tag, tag);
+    let refused = put(second, Some(("if-match", tag.clone()))).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::PRECONDITION_FAILED);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        error_kind(&body, "precondition_failed").contains("changed since it was read"),
+        "{body}"
+    );
+    // A weak tag never matches a write, even one naming the draft there now.
+    let weak = put(json!({}), Some(("if-match", format!("W/{saved_tag}"))))
+        .await
+        .unwrap();
+    assert_eq!(weak.status(), StatusCode::PRECONDITION_FAILED);
+    let bad = put(json!({}), Some(("if-match", "no-quotes".into())))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    let read = host.request(Method::GET, path).send().await.unwrap();
+    let draft: serde_json::Value = read.json().await.unwrap();
+    assert_eq!(draft["config"], json!({"a": "1", "model": "small"}));
+
+    // Without a precondition a write replaces whatever is there, as before.
+    host.set_config("cfg", json!({"config": {"b": "2"}})).await;
+    let (_, draft) = host.send(host.request(Method::GET, path)).await;
+    assert_eq!(draft["config"], json!({"b": "2"}));
+}
+
+/// A deploy with the preview's `draft_etag` in `If-Match` deploys the configuration the
+/// preview showed, or nothing: a Confirm dialog's "yes" is not given to a draft that changed
+/// while it was open.
+#[tokio::test]
+async fn a_deploy_with_if_match_deploys_the_previewed_draft_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path()).await;
+    assert_eq!(host.upload_file("echo", gust_test_guests::ECHO).await, 1);
+    host.set_config("echo", json!({"config": {"marker": "shown"}}))
+        .await;
+    let (status, preview) = host
+        .send(host.request(Method::GET, "/v1/agents/echo/deploy/preview"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{preview}");
+    let shown = preview["draft_etag"].as_str().unwrap().to_owned();
+    let read = host
+        .request(Method::GET, "/v1/agents/echo/config")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        read.headers()["etag"],
+        shown.as_str(),
+        "the preview's tag is the draft's"
+    );
+
+    host.set_config("echo", json!({"config": {"marker": "not shown"}}))
+        .await;
+    let deploy = |condition: (&'static str, String)| {
+        host.send(
+            host.request(Method::POST, "/v1/agents/echo/deploy")
+                .header(condition.0, condition.1),
+        )
+    };
+    let (status, body) = deploy(("if-match", shown)).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{body}");
+    error_kind(&body, "precondition_failed");
+    let (status, body) = deploy(("if-none-match", "*".into())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (_, agent) = host
+        .send(host.request(Method::GET, "/v1/agents/echo"))
+        .await;
+    assert!(agent["live"].is_null(), "nothing was deployed: {agent}");
+    assert!(
+        agent["deployments"].as_array().unwrap().is_empty(),
+        "{agent}"
+    );
+
+    let (_, preview) = host
+        .send(host.request(Method::GET, "/v1/agents/echo/deploy/preview"))
+        .await;
+    let (status, deployed) = deploy((
+        "if-match",
+        preview["draft_etag"].as_str().unwrap().to_owned(),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{deployed}");
+    assert_eq!(deployed["deployment"], 1);
+    let (_, answer) = host
+        .send(
+            host.request(Method::POST, "/v1/agents/echo/run")
+                .json(&json!({"hello": "world"})),
+        )
+        .await;
+    assert_eq!(answer["marker"], "not shown", "{answer}");
+}
+
 /// The write-only push token follows its URL: `"***"` keeps the stored token only while the
 /// URL stays; a new URL needs the token again, so a stored token is never sent elsewhere.
 #[tokio::test]

@@ -65,7 +65,8 @@ impl Failure {
         match (status, kind) {
             (401 | 403, _) => Code::Auth,
             (404, _) => Code::NotFound,
-            (409, _) => Code::Conflict,
+            // 412: the state changed since it was read, as a conflict.
+            (409 | 412, _) => Code::Conflict,
             (400 | 413, _) => Code::Usage,
             (422, "invalid_input") | (502 | 504, _) => Code::RunFailed,
             (429 | 503 | 507, _) => Code::Unavailable,

@@ -28,6 +28,10 @@ pub enum Error {
     /// 409: the state does not allow it (a live version, nothing to roll back to).
     #[error("{0}")]
     Conflict(String),
+    /// 412: the request's `If-Match` (or `If-None-Match: *`) names a state that is no
+    /// longer there: someone else changed it since the client read it.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// 413: the body is larger than the limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -93,6 +97,7 @@ impl Error {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Conflict(_) => "conflict",
+            Self::PreconditionFailed(_) => "precondition_failed",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::InvalidComponent { .. } => "invalid_component",
             Self::InvalidInput(_) => "invalid_input",

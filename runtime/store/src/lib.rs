@@ -19,6 +19,7 @@ pub mod components;
 pub mod queue;
 pub mod sessions;
 
+pub use agents::{DraftBase, draft_tag};
 pub use changes::Change;
 pub use postgres::sql as postgres_queue_sql;
 pub use runs::Applied;

@@ -1,5 +1,6 @@
 //! `gust config`: the agent's draft configuration.
 
+use anyhow::Context as _;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -15,38 +16,104 @@ pub(crate) async fn config(c: &Ctx, agent: &str, changes: &ConfigChanges) -> any
     let path = format!("/v1/agents/{agent}/config");
     // Secrets are read before anything is sent, so a missing one changes nothing.
     let secrets = Secrets::read(changes)?;
-    let current = c.call(Method::GET, &path).await;
-    let mut draft: Value = match current {
-        Ok(draft) => draft,
-        // A new agent can be configured before its first upload.
-        Err(e) if changes.any() && e.to_string().starts_with("not_found:") => json!({}),
-        Err(e) => return Err(e),
-    };
-    if changes.any() {
-        apply(&mut draft, changes, &secrets)?;
-        // The access token comes back as "***", which the server reads as "keep it".
-        draft = c.call_with(Method::PUT, &path, &draft).await?;
-        if let Some(secret) = draft["push"]["secret"].as_str() {
-            if c.out.json {
-                // Scripts get it in the JSON; say where, since it is shown only once.
-                c.out.note(
-                    "the push signing secret is `push.secret` in this answer, shown only this once",
-                );
-            } else {
-                note!(
-                    "push signing secret (shown only this once; your receiver verifies signatures with it):\n  {secret}"
-                );
-            }
-        }
-        c.out
-            .note(format!("draft saved; `gust deploy {agent}` makes it live"));
+    if !changes.any() {
+        let (draft, _) = read(c, &path).await?;
+        return show(c, &draft);
     }
+    let draft = write(c, &path, changes, &secrets).await?;
+    if let Some(secret) = draft["push"]["secret"].as_str() {
+        if c.out.json {
+            // Scripts get it in the JSON; say where, since it is shown only once.
+            c.out.note(
+                "the push signing secret is `push.secret` in this answer, shown only this once",
+            );
+        } else {
+            note!(
+                "push signing secret (shown only this once; your receiver verifies signatures with it):\n  {secret}"
+            );
+        }
+    }
+    c.out
+        .note(format!("draft saved; `gust deploy {agent}` makes it live"));
+    show(c, &draft)
+}
+
+/// How often a change is made on the draft read afresh, when another writer changed it
+/// between this command's read and its write. Each round of writers at once lets one of
+/// them through, so this many can write one agent's draft at once.
+const WRITE_ATTEMPTS: u32 = 32;
+
+/// Applies `changes` to the draft and writes it back, only over the draft it read (its
+/// `ETag` in `If-Match`). A draft changed in between (the console, another `gust config`)
+/// is read again and the changes made on it, so neither writer's keys are lost.
+async fn write(
+    c: &Ctx,
+    path: &str,
+    changes: &ConfigChanges,
+    secrets: &Secrets,
+) -> anyhow::Result<Value> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (mut draft, precondition) = match read(c, path).await {
+            Ok((draft, Some(tag))) => (draft, Some(("if-match", tag))),
+            // A server that gives no tag takes no precondition either.
+            Ok((draft, None)) => (draft, None),
+            // A new agent can be configured before its first upload; two such commands at
+            // once must not both create it.
+            Err(e) if e.to_string().starts_with("not_found:") => {
+                (json!({}), Some(("if-none-match", "*".to_owned())))
+            }
+            Err(e) => return Err(e),
+        };
+        apply(&mut draft, changes, secrets)?;
+        // The access token comes back as "***", which the server reads as "keep it".
+        let mut request = c.client.request(Method::PUT, path).json(&draft);
+        if let Some((name, value)) = &precondition {
+            request = request.header(*name, value);
+        }
+        match c.client.json(request).await {
+            Err(e)
+                if attempt < WRITE_ATTEMPTS
+                    && e.to_string().starts_with("precondition_failed:") =>
+            {
+                // A few milliseconds, different for each writer, so that the ones that lost
+                // do not all read and write again in step.
+                let jitter = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |t| t.subsec_nanos() % 8);
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(2 + jitter))).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// The draft at `path` and its `ETag`.
+async fn read(c: &Ctx, path: &str) -> anyhow::Result<(Value, Option<String>)> {
+    let response = c.client.send(c.client.request(Method::GET, path)).await?;
+    // A proxy that compresses answers (nginx's gzip) marks the tag weak, and a weak tag
+    // never matches a write; the tag itself still names the draft.
+    let tag = response
+        .headers()
+        .get(reqwest::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(|t| t.trim_start_matches("W/").to_owned());
+    let draft = response
+        .json()
+        .await
+        .context("reading the server's answer")?;
+    Ok((draft, tag))
+}
+
+/// Prints the draft.
+fn show(c: &Ctx, draft: &Value) -> anyhow::Result<()> {
     if c.out.json {
-        return c.out.json(&draft);
+        return c.out.json(draft);
     }
     // For people the draft's configuration values are masked: they hold API keys, and a
     // terminal is seen and scrolled back. `--json` shows them.
-    let mut shown = masked_config(&draft);
+    let mut shown = masked_config(draft);
     if let Some(push) = shown.get_mut("push").and_then(Value::as_object_mut) {
         push.remove("secret");
     }

@@ -125,13 +125,24 @@ pub(crate) async fn deploy(
             e
         }
     })?;
-    let answer = c
-        .call_with(
-            Method::POST,
-            &format!("/v1/agents/{agent}/deploy"),
-            &json!({ "version": target }),
-        )
-        .await?;
+    // The configuration shown above goes live, or nothing does: the preview's tag of the
+    // draft in `If-Match` (a server that gives none takes none).
+    let mut request = c
+        .client
+        .request(Method::POST, &format!("/v1/agents/{agent}/deploy"))
+        .json(&json!({ "version": target }));
+    if let Some(tag) = preview["draft_etag"].as_str() {
+        request = request.header("if-match", tag);
+    }
+    let answer = c.client.json(request).await.map_err(|e| {
+        if e.to_string().starts_with("precondition_failed:") {
+            e.context(format!(
+                "the configuration of {agent} changed after the preview above; nothing was deployed: run the command again to see the change"
+            ))
+        } else {
+            e
+        }
+    })?;
     if c.out.json {
         return c.out.json(&answer);
     }

@@ -16,7 +16,7 @@ use gust_model::{
 };
 use gust_store::components::digest_of;
 use gust_store::queue::IDEMPOTENCY_WINDOW_MS;
-use gust_store::{DeployKey, RollbackPlan, Store, VersionDeletion};
+use gust_store::{DeployKey, DraftBase, RollbackPlan, Store, VersionDeletion, draft_tag};
 use gust_wasm::{Linked, OutboundPolicy};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::OwnedMutexGuard;
@@ -31,6 +31,68 @@ use crate::error::Error;
 use crate::locks::AgentLocks;
 use crate::secrets::PushSecrets;
 use crate::tasks::{blocking, to_completion};
+
+/// How often a draft write reads and writes again after another host wrote in between.
+const DRAFT_WRITE_ATTEMPTS: usize = 3;
+
+/// A draft's precondition that does not hold; `again` says what the client does next.
+fn precondition_failed(agent: &str, base: &DraftBase, exists: bool, again: &str) -> Error {
+    Error::PreconditionFailed(match (base, exists) {
+        (DraftBase::Absent, _) => {
+            format!("agent `{agent}` exists already (the request's If-None-Match is `*`)")
+        }
+        (_, false) => {
+            format!("no agent named `{agent}`, so no draft matches the request's If-Match")
+        }
+        (_, true) => format!(
+            "the draft of `{agent}` is not the one the request's If-Match names: it changed since it was read; {again}"
+        ),
+    })
+}
+
+/// Puts the stored access token in place of [`REDACTED`] in `draft`, if `current` has one
+/// for the same push URL.
+fn keep_token(draft: &mut AgentConfig, current: Option<&AgentConfig>) -> Result<(), Error> {
+    let Some(push) = &mut draft.push else {
+        return Ok(());
+    };
+    if push.access_token != REDACTED {
+        return Ok(());
+    }
+    match current.and_then(|c| c.push.as_ref()) {
+        // The stored token goes only where it was stored for: a new URL needs the token
+        // again, or a draft could send it to any destination.
+        Some(kept) if kept.url == push.url => {
+            push.access_token.clone_from(&kept.access_token);
+            Ok(())
+        }
+        Some(_) => Err(Error::BadRequest(
+            "`push.url` changed: send `push.access_token` again (the stored token is only sent to the URL it was given for)".into(),
+        )),
+        None => Err(Error::BadRequest(
+            "`push.access_token` is write-only: send the token itself".into(),
+        )),
+    }
+}
+
+/// A draft configuration and its entity tag ([`draft_tag`]), which a write names to be
+/// sure it replaces what its client read.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The configuration, the access token in it.
+    pub config: AgentConfig,
+    /// Its entity tag.
+    pub tag: String,
+}
+
+/// What a draft write saved.
+#[derive(Debug, Clone)]
+pub struct SavedDraft {
+    /// The draft now stored, the access token in it.
+    pub draft: AgentConfig,
+    /// The push signing secret, when this write turned push on for the first time.
+    pub new_secret: Option<String>,
+}
 
 /// The result of a deploy.
 #[derive(Debug, Clone)]
@@ -251,66 +313,91 @@ impl Lifecycle {
         Ok(Uploaded { version, created })
     }
 
-    /// The draft configuration.
+    /// The draft configuration, with its entity tag.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown agent.
-    pub async fn draft(&self, agent: &str) -> Result<AgentConfig, Error> {
-        self.store
+    pub async fn draft(&self, agent: &str) -> Result<Draft, Error> {
+        let config = self
+            .store
             .draft(agent)
             .await?
-            .ok_or_else(|| no_agent(agent))
+            .ok_or_else(|| no_agent(agent))?;
+        Ok(Draft {
+            tag: draft_tag(&config),
+            config,
+        })
     }
 
-    /// Replaces the draft configuration (creating the agent if needed). It takes effect at
-    /// the next deploy.
+    /// Replaces the draft configuration (creating the agent if needed), when the stored
+    /// draft is the one `base` names. It takes effect at the next deploy.
     ///
     /// The push access token is write-only: a draft that carries [`REDACTED`] in its place
-    /// keeps the token the draft has, as long as the push URL stays the same. Turning push on for the first time creates the agent's
-    /// signing secret, returned here (and never again).
+    /// keeps the token the draft has, as long as the push URL stays the same. Turning push
+    /// on for the first time creates the agent's signing secret, returned here (and never
+    /// again).
     ///
     /// # Errors
-    /// [`Error::BadRequest`] when a value is out of bounds.
+    /// [`Error::BadRequest`] when a value is out of bounds; [`Error::PreconditionFailed`]
+    /// when the draft is not the one `base` names.
     pub async fn put_draft(
         &self,
         agent: &str,
-        mut draft: AgentConfig,
-    ) -> Result<(AgentConfig, Option<String>), Error> {
+        draft: AgentConfig,
+        base: DraftBase,
+    ) -> Result<SavedDraft, Error> {
         let _guard = self.locks.lock(agent).await;
-        let current = self.store.draft(agent).await?;
-        let has_secret = self.secrets.exists(agent).await?;
         if draft.push.as_ref().is_some_and(|p| p.secret.is_some()) {
             return Err(Error::BadRequest(
                 "`push.secret` is made by the host and shown once; it cannot be set (rotate it with POST …/push/rotate-secret)".into(),
             ));
         }
-        if let Some(push) = &mut draft.push
-            && push.access_token == REDACTED
-        {
-            match current.and_then(|c| c.push) {
-                // The stored token goes only where it was stored for: a new URL needs the
-                // token again, or a draft could send it to any destination.
-                Some(kept) if kept.url == push.url => push.access_token = kept.access_token,
-                Some(_) => {
-                    return Err(Error::BadRequest(
-                        "`push.url` changed: send `push.access_token` again (the stored token is only sent to the URL it was given for)".into(),
-                    ));
-                }
-                None => {
-                    return Err(Error::BadRequest(
-                        "`push.access_token` is write-only: send the token itself".into(),
-                    ));
-                }
+        // The lock above orders this host's writers. Another host sharing the database can
+        // still write between the read and the write below; the write checks that the draft
+        // is still the one read, and a lost race reads again: the kept token and the client's
+        // precondition are then decided against the draft that is really there. A write
+        // that names nothing and keeps no token depends on nothing read: it just replaces.
+        let keeps_token = draft
+            .push
+            .as_ref()
+            .is_some_and(|p| p.access_token == REDACTED);
+        for _ in 0..DRAFT_WRITE_ATTEMPTS {
+            let current = self.store.draft(agent).await?;
+            if !base.matches(current.as_ref()) {
+                return Err(precondition_failed(
+                    agent,
+                    &base,
+                    current.is_some(),
+                    "read it again",
+                ));
             }
+            let mut draft = draft.clone();
+            keep_token(&mut draft, current.as_ref())?;
+            validate(&draft, &self.maxima).map_err(Error::BadRequest)?;
+            let read = match &current {
+                _ if base == DraftBase::Any && !keeps_token => DraftBase::Any,
+                Some(current) => DraftBase::Exactly(Box::new(current.clone())),
+                None => DraftBase::Absent,
+            };
+            if !self
+                .store
+                .put_draft(agent, &draft, clock::now_ms(), read)
+                .await?
+            {
+                continue;
+            }
+            // Asked after the write: a write another host made in between may have turned
+            // push on, with its secret.
+            let new_secret = if draft.push.is_some() && !self.secrets.exists(agent).await? {
+                Some(self.secrets.create(agent).await?)
+            } else {
+                None
+            };
+            return Ok(SavedDraft { draft, new_secret });
         }
-        validate(&draft, &self.maxima).map_err(Error::BadRequest)?;
-        self.store.put_draft(agent, &draft, clock::now_ms()).await?;
-        let new_secret = if draft.push.is_some() && !has_secret {
-            Some(self.secrets.create(agent).await?)
-        } else {
-            None
-        };
-        Ok((draft, new_secret))
+        Err(Error::Conflict(format!(
+            "the draft of `{agent}` kept changing under this write (other hosts are writing it); try again"
+        )))
     }
 
     /// The live deployment of `agent`.
@@ -348,16 +435,18 @@ impl Lifecycle {
     ///
     /// With an idempotency `key`, a deploy repeated within the idempotency window (a client
     /// retrying after a lost answer) answers the deployment the first one made, changing
-    /// nothing.
+    /// nothing. The draft must be the one `base` names.
     ///
     /// # Errors
     /// [`Error::NotFound`] when the agent or version does not exist; [`Error::Conflict`]
-    /// when the key was used for another request; [`Error::BadRequest`] for a bad key.
+    /// when the key was used for another request; [`Error::BadRequest`] for a bad key;
+    /// [`Error::PreconditionFailed`] when the draft is not the one `base` names.
     pub async fn deploy(
         &self,
         agent: &str,
         version: Option<u32>,
         key: Option<String>,
+        base: DraftBase,
     ) -> Result<Deployed, Error> {
         let key = key.map(|key| deploy_key(key, version)).transpose()?;
         self.registry.wait_ready().await;
@@ -393,6 +482,16 @@ impl Lifecycle {
                 )),
             });
         };
+        // Checked under the agent's lock, against the draft this deploy freezes: what the
+        // client confirmed is what goes live, or nothing does.
+        if !base.matches(draft.as_ref()) {
+            return Err(precondition_failed(
+                agent,
+                &base,
+                draft.is_some(),
+                "preview the deploy again",
+            ));
+        }
         let draft = draft.unwrap_or_default();
         let linked = self.loader.prepare(&target.digest).await?;
         let outbound = self.outbound(&draft)?;

@@ -16,7 +16,7 @@ use gust_model::Maxima;
 
 pub use admission::{Admission, AdmissionLimits, DEFAULT_MAX_INSTANCES};
 pub use admission::{Admitted, Slot};
-pub use lifecycle::{DeployPreview, Deployed, Lifecycle, Uploaded};
+pub use lifecycle::{DeployPreview, Deployed, Draft, Lifecycle, SavedDraft, Uploaded};
 pub(crate) use lifecycle::{no_agent, not_deployed};
 pub(crate) use loader::Loader;
 pub use memory::default_budget as default_memory_budget;

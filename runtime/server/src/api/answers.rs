@@ -219,4 +219,8 @@ pub(crate) struct Preview {
     pub(crate) endpoints: Endpoints,
     pub(crate) changes: Vec<ConfigChange>,
     pub(crate) changes_anything: bool,
+    /// The draft's entity tag, as `GET …/config` gives it in `ETag`. Sent in `If-Match` with
+    /// the deploy, it deploys this configuration or nothing (412 when the draft changed
+    /// since): what a Confirm dialog showed is what goes live.
+    pub(crate) draft_etag: String,
 }

@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use gust_core::clock::rfc3339;
 use gust_core::runs::RunStats;
 use gust_model::AgentConfig;
+use gust_store::{DraftBase, draft_tag};
 use gust_wasm::StatsSnapshot;
 
 use super::answers::{
@@ -26,6 +27,7 @@ use super::openapi::{
     AgentPath, AgentVersionPath, BINARY, ComponentBytes, OPENMETRICS, TAG_AGENTS, TAG_HOST,
 };
 use super::paths::{AgentName, AgentVersion, Params};
+use super::precondition::{draft_base, entity_tag, with_etag};
 use super::{AppState, body};
 
 type Answer = Result<Response, ApiError>;
@@ -380,26 +382,39 @@ pub(crate) async fn delete_version(
 }
 
 /// The draft configuration: what the next deploy freezes (the access token reads `***`).
+/// Its `ETag` goes back in `If-Match` when the draft is written, so that a change made in
+/// between is not overwritten.
 #[utoipa::path(get, path = "/v1/agents/{agent}/config", tag = TAG_AGENTS, params(AgentPath),
     security(("admin" = [])),
-    responses((status = 200, description = "The draft.", body = AgentConfig)))]
+    responses((status = 200, description = "The draft.", body = AgentConfig,
+        headers(("ETag" = String, description = "The draft's entity tag, for `If-Match` on `PUT`.")))))]
 pub(crate) async fn get_config(
     _: Admin,
     State(state): State<Arc<AppState>>,
     AgentName(agent): AgentName,
 ) -> Answer {
-    Ok(Json(state.host.lifecycle.draft(&agent).await?.redacted()).into_response())
+    let draft = state.host.lifecycle.draft(&agent).await?;
+    Ok(with_etag(
+        Json(draft.config.redacted()).into_response(),
+        &draft.tag,
+    ))
 }
 
 /// Small: a configuration is a few keys, not a data store.
 const CONFIG_BODY_LIMIT: usize = 1 << 20;
 
 /// Replaces the draft configuration; it takes effect at the next deploy. Turning push on for
-/// the first time answers the signing secret in `push.secret`, this once.
-#[utoipa::path(put, path = "/v1/agents/{agent}/config", tag = TAG_AGENTS, params(AgentPath),
+/// the first time answers the signing secret in `push.secret`, this once. With `If-Match`
+/// (the `ETag` of the draft read) the draft is replaced only if nobody changed it since.
+#[utoipa::path(put, path = "/v1/agents/{agent}/config", tag = TAG_AGENTS,
+    params(AgentPath,
+        ("If-Match" = Option<String>, Header, description = "The `ETag` of the draft this one replaces (or `*`: any draft of an existing agent). Answered 412 when the draft has changed since."),
+        ("If-None-Match" = Option<String>, Header, description = "`*`: write only if the agent does not exist yet, else 412.")),
     security(("admin" = [])),
     request_body(content = AgentConfig, description = "The whole draft; fields left out take their defaults. `push.access_token` may be `***` to keep the stored token (same URL only)."),
-    responses((status = 200, description = "The saved draft.", body = AgentConfig)))]
+    responses((status = 200, description = "The saved draft (with no `ETag`: it is not the body as sent; `GET` gives the tag).", body = AgentConfig),
+        (status = 409, description = "Other hosts kept writing the draft while this write read it (it keeps a stored token): try again.", body = super::error::ErrorBody),
+        (status = 412, description = "The draft is not the one `If-Match` or `If-None-Match` named: read it again.", body = super::error::ErrorBody)))]
 pub(crate) async fn put_config(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -407,6 +422,7 @@ pub(crate) async fn put_config(
     headers: HeaderMap,
     request_body: Body,
 ) -> Answer {
+    let base = draft_base(&headers)?;
     let bytes = body::read(
         &state.body_budget,
         &headers,
@@ -415,12 +431,14 @@ pub(crate) async fn put_config(
     )
     .await?;
     let draft: AgentConfig = body::json(&bytes)?;
-    let (saved, new_secret) = state.host.lifecycle.put_draft(&agent, draft).await?;
-    let mut answer = saved.redacted();
-    if let (Some(secret), Some(push)) = (new_secret, answer.push.as_mut()) {
+    let saved = state.host.lifecycle.put_draft(&agent, draft, base).await?;
+    let mut answer = saved.draft.redacted();
+    if let (Some(secret), Some(push)) = (saved.new_secret, answer.push.as_mut()) {
         // Shown this once: the receiver needs it to verify signatures.
         push.secret = Some(secret);
     }
+    // No `ETag`: the draft stored is not the body sent (defaults filled in, a kept token),
+    // and RFC 9110 (9.3.4) gives a tag on a `PUT`'s answer only for the body as sent.
     Ok(Json(answer).into_response())
 }
 
@@ -436,13 +454,15 @@ pub(crate) struct DeployRequest {
 /// endpoint unchanged. An empty body deploys the newest version. Honours `Idempotency-Key`.
 #[utoipa::path(post, path = "/v1/agents/{agent}/deploy", tag = TAG_AGENTS, params(AgentPath,
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
-            description = "Repeats of a deploy with the same key answer the first deploy again.")),
+            description = "Repeats of a deploy with the same key answer the first deploy again."),
+        ("If-Match" = Option<String>, Header, description = "The draft's `ETag` (or the preview's `draft_etag`): deploy only that configuration, 412 if the draft changed since.")),
     security(("admin" = [])),
     request_body(content = Option<DeployRequest>),
     responses((status = 200, description = "What is live now.", body = Deployed, links(
         ("run" = (operation_id = "run", parameters(("agent" = "$response.body#/agent")))),
         ("submit_run" = (operation_id = "submit_run", parameters(("agent" = "$response.body#/agent")))))),
-        (status = 409, description = "Not deployable (a version missing, an async mode without push).", body = super::error::ErrorBody)))]
+        (status = 409, description = "Not deployable (a version missing, an async mode without push).", body = super::error::ErrorBody),
+        (status = 412, description = "The draft is not the one `If-Match` named: preview again.", body = super::error::ErrorBody)))]
 pub(crate) async fn deploy(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -453,10 +473,19 @@ pub(crate) async fn deploy(
     // An empty body deploys the newest version.
     let request: DeployRequest = optional_json(&state, &headers, request_body).await?;
     let key = body::idempotency_key(&headers)?;
+    let base = match draft_base(&headers)? {
+        DraftBase::Absent => {
+            return Err(gust_core::Error::BadRequest(
+                "`If-None-Match: *` cannot hold for a deploy, which needs the agent; `If-Match` names the draft to deploy".into(),
+            )
+            .into());
+        }
+        base => base,
+    };
     let deployed = state
         .host
         .lifecycle
-        .deploy(&agent, request.version, key)
+        .deploy(&agent, request.version, key, base)
         .await?;
     let mut response = Json(Deployed::new(&state, &deployed.record)).into_response();
     if deployed.replayed {
@@ -503,6 +532,7 @@ pub(crate) async fn preview(
         config: preview.draft.masked(),
         changes: preview.changes,
         changes_anything,
+        draft_etag: entity_tag(&draft_tag(&preview.draft)),
     })
     .into_response())
 }

@@ -52,6 +52,7 @@ pub(crate) fn status(e: &Error) -> StatusCode {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         Error::Conflict(_) => StatusCode::CONFLICT,
+        Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::InvalidComponent { .. } | Error::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Error::Failed(_) | Error::Trap | Error::MemoryLimit(_) | Error::OutputTooLarge(_) => {

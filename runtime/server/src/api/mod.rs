@@ -25,6 +25,7 @@ mod keys;
 mod logs;
 mod openapi;
 mod paths;
+mod precondition;
 mod runs;
 
 use std::sync::Arc;

@@ -15,7 +15,7 @@ use tokio_postgres::Row;
 use gust_model::{AgentConfig, AgentRecord, AgentSummary, DeploymentRecord, VersionRecord};
 
 use super::{Postgres, col, db, exec, notify, num, opt_num, row, rows};
-use crate::{Change, DeployKey, RollbackPlan, StoreError, VersionDeletion};
+use crate::{Change, DeployKey, DraftBase, RollbackPlan, StoreError, VersionDeletion};
 
 const VERSION_COLUMNS: &str = "v.agent, v.version, v.digest, v.size, v.created_at,
     (SELECT MAX(d.deployed_at) FROM deployments d WHERE d.agent = v.agent AND d.version = v.version)";
@@ -344,18 +344,57 @@ impl Postgres {
         agent: &str,
         draft: &AgentConfig,
         now: i64,
-    ) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        // One statement: creating the agent and replacing its draft cannot interleave with
-        // another host's.
-        exec(
-            &client,
-            "INSERT INTO agents (name, created_at, draft) VALUES ($1, $2, $3)
-             ON CONFLICT (name) DO UPDATE SET draft = excluded.draft",
-            &[&agent, &now, &to_json(draft)?],
-        )
-        .await?;
-        Ok(())
+        base: &DraftBase,
+    ) -> Result<bool, StoreError> {
+        let json = to_json(draft)?;
+        let mut client = self.client().await?;
+        match base {
+            // One statement each: creating the agent and replacing its draft cannot
+            // interleave with another host's.
+            DraftBase::Any => {
+                exec(
+                    &client,
+                    "INSERT INTO agents (name, created_at, draft) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE SET draft = excluded.draft",
+                    &[&agent, &now, &json],
+                )
+                .await?;
+                Ok(true)
+            }
+            DraftBase::Absent => Ok(exec(
+                &client,
+                "INSERT INTO agents (name, created_at, draft) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO NOTHING",
+                &[&agent, &now, &json],
+            )
+            .await?
+                == 1),
+            DraftBase::Present | DraftBase::OneOf(_) | DraftBase::Exactly(_) => {
+                // Compared here, not in SQL (a tag is a digest of the parsed draft): the row
+                // is locked while it is, so no other host writes between the check and the
+                // update.
+                let tx = client.transaction().await.map_err(db)?;
+                let current = row(
+                    &tx,
+                    "SELECT draft FROM agents WHERE name = $1 FOR NO KEY UPDATE",
+                    &[&agent],
+                )
+                .await?
+                .map(|r| from_json(col(&r, 0)?))
+                .transpose()?;
+                if !base.matches(current.as_ref()) {
+                    return Ok(false);
+                }
+                exec(
+                    &tx,
+                    "UPDATE agents SET draft = $2 WHERE name = $1",
+                    &[&agent, &json],
+                )
+                .await?;
+                tx.commit().await.map_err(db)?;
+                Ok(true)
+            }
+        }
     }
 
     pub(crate) async fn deploy(

@@ -16,7 +16,7 @@ use gust_model::{
 };
 
 use crate::queue::{Recovered, RunWrite, WriteOutcome};
-use crate::{DeployKey, RollbackPlan, StoreError, VersionDeletion};
+use crate::{DeployKey, DraftBase, RollbackPlan, StoreError, VersionDeletion};
 
 mod runs;
 mod settings;
@@ -480,16 +480,28 @@ impl Sqlite {
         agent: &str,
         draft: &AgentConfig,
         now: i64,
-    ) -> Result<(), StoreError> {
+        base: &DraftBase,
+    ) -> Result<bool, StoreError> {
         let json = to_json(draft)?;
         self.tx(|tx| {
+            // The one connection is this host's only writer, so the read and the write below
+            // cannot be split by another.
+            let current = tx
+                .query_row("SELECT draft FROM agents WHERE name = ?1", [agent], |r| {
+                    from_json(&r.get::<_, String>(0)?)
+                })
+                .optional()
+                .map_err(internal)?;
+            if !base.matches(current.as_ref()) {
+                return Ok(false);
+            }
             ensure_agent(tx, agent, now)?;
             tx.execute(
                 "UPDATE agents SET draft = ?2 WHERE name = ?1",
                 params![agent, json],
             )
             .map_err(internal)?;
-            Ok(())
+            Ok(true)
         })
     }
 

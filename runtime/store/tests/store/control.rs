@@ -1,7 +1,7 @@
 //! Agents, versions, deployments, keys, secrets and settings, on both backends.
 
 use gust_model::{AgentConfig, KeyRecord};
-use gust_store::{DeployKey, RollbackPlan, StoreError, VersionDeletion};
+use gust_store::{DeployKey, DraftBase, RollbackPlan, StoreError, VersionDeletion, draft_tag};
 
 use crate::support::both;
 
@@ -186,7 +186,7 @@ both! {
     async fn drafts_create_agents_and_are_listed(db: Store) {
         let mut draft = AgentConfig::default();
         draft.config.insert("k".into(), "v".into());
-        db.put_draft("a", &draft, 5).await.unwrap();
+        assert!(db.put_draft("a", &draft, 5, DraftBase::Any).await.unwrap());
         assert_eq!(db.draft("a").await.unwrap(), Some(draft.clone()));
         assert_eq!(db.draft("b").await.unwrap(), None);
         db.add_version("a", "sha256:1", 1, 6).await.unwrap();
@@ -197,6 +197,56 @@ both! {
         assert_eq!((a.name.as_str(), a.created_at, a.live), ("a", 5, Some((1, 1))));
         assert_eq!((a.versions, a.newest_version, a.deployed_at), (1, Some(1), Some(7)));
         assert!(a.draft_pending, "the draft differs from what is live");
+    }
+}
+
+both! {
+    async fn a_draft_is_written_only_over_the_draft_its_writer_read(db: Store) {
+        let mut first = AgentConfig::default();
+        first.config.insert("model".into(), "small".into());
+        let tag = |d: &AgentConfig| DraftBase::OneOf(vec![draft_tag(d)]);
+        // Nothing to match yet: only a writer that expects no agent creates it.
+        assert!(!db.put_draft("a", &first, 1, tag(&first)).await.unwrap());
+        assert!(!db.put_draft("a", &first, 1, DraftBase::Present).await.unwrap());
+        assert_eq!(db.draft("a").await.unwrap(), None);
+        assert!(db.put_draft("a", &first, 1, DraftBase::Absent).await.unwrap());
+        assert!(!db.put_draft("a", &first, 1, DraftBase::Absent).await.unwrap());
+
+        // Two editors read the same draft; the first write wins, the second is refused
+        // and leaves the first one's change in place.
+        let read = tag(&first);
+        let mut one = first.clone();
+        one.config.insert("temperature".into(), "0.2".into());
+        let mut two = first.clone();
+        two.config.insert("region".into(), "eu".into());
+        assert!(db.put_draft("a", &one, 2, read.clone()).await.unwrap());
+        assert!(!db.put_draft("a", &two, 3, read).await.unwrap());
+        assert_eq!(db.draft("a").await.unwrap(), Some(one.clone()));
+        // Read again, the second editor's change goes in over the first one's.
+        two.config.insert("temperature".into(), "0.2".into());
+        assert!(db.put_draft("a", &two, 3, DraftBase::OneOf(vec!["stale".into(), draft_tag(&one)])).await.unwrap());
+        assert_eq!(db.draft("a").await.unwrap(), Some(two.clone()));
+        assert!(db.put_draft("a", &first, 4, DraftBase::Present).await.unwrap());
+        assert!(db.put_draft("a", &two, 5, DraftBase::Any).await.unwrap());
+        assert_eq!(db.draft("a").await.unwrap(), Some(two.clone()));
+
+        // The tag leaves the write-only token out; a writer that read the token (to keep
+        // it) names the whole draft it read, and a token changed since refuses its write.
+        let with_token = |token: &str| {
+            let mut d = two.clone();
+            d.push = Some(gust_model::PushConfig {
+                url: "https://app.example/hook".into(),
+                access_token: token.into(),
+                secret: None,
+            });
+            d
+        };
+        assert!(db.put_draft("a", &with_token("t1"), 6, DraftBase::Any).await.unwrap());
+        assert_eq!(draft_tag(&with_token("t1")), draft_tag(&with_token("t2")));
+        assert!(db.put_draft("a", &with_token("t2"), 7, tag(&with_token("t1"))).await.unwrap());
+        let read_t1 = DraftBase::Exactly(Box::new(with_token("t1")));
+        assert!(!db.put_draft("a", &with_token("t1"), 8, read_t1).await.unwrap());
+        assert_eq!(db.draft("a").await.unwrap(), Some(with_token("t2")));
     }
 }
 
@@ -215,7 +265,9 @@ both! {
             db.create_key(&key("k1", "a")).await,
             Err(StoreError::NotFound(_))
         ));
-        db.put_draft("a", &AgentConfig::default(), 0).await.unwrap();
+        db.put_draft("a", &AgentConfig::default(), 0, DraftBase::Any)
+            .await
+            .unwrap();
         db.create_key(&key("k1", "a")).await.unwrap();
         db.create_key(&key("k2", "a")).await.unwrap();
         db.touch_keys(vec![("k1".into(), 50)]).await.unwrap();
@@ -237,7 +289,9 @@ both! {
             db.set_push_secret("a", "whsec_1", 10).await,
             Err(StoreError::NotFound(_))
         ));
-        db.put_draft("a", &AgentConfig::default(), 0).await.unwrap();
+        db.put_draft("a", &AgentConfig::default(), 0, DraftBase::Any)
+            .await
+            .unwrap();
         assert_eq!(db.push_secrets("a").await.unwrap(), None);
         db.set_push_secret("a", "whsec_1", 10).await.unwrap();
         let first = db.push_secrets("a").await.unwrap().unwrap();

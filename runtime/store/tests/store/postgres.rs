@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use gust_model::{AgentConfig, DeliveryStatus, RunOutcome, RunStatus};
 use gust_store::queue::{RunWrite, WriteOutcome};
-use gust_store::{Change, Store, StoreError};
+use gust_store::{Change, DraftBase, Store, StoreError};
 use gust_testkit::postgres::PgCluster;
 
 use crate::support::{apply, database, deployed, eventually, heard, new_run, pushing, start};
@@ -583,7 +583,7 @@ async fn after_an_outage_the_listener_reconnects_and_calls_work_again() {
     let mut changes = store.changes().unwrap();
     eventually("listening", || async { store.database_up() }).await;
     store
-        .put_draft("a", &AgentConfig::default(), 0)
+        .put_draft("a", &AgentConfig::default(), 0, DraftBase::Any)
         .await
         .unwrap();
 

@@ -2,7 +2,7 @@
 // and its Configure dialog, the endpoints with code to copy, uploads, the deployed version
 // read-only beside the draft, the deployment history with rollback, runs and keys.
 
-import { api, agentPath, upload } from "./api.js";
+import { api, agentPath, editDraft, upload } from "./api.js";
 import { h, fill, dialog, confirmDialog, copyButton, notice, when, bytes, tabs } from "./dom.js";
 import { runsSection } from "./runs.js";
 
@@ -100,10 +100,14 @@ async function deployFlow(agent, preview, state, render) {
     "Deploy");
   if (!confirmed) return;
   try {
-    const deployed = await api("POST", `${agentPath(agent)}/deploy`, { version: preview.version.version });
+    // If-Match: the configuration the dialog showed goes live, or nothing does.
+    const deployed = await api("POST", `${agentPath(agent)}/deploy`, { version: preview.version.version },
+      { "If-Match": preview.draft_etag });
     state.message = notice("ok", `Deployed: deployment ${deployed.deployment} (version ${deployed.version}) is live.`);
   } catch (err) {
-    state.message = notice("error", `Deploy refused: ${err.message}`);
+    state.message = notice("error", err.status === 412
+      ? "Nothing was deployed: the configuration changed while the Confirm dialog was open. Review the changes and deploy again."
+      : `Deploy refused: ${err.message}`);
   }
   await render();
 }
@@ -146,7 +150,7 @@ function modeSection(agent, record, render, state) {
       return render();
     }
     try {
-      await api("PUT", `${agentPath(agent)}/config`, { ...draft, mode });
+      await editDraft(agent, (now) => ({ ...now, mode }));
       state.message = notice("ok", `Mode set to ${mode === "async" ? "Async" : "Sync"} in the draft: deploy to make it live.`);
     } catch (err) {
       state.message = notice("error", err.message);
@@ -186,7 +190,7 @@ async function configure(agent, draft, state) {
       e.preventDefault();
       const push = { url: url.value.trim(), access_token: token.value || "***" };
       try {
-        close(await api("PUT", `${agentPath(agent)}/config`, { ...draft, mode: "async", push }));
+        close(await editDraft(agent, (now) => ({ ...now, mode: "async", push })));
       } catch (err) {
         fill(error, notice("error", err.message));
       }

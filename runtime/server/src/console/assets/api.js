@@ -17,8 +17,13 @@ export function whenSignedOut(handler) {
   onSignedOut = handler;
 }
 
-export async function api(method, path, body) {
-  const init = { method, credentials: "same-origin", headers: {} };
+export async function api(method, path, body, headers = {}) {
+  return (await exchange(method, path, body, headers)).parsed;
+}
+
+/** Like `api`, and the answer's headers beside what it says. */
+async function exchange(method, path, body, headers = {}) {
+  const init = { method, credentials: "same-origin", headers: { ...headers } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -35,10 +40,31 @@ export async function api(method, path, body) {
     if (response.status === 401 && !path.startsWith("/console/session")) onSignedOut();
     throw new ApiError(response.status, parsed);
   }
-  return parsed;
+  return { parsed, headers: response.headers };
 }
 
 export const agentPath = (agent) => `/v1/agents/${encodeURIComponent(agent)}`;
+
+/**
+ * Changes the agent's draft with `change(draft)`, made on the draft as it is now rather than
+ * as this page showed it: the draft is read, changed and written back with its ETag in
+ * If-Match, and read again if someone else (another tab, `gust config`) wrote in between,
+ * so their change is kept. Resolves to the saved draft.
+ */
+export async function editDraft(agent, change) {
+  const path = `${agentPath(agent)}/config`;
+  for (let attempt = 1; ; attempt++) {
+    const read = await exchange("GET", path);
+    // A proxy that compresses answers marks the tag weak (W/), which never matches a write;
+    // the tag itself still names the draft.
+    const tag = (read.headers.get("ETag") || "").replace(/^W\//, "");
+    try {
+      return await api("PUT", path, change(read.parsed), tag ? { "If-Match": tag } : {});
+    } catch (err) {
+      if (err.status !== 412 || attempt >= 5) throw err;
+    }
+  }
+}
 
 /** Uploads a component with progress (fetch reports no upload progress; XHR does). */
 export function upload(agent, file, onProgress) {
