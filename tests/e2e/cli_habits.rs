@@ -554,6 +554,88 @@ fn collect_leaves(command: &clap::Command, prefix: &str, leaves: &mut Vec<String
     }
 }
 
+/// A server that accepts a connection and then says nothing (hung, or gone behind a NAT
+/// that drops packets silently) is given up on after `--timeout` (or GUST_TIMEOUT), with
+/// "unavailable" (7), whether it owes an answer or the next part of a followed stream.
+#[test]
+fn a_server_that_never_answers_is_given_up_on() {
+    // Accepts and reads, then holds every connection open without a word; with `head`, it
+    // first answers the head of an event stream.
+    let silent = |head: &'static str| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut request = [0u8; 4096];
+                let _ = std::io::Read::read(&mut stream, &mut request);
+                let _ = stream.write_all(head.as_bytes());
+                held.push(stream);
+            }
+        });
+        url
+    };
+    let user = User::new();
+    let mute = silent("");
+    let streaming = silent(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    );
+    let gave_up = |output: &Output, what: &str| {
+        assert_eq!(output.status.code(), Some(7), "{what}: {}", stderr(output));
+        assert!(
+            stderr(output).contains("did not answer within 1 s"),
+            "{what}: {}",
+            stderr(output)
+        );
+    };
+    let started = std::time::Instant::now();
+    let list = user.gust(&[
+        "agents",
+        "list",
+        "--url",
+        &mute,
+        "--token",
+        "t",
+        "--timeout",
+        "1",
+    ]);
+    gave_up(&list, "a request");
+    let mut follow = user.command(&["logs", "a", "--follow", "--url", &streaming, "--token", "t"]);
+    let follow = follow.env("GUST_TIMEOUT", "1").output().unwrap();
+    gave_up(&follow, "a followed stream");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    // A sync call may take as long as the agent's `sync_timeout_s`: it is not cut at 1 s.
+    let mut run = user
+        .command(&[
+            "run",
+            "a",
+            "{}",
+            "--url",
+            &mute,
+            "--token",
+            "t",
+            "--timeout",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let waiting = run.try_wait().unwrap().is_none();
+    let _ = run.kill();
+    let _ = run.wait();
+    assert!(waiting, "a sync call was cut at the timeout");
+    let mut bad = user.command(&["agents", "list", "--url", &mute, "--token", "t"]);
+    let bad = bad.env("GUST_TIMEOUT", "soon").output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_say_why() {
     let dir = tempfile::tempdir().unwrap();

@@ -256,7 +256,30 @@ fn given(global: &Global) -> anyhow::Result<target::Given> {
         url: global.url.clone(),
         token,
     };
-    Ok(target::Given::with_env(flags, global.profile.clone()))
+    Ok(target::Given::with_env(
+        flags,
+        global.profile.clone(),
+        timeout(global)?,
+    ))
+}
+
+/// How long the client waits for the server: `--timeout`, GUST_TIMEOUT, or the default.
+pub(crate) fn timeout(global: &Global) -> anyhow::Result<std::time::Duration> {
+    let seconds = match (global.timeout, target::env_var("GUST_TIMEOUT")) {
+        (Some(seconds), _) => seconds,
+        (None, Some(text)) => text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| {
+                exit::Failure::usage(format!(
+                    "GUST_TIMEOUT must be a number of seconds above 0, not `{text}`"
+                ))
+            })?,
+        (None, None) => return Ok(client::DEFAULT_TIMEOUT),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 /// The client's flags mean nothing to the commands that do not talk to a server; `--token`
@@ -267,6 +290,7 @@ fn refuse_client_flags(global: &Global, command: &str) -> anyhow::Result<()> {
         (global.token.is_some(), "--token"),
         (global.token_stdin, "--token-stdin"),
         (global.profile.is_some(), "--profile"),
+        (global.timeout.is_some(), "--timeout"),
     ];
     if let Some((_, flag)) = given.iter().find(|(set, _)| *set) {
         let hint = if command == "serve" && flag.starts_with("--token") {

@@ -54,11 +54,17 @@ pub(crate) struct Given {
     pub(crate) env: Pair,
     /// `GUST_PROFILE`.
     pub(crate) env_profile: Option<String>,
+    /// How long to wait for the server (`--timeout`, `GUST_TIMEOUT`).
+    pub(crate) timeout: std::time::Duration,
 }
 
 impl Given {
     /// The environment's part, an empty variable counting as unset.
-    pub(crate) fn with_env(flags: Pair, profile: Option<String>) -> Self {
+    pub(crate) fn with_env(
+        flags: Pair,
+        profile: Option<String>,
+        timeout: std::time::Duration,
+    ) -> Self {
         Self {
             flags,
             profile,
@@ -67,6 +73,7 @@ impl Given {
                 token: env_var("GUST_TOKEN"),
             },
             env_profile: env_var("GUST_PROFILE"),
+            timeout,
         }
     }
 }

@@ -42,11 +42,14 @@ pub(crate) async fn login(global: &Global, out: Out) -> anyhow::Result<()> {
     } else {
         target::read_secret(&format!("admin token for {url}: "))?
     };
-    let client = Client::new(Target {
-        url: url.clone(),
-        token: Some(token.clone()),
-        source: Source::Flags { profile: None },
-    });
+    let client = Client::new(
+        Target {
+            url: url.clone(),
+            token: Some(token.clone()),
+            source: Source::Flags { profile: None },
+        },
+        crate::timeout(global)?,
+    );
     // Any admin route proves the token; a refused one is not stored.
     client
         .json(client.request(Method::GET, "/v1/agents"))
@@ -122,7 +125,7 @@ pub(crate) async fn whoami(given: &Given, out: Out) -> anyhow::Result<()> {
     let access = if source == Source::Nothing {
         "none"
     } else {
-        let client = Client::new(target);
+        let client = Client::new(target, given.timeout);
         match client.json(client.request(Method::GET, "/v1/stats")).await {
             Ok(_) => "admin",
             Err(e) => match exit::code_of(&e) {
@@ -161,7 +164,7 @@ pub(crate) async fn whoami(given: &Given, out: Out) -> anyhow::Result<()> {
 pub(crate) async fn health(given: &Given, out: Out) -> anyhow::Result<()> {
     let target = target::resolve(given)?;
     let url = target.url.clone();
-    let client = Client::new(target);
+    let client = Client::new(target, given.timeout);
     let probe = |path: &'static str| {
         let client = &client;
         async move {

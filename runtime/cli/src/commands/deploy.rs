@@ -12,6 +12,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{Ctx, confirm};
+use crate::client::COMPILE_WAIT;
 use crate::exit::Failure;
 use crate::output::{Out, note, say, size, text};
 
@@ -129,7 +130,11 @@ pub(crate) async fn deploy(
     // draft in `If-Match` (a server that gives none takes none).
     let mut request = c
         .client
-        .request(Method::POST, &format!("/v1/agents/{agent}/deploy"))
+        .working(
+            Method::POST,
+            &format!("/v1/agents/{agent}/deploy"),
+            COMPILE_WAIT,
+        )
         .json(&json!({ "version": target }));
     if let Some(tag) = preview["draft_etag"].as_str() {
         request = request.header("if-match", tag);
@@ -391,7 +396,11 @@ async fn upload_version(
     }));
     let request = c
         .client
-        .request(Method::POST, &format!("/v1/agents/{agent}/versions"))
+        .working(
+            Method::POST,
+            &format!("/v1/agents/{agent}/versions"),
+            COMPILE_WAIT,
+        )
         .header(reqwest::header::CONTENT_LENGTH, total)
         .header(reqwest::header::CONTENT_TYPE, "application/wasm")
         .body(reqwest::Body::wrap_stream(stream));
@@ -491,14 +500,16 @@ impl Progress {
 }
 
 pub(crate) async fn rollback(c: &Ctx, agent: &str, to: Option<u32>) -> anyhow::Result<()> {
-    let path = format!("/v1/agents/{agent}/rollback");
-    let answer = match to {
-        Some(to) => {
-            c.call_with(Method::POST, &path, &json!({ "to": to }))
-                .await?
-        }
-        None => c.call(Method::POST, &path).await?,
-    };
+    // A deployment no longer in memory is loaded again, compiled if its artifact is gone.
+    let mut request = c.client.working(
+        Method::POST,
+        &format!("/v1/agents/{agent}/rollback"),
+        COMPILE_WAIT,
+    );
+    if let Some(to) = to {
+        request = request.json(&json!({ "to": to }));
+    }
+    let answer = c.client.json(request).await?;
     if c.out.json {
         return c.out.json(&answer);
     }

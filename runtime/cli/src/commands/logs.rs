@@ -22,7 +22,7 @@ pub(crate) async fn logs(c: &Ctx, agent: &str, follow: bool, limit: usize) -> an
     }
     let response = sse::follow(c, &format!("{path}&follow=1")).await?;
     let json = c.out.json;
-    each_event(response, |event, data| {
+    each_event(c, response, |event, data| {
         if json {
             say!("{data}")?;
         } else if event == "missed" {

@@ -52,7 +52,7 @@ impl Ctx {
             .into());
         }
         Ok(Self {
-            client: Client::new(target),
+            client: Client::new(target, given.timeout),
             out,
         })
     }

@@ -8,6 +8,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::Ctx;
+use crate::client::SYNC_CALL_WAIT;
 use crate::exit::{Code, Failure};
 use crate::output::{Table, say, tell, text, written};
 
@@ -38,16 +39,21 @@ pub(crate) async fn run(
         ))
         .into());
     }
-    let path = if queued {
-        format!("/v1/agents/{agent}/runs")
+    // A sync call answers when the agent is done; a queued run, once it is accepted.
+    let request = if queued {
+        c.client
+            .request(Method::POST, &format!("/v1/agents/{agent}/runs"))
     } else {
-        format!("/v1/agents/{agent}/run")
+        c.client.working(
+            Method::POST,
+            &format!("/v1/agents/{agent}/run"),
+            SYNC_CALL_WAIT,
+        )
     };
     let response = c
         .client
         .send(
-            c.client
-                .request(Method::POST, &path)
+            request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body),
         )
@@ -149,7 +155,7 @@ pub(crate) async fn runs_follow(c: &Ctx, agent: &str, id: &str) -> anyhow::Resul
     // Whether chunks left the cursor inside a line, where another event's line must not
     // start.
     let mut mid_line = false;
-    super::sse::each_event(response, |event, data| {
+    super::sse::each_event(c, response, |event, data| {
         if !quiet {
             let shown = show_event(event, &data, &mut mid_line);
             match shown {

@@ -1,6 +1,5 @@
 //! Reading Server-Sent Events from the API (`gust logs --follow`, `gust runs get --follow`).
 
-use futures::StreamExt as _;
 use reqwest::Method;
 use serde_json::Value;
 
@@ -8,11 +7,9 @@ use super::Ctx;
 
 /// Opens the event stream at `path`.
 pub(crate) async fn follow(c: &Ctx, path: &str) -> anyhow::Result<reqwest::Response> {
-    let request = c
-        .client
-        .request(Method::GET, path)
-        .header("accept", "text/event-stream");
-    c.client.send(request).await
+    c.client
+        .send_stream(c.client.stream(Method::GET, path))
+        .await
 }
 
 /// Calls `each(event, data)` for every event of `response` until the stream ends, `each`
@@ -20,6 +17,7 @@ pub(crate) async fn follow(c: &Ctx, path: &str) -> anyhow::Result<reqwest::Respo
 /// output went away). `event` is the event's name (`message` when it has none); `data` its
 /// JSON (`null` when it is not JSON).
 pub(crate) async fn each_event(
+    c: &Ctx,
     response: reqwest::Response,
     mut each: impl FnMut(&str, Value) -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
@@ -27,8 +25,10 @@ pub(crate) async fn each_event(
     // Bytes, not text, until a line is whole: a character may be split between chunks.
     let mut pending: Vec<u8> = Vec::new();
     let (mut event, mut data) = (String::new(), String::new());
-    while let Some(chunk) = body.next().await {
-        pending.extend_from_slice(&chunk?);
+    // The server's keep-alive comments arrive every 15 s: a stream silent for the whole
+    // timeout has lost its server.
+    while let Some(chunk) = c.client.next(&mut body).await? {
+        pending.extend_from_slice(&chunk);
         // `field: value` lines; an empty line ends an event.
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let raw: Vec<u8> = pending.drain(..=end).collect();
