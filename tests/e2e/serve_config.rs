@@ -127,6 +127,85 @@ fn a_bad_config_file_stops_gust_with_the_file_and_the_key() {
     assert!(!dir.path().join("gust-data").exists());
 }
 
+/// Values past what a setting can mean are refused while the settings are read, naming
+/// the setting and its range, from any layer; before, some panicked at start (a semaphore
+/// of 2^61 permits, a retry delay of 1e300 s) or on SIGTERM (a grace past the clock's end),
+/// and MiB values past 2^44 wrapped around to 0 (every upload refused as too large).
+#[test]
+fn settings_out_of_their_range_are_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |args: &[&str], vars: &[(&str, &str)], needle: &str| {
+        let (output, stdout, stderr) = run(gust_serve(dir.path(), args, vars));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?} {vars:?}: {stdout}{stderr}"
+        );
+        assert!(stderr.contains(needle), "{args:?} {vars:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    };
+    refused(&["--workers", "2305843009213693952"], &[], "--workers");
+    refused(
+        &["--max-connections", "18446744073709551615"],
+        &[],
+        "not in 1..=",
+    );
+    refused(
+        &["--max-instances", "18446744073709551615"],
+        &[],
+        "--max-instances",
+    );
+    refused(
+        &["--shutdown-grace", "10000000000000000000"],
+        &[],
+        "--shutdown-grace",
+    );
+    refused(
+        &["--push-retry-schedule", "5,1e300"],
+        &[],
+        "`1e300` is not a number of seconds",
+    );
+    refused(
+        &["--max-upload-mib", "17592186044416"],
+        &[],
+        "--max-upload-mib",
+    );
+    refused(
+        &[],
+        &[("GUST_MEMORY_BUDGET_MIB", "17592186044416")],
+        "--memory-budget-mib",
+    );
+    refused(&["--log", "gust_core=loud"], &[], "not a log filter");
+    let file = dir.path().join("gust-server.toml");
+    std::fs::write(&file, "push-retry-schedule = [5, 1e300]\n").unwrap();
+    refused(
+        &["--config", file.to_str().unwrap()],
+        &[],
+        "is not a number of seconds from 0",
+    );
+    std::fs::write(&file, "max-input-mib = 17592186044416\n").unwrap();
+    refused(&["--config", file.to_str().unwrap()], &[], "max-input-mib");
+
+    // A certificate and its key go together, from whatever layers they come.
+    std::fs::write(&file, "tls-cert = \"cert.pem\"\n").unwrap();
+    refused(
+        &["--config", file.to_str().unwrap(), "--print-config"],
+        &[],
+        "tls-cert and tls-key go together",
+    );
+    let (output, stdout, stderr) = run(gust_serve(
+        dir.path(),
+        &["--config", file.to_str().unwrap(), "--print-config"],
+        &[("GUST_TLS_KEY", "key.pem")],
+    ));
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(line(&stdout, "tls-cert").contains("cert.pem"), "{stdout}");
+    assert!(
+        line(&stdout, "tls-key").contains("env GUST_TLS_KEY"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn outbound_ca_certs_that_hold_no_certificate_stop_gust_with_the_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -55,6 +55,15 @@ impl Args for ServeArgs {
 impl FromArgMatches for ServeArgs {
     fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
         let resolved = layers::resolve(matches)?;
+        // Checked once every layer is in: the certificate may come from the file and its key
+        // from a variable.
+        if resolved.flags.tls_cert.is_some() != resolved.flags.tls_key.is_some() {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "tls-cert and tls-key go together (a certificate chain and its private key): \
+                 give both, as flags, GUST_* variables or keys of the config file",
+            ));
+        }
         Ok(Self {
             log: resolved.flags.log.clone(),
             log_format: resolved.flags.log_format,

@@ -6,7 +6,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use clap::builder::BoolishValueParser;
+use clap::builder::{BoolishValueParser, RangedU64ValueParser};
+
+/// The longest a setting in seconds may be: a year. Past it a value is a mistake, and a
+/// deadline computed from it would overflow the clock.
+const MAX_SECONDS: u64 = 366 * 24 * 3600;
+/// The largest setting in MiB: 1 TiB. Past it the bytes it is counted in overflow.
+const MAX_MIB: u64 = 1 << 20;
+/// The largest count (instances, connections, workers, runs waiting): 16 Mi, far past what
+/// any machine holds, and within what the semaphores that count them take.
+const MAX_COUNT: u64 = 1 << 24;
 
 /// The flags of `gust serve`. A field's long name is also its key in the `--config` file,
 /// and its variable is `GUST_` and the name in capitals; a unit test holds every field to
@@ -57,7 +66,8 @@ pub(super) struct Flags {
         long,
         env = "GUST_SHUTDOWN_GRACE",
         default_value_t = 30,
-        value_name = "S"
+        value_name = "S",
+        value_parser = RangedU64ValueParser::<u64>::new().range(0..=MAX_SECONDS)
     )]
     pub(super) shutdown_grace: u64,
     /// On SIGTERM, first answer `/readyz` with 503 for this many seconds while still
@@ -67,7 +77,8 @@ pub(super) struct Flags {
         long,
         env = "GUST_DRAIN_DELAY",
         default_value_t = 0,
-        value_name = "SECONDS"
+        value_name = "SECONDS",
+        value_parser = RangedU64ValueParser::<u64>::new().range(0..=MAX_SECONDS)
     )]
     pub(super) drain_delay: u64,
     /// Seconds compiling one upload may take before it is refused (`limit_exceeded`).
@@ -75,7 +86,8 @@ pub(super) struct Flags {
         long,
         env = "GUST_COMPILE_TIMEOUT",
         default_value_t = 300,
-        value_name = "S"
+        value_name = "S",
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..=MAX_SECONDS)
     )]
     pub(super) compile_timeout: u64,
     /// Largest component upload, in MiB.
@@ -83,7 +95,8 @@ pub(super) struct Flags {
         long,
         env = "GUST_MAX_UPLOAD_MIB",
         default_value_t = 100,
-        value_name = "MIB"
+        value_name = "MIB",
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_MIB)
     )]
     pub(super) max_upload_mib: usize,
     /// Memory all request bodies being read may take at once, in MiB: many slow uploads
@@ -92,7 +105,8 @@ pub(super) struct Flags {
         long,
         env = "GUST_MAX_BODY_MEMORY_MIB",
         default_value_t = 512,
-        value_name = "MIB"
+        value_name = "MIB",
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_MIB)
     )]
     pub(super) max_body_memory_mib: usize,
     /// Largest call input, in MiB.
@@ -100,26 +114,28 @@ pub(super) struct Flags {
         long,
         env = "GUST_MAX_INPUT_MIB",
         default_value_t = 10,
-        value_name = "MIB"
+        value_name = "MIB",
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_MIB)
     )]
     pub(super) max_input_mib: usize,
     /// Queued runs executing at once, at most (default: as many as admission lets through,
     /// like sync calls: bounded by instance slots and the memory budget, since runs of agent
     /// flows mostly wait on models and tools).
-    #[arg(long, env = "GUST_WORKERS", value_name = "N")]
+    #[arg(long, env = "GUST_WORKERS", value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_COUNT))]
     pub(super) workers: Option<usize>,
     /// Attempts before a run that keeps losing its host fails as `lost`.
     #[arg(long, env = "GUST_MAX_ATTEMPTS", default_value_t = 3, value_name = "N")]
     pub(super) max_attempts: u32,
     /// Seconds a worker's claim on a run lasts without renewal.
-    #[arg(long, env = "GUST_LEASE", default_value_t = 30, value_name = "S")]
+    #[arg(long, env = "GUST_LEASE", default_value_t = 30, value_name = "S", value_parser = RangedU64ValueParser::<u64>::new().range(1..=MAX_SECONDS))]
     pub(super) lease: u64,
     /// Hours ended runs are kept before they are purged.
     #[arg(
         long,
         env = "GUST_RETENTION_HOURS",
         default_value_t = 168,
-        value_name = "H"
+        value_name = "H",
+        value_parser = RangedU64ValueParser::<u64>::new().range(0..=MAX_SECONDS / 3600)
     )]
     pub(super) retention_hours: u64,
     /// Seconds a push receiver has to answer.
@@ -127,7 +143,8 @@ pub(super) struct Flags {
         long,
         env = "GUST_PUSH_TIMEOUT",
         default_value_t = 15,
-        value_name = "S"
+        value_name = "S",
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..=MAX_SECONDS)
     )]
     pub(super) push_timeout: u64,
     /// Delays before push retries, in seconds, comma-separated; the last one repeats (the
@@ -145,7 +162,8 @@ pub(super) struct Flags {
         long,
         env = "GUST_PUSH_RETRY_WINDOW",
         default_value_t = 259_200,
-        value_name = "S"
+        value_name = "S",
+        value_parser = RangedU64ValueParser::<u64>::new().range(0..=MAX_SECONDS)
     )]
     pub(super) push_retry_window: u64,
     /// Largest push body sent whole, in KiB; a run whose event is larger is pushed thin
@@ -154,30 +172,32 @@ pub(super) struct Flags {
         long,
         env = "GUST_PUSH_MAX_BODY_KIB",
         default_value_t = 256,
-        value_name = "KIB"
+        value_name = "KIB",
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_MIB << 10)
     )]
     pub(super) push_max_body_kib: usize,
     /// Instances running at once, server-wide: the instance pool's slots (reserved address
     /// space, committed only as guests touch it); past it, sync calls get 429 (default:
     /// 12,288, or as many as `vm.max_map_count` holds at about 6 memory mappings each).
-    #[arg(long, env = "GUST_MAX_INSTANCES", value_name = "N")]
+    #[arg(long, env = "GUST_MAX_INSTANCES", value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_COUNT))]
     pub(super) max_instances: Option<usize>,
     /// Instances of one agent running at once, unless its deployment sets `max_instances`
     /// (default: all of --max-instances but an eighth of it, at most 512, kept for the other
     /// agents).
-    #[arg(long, env = "GUST_AGENT_INSTANCES", value_name = "N")]
+    #[arg(long, env = "GUST_AGENT_INSTANCES", value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_COUNT))]
     pub(super) agent_instances: Option<usize>,
     /// MiB of committed memory (private resident pages and page tables; not the pages of
     /// the components' images that instances only read) past which no more instances are
     /// admitted (default: three quarters of the machine's memory, or of the cgroup's limit).
-    #[arg(long, env = "GUST_MEMORY_BUDGET_MIB", value_name = "MIB")]
+    #[arg(long, env = "GUST_MEMORY_BUDGET_MIB", value_name = "MIB", value_parser = RangedU64ValueParser::<u64>::new().range(1..=MAX_MIB))]
     pub(super) memory_budget_mib: Option<u64>,
     /// Milliseconds a sync call waits for room before it is answered 429.
     #[arg(
         long,
         env = "GUST_ADMISSION_WAIT_MS",
         default_value_t = 2000,
-        value_name = "MS"
+        value_name = "MS",
+        value_parser = RangedU64ValueParser::<u64>::new().range(0..=MAX_SECONDS * 1000)
     )]
     pub(super) admission_wait_ms: u64,
     /// The largest `memory_mib` a deployment may set.
@@ -202,7 +222,8 @@ pub(super) struct Flags {
         long,
         env = "GUST_MAX_RUN_STORAGE_MIB",
         default_value_t = 1024,
-        value_name = "MIB"
+        value_name = "MIB",
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..=MAX_MIB)
     )]
     pub(super) max_run_storage_mib: u64,
     /// Free MiB the data folder's disk keeps: below it submissions get 507 `storage_full`.
@@ -210,7 +231,8 @@ pub(super) struct Flags {
         long,
         env = "GUST_MIN_FREE_DISK_MIB",
         default_value_t = 1024,
-        value_name = "MIB"
+        value_name = "MIB",
+        value_parser = RangedU64ValueParser::<u64>::new().range(0..=MAX_MIB)
     )]
     pub(super) min_free_disk_mib: u64,
     /// Runs of one agent waiting in the queue at most; past it, submissions get 429.
@@ -218,7 +240,8 @@ pub(super) struct Flags {
         long,
         env = "GUST_MAX_QUEUED_PER_AGENT",
         default_value_t = 100_000,
-        value_name = "N"
+        value_name = "N",
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_COUNT)
     )]
     pub(super) max_queued_per_agent: usize,
     /// Seconds a client has to send its request headers; also the longest a keep-alive
@@ -227,7 +250,8 @@ pub(super) struct Flags {
         long,
         env = "GUST_HEADER_TIMEOUT",
         default_value_t = 10,
-        value_name = "S"
+        value_name = "S",
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..=MAX_SECONDS)
     )]
     pub(super) header_timeout: u64,
     /// Seconds writing an answer may make no progress (a client that stops reading) before
@@ -236,25 +260,26 @@ pub(super) struct Flags {
         long,
         env = "GUST_WRITE_TIMEOUT",
         default_value_t = 30,
-        value_name = "S"
+        value_name = "S",
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..=MAX_SECONDS)
     )]
     pub(super) write_timeout: u64,
     /// Connections open at once; more wait in the listen backlog (default: 16,384, or three
     /// fifths of the open-file limit when that is lower). Each needs a file descriptor, and
     /// so may an outgoing request of its call: the host raises its soft open-file limit to
     /// the hard one, and warns when that is too low for what is set here.
-    #[arg(long, env = "GUST_MAX_CONNECTIONS", value_name = "N")]
+    #[arg(long, env = "GUST_MAX_CONNECTIONS", value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_COUNT))]
     pub(super) max_connections: Option<usize>,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
-    #[arg(long, env = "GUST_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    #[arg(long, env = "GUST_TLS_CERT", value_name = "FILE")]
     pub(super) tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long, env = "GUST_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    #[arg(long, env = "GUST_TLS_KEY", value_name = "FILE")]
     pub(super) tls_key: Option<PathBuf>,
     /// Connections guests' requests may hold to one origin (scheme, host, port), host-wide,
     /// idle ones included; a request waits for one within its timeout (default: 16,384, or
     /// two fifths of the open-file limit when that is lower).
-    #[arg(long, env = "GUST_OUTBOUND_CONNECTIONS_PER_HOST", value_name = "N")]
+    #[arg(long, env = "GUST_OUTBOUND_CONNECTIONS_PER_HOST", value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_COUNT))]
     pub(super) outbound_connections_per_host: Option<usize>,
     /// PEM file of CA certificates to trust, beside the public roots, for guests' HTTPS
     /// requests and push deliveries: a company's own CA, or a model server's on the same
@@ -266,7 +291,8 @@ pub(super) struct Flags {
         long,
         env = "GUST_MAX_OUTBOUND_RESPONSE_MIB",
         default_value_t = 16,
-        value_name = "MIB"
+        value_name = "MIB",
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_MIB)
     )]
     pub(super) max_outbound_response_mib: usize,
     /// Allow push deliveries (and guest requests) to loopback and private addresses. For
@@ -280,7 +306,7 @@ pub(super) struct Flags {
     pub(super) engine_tuning: EngineTuning,
     /// Guests computing past their first slice (10–20 ms) at once (default: one per core
     /// but one, so a core always stays for calls that wait and new requests; 0: no bound).
-    #[arg(long, env = "GUST_CPU_LANES", value_name = "N")]
+    #[arg(long, env = "GUST_CPU_LANES", value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(0..=MAX_COUNT))]
     pub(super) cpu_lanes: Option<usize>,
     /// No instances made ahead of demand: for the benchmark that measures what they buy.
     #[arg(long, hide = true)]
@@ -290,7 +316,7 @@ pub(super) struct Flags {
     #[arg(long, hide = true)]
     pub(super) no_metrics: bool,
     /// Log filter (`RUST_LOG` syntax), e.g. `info` or `gust_runtime=debug`.
-    #[arg(long, env = "GUST_LOG", default_value = "info")]
+    #[arg(long, env = "GUST_LOG", default_value = "info", value_parser = log_filter)]
     pub(super) log: String,
     /// Log lines as text for people, or as one JSON object per line for a log pipeline
     /// (a call's lines carry `agent`, `version` and `run_id` as fields either way).
@@ -339,6 +365,16 @@ pub(super) enum EngineTuning {
     WasmtimeDefaults,
 }
 
+/// A log filter, refused while the settings are read rather than replaced by `info` when
+/// the log starts, which would hide the mistake along with the lines asked for.
+fn log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| {
+            format!("not a log filter (`RUST_LOG` syntax, e.g. `info` or `gust_core=debug`): {e}")
+        })
+}
+
 /// The push retry delays; a type of its own so that a bad schedule is refused while the
 /// settings are read (naming the flag, variable or file key it came from), not later.
 #[derive(Debug, Clone, PartialEq)]
@@ -356,9 +392,14 @@ impl Schedule {
                 s.trim()
                     .parse::<f64>()
                     .ok()
-                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .filter(|v| (0.0..=MAX_SECONDS as f64).contains(v))
                     .map(Duration::from_secs_f64)
-                    .ok_or_else(|| format!("`{}` is not a number of seconds", s.trim()))
+                    .ok_or_else(|| {
+                        format!(
+                            "`{}` is not a number of seconds from 0 to {MAX_SECONDS}",
+                            s.trim()
+                        )
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self(delays))
