@@ -70,6 +70,29 @@ async fn kill_nine_then_restart_serves_the_same_deployment_from_the_cache() {
         StatusCode::OK,
         "the other version's component is intact"
     );
+
+    // Components and artifacts gone (a restore that left them out): the agent is not
+    // served, and the log says which file is missing, not only "internal error".
+    let data_dir = host.kill9();
+    std::fs::remove_dir_all(data_dir.join("cache")).unwrap();
+    std::fs::remove_dir_all(data_dir.join("components")).unwrap();
+    let host = Host::start_on(data_dir, &[]).await;
+    let h = &host;
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the failed load logged",
+        || async move { h.log().contains("could not load the live deployment") },
+    )
+    .await;
+    let log = host.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("could not load the live deployment"))
+        .unwrap();
+    assert!(
+        line.contains("components") && line.contains(".wasm"),
+        "the missing file is named: {line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -252,8 +275,24 @@ async fn a_clean_stop_starts_no_queued_run() {
     )
     .await;
     let running = crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 2000})).await;
-    crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 30000})).await;
+    let queued = crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 30000})).await;
     started(&host, &running).await;
+    // A client long-polling the queued run, which cannot end now: it is answered with the
+    // run as it stands when the stop begins, rather than holding the stop for its 60 s.
+    let poll = host
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/agents/probe/runs/{queued}?wait=60"),
+        )
+        .send();
+    let poll = tokio::spawn(async move {
+        let response = poll.await.unwrap();
+        (
+            response.status(),
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let stopping = std::time::Instant::now();
     host.signal("TERM");
     let (code, log) = tokio::task::spawn_blocking(move || {
@@ -262,8 +301,12 @@ async fn a_clean_stop_starts_no_queued_run() {
     })
     .await
     .unwrap();
+    let (status, polled) = poll.await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::OK, "{polled}");
+    assert_eq!(polled["status"], "queued", "{polled}");
     assert_eq!(code, Some(0));
     assert!(!log.contains("stopping with the run unfinished"), "{log}");
+    assert!(!log.contains("grace period"), "{log}");
     assert!(
         stopping.elapsed() < std::time::Duration::from_secs(12),
         "the stop took {:?}",

@@ -143,6 +143,16 @@ impl From<CallError> for Error {
 }
 
 impl Error {
+    /// The error as the host's log tells it: an internal error with its causes (a missing
+    /// file, a failed statement), which answers to clients leave out.
+    #[must_use]
+    pub fn logged(&self) -> String {
+        match self {
+            Self::Internal(e) => format!("internal error: {e:#}"),
+            other => other.to_string(),
+        }
+    }
+
     /// An internal error with `message`.
     pub(crate) fn internal(message: impl std::fmt::Display) -> Self {
         Self::Internal(anyhow::anyhow!("{message}"))

@@ -53,6 +53,28 @@ impl Store {
         }
     }
 
+    /// Gives the agent `secret` as its first signing secret, unless it has one already
+    /// (another host may have made it a moment ago: that one was shown, and must keep
+    /// signing). Answers whether `secret` is now the agent's.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn first_push_secret(&self, agent: &str, secret: &str) -> Result<bool, StoreError> {
+        let agent = agent.to_owned();
+        let secret = secret.to_owned();
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| db.first_push_secret(&agent, &secret)).await
+            }
+            Backend::Postgres(db) => {
+                detached(db, move |db| async move {
+                    db.first_push_secret(&agent, &secret).await
+                })
+                .await
+            }
+        }
+    }
+
     /// Gives the agent a new current secret; the old one (if any) keeps signing until
     /// `previous_until`.
     ///

@@ -242,7 +242,8 @@ impl Lifecycle {
                 Err(e) => tracing::error!(
                     agent = %record.agent,
                     deployment = record.deployment,
-                    "could not load the live deployment; the agent is not served: {e:#}"
+                    "could not load the live deployment; the agent is not served: {}",
+                    e.logged()
                 ),
             }
         }
@@ -386,10 +387,10 @@ impl Lifecycle {
             {
                 continue;
             }
-            // Asked after the write: a write another host made in between may have turned
-            // push on, with its secret.
-            let new_secret = if draft.push.is_some() && !self.secrets.exists(agent).await? {
-                Some(self.secrets.create(agent).await?)
+            // Made only if there is none, in one statement: another host may have turned
+            // push on a moment ago and shown its secret.
+            let new_secret = if draft.push.is_some() {
+                self.secrets.first(agent).await?
             } else {
                 None
             };

@@ -227,6 +227,12 @@ async fn attempt(
         {
             Ok(deployment) => deployment,
             Err(e) => {
+                // The run's record says what its reader may know; the log says why.
+                tracing::error!(
+                    run_id = %id,
+                    "the run's deployment could not be loaded: {}",
+                    e.logged()
+                );
                 return Err(RunOutcome::Failed {
                     kind: e.kind().to_owned(),
                     message: format!("the run's deployment could not be loaded: {e}"),

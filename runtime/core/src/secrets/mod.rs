@@ -26,23 +26,19 @@ impl PushSecrets {
         Self { store, locks }
     }
 
-    /// Gives `agent` its first signing secret (the caller holds the agent's lock and has
-    /// checked that it has none). Returns the secret, to be shown this once.
+    /// Gives `agent` its first signing secret, unless it has one. Returns the secret made,
+    /// to be shown this once; `None` when the agent had one (made by an earlier write, or a
+    /// moment ago by another host: that one was shown, and keeps signing).
     ///
     /// # Errors
     /// When the store fails.
-    pub(crate) async fn create(&self, agent: &str) -> Result<String, Error> {
+    pub(crate) async fn first(&self, agent: &str) -> Result<Option<String>, Error> {
         let secret = signature::new_secret();
-        self.store.set_push_secret(agent, &secret, 0).await?;
-        Ok(secret)
-    }
-
-    /// Whether `agent` has a signing secret.
-    ///
-    /// # Errors
-    /// When the store fails.
-    pub(crate) async fn exists(&self, agent: &str) -> Result<bool, Error> {
-        Ok(self.store.push_secrets(agent).await?.is_some())
+        Ok(self
+            .store
+            .first_push_secret(agent, &secret)
+            .await?
+            .then_some(secret))
     }
 
     /// Gives the agent a new push signing secret at once (returned here, never again); for

@@ -68,24 +68,35 @@ fn list(headers: &HeaderMap, name: &axum::http::HeaderName) -> Result<Option<Tag
                 "`{name}` must be `*` or a list of entity tags (\"…\"), as the `ETag` header gives them"
             ))
         };
-        let line = line.to_str().map_err(|_| bad())?;
-        for item in line.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            if item == "*" {
+        let mut rest = line.to_str().map_err(|_| bad())?;
+        // `#entity-tag`: items between commas, where a comma may also stand inside a tag's
+        // quotes; empty items are allowed.
+        loop {
+            rest = rest.trim_start_matches([' ', '\t', ',']);
+            if rest.is_empty() {
+                break;
+            }
+            if let Some(after) = rest.strip_prefix('*') {
                 any = true;
-                continue;
+                rest = after;
+            } else {
+                let (weak, quoted) = match rest.strip_prefix("W/") {
+                    Some(after) => (true, after),
+                    None => (false, rest),
+                };
+                let opaque = quoted.strip_prefix('"').ok_or_else(bad)?;
+                let end = opaque.find('"').ok_or_else(bad)?;
+                if !weak {
+                    tags.push(opaque[..end].to_owned());
+                }
+                rest = &opaque[end + 1..];
             }
-            let (weak, quoted) = match item.strip_prefix("W/") {
-                Some(rest) => (true, rest),
-                None => (false, item),
-            };
-            let opaque = quoted
-                .strip_prefix('"')
-                .and_then(|q| q.strip_suffix('"'))
-                .filter(|o| !o.contains('"'))
-                .ok_or_else(bad)?;
-            if !weak {
-                tags.push(opaque.to_owned());
+            // An item ends at a comma or at the end of the line.
+            let after = rest.trim_start_matches([' ', '\t']);
+            if !(after.is_empty() || after.starts_with(',')) {
+                return Err(bad());
             }
+            rest = after;
         }
     }
     Ok(match (seen, any) {
@@ -126,12 +137,19 @@ mod tests {
             base(&[("if-match", "W/\"cd\"")]).unwrap(),
             DraftBase::OneOf(vec![])
         );
+        // A comma may stand inside a tag; empty items are allowed.
+        assert_eq!(
+            base(&[("if-match", " , \"a,b\" ,,\"c\"")]).unwrap(),
+            DraftBase::OneOf(vec!["a,b".into(), "c".into()])
+        );
         assert_eq!(base(&[("if-match", "*")]).unwrap(), DraftBase::Present);
         assert_eq!(base(&[("if-none-match", "*")]).unwrap(), DraftBase::Absent);
         for refused in [
             &[("if-match", "ab")][..],
             &[("if-match", "\"a\"b\"")],
             &[("if-match", "\"ab")],
+            &[("if-match", "\"ab\" \"cd\"")],
+            &[("if-match", "*x")],
             &[("if-none-match", "\"ab\"")],
             &[("if-match", "*"), ("if-none-match", "*")],
         ] {

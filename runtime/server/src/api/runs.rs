@@ -136,7 +136,12 @@ pub(crate) async fn get(
         Some(s) => Some(Duration::from_secs(s)),
         None => None,
     };
-    let run = state.host.runs.get(&agent, &id, wait).await?;
+    // A host that is stopping starts no more runs, so a wait may never see its run end:
+    // the poll is answered with the run as it stands, and the stop is not held for it.
+    let run = tokio::select! {
+        run = state.host.runs.get(&agent, &id, wait) => run?,
+        () = state.stopping.cancelled() => state.host.runs.get(&agent, &id, None).await?,
+    };
     Ok(Json(RunView::new(&run)).into_response())
 }
 

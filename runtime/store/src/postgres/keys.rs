@@ -236,6 +236,22 @@ impl Postgres {
         Ok(())
     }
 
+    pub(crate) async fn first_push_secret(
+        &self,
+        agent: &str,
+        secret: &str,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        // One statement: of two hosts making the first secret at once, one sets it.
+        let changed = exec(
+            &client,
+            "UPDATE agents SET push_secret = $2 WHERE name = $1 AND push_secret IS NULL",
+            &[&agent, &secret],
+        )
+        .await?;
+        Ok(changed == 1)
+    }
+
     pub(crate) async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
         let client = self.client().await?;
         row(

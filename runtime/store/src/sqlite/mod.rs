@@ -836,6 +836,18 @@ impl Sqlite {
         })
     }
 
+    pub(crate) fn first_push_secret(&self, agent: &str, secret: &str) -> Result<bool, StoreError> {
+        self.with(|conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE agents SET push_secret = ?2 WHERE name = ?1 AND push_secret IS NULL",
+                    params![agent, secret],
+                )
+                .map_err(internal)?;
+            Ok(changed == 1)
+        })
+    }
+
     pub(crate) fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         let rate = key
             .rate_limit

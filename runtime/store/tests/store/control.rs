@@ -284,6 +284,20 @@ both! {
 }
 
 both! {
+    async fn an_agents_first_push_secret_is_made_once(db: Store) {
+        assert!(!db.first_push_secret("a", "whsec_0").await.unwrap(), "no agent");
+        db.put_draft("a", &AgentConfig::default(), 0, DraftBase::Any)
+            .await
+            .unwrap();
+        assert!(db.first_push_secret("a", "whsec_1").await.unwrap());
+        // A second host turning push on a moment later keeps the first one's secret.
+        assert!(!db.first_push_secret("a", "whsec_2").await.unwrap());
+        let secrets = db.push_secrets("a").await.unwrap().unwrap();
+        assert_eq!((secrets.current.as_str(), secrets.previous), ("whsec_1", None));
+    }
+}
+
+both! {
     async fn push_secrets_rotate(db: Store) {
         assert!(matches!(
             db.set_push_secret("a", "whsec_1", 10).await,
