@@ -237,6 +237,18 @@ try {
   await secretDialog.waitFor();
   const secret = (await page.locator("#signing-secret").textContent()).trim();
   check(secret.startsWith("whsec_"), `secret: ${secret}`);
+  // Where the clipboard API is refused (plain http on a name other than localhost), the
+  // copy falls back to a selection, and that must copy the secret, not leave the clipboard
+  // as it was while the button says "Copied".
+  await page.evaluate(() => {
+    window.realWriteText = navigator.clipboard.writeText.bind(navigator.clipboard);
+    navigator.clipboard.writeText = () => Promise.reject(new DOMException("not a secure context", "NotAllowedError"));
+  });
+  await secretDialog.getByRole("button", { name: "Copy secret" }).click();
+  await secretDialog.getByRole("button", { name: "Copied" }).waitFor();
+  const pasted = await page.evaluate(() => navigator.clipboard.readText());
+  check(pasted === secret, `the fallback copied ${pasted}`);
+  await page.evaluate(() => { navigator.clipboard.writeText = window.realWriteText; });
   await page.keyboard.press("Escape");
   const banner = page.locator("#redeploy-banner");
   await banner.waitFor();
@@ -310,9 +322,12 @@ try {
     return same.length >= 2 && same;
   });
   check(again[1].headers["webhook-id"] === again[0].headers["webhook-id"], "the redelivery has another webhook-id");
-  // Rerun: a new run with the same input, and its page.
-  await page.getByRole("button", { name: "Rerun" }).click();
+  // Rerun: a new run with the same input, and its page; a double click makes one run.
+  const runsBefore = (await api("GET", `/v1/agents/${agent}/runs?limit=100`)).body.runs.length;
+  await page.getByRole("button", { name: "Rerun" }).dblclick();
   await page.waitForFunction((id) => location.hash.includes("/runs/") && !location.hash.endsWith(id), runId);
+  const runsAfter = (await api("GET", `/v1/agents/${agent}/runs?limit=100`)).body.runs.length;
+  check(runsAfter === runsBefore + 1, `runs queued by a double click on Rerun: ${runsAfter - runsBefore}`);
   await page.locator("#input-title").waitFor();
   await eventually("the rerun's input", async () => (await page.locator("main").textContent()).includes("\"op\": \"steps\""));
 
@@ -368,12 +383,83 @@ try {
   check((await api("POST", `/v1/agents/${agent}/run`, { key: created, body: {} })).status === 401, "the revoked key still works");
   await checkPage("endpoint page (keys)");
 
+  step = "a double click makes one key, and one deployment";
+  await page.getByLabel("Key name").fill("twice");
+  await page.getByRole("button", { name: "Create key" }).dblclick();
+  await page.locator("#created-key").waitFor();
+  await page.waitForTimeout(500);
+  const twice = (await api("GET", `/v1/agents/${agent}/keys`)).body.keys.filter((k) => k.name === "twice");
+  check(twice.length === 1, `keys made by a double click: ${twice.length}`);
+  const deployments = (await api("GET", `/v1/agents/${agent}`)).body.deployments.length;
+  await page.locator("#deploy").dblclick();
+  await confirm.waitFor();
+  await page.waitForTimeout(500);
+  check((await page.getByRole("dialog", { name: "Confirm deploy" }).count()) === 1, "two Confirm dialogs");
+  await confirm.getByRole("button", { name: "Deploy" }).click();
+  await page.getByText(`Deployed: deployment ${deployments + 1}`).waitFor();
+  await page.waitForTimeout(500);
+  const now = (await api("GET", `/v1/agents/${agent}`)).body.deployments.length;
+  check(now === deployments + 1, `deployments after a double click: ${deployments} → ${now}`);
+
+  step = "the Configure dialog closed while its save is on its way";
+  // The save takes a moment (a slow link); Escape right after Save must not lose what it
+  // saved: the page shows the new URL once the save is done.
+  const slowSave = async (route) => {
+    if (route.request().method() === "PUT") await new Promise((r) => setTimeout(r, 1500));
+    await route.continue();
+  };
+  await page.route("**/config", slowSave);
+  await page.locator("#configure").click();
+  await configure.waitFor();
+  const secondUrl = `${receiverUrl}?second`;
+  await page.locator("#push-url-input").fill(secondUrl);
+  await page.locator("#push-token-input").fill("app-token-2");
+  await page.keyboard.press("Enter");
+  await page.waitForTimeout(200);
+  await page.keyboard.press("Escape");
+  await page.waitForFunction((url) => document.getElementById("push-url")?.textContent === url, secondUrl, { timeout: 10000 });
+  await page.unroute("**/config", slowSave);
+
+  step = "a part of the page that cannot be read says so";
+  expected = allow4xx(503);
+  const refuseKeys = (route) => route.request().method() === "GET"
+    ? route.fulfill({
+      status: 503,
+      contentType: "application/json",
+      headers: { "content-security-policy": "default-src 'none'" },
+      body: '{"error":{"kind":"unavailable","message":"database unavailable"}}',
+    })
+    : route.continue();
+  await page.route("**/keys", refuseKeys);
+  await page.reload();
+  await page.getByText("Part of this page could not be read: the keys (database unavailable)").waitFor();
+  check((await page.getByText("No keys yet.").count()) === 0, "a failed read shown as no keys");
+  await page.unroute("**/keys", refuseKeys);
+  expected = [];
+
+  step = "signed out elsewhere while a dialog is open";
+  expected = allow4xx(401);
+  await page.reload();
+  await page.locator("#configure").click();
+  await configure.waitFor();
+  // Another tab signs out: the next request of this one finds no session.
+  await page.evaluate(() => fetch("/console/session", { method: "DELETE" }));
+  await page.locator("#push-token-input").fill("app-token-3");
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  check((await page.locator("dialog[open]").count()) === 0, "a dialog stays over the sign-in form");
+  await page.getByLabel("Admin token").fill(token);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.locator("nav").getByRole("link", { name: "Agents" }).waitFor();
+  expected = [];
+
   step = "the agents list";
   await page.goto(`${base}/#/`);
   const listed = page.locator("tbody tr", { has: page.getByRole("link", { name: agent }) });
   await listed.waitFor();
   const line = await listed.textContent();
-  check(line.includes("v1") && line.includes("Async"), `the list shows ${line}`);
+  // Version 2: the double-clicked deploy above made the newest version live.
+  check(line.includes("v2") && line.includes("Async"), `the list shows ${line}`);
   await checkPage("agents");
   await shot("agents", "main");
 

@@ -29,11 +29,18 @@ export async function agentPage(root, page, agent) {
       if (current()) fill(root, notice("error", err.message));
       return;
     }
+    // The page is drawn without a part that could not be read, and says so: an empty keys
+    // table or a missing banner must not pass for the real state.
+    const missing = [];
+    const part = (what, promise) => promise.catch((err) => {
+      missing.push(`${what} (${err.message})`);
+      return null;
+    });
     const [endpoints, preview, wit, keys] = await Promise.all([
-      record && record.live ? api("GET", `${agentPath(agent)}/endpoints`).catch(() => null) : null,
-      record && record.versions.length ? api("GET", `${agentPath(agent)}/deploy/preview`).catch(() => null) : null,
-      record && record.live ? api("GET", `${agentPath(agent)}/versions/${record.live.version}`).catch(() => null) : null,
-      record ? api("GET", `${agentPath(agent)}/keys`).then((k) => k.keys).catch(() => []) : [],
+      record && record.live ? part("the endpoints", api("GET", `${agentPath(agent)}/endpoints`)) : null,
+      record && record.versions.length ? part("what a deploy would change", api("GET", `${agentPath(agent)}/deploy/preview`)) : null,
+      record && record.live ? part("the live version", api("GET", `${agentPath(agent)}/versions/${record.live.version}`)) : null,
+      record ? part("the keys", api("GET", `${agentPath(agent)}/keys`).then((k) => k.keys)) : [],
     ]);
     if (!current()) return;
     stopRuns();
@@ -42,6 +49,7 @@ export async function agentPage(root, page, agent) {
     const runs = h("section", { "aria-labelledby": "runs-title" });
     fill(root,
       head(agent, record, preview, state, render),
+      missing.length ? notice("error", `Part of this page could not be read: ${missing.join("; ")}. Reload to try again.`) : null,
       state.message,
       banner(record, preview, state, agent, render),
       record ? modeSection(agent, record, render, state) : null,
@@ -50,7 +58,7 @@ export async function agentPage(root, page, agent) {
       record && record.versions.length ? versionsSection(agent, record, wit) : null,
       record && record.deployments.length ? historySection(agent, record, render, state) : null,
       record && record.live ? runs : null,
-      record ? keysSection(agent, keys, render, state) : null);
+      record && keys ? keysSection(agent, keys, render, state) : null);
     if (record && record.live) stopRuns = runsSection(runs, agent);
     const again = focused && document.getElementById(focused);
     if (again) again.focus({ preventScroll: true });
@@ -72,12 +80,26 @@ function head(agent, record, preview, state, render) {
       h("button", {
         type: "button", class: "primary", id: "deploy", disabled: !canDeploy,
         title: canDeploy ? undefined : state.refused ? "The last upload was refused: upload a component that passes the check" : "Upload a version first",
-        onclick: () => deployFlow(agent, preview, state, render),
+        onclick: () => deployFlow(agent, state, render),
       }, "Deploy")));
 }
 
 /** The Confirm dialog: exactly what the deploy changes, from the API's preview. */
-async function deployFlow(agent, preview, state, render) {
+/** A deploy under way (from the head's button or the banner's): a double click makes one. */
+let deploying = false;
+
+async function deployFlow(agent, state, render) {
+  if (deploying) return;
+  deploying = true;
+  try {
+    await confirmAndDeploy(agent, state, render);
+  } finally {
+    deploying = false;
+  }
+}
+
+async function confirmAndDeploy(agent, state, render) {
+  let preview;
   try {
     preview = await api("GET", `${agentPath(agent)}/deploy/preview`);
   } catch (err) {
@@ -133,7 +155,7 @@ function banner(record, preview, state, agent, render) {
       newer ? `Version ${preview.version.version} is not live yet. ` : "",
       preview.changes.length ? `The draft differs from the live deployment in: ${preview.changes.map((c) => c.field).join(", ")}. ` : "",
       "Changes take effect at the next deploy."),
-    h("button", { type: "button", onclick: () => deployFlow(agent, preview, state, render) }, "Deploy now"));
+    h("button", { type: "button", onclick: () => deployFlow(agent, state, render) }, "Deploy now"));
 }
 
 function modeSection(agent, record, render, state) {
@@ -173,10 +195,11 @@ function modeSection(agent, record, render, state) {
 
 /** The Configure asynchronous mode dialog; resolves true when saved. */
 async function configure(agent, draft, state) {
+  let saving = null;
   const url = h("input", { id: "push-url-input", name: "url", type: "url", required: true, placeholder: "https://your-app.example/gust-results", value: draft.push ? draft.push.url : "" });
   const token = h("input", { id: "push-token-input", name: "access_token", type: "password", autocomplete: "off", required: !draft.push, placeholder: draft.push ? "unchanged" : "" });
   const error = h("div", { "aria-live": "assertive" });
-  const saved = await dialog("Configure asynchronous mode", (close) => {
+  let saved = await dialog("Configure asynchronous mode", (close) => {
     const form = h("form", {},
       h("p", { class: "muted" }, "Results of queued runs are sent to your application with ", h("code", {}, "Authorization: Bearer <access token>"), " and a Standard Webhooks signature."),
       h("label", { for: "push-url-input" }, "Application URL"), url,
@@ -188,15 +211,26 @@ async function configure(agent, draft, state) {
         h("button", { type: "submit", class: "primary" }, "Save")));
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
+      if (saving) return;
+      if (token.value && !token.value.trim()) {
+        fill(error, notice("error", "The access token is only spaces: type the token your application expects."));
+        return;
+      }
       const push = { url: url.value.trim(), access_token: token.value || "***" };
+      saving = editDraft(agent, (now) => ({ ...now, mode: "async", push }));
       try {
-        close(await editDraft(agent, (now) => ({ ...now, mode: "async", push })));
+        close(await saving);
       } catch (err) {
         fill(error, notice("error", err.message));
+      } finally {
+        saving = null;
       }
     });
     return form;
   });
+  // Closed (Escape, ×, Cancel) while a save was on its way: the save goes on, and what it
+  // answers (a signing secret shown only this once) must still be shown.
+  if (!saved && saving) saved = await saving.catch(() => null);
   if (!saved) return false;
   state.message = notice("ok", "Async mode saved in the draft: deploy to make it live.");
   if (saved.push && saved.push.secret && saved.push.secret !== "***") {
@@ -343,8 +377,12 @@ function keysSection(agent, keys, render, state) {
   const shown = h("div", { "aria-live": "polite" });
   const form = h("form", { class: "inline" },
     h("label", { for: "key-name" }, "Key name"), name, h("button", { type: "submit" }, "Create key"));
+  let creating = false;
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
+    // One key per press: a double click would make a second key whose secret nobody sees.
+    if (creating) return;
+    creating = true;
     try {
       const made = await api("POST", `${agentPath(agent)}/keys`, { name: name.value.trim() });
       await render();
@@ -352,6 +390,8 @@ function keysSection(agent, keys, render, state) {
       if (again) fill(again, h("p", {}, `Key “${made.name}” — shown this once:`), h("pre", { class: "secret", id: "created-key" }, made.key), copyButton(made.key));
     } catch (err) {
       fill(shown, notice("error", err.message));
+    } finally {
+      creating = false;
     }
   });
   shown.id = "key-shown";

@@ -33,6 +33,8 @@ function newPage() {
 
 whenSignedOut(() => {
   if (current.signIn) return;
+  // A dialog left open would stay over the sign-in form, and keep it from the keyboard.
+  document.querySelectorAll("dialog[open]").forEach((open) => open.close());
   signIn("Your session ended. Sign in again.");
 });
 

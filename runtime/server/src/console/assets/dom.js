@@ -87,13 +87,19 @@ export function copyButton(text, label = "Copy") {
       await navigator.clipboard.writeText(value);
       done = true;
     } catch {
-      // Clipboard access needs a secure context (https or localhost); fall back to a selection.
+      // Clipboard access needs a secure context (https or localhost); fall back to a
+      // selection. It goes beside the button: with a dialog open, the rest of the page is
+      // inert, and a selection there would copy nothing while saying it did. "Copied" only
+      // when the text really was selected.
       const area = h("textarea", { class: "offscreen", "aria-hidden": "true" });
       area.value = value;
-      document.body.append(area);
+      button.after(area);
+      area.focus();
       area.select();
-      done = document.execCommand("copy");
+      const selected = document.activeElement === area && area.selectionEnd - area.selectionStart === value.length;
+      done = selected && document.execCommand("copy");
       area.remove();
+      button.focus();
     }
     button.textContent = done ? "Copied" : "Select and copy";
     setTimeout(() => { button.textContent = label; }, 1500);

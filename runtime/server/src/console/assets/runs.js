@@ -87,7 +87,11 @@ export async function runPage(root, page, agent, id) {
   let timer = null;
   page.onLeave(() => clearTimeout(timer));
 
+  // One action at a time: a double click on Rerun would queue the run twice.
+  let acting = false;
   const act = async (label, method, path, done) => {
+    if (acting) return;
+    acting = true;
     try {
       const answer = await api(method, path);
       message = notice("ok", done(answer));
@@ -97,6 +101,8 @@ export async function runPage(root, page, agent, id) {
       }
     } catch (err) {
       message = notice("error", `${label}: ${err.message}`);
+    } finally {
+      acting = false;
     }
     await render();
   };
