@@ -205,4 +205,13 @@ async fn stored_runs_and_the_disk_are_guarded() {
         crate::support::error_kind(&body, "storage_full").contains("disk"),
         "{body}"
     );
+    // So does an upload, whose bytes would go to the same disk.
+    let (status, body) = host
+        .upload("other", std::fs::read(gust_test_guests::ECHO).unwrap())
+        .await;
+    assert_eq!(status, reqwest::StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert!(
+        crate::support::error_kind(&body, "storage_full").contains("uploads"),
+        "{body}"
+    );
 }

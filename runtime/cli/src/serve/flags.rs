@@ -11,8 +11,9 @@ use clap::builder::{BoolishValueParser, RangedU64ValueParser};
 /// The longest a setting in seconds may be: a year. Past it a value is a mistake, and a
 /// deadline computed from it would overflow the clock.
 const MAX_SECONDS: u64 = 366 * 24 * 3600;
-/// The largest setting in MiB: 1 TiB. Past it the bytes it is counted in overflow.
-const MAX_MIB: u64 = 1 << 20;
+/// The largest setting in MiB: 1 PiB, past any disk or memory. Much further (2^44 MiB) the
+/// bytes it is counted in overflow.
+const MAX_MIB: u64 = 1 << 30;
 /// The largest count (instances, connections, workers, runs waiting): 16 Mi, far past what
 /// any machine holds, and within what the semaphores that count them take.
 const MAX_COUNT: u64 = 1 << 24;

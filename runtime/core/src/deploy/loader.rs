@@ -224,7 +224,23 @@ impl Loader {
             store.put_component(&digest, &bytes).await?;
         }
         blocking(move || {
-            files.write(&digest, &bytes).map_err(Error::Internal)?;
+            files.write(&digest, &bytes).map_err(|e| {
+                // A disk that filled since the last look: the client's answer is 507, as for
+                // a submission, not an internal error.
+                let full = e.chain().any(|cause| {
+                    cause
+                        .downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+                });
+                if full {
+                    Error::StorageFull(
+                        "the host's disk is full; uploads are not accepted until space is freed"
+                            .into(),
+                    )
+                } else {
+                    Error::Internal(e)
+                }
+            })?;
             if let Err(e) = compiled.cache(&engine, &digest) {
                 tracing::warn!(%digest, "could not cache the compiled component: {e:#}");
             }

@@ -551,6 +551,12 @@ impl Runs {
         }
     }
 
+    /// Whether the host's disk is almost full (below `--min-free-disk-mib`): what writes to
+    /// it, an upload too, is refused until space is freed.
+    pub fn disk_low(&self) -> bool {
+        self.disk_low.load(Ordering::Relaxed)
+    }
+
     /// Tells the queue whether the host's disk is almost full (the server watches it).
     pub fn set_disk_low(&self, low: bool) {
         if self.disk_low.swap(low, Ordering::Relaxed) != low {

@@ -291,7 +291,8 @@ pub(crate) async fn delete_agent(
             ("deploy" = (operation_id = "deploy", parameters(("agent" = "$response.body#/agent")),
                 request_body = json!({"version": "$response.body#/version"}))),
             ("get_version" = (operation_id = "get_version", parameters(("agent" = "$response.body#/agent"), ("version" = "$response.body#/version")))))),
-        (status = 422, description = "Not a component of the agent world: `diagnostics` say what is wrong.", body = super::error::ErrorBody)))]
+        (status = 422, description = "Not a component of the agent world: `diagnostics` say what is wrong.", body = super::error::ErrorBody),
+        (status = 507, description = "The host's disk is almost full.", body = super::error::ErrorBody)))]
 pub(crate) async fn upload(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -299,6 +300,13 @@ pub(crate) async fn upload(
     headers: HeaderMap,
     request_body: Body,
 ) -> Answer {
+    // Before the bytes are read: they would be written to the disk that has no room.
+    if state.host.runs.disk_low() {
+        return Err(gust_core::Error::StorageFull(
+            "the host's disk is almost full; uploads are not accepted until space is freed".into(),
+        )
+        .into());
+    }
     let bytes = body::read(
         &state.body_budget,
         &headers,
