@@ -204,6 +204,8 @@ try {
   step = "the copied curl snippet answers";
   await page.getByRole("button", { name: "Create a key for this code" }).click();
   const key = (await page.locator("#new-key-line").textContent()).replace("export GUST_API_KEY=", "").trim();
+  // The Keys section lists the key made for the code.
+  await page.locator("#keys-table").getByRole("rowheader", { name: /^console / }).waitFor();
   await sync.locator('[role="tabpanel"]:not([hidden]) button.copy').click();
   const copied = await page.evaluate(() => navigator.clipboard.readText());
   check(copied.startsWith("curl "), `copied: ${copied}`);

@@ -191,7 +191,7 @@ fn settings_out_of_their_range_are_refused_with_a_clear_error() {
     refused(
         &["--config", file.to_str().unwrap(), "--print-config"],
         &[],
-        "tls-cert and tls-key go together",
+        "--tls-cert and --tls-key go together",
     );
     let (output, stdout, stderr) = run(gust_serve(
         dir.path(),

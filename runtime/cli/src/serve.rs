@@ -58,10 +58,16 @@ impl FromArgMatches for ServeArgs {
         // Checked once every layer is in: the certificate may come from the file and its key
         // from a variable.
         if resolved.flags.tls_cert.is_some() != resolved.flags.tls_key.is_some() {
+            let file = matches
+                .get_one::<std::path::PathBuf>("config")
+                .map(|path| format!("config file {}: ", path.display()))
+                .unwrap_or_default();
             return Err(clap::Error::raw(
                 clap::error::ErrorKind::MissingRequiredArgument,
-                "tls-cert and tls-key go together (a certificate chain and its private key): \
-                 give both, as flags, GUST_* variables or keys of the config file",
+                format!(
+                    "{file}--tls-cert and --tls-key go together (a certificate chain and its \
+                     private key): give both, as flags, GUST_* variables or keys of the config file"
+                ),
             ));
         }
         Ok(Self {

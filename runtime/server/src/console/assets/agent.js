@@ -53,7 +53,7 @@ export async function agentPage(root, page, agent) {
       state.message,
       banner(record, preview, state, agent, render),
       record ? modeSection(agent, record, render, state) : null,
-      endpointsSection(agent, record, endpoints),
+      endpointsSection(agent, record, endpoints, render),
       uploadSection(agent, state, render),
       record && record.versions.length ? versionsSection(agent, record, wit) : null,
       record && record.deployments.length ? historySection(agent, record, render, state) : null,
@@ -155,7 +155,12 @@ function banner(record, preview, state, agent, render) {
       newer ? `Version ${preview.version.version} is not live yet. ` : "",
       preview.changes.length ? `The draft differs from the live deployment in: ${preview.changes.map((c) => c.field).join(", ")}. ` : "",
       "Changes take effect at the next deploy."),
-    h("button", { type: "button", onclick: () => deployFlow(agent, state, render) }, "Deploy now"));
+    // As the head's Deploy: not while the last upload was refused.
+    h("button", {
+      type: "button", disabled: !!state.refused,
+      title: state.refused ? "The last upload was refused: upload a component that passes the check" : undefined,
+      onclick: () => deployFlow(agent, state, render),
+    }, "Deploy now"));
 }
 
 function modeSection(agent, record, render, state) {
@@ -244,18 +249,27 @@ async function configure(agent, draft, state) {
   return true;
 }
 
-function endpointsSection(agent, record, endpoints) {
+function endpointsSection(agent, record, endpoints, render) {
   if (!record || !record.live || !endpoints) return null;
-  const keyHelp = h("div", { class: "key-help", "aria-live": "polite" },
+  let creating = false;
+  const keyHelp = h("div", { class: "key-help", id: "key-help", "aria-live": "polite" },
     h("p", { class: "muted" }, "The code reads your key from ", h("code", {}, "GUST_API_KEY"), ". "),
     h("button", { type: "button", id: "snippet-key", onclick: async () => {
+      // One key per press, as the Keys section's form.
+      if (creating) return;
+      creating = true;
       try {
         const made = await api("POST", `${agentPath(agent)}/keys`, { name: `console ${new Date().toISOString().slice(0, 16)}` });
         const line = `export GUST_API_KEY=${made.key}`;
-        fill(keyHelp, h("p", {}, "A key for ", h("code", {}, agent), " — shown this once:"),
+        // Drawn again so that the Keys section lists the new key; the line goes in the
+        // new drawing.
+        await render();
+        fill(document.getElementById("key-help") || keyHelp, h("p", {}, "A key for ", h("code", {}, agent), " — shown this once:"),
           h("pre", { class: "secret", id: "new-key-line" }, line), copyButton(line));
       } catch (err) {
         fill(keyHelp, notice("error", err.message));
+      } finally {
+        creating = false;
       }
     } }, "Create a key for this code"));
   return h("section", { "aria-labelledby": "endpoints-title", class: "card" },
@@ -373,7 +387,8 @@ function historySection(agent, record, render, state) {
 }
 
 function keysSection(agent, keys, render, state) {
-  const name = h("input", { id: "key-name", name: "name", required: true, maxlength: "64", placeholder: "my-app" });
+  // The server takes names of up to 128 characters.
+  const name = h("input", { id: "key-name", name: "name", required: true, maxlength: "128", placeholder: "my-app" });
   const shown = h("div", { "aria-live": "polite" });
   const form = h("form", { class: "inline" },
     h("label", { for: "key-name" }, "Key name"), name, h("button", { type: "submit" }, "Create key"));
