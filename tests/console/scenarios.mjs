@@ -328,6 +328,7 @@ try {
   const runsBefore = (await api("GET", `/v1/agents/${agent}/runs?limit=100`)).body.runs.length;
   await page.getByRole("button", { name: "Rerun" }).dblclick();
   await page.waitForFunction((id) => location.hash.includes("/runs/") && !location.hash.endsWith(id), runId);
+  await page.waitForTimeout(500);
   const runsAfter = (await api("GET", `/v1/agents/${agent}/runs?limit=100`)).body.runs.length;
   check(runsAfter === runsBefore + 1, `runs queued by a double click on Rerun: ${runsAfter - runsBefore}`);
   await page.locator("#input-title").waitFor();

@@ -63,7 +63,7 @@ pub(crate) struct Global {
     /// Print no notes or progress on stderr (errors still print).
     #[arg(short, long, global = true)]
     pub(crate) quiet: bool,
-    /// Seconds to wait for the server's answer, or for the next bytes of a followed stream
+    /// Seconds to wait for the server's whole answer, or for the next part of a followed stream
     /// (the server sends something at least every 15 s); default 60. Uploads, deploys and
     /// sync runs wait at least as long as the server may take for them. Also GUST_TIMEOUT.
     #[arg(long, global = true, value_name = "SECONDS",

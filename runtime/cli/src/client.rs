@@ -99,7 +99,7 @@ impl Client {
         Failure::new(
             Code::Unavailable,
             format!(
-                "{} did not answer within {} s (--timeout or GUST_TIMEOUT waits longer)",
+                "{} did not answer within {} s (--timeout or GUST_TIMEOUT raises it; uploads, deploys and sync runs wait longer)",
                 self.base,
                 self.timeout.as_secs()
             ),
@@ -107,7 +107,8 @@ impl Client {
     }
 
     fn failed(&self, e: &reqwest::Error) -> Failure {
-        if e.is_timeout() {
+        // A connection not made within its own 10 s is "cannot reach", whatever --timeout.
+        if e.is_timeout() && !e.is_connect() {
             return self.silent();
         }
         let message = if e.is_connect() {

@@ -92,8 +92,18 @@ pub(crate) async fn runs_get(c: &Ctx, agent: &str, id: &str, wait: bool) -> anyh
         bar
     });
     let run = loop {
-        let query = if wait { "?wait=2" } else { "" };
-        let run = c.call(Method::GET, &format!("{path}{query}")).await;
+        // The server holds a `?wait` poll up to its 2 s: that is not silence.
+        let run = if wait {
+            c.client
+                .json(c.client.working(
+                    Method::GET,
+                    &format!("{path}?wait=2"),
+                    Duration::from_secs(2) + crate::client::DEFAULT_TIMEOUT,
+                ))
+                .await
+        } else {
+            c.call(Method::GET, &path).await
+        };
         let run = match run {
             Ok(run) => run,
             Err(e) => {

@@ -11,6 +11,9 @@ use clap::builder::{BoolishValueParser, RangedU64ValueParser};
 /// The longest a setting in seconds may be: a year. Past it a value is a mistake, and a
 /// deadline computed from it would overflow the clock.
 const MAX_SECONDS: u64 = 366 * 24 * 3600;
+/// The longest retention of ended runs: a century (the stored runs are bounded in bytes,
+/// and hours are turned into seconds with a saturating multiply).
+const MAX_RETENTION_HOURS: u64 = 100 * 366 * 24;
 /// The largest setting in MiB: 1 PiB, past any disk or memory. Much further (2^44 MiB) the
 /// bytes it is counted in overflow.
 const MAX_MIB: u64 = 1 << 30;
@@ -136,7 +139,7 @@ pub(super) struct Flags {
         env = "GUST_RETENTION_HOURS",
         default_value_t = 168,
         value_name = "H",
-        value_parser = RangedU64ValueParser::<u64>::new().range(0..=MAX_SECONDS / 3600)
+        value_parser = RangedU64ValueParser::<u64>::new().range(0..=MAX_RETENTION_HOURS)
     )]
     pub(super) retention_hours: u64,
     /// Seconds a push receiver has to answer.

@@ -261,11 +261,17 @@ impl Lifecycle {
     }
 
     /// Stores a new version after compiling and checking it. The same bytes uploaded again
-    /// return the existing version.
+    /// return the existing version. With `disk_low`, only that: new bytes have no room.
     ///
     /// # Errors
-    /// [`Error::InvalidComponent`] with diagnostics when the component cannot run here.
-    pub async fn upload(&self, agent: &str, bytes: Bytes) -> Result<Uploaded, Error> {
+    /// [`Error::InvalidComponent`] with diagnostics when the component cannot run here;
+    /// [`Error::StorageFull`] for new bytes on a disk that is almost full.
+    pub async fn upload(
+        &self,
+        agent: &str,
+        bytes: Bytes,
+        disk_low: bool,
+    ) -> Result<Uploaded, Error> {
         let digest = {
             let bytes = bytes.clone();
             blocking(move || digest_of(&bytes)).await?
@@ -275,6 +281,12 @@ impl Lifecycle {
                 version,
                 created: false,
             });
+        }
+        if disk_low {
+            return Err(Error::StorageFull(
+                "the host's disk is almost full; new versions are not accepted until space is freed"
+                    .into(),
+            ));
         }
         // Checked against the agent's own memory limit (its draft's, which the next deploy
         // freezes), not the default: an agent configured for more memory can upload a

@@ -227,12 +227,17 @@ async fn attempt(
         {
             Ok(deployment) => deployment,
             Err(e) => {
-                // The run's record says what its reader may know; the log says why.
-                tracing::error!(
-                    run_id = %id,
-                    "the run's deployment could not be loaded: {}",
-                    e.logged()
-                );
+                // The run's record says what its reader may know; the log says why. An agent
+                // deleted with its runs waiting is no fault of the host's.
+                if matches!(e, crate::Error::NotFound(_)) {
+                    tracing::warn!(run_id = %id, "the run's deployment is gone: {e}");
+                } else {
+                    tracing::error!(
+                        run_id = %id,
+                        "the run's deployment could not be loaded: {}",
+                        e.logged()
+                    );
+                }
                 return Err(RunOutcome::Failed {
                     kind: e.kind().to_owned(),
                     message: format!("the run's deployment could not be loaded: {e}"),

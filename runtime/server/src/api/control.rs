@@ -300,13 +300,6 @@ pub(crate) async fn upload(
     headers: HeaderMap,
     request_body: Body,
 ) -> Answer {
-    // Before the bytes are read: they would be written to the disk that has no room.
-    if state.host.runs.disk_low() {
-        return Err(gust_core::Error::StorageFull(
-            "the host's disk is almost full; uploads are not accepted until space is freed".into(),
-        )
-        .into());
-    }
     let bytes = body::read(
         &state.body_budget,
         &headers,
@@ -314,7 +307,13 @@ pub(crate) async fn upload(
         state.limits.upload,
     )
     .await?;
-    let uploaded = state.host.lifecycle.upload(&agent, bytes).await?;
+    // A disk almost full refuses new bytes, not bytes already stored: `gust deploy` in a
+    // project uploads its component again each time.
+    let uploaded = state
+        .host
+        .lifecycle
+        .upload(&agent, bytes, state.host.runs.disk_low())
+        .await?;
     let status = if uploaded.created {
         StatusCode::CREATED
     } else {

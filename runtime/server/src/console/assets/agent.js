@@ -84,7 +84,6 @@ function head(agent, record, preview, state, render) {
       }, "Deploy")));
 }
 
-/** The Confirm dialog: exactly what the deploy changes, from the API's preview. */
 /** A deploy under way (from the head's button or the banner's): a double click makes one. */
 let deploying = false;
 
@@ -98,6 +97,7 @@ async function deployFlow(agent, state, render) {
   }
 }
 
+/** The Confirm dialog: exactly what the deploy changes, from the API's preview. */
 async function confirmAndDeploy(agent, state, render) {
   let preview;
   try {
@@ -244,7 +244,7 @@ async function configure(agent, draft, state) {
         h("code", {}, "webhook-id"), ", ", h("code", {}, "webhook-timestamp"), " and ", h("code", {}, "webhook-signature"), " headers). ",
         h("strong", {}, "It is shown this once.")),
       h("pre", { class: "secret", id: "signing-secret" }, saved.push.secret),
-      h("div", { class: "actions" }, copyButton(saved.push.secret, "Copy secret"))));
+      h("div", { class: "actions" }, copyButton(saved.push.secret, "Copy secret"))), { keep: true });
   }
   return true;
 }

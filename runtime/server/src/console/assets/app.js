@@ -33,8 +33,9 @@ function newPage() {
 
 whenSignedOut(() => {
   if (current.signIn) return;
-  // A dialog left open would stay over the sign-in form, and keep it from the keyboard.
-  document.querySelectorAll("dialog[open]").forEach((open) => open.close());
+  // A dialog left open would stay over the sign-in form, and keep it from the keyboard;
+  // but not one showing a secret shown only once (closed, it could not be seen again).
+  document.querySelectorAll("dialog[open]:not([data-keep])").forEach((open) => open.close());
   signIn("Your session ended. Sign in again.");
 });
 

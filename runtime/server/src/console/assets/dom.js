@@ -37,11 +37,12 @@ export function fill(el, ...children) {
  * A modal dialog (the native `<dialog>`: focus moves into it, Escape closes it, focus goes
  * back where it was). `build(close)` returns its content; resolves with what `close` got.
  */
-export function dialog(title, build, { wide = false } = {}) {
+export function dialog(title, build, { wide = false, keep = false } = {}) {
   return new Promise((resolve) => {
     const opener = document.activeElement;
     const id = `dialog-${Math.random().toString(36).slice(2)}`;
-    const box = h("dialog", { class: wide ? "wide" : undefined, "aria-labelledby": id });
+    // `keep`: it shows something shown only once, and stays when the session ends.
+    const box = h("dialog", { class: wide ? "wide" : undefined, "aria-labelledby": id, "data-keep": keep });
     let result;
     const close = (value) => {
       result = value;
