@@ -22,6 +22,14 @@ pub(crate) const COMPILE_WAIT: Duration = Duration::from_secs(15 * 60);
 /// The longest a sync call may run (`sync_timeout_s` is at most an hour), and its answer.
 pub(crate) const SYNC_CALL_WAIT: Duration = Duration::from_secs(3600 + 60);
 
+/// Whether `e` is the server's error of `kind` (`not_found`, `precondition_failed`, …): its
+/// line starts with the kind, as [`Client::send`] writes it.
+pub(crate) fn is_kind(e: &anyhow::Error, kind: &str) -> bool {
+    e.to_string()
+        .strip_prefix(kind)
+        .is_some_and(|rest| rest.starts_with(':'))
+}
+
 pub(crate) struct Client {
     base: String,
     token: Option<String>,

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::Ctx;
 use crate::cli::Global;
-use crate::client::Client;
+use crate::client::{Client, is_kind};
 use crate::exit::{self, Code, Failure};
 use crate::output::{Out, Table, note, say, text};
 use crate::target::{self, DEFAULT_PROFILE, Given, Profile, Profiles, Source, Target};
@@ -129,7 +129,7 @@ pub(crate) async fn whoami(given: &Given, out: Out) -> anyhow::Result<()> {
         match client.json(client.request(Method::GET, "/v1/stats")).await {
             Ok(_) => "admin",
             Err(e) => match exit::code_of(&e) {
-                Code::Auth if e.to_string().starts_with("forbidden") => "invoke key",
+                Code::Auth if is_kind(&e, "forbidden") => "invoke key",
                 Code::Auth if has_token => "refused",
                 Code::Auth => "none",
                 _ => return Err(e),

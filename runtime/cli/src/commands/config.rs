@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use super::Ctx;
 use crate::cli::ConfigChanges;
+use crate::client::is_kind;
 use crate::exit::Failure;
 use crate::output::{masked_config, note};
 use crate::target::read_secret;
@@ -61,7 +62,7 @@ async fn write(
             Ok((draft, None)) => (draft, None),
             // A new agent can be configured before its first upload; two such commands at
             // once must not both create it.
-            Err(e) if e.to_string().starts_with("not_found:") => {
+            Err(e) if is_kind(&e, "not_found") => {
                 (json!({}), Some(("if-none-match", "*".to_owned())))
             }
             Err(e) => return Err(e),
@@ -73,10 +74,7 @@ async fn write(
             request = request.header(*name, value);
         }
         match c.client.json(request).await {
-            Err(e)
-                if attempt < WRITE_ATTEMPTS
-                    && e.to_string().starts_with("precondition_failed:") =>
-            {
+            Err(e) if attempt < WRITE_ATTEMPTS && is_kind(&e, "precondition_failed") => {
                 // A few milliseconds, different for each writer, so that the ones that lost
                 // do not all read and write again in step.
                 let jitter = std::time::SystemTime::now()

@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{Ctx, confirm};
-use crate::client::COMPILE_WAIT;
+use crate::client::{COMPILE_WAIT, is_kind};
 use crate::exit::Failure;
 use crate::output::{Out, note, say, size, text};
 
@@ -140,7 +140,7 @@ pub(crate) async fn deploy(
         request = request.header("if-match", tag);
     }
     let answer = c.client.json(request).await.map_err(|e| {
-        if e.to_string().starts_with("precondition_failed:") {
+        if is_kind(&e, "precondition_failed") {
             e.context(format!(
                 "the configuration of {agent} changed after the preview above; nothing was deployed: run the command again to see the change"
             ))

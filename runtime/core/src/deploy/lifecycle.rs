@@ -35,19 +35,28 @@ use crate::tasks::{blocking, to_completion};
 /// How often a draft write reads and writes again after another host wrote in between.
 const DRAFT_WRITE_ATTEMPTS: usize = 3;
 
-/// A draft's precondition that does not hold; `again` says what the client does next.
-fn precondition_failed(agent: &str, base: &DraftBase, exists: bool, again: &str) -> Error {
-    Error::PreconditionFailed(match (base, exists) {
+/// Checks the client's precondition `base` against `current`, the draft there now (`None`
+/// for no agent); `again` says what the client does when it does not hold.
+fn require(
+    base: &DraftBase,
+    agent: &str,
+    current: Option<&AgentConfig>,
+    again: &str,
+) -> Result<(), Error> {
+    if base.matches(current) {
+        return Ok(());
+    }
+    Err(Error::PreconditionFailed(match (base, current) {
         (DraftBase::Absent, _) => {
             format!("agent `{agent}` exists already (the request's If-None-Match is `*`)")
         }
-        (_, false) => {
+        (_, None) => {
             format!("no agent named `{agent}`, so no draft matches the request's If-Match")
         }
-        (_, true) => format!(
+        (_, Some(_)) => format!(
             "the draft of `{agent}` is not the one the request's If-Match names: it changed since it was read; {again}"
         ),
-    })
+    }))
 }
 
 /// Puts the stored access token in place of [`REDACTED`] in `draft`, if `current` has one
@@ -376,14 +385,7 @@ impl Lifecycle {
             .is_some_and(|p| p.access_token == REDACTED);
         for _ in 0..DRAFT_WRITE_ATTEMPTS {
             let current = self.store.draft(agent).await?;
-            if !base.matches(current.as_ref()) {
-                return Err(precondition_failed(
-                    agent,
-                    &base,
-                    current.is_some(),
-                    "read it again",
-                ));
-            }
+            require(&base, agent, current.as_ref(), "read it again")?;
             let mut draft = draft.clone();
             keep_token(&mut draft, current.as_ref())?;
             validate(&draft, &self.maxima).map_err(Error::BadRequest)?;
@@ -497,14 +499,7 @@ impl Lifecycle {
         };
         // Checked under the agent's lock, against the draft this deploy freezes: what the
         // client confirmed is what goes live, or nothing does.
-        if !base.matches(draft.as_ref()) {
-            return Err(precondition_failed(
-                agent,
-                &base,
-                draft.is_some(),
-                "preview the deploy again",
-            ));
-        }
+        require(&base, agent, draft.as_ref(), "preview the deploy again")?;
         let draft = draft.unwrap_or_default();
         let linked = self.loader.prepare(&target.digest).await?;
         let outbound = self.outbound(&draft)?;

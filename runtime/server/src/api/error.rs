@@ -70,8 +70,8 @@ pub(crate) fn status(e: &Error) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let ApiError(error) = self;
-        if let Error::Internal(e) = &error {
-            tracing::error!("internal error: {e:#}");
+        if let Error::Internal(_) = &error {
+            tracing::error!("{}", error.logged());
         }
         let status = status(&error);
         let diagnostics = match &error {

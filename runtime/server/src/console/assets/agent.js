@@ -3,7 +3,7 @@
 // read-only beside the draft, the deployment history with rollback, runs and keys.
 
 import { api, agentPath, editDraft, upload } from "./api.js";
-import { h, fill, dialog, confirmDialog, copyButton, notice, when, bytes, tabs } from "./dom.js";
+import { h, fill, dialog, confirmDialog, copyButton, notice, when, bytes, tabs, oneAtATime } from "./dom.js";
 import { runsSection } from "./runs.js";
 
 const LANGS = [["curl", "curl"], ["python", "Python"], ["node", "Node.js"]];
@@ -84,21 +84,11 @@ function head(agent, record, preview, state, render) {
       }, "Deploy")));
 }
 
-/** A deploy under way (from the head's button or the banner's): a double click makes one. */
-let deploying = false;
-
-async function deployFlow(agent, state, render) {
-  if (deploying) return;
-  deploying = true;
-  try {
-    await confirmAndDeploy(agent, state, render);
-  } finally {
-    deploying = false;
-  }
-}
-
-/** The Confirm dialog: exactly what the deploy changes, from the API's preview. */
-async function confirmAndDeploy(agent, state, render) {
+/**
+ * The Confirm dialog: exactly what the deploy changes, from the API's preview. One at a
+ * time, whether from the head's button or the banner's.
+ */
+const deployFlow = oneAtATime(async (agent, state, render) => {
   let preview;
   try {
     preview = await api("GET", `${agentPath(agent)}/deploy/preview`);
@@ -132,7 +122,7 @@ async function confirmAndDeploy(agent, state, render) {
       : `Deploy refused: ${err.message}`);
   }
   await render();
-}
+});
 
 function changesTable(changes) {
   if (!changes.length) return null;
@@ -251,13 +241,9 @@ async function configure(agent, draft, state) {
 
 function endpointsSection(agent, record, endpoints, render) {
   if (!record || !record.live || !endpoints) return null;
-  let creating = false;
   const keyHelp = h("div", { class: "key-help", id: "key-help", "aria-live": "polite" },
     h("p", { class: "muted" }, "The code reads your key from ", h("code", {}, "GUST_API_KEY"), ". "),
-    h("button", { type: "button", id: "snippet-key", onclick: async () => {
-      // One key per press, as the Keys section's form.
-      if (creating) return;
-      creating = true;
+    h("button", { type: "button", id: "snippet-key", onclick: oneAtATime(async () => {
       try {
         const made = await api("POST", `${agentPath(agent)}/keys`, { name: `console ${new Date().toISOString().slice(0, 16)}` });
         const line = `export GUST_API_KEY=${made.key}`;
@@ -268,10 +254,8 @@ function endpointsSection(agent, record, endpoints, render) {
           h("pre", { class: "secret", id: "new-key-line" }, line), copyButton(line));
       } catch (err) {
         fill(keyHelp, notice("error", err.message));
-      } finally {
-        creating = false;
       }
-    } }, "Create a key for this code"));
+    }) }, "Create a key for this code"));
   return h("section", { "aria-labelledby": "endpoints-title", class: "card" },
     h("h2", { id: "endpoints-title" }, "Endpoints"),
     keyHelp,
@@ -392,12 +376,8 @@ function keysSection(agent, keys, render, state) {
   const shown = h("div", { "aria-live": "polite" });
   const form = h("form", { class: "inline" },
     h("label", { for: "key-name" }, "Key name"), name, h("button", { type: "submit" }, "Create key"));
-  let creating = false;
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    // One key per press: a double click would make a second key whose secret nobody sees.
-    if (creating) return;
-    creating = true;
+  // One key per press: a double click would make a second key whose secret nobody sees.
+  const create = oneAtATime(async () => {
     try {
       const made = await api("POST", `${agentPath(agent)}/keys`, { name: name.value.trim() });
       await render();
@@ -405,9 +385,11 @@ function keysSection(agent, keys, render, state) {
       if (again) fill(again, h("p", {}, `Key “${made.name}” — shown this once:`), h("pre", { class: "secret", id: "created-key" }, made.key), copyButton(made.key));
     } catch (err) {
       fill(shown, notice("error", err.message));
-    } finally {
-      creating = false;
     }
+  });
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    create();
   });
   shown.id = "key-shown";
   return h("section", { "aria-labelledby": "keys-title", class: "card" },

@@ -66,6 +66,23 @@ export function dialog(title, build, { wide = false, keep = false } = {}) {
   });
 }
 
+/**
+ * `action`, one call at a time: a call while one is under way does nothing. A double click
+ * on a button that makes something (a deployment, a key, a run) would otherwise make two.
+ */
+export function oneAtATime(action) {
+  let busy = false;
+  return async (...args) => {
+    if (busy) return undefined;
+    busy = true;
+    try {
+      return await action(...args);
+    } finally {
+      busy = false;
+    }
+  };
+}
+
 /** Asks before doing something that cannot be undone; resolves true when confirmed. */
 export function confirmDialog(title, body, action = "Confirm", { danger = false } = {}) {
   // What cannot be undone starts on Cancel, so Enter alone does not do it.

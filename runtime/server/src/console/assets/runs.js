@@ -2,7 +2,7 @@
 // own page (input, output, logs, outbound calls, delivery; Cancel, Rerun, Redeliver).
 
 import { api, agentPath } from "./api.js";
-import { h, fill, notice, when, duration, confirmDialog } from "./dom.js";
+import { h, fill, notice, when, duration, confirmDialog, oneAtATime } from "./dom.js";
 
 const STATUSES = ["", "queued", "running", "succeeded", "failed", "cancelled", "expired"];
 const ACTIVE = new Set(["queued", "running"]);
@@ -88,10 +88,7 @@ export async function runPage(root, page, agent, id) {
   page.onLeave(() => clearTimeout(timer));
 
   // One action at a time: a double click on Rerun would queue the run twice.
-  let acting = false;
-  const act = async (label, method, path, done) => {
-    if (acting) return;
-    acting = true;
+  const act = oneAtATime(async (label, method, path, done) => {
     try {
       const answer = await api(method, path);
       message = notice("ok", done(answer));
@@ -101,11 +98,9 @@ export async function runPage(root, page, agent, id) {
       }
     } catch (err) {
       message = notice("error", `${label}: ${err.message}`);
-    } finally {
-      acting = false;
     }
     await render();
-  };
+  });
 
   async function render() {
     let run;
