@@ -286,6 +286,9 @@ try {
   await page.keyboard.press("Enter");
   await confirm.waitFor();
   check((await confirm.textContent()).includes("while_confirming"), "the second Confirm dialog shows the new key");
+  // A key that is not live has no value there to hide.
+  const notLive = await confirm.locator("tr", { has: page.getByText("config.while_confirming") }).locator("td").first().textContent();
+  check(notLive === "—", `the live side of a key not live reads ${notLive}`);
   await page.keyboard.press("Enter");
   await page.locator('[data-endpoint="async_push"]').waitFor();
   await page.locator('[data-endpoint="async_poll"]').waitFor();
@@ -305,7 +308,11 @@ try {
     return bar && Number(bar.value) > 0 && Number(bar.value) < 1;
   }, runId, { timeout: 20000 });
   await shot("runs-table", 'section[aria-labelledby="runs-title"]');
+  // A keyboard user on the run's link while the table refreshes stays on it.
+  await page.locator(`tr[data-run="${runId}"] a`).focus();
   await page.locator(`tr[data-run="${runId}"][data-status="succeeded"]`).waitFor({ timeout: 30000 });
+  const onRun = await page.evaluate(() => document.activeElement.closest("tr")?.dataset.run || document.activeElement.tagName);
+  check(onRun === runId, `the refresh moved the keyboard from the run's link to ${onRun}`);
   const push = await eventually("the push", () => pushes.find((p) => p.body.includes(runId)));
   check(push.headers.authorization === "Bearer app-token-1", `push authorization: ${push.headers.authorization}`);
   const event = new Webhook(secret).verify(push.body, push.headers);
@@ -349,6 +356,11 @@ try {
   await page.locator("#redeploy-banner").getByText("Version 2 is not live yet").waitFor();
   const deployed = await page.locator("#deployed-version").textContent();
   check(deployed.includes("Deployed version 1") && deployed.includes("read-only") && deployed.includes("world"), `deployed: ${deployed}`);
+  // Configuration values are often API keys: hidden until asked for, as in the Confirm dialog.
+  const frozen = page.locator('#deployed-version pre[data-config="live"]');
+  check(!(await frozen.textContent()).includes("kept"), "a configuration value is shown before Show values");
+  await page.locator('#deployed-version [data-reveal="live"]').click();
+  check((await frozen.textContent()).includes("\"set_elsewhere\": \"kept\""), "Show values does not show the values");
   check((await page.locator("#deployed-version input, #deployed-version textarea, #deployed-version select").count()) === 0, "the deployed version has inputs");
   check((await page.locator("#draft-version").textContent()).includes("2 (uploaded"), "the draft does not show version 2");
   await page.locator("#deployed-version details").nth(1).locator("summary").click();
@@ -383,8 +395,29 @@ try {
   const revoke = page.getByRole("dialog", { name: "Revoke key" });
   await revoke.getByRole("button", { name: "Revoke" }).click();
   await page.getByText("Key “ci-key” revoked.").waitFor();
+  // Its button is gone: the keyboard goes to what the revoke answered, not to the top.
+  const landed = await page.evaluate(() => document.activeElement.textContent);
+  check(landed === "Key “ci-key” revoked.", `after the revoke the keyboard is on ${landed.slice(0, 60) || "the page"}`);
   check((await api("POST", `/v1/agents/${agent}/run`, { key: created, body: {} })).status === 401, "the revoked key still works");
   await checkPage("endpoint page (keys)");
+
+  step = "older runs are a button away";
+  for (let i = 0; i < 55; i++) {
+    const more = await api("POST", `/v1/agents/${agent}/runs`, { key, body: { i } });
+    check(more.status === 202, `submit ${i}: ${more.status}`);
+  }
+  let total = 0;
+  for (let cursor = ""; ;) {
+    const listed = (await api("GET", `/v1/agents/${agent}/runs?limit=200${cursor}`)).body;
+    total += listed.runs.length;
+    if (!listed.next_cursor) break;
+    cursor = `&cursor=${listed.next_cursor}`;
+  }
+  await page.locator("#runs-more").waitFor();
+  check((await page.locator("#runs-table tbody tr").count()) === 50, "the first page is not 50 runs");
+  await page.locator("#runs-more").click();
+  await eventually(`all ${total} runs in the table`, async () => (await page.locator("#runs-table tbody tr").count()) === total);
+  check((await page.locator("#runs-more").count()) === 0, "Show more runs stays with every run shown");
 
   step = "a double click makes one key, and one deployment";
   await page.getByLabel("Key name").fill("twice");
@@ -425,7 +458,7 @@ try {
 
   step = "a part of the page that cannot be read says so";
   expected = allow4xx(503);
-  const refuseKeys = (route) => route.request().method() === "GET"
+  const refuseReads = (route) => route.request().method() === "GET"
     ? route.fulfill({
       status: 503,
       contentType: "application/json",
@@ -433,11 +466,20 @@ try {
       body: '{"error":{"kind":"unavailable","message":"database unavailable"}}',
     })
     : route.continue();
-  await page.route("**/keys", refuseKeys);
+  await page.route("**/keys", refuseReads);
   await page.reload();
   await page.getByText("Part of this page could not be read: the keys (database unavailable)").waitFor();
   check((await page.getByText("No keys yet.").count()) === 0, "a failed read shown as no keys");
-  await page.unroute("**/keys", refuseKeys);
+  // A key made while the endpoints cannot be read again: the page drawn after it has no
+  // place for the key, which is shown only this once; a dialog shows it.
+  await page.route("**/endpoints", refuseReads);
+  await page.getByRole("button", { name: "Create a key for this code" }).click();
+  const newKey = page.getByRole("dialog", { name: "New key" });
+  await newKey.waitFor();
+  check((await newKey.locator("#new-key-line").textContent()).startsWith("export GUST_API_KEY="), "the dialog does not show the key");
+  await page.keyboard.press("Escape");
+  await page.unroute("**/endpoints", refuseReads);
+  await page.unroute("**/keys", refuseReads);
   expected = [];
 
   step = "signed out elsewhere while a dialog is open";

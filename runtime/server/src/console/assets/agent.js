@@ -3,7 +3,7 @@
 // read-only beside the draft, the deployment history with rollback, runs and keys.
 
 import { api, agentPath, editDraft, upload } from "./api.js";
-import { h, fill, dialog, confirmDialog, copyButton, notice, when, bytes, tabs, oneAtATime } from "./dom.js";
+import { h, fill, redraw, dialog, confirmDialog, copyButton, notice, when, bytes, tabs, oneAtATime } from "./dom.js";
 import { runsSection } from "./runs.js";
 
 const LANGS = [["curl", "curl"], ["python", "Python"], ["node", "Node.js"]];
@@ -44,10 +44,10 @@ export async function agentPage(root, page, agent) {
     ]);
     if (!current()) return;
     stopRuns();
-    // The whole page is drawn again: keep the keyboard where it was (by id).
-    const focused = document.activeElement && document.activeElement.id;
     const runs = h("section", { "aria-labelledby": "runs-title" });
-    fill(root,
+    // The whole page is drawn again: the keyboard stays where it was, or, when an action
+    // took its button away (a rollback, a revoke), goes to what the action answered.
+    redraw(root, [
       head(agent, record, preview, state, render),
       missing.length ? notice("error", `Part of this page could not be read: ${missing.join("; ")}. Reload to try again.`) : null,
       state.message,
@@ -58,10 +58,9 @@ export async function agentPage(root, page, agent) {
       record && record.versions.length ? versionsSection(agent, record, wit) : null,
       record && record.deployments.length ? historySection(agent, record, render, state) : null,
       record && record.live ? runs : null,
-      record && keys ? keysSection(agent, keys, render, state) : null);
+      record && keys ? keysSection(agent, keys, render, state) : null,
+    ], () => state.message || root.querySelector("h1"));
     if (record && record.live) stopRuns = runsSection(runs, agent);
-    const again = focused && document.getElementById(focused);
-    if (again) again.focus({ preventScroll: true });
   };
   await render();
 }
@@ -126,14 +125,18 @@ const deployFlow = oneAtATime(async (agent, state, render) => {
 
 function changesTable(changes) {
   if (!changes.length) return null;
-  const show = (v, secret) => (v === null || v === undefined ? "—" : secret ? "•••• (new token)" : typeof v === "string" ? v : JSON.stringify(v));
+  // A side without the field reads "—", a secret one "••••" (a key not live yet is not a
+  // hidden value).
+  const show = (v, secret, token = false) => (v === null || v === undefined ? "—"
+    : secret ? (token ? "•••• (new token)" : "••••")
+    : typeof v === "string" ? v : JSON.stringify(v));
   return h("table", { class: "changes" },
     h("caption", {}, "Configuration changes"),
     h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Setting"), h("th", { scope: "col" }, "Live"), h("th", { scope: "col" }, "After deploy"))),
     h("tbody", {}, changes.map((c) => h("tr", {},
       h("th", { scope: "row" }, h("code", {}, c.field)),
-      h("td", {}, c.secret ? "••••" : show(c.from)),
-      h("td", {}, show(c.to, c.secret))))));
+      h("td", {}, show(c.from, c.secret)),
+      h("td", {}, show(c.to, c.secret, c.field === "push.access_token"))))));
 }
 
 /** While the draft differs from what is live: a redeploy is needed, and what differs. */
@@ -239,6 +242,17 @@ async function configure(agent, draft, state) {
   return true;
 }
 
+/**
+ * Shows a new key, which is shown only this once, in the place `id` of the page as drawn
+ * now; or in a dialog when that part is not on the page (it could not be read again), so
+ * that the key never goes to a node nobody sees.
+ */
+function showOnce(id, ...content) {
+  const place = document.getElementById(id);
+  if (place) return fill(place, ...content);
+  return dialog("New key", () => h("div", {}, ...content), { keep: true });
+}
+
 function endpointsSection(agent, record, endpoints, render) {
   if (!record || !record.live || !endpoints) return null;
   const keyHelp = h("div", { class: "key-help", id: "key-help", "aria-live": "polite" },
@@ -250,7 +264,7 @@ function endpointsSection(agent, record, endpoints, render) {
         // Drawn again so that the Keys section lists the new key; the line goes in the
         // new drawing.
         await render();
-        fill(document.getElementById("key-help") || keyHelp, h("p", {}, "A key for ", h("code", {}, agent), " — shown this once:"),
+        await showOnce("key-help", h("p", {}, "A key for ", h("code", {}, agent), " — shown this once:"),
           h("pre", { class: "secret", id: "new-key-line" }, line), copyButton(line));
       } catch (err) {
         fill(keyHelp, notice("error", err.message));
@@ -328,17 +342,34 @@ function versionsSection(agent, record, wit) {
       h("dt", {}, "Digest"), h("dd", {}, h("code", { class: "digest" }, live.digest)),
       h("dt", {}, "Size"), h("dd", {}, bytes((record.versions.find((v) => v.version === live.version) || {}).size)),
       h("dt", {}, "Deployed"), h("dd", {}, when(live.deployed_at))),
-    h("details", { open: true }, h("summary", {}, "Configuration (frozen)"), h("pre", { tabindex: "0" }, JSON.stringify(live.config, null, 2))),
+    configView(live.config, "Configuration (frozen)", true, "live"),
     wit ? h("details", {}, h("summary", {}, "WIT world"), h("pre", { class: "wit", tabindex: "0" }, wit.wit)) : null) : null;
   const draft = h("article", { class: "card", id: "draft-version", "aria-labelledby": "draft-title" },
     h("h3", { id: "draft-title" }, "Draft", record.draft_pending || (live && newest.version !== live.version) ? h("span", { class: "badge warn" }, "not deployed") : h("span", { class: "badge" }, "same as live")),
     h("dl", { class: "facts" },
       h("dt", {}, "Newest version"), h("dd", {}, `${newest.version} (uploaded ${when(newest.created_at)})`),
       h("dt", {}, "Digest"), h("dd", {}, h("code", { class: "digest" }, newest.digest))),
-    h("details", { open: !live }, h("summary", {}, "Configuration (draft)"), h("pre", { tabindex: "0" }, JSON.stringify(record.draft, null, 2))));
+    configView(record.draft, "Configuration (draft)", !live, "draft"));
   return h("section", { "aria-labelledby": "versions-title" },
     h("h2", { id: "versions-title" }, "Versions"),
     h("div", { class: "side-by-side" }, deployed, draft));
+}
+
+/**
+ * A configuration as JSON, the values of its `config` keys hidden until asked for: they are
+ * often API keys, and the Confirm dialog hides them as well.
+ */
+function configView(config, summary, open, which) {
+  const keys = Object.keys(config.config || {});
+  const masked = { ...config, config: Object.fromEntries(keys.map((k) => [k, "••••"])) };
+  const pre = h("pre", { tabindex: "0", "data-config": which }, JSON.stringify(masked, null, 2));
+  const toggle = h("button", { type: "button", class: "small", "aria-pressed": "false", "data-reveal": which, onclick: () => {
+    const shown = toggle.getAttribute("aria-pressed") !== "true";
+    pre.textContent = JSON.stringify(shown ? config : masked, null, 2);
+    // A toggle button keeps its name; aria-pressed says which way it is.
+    toggle.setAttribute("aria-pressed", String(shown));
+  } }, "Show values");
+  return h("details", { open }, h("summary", {}, summary), keys.length ? h("div", { class: "actions left" }, toggle) : null, pre);
 }
 
 function historySection(agent, record, render, state) {
@@ -381,8 +412,7 @@ function keysSection(agent, keys, render, state) {
     try {
       const made = await api("POST", `${agentPath(agent)}/keys`, { name: name.value.trim() });
       await render();
-      const again = document.getElementById("key-shown");
-      if (again) fill(again, h("p", {}, `Key “${made.name}” — shown this once:`), h("pre", { class: "secret", id: "created-key" }, made.key), copyButton(made.key));
+      await showOnce("key-shown", h("p", {}, `Key “${made.name}” — shown this once:`), h("pre", { class: "secret", id: "created-key" }, made.key), copyButton(made.key));
     } catch (err) {
       fill(shown, notice("error", err.message));
     }

@@ -2,7 +2,7 @@
 // endpoint page, `#/agents/<name>/runs/<id>` one run) and the agents list.
 
 import { api, whenSignedOut } from "./api.js";
-import { h, fill, notice, when } from "./dom.js";
+import { h, fill, redraw, notice, when } from "./dom.js";
 import { agentPage } from "./agent.js";
 import { runPage } from "./runs.js";
 
@@ -124,22 +124,30 @@ async function agentsList(root, page) {
   });
   fill(root, h("div", { class: "page-head" }, h("h1", {}, "Agents"), create), body);
 
+  // The last drawing's agents: the list is read every 5 s, and a refresh that finds it
+  // unchanged draws nothing (the list is a live region: a new drawing is read out again).
+  let drawn = null;
   const load = async () => {
     let answer;
     try {
       answer = await api("GET", "/v1/agents");
     } catch (err) {
-      if (page.alive()) fill(body, notice("error", err.message));
+      if (page.alive()) redraw(body, notice("error", err.message));
+      drawn = null;
       return;
     }
     if (!page.alive()) return;
+    const seen = JSON.stringify(answer.agents);
+    if (seen === drawn) return;
+    drawn = seen;
     if (!answer.agents.length) {
-      fill(body, h("div", { class: "card" },
+      redraw(body, h("div", { class: "card" },
         h("p", {}, "No agents yet. Name one above, then upload its component on its page, or run ",
           h("code", {}, "gust deploy"), " in an agent's project.")));
       return;
     }
-    fill(body, h("div", { class: "table-wrap" }, h("table", {},
+    // The keyboard stays on the agent it was on.
+    redraw(body, h("div", { class: "table-wrap" }, h("table", {},
       h("caption", { class: "visually-hidden" }, "Agents on this host"),
       h("thead", {}, h("tr", {},
         ["Agent", "Live version", "Mode", "Deployed", "Draft", "Calls", "Failures", "Queued", "Running"].map((t) => h("th", { scope: "col" }, t)))),

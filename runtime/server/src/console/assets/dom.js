@@ -33,6 +33,47 @@ export function fill(el, ...children) {
   return el;
 }
 
+const FOCUSABLE = "a[href], button, input, select, textarea, summary, [tabindex]";
+
+/**
+ * What names a focusable element across two drawings of the same part: its tag, link, data
+ * attributes, and for short controls their text. Not its id, which some widgets make up
+ * anew each time; and not the text of a long block (a run's logs grow).
+ */
+function signature(el) {
+  const data = Object.entries(el.dataset).map(([k, v]) => `${k}=${v}`).join(",");
+  const short = ["A", "BUTTON", "SUMMARY", "LABEL"].includes(el.tagName);
+  return [el.tagName, el.getAttribute("href"), el.getAttribute("name"), el.getAttribute("aria-label"), data,
+    short ? el.textContent.trim() : ""].join("|");
+}
+
+/**
+ * `fill`, for a part drawn again while the user may be on it (a refresh every few seconds,
+ * the page after an action): the keyboard stays where it was. The element that had focus
+ * is found again in the new drawing (the same signature, nearest in tab order); when it is
+ * gone (the button of a key just revoked), focus goes to `fallback()`, so that it never
+ * drops to the page's top. Focus outside `el` is left alone.
+ */
+export function redraw(el, children, fallback = () => null) {
+  const active = document.activeElement;
+  if (!active || active === el || !el.contains(active)) return fill(el, children);
+  const index = [...el.querySelectorAll(FOCUSABLE)].indexOf(active);
+  const wanted = signature(active);
+  fill(el, children);
+  let best = null;
+  [...el.querySelectorAll(FOCUSABLE)].forEach((candidate, i) => {
+    if (signature(candidate) !== wanted) return;
+    if (!best || Math.abs(i - index) < Math.abs(best.i - index)) best = { el: candidate, i };
+  });
+  const target = best ? best.el : fallback();
+  if (target) {
+    // A notice or a heading is not a control: it takes focus from a script only.
+    if (!target.matches(FOCUSABLE)) target.setAttribute("tabindex", "-1");
+    target.focus({ preventScroll: !!best });
+  }
+  return el;
+}
+
 /**
  * A modal dialog (the native `<dialog>`: focus moves into it, Escape closes it, focus goes
  * back where it was). `build(close)` returns its content; resolves with what `close` got.

@@ -2,10 +2,12 @@
 // own page (input, output, logs, outbound calls, delivery; Cancel, Rerun, Redeliver).
 
 import { api, agentPath } from "./api.js";
-import { h, fill, notice, when, duration, confirmDialog, oneAtATime } from "./dom.js";
+import { h, fill, redraw, notice, when, duration, confirmDialog, oneAtATime } from "./dom.js";
 
 const STATUSES = ["", "queued", "running", "succeeded", "failed", "cancelled", "expired"];
 const ACTIVE = new Set(["queued", "running"]);
+// Runs per page of the table.
+const PAGE = 50;
 
 /** Fills `root` with the agent's runs, refreshed every 2 s; returns the function that stops. */
 export function runsSection(root, agent) {
@@ -14,7 +16,7 @@ export function runsSection(root, agent) {
     STATUSES.map((s) => h("option", { value: s }, s || "all")));
   const table = h("div", { "aria-live": "off" });
   const refreshed = h("span", { class: "muted small" });
-  filter.addEventListener("change", () => { status = filter.value; load(); });
+  filter.addEventListener("change", () => { status = filter.value; wanted = PAGE; load(); });
   fill(root,
     h("div", { class: "section-head" },
       h("h2", { id: "runs-title" }, "Runs"),
@@ -23,33 +25,53 @@ export function runsSection(root, agent) {
   root.classList.add("card");
 
   let stopped = false;
+  // How many runs are shown: a page at first, a page more for each "Show more runs".
+  let wanted = PAGE;
   // A slow answer for the previous filter must not replace the current one's.
   let latest = 0;
+  // The last drawing's runs: a refresh that finds them unchanged draws nothing.
+  let drawn = null;
   async function load() {
     const mine = ++latest;
-    let answer;
+    const runs = [];
+    let more = false;
     try {
-      answer = await api("GET", `${agentPath(agent)}/runs?limit=50${status ? `&status=${status}` : ""}`);
+      let cursor = null;
+      do {
+        const limit = Math.min(wanted - runs.length, 200);
+        const answer = await api("GET", `${agentPath(agent)}/runs?limit=${limit}${status ? `&status=${status}` : ""}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+        runs.push(...answer.runs);
+        cursor = answer.next_cursor;
+      } while (cursor && runs.length < wanted);
+      more = !!cursor;
     } catch (err) {
-      if (!stopped && mine === latest) fill(table, notice("error", err.message));
+      if (!stopped && mine === latest) redraw(table, notice("error", err.message));
+      drawn = null;
       return;
     }
     if (stopped || mine !== latest) return;
     fill(refreshed, `updated ${new Date().toLocaleTimeString()}`);
-    if (!answer.runs.length) {
-      fill(table, h("p", { class: "muted" }, status ? `No ${status} runs.` : "No runs yet. Submit one with the Async push or poll code above."));
+    // An active run's duration grows with the clock: draw it again.
+    const seen = JSON.stringify([runs, more]);
+    if (seen === drawn && !runs.some((r) => ACTIVE.has(r.status))) return;
+    drawn = seen;
+    if (!runs.length) {
+      redraw(table, h("p", { class: "muted" }, status ? `No ${status} runs.` : "No runs yet. Submit one with the Async push or poll code above."));
       return;
     }
-    fill(table, h("div", { class: "table-wrap" }, h("table", { id: "runs-table" },
+    // The keyboard stays on the run it was on while the table is drawn again.
+    redraw(table, [h("div", { class: "table-wrap" }, h("table", { id: "runs-table" },
       h("thead", {}, h("tr", {}, ["Run", "Status", "Progress", "Attempts", "Duration", "Delivery", "Created"].map((t) => h("th", { scope: "col" }, t)))),
-      h("tbody", {}, answer.runs.map((r) => h("tr", { "data-run": r.run_id, "data-status": r.status },
+      h("tbody", {}, runs.map((r) => h("tr", { "data-run": r.run_id, "data-status": r.status },
         h("th", { scope: "row" }, h("a", { href: `#/agents/${encodeURIComponent(agent)}/runs/${encodeURIComponent(r.run_id)}` }, h("code", {}, r.run_id.slice(0, 12)))),
         h("td", {}, statusBadge(r.status)),
         h("td", {}, progressCell(r)),
         h("td", { class: "num" }, r.attempts),
         h("td", {}, duration(r.started_at, r.finished_at)),
         h("td", {}, r.delivery ? deliveryText(r.delivery) : "—"),
-        h("td", {}, when(r.created_at))))))));
+        h("td", {}, when(r.created_at))))))),
+    more ? h("div", { class: "actions left" }, h("button", { type: "button", id: "runs-more", onclick: () => { wanted += PAGE; load(); } }, "Show more runs")) : null],
+    () => table.querySelector("table") || table);
   }
   load();
   const timer = setInterval(load, 2000);
@@ -113,8 +135,9 @@ export async function runPage(root, page, agent, id) {
     }
     if (!page.alive()) return;
     const active = ACTIVE.has(run.status);
-    const focused = document.activeElement && document.activeElement.id;
-    fill(root,
+    // Drawn again every second while the run is active: the keyboard stays where it was,
+    // or goes to what an action answered when it took its button away (Cancel).
+    redraw(root, [
       h("div", { class: "page-head" },
         h("div", {},
           h("p", { class: "crumbs" }, h("a", { href: "#/" }, "Agents"), " / ", h("a", { href: `#/agents/${encodeURIComponent(agent)}` }, agent), " / runs"),
@@ -154,9 +177,8 @@ export async function runPage(root, page, agent, id) {
           h("dt", {}, "Attempts"), h("dd", {}, run.delivery.attempts),
           run.delivery.last_error ? [h("dt", {}, "Last error"), h("dd", {}, run.delivery.last_error)] : null,
           run.delivery.next_attempt_at ? [h("dt", {}, "Next attempt"), h("dd", {}, when(run.delivery.next_attempt_at))] : null)
-          : h("p", { class: "muted" }, "This run is not pushed (its deployment is in Sync mode).")));
-    const again = focused && document.getElementById(focused);
-    if (again) again.focus({ preventScroll: true });
+          : h("p", { class: "muted" }, "This run is not pushed (its deployment is in Sync mode).")),
+    ], () => message || root.querySelector("h1"));
     clearTimeout(timer);
     if (active) timer = setTimeout(render, 1000);
   }
