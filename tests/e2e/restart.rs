@@ -323,6 +323,61 @@ async fn a_clean_stop_starts_no_queued_run() {
     assert_eq!(run["status"], "succeeded", "{run}");
 }
 
+/// A sync call still running when the grace period ends is answered 503 with Retry-After
+/// (plain and as events), so that its caller calls again, rather than left with a dropped
+/// connection when the process exits.
+#[tokio::test]
+async fn a_sync_call_cut_by_the_end_of_the_grace_period_is_answered_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = probe_on(
+        dir.path().join("data"),
+        &["--shutdown-grace", "1"],
+        json!({"sync_timeout_s": 60}),
+    )
+    .await;
+    let long = json!({"op": "sleep", "ms": 30_000});
+    let plain = host
+        .request(reqwest::Method::POST, "/v1/agents/probe/run")
+        .json(&long);
+    let plain = tokio::spawn(async move {
+        let response = plain.send().await.unwrap();
+        let retry = response.headers().get("retry-after").cloned();
+        let status = response.status();
+        (
+            status,
+            retry,
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    let events = host
+        .request(reqwest::Method::POST, "/v1/agents/probe/run")
+        .header("accept", "text/event-stream")
+        .json(&long);
+    let events = tokio::spawn(async move { events.send().await.unwrap().text().await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let stopping = std::time::Instant::now();
+    host.signal("TERM");
+    let code =
+        tokio::task::spawn_blocking(move || host.wait_exit(std::time::Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0));
+    let (status, retry, body) = plain.await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["kind"], "unavailable", "{body}");
+    assert!(retry.is_some(), "no Retry-After");
+    let streamed = events.await.unwrap();
+    assert!(
+        streamed.contains("event: error") && streamed.contains("\"status\":503"),
+        "{streamed}"
+    );
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(10),
+        "the stop took {:?}",
+        stopping.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn pending_pushes_survive_kill_nine() {
     use crate::support::receiver::{Answer, Receiver};

@@ -28,6 +28,19 @@ pub(crate) struct Listening {
     pub(crate) write_timeout: Duration,
 }
 
+/// The time requests in flight get to finish once the host stops.
+pub(crate) struct Grace {
+    pub(crate) period: Duration,
+    /// Cancelled when the period ends: what still runs answers at once (503), and gets
+    /// [`ANSWER_AFTER_GRACE`] to be written.
+    pub(crate) over: tokio_util::sync::CancellationToken,
+}
+
+/// How long the answers of requests cut at the grace period's end have to reach their
+/// callers before the connections are closed: a 503 is written in microseconds on a
+/// healthy connection; a stalled one is not waited for.
+const ANSWER_AFTER_GRACE: Duration = Duration::from_secs(2);
+
 /// Serves connections until `shutdown`; then, within `grace`, lets requests in flight finish
 /// while `drain` winds down queued-run workers. Returns the grace period's deadline.
 pub(crate) async fn accept_loop<D: Future<Output = ()>>(
@@ -35,7 +48,7 @@ pub(crate) async fn accept_loop<D: Future<Output = ()>>(
     app: axum::Router,
     listening: Listening,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
+    grace: Grace,
     drain: impl FnOnce(tokio::time::Instant) -> D,
 ) -> tokio::time::Instant {
     let graceful = GracefulShutdown::new();
@@ -95,13 +108,22 @@ pub(crate) async fn accept_loop<D: Future<Output = ()>>(
     }
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for calls and runs in flight");
-    let deadline = tokio::time::Instant::now() + grace;
+    let deadline = tokio::time::Instant::now() + grace.period;
     let connections = async {
+        let closed = graceful.shutdown();
+        tokio::pin!(closed);
         tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections closed"),
-            () = tokio::time::sleep_until(deadline) => tracing::warn!(
-                "calls still running after the {}s grace period; stopping anyway", grace.as_secs()
-            ),
+            () = &mut closed => tracing::info!("all connections closed"),
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(
+                    "calls still running after the {}s grace period; answering them 503 and stopping",
+                    grace.period.as_secs()
+                );
+                grace.over.cancel();
+                if tokio::time::timeout(ANSWER_AFTER_GRACE, closed).await.is_err() {
+                    tracing::warn!("connections still open; closing them");
+                }
+            }
         }
     };
     tokio::join!(connections, drain(deadline));

@@ -281,6 +281,7 @@ pub async fn serve(
         tls: listening.tls.is_some(),
         draining: std::sync::atomic::AtomicBool::new(false),
         stopping: tokio_util::sync::CancellationToken::new(),
+        past_grace: tokio_util::sync::CancellationToken::new(),
         database: arc_swap::ArcSwap::from_pointee("not checked yet".to_owned()),
     });
 
@@ -427,12 +428,16 @@ pub async fn serve(
     };
     let runs = Arc::clone(&state.host.runs);
     let drain_runs = |deadline| async move { runs.drain(deadline).await };
+    let past_grace = state.past_grace.clone();
     let deadline = listen::accept_loop(
         listener,
         api::router(state, console::routes()).layer(SecurityHeaders),
         listening,
         stop,
-        options.shutdown_grace,
+        listen::Grace {
+            period: options.shutdown_grace,
+            over: past_grace,
+        },
         drain_runs,
     )
     .await;

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use gust_core::Error;
-use gust_core::calls::{Admit, CallKind, CallRequest, Input, Target};
+use gust_core::calls::{Admit, CallKind, CallRequest, Called, Input, Target};
 use gust_core::runs::{chunk_json, new_run_id, payload_json};
 
 use super::auth::Invoker;
@@ -68,11 +68,14 @@ pub(crate) async fn run(
         trace: super::trace_of(&headers),
     };
     let input = read_input(&state, headers, request_body);
-    let called = state
-        .host
-        .calls
-        .call(Target::Live(agent), input, call, Admit::Wait)
-        .await;
+    let called = within_grace(
+        &state,
+        state
+            .host
+            .calls
+            .call(Target::Live(agent), input, call, Admit::Wait),
+    )
+    .await;
 
     let mut response = match called.outcome {
         Ok(output) => {
@@ -95,6 +98,25 @@ pub(crate) async fn run(
     headers.insert(AGENT_VERSION, HeaderValue::from(deployment.version()));
     headers.insert(DEPLOYMENT, HeaderValue::from(deployment.number));
     response
+}
+
+/// The call, or, if the host's stop reaches the end of its grace period first, a 503 that
+/// tells the caller to call again (another host behind the balancer, or this one once it is
+/// back) where the process's exit would drop the connection without an answer. The guest
+/// is stopped as when a caller goes away.
+async fn within_grace(
+    state: &AppState,
+    calling: impl std::future::Future<Output = Called>,
+) -> Called {
+    tokio::select! {
+        called = calling => called,
+        () = state.past_grace.cancelled() => Called {
+            deployment: None,
+            outcome: Err(Error::Unavailable(
+                "the host stopped before the call ended (its shutdown grace period ran out): call again".into(),
+            )),
+        },
+    }
 }
 
 /// The body and its content type. Takes the headers by value so that they are dropped
@@ -161,11 +183,14 @@ fn streamed(
     };
     let calling = async move {
         let input = read_input(&state, headers, request_body);
-        state
-            .host
-            .calls
-            .call(Target::Live(agent), input, call, Admit::Wait)
-            .await
+        within_grace(
+            &state,
+            state
+                .host
+                .calls
+                .call(Target::Live(agent), input, call, Admit::Wait),
+        )
+        .await
     };
     let stream = futures::stream::unfold(
         (Some(Box::pin(calling)), events, watcher),
@@ -216,7 +241,7 @@ fn streamed(
 }
 
 /// The output (or the error) of a streamed call, then `end`.
-fn answer_events(called: gust_core::calls::Called) -> Vec<Event> {
+fn answer_events(called: Called) -> Vec<Event> {
     let deployment = called
         .deployment
         .as_ref()

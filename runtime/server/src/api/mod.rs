@@ -82,6 +82,9 @@ pub(crate) struct AppState {
     /// Cancelled when the listener stops accepting: streams that only follow (logs, run
     /// events) end, where calls in flight get the grace period.
     pub(crate) stopping: tokio_util::sync::CancellationToken,
+    /// Cancelled when the stop's grace period ends: a sync call still running is cut and
+    /// answered 503, rather than its connection dropped when the process exits.
+    pub(crate) past_grace: tokio_util::sync::CancellationToken,
     /// The database's health as a background probe last found it (`/readyz` reads this,
     /// never the database itself: probes must answer at once).
     pub(crate) database: arc_swap::ArcSwap<String>,
