@@ -63,9 +63,10 @@ pub(crate) struct Global {
     /// Print no notes or progress on stderr (errors still print).
     #[arg(short, long, global = true)]
     pub(crate) quiet: bool,
-    /// Seconds to wait for the server's whole answer, or for the next part of a followed stream
-    /// (the server sends something at least every 15 s); default 60. Uploads, deploys and
-    /// sync runs wait at least as long as the server may take for them. Also GUST_TIMEOUT.
+    /// Seconds the server may say nothing before the command gives up: before its answer,
+    /// or between two parts of it or of a followed stream (the server sends something at
+    /// least every 15 s); default 60. Uploads, deploys and sync runs wait at least as long
+    /// as the server may take for them. Also GUST_TIMEOUT.
     #[arg(long, global = true, value_name = "SECONDS",
         value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) timeout: Option<u64>,

@@ -10,9 +10,11 @@ use serde_json::Value;
 use crate::exit::{Code, Failure};
 use crate::target::{Source, Target};
 
-/// How long a command waits for the server when `--timeout` does not say: the API answers
-/// in milliseconds, and a server that has not answered in a minute (accepted the connection
-/// and hung, or went away behind a NAT that drops packets silently) is not going to.
+/// How long a command waits for the server to say something when `--timeout` does not say:
+/// the API answers in milliseconds, and a server that has said nothing for a minute
+/// (accepted the connection and hung, or went away behind a NAT that drops packets
+/// silently) is not going to. The bound is on silence, not on the whole answer: a large
+/// run output over a slow link takes as long as it takes while its bytes keep coming.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The longest the server may work on an upload or a deploy: compiling a component, by
@@ -34,21 +36,25 @@ pub(crate) struct Client {
     base: String,
     token: Option<String>,
     source: Source,
+    /// Gives up when the server says nothing for the timeout: until the answer's head
+    /// (sending the request included), then between two parts of its body.
     http: reqwest::Client,
+    /// For requests the server works on in silence ([`Client::working`]); reqwest's read
+    /// timeout is the client's, not a request's, hence a second client.
+    patient: reqwest::Client,
     timeout: Duration,
 }
 
 impl Client {
     pub(crate) fn new(target: Target, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        // A connection not made within its own 10 s is "cannot reach", whatever --timeout.
+        let builder = || reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
         Self {
             base: target.url.trim_end_matches('/').to_owned(),
             token: target.token,
             source: target.source,
-            http,
+            http: builder().read_timeout(timeout).build().unwrap_or_default(),
+            patient: builder().build().unwrap_or_default(),
             timeout,
         }
     }
@@ -57,57 +63,56 @@ impl Client {
         &self.source
     }
 
-    /// A request whose whole answer comes within the timeout.
+    /// A request whose server may stay silent for at most the timeout at a time.
     pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.open(method, path).timeout(self.timeout)
+        self.open(&self.http, method, path)
     }
 
-    /// A request the server may work on for up to `server_bound` (a compile, a sync call):
-    /// it is given that long, or the timeout if that is longer.
+    /// A request the server may work on in silence for up to `server_bound` (a compile, a
+    /// sync call): its whole answer is given that long, or the timeout if that is longer.
     pub(crate) fn working(
         &self,
         method: Method,
         path: &str,
         server_bound: Duration,
     ) -> RequestBuilder {
-        self.open(method, path)
+        self.open(&self.patient, method, path)
             .timeout(self.timeout.max(server_bound))
     }
 
-    /// A request for a stream of events, which has no end to wait for: its head comes within
-    /// the timeout ([`Client::send_stream`]), then each next part of it ([`Client::next`]).
+    /// A request for a stream of events, which has no end to wait for: its head, then each
+    /// next part of it (the server's keep-alives come every 15 s), within the timeout.
     pub(crate) fn stream(&self, method: Method, path: &str) -> RequestBuilder {
-        self.open(method, path)
+        self.request(method, path)
             .header(reqwest::header::ACCEPT, "text/event-stream")
     }
 
-    /// The next part of a streamed answer, within the timeout; `None` at its end.
+    /// The next part of a streamed answer; `None` at its end.
     pub(crate) async fn next<S>(&self, body: &mut S) -> anyhow::Result<Option<bytes::Bytes>>
     where
         S: futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
     {
         use futures::StreamExt as _;
-        match tokio::time::timeout(self.timeout, body.next()).await {
-            Ok(Some(chunk)) => Ok(Some(chunk.map_err(|e| self.failed(&e))?)),
-            Ok(None) => Ok(None),
-            Err(_) => Err(self.silent().into()),
+        match body.next().await {
+            Some(chunk) => Ok(Some(chunk.map_err(|e| self.failed(&e))?)),
+            None => Ok(None),
         }
     }
 
-    fn open(&self, method: Method, path: &str) -> RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.base));
+    fn open(&self, http: &reqwest::Client, method: Method, path: &str) -> RequestBuilder {
+        let request = http.request(method, format!("{}{path}", self.base));
         match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
         }
     }
 
-    /// The error of a server that said nothing for the whole timeout.
+    /// The error of a server that said nothing for the timeout.
     fn silent(&self) -> Failure {
         Failure::new(
             Code::Unavailable,
             format!(
-                "{} did not answer within {} s (--timeout or GUST_TIMEOUT raises it; uploads, deploys and sync runs wait longer)",
+                "{} said nothing for {} s (--timeout or GUST_TIMEOUT raises it; uploads, deploys and sync runs wait longer)",
                 self.base,
                 self.timeout.as_secs()
             ),
@@ -115,7 +120,6 @@ impl Client {
     }
 
     fn failed(&self, e: &reqwest::Error) -> Failure {
-        // A connection not made within its own 10 s is "cannot reach", whatever --timeout.
         if e.is_timeout() && !e.is_connect() {
             return self.silent();
         }
@@ -128,14 +132,6 @@ impl Client {
             format!("request to {} failed: {e}", self.base)
         };
         Failure::new(Code::Unavailable, message)
-    }
-
-    /// Sends a request of [`Client::stream`]: its head within the timeout.
-    pub(crate) async fn send_stream(&self, request: RequestBuilder) -> anyhow::Result<Response> {
-        match tokio::time::timeout(self.timeout, self.send(request)).await {
-            Ok(sent) => sent,
-            Err(_) => Err(self.silent().into()),
-        }
     }
 
     /// Sends, and turns a non-2xx answer into an error carrying the server's message.
@@ -152,7 +148,14 @@ impl Client {
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(Value::Null);
         }
-        response.json().await.context("reading the server's answer")
+        let body = self.body(response).await?;
+        serde_json::from_slice(&body).context("reading the server's answer")
+    }
+
+    /// An answer's body. A server that stops sending partway is unavailable (7), as one
+    /// that never answered: the command did not get what it asked for.
+    pub(crate) async fn body(&self, response: Response) -> anyhow::Result<bytes::Bytes> {
+        Ok(response.bytes().await.map_err(|e| self.failed(&e))?)
     }
 }
 

@@ -59,7 +59,8 @@ pub(crate) async fn run(
         )
         .await?;
     if queued {
-        let answer: Value = response.json().await.context("reading the answer")?;
+        let answer: Value = serde_json::from_slice(&c.client.body(response).await?)
+            .context("reading the answer")?;
         let id = text(&answer["run_id"]);
         if wait {
             return runs_get(c, agent, &id, true).await;
@@ -75,7 +76,7 @@ pub(crate) async fn run(
     }
     // A sync call's answer is the agent's own output, printed as it came (it is JSON when
     // the agent answers JSON, so `--json` changes nothing here).
-    let output = response.bytes().await.context("reading the output")?;
+    let output = c.client.body(response).await?;
     let mut stdout = std::io::stdout().lock();
     written(stdout.write_all(&output))?;
     if !output.ends_with(b"\n") && stdout.is_terminal() {

@@ -7,9 +7,7 @@ use super::Ctx;
 
 /// Opens the event stream at `path`.
 pub(crate) async fn follow(c: &Ctx, path: &str) -> anyhow::Result<reqwest::Response> {
-    c.client
-        .send_stream(c.client.stream(Method::GET, path))
-        .await
+    c.client.send(c.client.stream(Method::GET, path)).await
 }
 
 /// Calls `each(event, data)` for every event of `response` until the stream ends, `each`
