@@ -222,8 +222,9 @@ impl Calls {
             started,
             armed: true,
         };
-        let outcome = self
-            .run(&deployment, input, request, admit)
+        // Boxed: the call's future takes kilobytes, copied again each time it is moved into
+        // the future around it.
+        let outcome = Box::pin(self.run(&deployment, input, request, admit))
             .instrument(span.clone())
             .await;
         unanswered.armed = false;

@@ -10,9 +10,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::digest;
 use arc_swap::ArcSwap;
 use gust_store::Store;
-use sha2::{Digest as _, Sha256};
 
 use super::sessions::Sessions;
 use crate::error::Error;
@@ -106,7 +106,12 @@ impl AdminToken {
 
     /// Whether `presented` is the admin token.
     pub fn matches(&self, presented: &[u8]) -> bool {
-        super::constant_time_eq(&digest(presented), self.current.load().as_slice())
+        self.matches_digest(&digest(presented))
+    }
+
+    /// Whether a credential whose [`digest`](super::digest) this is, is the admin token.
+    pub fn matches_digest(&self, digest: &[u8; 32]) -> bool {
+        super::constant_time_eq(digest, self.current.load().as_slice())
     }
 
     /// A new admin token, effective at once (the old one stops working), stored in the data
@@ -193,10 +198,6 @@ fn parse_hash(hex_text: &str) -> Option<[u8; 32]> {
     hex::decode(hex_text)
         .ok()
         .and_then(|h| <[u8; 32]>::try_from(h).ok())
-}
-
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
 }
 
 /// A new random admin token.

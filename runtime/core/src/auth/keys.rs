@@ -221,8 +221,16 @@ impl KeyRing {
 
     /// The key whose hash this is, compared in constant time.
     pub fn find(&self, presented: &str) -> Option<Arc<Key>> {
-        let hash = hash(presented);
-        let key = self.by_hash.load().get(&hash).cloned()?;
+        self.find_digest(&super::digest(presented.as_bytes()))
+    }
+
+    /// The key of a credential whose [`digest`](super::digest) this is. Its hex goes in a
+    /// buffer on the stack: this runs on every call.
+    pub fn find_digest(&self, digest: &[u8; 32]) -> Option<Arc<Key>> {
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(digest, &mut hex).ok()?;
+        let hash = std::str::from_utf8(&hex).ok()?;
+        let key = self.by_hash.load().get(hash).cloned()?;
         super::constant_time_eq(key.hash.as_bytes(), hash.as_bytes()).then_some(key)
     }
 

@@ -151,10 +151,11 @@ async fn caller(parts: &Parts, state: &AppState) -> Result<Caller, Error> {
             )),
         };
     };
-    if state.admin.matches(presented.as_bytes()) {
+    let digest = gust_core::auth::digest(presented.as_bytes());
+    if state.admin.matches_digest(&digest) {
         return Ok(Caller::Admin);
     }
-    match state.host.keys.ring().find(presented) {
+    match state.host.keys.ring().find_digest(&digest) {
         Some(key) => Ok(Caller::Key(key)),
         None => Err(Error::Unauthorized("the token is not valid".into())),
     }
