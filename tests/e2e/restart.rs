@@ -206,6 +206,14 @@ async fn probe_on(dir: std::path::PathBuf, extra: &[&str], config: serde_json::V
     host
 }
 
+/// SIGTERM, then the host's exit code once it has stopped (within 20 s).
+async fn terminate(mut host: Host) -> Option<i32> {
+    host.signal("TERM");
+    tokio::task::spawn_blocking(move || host.wait_exit(std::time::Duration::from_secs(20)))
+        .await
+        .unwrap()
+}
+
 async fn started(host: &Host, id: &str) {
     crate::support::eventually(
         std::time::Duration::from_secs(10),
@@ -242,7 +250,7 @@ async fn a_clean_stop_gives_running_runs_back_without_counting_the_attempt() {
     let data = dir.path().join("data");
     // With a queue wait of 2 s (time enough to start on a busy machine), the run is past it
     // when the host starts again: it started, so it must not expire.
-    let mut host = probe_on(
+    let host = probe_on(
         data.clone(),
         &["--shutdown-grace", "1"],
         json!({"async_timeout_s": 30, "max_queue_wait_s": 2}),
@@ -251,12 +259,7 @@ async fn a_clean_stop_gives_running_runs_back_without_counting_the_attempt() {
     let id = crate::runs::submit(&host, "probe", json!({"op": "sleep", "ms": 3000})).await;
     let accepted = tokio::time::Instant::now();
     started(&host, &id).await;
-    host.signal("TERM");
-    let code =
-        tokio::task::spawn_blocking(move || host.wait_exit(std::time::Duration::from_secs(20)))
-            .await
-            .unwrap();
-    assert_eq!(code, Some(0));
+    assert_eq!(terminate(host).await, Some(0));
     tokio::time::sleep_until(accepted + std::time::Duration::from_millis(2500)).await;
     let host = Host::start_on(data, &[]).await;
     let run = crate::runs::finished(&host, "probe", &id).await;
@@ -329,7 +332,7 @@ async fn a_clean_stop_starts_no_queued_run() {
 #[tokio::test]
 async fn a_sync_call_cut_by_the_end_of_the_grace_period_is_answered_503() {
     let dir = tempfile::tempdir().unwrap();
-    let mut host = probe_on(
+    let host = probe_on(
         dir.path().join("data"),
         &["--shutdown-grace", "1"],
         json!({"sync_timeout_s": 60}),
@@ -356,12 +359,7 @@ async fn a_sync_call_cut_by_the_end_of_the_grace_period_is_answered_503() {
     let events = tokio::spawn(async move { events.send().await.unwrap().text().await.unwrap() });
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     let stopping = std::time::Instant::now();
-    host.signal("TERM");
-    let code =
-        tokio::task::spawn_blocking(move || host.wait_exit(std::time::Duration::from_secs(20)))
-            .await
-            .unwrap();
-    assert_eq!(code, Some(0));
+    assert_eq!(terminate(host).await, Some(0));
     let (status, retry, body) = plain.await.unwrap();
     assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["kind"], "unavailable", "{body}");
