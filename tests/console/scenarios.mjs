@@ -254,6 +254,9 @@ try {
   await page.keyboard.press("Escape");
   const banner = page.locator("#redeploy-banner");
   await banner.waitFor();
+  // The page drawn again (with the banner above the radios) keeps the keyboard on Async.
+  const onMode = await page.evaluate(() => `${document.activeElement.name}=${document.activeElement.value}`);
+  check(onMode === "mode=async", `after configuring Async the keyboard is on ${onMode}`);
   const bannerText = await banner.textContent();
   check(bannerText.includes("mode") && bannerText.includes("push.url"), `banner: ${bannerText}`);
   check((await page.locator("#push-url").textContent()) === receiverUrl, "the push URL is not shown");
@@ -418,6 +421,13 @@ try {
   await page.locator("#runs-more").click();
   await eventually(`all ${total} runs in the table`, async () => (await page.locator("#runs-table tbody tr").count()) === total);
   check((await page.locator("#runs-more").count()) === 0, "Show more runs stays with every run shown");
+  // Two filters that both find nothing are two different pages.
+  await page.locator("#runs-status").selectOption("failed");
+  await page.getByText("No failed runs.").waitFor();
+  await page.locator("#runs-status").selectOption("cancelled");
+  await page.getByText("No cancelled runs.").waitFor();
+  await page.locator("#runs-status").selectOption("");
+  await page.locator("#runs-table").waitFor();
 
   step = "a double click makes one key, and one deployment";
   await page.getByLabel("Key name").fill("twice");

@@ -97,9 +97,7 @@ async fn read(c: &Ctx, path: &str) -> anyhow::Result<(Value, Option<String>)> {
         .get(reqwest::header::ETAG)
         .and_then(|v| v.to_str().ok())
         .map(|t| t.trim_start_matches("W/").to_owned());
-    let draft = response
-        .json()
-        .await
+    let draft = serde_json::from_slice(&c.client.body(response).await?)
         .context("reading the server's answer")?;
     Ok((draft, tag))
 }

@@ -410,9 +410,7 @@ async fn upload_version(
     progress.finish();
     let response = outcome?;
     let created = response.status() == reqwest::StatusCode::CREATED;
-    let answer: Value = response
-        .json()
-        .await
+    let answer: Value = serde_json::from_slice(&c.client.body(response).await?)
         .context("reading the server's answer")?;
     let version = answer["version"]
         .as_u64()

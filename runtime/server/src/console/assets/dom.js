@@ -36,14 +36,17 @@ export function fill(el, ...children) {
 const FOCUSABLE = "a[href], button, input, select, textarea, summary, [tabindex]";
 
 /**
- * What names a focusable element across two drawings of the same part: its tag, link, data
- * attributes, and for short controls their text. Not its id, which some widgets make up
- * anew each time; and not the text of a long block (a run's logs grow).
+ * What names a focusable element across two drawings of the same part: its tag, link, name
+ * and value (two radios differ only there), data attributes, the section it is in, and for
+ * short controls their text. Not its id, which some widgets make up anew each time; and not
+ * the text of a long block (a run's logs grow).
  */
 function signature(el) {
   const data = Object.entries(el.dataset).map(([k, v]) => `${k}=${v}`).join(",");
   const short = ["A", "BUTTON", "SUMMARY", "LABEL"].includes(el.tagName);
-  return [el.tagName, el.getAttribute("href"), el.getAttribute("name"), el.getAttribute("aria-label"), data,
+  const section = el.closest("[aria-labelledby]");
+  return [el.tagName, el.getAttribute("href"), el.getAttribute("name"), el.getAttribute("value"),
+    el.getAttribute("aria-label"), data, section ? section.getAttribute("aria-labelledby") : "",
     short ? el.textContent.trim() : ""].join("|");
 }
 
@@ -52,11 +55,14 @@ function signature(el) {
  * the page after an action): the keyboard stays where it was. The element that had focus
  * is found again in the new drawing (the same signature, nearest in tab order); when it is
  * gone (the button of a key just revoked), focus goes to `fallback()`, so that it never
- * drops to the page's top. Focus outside `el` is left alone.
+ * drops to the page's top; it stays there, without scrolling to it again, through the
+ * drawings after. Focus outside `el` is left alone.
  */
 export function redraw(el, children, fallback = () => null) {
   const active = document.activeElement;
   if (!active || active === el || !el.contains(active)) return fill(el, children);
+  // Focus put on a fallback by an earlier drawing: its new copy takes it, quietly.
+  const parked = active.hasAttribute("data-parked");
   const index = [...el.querySelectorAll(FOCUSABLE)].indexOf(active);
   const wanted = signature(active);
   fill(el, children);
@@ -67,9 +73,12 @@ export function redraw(el, children, fallback = () => null) {
   });
   const target = best ? best.el : fallback();
   if (target) {
-    // A notice or a heading is not a control: it takes focus from a script only.
-    if (!target.matches(FOCUSABLE)) target.setAttribute("tabindex", "-1");
-    target.focus({ preventScroll: !!best });
+    if (!best) {
+      // A notice or a heading is not a control: it takes focus from a script only.
+      if (!target.matches(FOCUSABLE)) target.setAttribute("tabindex", "-1");
+      target.setAttribute("data-parked", "");
+    }
+    target.focus({ preventScroll: !!best || parked });
   }
   return el;
 }

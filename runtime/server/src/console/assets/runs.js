@@ -31,8 +31,12 @@ export function runsSection(root, agent) {
   let latest = 0;
   // The last drawing's runs: a refresh that finds them unchanged draws nothing.
   let drawn = null;
+  // Whether the newest load is still reading: the timer starts none beside it, or loads of
+  // many pages, each slower than the timer, would overtake one another and never draw.
+  let loading = false;
   async function load() {
     const mine = ++latest;
+    loading = true;
     const runs = [];
     let more = false;
     try {
@@ -40,6 +44,8 @@ export function runsSection(root, agent) {
       do {
         const limit = Math.min(wanted - runs.length, 200);
         const answer = await api("GET", `${agentPath(agent)}/runs?limit=${limit}${status ? `&status=${status}` : ""}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+        // Overtaken (another filter, more runs asked for): its pages are not needed.
+        if (stopped || mine !== latest) return;
         runs.push(...answer.runs);
         cursor = answer.next_cursor;
       } while (cursor && runs.length < wanted);
@@ -48,11 +54,13 @@ export function runsSection(root, agent) {
       if (!stopped && mine === latest) redraw(table, notice("error", err.message));
       drawn = null;
       return;
+    } finally {
+      if (mine === latest) loading = false;
     }
-    if (stopped || mine !== latest) return;
     fill(refreshed, `updated ${new Date().toLocaleTimeString()}`);
-    // An active run's duration grows with the clock: draw it again.
-    const seen = JSON.stringify([runs, more]);
+    // An active run's duration grows with the clock: draw it again. The filter is part of
+    // what is drawn ("No failed runs." is not "No cancelled runs.").
+    const seen = JSON.stringify([status, runs, more]);
     if (seen === drawn && !runs.some((r) => ACTIVE.has(r.status))) return;
     drawn = seen;
     if (!runs.length) {
@@ -74,7 +82,7 @@ export function runsSection(root, agent) {
     () => table.querySelector("table") || table);
   }
   load();
-  const timer = setInterval(load, 2000);
+  const timer = setInterval(() => { if (!loading) load(); }, 2000);
   return () => { stopped = true; clearInterval(timer); };
 }
 
@@ -122,6 +130,12 @@ export async function runPage(root, page, agent, id) {
       message = notice("error", `${label}: ${err.message}`);
     }
     await render();
+    // The button pressed may be gone (Cancel, once the run ended), and with it the focus
+    // the dialog gave back: the notice says what happened.
+    if (document.activeElement === document.body && message && page.alive()) {
+      message.setAttribute("tabindex", "-1");
+      message.focus();
+    }
   });
 
   async function render() {
