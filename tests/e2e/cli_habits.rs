@@ -554,6 +554,26 @@ fn collect_leaves(command: &clap::Command, prefix: &str, leaves: &mut Vec<String
     }
 }
 
+/// A server on a free loopback port, as far as a CLI test needs one: it reads each
+/// request, then `answer` writes what it will. The connections `answer` hands back are held
+/// open, with nothing more said.
+fn fake_server(
+    answer: impl Fn(std::net::TcpStream) -> Option<std::net::TcpStream> + Send + 'static,
+) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            held.extend(answer(stream));
+        }
+    });
+    url
+}
+
 /// A server that accepts a connection and then says nothing (hung, or gone behind a NAT
 /// that drops packets silently) is given up on after `--timeout` (or GUST_TIMEOUT), with
 /// "unavailable" (7), whether it owes an answer or the next part of a followed stream.
@@ -562,19 +582,10 @@ fn a_server_that_never_answers_is_given_up_on() {
     // Accepts and reads, then holds every connection open without a word; with `head`, it
     // first answers the head of an event stream.
     let silent = |head: &'static str| {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let mut request = [0u8; 4096];
-                let _ = std::io::Read::read(&mut stream, &mut request);
-                let _ = stream.write_all(head.as_bytes());
-                held.push(stream);
-            }
-        });
-        url
+        fake_server(move |mut stream| {
+            let _ = stream.write_all(head.as_bytes());
+            Some(stream)
+        })
     };
     let user = User::new();
     let mute = silent("");
@@ -648,29 +659,20 @@ fn a_server_that_never_answers_is_given_up_on() {
     assert!(waiting, "a sync call was cut at the timeout");
     // The bound is on silence: an answer whose bytes keep coming is read to its end, however
     // long it takes (a large run output over a slow link).
-    let trickling = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let mut request = [0u8; 4096];
-                let _ = std::io::Read::read(&mut stream, &mut request);
-                // JSON may carry spaces: 12 parts, 300 ms apart, over 3 s.
-                let body = format!("{{\"agents\":[]{}}}", " ".repeat(10));
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                    body.len()
-                );
-                for part in body.as_bytes().chunks(body.len().div_ceil(12)) {
-                    std::thread::sleep(std::time::Duration::from_millis(300));
-                    let _ = stream.write_all(part);
-                }
-            }
-        });
-        url
-    };
+    let trickling = fake_server(|mut stream| {
+        // JSON may carry spaces: 12 parts, 300 ms apart, over 3.6 s.
+        let body = format!("{{\"agents\":[]{}}}", " ".repeat(10));
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        for part in body.as_bytes().chunks(body.len().div_ceil(12)) {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let _ = stream.write_all(part);
+        }
+        None
+    });
     let slow = user.gust(&[
         "agents",
         "list",

@@ -148,6 +148,11 @@ impl Client {
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(Value::Null);
         }
+        self.read_json(response).await
+    }
+
+    /// A successful answer's body as JSON.
+    pub(crate) async fn read_json(&self, response: Response) -> anyhow::Result<Value> {
         let body = self.body(response).await?;
         serde_json::from_slice(&body).context("reading the server's answer")
     }

@@ -1,6 +1,5 @@
 //! `gust config`: the agent's draft configuration.
 
-use anyhow::Context as _;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -97,8 +96,7 @@ async fn read(c: &Ctx, path: &str) -> anyhow::Result<(Value, Option<String>)> {
         .get(reqwest::header::ETAG)
         .and_then(|v| v.to_str().ok())
         .map(|t| t.trim_start_matches("W/").to_owned());
-    let draft = serde_json::from_slice(&c.client.body(response).await?)
-        .context("reading the server's answer")?;
+    let draft = c.client.read_json(response).await?;
     Ok((draft, tag))
 }
 

@@ -410,8 +410,7 @@ async fn upload_version(
     progress.finish();
     let response = outcome?;
     let created = response.status() == reqwest::StatusCode::CREATED;
-    let answer: Value = serde_json::from_slice(&c.client.body(response).await?)
-        .context("reading the server's answer")?;
+    let answer = c.client.read_json(response).await?;
     let version = answer["version"]
         .as_u64()
         .and_then(|v| u32::try_from(v).ok())

@@ -59,8 +59,7 @@ pub(crate) async fn run(
         )
         .await?;
     if queued {
-        let answer: Value = serde_json::from_slice(&c.client.body(response).await?)
-            .context("reading the answer")?;
+        let answer = c.client.read_json(response).await?;
         let id = text(&answer["run_id"]);
         if wait {
             return runs_get(c, agent, &id, true).await;

@@ -10,10 +10,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::digest;
 use arc_swap::ArcSwap;
 use gust_store::Store;
 
+use super::digest;
 use super::sessions::Sessions;
 use crate::error::Error;
 use crate::tasks::blocking;

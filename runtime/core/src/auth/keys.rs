@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use gust_model::{KeyRecord, RateLimit};
 use gust_store::Store;
-use sha2::{Digest as _, Sha256};
 
 use crate::clock;
 use crate::error::Error;
@@ -154,7 +153,7 @@ pub(crate) fn new_key(
 
 /// SHA-256 of a presented key, hex.
 pub(crate) fn hash(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    hex::encode(super::digest(key.as_bytes()))
 }
 
 /// A key the ring knows.

@@ -266,8 +266,8 @@ fn answer_events(called: Called) -> Vec<Event> {
             events.push(Event::default().event("output").data(data.to_string()));
         }
         Err(e) => {
-            if let Error::Internal(detail) = &e {
-                tracing::error!("internal error: {detail:#}");
+            if let Error::Internal(_) = &e {
+                tracing::error!("{}", e.logged());
             }
             // What a plain call's error answer says: its status, kind and message.
             let status = super::error::status(&e).as_u16();

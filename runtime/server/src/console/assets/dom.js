@@ -71,16 +71,24 @@ export function redraw(el, children, fallback = () => null) {
     if (signature(candidate) !== wanted) return;
     if (!best || Math.abs(i - index) < Math.abs(best.i - index)) best = { el: candidate, i };
   });
-  const target = best ? best.el : fallback();
-  if (target) {
-    if (!best) {
-      // A notice or a heading is not a control: it takes focus from a script only.
-      if (!target.matches(FOCUSABLE)) target.setAttribute("tabindex", "-1");
-      target.setAttribute("data-parked", "");
-    }
-    target.focus({ preventScroll: !!best || parked });
+  if (best) best.el.focus({ preventScroll: true });
+  else {
+    const target = fallback();
+    if (target) park(target, { scroll: !parked });
   }
   return el;
+}
+
+/**
+ * Gives the keyboard to `target` where the control it was on went away (a notice that says
+ * what an action did, a heading). It is marked, so that `redraw` keeps it there in later
+ * drawings without scrolling to it again.
+ */
+export function park(target, { scroll = true } = {}) {
+  // A notice or a heading is not a control: it takes focus from a script only.
+  if (!target.matches(FOCUSABLE)) target.setAttribute("tabindex", "-1");
+  target.setAttribute("data-parked", "");
+  target.focus({ preventScroll: !scroll });
 }
 
 /**

@@ -2,7 +2,7 @@
 // own page (input, output, logs, outbound calls, delivery; Cancel, Rerun, Redeliver).
 
 import { api, agentPath } from "./api.js";
-import { h, fill, redraw, notice, when, duration, confirmDialog, oneAtATime } from "./dom.js";
+import { h, fill, redraw, park, notice, when, duration, confirmDialog, oneAtATime } from "./dom.js";
 
 const STATUSES = ["", "queued", "running", "succeeded", "failed", "cancelled", "expired"];
 const ACTIVE = new Set(["queued", "running"]);
@@ -132,10 +132,7 @@ export async function runPage(root, page, agent, id) {
     await render();
     // The button pressed may be gone (Cancel, once the run ended), and with it the focus
     // the dialog gave back: the notice says what happened.
-    if (document.activeElement === document.body && message && page.alive()) {
-      message.setAttribute("tabindex", "-1");
-      message.focus();
-    }
+    if (document.activeElement === document.body && message && page.alive()) park(message);
   });
 
   async function render() {
