@@ -490,6 +490,82 @@ async fn every_run_is_pushed_once_whichever_host_ran_it() {
     }
 }
 
+/// A host takes only the deliveries it can start, leaving the rest to the other hosts, and
+/// holds each for as long as an attempt may take. It used to take 64 at a time behind its 32
+/// delivery slots, each for 60 s whatever `--push-timeout`: the ones waiting for a slot sat
+/// claimed and unsent where another host could have sent them, and behind receivers slower
+/// than about 30 s their claims ran out and another host pushed them a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_claims_only_the_pushes_it_can_send_and_for_as_long_as_one_may_take() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    const FLAGS: [&str; 3] = ["--allow-private-network", "--push-timeout", "120"];
+    let mut cluster = Cluster::start_with(1, &FLAGS).await;
+    let a = &cluster.hosts[0];
+    let receiver = Receiver::holding().await;
+    deploy_pushing(a, &receiver).await;
+    // More than a host's 32 delivery slots; the receiver answers none of them for now.
+    const RUNS: usize = 40;
+    const SLOTS: usize = 32;
+    for n in 0..RUNS {
+        let (status, body) = a
+            .send(
+                a.request(Method::POST, "/v1/agents/pushed/runs")
+                    .json(&json!({"op": "echo", "n": n})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    eventually(
+        Duration::from_secs(30),
+        "a push in each of the host's slots",
+        || async { receiver.received().len() >= SLOTS },
+    )
+    .await;
+    // Time for the host's loop to take more, if it would.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), SLOTS);
+    let claims = psql(
+        &cluster.url,
+        "SELECT 'claims ' || count(*) || ' left ' || min(claimed_until - now_ms) \
+         FROM deliveries, (SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint \
+                           AS now_ms) AS now \
+         WHERE status = 'pending' AND claimed_until > now_ms",
+    );
+    let words: Vec<&str> = claims.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "claims").expect(&claims);
+    assert_eq!(
+        words[at + 1],
+        SLOTS.to_string(),
+        "the host claimed pushes it could not send yet: {claims}"
+    );
+    let left_ms: i64 = words[at + 3].parse().expect(&claims);
+    assert!(
+        left_ms > 110_000,
+        "a claim must outlast a 120 s attempt; the shortest has {left_ms} ms left"
+    );
+    // The 8 the first host left go out from a second one.
+    cluster.add_host(&FLAGS).await;
+    eventually(
+        Duration::from_secs(20),
+        "the second host to send the other pushes",
+        || async { receiver.received().len() >= RUNS },
+    )
+    .await;
+    receiver.open();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut by_webhook_id: HashMap<String, usize> = HashMap::new();
+    for received in receiver.received() {
+        *by_webhook_id
+            .entry(received.header("webhook-id"))
+            .or_default() += 1;
+    }
+    assert_eq!(by_webhook_id.len(), RUNS, "{by_webhook_id:?}");
+    assert!(
+        by_webhook_id.values().all(|&n| n == 1),
+        "a push was sent twice: {by_webhook_id:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_token_rotated_or_a_key_revoked_on_one_host_is_refused_on_the_other() {
     let _turn = ONE_AT_A_TIME.lock().await;

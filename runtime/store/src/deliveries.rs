@@ -5,7 +5,10 @@ use gust_model::{DeliveryRecord, PushSecrets};
 use crate::{Backend, Store, StoreError, blocking, detached};
 
 impl Store {
-    /// Pending deliveries due by `now`, oldest first.
+    /// Up to `limit` pending deliveries due by `now`, oldest first, leaving out those in
+    /// `busy` (the caller's own in flight, which SQLite would answer again). With PostgreSQL
+    /// each is claimed for `claim_ms`, so other hosts leave it alone that long: ask only for
+    /// what can start now, and claim for as long as an attempt may take.
     ///
     /// # Errors
     /// When the database fails.
@@ -13,14 +16,17 @@ impl Store {
         &self,
         now: i64,
         limit: usize,
+        claim_ms: i64,
+        busy: Vec<String>,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.due_deliveries(now, limit)).await,
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| db.due_deliveries(now, limit, &busy)).await
+            }
             Backend::Postgres(db) => {
-                detached(
-                    db,
-                    move |db| async move { db.due_deliveries(now, limit).await },
-                )
+                detached(db, move |db| async move {
+                    db.due_deliveries(now, limit, claim_ms, &busy).await
+                })
                 .await
             }
         }

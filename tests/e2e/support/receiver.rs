@@ -43,17 +43,34 @@ pub(crate) struct Receiver {
     pub(crate) url: String,
     received: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<VecDeque<Answer>>>,
+    /// While false, every request is recorded and then held unanswered.
+    open: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Receiver {
     pub(crate) async fn start(script: Vec<Answer>) -> Self {
+        Self::start_with(script, true).await
+    }
+
+    /// A receiver that holds every request it gets, unanswered, until [`Receiver::open`].
+    pub(crate) async fn holding() -> Self {
+        Self::start_with(Vec::new(), false).await
+    }
+
+    async fn start_with(script: Vec<Answer>, open: bool) -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
-        let (r, s) = (Arc::clone(&received), Arc::clone(&script));
+        let open = Arc::new(tokio::sync::watch::Sender::new(open));
+        let (r, s, o) = (
+            Arc::clone(&received),
+            Arc::clone(&script),
+            Arc::clone(&open),
+        );
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
-            let (r, s) = (Arc::clone(&r), Arc::clone(&s));
+            let (r, s, mut opened) = (Arc::clone(&r), Arc::clone(&s), o.subscribe());
             async move {
                 r.lock().unwrap().push(Received { headers, body });
+                let _ = opened.wait_for(|open| *open).await;
                 let answer = s.lock().unwrap().pop_front().unwrap_or(Answer::Status(200));
                 respond(answer)
             }
@@ -65,7 +82,13 @@ impl Receiver {
             url,
             received,
             script,
+            open,
         }
+    }
+
+    /// Answers the requests held and every later one.
+    pub(crate) fn open(&self) {
+        self.open.send_replace(true);
     }
 
     pub(crate) fn received(&self) -> Vec<Received> {

@@ -11,13 +11,6 @@ use super::{Postgres, col, db, num, row, rows};
 use crate::StoreError;
 use crate::queue::{ActiveRuns, Recovered};
 
-/// How long a host holds a push delivery it picked up: other hosts leave the event alone
-/// until then. It outlasts a push attempt (15 s by default) with room for the wait for a
-/// delivery slot; a host that dies mid-attempt delays the event by at most this much. If an
-/// attempt does outlast it, another host may push the same event too: receivers tell the
-/// copies apart by the `webhook-id`, which is stored with the event and the same for both.
-const DELIVERY_CLAIM_MS: i64 = 60_000;
-
 const RUN_COLUMNS: &str = "r.id, r.agent, r.deployment, r.version, r.status, r.created_at,
     r.started_at, r.finished_at, r.attempts, r.output_type, r.output, r.error_kind,
     r.error_message, r.progress_fraction, r.progress_message, r.logs, r.outbound,
@@ -239,15 +232,19 @@ impl Postgres {
         .collect()
     }
 
-    /// Claims up to `limit` pending deliveries due by `now` for this host, oldest first:
-    /// each is held for [`DELIVERY_CLAIM_MS`] (or until its attempt is recorded), and is not
-    /// due for any other host meanwhile. Rows another host is claiming at the same moment
-    /// are skipped, not waited for. A claim that lapsed (its host died) makes the delivery
-    /// due again for every host.
+    /// Claims up to `limit` pending deliveries due by `now` for this host, oldest first,
+    /// leaving out those in `busy` (this host's own in flight, whose claim may have lapsed):
+    /// each is held for `claim_ms` (or until its attempt is recorded), and is not due for any
+    /// other host meanwhile. Rows another host is claiming at the same moment are skipped,
+    /// not waited for. A claim that lapsed (its host died) makes the delivery due again for
+    /// every host. If an attempt does outlast its claim, another host may push the same
+    /// event too: receivers tell the copies apart by the `webhook-id`, stored with the event.
     pub(crate) async fn due_deliveries(
         &self,
         now: i64,
         limit: usize,
+        claim_ms: i64,
+        busy: &[String],
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let client = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -258,11 +255,12 @@ impl Postgres {
                  WHERE run_id IN (SELECT run_id FROM deliveries
                                   WHERE status = 'pending' AND next_attempt_at <= $1
                                     AND (claimed_until IS NULL OR claimed_until <= $1)
+                                    AND run_id <> ALL($4)
                                   ORDER BY next_attempt_at LIMIT $2
                                   FOR UPDATE SKIP LOCKED)
                  RETURNING {DELIVERY_COLUMNS}"
             ),
-            &[&now, &limit, &DELIVERY_CLAIM_MS],
+            &[&now, &limit, &claim_ms, &busy],
         )
         .await?
         .iter()

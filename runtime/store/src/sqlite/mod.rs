@@ -786,8 +786,9 @@ impl Sqlite {
         &self,
         now: i64,
         limit: usize,
+        busy: &[String],
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.read(|conn| runs::due(conn, now, limit))
+        self.read(|conn| runs::due(conn, now, limit, busy))
     }
 
     pub(crate) fn next_delivery_at(&self) -> Result<Option<i64>, StoreError> {

@@ -406,7 +406,10 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
         apply(&a, finish).await,
         WriteOutcome::Finished { delivery: true }
     );
-    let (on_a, on_b) = tokio::join!(a.due_deliveries(20, 10), b.due_deliveries(20, 10));
+    let (on_a, on_b) = tokio::join!(
+        a.due_deliveries(20, 10, 60_000, Vec::new()),
+        b.due_deliveries(20, 10, 60_000, Vec::new())
+    );
     let (on_a, on_b) = (on_a.unwrap(), on_b.unwrap());
     assert_eq!(
         on_a.len() + on_b.len(),
@@ -419,16 +422,27 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
         (&a, &b, &on_a[0])
     };
     assert!(
-        other.due_deliveries(30, 10).await.unwrap().is_empty(),
+        other
+            .due_deliveries(30, 10, 60_000, Vec::new())
+            .await
+            .unwrap()
+            .is_empty(),
         "claimed"
     );
     assert!(
-        holder.due_deliveries(30, 10).await.unwrap().is_empty(),
+        holder
+            .due_deliveries(30, 10, 60_000, Vec::new())
+            .await
+            .unwrap()
+            .is_empty(),
         "claimed by itself too"
     );
     assert_eq!(other.next_delivery_at().await.unwrap(), Some(20 + 60_000));
     // The holder died: past the claim, any host may take it, with the same webhook-id.
-    let taken = other.due_deliveries(20 + 60_000, 10).await.unwrap();
+    let taken = other
+        .due_deliveries(20 + 60_000, 10, 60_000, Vec::new())
+        .await
+        .unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].event_id, claimed.event_id);
     // An attempt's result ends the claim: a retry is due for every host when scheduled.
@@ -445,7 +459,14 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
     )
     .await;
     assert_eq!(holder.next_delivery_at().await.unwrap(), Some(70_000));
-    assert_eq!(holder.due_deliveries(70_000, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        holder
+            .due_deliveries(70_000, 10, 60_000, Vec::new())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]

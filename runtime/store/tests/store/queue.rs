@@ -230,7 +230,11 @@ both! {
             WriteOutcome::Finished { delivery: true }
         );
         assert_eq!(db.next_delivery_at().await.unwrap(), Some(12));
-        let due = db.due_deliveries(12, 10).await.unwrap();
+        assert!(
+            db.due_deliveries(12, 10, 60_000, vec!["r1".into()]).await.unwrap().is_empty(),
+            "a delivery the caller has in flight is left out"
+        );
+        let due = db.due_deliveries(12, 10, 60_000, Vec::new()).await.unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!((due[0].event_type.as_str(), due[0].status), ("run.succeeded", DeliveryStatus::Pending));
         apply(&db, RunWrite::Purge { before: 10_000 }).await;
@@ -257,7 +261,7 @@ both! {
             apply(&db, RunWrite::Redeliver { agent: "a".into(), id: "r1".into(), now: 50 }).await,
             WriteOutcome::Redelivering
         );
-        let again = db.due_deliveries(50, 10).await.unwrap();
+        let again = db.due_deliveries(50, 10, 60_000, Vec::new()).await.unwrap();
         assert_eq!(again[0].event_id, due[0].event_id, "a redelivery keeps the webhook-id");
         apply(
             &db,
@@ -508,7 +512,7 @@ both! {
         assert_eq!(db.run("a", "r40").await.unwrap().unwrap().status, RunStatus::Running);
         assert_eq!(db.run("a", "r45").await.unwrap().unwrap().status, RunStatus::Cancelled);
         // The deployment pushes: every run that ended has its event, each with its own id.
-        let due = db.due_deliveries(30, 100).await.unwrap();
+        let due = db.due_deliveries(30, 100, 60_000, Vec::new()).await.unwrap();
         assert_eq!(due.len(), 41, "40 succeeded and 1 cancelled");
         let mut events: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
         events.sort_unstable();

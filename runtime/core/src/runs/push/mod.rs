@@ -98,6 +98,16 @@ struct Inner {
     slots: Arc<Semaphore>,
 }
 
+/// Deliveries taken from the store at once, at most.
+const BATCH: usize = 64;
+
+/// What a delivery's claim adds to the receiver's timeout: reading the run and its secret
+/// before the attempt, and recording the outcome after it behind a busy writer.
+const CLAIM_MARGIN: Duration = Duration::from_secs(30);
+
+/// The shortest claim, whatever the timeout.
+const MIN_CLAIM: Duration = Duration::from_secs(60);
+
 /// The highest attempt number the deliveries metric labels; later ones count under it.
 const MAX_ATTEMPT_LABEL: u32 = 16;
 
@@ -190,27 +200,11 @@ impl Pusher {
 impl Inner {
     async fn run(self: Arc<Self>, stop: CancellationToken) {
         while !stop.is_cancelled() {
-            let now = clock::now_ms();
-            match self.store.due_deliveries(now, 64).await {
-                Ok(due) => {
-                    for delivery in due {
-                        if !self.in_flight().insert(delivery.run_id.clone()) {
-                            continue;
-                        }
-                        let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
-                            return;
-                        };
-                        let inner = Arc::clone(&self);
-                        self.background.spawn(Stage::Delivery, move |_| async move {
-                            let run_id = delivery.run_id.clone();
-                            inner.deliver(delivery).await;
-                            inner.in_flight().remove(&run_id);
-                            drop(slot);
-                            inner.wake.notify_one();
-                        });
-                    }
-                }
-                Err(e) => tracing::error!("reading due push deliveries: {e:#}"),
+            // Only what can start now is taken: with PostgreSQL, taking a delivery claims it
+            // from the other hosts, and a claim must not run out while it waits for a slot.
+            let free = self.slots.available_permits().min(BATCH);
+            if free > 0 {
+                self.start_due(free).await;
             }
             // Sleep until the next delivery is due (at most a second, so in-flight ones that
             // were skipped are looked at again), or until something new arrives.
@@ -226,6 +220,47 @@ impl Inner {
                 _ = tokio::time::timeout(wait, self.wake.notified()) => {}
             }
         }
+    }
+
+    /// Takes up to `free` due deliveries and starts each in a slot of its own.
+    async fn start_due(self: &Arc<Self>, free: usize) {
+        let busy: Vec<String> = self.in_flight().iter().cloned().collect();
+        let due = match self
+            .store
+            .due_deliveries(clock::now_ms(), free, self.claim_ms(), busy)
+            .await
+        {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!("reading due push deliveries: {e:#}");
+                return;
+            }
+        };
+        for delivery in due {
+            if !self.in_flight().insert(delivery.run_id.clone()) {
+                continue;
+            }
+            // This loop alone takes slots, and it asked for no more than were free.
+            let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+                return;
+            };
+            let inner = Arc::clone(self);
+            self.background.spawn(Stage::Delivery, move |_| async move {
+                let run_id = delivery.run_id.clone();
+                inner.deliver(delivery).await;
+                inner.in_flight().remove(&run_id);
+                drop(slot);
+                inner.wake.notify_one();
+            });
+        }
+    }
+
+    /// How long a delivery taken by this host is left alone by the others (PostgreSQL): one
+    /// attempt (the receiver's `--push-timeout`) with room to read the run before it and to
+    /// record the outcome after it; a host that dies mid-attempt delays the event by this much.
+    fn claim_ms(&self) -> i64 {
+        let attempt = self.settings.timeout + CLAIM_MARGIN;
+        i64::try_from(attempt.max(MIN_CLAIM).as_millis()).unwrap_or(i64::MAX)
     }
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
