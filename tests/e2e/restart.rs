@@ -376,6 +376,79 @@ async fn a_sync_call_cut_by_the_end_of_the_grace_period_is_answered_503() {
     );
 }
 
+/// A push whose receiver is slow is cut where the stop's grace period ends, unrecorded, and
+/// sent again after the restart with the same `webhook-id`. It used to hold the stop 5 s past
+/// its period, then be left behind ("background work did not stop in time"); with PostgreSQL
+/// its claim then kept it from every host for a minute.
+#[tokio::test]
+async fn a_push_in_flight_is_cut_at_the_end_of_the_grace_period_and_sent_again() {
+    use crate::support::receiver::Receiver;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let receiver = Receiver::holding().await;
+    let config = json!({"mode": "async", "push": {"url": receiver.url, "access_token": "t"}});
+    let flags = [
+        "--allow-private-network",
+        "--push-timeout",
+        "60",
+        "--shutdown-grace",
+        "1",
+    ];
+    let mut host = probe_on(data.clone(), &flags, config).await;
+    let id = crate::runs::submit(&host, "probe", json!({"op": "echo"})).await;
+    let r = &receiver;
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the push to reach the receiver",
+        || async move { !r.received().is_empty() },
+    )
+    .await;
+    let stopping = std::time::Instant::now();
+    host.signal("TERM");
+    let (host, code) = tokio::task::spawn_blocking(move || {
+        let code = host.wait_exit(std::time::Duration::from_secs(20));
+        (host, code)
+    })
+    .await
+    .unwrap();
+    let took = stopping.elapsed();
+    assert_eq!(code, Some(0), "{}", host.log());
+    assert!(
+        !host.log().contains("did not stop in time"),
+        "the stop waited for the push: {}",
+        host.log()
+    );
+    // The grace period is 1 s; a stage past it would have been given 5 s more.
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the stop took {took:?}"
+    );
+    drop(host);
+
+    receiver.open();
+    let host = Host::start_on(data, &flags).await;
+    let (h, id) = (&host, id.as_str());
+    crate::support::eventually(
+        std::time::Duration::from_secs(15),
+        "the push to be sent again and recorded",
+        || async move {
+            crate::runs::poll(h, "probe", id, 0).await["delivery"]["status"] == "delivered"
+        },
+    )
+    .await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 2, "sent before the stop and after it");
+    assert_eq!(
+        received[0].header("webhook-id"),
+        received[1].header("webhook-id")
+    );
+    let delivery = crate::runs::poll(&host, "probe", id, 0).await["delivery"].clone();
+    assert_eq!(
+        delivery["attempts"], 1,
+        "the cut attempt is not counted: {delivery}"
+    );
+}
+
 #[tokio::test]
 async fn pending_pushes_survive_kill_nine() {
     use crate::support::receiver::{Answer, Receiver};

@@ -61,6 +61,8 @@ struct Group {
 pub struct Background {
     root: CancellationToken,
     groups: Arc<[Group]>,
+    /// Cancelled when the stop's grace period ends.
+    grace_over: CancellationToken,
 }
 
 impl Default for Background {
@@ -73,7 +75,12 @@ impl Default for Background {
                 tracker: TaskTracker::new(),
             })
             .collect();
-        Self { root, groups }
+        let grace_over = root.child_token();
+        Self {
+            root,
+            groups,
+            grace_over,
+        }
     }
 }
 
@@ -85,6 +92,12 @@ impl Background {
     /// The token of `stage`: cancelled when the stage stops.
     pub fn token(&self, stage: Stage) -> CancellationToken {
         self.group(stage).token.clone()
+    }
+
+    /// Cancelled when the grace period of the host's stop ends: work that a stopping stage
+    /// lets finish (a push in flight) is cut there, so that the stop keeps to its period.
+    pub fn grace_over(&self) -> CancellationToken {
+        self.grace_over.clone()
     }
 
     /// Whether the host is stopping (any stage has been told to stop).
@@ -138,6 +151,11 @@ impl Background {
     /// Stops every stage, in order: each is cancelled and waited for, the waits bounded by
     /// `deadline` (and, past it, by a few seconds each, for last writes).
     pub async fn stop(&self, deadline: Instant) {
+        let over = self.grace_over.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            over.cancel();
+        });
         for stage in STAGES {
             let group = self.group(stage);
             group.token.cancel();
@@ -153,6 +171,7 @@ impl Background {
                 );
             }
         }
+        timer.abort();
         self.root.cancel();
     }
 
@@ -198,6 +217,27 @@ mod tests {
             [Stage::Intake, Stage::Delivery, Stage::Writes, Stage::Engine]
         );
         assert!(background.stopping());
+    }
+
+    /// Work that outlives its stage's token is cut where the grace period ends, not after
+    /// the few seconds the stop gives a stage past it.
+    #[tokio::test]
+    async fn work_left_to_finish_is_cut_when_the_grace_period_ends() {
+        let background = Background::default();
+        let over = background.grace_over();
+        let (cut, seen) = tokio::sync::oneshot::channel();
+        background.spawn(Stage::Delivery, move |_| async move {
+            over.cancelled().await;
+            let _ = cut.send(Instant::now());
+        });
+        let deadline = Instant::now() + Duration::from_millis(300);
+        background.stop(deadline).await;
+        let cut_at = seen.await.expect("the work was cut");
+        assert!(cut_at >= deadline, "cut before the grace period ended");
+        assert!(
+            Instant::now() < deadline + LAST_WORDS,
+            "the stop waited past the grace period for work it could cut"
+        );
     }
 
     #[tokio::test]

@@ -32,6 +32,24 @@ impl Store {
         }
     }
 
+    /// Gives back this host's claim on the delivery of `run_id` (PostgreSQL), whose attempt
+    /// was cut before it ended: it is due again for every host. SQLite claims nothing.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn release_delivery(&self, run_id: String) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(db) => {
+                detached(
+                    db,
+                    move |db| async move { db.release_delivery(&run_id).await },
+                )
+                .await
+            }
+        }
+    }
+
     /// The earliest `next_attempt_at` of any pending delivery.
     ///
     /// # Errors

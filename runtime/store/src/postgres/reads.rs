@@ -270,6 +270,20 @@ impl Postgres {
         Ok(due)
     }
 
+    /// Ends the claim on `run_id`'s delivery: due again for every host.
+    pub(crate) async fn release_delivery(&self, run_id: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE deliveries SET claimed_until = NULL
+                 WHERE run_id = $1 AND status = 'pending'",
+                &[&run_id],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
     /// When the next pending delivery is due for some host: a claimed one, once its claim
     /// lapses.
     pub(crate) async fn next_delivery_at(&self) -> Result<Option<i64>, StoreError> {

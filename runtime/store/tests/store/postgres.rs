@@ -467,6 +467,23 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
             .len(),
         1
     );
+    // A host whose attempt was cut (its stop) gives the claim back: due again at once.
+    assert!(
+        other
+            .due_deliveries(70_001, 10, 60_000, Vec::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    holder.release_delivery("r1".into()).await.unwrap();
+    assert_eq!(
+        other
+            .due_deliveries(70_001, 10, 60_000, Vec::new())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]

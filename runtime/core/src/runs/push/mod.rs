@@ -245,9 +245,16 @@ impl Inner {
                 return;
             };
             let inner = Arc::clone(self);
+            let grace_over = self.background.grace_over();
             self.background.spawn(Stage::Delivery, move |_| async move {
                 let run_id = delivery.run_id.clone();
-                inner.deliver(delivery).await;
+                // A stop lets the attempt finish within its grace period, not after: past
+                // it the attempt is dropped unrecorded, and the event goes out again from
+                // the next host to look (with the same `webhook-id`).
+                tokio::select! {
+                    () = inner.deliver(delivery) => {}
+                    () = grace_over.cancelled() => inner.give_back(&run_id).await,
+                }
                 inner.in_flight().remove(&run_id);
                 drop(slot);
                 inner.wake.notify_one();
@@ -261,6 +268,18 @@ impl Inner {
     fn claim_ms(&self) -> i64 {
         let attempt = self.settings.timeout + CLAIM_MARGIN;
         i64::try_from(attempt.max(MIN_CLAIM).as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// An attempt cut by the host's stop: its claim is given back, so that another host
+    /// sends the event now rather than when the claim would have run out.
+    async fn give_back(&self, run_id: &str) {
+        tracing::info!(
+            run_id,
+            "a push in flight was cut by the stop; it will be sent again"
+        );
+        if let Err(e) = self.store.release_delivery(run_id.to_owned()).await {
+            tracing::warn!(run_id, "giving back a push's claim: {e:#}");
+        }
     }
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
