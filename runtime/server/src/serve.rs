@@ -281,7 +281,8 @@ pub async fn serve(
         tls: listening.tls.is_some(),
         draining: std::sync::atomic::AtomicBool::new(false),
         stopping: tokio_util::sync::CancellationToken::new(),
-        past_grace: tokio_util::sync::CancellationToken::new(),
+        // One moment for the whole host: pushes in flight are cut there too.
+        past_grace: background.grace_over(),
         database: arc_swap::ArcSwap::from_pointee("not checked yet".to_owned()),
     });
 
