@@ -58,8 +58,14 @@ impl FromArgMatches for ServeArgs {
         // Checked once every layer is in: the certificate may come from the file and its key
         // from a variable.
         if resolved.flags.tls_cert.is_some() != resolved.flags.tls_key.is_some() {
+            // The file is named only when the half that was given came from it.
+            let from_file = resolved.settings.iter().any(|setting| {
+                matches!(setting.key.as_str(), "tls-cert" | "tls-key")
+                    && matches!(setting.source, layers::Source::File)
+            });
             let file = matches
                 .get_one::<std::path::PathBuf>("config")
+                .filter(|_| from_file)
                 .map(|path| format!("config file {}: ", path.display()))
                 .unwrap_or_default();
             return Err(clap::Error::raw(
@@ -466,6 +472,18 @@ mod tests {
             .to_string();
         assert!(
             error.contains("cannot read the config file") && error.contains("missing.toml"),
+            "{error}"
+        );
+        // A half of the TLS pair given as a flag beside a file that has neither: the file is
+        // not to blame.
+        let other = config(dir.path(), "workers = 8\n");
+        let other = other.to_str().unwrap();
+        let Err(error) = serve(&["--config", other, "--tls-cert", "cert.pem"]) else {
+            panic!("a certificate without its key was accepted");
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("--tls-key") && !error.contains(&format!("config file {other}")),
             "{error}"
         );
     }
