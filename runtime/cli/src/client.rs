@@ -32,6 +32,11 @@ pub(crate) fn is_kind(e: &anyhow::Error, kind: &str) -> bool {
         .is_some_and(|rest| rest.starts_with(':'))
 }
 
+/// The bound a [`Client::working`] request was given on its whole answer, kept with its
+/// response so that a body cut by it is reported as that, not as the timeout's silence.
+#[derive(Clone, Copy)]
+struct Bound(Duration);
+
 pub(crate) struct Client {
     base: String,
     token: Option<String>,
@@ -94,7 +99,7 @@ impl Client {
     {
         use futures::StreamExt as _;
         match body.next().await {
-            Some(chunk) => Ok(Some(chunk.map_err(|e| self.failed(&e))?)),
+            Some(chunk) => Ok(Some(chunk.map_err(|e| self.failed(&e, None))?)),
             None => Ok(None),
         }
     }
@@ -107,21 +112,29 @@ impl Client {
         }
     }
 
-    /// The error of a server that said nothing for the timeout.
-    fn silent(&self) -> Failure {
-        Failure::new(
-            Code::Unavailable,
-            format!(
+    /// The error of a server that said nothing for the timeout, or, for a request given a
+    /// bound of its own ([`Client::working`]), did not finish its answer within it.
+    fn silent(&self, bound: Option<Duration>) -> Failure {
+        let message = match bound {
+            Some(bound) => format!(
+                "{} did not finish answering within {} s, the longest an upload, a deploy or a \
+                 sync run is waited for (--timeout or GUST_TIMEOUT raises it)",
+                self.base,
+                bound.as_secs_f64()
+            ),
+            None => format!(
                 "{} said nothing for {} s (--timeout or GUST_TIMEOUT raises it; uploads, deploys and sync runs wait longer)",
                 self.base,
-                self.timeout.as_secs()
+                self.timeout.as_secs_f64()
             ),
-        )
+        };
+        Failure::new(Code::Unavailable, message)
     }
 
-    fn failed(&self, e: &reqwest::Error) -> Failure {
+    /// `bound`: the request's own bound on its whole answer, if it has one.
+    fn failed(&self, e: &reqwest::Error, bound: Option<Duration>) -> Failure {
         if e.is_timeout() && !e.is_connect() {
-            return self.silent();
+            return self.silent(bound);
         }
         let message = if e.is_connect() {
             format!(
@@ -136,8 +149,18 @@ impl Client {
 
     /// Sends, and turns a non-2xx answer into an error carrying the server's message.
     pub(crate) async fn send(&self, request: RequestBuilder) -> anyhow::Result<Response> {
-        let response = request.send().await.map_err(|e| self.failed(&e))?;
+        let (http, request) = request.build_split();
+        let request = request.map_err(|e| self.failed(&e, None))?;
+        let bound = request.timeout().copied();
+        let mut response = http
+            .execute(request)
+            .await
+            .map_err(|e| self.failed(&e, bound))?;
         if response.status().is_success() {
+            // Kept for the body's read, which the same bound cuts.
+            if let Some(bound) = bound {
+                response.extensions_mut().insert(Bound(bound));
+            }
             return Ok(response);
         }
         Err(self.server_error(response).await.into())
@@ -160,7 +183,8 @@ impl Client {
     /// An answer's body. A server that stops sending partway is unavailable (7), as one
     /// that never answered: the command did not get what it asked for.
     pub(crate) async fn body(&self, response: Response) -> anyhow::Result<bytes::Bytes> {
-        Ok(response.bytes().await.map_err(|e| self.failed(&e))?)
+        let bound = response.extensions().get::<Bound>().map(|b| b.0);
+        Ok(response.bytes().await.map_err(|e| self.failed(&e, bound))?)
     }
 }
 
@@ -202,5 +226,54 @@ impl Client {
             line.push_str(&hint);
         }
         Failure::new(Failure::code_for_status(status.as_u16(), kind), line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that accepts connections and never answers.
+    async fn silent_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        url
+    }
+
+    /// A request with a bound of its own that runs out is reported with that bound, not
+    /// as the timeout's silence (it named the timeout, shorter, which had not applied).
+    #[tokio::test]
+    async fn a_bound_that_runs_out_is_named_for_what_it_is() {
+        let target = Target {
+            url: silent_server().await,
+            token: None,
+            source: Source::DataFolder,
+        };
+        let client = Client::new(target, Duration::from_millis(200));
+        let silent = client
+            .send(client.request(Method::GET, "/v1/agents"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(silent.contains("said nothing for 0.2 s"), "{silent}");
+        let working = client
+            .send(client.working(
+                Method::POST,
+                "/v1/agents/a/deploy",
+                Duration::from_millis(700),
+            ))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            working.contains("did not finish answering within 0.7 s"),
+            "{working}"
+        );
     }
 }
