@@ -526,7 +526,7 @@ async fn a_host_claims_only_the_pushes_it_can_send_and_for_as_long_as_one_may_ta
     assert_eq!(receiver.received().len(), SLOTS);
     let claims = psql(
         &cluster.url,
-        "SELECT 'claims ' || count(*) || ' left ' || min(claimed_until - now_ms) \
+        "SELECT 'claims ' || count(*) || ' left ' || coalesce(min(claimed_until - now_ms), 0) \
          FROM deliveries, (SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint \
                            AS now_ms) AS now \
          WHERE status = 'pending' AND claimed_until > now_ms",

@@ -12,6 +12,8 @@
 //! 2. [`Stage::Runs`]: runs executing; they get the grace period to finish, then stop and
 //!    go back to the queue.
 //! 3. [`Stage::Delivery`]: the pusher and the key-use flusher (which flushes once more).
+//!    Pushes in flight get the rest of the grace period; past it they are cut
+//!    ([`Background::grace_over`]) and sent again later.
 //! 4. [`Stage::Writes`]: the run queue's writer, which commits every write accepted before
 //!    it stopped.
 //! 5. [`Stage::Engine`]: the epoch ticker, last, so a guest stopped in stage 2 still yields.

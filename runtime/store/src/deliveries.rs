@@ -33,18 +33,23 @@ impl Store {
     }
 
     /// Gives back this host's claim on the delivery of `run_id` (PostgreSQL), whose attempt
-    /// was cut before it ended: it is due again for every host. SQLite claims nothing.
+    /// was cut before it ended: it is due again for every host. `claimed_until` is the
+    /// claim's end as [`Store::due_deliveries`] set it (`now + claim_ms`): a claim another
+    /// host has taken since is left alone. SQLite claims nothing.
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn release_delivery(&self, run_id: String) -> Result<(), StoreError> {
+    pub async fn release_delivery(
+        &self,
+        run_id: String,
+        claimed_until: i64,
+    ) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(_) => Ok(()),
             Backend::Postgres(db) => {
-                detached(
-                    db,
-                    move |db| async move { db.release_delivery(&run_id).await },
-                )
+                detached(db, move |db| async move {
+                    db.release_delivery(&run_id, claimed_until).await
+                })
                 .await
             }
         }

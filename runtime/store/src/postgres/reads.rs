@@ -270,14 +270,19 @@ impl Postgres {
         Ok(due)
     }
 
-    /// Ends the claim on `run_id`'s delivery: due again for every host.
-    pub(crate) async fn release_delivery(&self, run_id: &str) -> Result<(), StoreError> {
+    /// Ends this host's claim on `run_id`'s delivery (the one that ends at `claimed_until`):
+    /// due again for every host.
+    pub(crate) async fn release_delivery(
+        &self,
+        run_id: &str,
+        claimed_until: i64,
+    ) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
                 "UPDATE deliveries SET claimed_until = NULL
-                 WHERE run_id = $1 AND status = 'pending'",
-                &[&run_id],
+                 WHERE run_id = $1 AND claimed_until = $2 AND status = 'pending'",
+                &[&run_id, &claimed_until],
             )
             .await
             .map_err(db)?;

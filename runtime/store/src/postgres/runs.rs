@@ -181,7 +181,7 @@ async fn apply(
             last_error,
             next_attempt_at,
         } => {
-            // The attempt is over: its claim ends with it (see `reads::due`).
+            // The attempt is over: its claim ends with it (see `reads::due_deliveries`).
             exec(
                 tx,
                 "UPDATE deliveries SET status = $3, attempts = $4, last_error = $5,

@@ -475,7 +475,17 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
             .unwrap()
             .is_empty()
     );
-    holder.release_delivery("r1".into()).await.unwrap();
+    // Only the claim the holder made (70,000 + 60,000) is given back.
+    holder.release_delivery("r1".into(), 999).await.unwrap();
+    assert!(
+        other
+            .due_deliveries(70_001, 10, 60_000, Vec::new())
+            .await
+            .unwrap()
+            .is_empty(),
+        "another claim was given back"
+    );
+    holder.release_delivery("r1".into(), 130_000).await.unwrap();
     assert_eq!(
         other
             .due_deliveries(70_001, 10, 60_000, Vec::new())

@@ -518,6 +518,12 @@ both! {
         events.sort_unstable();
         events.dedup();
         assert_eq!(events.len(), 41);
+        // What the caller has in flight is read past: the limit counts only the others
+        // (past the claims just made, which PostgreSQL would honour).
+        let busy: Vec<String> = due[..2].iter().map(|d| d.run_id.clone()).collect();
+        let others = db.due_deliveries(60_031, 3, 60_000, busy.clone()).await.unwrap();
+        assert_eq!(others.len(), 3);
+        assert!(others.iter().all(|d| !busy.contains(&d.run_id)), "{others:?}");
         let active = db.active_runs().await.unwrap();
         assert_eq!((active[0].running, active[0].queued), (9, 1), "r40..r49 but r45; `fresh`");
     }

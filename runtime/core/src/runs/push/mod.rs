@@ -199,7 +199,9 @@ impl Pusher {
 
 impl Inner {
     async fn run(self: Arc<Self>, stop: CancellationToken) {
-        while !stop.is_cancelled() {
+        // Past the stop's grace period nothing more is taken: it would be cut at once.
+        let grace_over = self.background.grace_over();
+        while !stop.is_cancelled() && !grace_over.is_cancelled() {
             // Only what can start now is taken: with PostgreSQL, taking a delivery claims it
             // from the other hosts, and a claim must not run out while it waits for a slot.
             let free = self.slots.available_permits().min(BATCH);
@@ -217,6 +219,7 @@ impl Inner {
             let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(1000));
             tokio::select! {
                 () = stop.cancelled() => {}
+                () = grace_over.cancelled() => {}
                 _ = tokio::time::timeout(wait, self.wake.notified()) => {}
             }
         }
@@ -225,11 +228,11 @@ impl Inner {
     /// Takes up to `free` due deliveries and starts each in a slot of its own.
     async fn start_due(self: &Arc<Self>, free: usize) {
         let busy: Vec<String> = self.in_flight().iter().cloned().collect();
-        let due = match self
-            .store
-            .due_deliveries(clock::now_ms(), free, self.claim_ms(), busy)
-            .await
-        {
+        let (now, claim_ms) = (clock::now_ms(), self.claim_ms());
+        // What the store marks the claims with: giving one back names it, so that a claim
+        // another host has taken since is not given back in its place.
+        let claimed_until = now.saturating_add(claim_ms);
+        let due = match self.store.due_deliveries(now, free, claim_ms, busy).await {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!("reading due push deliveries: {e:#}");
@@ -245,16 +248,9 @@ impl Inner {
                 return;
             };
             let inner = Arc::clone(self);
-            let grace_over = self.background.grace_over();
             self.background.spawn(Stage::Delivery, move |_| async move {
                 let run_id = delivery.run_id.clone();
-                // A stop lets the attempt finish within its grace period, not after: past
-                // it the attempt is dropped unrecorded, and the event goes out again from
-                // the next host to look (with the same `webhook-id`).
-                tokio::select! {
-                    () = inner.deliver(delivery) => {}
-                    () = grace_over.cancelled() => inner.give_back(&run_id).await,
-                }
+                inner.deliver(delivery, claimed_until).await;
                 inner.in_flight().remove(&run_id);
                 drop(slot);
                 inner.wake.notify_one();
@@ -272,12 +268,16 @@ impl Inner {
 
     /// An attempt cut by the host's stop: its claim is given back, so that another host
     /// sends the event now rather than when the claim would have run out.
-    async fn give_back(&self, run_id: &str) {
+    async fn give_back(&self, run_id: &str, claimed_until: i64) {
         tracing::info!(
             run_id,
             "a push in flight was cut by the stop; it will be sent again"
         );
-        if let Err(e) = self.store.release_delivery(run_id.to_owned()).await {
+        if let Err(e) = self
+            .store
+            .release_delivery(run_id.to_owned(), claimed_until)
+            .await
+        {
             tracing::warn!(run_id, "giving back a push's claim: {e:#}");
         }
     }
@@ -286,7 +286,11 @@ impl Inner {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn deliver(&self, delivery: DeliveryRecord) {
+    /// One attempt, and its outcome recorded. A stop lets the attempt run within its grace
+    /// period, not after: past it the attempt is dropped unrecorded (the outcome, once it is
+    /// known, is always recorded), and the event goes out again from the next host to look,
+    /// with the same `webhook-id`.
+    async fn deliver(&self, delivery: DeliveryRecord, claimed_until: i64) {
         let attempts = delivery.attempts + 1;
         // Each attempt is a span in the trace of the request that submitted the run.
         let span = tracing::info_span!(
@@ -297,26 +301,38 @@ impl Inner {
             attempt = i64::from(attempts),
             outcome = tracing::field::Empty,
         );
-        let attempt = match self.event_body(&delivery).await {
-            Ok((body, trace)) => {
-                if let Some(trace) = &trace {
-                    gust_wasm::trace::set_parent(&span, trace);
-                }
-                match self.secrets.signing(&delivery.agent).await {
-                    Ok(secrets) => {
-                        self.attempt(&delivery, &secrets, body)
-                            .instrument(span.clone())
-                            .await
+        let attempting = async {
+            match self.event_body(&delivery).await {
+                Ok((body, trace)) => {
+                    if let Some(trace) = &trace {
+                        gust_wasm::trace::set_parent(&span, trace);
                     }
-                    // The agent has no secret: nothing will sign this event.
-                    Err(e @ Error::Conflict(_)) => Attempt::GiveUp(format!("cannot sign: {e}")),
-                    // The secret could not be read (the database restarting): a later
-                    // attempt can.
-                    Err(e) => Attempt::Retry(format!("reading the signing secret: {e}"), None),
+                    match self.secrets.signing(&delivery.agent).await {
+                        Ok(secrets) => {
+                            self.attempt(&delivery, &secrets, body)
+                                .instrument(span.clone())
+                                .await
+                        }
+                        // The agent has no secret: nothing will sign this event.
+                        Err(e @ Error::Conflict(_)) => Attempt::GiveUp(format!("cannot sign: {e}")),
+                        // The secret could not be read (the database restarting): a later
+                        // attempt can.
+                        Err(e) => Attempt::Retry(format!("reading the signing secret: {e}"), None),
+                    }
                 }
+                Err(NotReady::Gone(why)) => Attempt::GiveUp(why),
+                Err(NotReady::Unread(why)) => Attempt::Retry(why, None),
             }
-            Err(NotReady::Gone(why)) => Attempt::GiveUp(why),
-            Err(NotReady::Unread(why)) => Attempt::Retry(why, None),
+        };
+        let cut = self.background.grace_over();
+        let attempt = tokio::select! {
+            // An attempt that has ended counts, even when the period ended meanwhile.
+            biased;
+            attempt = attempting => attempt,
+            () = cut.cancelled() => {
+                self.give_back(&delivery.run_id, claimed_until).await;
+                return;
+            }
         };
         let now = clock::now_ms();
         let (status, last_error, next_attempt_at) = match attempt {
