@@ -508,6 +508,20 @@ try {
   await page.locator("nav").getByRole("link", { name: "Agents" }).waitFor();
   expected = [];
 
+  step = "sign out from an agent's page";
+  await page.goto(`${base}/#/agents/${agent}`);
+  await page.getByRole("heading", { name: /Agent endpoint/ }).waitFor();
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  // Time for what the sign-out might set off: the list drawn over the form, its read
+  // refused (401), the form drawn again as if the session had run out.
+  await page.waitForTimeout(700);
+  check(await page.getByText("Signed out.").isVisible(), "the sign-in form does not say it signed out");
+  check(await page.getByLabel("Admin token").isVisible(), "the sign-in form was replaced");
+  await page.getByLabel("Admin token").fill(token);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.locator("nav").getByRole("link", { name: "Agents" }).waitFor();
+
   step = "the agents list";
   await page.goto(`${base}/#/`);
   const listed = page.locator("tbody tr", { has: page.getByRole("link", { name: agent }) });

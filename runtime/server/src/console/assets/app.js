@@ -106,7 +106,9 @@ async function signOut() {
   try {
     await api("DELETE", "/console/session");
   } finally {
-    location.hash = "#/";
+    // The address goes back to the list without a `hashchange`: one would route to the
+    // list, draw it over the form and read the API without a session.
+    history.replaceState(null, "", "#/");
     signIn("Signed out.");
   }
 }
