@@ -467,12 +467,9 @@ async fn every_run_is_pushed_once_whichever_host_ran_it() {
     .await;
     // Give a second delivery the time to happen, if one would.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut by_webhook_id: HashMap<String, usize> = HashMap::new();
+    let by_webhook_id = receiver.by_webhook_id();
     let mut runs: HashMap<String, usize> = HashMap::new();
     for received in receiver.received() {
-        *by_webhook_id
-            .entry(received.header("webhook-id"))
-            .or_default() += 1;
         let run = received.json()["data"]["run_id"]
             .as_str()
             .unwrap_or_default()
@@ -553,12 +550,7 @@ async fn a_host_claims_only_the_pushes_it_can_send_and_for_as_long_as_one_may_ta
     .await;
     receiver.open();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut by_webhook_id: HashMap<String, usize> = HashMap::new();
-    for received in receiver.received() {
-        *by_webhook_id
-            .entry(received.header("webhook-id"))
-            .or_default() += 1;
-    }
+    let by_webhook_id = receiver.by_webhook_id();
     assert_eq!(by_webhook_id.len(), RUNS, "{by_webhook_id:?}");
     assert!(
         by_webhook_id.values().all(|&n| n == 1),

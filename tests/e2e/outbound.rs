@@ -485,7 +485,13 @@ async fn calls_outlive_an_http2_upstream_closing_its_connections() {
     // Counted by the upstream: each request was served once, all over HTTP/2, and the
     // connections were really closed and opened again.
     let all = ONE_BY_ONE + WAVES * AT_ONCE;
-    assert_eq!(upstream.requests(), all);
+    let mut twice: Vec<(String, usize)> = upstream
+        .all_hits()
+        .into_iter()
+        .filter(|(uri, n)| *n > if uri.contains("wave=") { AT_ONCE } else { 1 })
+        .collect();
+    twice.sort();
+    assert_eq!(upstream.requests(), all, "served more than once: {twice:?}");
     assert_eq!(upstream.http2_requests(), all);
     assert!(
         upstream.connections() > ONE_BY_ONE / CLOSE_AFTER,

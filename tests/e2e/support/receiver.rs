@@ -95,6 +95,15 @@ impl Receiver {
         self.received.lock().unwrap().clone()
     }
 
+    /// How many times each event (`webhook-id`) was received.
+    pub(crate) fn by_webhook_id(&self) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for received in self.received() {
+            *counts.entry(received.header("webhook-id")).or_default() += 1;
+        }
+        counts
+    }
+
     pub(crate) fn answer_next(&self, answers: Vec<Answer>) {
         self.script.lock().unwrap().extend(answers);
     }

@@ -425,6 +425,11 @@ impl Upstream {
     }
 
     /// Requests served so far.
+    /// Requests served, by path and query.
+    pub(crate) fn all_hits(&self) -> HashMap<String, usize> {
+        self.hits.lock().unwrap().clone()
+    }
+
     pub(crate) fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
