@@ -424,12 +424,12 @@ impl Upstream {
             .unwrap_or(0)
     }
 
-    /// Requests served so far.
     /// Requests served, by path and query.
     pub(crate) fn all_hits(&self) -> HashMap<String, usize> {
         self.hits.lock().unwrap().clone()
     }
 
+    /// Requests served so far.
     pub(crate) fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
