@@ -7,8 +7,9 @@ use crate::{Backend, Store, StoreError, blocking, detached};
 impl Store {
     /// Up to `limit` pending deliveries due by `now`, oldest first, leaving out those in
     /// `busy` (the caller's own in flight, which SQLite would answer again). With PostgreSQL
-    /// each is claimed for `claim_ms`, so other hosts leave it alone that long: ask only for
-    /// what can start now, and claim for as long as an attempt may take.
+    /// each is claimed until `claimed_until`, so other hosts leave it alone until then: ask
+    /// only for what can start now, and claim for as long as an attempt may take. The caller
+    /// keeps the claim's end to give it back ([`Store::release_delivery`]).
     ///
     /// # Errors
     /// When the database fails.
@@ -16,7 +17,7 @@ impl Store {
         &self,
         now: i64,
         limit: usize,
-        claim_ms: i64,
+        claimed_until: i64,
         busy: Vec<String>,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         match &self.backend {
@@ -25,7 +26,7 @@ impl Store {
             }
             Backend::Postgres(db) => {
                 detached(db, move |db| async move {
-                    db.due_deliveries(now, limit, claim_ms, &busy).await
+                    db.due_deliveries(now, limit, claimed_until, &busy).await
                 })
                 .await
             }
@@ -34,7 +35,7 @@ impl Store {
 
     /// Gives back this host's claim on the delivery of `run_id` (PostgreSQL), whose attempt
     /// was cut before it ended: it is due again for every host. `claimed_until` is the
-    /// claim's end as [`Store::due_deliveries`] set it (`now + claim_ms`): a claim another
+    /// claim's end given to [`Store::due_deliveries`]: a claim another
     /// host has taken since is left alone. SQLite claims nothing.
     ///
     /// # Errors

@@ -234,7 +234,7 @@ impl Postgres {
 
     /// Claims up to `limit` pending deliveries due by `now` for this host, oldest first,
     /// leaving out those in `busy` (this host's own in flight, whose claim may have lapsed):
-    /// each is held for `claim_ms` (or until its attempt is recorded), and is not due for any
+    /// each is held until `claimed_until` (or until its attempt is recorded), and is not due for any
     /// other host meanwhile. Rows another host is claiming at the same moment are skipped,
     /// not waited for. A claim that lapsed (its host died) makes the delivery due again for
     /// every host. If an attempt does outlast its claim, another host may push the same
@@ -243,7 +243,7 @@ impl Postgres {
         &self,
         now: i64,
         limit: usize,
-        claim_ms: i64,
+        claimed_until: i64,
         busy: &[String],
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let client = self.client().await?;
@@ -251,7 +251,7 @@ impl Postgres {
         let mut due = rows(
             &client,
             &format!(
-                "UPDATE deliveries SET claimed_until = $1 + $3
+                "UPDATE deliveries SET claimed_until = $3
                  WHERE run_id IN (SELECT run_id FROM deliveries
                                   WHERE status = 'pending' AND next_attempt_at <= $1
                                     AND (claimed_until IS NULL OR claimed_until <= $1)
@@ -260,7 +260,7 @@ impl Postgres {
                                   FOR UPDATE SKIP LOCKED)
                  RETURNING {DELIVERY_COLUMNS}"
             ),
-            &[&now, &limit, &claim_ms, &busy],
+            &[&now, &limit, &claimed_until, &busy],
         )
         .await?
         .iter()

@@ -407,8 +407,8 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
         WriteOutcome::Finished { delivery: true }
     );
     let (on_a, on_b) = tokio::join!(
-        a.due_deliveries(20, 10, 60_000, Vec::new()),
-        b.due_deliveries(20, 10, 60_000, Vec::new())
+        a.due_deliveries(20, 10, 60_020, Vec::new()),
+        b.due_deliveries(20, 10, 60_020, Vec::new())
     );
     let (on_a, on_b) = (on_a.unwrap(), on_b.unwrap());
     assert_eq!(
@@ -423,7 +423,7 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
     };
     assert!(
         other
-            .due_deliveries(30, 10, 60_000, Vec::new())
+            .due_deliveries(30, 10, 60_030, Vec::new())
             .await
             .unwrap()
             .is_empty(),
@@ -431,7 +431,7 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
     );
     assert!(
         holder
-            .due_deliveries(30, 10, 60_000, Vec::new())
+            .due_deliveries(30, 10, 60_030, Vec::new())
             .await
             .unwrap()
             .is_empty(),
@@ -440,7 +440,7 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
     assert_eq!(other.next_delivery_at().await.unwrap(), Some(20 + 60_000));
     // The holder died: past the claim, any host may take it, with the same webhook-id.
     let taken = other
-        .due_deliveries(20 + 60_000, 10, 60_000, Vec::new())
+        .due_deliveries(20 + 60_000, 10, 120_020, Vec::new())
         .await
         .unwrap();
     assert_eq!(taken.len(), 1);
@@ -461,7 +461,7 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
     assert_eq!(holder.next_delivery_at().await.unwrap(), Some(70_000));
     assert_eq!(
         holder
-            .due_deliveries(70_000, 10, 60_000, Vec::new())
+            .due_deliveries(70_000, 10, 130_000, Vec::new())
             .await
             .unwrap()
             .len(),
@@ -470,7 +470,7 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
     // A host whose attempt was cut (its stop) gives the claim back: due again at once.
     assert!(
         other
-            .due_deliveries(70_001, 10, 60_000, Vec::new())
+            .due_deliveries(70_001, 10, 130_001, Vec::new())
             .await
             .unwrap()
             .is_empty()
@@ -479,7 +479,7 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
     holder.release_delivery("r1".into(), 999).await.unwrap();
     assert!(
         other
-            .due_deliveries(70_001, 10, 60_000, Vec::new())
+            .due_deliveries(70_001, 10, 130_001, Vec::new())
             .await
             .unwrap()
             .is_empty(),
@@ -488,7 +488,7 @@ async fn a_claimed_delivery_waits_for_its_claim_to_lapse() {
     holder.release_delivery("r1".into(), 130_000).await.unwrap();
     assert_eq!(
         other
-            .due_deliveries(70_001, 10, 60_000, Vec::new())
+            .due_deliveries(70_001, 10, 130_001, Vec::new())
             .await
             .unwrap()
             .len(),

@@ -231,10 +231,10 @@ both! {
         );
         assert_eq!(db.next_delivery_at().await.unwrap(), Some(12));
         assert!(
-            db.due_deliveries(12, 10, 60_000, vec!["r1".into()]).await.unwrap().is_empty(),
+            db.due_deliveries(12, 10, 60_012, vec!["r1".into()]).await.unwrap().is_empty(),
             "a delivery the caller has in flight is left out"
         );
-        let due = db.due_deliveries(12, 10, 60_000, Vec::new()).await.unwrap();
+        let due = db.due_deliveries(12, 10, 60_012, Vec::new()).await.unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!((due[0].event_type.as_str(), due[0].status), ("run.succeeded", DeliveryStatus::Pending));
         apply(&db, RunWrite::Purge { before: 10_000 }).await;
@@ -261,7 +261,7 @@ both! {
             apply(&db, RunWrite::Redeliver { agent: "a".into(), id: "r1".into(), now: 50 }).await,
             WriteOutcome::Redelivering
         );
-        let again = db.due_deliveries(50, 10, 60_000, Vec::new()).await.unwrap();
+        let again = db.due_deliveries(50, 10, 60_050, Vec::new()).await.unwrap();
         assert_eq!(again[0].event_id, due[0].event_id, "a redelivery keeps the webhook-id");
         apply(
             &db,
@@ -512,7 +512,7 @@ both! {
         assert_eq!(db.run("a", "r40").await.unwrap().unwrap().status, RunStatus::Running);
         assert_eq!(db.run("a", "r45").await.unwrap().unwrap().status, RunStatus::Cancelled);
         // The deployment pushes: every run that ended has its event, each with its own id.
-        let due = db.due_deliveries(30, 100, 60_000, Vec::new()).await.unwrap();
+        let due = db.due_deliveries(30, 100, 60_030, Vec::new()).await.unwrap();
         assert_eq!(due.len(), 41, "40 succeeded and 1 cancelled");
         let mut events: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
         events.sort_unstable();
@@ -521,7 +521,7 @@ both! {
         // What the caller has in flight is read past: the limit counts only the others
         // (past the claims just made, which PostgreSQL would honour).
         let busy: Vec<String> = due[..2].iter().map(|d| d.run_id.clone()).collect();
-        let others = db.due_deliveries(60_031, 3, 60_000, busy.clone()).await.unwrap();
+        let others = db.due_deliveries(60_031, 3, 120_031, busy.clone()).await.unwrap();
         assert_eq!(others.len(), 3);
         assert!(others.iter().all(|d| !busy.contains(&d.run_id)), "{others:?}");
         let active = db.active_runs().await.unwrap();

@@ -232,7 +232,11 @@ impl Inner {
         // What the store marks the claims with: giving one back names it, so that a claim
         // another host has taken since is not given back in its place.
         let claimed_until = now.saturating_add(claim_ms);
-        let due = match self.store.due_deliveries(now, free, claim_ms, busy).await {
+        let due = match self
+            .store
+            .due_deliveries(now, free, claimed_until, busy)
+            .await
+        {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!("reading due push deliveries: {e:#}");
