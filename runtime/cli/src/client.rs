@@ -117,8 +117,8 @@ impl Client {
     fn silent(&self, bound: Option<Duration>) -> Failure {
         let message = match bound {
             Some(bound) => format!(
-                "{} did not finish answering within {} s, the longest an upload, a deploy or a \
-                 sync run is waited for (--timeout or GUST_TIMEOUT raises it)",
+                "{} did not finish answering within {} s, the longest this command waits for \
+                 it (--timeout or GUST_TIMEOUT raises it)",
                 self.base,
                 bound.as_secs_f64()
             ),
@@ -246,16 +246,64 @@ mod tests {
         url
     }
 
+    /// A client of the server at `url`, with a timeout of 0.2 s.
+    fn client_of(url: String) -> Client {
+        let target = Target {
+            url,
+            token: None,
+            source: Source::DataFolder,
+        };
+        Client::new(target, Duration::from_millis(200))
+    }
+
+    /// A server that answers every request's head and part of its body, then stops.
+    async fn stalling_server() -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"status\":")
+                    .await;
+                held.push(stream);
+            }
+        });
+        url
+    }
+
+    /// A body cut by a request's own bound is reported with that bound too: the head came
+    /// in time, the rest did not.
+    #[tokio::test]
+    async fn a_bound_that_runs_out_during_the_body_is_named_for_what_it_is() {
+        let client = client_of(stalling_server().await);
+        let cut = client
+            .json(client.working(
+                Method::GET,
+                "/v1/agents/a/runs/r?wait=2",
+                Duration::from_millis(700),
+            ))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            cut.contains("did not finish answering within 0.7 s"),
+            "{cut}"
+        );
+        assert!(
+            cut.contains("the longest this command waits for it"),
+            "{cut}"
+        );
+    }
+
     /// A request with a bound of its own that runs out is reported with that bound, not
     /// as the timeout's silence (it named the timeout, shorter, which had not applied).
     #[tokio::test]
     async fn a_bound_that_runs_out_is_named_for_what_it_is() {
-        let target = Target {
-            url: silent_server().await,
-            token: None,
-            source: Source::DataFolder,
-        };
-        let client = Client::new(target, Duration::from_millis(200));
+        let client = client_of(silent_server().await);
         let silent = client
             .send(client.request(Method::GET, "/v1/agents"))
             .await
