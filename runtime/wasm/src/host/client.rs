@@ -44,17 +44,32 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::replay;
+use super::{colocate, replay};
 use crate::net;
 
 use super::{BoxError, GuestBody};
 
-/// One pool of connections: hyper-util's client over the counting connector.
-type Pool = hyper_util::client::legacy::Client<Counted, GuestBody>;
+/// One pool of connections: hyper-util's client over the counting connector, run by the
+/// executor that keeps a connection's futures on one task.
+#[derive(Clone)]
+struct Pool(hyper_util::client::legacy::Client<Counted, GuestBody>);
+
+impl Pool {
+    /// Sends `request`; what the client spawns meanwhile is grouped (`colocate`), which
+    /// sending again what a GOAWAY refused relies on.
+    fn request(
+        &self,
+        request: hyper::Request<GuestBody>,
+    ) -> impl Future<
+        Output = Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    > {
+        colocate::scope(self.0.request(request))
+    }
+}
 
 /// Requests one HTTP/2 lane takes before another is opened: the smallest
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` RFC 9113 recommends servers allow (Google's front ends
@@ -435,12 +450,14 @@ pub(crate) fn guest_client(
 /// request in the pool, and the requests that come meanwhile wait in the pool: if that
 /// request is dropped, hyper-util fails them with it.
 fn pool(connector: Counted, http2_only: bool) -> Pool {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(IDLE)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(http2_only)
-        .build(connector)
+    Pool(
+        hyper_util::client::legacy::Client::builder(colocate::Colocated)
+            .pool_idle_timeout(IDLE)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(http2_only)
+            .build(connector),
+    )
 }
 
 /// The bound on connections per origin, host-wide (`--outbound-connections-per-host`), and
@@ -858,3 +875,7 @@ impl<T: Write + Unpin> Write for CountedIo<T> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

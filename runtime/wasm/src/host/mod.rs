@@ -7,6 +7,7 @@
 
 mod agent;
 mod client;
+mod colocate;
 pub mod cpu;
 mod limits;
 mod outbound;

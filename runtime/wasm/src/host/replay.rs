@@ -11,6 +11,11 @@
 //! body again: [`Recording`] keeps what went out, up to [`KEPT`] bytes in [`KEPT_FRAMES`]
 //! chunks, and hands it back with what was not sent yet when hyper drops it.
 //!
+//! A GOAWAY's error is trusted to mean "not processed" only because the client runs a
+//! connection's futures on one task (`colocate`): on two threads, hyper could fail a
+//! request whose stream had just gone out with that same error, and the server served it
+//! twice.
+//!
 //! Not sent again: a request hyper held back for a free stream (the server's
 //! `SETTINGS_MAX_CONCURRENT_STREAMS` reached) when the GOAWAY came, which hyper fails as
 //! "runtime dropped the dispatch task", an error it also gives for other reasons; and

@@ -1,0 +1,139 @@
+//! The guests' client against a real HTTP/2 server (hyper's, over TLS) that closes its
+//! connections the way front ends do.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::BodyExt as _;
+use hyper_util::rt::TokioExecutor;
+
+use super::*;
+
+/// An HTTPS server speaking only HTTP/2 that answers at once and closes each connection
+/// gracefully after `close_after` requests (hyper's two-step GOAWAY: first one that takes
+/// every stream, then one with the last stream it took). It counts the requests it served,
+/// by path.
+async fn closing_upstream(
+    close_after: usize,
+) -> (String, String, Arc<Mutex<HashMap<String, usize>>>) {
+    let (acceptor, pem) = gust_testkit::tls::self_signed_offering(&[b"h2"]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("https://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let served = Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, served) = (acceptor.clone(), Arc::clone(&served));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let enough = Arc::new(tokio::sync::Notify::new());
+                let tell = Arc::clone(&enough);
+                let taken = AtomicUsize::new(0);
+                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                    *served
+                        .lock()
+                        .unwrap()
+                        .entry(request.uri().path().to_owned())
+                        .or_default() += 1;
+                    if taken.fetch_add(1, Ordering::SeqCst) + 1 == close_after {
+                        tell.notify_one();
+                    }
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    }
+                });
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(1000)
+                    .serve_connection(TokioIo::new(tls), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    () = enough.notified() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            });
+        }
+    });
+    (origin, pem, hits)
+}
+
+/// A request an HTTP/2 server took is not sent again when that server closes the
+/// connection right after: hyper failed a request whose stream it had just opened when a
+/// GOAWAY came in meanwhile on another thread, with the same error as one above the
+/// GOAWAY's last stream, and the server still served it (see `colocate`). Counted by the
+/// server: no request served twice, and every one answered served.
+///
+/// Not asserted: that every request gets its answer. In about 5 runs in 100 one or a few
+/// fail with "dispatch task is gone" (hyper drops a request waiting for its stream to open
+/// when the GOAWAY comes; the server may have served it, so it is not sent again), and in
+/// 1 to 3 in 100 a few wait out their deadline; both came as often before `colocate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_taken_by_a_server_closing_its_connections_are_sent_once() {
+    const CLOSE_AFTER: usize = 20;
+    const REQUESTS: usize = 4000;
+    const AT_ONCE: usize = 200;
+    let (origin, pem, hits) = closing_upstream(CLOSE_AFTER).await;
+    let dir = tempfile::tempdir().unwrap();
+    let roots_file = dir.path().join("ca.pem");
+    std::fs::write(&roots_file, pem).unwrap();
+    let roots = net::ExtraRoots::load(&roots_file).unwrap();
+    let client = guest_client(true, Arc::new(OriginSlots::new(64)), &roots).unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..AT_ONCE {
+        let (client, next, origin) = (client.clone(), Arc::clone(&next), origin.clone());
+        senders.spawn(async move {
+            let mut failed = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= REQUESTS {
+                    return failed;
+                }
+                let body = http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                let mut request = hyper::Request::new(body);
+                *request.uri_mut() = format!("{origin}/r/{i}").parse().unwrap();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                match client.send(request, deadline, None).await {
+                    Ok(Ok((answer, _in_flight))) => {
+                        let body = tokio::time::timeout_at(deadline, answer.into_body().collect());
+                        if !matches!(body.await, Ok(Ok(_))) {
+                            failed.push(i);
+                        }
+                    }
+                    Ok(Err(_)) | Err(_) => failed.push(i),
+                }
+            }
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(done) = senders.join_next().await {
+        failed.extend(done.unwrap());
+    }
+    let hits = hits.lock().unwrap();
+    let mut twice: Vec<_> = hits.iter().filter(|(_, n)| **n > 1).collect();
+    twice.sort();
+    assert!(twice.is_empty(), "served more than once: {twice:?}");
+    // A request that failed may or may not have reached the server; every other one did.
+    let unserved: Vec<usize> = (0..REQUESTS)
+        .filter(|i| !hits.contains_key(&format!("/r/{i}")) && !failed.contains(i))
+        .collect();
+    assert!(
+        unserved.is_empty(),
+        "answered without being served: {unserved:?}"
+    );
+    assert!(
+        failed.len() < REQUESTS / 10,
+        "{} of {REQUESTS} failed",
+        failed.len()
+    );
+}
