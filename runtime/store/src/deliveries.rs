@@ -35,8 +35,8 @@ impl Store {
 
     /// Gives back this host's claim on the delivery of `run_id` (PostgreSQL), whose attempt
     /// was cut before it ended: it is due again for every host. `claimed_until` is the
-    /// claim's end given to [`Store::due_deliveries`]: a claim another
-    /// host has taken since is left alone. SQLite claims nothing.
+    /// claim's end given to [`Store::due_deliveries`]: a claim another host has taken since
+    /// is left alone. SQLite claims nothing.
     ///
     /// # Errors
     /// When the database fails.

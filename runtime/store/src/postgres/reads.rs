@@ -234,11 +234,12 @@ impl Postgres {
 
     /// Claims up to `limit` pending deliveries due by `now` for this host, oldest first,
     /// leaving out those in `busy` (this host's own in flight, whose claim may have lapsed):
-    /// each is held until `claimed_until` (or until its attempt is recorded), and is not due for any
-    /// other host meanwhile. Rows another host is claiming at the same moment are skipped,
-    /// not waited for. A claim that lapsed (its host died) makes the delivery due again for
-    /// every host. If an attempt does outlast its claim, another host may push the same
-    /// event too: receivers tell the copies apart by the `webhook-id`, stored with the event.
+    /// each is held until `claimed_until` (or until its attempt is recorded), and is not due
+    /// for any other host meanwhile. Rows another host is claiming at the same moment are
+    /// skipped, not waited for. A claim that lapsed (its host died) makes the delivery due
+    /// again for every host. If an attempt does outlast its claim, another host may push the
+    /// same event too: receivers tell the copies apart by the `webhook-id`, stored with the
+    /// event.
     pub(crate) async fn due_deliveries(
         &self,
         now: i64,
