@@ -30,7 +30,8 @@
 //! with its cause, at once.
 //!
 //! A request an HTTP/2 server refused without processing it (a graceful GOAWAY, a refused
-//! stream) is sent again on another connection: see `replay`.
+//! stream) is sent again on another connection: see `replay`; so is one hyper took for a
+//! connection that closed before any of it went out: see `stranded`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -48,7 +49,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::{colocate, replay};
+use super::{colocate, replay, stranded};
 use crate::net;
 
 use super::{BoxError, GuestBody};
@@ -125,6 +126,8 @@ pub(crate) enum SendError {
     /// The connection it waited for at a gate was not open within its guest's
     /// `connect_timeout`.
     ConnectTimedOut(ConnectTimedOut),
+    /// hyper took it for a connection that closed without sending any of it (`stranded`).
+    Stranded,
 }
 
 /// A connect that failed, for the requests that waited for it.
@@ -178,29 +181,44 @@ impl GuestClient {
                 *request.version_mut() = head.version;
                 *request.headers_mut() = head.headers.clone();
                 *request.extensions_mut() = head.extensions.clone();
-                match self.send_once(request, bounds()).await {
+                let (why, refused) = match self.send_once(request, bounds()).await {
                     Err(SendError::Client(e)) if sent < SENT_AGAIN && replay::unprocessed(&e) => {
-                        // hyper drops the body when it sees the stream closed, if it has not
-                        // already.
-                        match leftover.await {
-                            Ok(leftover) => body = leftover.into_body(),
-                            Err(_) => return Err(SendError::Client(e)),
-                        }
-                        sent += 1;
-                        // The origin only: a query string may carry an API key.
-                        let origin = origin_key(&head.uri);
-                        let why = net::described(&e);
-                        tracing::debug!(origin, sent, "sent again: not processed ({why})");
+                        (net::described(&e), SendError::Client(e))
                     }
+                    Err(SendError::Stranded) if sent < SENT_AGAIN => (
+                        "its connection closed before it went out".to_owned(),
+                        SendError::Stranded,
+                    ),
                     done => return done,
+                };
+                // hyper drops the body when it sees the stream closed, if it has not already.
+                // A stranded request's goes when the last handle on its dead connection does:
+                // the one hyper-util's pool keeps goes at the pool's next look at that lane,
+                // which a lane no request picks again may not get before the idle sweep, so
+                // that wait is bounded and the request then fails.
+                let back = match refused {
+                    SendError::Stranded => tokio::time::timeout(stranded::GRACE, leftover)
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    _ => leftover.await.ok(),
+                };
+                match back {
+                    Some(leftover) => body = leftover.into_body(),
+                    None => return Err(refused),
                 }
+                sent += 1;
+                // The origin only: a query string may carry an API key.
+                let origin = origin_key(&head.uri);
+                tracing::debug!(origin, sent, "sent again: not processed ({why})");
             }
         };
         tokio::time::timeout_at(deadline, again).await
     }
 
     /// Sends `request` once.
-    async fn send_once(&self, request: hyper::Request<GuestBody>, bounds: Bounds) -> Sent {
+    async fn send_once(&self, mut request: hyper::Request<GuestBody>, bounds: Bounds) -> Sent {
+        let watch = stranded::Watch::new(&mut request);
         let send = async {
             // The client speaks HTTP/2 only over TLS: `http` origins go to the shared pool
             // without a look at the origin's entry.
@@ -241,10 +259,13 @@ impl GuestClient {
             } else {
                 (None, shared())
             };
-            before(bounds, pool.request(request))
-                .await
-                .map(|answer| (answer, in_flight))
-                .map_err(SendError::Client)
+            tokio::select! {
+                biased;
+                answer = before(bounds, pool.request(request)) => answer
+                    .map(|answer| (answer, in_flight))
+                    .map_err(SendError::Client),
+                () = watch.stranded(&self.connector.connecting) => Err(SendError::Stranded),
+            }
         };
         send.await
     }
@@ -433,6 +454,7 @@ pub(crate) fn guest_client(
         inner: https,
         origins: Arc::clone(&origins),
         lane: None,
+        connecting: Arc::default(),
     };
     Ok(GuestClient {
         shared: pool(connector.clone(), false),
@@ -685,6 +707,8 @@ pub(crate) struct Counted {
     origins: Arc<OriginSlots>,
     /// The gate of the lane whose pool this connector serves.
     lane: Option<Arc<Gate>>,
+    /// The connects under way, for the requests waiting for one (`stranded`).
+    connecting: Arc<stranded::Connecting>,
 }
 
 impl tower_service::Service<Uri> for Counted {
@@ -707,8 +731,11 @@ impl tower_service::Service<Uri> for Counted {
         let bounds = BOUNDS.try_with(|b| *b).ok();
         let deadline = bounds.map(|b| b.deadline);
         let connect = bounds.and_then(|b| b.connect);
+        let key = origin_key(&uri);
+        // Counted from the start: the request hyper-util connects again for is waiting.
+        let started = self.connecting.start(key.clone());
         Box::pin(async move {
-            let key = origin_key(&uri);
+            let _started = started;
             let waiting = tokio::time::Instant::now();
             let place = match deadline {
                 Some(deadline) => tokio::time::timeout_at(deadline, origins.connection(&key))
@@ -793,6 +820,7 @@ impl tower_service::Service<Uri> for Counted {
                 io,
                 _place: place,
                 lane: lane.inspect(|lane| lane.opened()),
+                life: stranded::Life::new(),
             })
         })
     }
@@ -820,6 +848,8 @@ pub(crate) struct CountedIo<T> {
     _place: OwnedSemaphorePermit,
     /// The gate of the lane it is the connection of: closed with it.
     lane: Option<Arc<Gate>>,
+    /// Ends when the connection is dropped, for the requests hyper took for it (`stranded`).
+    life: stranded::Life,
 }
 
 impl<T> Drop for CountedIo<T> {
@@ -832,7 +862,7 @@ impl<T> Drop for CountedIo<T> {
 
 impl<T: Connection> Connection for CountedIo<T> {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        self.life.alive(self.io.connected())
     }
 }
 

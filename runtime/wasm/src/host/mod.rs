@@ -14,6 +14,7 @@ mod outbound;
 mod replay;
 mod sink;
 mod stdio;
+mod stranded;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -231,6 +231,16 @@ impl WasiHttpHooks for Outbound {
                         record(None, Some(cut.to_string()));
                         return Err(Error::ConnectionTimeout);
                     }
+                    Ok(Err(client::SendError::Stranded)) => {
+                        // Not sent, and not sent again: an `http` request (the client keeps
+                        // no copy of its body), one whose body hyper-util's pool did not give
+                        // back within the grace, or one sent again as often as the client does.
+                        record(
+                            None,
+                            Some("the connection closed before the request went out".to_owned()),
+                        );
+                        return Err(Error::ConnectionTerminated);
+                    }
                     Ok(Err(client::SendError::Failed(failure))) => {
                         // The connect it waited for, opened by another request, failed.
                         let (code, why) = connect_failed(failure.fault, &failure.why);

@@ -1,0 +1,455 @@
+//! Requests hyper took for a connection that closed without ever sending them.
+//!
+//! hyper hands a request to a connection's dispatcher through a channel (tokio's unbounded
+//! mpsc), and fails the requests still queued there when the dispatcher ends: dropping the
+//! channel's receiver closes it and drops what it holds. A request sent in the same moment
+//! can pass the "closed?" check before the close and land in the queue after it was emptied.
+//! Nothing then ever fails it: its answer waits for as long as the channel lives, and the
+//! request itself holds a sender. hyper-util's pool makes this happen, since it hands out a
+//! pooled connection whose dispatcher is just ending (after a GOAWAY, the server closing
+//! it), its "still open?" check having run a moment before. Seen in the client's stress test
+//! (`client_tests`): in about 1 run in 40, up to 100 requests of one connection waited out
+//! their deadline without reaching the server; a trace of hyper's channel showed the send
+//! completing after the receiver had been dropped and emptied.
+//!
+//! Such a request is found by two facts about it. Its connection has closed (the connector's
+//! [`Life`] of it ended: nothing can go out on it any more). And hyper's dispatcher never
+//! looked at its body: the dispatcher reads a request's body size before it writes anything
+//! of the request, so a body nobody looked at belongs to a request none of whose bytes left.
+//! Sending it again is then safe whatever its method. [`GRACE`] after the close first lets
+//! hyper fail the requests it does fail, and hyper-util move them to another connection.
+//!
+//! A request the closing dispatcher did give back is not stranded although it looks so for a
+//! while: hyper-util sends it again on a new connection, and until it has one the request
+//! still names the closed connection. Getting one may take longer than [`GRACE`] (a place
+//! among the origin's connections, a slow handshake), so no request is taken for stranded
+//! while a connect to its origin is under way ([`Connecting`]); a connect of another request
+//! counts too, as hyper-util has the requests of an HTTP/2 pool wait for the one connect it
+//! lets run. A stranded request to an origin whose connections are always being opened is
+//! then found late, or at its deadline as before.
+//!
+//! Also found late: one on an HTTP/2 connection that stays open after the GOAWAY for the
+//! streams it still carries (a long streaming answer): the connection's end is what tells.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use http_body_util::BodyExt as _;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper_util::client::legacy::connect::{CaptureConnection, Connected, capture_connection};
+use tokio::sync::watch;
+
+use super::client::origin_key;
+use super::{BoxError, GuestBody};
+
+/// How long after its connection closed a request hyper never looked at is left to hyper:
+/// hyper fails or moves the requests of a closing connection within microseconds; this
+/// leaves room for a host so busy that those tasks wait for a thread.
+pub(crate) const GRACE: Duration = Duration::from_secs(1);
+
+/// A connection's life, held by the connection: it ends when the connection is dropped.
+pub(crate) struct Life(watch::Sender<()>);
+
+/// What a request learns of the life of the connection hyper-util gave it (through
+/// hyper-util's connection metadata, see [`Life::alive`]).
+#[derive(Clone)]
+struct Alive(watch::Receiver<()>);
+
+impl Life {
+    pub(crate) fn new() -> Self {
+        Self(watch::Sender::new(()))
+    }
+
+    /// The connection's metadata, carrying the means to learn when the connection ends.
+    pub(crate) fn alive(&self, connected: Connected) -> Connected {
+        connected.extra(Alive(self.0.subscribe()))
+    }
+}
+
+/// The connects under way, by origin (see the module's comment). Shared by every connector of
+/// one client.
+pub(crate) struct Connecting(watch::Sender<HashMap<String, usize>>);
+
+/// One connect under way, counted until it is dropped.
+pub(crate) struct Started {
+    connecting: Arc<Connecting>,
+    key: String,
+}
+
+impl Default for Connecting {
+    fn default() -> Self {
+        Self(watch::Sender::new(HashMap::new()))
+    }
+}
+
+impl Connecting {
+    /// Counts a connect to the origin `key` until the returned value is dropped.
+    pub(crate) fn start(self: &Arc<Self>, key: String) -> Started {
+        self.0
+            .send_modify(|under_way| *under_way.entry(key.clone()).or_default() += 1);
+        Started {
+            connecting: Arc::clone(self),
+            key,
+        }
+    }
+
+    fn any(&self, key: &str) -> bool {
+        self.0.borrow().contains_key(key)
+    }
+
+    async fn none(&self, key: &str) {
+        // The sender lives in `self`: the wait ends only by the condition.
+        let _ = self
+            .0
+            .subscribe()
+            .wait_for(|under_way| !under_way.contains_key(key))
+            .await;
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.connecting.0.send_modify(|under_way| {
+            if let Some(count) = under_way.get_mut(&self.key) {
+                *count -= 1;
+                if *count == 0 {
+                    under_way.remove(&self.key);
+                }
+            }
+        });
+    }
+}
+
+/// One request's watch: which connection it is on, and whether hyper looked at its body.
+pub(crate) struct Watch {
+    captured: CaptureConnection,
+    looked_at: Arc<AtomicBool>,
+    uri: Uri,
+}
+
+impl Watch {
+    /// Watches `request`: its body is wrapped to note hyper's first look at it.
+    pub(crate) fn new(request: &mut hyper::Request<GuestBody>) -> Self {
+        let looked_at = Arc::new(AtomicBool::new(false));
+        let body = std::mem::take(request.body_mut());
+        *request.body_mut() = Noted {
+            body,
+            looked_at: Arc::clone(&looked_at),
+        }
+        .boxed_unsync();
+        Self {
+            captured: capture_connection(request),
+            looked_at,
+            uri: request.uri().clone(),
+        }
+    }
+
+    /// Ends when the request is stranded: on a connection that has closed, [`GRACE`] ago,
+    /// with hyper never having looked at its body and no connect to its origin under way in
+    /// `connecting` for as long. Never ends for a request hyper took.
+    pub(crate) async fn stranded(mut self, connecting: &Connecting) {
+        // Set when hyper-util has a connection for the request (never, if it gets none).
+        let _ = self.captured.wait_for_connection_metadata().await;
+        let captured = &self.captured;
+        let on_now = || alive(captured.connection_metadata().as_ref());
+        until_stranded(on_now, &self.looked_at, (connecting, &self.uri), GRACE).await;
+    }
+}
+
+/// Ends once the connection the request is on (`on_now`: hyper-util moves a request that a
+/// closing connection's dispatcher gave back to another connection) has been closed for
+/// `grace`, the request's body was not `looked_at`, and no connect to the request's origin
+/// has been under way for `grace` either.
+async fn until_stranded(
+    on_now: impl Fn() -> Option<watch::Receiver<()>>,
+    looked_at: &AtomicBool,
+    (connecting, uri): (&Connecting, &Uri),
+    grace: Duration,
+) {
+    let mut closed: Option<watch::Receiver<()>> = None;
+    loop {
+        let Some(mut on) = on_now() else {
+            // Not a connection of the counting connector: nothing to learn.
+            return std::future::pending().await;
+        };
+        if looked_at.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
+        if closed.as_ref().is_some_and(|c| c.same_channel(&on)) {
+            let key = origin_key(uri);
+            if !connecting.any(&key) {
+                return;
+            }
+            // Perhaps one for this request: hyper-util hands it over once it is open.
+            connecting.none(&key).await;
+            tokio::time::sleep(grace).await;
+            continue;
+        }
+        // Nothing is ever sent on it: `changed` returns once the connection is dropped.
+        let _ = on.changed().await;
+        tokio::time::sleep(grace).await;
+        closed = Some(on);
+    }
+}
+
+fn alive(connected: Option<&Connected>) -> Option<watch::Receiver<()>> {
+    let mut extras = http::Extensions::new();
+    connected?.get_extras(&mut extras);
+    extras.remove::<Alive>().map(|a| a.0)
+}
+
+/// A request body that notes hyper's first look at it.
+struct Noted {
+    body: GuestBody,
+    looked_at: Arc<AtomicBool>,
+}
+
+impl Noted {
+    fn note(&self) {
+        // Once per frame: a load where the value is set already leaves its cache line shared.
+        if !self.looked_at.load(Ordering::Relaxed) {
+            self.looked_at.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Body for Noted {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.note();
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.note();
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.note();
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+
+    fn request() -> hyper::Request<GuestBody> {
+        let body = http_body_util::Full::new(bytes::Bytes::from_static(b"{}"))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let mut request = hyper::Request::new(body);
+        *request.uri_mut() = Uri::from_static(ORIGIN);
+        request
+    }
+
+    const ORIGIN: &str = "https://model.test/v1/chat";
+
+    /// The dispatcher's first look (hyper reads the size before it writes the request) is
+    /// noted; the body itself is unchanged.
+    #[tokio::test]
+    async fn a_look_at_the_body_is_noted() {
+        let mut request = request();
+        let watch = Watch::new(&mut request);
+        assert!(!watch.looked_at.load(Ordering::SeqCst));
+        assert_eq!(request.body().size_hint().exact(), Some(2));
+        assert!(watch.looked_at.load(Ordering::SeqCst));
+        let bytes = request.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"{}");
+    }
+
+    /// A request that never got a connection is never stranded (it waits for one, within
+    /// its deadline), also past the grace.
+    #[tokio::test]
+    async fn without_a_connection_nothing_is_stranded() {
+        let mut request = request();
+        let watch = Watch::new(&mut request);
+        let connecting = Connecting::default();
+        let waited = tokio::time::timeout(
+            GRACE + Duration::from_millis(300),
+            watch.stranded(&connecting),
+        )
+        .await;
+        assert!(waited.is_err());
+    }
+
+    /// The grace of these tests: `until_stranded` takes it as an argument.
+    const SHORT: Duration = Duration::from_millis(20);
+
+    /// Whether `until` ends within a time far past [`SHORT`] (a busy test machine may leave
+    /// the task waiting for a thread).
+    async fn ends(until: impl Future<Output = ()>) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), until)
+            .await
+            .is_ok()
+    }
+
+    /// Whether `until` is still going ten graces on.
+    async fn still_waiting(until: impl Future<Output = ()>) -> bool {
+        tokio::time::timeout(SHORT * 10, until).await.is_err()
+    }
+
+    fn origin() -> (Connecting, Uri) {
+        (Connecting::default(), Uri::from_static(ORIGIN))
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_closed_connection_that_hyper_never_looked_at_is_stranded() {
+        let life = Life::new();
+        let on_it = life.0.subscribe();
+        let looked_at = AtomicBool::new(false);
+        let (connecting, uri) = origin();
+        let until = until_stranded(
+            || Some(on_it.clone()),
+            &looked_at,
+            (&connecting, &uri),
+            SHORT,
+        );
+        tokio::pin!(until);
+        assert!(
+            still_waiting(until.as_mut()).await,
+            "stranded while its connection is open"
+        );
+        drop(life);
+        assert!(ends(until).await);
+    }
+
+    #[tokio::test]
+    async fn a_request_hyper_looked_at_is_not_stranded() {
+        let life = Life::new();
+        let on_it = life.0.subscribe();
+        let looked_at = AtomicBool::new(false);
+        let (connecting, uri) = origin();
+        let until = until_stranded(
+            || Some(on_it.clone()),
+            &looked_at,
+            (&connecting, &uri),
+            SHORT,
+        );
+        tokio::pin!(until);
+        // hyper looks during the grace after the close: what it looked at may have gone out.
+        drop(life);
+        looked_at.store(true, Ordering::SeqCst);
+        assert!(still_waiting(until).await);
+    }
+
+    /// A connection of another connector (no life in its metadata) tells nothing.
+    #[tokio::test]
+    async fn a_request_on_an_unknown_connection_is_not_stranded() {
+        let looked_at = AtomicBool::new(false);
+        let (connecting, uri) = origin();
+        assert!(
+            still_waiting(until_stranded(
+                || None,
+                &looked_at,
+                (&connecting, &uri),
+                SHORT
+            ))
+            .await
+        );
+    }
+
+    /// A request hyper-util moved to another connection is watched on that one.
+    #[tokio::test]
+    async fn a_request_moved_to_another_connection_is_watched_there() {
+        let (first, second) = (Life::new(), Life::new());
+        // The connection a fake hyper-util says the request is on.
+        let current = std::sync::Mutex::new(first.0.subscribe());
+        let looked_at = AtomicBool::new(false);
+        let (connecting, uri) = origin();
+        let on_now = || Some(current.lock().unwrap().clone());
+        let until = until_stranded(on_now, &looked_at, (&connecting, &uri), SHORT);
+        tokio::pin!(until);
+        assert!(still_waiting(until.as_mut()).await);
+        // The request is moved to a second connection, still open, and the first closes.
+        *current.lock().unwrap() = second.0.subscribe();
+        drop(first);
+        assert!(
+            still_waiting(until.as_mut()).await,
+            "stranded on the connection it left"
+        );
+        drop(second);
+        assert!(
+            ends(until).await,
+            "not stranded when its second connection closed"
+        );
+    }
+
+    /// A request whose closed connection gave it back waits while hyper-util connects
+    /// again, however long that takes; a connect to another origin does not hold it.
+    #[tokio::test]
+    async fn a_request_waiting_for_a_new_connection_is_not_stranded() {
+        let life = Life::new();
+        let on_it = life.0.subscribe();
+        let looked_at = AtomicBool::new(false);
+        let (connecting, uri) = origin();
+        let connecting = Arc::new(connecting);
+        let elsewhere = connecting.start("https://tool.test:443".to_owned());
+        let again = connecting.start(super::origin_key(&uri));
+        let until = until_stranded(
+            || Some(on_it.clone()),
+            &looked_at,
+            (&connecting, &uri),
+            SHORT,
+        );
+        tokio::pin!(until);
+        drop(life);
+        assert!(
+            still_waiting(until.as_mut()).await,
+            "stranded while a connect to its origin was under way"
+        );
+        drop(again);
+        assert!(
+            ends(until).await,
+            "not stranded when no connect to its origin was under way"
+        );
+        drop(elsewhere);
+        assert!(connecting.0.borrow().is_empty(), "a count left behind");
+    }
+
+    /// Connects are counted per origin until each ends.
+    #[test]
+    fn connects_are_counted_until_they_end() {
+        let connecting = Arc::new(Connecting::default());
+        let key = "https://model.test:443";
+        let (one, two) = (
+            connecting.start(key.to_owned()),
+            connecting.start(key.to_owned()),
+        );
+        drop(one);
+        assert!(connecting.any(key));
+        assert!(!connecting.any("https://tool.test:443"));
+        drop(two);
+        assert!(!connecting.any(key));
+    }
+
+    /// A connection's metadata carries its life, which ends when the connection's [`Life`]
+    /// is dropped.
+    #[tokio::test]
+    async fn the_metadata_tells_when_the_connection_ended() {
+        let life = Life::new();
+        let connected = life.alive(Connected::new());
+        let mut on = alive(Some(&connected)).expect("the metadata carries the life");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), on.changed())
+                .await
+                .is_err()
+        );
+        drop(life);
+        assert!(on.changed().await.is_err());
+        assert!(alive(Some(&Connected::new())).is_none());
+    }
+}
