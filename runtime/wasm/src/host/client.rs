@@ -218,7 +218,8 @@ impl GuestClient {
 
     /// Sends `request` once.
     async fn send_once(&self, mut request: hyper::Request<GuestBody>, bounds: Bounds) -> Sent {
-        let watch = stranded::Watch::new(&mut request);
+        let key = origin_key(request.uri());
+        let watch = stranded::Watch::new(&mut request, key);
         let send = async {
             // The client speaks HTTP/2 only over TLS: `http` origins go to the shared pool
             // without a look at the origin's entry.

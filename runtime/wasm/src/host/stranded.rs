@@ -38,13 +38,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::{CaptureConnection, Connected, capture_connection};
 use tokio::sync::watch;
 
-use super::client::origin_key;
 use super::{BoxError, GuestBody};
 
 /// How long after its connection closed a request hyper never looked at is left to hyper:
@@ -129,12 +127,14 @@ impl Drop for Started {
 pub(crate) struct Watch {
     captured: CaptureConnection,
     looked_at: Arc<AtomicBool>,
-    uri: Uri,
+    /// The origin's key (`client::origin_key`), for [`Connecting`].
+    key: String,
 }
 
 impl Watch {
-    /// Watches `request`: its body is wrapped to note hyper's first look at it.
-    pub(crate) fn new(request: &mut hyper::Request<GuestBody>) -> Self {
+    /// Watches `request` to the origin `key`: its body is wrapped to note hyper's first
+    /// look at it.
+    pub(crate) fn new(request: &mut hyper::Request<GuestBody>, key: String) -> Self {
         let looked_at = Arc::new(AtomicBool::new(false));
         let body = std::mem::take(request.body_mut());
         *request.body_mut() = Noted {
@@ -145,7 +145,7 @@ impl Watch {
         Self {
             captured: capture_connection(request),
             looked_at,
-            uri: request.uri().clone(),
+            key,
         }
     }
 
@@ -157,7 +157,7 @@ impl Watch {
         let _ = self.captured.wait_for_connection_metadata().await;
         let captured = &self.captured;
         let on_now = || alive(captured.connection_metadata().as_ref());
-        until_stranded(on_now, &self.looked_at, (connecting, &self.uri), GRACE).await;
+        until_stranded(on_now, &self.looked_at, (connecting, &self.key), GRACE).await;
     }
 }
 
@@ -168,7 +168,7 @@ impl Watch {
 async fn until_stranded(
     on_now: impl Fn() -> Option<watch::Receiver<()>>,
     looked_at: &AtomicBool,
-    (connecting, uri): (&Connecting, &Uri),
+    (connecting, key): (&Connecting, &str),
     grace: Duration,
 ) {
     let mut closed: Option<watch::Receiver<()>> = None;
@@ -181,12 +181,11 @@ async fn until_stranded(
             return std::future::pending().await;
         }
         if closed.as_ref().is_some_and(|c| c.same_channel(&on)) {
-            let key = origin_key(uri);
-            if !connecting.any(&key) {
+            if !connecting.any(key) {
                 return;
             }
             // Perhaps one for this request: hyper-util hands it over once it is open.
-            connecting.none(&key).await;
+            connecting.none(key).await;
             tokio::time::sleep(grace).await;
             continue;
         }
@@ -245,6 +244,8 @@ impl Body for Noted {
 mod tests {
     use std::future::Future;
 
+    use http::Uri;
+
     use super::*;
 
     fn request() -> hyper::Request<GuestBody> {
@@ -263,7 +264,7 @@ mod tests {
     #[tokio::test]
     async fn a_look_at_the_body_is_noted() {
         let mut request = request();
-        let watch = Watch::new(&mut request);
+        let watch = Watch::new(&mut request, KEY.to_owned());
         assert!(!watch.looked_at.load(Ordering::SeqCst));
         assert_eq!(request.body().size_hint().exact(), Some(2));
         assert!(watch.looked_at.load(Ordering::SeqCst));
@@ -276,7 +277,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_connection_nothing_is_stranded() {
         let mut request = request();
-        let watch = Watch::new(&mut request);
+        let watch = Watch::new(&mut request, KEY.to_owned());
         let connecting = Connecting::default();
         let waited = tokio::time::timeout(
             GRACE + Duration::from_millis(300),
@@ -302,8 +303,11 @@ mod tests {
         tokio::time::timeout(SHORT * 10, until).await.is_err()
     }
 
-    fn origin() -> (Connecting, Uri) {
-        (Connecting::default(), Uri::from_static(ORIGIN))
+    /// The key of [`ORIGIN`].
+    const KEY: &str = "https://model.test:443";
+
+    fn origin() -> (Connecting, String) {
+        (Connecting::default(), KEY.to_owned())
     }
 
     #[tokio::test]
@@ -398,7 +402,7 @@ mod tests {
         let (connecting, uri) = origin();
         let connecting = Arc::new(connecting);
         let elsewhere = connecting.start("https://tool.test:443".to_owned());
-        let again = connecting.start(super::origin_key(&uri));
+        let again = connecting.start(uri.clone());
         let until = until_stranded(
             || Some(on_it.clone()),
             &looked_at,
