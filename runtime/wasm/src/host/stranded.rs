@@ -306,22 +306,43 @@ mod tests {
     /// The key of [`ORIGIN`].
     const KEY: &str = "https://model.test:443";
 
-    fn origin() -> (Connecting, String) {
-        (Connecting::default(), KEY.to_owned())
+    /// One request in flight to [`ORIGIN`], as `until_stranded` sees it: whether hyper
+    /// looked at its body, and the connects under way.
+    struct InFlight {
+        looked_at: AtomicBool,
+        connecting: Arc<Connecting>,
+        key: String,
+    }
+
+    impl InFlight {
+        fn new() -> Self {
+            Self {
+                looked_at: AtomicBool::new(false),
+                connecting: Arc::new(Connecting::default()),
+                key: KEY.to_owned(),
+            }
+        }
+
+        /// Until the request is stranded, on whatever connection `on_now` says it is.
+        fn until<'a>(
+            &'a self,
+            on_now: impl Fn() -> Option<watch::Receiver<()>> + 'a,
+        ) -> impl Future<Output = ()> + 'a {
+            until_stranded(
+                on_now,
+                &self.looked_at,
+                (&self.connecting, &self.key),
+                SHORT,
+            )
+        }
     }
 
     #[tokio::test]
     async fn a_request_on_a_closed_connection_that_hyper_never_looked_at_is_stranded() {
         let life = Life::new();
         let on_it = life.0.subscribe();
-        let looked_at = AtomicBool::new(false);
-        let (connecting, uri) = origin();
-        let until = until_stranded(
-            || Some(on_it.clone()),
-            &looked_at,
-            (&connecting, &uri),
-            SHORT,
-        );
+        let request = InFlight::new();
+        let until = request.until(|| Some(on_it.clone()));
         tokio::pin!(until);
         assert!(
             still_waiting(until.as_mut()).await,
@@ -335,35 +356,20 @@ mod tests {
     async fn a_request_hyper_looked_at_is_not_stranded() {
         let life = Life::new();
         let on_it = life.0.subscribe();
-        let looked_at = AtomicBool::new(false);
-        let (connecting, uri) = origin();
-        let until = until_stranded(
-            || Some(on_it.clone()),
-            &looked_at,
-            (&connecting, &uri),
-            SHORT,
-        );
+        let request = InFlight::new();
+        let until = request.until(|| Some(on_it.clone()));
         tokio::pin!(until);
         // hyper looks during the grace after the close: what it looked at may have gone out.
         drop(life);
-        looked_at.store(true, Ordering::SeqCst);
+        request.looked_at.store(true, Ordering::SeqCst);
         assert!(still_waiting(until).await);
     }
 
     /// A connection of another connector (no life in its metadata) tells nothing.
     #[tokio::test]
     async fn a_request_on_an_unknown_connection_is_not_stranded() {
-        let looked_at = AtomicBool::new(false);
-        let (connecting, uri) = origin();
-        assert!(
-            still_waiting(until_stranded(
-                || None,
-                &looked_at,
-                (&connecting, &uri),
-                SHORT
-            ))
-            .await
-        );
+        let request = InFlight::new();
+        assert!(still_waiting(request.until(|| None)).await);
     }
 
     /// A request hyper-util moved to another connection is watched on that one.
@@ -372,10 +378,8 @@ mod tests {
         let (first, second) = (Life::new(), Life::new());
         // The connection a fake hyper-util says the request is on.
         let current = std::sync::Mutex::new(first.0.subscribe());
-        let looked_at = AtomicBool::new(false);
-        let (connecting, uri) = origin();
-        let on_now = || Some(current.lock().unwrap().clone());
-        let until = until_stranded(on_now, &looked_at, (&connecting, &uri), SHORT);
+        let request = InFlight::new();
+        let until = request.until(|| Some(current.lock().unwrap().clone()));
         tokio::pin!(until);
         assert!(still_waiting(until.as_mut()).await);
         // The request is moved to a second connection, still open, and the first closes.
@@ -398,17 +402,10 @@ mod tests {
     async fn a_request_waiting_for_a_new_connection_is_not_stranded() {
         let life = Life::new();
         let on_it = life.0.subscribe();
-        let looked_at = AtomicBool::new(false);
-        let (connecting, uri) = origin();
-        let connecting = Arc::new(connecting);
-        let elsewhere = connecting.start("https://tool.test:443".to_owned());
-        let again = connecting.start(uri.clone());
-        let until = until_stranded(
-            || Some(on_it.clone()),
-            &looked_at,
-            (&connecting, &uri),
-            SHORT,
-        );
+        let request = InFlight::new();
+        let elsewhere = request.connecting.start("https://tool.test:443".to_owned());
+        let again = request.connecting.start(KEY.to_owned());
+        let until = request.until(|| Some(on_it.clone()));
         tokio::pin!(until);
         drop(life);
         assert!(
@@ -421,7 +418,10 @@ mod tests {
             "not stranded when no connect to its origin was under way"
         );
         drop(elsewhere);
-        assert!(connecting.0.borrow().is_empty(), "a count left behind");
+        assert!(
+            request.connecting.0.borrow().is_empty(),
+            "a count left behind"
+        );
     }
 
     /// Connects are counted per origin until each ends.
