@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn the_binary_shares_its_dependencies_builds_with_the_tests() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let root = crate::tests::repository_root();
         let tests = build_plan(&root, &["test", "--workspace", "--no-run"]).unwrap();
         for binary in [
             &["build", "--bin", "gust"][..],

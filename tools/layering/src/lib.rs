@@ -409,9 +409,19 @@ mod tests {
 
     /// The repository itself: its crates depend on each other as ARCHITECTURE.md allows,
     /// and no crate under `runtime/` has a module cycle.
+    /// The repository this test runs in. Read when it runs, not when it was compiled: clones
+    /// that share one `CARGO_TARGET_DIR` (as `.ci/run` and local work do) may run a binary
+    /// cargo built in another clone, whose compile-time path names that clone's sources.
+    /// `cargo test` sets the variable for the binaries it runs.
+    pub(crate) fn repository_root() -> std::path::PathBuf {
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        Path::new(&manifest_dir).join("../..")
+    }
+
     #[test]
     fn the_repository_keeps_its_layers() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let root = repository_root();
         let markdown = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
         let layers = parse_layers(&markdown).unwrap();
         let members = members(&root).unwrap();
