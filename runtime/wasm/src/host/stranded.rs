@@ -259,31 +259,54 @@ mod tests {
 
     const ORIGIN: &str = "https://model.test/v1/chat";
 
-    /// The dispatcher's first look (hyper reads the size before it writes the request) is
-    /// noted; the body itself is unchanged.
+    /// The dispatcher's first look is noted, whichever it is (HTTP/1 asks `is_end_stream`
+    /// before it writes the head, HTTP/2 `size_hint` before it opens the stream); the body
+    /// itself is unchanged.
     #[tokio::test]
     async fn a_look_at_the_body_is_noted() {
+        /// One way of looking at a body, by name.
+        type Look = (&'static str, fn(&mut GuestBody));
+        let looks: [Look; 3] = [
+            ("size_hint", |body| {
+                assert_eq!(body.size_hint().exact(), Some(2));
+            }),
+            ("is_end_stream", |body| assert!(!body.is_end_stream())),
+            ("poll_frame", |body| {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                assert!(Pin::new(body).poll_frame(&mut cx).is_ready());
+            }),
+        ];
+        for (look, at) in looks {
+            let mut request = request();
+            let watch = Watch::new(&mut request, KEY.to_owned());
+            assert!(!watch.looked_at.load(Ordering::SeqCst), "{look}");
+            at(request.body_mut());
+            assert!(watch.looked_at.load(Ordering::SeqCst), "{look} not noted");
+        }
         let mut request = request();
-        let watch = Watch::new(&mut request, KEY.to_owned());
-        assert!(!watch.looked_at.load(Ordering::SeqCst));
-        assert_eq!(request.body().size_hint().exact(), Some(2));
-        assert!(watch.looked_at.load(Ordering::SeqCst));
+        let _watch = Watch::new(&mut request, KEY.to_owned());
         let bytes = request.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"{}");
     }
 
-    /// A request that never got a connection is never stranded (it waits for one, within
-    /// its deadline), also past the grace.
+    /// A request that never got a connection is never stranded, also past the grace: one
+    /// still waiting for a connection (within its deadline), and one dropped before it got
+    /// any (its capture then ends without a connection).
     #[tokio::test]
     async fn without_a_connection_nothing_is_stranded() {
-        let mut request = request();
-        let watch = Watch::new(&mut request, KEY.to_owned());
         let connecting = Connecting::default();
-        let waited = tokio::time::timeout(
-            GRACE + Duration::from_millis(300),
-            watch.stranded(&connecting),
-        )
-        .await;
+        let mut waiting = request();
+        let mut dropped = request();
+        let (on_waiting, on_dropped) = (
+            Watch::new(&mut waiting, KEY.to_owned()),
+            Watch::new(&mut dropped, KEY.to_owned()),
+        );
+        drop(dropped);
+        let both = futures::future::select(
+            Box::pin(on_waiting.stranded(&connecting)),
+            Box::pin(on_dropped.stranded(&connecting)),
+        );
+        let waited = tokio::time::timeout(GRACE + Duration::from_millis(300), both).await;
         assert!(waited.is_err());
     }
 
@@ -328,11 +351,20 @@ mod tests {
             &'a self,
             on_now: impl Fn() -> Option<watch::Receiver<()>> + 'a,
         ) -> impl Future<Output = ()> + 'a {
+            self.until_after(on_now, SHORT)
+        }
+
+        /// As [`Self::until`], with a grace of `grace`.
+        fn until_after<'a>(
+            &'a self,
+            on_now: impl Fn() -> Option<watch::Receiver<()>> + 'a,
+            grace: Duration,
+        ) -> impl Future<Output = ()> + 'a {
             until_stranded(
                 on_now,
                 &self.looked_at,
                 (&self.connecting, &self.key),
-                SHORT,
+                grace,
             )
         }
     }
@@ -352,17 +384,26 @@ mod tests {
         assert!(ends(until).await);
     }
 
+    /// hyper looks at the body during the grace after the close: what it looked at may have
+    /// gone out before the connection ended.
     #[tokio::test]
     async fn a_request_hyper_looked_at_is_not_stranded() {
+        // Long enough that a busy machine still polls the request within it.
+        let grace = Duration::from_millis(300);
         let life = Life::new();
         let on_it = life.0.subscribe();
         let request = InFlight::new();
-        let until = request.until(|| Some(on_it.clone()));
+        let until = request.until_after(|| Some(on_it.clone()), grace);
         tokio::pin!(until);
-        // hyper looks during the grace after the close: what it looked at may have gone out.
         drop(life);
+        // The request sees the close and starts its grace.
+        let early = tokio::time::timeout(Duration::from_millis(30), until.as_mut()).await;
+        assert!(early.is_err(), "stranded before its grace ended");
         request.looked_at.store(true, Ordering::SeqCst);
-        assert!(still_waiting(until).await);
+        assert!(
+            tokio::time::timeout(grace * 3, until).await.is_err(),
+            "stranded although hyper looked at it"
+        );
     }
 
     /// A connection of another connector (no life in its metadata) tells nothing.
