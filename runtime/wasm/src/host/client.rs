@@ -191,21 +191,11 @@ impl GuestClient {
                     ),
                     done => return done,
                 };
-                // hyper drops the body when it sees the stream closed, if it has not already.
-                // A stranded request's goes when the last handle on its dead connection does:
-                // the one hyper-util's pool keeps goes at the pool's next look at that lane,
-                // which a lane no request picks again may not get before the idle sweep, so
-                // that wait is bounded and the request then fails.
-                let back = match refused {
-                    SendError::Stranded => tokio::time::timeout(stranded::GRACE, leftover)
-                        .await
-                        .ok()
-                        .and_then(Result::ok),
-                    _ => leftover.await.ok(),
-                };
-                match back {
-                    Some(leftover) => body = leftover.into_body(),
-                    None => return Err(refused),
+                // hyper drops the body when it sees the stream closed, if it has not already;
+                // a stranded request's was dropped when the watch claimed it.
+                match leftover.await {
+                    Ok(leftover) => body = leftover.into_body(),
+                    Err(_) => return Err(refused),
                 }
                 sent += 1;
                 // The origin only: a query string may carry an API key.

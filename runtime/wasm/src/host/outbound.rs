@@ -233,8 +233,7 @@ impl WasiHttpHooks for Outbound {
                     }
                     Ok(Err(client::SendError::Stranded)) => {
                         // Not sent, and not sent again: an `http` request (the client keeps
-                        // no copy of its body), one whose body hyper-util's pool did not give
-                        // back within the grace, or one sent again as often as the client does.
+                        // no copy of its body), or one sent again as often as the client does.
                         record(
                             None,
                             Some("the connection closed before the request went out".to_owned()),

@@ -18,6 +18,10 @@
 //! of the request, so a body nobody looked at belongs to a request none of whose bytes left.
 //! Sending it again is then safe whatever its method. [`GRACE`] after the close first lets
 //! hyper fail the requests it does fail, and hyper-util move them to another connection.
+//! The verdict then claims the body: under the lock hyper's first look takes too, so either
+//! hyper looked first (and the request is not stranded after all) or the body is taken out
+//! and dropped, which hands a recorded body (`replay::Recording`) back at once, however long
+//! the dead connection's queue lives on, and fails any later look with an error.
 //!
 //! A request the closing dispatcher did give back is not stranded although it looks so for a
 //! while: hyper-util sends it again on a new connection, and until it has one the request
@@ -33,8 +37,8 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -126,38 +130,77 @@ impl Drop for Started {
 /// One request's watch: which connection it is on, and whether hyper looked at its body.
 pub(crate) struct Watch {
     captured: CaptureConnection,
-    looked_at: Arc<AtomicBool>,
+    body: Arc<Held>,
     /// The origin's key (`client::origin_key`), for [`Connecting`].
     key: String,
+}
+
+/// A request's body, shared by the request (hyper's side) and its [`Watch`].
+struct Held {
+    /// Set at hyper's first look, under `body`'s lock; read without it while watching.
+    looked_at: AtomicBool,
+    /// `None` once the watch claimed it.
+    body: Mutex<Option<GuestBody>>,
+}
+
+impl Held {
+    fn lock(&self) -> MutexGuard<'_, Option<GuestBody>> {
+        // A panic while holding it leaves a body no worse than a panic in hyper would.
+        self.body.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// hyper's look: noted, under the lock a claim takes.
+    fn look(&self) -> MutexGuard<'_, Option<GuestBody>> {
+        let body = self.lock();
+        // Once per look: a load where the value is set already leaves its cache line shared.
+        if !self.looked_at.load(Ordering::Relaxed) {
+            self.looked_at.store(true, Ordering::SeqCst);
+        }
+        body
+    }
+
+    /// Takes the body if hyper never looked at it.
+    fn claim(&self) -> Option<GuestBody> {
+        let mut body = self.lock();
+        if self.looked_at.load(Ordering::SeqCst) {
+            return None;
+        }
+        body.take()
+    }
 }
 
 impl Watch {
     /// Watches `request` to the origin `key`: its body is wrapped to note hyper's first
     /// look at it.
     pub(crate) fn new(request: &mut hyper::Request<GuestBody>, key: String) -> Self {
-        let looked_at = Arc::new(AtomicBool::new(false));
-        let body = std::mem::take(request.body_mut());
-        *request.body_mut() = Noted {
-            body,
-            looked_at: Arc::clone(&looked_at),
-        }
-        .boxed_unsync();
+        let body = Arc::new(Held {
+            looked_at: AtomicBool::new(false),
+            body: Mutex::new(Some(std::mem::take(request.body_mut()))),
+        });
+        *request.body_mut() = Noted(Arc::clone(&body)).boxed_unsync();
         Self {
             captured: capture_connection(request),
-            looked_at,
+            body,
             key,
         }
     }
 
     /// Ends when the request is stranded: on a connection that has closed, [`GRACE`] ago,
     /// with hyper never having looked at its body and no connect to its origin under way in
-    /// `connecting` for as long. Never ends for a request hyper took.
+    /// `connecting` for as long. Never ends for a request hyper took. When it ends, the body
+    /// has been claimed and dropped: hyper can no longer send it.
     pub(crate) async fn stranded(mut self, connecting: &Connecting) {
         // Set when hyper-util has a connection for the request (never, if it gets none).
         let _ = self.captured.wait_for_connection_metadata().await;
         let captured = &self.captured;
         let on_now = || alive(captured.connection_metadata().as_ref());
-        until_stranded(on_now, &self.looked_at, (connecting, &self.key), GRACE).await;
+        let looked_at = &self.body.looked_at;
+        until_stranded(on_now, looked_at, (connecting, &self.key), GRACE).await;
+        match self.body.claim() {
+            Some(body) => drop(body),
+            // hyper looked between the verdict and the claim.
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -202,19 +245,14 @@ fn alive(connected: Option<&Connected>) -> Option<watch::Receiver<()>> {
     extras.remove::<Alive>().map(|a| a.0)
 }
 
-/// A request body that notes hyper's first look at it.
-struct Noted {
-    body: GuestBody,
-    looked_at: Arc<AtomicBool>,
-}
+/// A request body that notes hyper's first look at it (see [`Held`]).
+struct Noted(Arc<Held>);
 
-impl Noted {
-    fn note(&self) {
-        // Once per frame: a load where the value is set already leaves its cache line shared.
-        if !self.looked_at.load(Ordering::Relaxed) {
-            self.looked_at.store(true, Ordering::SeqCst);
-        }
-    }
+/// What hyper meets in a body the watch claimed. It cannot happen while the watch is right
+/// that the connection is gone (nothing is left to look), so it fails the request rather than
+/// send it with a body that is not the guest's.
+fn claimed() -> BoxError {
+    "the request's body was taken back: its connection had closed before it went out".into()
 }
 
 impl Body for Noted {
@@ -222,21 +260,25 @@ impl Body for Noted {
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.note();
-        Pin::new(&mut self.body).poll_frame(cx)
+        match self.0.look().as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(Some(Err(claimed()))),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.note();
-        self.body.is_end_stream()
+        // A claimed body is not at its end: hyper must poll it and meet the error.
+        self.0.look().as_ref().is_some_and(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.note();
-        self.body.size_hint()
+        self.0
+            .look()
+            .as_ref()
+            .map_or_else(SizeHint::default, Body::size_hint)
     }
 }
 
@@ -246,6 +288,7 @@ mod tests {
 
     use http::Uri;
 
+    use super::super::replay;
     use super::*;
 
     fn request() -> hyper::Request<GuestBody> {
@@ -279,14 +322,56 @@ mod tests {
         for (look, at) in looks {
             let mut request = request();
             let watch = Watch::new(&mut request, KEY.to_owned());
-            assert!(!watch.looked_at.load(Ordering::SeqCst), "{look}");
+            assert!(!watch.body.looked_at.load(Ordering::SeqCst), "{look}");
             at(request.body_mut());
-            assert!(watch.looked_at.load(Ordering::SeqCst), "{look} not noted");
+            assert!(
+                watch.body.looked_at.load(Ordering::SeqCst),
+                "{look} not noted"
+            );
         }
         let mut request = request();
         let _watch = Watch::new(&mut request, KEY.to_owned());
         let bytes = request.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"{}");
+    }
+
+    /// A claimed body comes back at once, though the request that held it lives on (in a
+    /// dead connection's queue); a look by hyper after the claim meets an error, not an
+    /// empty body.
+    #[tokio::test]
+    async fn a_claimed_body_comes_back_at_once() {
+        let mut request = request();
+        let (recording, leftover) = replay::Recording::new(std::mem::take(request.body_mut()));
+        *request.body_mut() = recording.boxed_unsync();
+        let watch = Watch::new(&mut request, KEY.to_owned());
+        drop(watch.body.claim().expect("nobody looked at it"));
+        let back = tokio::time::timeout(Duration::from_secs(5), leftover)
+            .await
+            .expect("the body did not come back while the request lived")
+            .expect("the recording gave up the body");
+        let again = back.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&again[..], b"{}");
+        let body = request.body_mut();
+        assert!(!body.is_end_stream());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(
+            Pin::new(body).poll_frame(&mut cx),
+            Poll::Ready(Some(Err(_)))
+        ));
+    }
+
+    /// Once hyper looked, the body stays hyper's.
+    #[test]
+    fn a_body_hyper_looked_at_is_not_claimed() {
+        let mut request = request();
+        let watch = Watch::new(&mut request, KEY.to_owned());
+        let _ = request.body().size_hint();
+        assert!(watch.body.claim().is_none());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(
+            Pin::new(request.body_mut()).poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
     }
 
     /// A request that never got a connection is never stranded, also past the grace: one
