@@ -229,13 +229,13 @@ impl GuestClient {
                 }
             };
             let (_finding_out, (pool, in_flight, _opening)) = if https {
-                let key = origin_key(request.uri());
-                let origin = self.origins.origin(&key);
+                let key = watch.key();
+                let origin = self.origins.origin(key);
                 // Both held until the answer's head came or the request failed: a request
                 // that opens a connection for others and ends without one lets the next try.
                 let finding_out = at_gate(Arc::clone(&origin.gate)).await?;
                 let lane = (origin.speaks() == Speaks::Http2)
-                    .then(|| self.lane(&key))
+                    .then(|| self.lane(key))
                     .flatten();
                 let through = match lane {
                     Some((pool, in_flight, gate)) => match at_gate(gate).await {

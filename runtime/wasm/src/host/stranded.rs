@@ -170,6 +170,11 @@ impl Held {
 }
 
 impl Watch {
+    /// The origin's key the request was watched with (`client::origin_key`).
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Watches `request` to the origin `key`: its body is wrapped to note hyper's first
     /// look at it.
     pub(crate) fn new(request: &mut hyper::Request<GuestBody>, key: String) -> Self {
@@ -207,7 +212,9 @@ impl Watch {
 /// Ends once the connection the request is on (`on_now`: hyper-util moves a request that a
 /// closing connection's dispatcher gave back to another connection) has been closed for
 /// `grace`, the request's body was not `looked_at`, and no connect to the request's origin
-/// has been under way for `grace` either.
+/// is under way at that moment; after a connect seen under way, the request waits for a
+/// moment with none, then `grace` more, and looks again. (So an origin whose connects
+/// never pause holds the verdict off, see the module's comment.)
 async fn until_stranded(
     on_now: impl Fn() -> Option<watch::Receiver<()>>,
     looked_at: &AtomicBool,
