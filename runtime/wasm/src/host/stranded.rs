@@ -152,10 +152,7 @@ impl Held {
     /// hyper's look: noted, under the lock a claim takes.
     fn look(&self) -> MutexGuard<'_, Option<GuestBody>> {
         let body = self.lock();
-        // Once per look: a load where the value is set already leaves its cache line shared.
-        if !self.looked_at.load(Ordering::Relaxed) {
-            self.looked_at.store(true, Ordering::SeqCst);
-        }
+        self.looked_at.store(true, Ordering::SeqCst);
         body
     }
 
@@ -170,11 +167,6 @@ impl Held {
 }
 
 impl Watch {
-    /// The origin's key the request was watched with (`client::origin_key`).
-    pub(crate) fn key(&self) -> &str {
-        &self.key
-    }
-
     /// Watches `request` to the origin `key`: its body is wrapped to note hyper's first
     /// look at it.
     pub(crate) fn new(request: &mut hyper::Request<GuestBody>, key: String) -> Self {
@@ -188,6 +180,11 @@ impl Watch {
             body,
             key,
         }
+    }
+
+    /// The origin's key the request was watched with (`client::origin_key`).
+    pub(crate) fn key(&self) -> &str {
+        &self.key
     }
 
     /// Ends when the request is stranded: on a connection that has closed, [`GRACE`] ago,
