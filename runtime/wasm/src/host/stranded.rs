@@ -18,7 +18,7 @@
 //! of the request, so a body nobody looked at belongs to a request none of whose bytes left.
 //! Sending it again is then safe whatever its method. [`GRACE`] after the close first lets
 //! hyper fail the requests it does fail, and hyper-util move them to another connection.
-//! The verdict then claims the body: under the lock hyper's first look takes too, so either
+//! The verdict then claims the body, under the lock each of hyper's looks takes, so either
 //! hyper looked first (and the request is not stranded after all) or the body is taken out
 //! and dropped, which hands a recorded body (`replay::Recording`) back at once, however long
 //! the dead connection's queue lives on, and fails any later look with an error.
@@ -137,7 +137,7 @@ pub(crate) struct Watch {
 
 /// A request's body, shared by the request (hyper's side) and its [`Watch`].
 struct Held {
-    /// Set at hyper's first look, under `body`'s lock; read without it while watching.
+    /// Set at each of hyper's looks, under `body`'s lock; read without it while watching.
     looked_at: AtomicBool,
     /// `None` once the watch claimed it.
     body: Mutex<Option<GuestBody>>,
@@ -167,8 +167,8 @@ impl Held {
 }
 
 impl Watch {
-    /// Watches `request` to the origin `key`: its body is wrapped to note hyper's first
-    /// look at it.
+    /// Watches `request` to the origin `key`: its body is wrapped to note hyper's looks at
+    /// it.
     pub(crate) fn new(request: &mut hyper::Request<GuestBody>, key: String) -> Self {
         let body = Arc::new(Held {
             looked_at: AtomicBool::new(false),
@@ -249,7 +249,7 @@ fn alive(connected: Option<&Connected>) -> Option<watch::Receiver<()>> {
     extras.remove::<Alive>().map(|a| a.0)
 }
 
-/// A request body that notes hyper's first look at it (see [`Held`]).
+/// A request body that notes hyper's looks at it (see [`Held`]).
 struct Noted(Arc<Held>);
 
 /// What hyper meets in a body the watch claimed. It cannot happen while the watch is right
