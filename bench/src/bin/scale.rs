@@ -7,7 +7,8 @@
 //!   answers after `--wait-ms` (a slow HTTP server in another process: this program
 //!   started as `scale upstream`). Reported: calls that succeeded (a 429 is a failure), wall
 //!   time from the first send to the last answer, peak `live_instances`, peak resident size
-//!   of the host and memory per waiting call.
+//!   of the host and memory per waiting call. Each host meets the burst twice in a row, and
+//!   with `--idle S` a third time after S seconds without calls.
 //! - **queued**: N runs submitted, each waiting on the upstream; the time from the last
 //!   accepted submission until every run ended, and how many the upstream answered.
 //! - **fairness**: an echo's latency idle, then while N calls wait and 4 calls of a
@@ -64,6 +65,8 @@ struct Options {
     https: bool,
     /// The upstream's certificate, for the hosts to trust.
     upstream_ca: Option<PathBuf>,
+    /// A third sync burst on the same host after this long without calls (`--idle`).
+    idle: Option<Duration>,
 }
 
 /// Requests at once on one HTTP/2 connection to the HTTPS upstream.
@@ -73,7 +76,7 @@ const USAGE: &str = "\
 usage: scale [--gust PATH] [--waiting-echo PATH] [--echo PATH] [--probe PATH] [--python PATH]
              [--python-probe PATH] [--js-probe PATH]
              [--ramp 1000,5000,10000] [--queued 10000] [--fairness 10000] [--wait-ms 1000]
-             [--rounds 3] [--seconds 10] [--upstream http|https]
+             [--rounds 3] [--seconds 10] [--upstream http|https] [--idle SECONDS]
              [--only sync|queued|fairness|standby|outbound|languages]
 Thousands of calls waiting on an upstream, on a host with default settings.";
 
@@ -95,6 +98,7 @@ fn options() -> anyhow::Result<Options> {
         only: None,
         https: false,
         upstream_ca: None,
+        idle: None,
     };
     for (flag, value) in gust_bench::flags(USAGE)? {
         match flag.as_str() {
@@ -114,6 +118,7 @@ fn options() -> anyhow::Result<Options> {
             "--fairness" => options.fairness = value.parse()?,
             "--wait-ms" => options.wait_ms = value.parse()?,
             "--only" => options.only = Some(value),
+            "--idle" => options.idle = Some(Duration::from_secs(value.parse()?)),
             "--upstream" => {
                 options.https = match value.as_str() {
                     "http" => false,
@@ -433,6 +438,14 @@ async fn sync_step(options: &Options, upstream: &Upstream, n: usize) -> anyhow::
     // second finds them mapped, as a host that has been serving does.
     for burst in ["fresh host", "again"] {
         burst_of(&host, upstream, &input, n, burst).await?;
+    }
+    // A host that served a burst and then went quiet: the allocator hands the heap pages it
+    // no longer uses back to the system after a while (jemalloc's decay), the pool keeps its
+    // slots' pages (`keep_resident`).
+    if let Some(idle) = options.idle {
+        tokio::time::sleep(idle).await;
+        let burst = format!("after {} s idle", idle.as_secs());
+        burst_of(&host, upstream, &input, n, &burst).await?;
     }
     Ok(())
 }
