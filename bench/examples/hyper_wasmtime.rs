@@ -5,8 +5,10 @@
 //! it from the sum of raw hyper's and the bare call's costs measured alone is what the two
 //! cost each other when they share a core (caches, the scheduler, the loopback's wake-ups).
 //!
-//! `hyper_wasmtime --echo echo.wasm [--listen 127.0.0.1:0]` prints `listening on <address>`
-//! and serves until killed. An example rather than a program in `src/bin` because it links
+//! `hyper_wasmtime --echo echo.wasm [--listen 127.0.0.1:0] [--on-demand]` prints `listening on
+//! <address>` and serves until killed. `--on-demand` allocates each instance per call instead of
+//! from the pool, as gust does where the pool's address space is refused (under valgrind, for
+//! `bench/callgrind --combined`). An example rather than a program in `src/bin` because it links
 //! wasmtime, which only the benchmarks' dev-dependencies bring.
 
 #[path = "../benches/bare/mod.rs"]
@@ -26,20 +28,27 @@ use hyper_util::rt::TokioIo;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (mut echo, mut listen) = (None, "127.0.0.1:0".to_owned());
+    let mut tuning = gust_wasm::Tuning::default();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--on-demand" {
+            tuning.pool = None;
+            continue;
+        }
         let value = args
             .next()
             .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
         match flag.as_str() {
             "--echo" => echo = Some(value),
             "--listen" => listen = value,
-            _ => anyhow::bail!("usage: hyper_wasmtime --echo PATH [--listen ADDRESS]"),
+            _ => {
+                anyhow::bail!("usage: hyper_wasmtime --echo PATH [--listen ADDRESS] [--on-demand]")
+            }
         }
     }
     let echo = echo.ok_or_else(|| anyhow::anyhow!("--echo PATH is required"))?;
     let bytes = std::fs::read(&echo)?;
-    let agent = Arc::new(BareAgent::new(&gust_wasm::Tuning::default(), &bytes));
+    let agent = Arc::new(BareAgent::new(&tuning, &bytes));
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on {}", listener.local_addr()?);
     loop {
