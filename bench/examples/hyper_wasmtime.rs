@@ -25,28 +25,24 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
+const USAGE: &str = "usage: hyper_wasmtime --echo PATH [--listen ADDRESS] [--on-demand]";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let (pairs, switches) = gust_bench::flags_and_switches(USAGE, &["--on-demand"])?;
     let (mut echo, mut listen) = (None, "127.0.0.1:0".to_owned());
-    let mut tuning = gust_wasm::Tuning::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "--on-demand" {
-            tuning.pool = None;
-            continue;
-        }
-        let value = args
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+    for (flag, value) in pairs {
         match flag.as_str() {
             "--echo" => echo = Some(value),
             "--listen" => listen = value,
-            _ => {
-                anyhow::bail!("usage: hyper_wasmtime --echo PATH [--listen ADDRESS] [--on-demand]")
-            }
+            _ => anyhow::bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
-    let echo = echo.ok_or_else(|| anyhow::anyhow!("--echo PATH is required"))?;
+    let mut tuning = gust_wasm::Tuning::default();
+    if switches.iter().any(|switch| switch == "--on-demand") {
+        tuning.pool = None;
+    }
+    let echo = echo.ok_or_else(|| anyhow::anyhow!("--echo PATH is required\n{USAGE}"))?;
     let bytes = std::fs::read(&echo)?;
     let agent = Arc::new(BareAgent::new(&tuning, &bytes));
     let listener = tokio::net::TcpListener::bind(&listen).await?;
