@@ -615,6 +615,30 @@ impl std::fmt::Display for PlaceTimedOut {
 
 impl std::error::Error for PlaceTimedOut {}
 
+/// A connect for the shared pool that was still waiting for a place when hyper-util left it
+/// to finish in the background: its request took a connection that came back to the pool
+/// first. hyper-util lets such a connect go on so as not to waste a socket, but one still
+/// waiting for a place has none, and would open a connection nobody asked for. Until it gave
+/// up here, thousands of them (one per request that waited) stood in the origin's queue for
+/// a place ahead of requests that needed one: a request handed a connection that turned out
+/// closed stops waiting for the pool and waits for its own connect alone, and at the end of
+/// a burst to a server that drops connections unannounced such requests waited out their
+/// deadline while those connects took the places and left their connections idle in the
+/// pool. The connect learns it was left behind when it is polled outside its request's
+/// scope (`before`): hyper-util's background work runs on other tasks (`colocate`). A lane's
+/// connect is left to finish: in an HTTP/2 pool the other requests wait for the one connect
+/// under way, through hyper-util's pool, not for connects of their own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeftBehind;
+
+impl std::fmt::Display for LeftBehind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no longer waiting for a place: its request took another connection")
+    }
+}
+
+impl std::error::Error for LeftBehind {}
+
 /// What bounds the connect of a connection opened for a request: the request's deadline,
 /// and the time its guest allows for getting a connection (`connect_timeout` in its
 /// request options).
@@ -655,9 +679,9 @@ tokio::task_local! {
 /// request waits for a place, and connects, no longer than the request does. The client
 /// starts the connector on the request's own task, so the connector reads the bounds there;
 /// when an idle connection comes back first, the client lets the connect it started go on in
-/// the background, and without the deadline that connect would wait for a place for as long
-/// as it took (places free as connections close), then open a connection nobody asked for,
-/// or hold its place for as long as the origin left the handshake unanswered.
+/// the background. One still waiting for a place then gives up (`LeftBehind`: it is polled
+/// outside this scope); one already connecting is bounded by the deadline, without which it
+/// would hold its place for as long as the origin left the handshake unanswered.
 async fn before<F: Future>(bounds: Bounds, send: F) -> F::Output {
     BOUNDS.scope(bounds, send).await
 }
@@ -725,14 +749,24 @@ impl tower_service::Service<Uri> for Counted {
         let key = origin_key(&uri);
         // Counted from the start: the request hyper-util connects again for is waiting.
         let started = self.connecting.start(key.clone());
+        // Started for a guest's request on the shared pool: see `LeftBehind`.
+        let unwanted_alone = lane.is_none() && bounds.is_some();
         Box::pin(async move {
             let _started = started;
             let waiting = tokio::time::Instant::now();
+            let place = origins.connection(&key);
+            tokio::pin!(place);
+            let place = std::future::poll_fn(|cx| {
+                if unwanted_alone && BOUNDS.try_with(|_| ()).is_err() {
+                    return Poll::Ready(Err(LeftBehind));
+                }
+                place.as_mut().poll(cx).map(Ok)
+            });
             let place = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, origins.connection(&key))
+                Some(deadline) => tokio::time::timeout_at(deadline, place)
                     .await
-                    .map_err(|_| PlaceTimedOut)?,
-                None => origins.connection(&key).await,
+                    .map_err(|_| PlaceTimedOut)??,
+                None => place.await?,
             };
             // Connecting (the name, TCP and TLS) ends at the guest's `connect_timeout` if it
             // set one (the wait for a place above not counted), and is bounded by the deadline
