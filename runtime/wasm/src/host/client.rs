@@ -36,6 +36,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -149,7 +150,9 @@ impl GuestClient {
     /// [`ConnectBound`]).
     ///
     /// A request the server refused without processing it is sent again, on another
-    /// connection (see `replay`), up to [`SENT_AGAIN`] times.
+    /// connection (see `replay`), up to [`SENT_AGAIN`] times; so is one that may be repeated
+    /// ([`replayable`]) whose reused connection closed before the answer came (see
+    /// [`Uses`]). Bodies are kept for it within `replay`'s bounds, `http` or `https`.
     pub(crate) async fn send(
         &self,
         request: hyper::Request<GuestBody>,
@@ -165,11 +168,6 @@ impl GuestClient {
                 Some(ConnectBound { by, asked })
             }),
         };
-        // The client speaks HTTP/2 only over TLS, and only HTTP/2 servers refuse requests
-        // unprocessed in bulk (GOAWAY): an `http` request is sent once, its body not kept.
-        if !is_https(&request) {
-            return tokio::time::timeout_at(deadline, self.send_once(request, bounds())).await;
-        }
         let (head, mut body) = request.into_parts();
         let again = async {
             let mut sent = 0;
@@ -181,9 +179,22 @@ impl GuestClient {
                 *request.version_mut() = head.version;
                 *request.headers_mut() = head.headers.clone();
                 *request.extensions_mut() = head.extensions.clone();
-                let (why, refused) = match self.send_once(request, bounds()).await {
+                let (answer, reused) = self.send_once(request, bounds()).await;
+                let (why, refused) = match answer {
                     Err(SendError::Client(e)) if sent < SENT_AGAIN && replay::unprocessed(&e) => {
                         (net::described(&e), SendError::Client(e))
+                    }
+                    Err(SendError::Client(e))
+                        if sent < SENT_AGAIN
+                            && reused
+                            && replayable(&head)
+                            && replay::closed_before_answer(&e) =>
+                    {
+                        let why = format!(
+                            "{}, on a connection used before, for a request that may be repeated",
+                            net::described(&e)
+                        );
+                        (why, SendError::Client(e))
                     }
                     Err(SendError::Stranded) if sent < SENT_AGAIN => (
                         "its connection closed before it went out".to_owned(),
@@ -200,16 +211,22 @@ impl GuestClient {
                 sent += 1;
                 // The origin only: a query string may carry an API key.
                 let origin = origin_key(&head.uri);
-                tracing::debug!(origin, sent, "sent again: not processed ({why})");
+                tracing::debug!(origin, sent, "sent again ({why})");
             }
         };
         tokio::time::timeout_at(deadline, again).await
     }
 
-    /// Sends `request` once.
-    async fn send_once(&self, mut request: hyper::Request<GuestBody>, bounds: Bounds) -> Sent {
+    /// Sends `request` once; also says whether the connection it was given had served an
+    /// earlier request (see [`Uses`]).
+    async fn send_once(
+        &self,
+        mut request: hyper::Request<GuestBody>,
+        bounds: Bounds,
+    ) -> (Sent, bool) {
         let key = origin_key(request.uri());
         let watch = stranded::Watch::new(&mut request, key);
+        let connection = watch.connection();
         let send = async {
             // The client speaks HTTP/2 only over TLS: `http` origins go to the shared pool
             // without a look at the origin's entry.
@@ -258,7 +275,9 @@ impl GuestClient {
                 () = watch.stranded(&self.connector.connecting) => Err(SendError::Stranded),
             }
         };
-        send.await
+        let sent = send.await;
+        let reused = Uses::count(connection.connection_metadata().as_ref());
+        (sent, reused)
     }
 
     /// The lane an HTTP/2 request to `key` goes on: the first with room, or a new one while
@@ -309,6 +328,46 @@ impl GuestClient {
             InFlight(Some(Arc::clone(&lane.in_flight))),
             Arc::clone(&lane.gate),
         ))
+    }
+}
+
+/// Whether a request may be sent again although its server may have processed it: a method
+/// RFC 9110 calls safe (GET, HEAD, OPTIONS, TRACE), or a request carrying an idempotency key,
+/// as Go's client judges it. (PUT and DELETE are idempotent too, but APIs do not all treat
+/// them so.)
+fn replayable(head: &http::request::Parts) -> bool {
+    use http::Method;
+    matches!(
+        head.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) || head.headers.contains_key("idempotency-key")
+        || head.headers.contains_key("x-idempotency-key")
+}
+
+/// How many requests had a connection: each request counts itself once it is done with
+/// sending (answered or failed), so a request whose connection an earlier one was given
+/// learns it is on a reused connection. An HTTP/1.1 server closes a connection it kept
+/// alive when it decides to, and a request written in that moment fails before any answer
+/// although the server never read it; a reused connection that fails so is that race, as
+/// browsers and Go's client judge it, and the request is sent again if it may be repeated
+/// ([`replayable`]). One on a new connection is not: the server read it or failed. Nor is
+/// one on an HTTP/2 connection, whose server says which streams it left unprocessed
+/// (`replay`).
+#[derive(Clone, Default)]
+struct Uses(Arc<AtomicUsize>);
+
+impl Uses {
+    /// Counts a request that was given `connected`; whether it is an HTTP/1.1 connection
+    /// another request was given before.
+    fn count(connected: Option<&Connected>) -> bool {
+        let Some(connected) = connected.filter(|c| !c.is_negotiated_h2()) else {
+            return false;
+        };
+        let mut extras = http::Extensions::new();
+        connected.get_extras(&mut extras);
+        extras
+            .get::<Uses>()
+            .is_some_and(|uses| uses.0.fetch_add(1, Ordering::Relaxed) > 0)
     }
 }
 
@@ -846,6 +905,7 @@ impl tower_service::Service<Uri> for Counted {
                 _place: place,
                 lane: lane.inspect(|lane| lane.opened()),
                 life: stranded::Life::new(),
+                uses: Uses::default(),
             })
         })
     }
@@ -875,6 +935,8 @@ pub(crate) struct CountedIo<T> {
     lane: Option<Arc<Gate>>,
     /// Ends when the connection is dropped, for the requests hyper took for it (`stranded`).
     life: stranded::Life,
+    /// The requests that were given it.
+    uses: Uses,
 }
 
 impl<T> Drop for CountedIo<T> {
@@ -887,7 +949,9 @@ impl<T> Drop for CountedIo<T> {
 
 impl<T: Connection> Connection for CountedIo<T> {
     fn connected(&self) -> Connected {
-        self.life.alive(self.io.connected())
+        self.life
+            .alive(self.io.connected())
+            .extra(self.uses.clone())
     }
 }
 

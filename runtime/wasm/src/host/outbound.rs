@@ -232,8 +232,8 @@ impl WasiHttpHooks for Outbound {
                         return Err(Error::ConnectionTimeout);
                     }
                     Ok(Err(client::SendError::Stranded)) => {
-                        // Not sent, and not sent again: an `http` request (the client keeps
-                        // no copy of its body), or one sent again as often as the client does.
+                        // Not sent, and not sent again: one whose body was too large to keep,
+                        // or sent again as often as the client does.
                         record(
                             None,
                             Some("the connection closed before the request went out".to_owned()),

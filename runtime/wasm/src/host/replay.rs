@@ -9,7 +9,10 @@
 //! request its upstream never saw, in bursts whenever a busy connection was rotated. The
 //! guests' client sends them again, and those hyper-util gave up on; for that it needs the
 //! body again: [`Recording`] keeps what went out, up to [`KEPT`] bytes in [`KEPT_FRAMES`]
-//! chunks, and hands it back with what was not sent yet when hyper drops it.
+//! chunks, and hands it back with what was not sent yet when hyper drops it. The same
+//! recording serves the other requests the client sends again, over HTTP/1.1 too: those a
+//! connection took and closed without sending (`stranded`), and those that may be repeated
+//! whose kept-alive connection closed before the answer ([`closed_before_answer`]).
 //!
 //! A GOAWAY's error is trusted to mean "not processed" only because the client runs a
 //! connection's futures on one task (`colocate`): on two threads, hyper could fail a
@@ -59,6 +62,34 @@ pub(crate) fn unprocessed(error: &hyper_util::client::legacy::Error) -> bool {
             return h2.is_remote()
                 && ((h2.is_go_away() && reason == Some(h2::Reason::NO_ERROR))
                     || (h2.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Whether hyper-util's `error` says that the connection closed before the answer's head
+/// came: cut short (`IncompleteMessage`), reset, or broken. (Errors past the head reach the
+/// guest through the answer's body, not here.)
+pub(crate) fn closed_before_answer(error: &hyper_util::client::legacy::Error) -> bool {
+    if error.is_connect() {
+        return false;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{
+                BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof,
+            };
+            return matches!(
+                io.kind(),
+                ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
+            );
         }
         cause = e.source();
     }

@@ -182,6 +182,11 @@ impl Watch {
         }
     }
 
+    /// What hyper-util tells of the connection the request was given.
+    pub(crate) fn connection(&self) -> CaptureConnection {
+        self.captured.clone()
+    }
+
     /// The origin's key the request was watched with (`client::origin_key`).
     pub(crate) fn key(&self) -> &str {
         &self.key
