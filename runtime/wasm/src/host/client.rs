@@ -31,7 +31,8 @@
 //!
 //! A request an HTTP/2 server refused without processing it (a graceful GOAWAY, a refused
 //! stream) is sent again on another connection: see `replay`; so is one hyper took for a
-//! connection that closed before any of it went out: see `stranded`.
+//! connection that closed before any of it went out: see `stranded`; and one that may be
+//! repeated whose kept-alive HTTP/1.1 connection closed before its answer: see [`Uses`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -79,8 +80,10 @@ impl Pool {
 /// rest on its connection, as it did before lanes.
 pub(crate) const STREAMS_PER_CONNECTION: usize = 100;
 
-/// Times a request refused unprocessed is sent again: a server rotating its connections
-/// refuses a request once, and one refusing it on every connection is not taking requests.
+/// Times a request is sent again when it did not get through: refused unprocessed, taken by
+/// a connection that closed before sending it, or (one that may be repeated) cut by its
+/// kept-alive connection's close. A server rotating its connections refuses a request once,
+/// and one refusing it on every connection is not taking requests.
 const SENT_AGAIN: usize = 3;
 
 /// The client every guest request goes through, shared by every call so that connections
@@ -346,10 +349,12 @@ fn replayable(head: &http::request::Parts) -> bool {
 
 /// How many requests had a connection: each request counts itself once it is done with
 /// sending (answered or failed), so a request whose connection an earlier one was given
-/// learns it is on a reused connection. An HTTP/1.1 server closes a connection it kept
-/// alive when it decides to, and a request written in that moment fails before any answer
-/// although the server never read it; a reused connection that fails so is that race, as
-/// browsers and Go's client judge it, and the request is sent again if it may be repeated
+/// learns it is on a reused connection; a connection that was opened in the background and
+/// went idle in the pool before its first request counts as used too (Go marks a connection
+/// reused when it goes idle). An HTTP/1.1 server closes a connection it kept alive when it
+/// decides to, and a request written in that moment fails before any answer although the
+/// server never read it; a reused connection that fails so is that race, as browsers and
+/// Go's client judge it, and the request is sent again if it may be repeated
 /// ([`replayable`]). One on a new connection is not: the server read it or failed. Nor is
 /// one on an HTTP/2 connection, whose server says which streams it left unprocessed
 /// (`replay`).
@@ -738,9 +743,10 @@ tokio::task_local! {
 /// request waits for a place, and connects, no longer than the request does. The client
 /// starts the connector on the request's own task, so the connector reads the bounds there;
 /// when an idle connection comes back first, the client lets the connect it started go on in
-/// the background. One still waiting for a place then gives up (`LeftBehind`: it is polled
-/// outside this scope); one already connecting is bounded by the deadline, without which it
-/// would hold its place for as long as the origin left the handshake unanswered.
+/// the background. One for the shared pool still waiting for a place then gives up
+/// (`LeftBehind`: it is polled outside this scope); one already connecting, or a lane's, is
+/// bounded by the deadline, without which it would hold its place for as long as it took
+/// (places free as connections close) or the origin left the handshake unanswered.
 async fn before<F: Future>(bounds: Bounds, send: F) -> F::Output {
     BOUNDS.scope(bounds, send).await
 }
@@ -905,7 +911,11 @@ impl tower_service::Service<Uri> for Counted {
                 _place: place,
                 lane: lane.inspect(|lane| lane.opened()),
                 life: stranded::Life::new(),
-                uses: Uses::default(),
+                // Done in the background (its request took another connection): it goes
+                // idle in the pool before anyone uses it.
+                uses: Uses(Arc::new(AtomicUsize::new(usize::from(
+                    BOUNDS.try_with(|_| ()).is_err(),
+                )))),
             })
         })
     }

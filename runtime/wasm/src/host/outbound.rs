@@ -232,8 +232,9 @@ impl WasiHttpHooks for Outbound {
                         return Err(Error::ConnectionTimeout);
                     }
                     Ok(Err(client::SendError::Stranded)) => {
-                        // Not sent, and not sent again: one whose body was too large to keep,
-                        // or sent again as often as the client does.
+                        // Not sent, and not sent again: one whose body the client could not
+                        // keep (too large, trailers, an error), or sent again as often as the
+                        // client does.
                         record(
                             None,
                             Some("the connection closed before the request went out".to_owned()),

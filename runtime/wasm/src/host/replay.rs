@@ -1,4 +1,5 @@
-//! Requests an HTTP/2 server refused without processing them, made ready to send again.
+//! Requests made ready to send again: those an HTTP/2 server refused without processing
+//! them, and (below) the others the guests' client sends again.
 //!
 //! A server closing a connection gracefully (GOAWAY: nginx after `keepalive_requests`, front
 //! ends rotating their connections) tells the client which streams it will not process: those
