@@ -349,9 +349,9 @@ fn replayable(head: &http::request::Parts) -> bool {
 
 /// How many requests had a connection: each request counts itself once it is done with
 /// sending (answered or failed), so a request whose connection an earlier one was given
-/// learns it is on a reused connection; a connection that was opened in the background and
-/// went idle in the pool before its first request counts as used too (Go marks a connection
-/// reused when it goes idle). An HTTP/1.1 server closes a connection it kept alive when it
+/// learns it is on a reused connection; a connection that was opened in the background,
+/// which may wait idle in the pool before its first request, counts as used too (Go marks a
+/// connection reused when it goes idle). An HTTP/1.1 server closes a connection it kept alive when it
 /// decides to, and a request written in that moment fails before any answer although the
 /// server never read it; a reused connection that fails so is that race, as browsers and
 /// Go's client judge it, and the request is sent again if it may be repeated
@@ -911,8 +911,9 @@ impl tower_service::Service<Uri> for Counted {
                 _place: place,
                 lane: lane.inspect(|lane| lane.opened()),
                 life: stranded::Life::new(),
-                // Done in the background (its request took another connection): it goes
-                // idle in the pool before anyone uses it.
+                // Done in the background (its request took another connection): it may
+                // wait idle in the pool before its first request, which then meets the
+                // keep-alive race as a reused connection's does.
                 uses: Uses(Arc::new(AtomicUsize::new(usize::from(
                     BOUNDS.try_with(|_| ()).is_err(),
                 )))),
