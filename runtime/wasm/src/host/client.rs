@@ -751,6 +751,12 @@ async fn before<F: Future>(bounds: Bounds, send: F) -> F::Output {
     BOUNDS.scope(bounds, send).await
 }
 
+/// Whether the connector's future is polled outside its request's scope ([`before`]):
+/// hyper-util left it to finish in the background, on a task of its own (`colocate`).
+fn in_the_background() -> bool {
+    BOUNDS.try_with(|_| ()).is_err()
+}
+
 /// Resolves names for the guests' client with the address policy (`net::resolve_checked`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SafeDns {
@@ -822,7 +828,7 @@ impl tower_service::Service<Uri> for Counted {
             let place = origins.connection(&key);
             tokio::pin!(place);
             let place = std::future::poll_fn(|cx| {
-                if unwanted_alone && BOUNDS.try_with(|_| ()).is_err() {
+                if unwanted_alone && in_the_background() {
                     return Poll::Ready(Err(LeftBehind));
                 }
                 place.as_mut().poll(cx).map(Ok)
@@ -914,9 +920,7 @@ impl tower_service::Service<Uri> for Counted {
                 // Done in the background (its request took another connection): it may
                 // wait idle in the pool before its first request, which then meets the
                 // keep-alive race as a reused connection's does.
-                uses: Uses(Arc::new(AtomicUsize::new(usize::from(
-                    BOUNDS.try_with(|_| ()).is_err(),
-                )))),
+                uses: Uses(Arc::new(AtomicUsize::new(usize::from(in_the_background())))),
             })
         })
     }

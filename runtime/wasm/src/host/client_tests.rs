@@ -143,6 +143,17 @@ async fn send_all<T: Send + 'static>(
     kept
 }
 
+/// The guests' client as the HTTP/1.1 tests use it: private addresses allowed, the public
+/// roots, 64 connections to an origin.
+fn plain_client() -> GuestClient {
+    guest_client(
+        true,
+        Arc::new(OriginSlots::new(64)),
+        &net::ExtraRoots::default(),
+    )
+    .unwrap()
+}
+
 /// A GET of `{origin}/r/{i}`.
 fn get(origin: &str, i: usize) -> hyper::Request<GuestBody> {
     let body = http_body_util::Empty::new()
@@ -258,12 +269,7 @@ async fn requests_waiting_for_a_place_take_an_idle_connection_after_others_close
     const REQUESTS: usize = 20_000;
     const AT_ONCE: usize = 200;
     let (origin, _) = dropping_upstream(20).await;
-    let client = guest_client(
-        true,
-        Arc::new(OriginSlots::new(64)),
-        &net::ExtraRoots::default(),
-    )
-    .unwrap();
+    let client = plain_client();
     // (request, whether it waited out its deadline) for each that failed.
     let failed = send_all(
         &client,
@@ -298,12 +304,7 @@ async fn requests_that_may_be_repeated_are_sent_again_when_a_reused_connection_c
     const REQUESTS: usize = 6000;
     const AT_ONCE: usize = 100;
     let (origin, hits) = dropping_upstream(3).await;
-    let client = guest_client(
-        true,
-        Arc::new(OriginSlots::new(64)),
-        &net::ExtraRoots::default(),
-    )
-    .unwrap();
+    let client = plain_client();
     // Every third a GET, a POST with an idempotency key, a plain POST.
     let make = move |i: usize| {
         let mut request = get(&origin, i);
